@@ -1,0 +1,201 @@
+#include "common/config.h"
+
+#include <ifaddrs.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <toml++/toml.h>
+
+namespace dipc {
+
+const NodeConf* Config::node(uint16_t id) const {
+  for (const auto& n : nodes)
+    if (n.id == id) return &n;
+  return nullptr;
+}
+
+const NodeConf* Config::node_by_name(const std::string& name) const {
+  for (const auto& n : nodes)
+    if (n.name == name) return &n;
+  return nullptr;
+}
+
+bool Config::policy_distributes(int32_t key) const {
+  if (key == 0) return false;  // IPC_PRIVATE is distributed only with IPC_DIPC
+  switch (distribute) {
+    case Distribute::kAll:
+      return true;
+    case Distribute::kRanges:
+      for (const auto& r : ranges)
+        if (key >= r.lo && key <= r.hi) return true;
+      return false;
+    case Distribute::kFlag:
+      break;
+  }
+  return false;
+}
+
+Config default_config() {
+  Config c;
+  c.nodes.push_back(NodeConf{1, "node1", "127.0.0.1", 7450});
+  c.self = 1;
+  return c;
+}
+
+namespace {
+template <typename T>
+bool get_int(const toml::node_view<toml::node>& v, T& out, int64_t lo, int64_t hi) {
+  if (!v) return true;
+  auto x = v.value<int64_t>();
+  if (!x || *x < lo || *x > hi) return false;
+  out = static_cast<T>(*x);
+  return true;
+}
+}  // namespace
+
+Result<Config> parse_config(const std::string& text, std::string* error) {
+  Config c;
+  toml::table tbl;
+  try {
+    tbl = toml::parse(text);
+  } catch (const toml::parse_error& e) {
+    std::ostringstream os;
+    os << "line " << e.source().begin.line << ": " << e.description();
+    if (error) *error = os.str();
+    return Status::err(EINVAL);
+  }
+  auto fail = [&](const std::string& m) -> Result<Config> {
+    if (error) *error = m;
+    return Status::err(EINVAL);
+  };
+  if (auto cl = tbl["cluster"]) {
+    c.secret_file = cl["secret_file"].value_or(c.secret_file);
+    c.transport = cl["transport"].value_or(c.transport);
+    c.socket = cl["socket"].value_or(c.socket);
+    c.log_level = cl["log_level"].value_or(c.log_level);
+    if (c.transport != "auto" && c.transport != "tcp" && c.transport != "verbs")
+      return fail("cluster.transport must be \"auto\", \"tcp\" or \"verbs\"");
+  }
+  if (auto* arr = tbl["node"].as_array()) {
+    std::set<uint16_t> ids;
+    std::set<std::string> names;
+    for (auto& el : *arr) {
+      auto* t = el.as_table();
+      if (!t) return fail("[[node]] entries must be tables");
+      NodeConf n;
+      toml::node_view<toml::node> v{t};
+      if (!get_int(v["id"], n.id, 1, 255) || n.id == 0) return fail("node.id must be 1..255");
+      n.name = v["name"].value_or("node" + std::to_string(n.id));
+      n.address = v["address"].value_or(std::string("127.0.0.1"));
+      n.port = 7450;
+      if (!get_int(v["port"], n.port, 1, 65535)) return fail("node.port must be 1..65535");
+      if (!ids.insert(n.id).second) return fail("duplicate node id " + std::to_string(n.id));
+      if (!names.insert(n.name).second) return fail("duplicate node name " + n.name);
+      c.nodes.push_back(n);
+    }
+  }
+  if (c.nodes.empty()) c.nodes = default_config().nodes;
+  if (auto p = tbl["policy"]) {
+    std::string d = p["distribute"].value_or(std::string("flag"));
+    if (d == "flag")
+      c.distribute = Distribute::kFlag;
+    else if (d == "all")
+      c.distribute = Distribute::kAll;
+    else if (d == "ranges")
+      c.distribute = Distribute::kRanges;
+    else
+      return fail("policy.distribute must be \"flag\", \"all\" or \"ranges\"");
+    if (auto* rs = p["ranges"].as_array()) {
+      for (auto& r : *rs) {
+        auto* pair = r.as_array();
+        if (!pair || pair->size() != 2) return fail("policy.ranges entries must be [lo, hi]");
+        auto lo = (*pair)[0].value<int64_t>();
+        auto hi = (*pair)[1].value<int64_t>();
+        if (!lo || !hi || *lo > *hi) return fail("policy.ranges entries must be [lo, hi] with lo <= hi");
+        c.ranges.push_back(KeyRange{*lo, *hi});
+      }
+    }
+  }
+  if (auto ds = tbl["dsm"]) {
+    if (!get_int(ds["block_size"], c.block_size, 4096, 1LL << 40)) return fail("dsm.block_size out of range");
+    if ((c.block_size & (c.block_size - 1)) != 0) return fail("dsm.block_size must be a power of two");
+    if (!get_int(ds["quantum_us"], c.quantum_us, 0, 10000000)) return fail("dsm.quantum_us out of range");
+  }
+  if (c.nodes.size() > 1 && c.secret_file.empty())
+    return fail("cluster.secret_file is required when the cluster has more than one node");
+  return c;
+}
+
+Result<Config> load_config(const std::string& path, std::string* error) {
+  std::ifstream f(path);
+  if (!f) {
+    if (error) *error = "cannot read " + path;
+    return Status::err(ENOENT);
+  }
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return parse_config(ss.str(), error);
+}
+
+static std::set<std::string> local_addresses() {
+  std::set<std::string> out;
+  ifaddrs* ifa = nullptr;
+  if (getifaddrs(&ifa) != 0) return out;
+  for (auto* p = ifa; p; p = p->ifa_next) {
+    if (!p->ifa_addr) continue;
+    char buf[INET6_ADDRSTRLEN];
+    if (p->ifa_addr->sa_family == AF_INET) {
+      inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(p->ifa_addr)->sin_addr, buf, sizeof buf);
+      out.insert(buf);
+    } else if (p->ifa_addr->sa_family == AF_INET6) {
+      inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(p->ifa_addr)->sin6_addr, buf, sizeof buf);
+      out.insert(buf);
+    }
+  }
+  freeifaddrs(ifa);
+  return out;
+}
+
+Status select_self(Config& cfg, const std::string& which, std::string* error) {
+  if (!which.empty()) {
+    const NodeConf* n = cfg.node_by_name(which);
+    if (!n) {
+      char* end = nullptr;
+      long id = strtol(which.c_str(), &end, 10);
+      if (end && *end == 0 && id > 0 && id < 256) n = cfg.node(static_cast<uint16_t>(id));
+    }
+    if (!n) {
+      if (error) *error = "node '" + which + "' is not in the configuration";
+      return Status::err(ENOENT);
+    }
+    cfg.self = n->id;
+    return Status::ok();
+  }
+  if (cfg.nodes.size() == 1) {
+    cfg.self = cfg.nodes[0].id;
+    return Status::ok();
+  }
+  auto local = local_addresses();
+  const NodeConf* found = nullptr;
+  for (const auto& n : cfg.nodes) {
+    if (local.count(n.address) && n.address.rfind("127.", 0) != 0) {
+      if (found) {
+        if (error) *error = "several configured nodes have local addresses; pass --node";
+        return Status::err(EINVAL);
+      }
+      found = &n;
+    }
+  }
+  if (!found) {
+    if (error) *error = "no configured node has a local address; pass --node";
+    return Status::err(ENOENT);
+  }
+  cfg.self = found->id;
+  return Status::ok();
+}
+
+}  // namespace dipc

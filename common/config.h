@@ -1,0 +1,74 @@
+// Node configuration (TOML, parsed with toml++). See README "Configuration reference".
+//
+//   [cluster]
+//   secret_file = "/etc/dipc/secret"   # shared by all nodes; required when there is more than one node
+//   transport   = "auto"               # "auto" (verbs if a device is up, else tcp), "tcp", "verbs"
+//   socket      = "@dipc"              # local client socket; '@' = abstract (per network namespace)
+//   log_level   = "info"
+//
+//   [[node]]                           # one table per node
+//   id = 1                             # 1..255, unique
+//   name = "node1"
+//   address = "10.77.0.1"
+//   port = 7450
+//
+//   [policy]
+//   distribute = "flag"                # "flag": only keys created with IPC_DIPC; "all": every key;
+//                                      # "ranges": keys inside `ranges`, plus IPC_DIPC ones
+//   ranges = [[0x1000, 0x1fff]]
+//
+//   [dsm]
+//   block_size = 4096                  # coherence unit: 4096 .. whole segment, power of two
+//   quantum_us = 1000                  # minimum time a node keeps a block it just got
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace dipc {
+
+struct NodeConf {
+  uint16_t id = 0;
+  std::string name;
+  std::string address;
+  uint16_t port = 0;
+};
+
+enum class Distribute : uint8_t { kFlag = 0, kAll = 1, kRanges = 2 };
+
+struct KeyRange {
+  int64_t lo = 0;  // inclusive, as key_t values (may be negative when read as int)
+  int64_t hi = 0;
+};
+
+struct Config {
+  std::vector<NodeConf> nodes;
+  uint16_t self = 0;  // id of this node
+  std::string transport = "auto";
+  std::string secret_file;
+  std::string socket = "@dipc";
+  std::string log_level = "info";
+  Distribute distribute = Distribute::kFlag;
+  std::vector<KeyRange> ranges;
+  uint32_t block_size = 4096;
+  uint32_t quantum_us = 1000;
+
+  const NodeConf* node(uint16_t id) const;
+  const NodeConf* node_by_name(const std::string& name) const;
+  const NodeConf& me() const { return *node(self); }
+  // Does the policy make this key distributed even without IPC_DIPC?
+  bool policy_distributes(int32_t key) const;
+};
+
+// Parses TOML text. On error returns EINVAL and fills `error` with a message naming the line.
+Result<Config> parse_config(const std::string& toml_text, std::string* error);
+Result<Config> load_config(const std::string& path, std::string* error);
+// The embedded single-machine default: one node, loopback, no secret needed.
+Config default_config();
+// Picks `self`: by id or name if `which` is given, else the only node, else the node whose address is local.
+Status select_self(Config& cfg, const std::string& which, std::string* error);
+
+}  // namespace dipc

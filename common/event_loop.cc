@@ -1,0 +1,128 @@
+#include "common/event_loop.h"
+
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <stdexcept>
+#include <system_error>
+
+namespace dipc {
+
+EventLoop::EventLoop() {
+  epfd_ = epoll_create1(EPOLL_CLOEXEC);
+  wakefd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (epfd_ < 0 || wakefd_ < 0) throw std::system_error(errno, std::generic_category(), "epoll/eventfd");
+  add(wakefd_, EPOLLIN, [this](uint32_t) {
+    uint64_t v;
+    while (read(wakefd_, &v, sizeof v) > 0) {
+    }
+  });
+}
+
+EventLoop::~EventLoop() {
+  if (wakefd_ >= 0) close(wakefd_);
+  if (epfd_ >= 0) close(epfd_);
+}
+
+void EventLoop::add(int fd, uint32_t events, FdCallback cb) {
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.fd = fd;
+  if (epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev) != 0)
+    throw std::system_error(errno, std::generic_category(), "epoll_ctl add");
+  fds_[fd] = std::make_shared<FdCallback>(std::move(cb));
+}
+
+void EventLoop::modify(int fd, uint32_t events) {
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.fd = fd;
+  epoll_ctl(epfd_, EPOLL_CTL_MOD, fd, &ev);
+}
+
+void EventLoop::remove(int fd) {
+  epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr);
+  fds_.erase(fd);
+}
+
+int64_t EventLoop::now_ms() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+EventLoop::TimerId EventLoop::add_timer(int64_t delay_ms, Task fn) {
+  TimerId id = next_timer_++;
+  int64_t deadline = now_ms() + delay_ms;
+  timers_.emplace(deadline, std::make_pair(id, std::move(fn)));
+  timer_deadline_[id] = deadline;
+  return id;
+}
+
+void EventLoop::cancel_timer(TimerId id) {
+  auto it = timer_deadline_.find(id);
+  if (it == timer_deadline_.end()) return;
+  auto range = timers_.equal_range(it->second);
+  for (auto t = range.first; t != range.second; ++t) {
+    if (t->second.first == id) {
+      timers_.erase(t);
+      break;
+    }
+  }
+  timer_deadline_.erase(it);
+}
+
+void EventLoop::post(Task fn) {
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    posted_.push_back(std::move(fn));
+  }
+  uint64_t one = 1;
+  ssize_t r = write(wakefd_, &one, sizeof one);
+  (void)r;
+}
+
+void EventLoop::stop() {
+  stop_ = true;
+  uint64_t one = 1;
+  ssize_t r = write(wakefd_, &one, sizeof one);
+  (void)r;
+}
+
+void EventLoop::run() {
+  while (!stop_) run_once(-1);
+}
+
+void EventLoop::run_once(int timeout_ms) {
+  int64_t now = now_ms();
+  if (!timers_.empty()) {
+    int64_t until = timers_.begin()->first - now;
+    if (until < 0) until = 0;
+    if (timeout_ms < 0 || until < timeout_ms) timeout_ms = static_cast<int>(until);
+  }
+  epoll_event evs[64];
+  int n = epoll_wait(epfd_, evs, 64, timeout_ms);
+  for (int i = 0; i < n; ++i) {
+    auto it = fds_.find(evs[i].data.fd);
+    if (it == fds_.end()) continue;
+    auto cb = it->second;  // keep alive while it runs even if it removes itself
+    (*cb)(evs[i].events);
+  }
+  std::vector<Task> tasks;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    tasks.swap(posted_);
+  }
+  for (auto& t : tasks) t();
+  now = now_ms();
+  while (!timers_.empty() && timers_.begin()->first <= now) {
+    auto node = timers_.extract(timers_.begin());
+    timer_deadline_.erase(node.mapped().first);
+    node.mapped().second();
+  }
+}
+
+}  // namespace dipc

@@ -1,0 +1,60 @@
+// A single-threaded epoll event loop with timers and cross-thread task posting. The daemon runs everything (client
+// sockets, transport progress, object logic) on one loop thread, so protocol state needs no locks and a hand-off
+// costs no thread switch. Callbacks run on the loop thread only.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+namespace dipc {
+
+class EventLoop {
+ public:
+  using FdCallback = std::function<void(uint32_t events)>;
+  using Task = std::function<void()>;
+  using TimerId = uint64_t;
+
+  EventLoop();
+  ~EventLoop();
+  EventLoop(const EventLoop&) = delete;
+  EventLoop& operator=(const EventLoop&) = delete;
+
+  // Registers fd for the epoll events (EPOLLIN, EPOLLOUT, ...). The callback may remove or modify any fd.
+  void add(int fd, uint32_t events, FdCallback cb);
+  void modify(int fd, uint32_t events);
+  void remove(int fd);
+
+  // Runs `fn` once after `delay_ms` milliseconds (monotonic clock).
+  TimerId add_timer(int64_t delay_ms, Task fn);
+  void cancel_timer(TimerId id);
+
+  // Thread-safe: runs `fn` on the loop thread soon.
+  void post(Task fn);
+
+  // Runs until stop(); stop() is thread-safe.
+  void run();
+  // One iteration: waits at most timeout_ms (-1: until something happens).
+  void run_once(int timeout_ms);
+  void stop();
+  bool stopped() const { return stop_; }
+
+  static int64_t now_ms();
+
+ private:
+  int epfd_ = -1;
+  int wakefd_ = -1;
+  bool stop_ = false;
+  std::unordered_map<int, std::shared_ptr<FdCallback>> fds_;
+  TimerId next_timer_ = 1;
+  std::multimap<int64_t, std::pair<TimerId, Task>> timers_;
+  std::unordered_map<TimerId, int64_t> timer_deadline_;
+  std::mutex mu_;
+  std::vector<Task> posted_;
+};
+
+}  // namespace dipc

@@ -1,0 +1,290 @@
+#include "daemon/client_server.h"
+
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "common/log.h"
+#include "common/unix_socket.h"
+#include "dipc/dipc.h"
+#include "ipc/protocol.h"
+
+namespace dipc {
+
+namespace {
+constexpr size_t kMaxClientOut = 64u << 20;  // a client that does not read its answers is dropped
+
+int pidfd_open_(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
+}  // namespace
+
+ClientServer::ClientServer(EventLoop& loop, ipc::Service& service, const Config& cfg)
+    : loop_(loop), service_(service), cfg_(cfg) {
+  control_fd_ = memfd_create("dipc-control", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (control_fd_ >= 0 && ftruncate(control_fd_, 4096) == 0) {
+    void* p = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, control_fd_, 0);
+    if (p != MAP_FAILED) {
+      control_ = new (p) ipc::ControlPage();
+      control_->magic = ipc::kControlMagic;
+      control_->version = 1;
+      control_->node = cfg.self;
+      control_->distribute.store(static_cast<uint32_t>(cfg.distribute));
+      uint32_t n = 0;
+      for (const auto& r : cfg.ranges) {
+        if (n == ipc::kControlMaxRanges) break;
+        control_->ranges[n][0] = r.lo;
+        control_->ranges[n][1] = r.hi;
+        ++n;
+      }
+      control_->nranges.store(n);
+      control_->enabled.store(1, std::memory_order_release);
+      // Clients may map it only read-only: nobody but the daemon can switch dipc on or off.
+      fcntl(control_fd_, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL);
+    }
+  }
+}
+
+ClientServer::~ClientServer() {
+  for (auto& [id, c] : conns_) close(c->fd);
+  for (auto& [pid, fd] : pidfds_) close(fd);
+  if (listen_fd_ >= 0) close(listen_fd_);
+  if (!name_.empty() && name_[0] != '@') unlink(name_.c_str());
+  if (control_) munmap(control_, 4096);
+  if (control_fd_ >= 0) close(control_fd_);
+}
+
+Status ClientServer::listen(const std::string& name) {
+  if (!control_) return Status::err(ENOMEM);
+  auto fd = unix_listen(name);
+  if (!fd) return fd.status();
+  listen_fd_ = *fd;
+  name_ = name;
+  loop_.add(listen_fd_, EPOLLIN, [this](uint32_t) { on_accept(); });
+  return Status::ok();
+}
+
+void ClientServer::set_enabled(bool on) { control_->enabled.store(on ? 1 : 0, std::memory_order_release); }
+bool ClientServer::enabled() const { return control_->enabled.load() != 0; }
+
+bool ClientServer::read_creds(int fd, ipc::Creds& c) {
+  ucred uc{};
+  socklen_t len = sizeof uc;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &len) != 0) return false;
+  c.pid = uc.pid;
+  c.uid = uc.uid;
+  c.gid = uc.gid;
+  c.node = cfg_.self;
+  // Supplementary groups and effective capabilities, as the kernel's ipcperms() would see them.
+  std::ifstream f("/proc/" + std::to_string(uc.pid) + "/status");
+  std::string line;
+  uint64_t cap_eff = 0;
+  while (std::getline(f, line)) {
+    if (line.rfind("Groups:", 0) == 0) {
+      std::istringstream is(line.substr(7));
+      uint32_t g;
+      while (is >> g) c.groups.push_back(g);
+    } else if (line.rfind("CapEff:", 0) == 0) {
+      cap_eff = std::stoull(line.substr(7), nullptr, 16);
+    }
+  }
+  c.cap_ipc_owner = cap_eff & (1ull << 15);
+  c.cap_sys_admin = cap_eff & (1ull << 21);
+  c.cap_sys_resource = cap_eff & (1ull << 24);
+  return true;
+}
+
+void ClientServer::on_accept() {
+  for (;;) {
+    int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) return;
+    auto c = std::make_unique<Conn>();
+    c->id = next_conn_++;
+    c->fd = fd;
+    if (!read_creds(fd, c->creds)) {
+      close(fd);
+      continue;
+    }
+    uint64_t id = c->id;
+    watch_pid(c->creds.pid);
+    fd_conn_[fd] = id;
+    conns_[id] = std::move(c);
+    loop_.add(fd, EPOLLIN | EPOLLRDHUP, [this, id](uint32_t ev) {
+      auto it = conns_.find(id);
+      if (it != conns_.end()) on_readable(*it->second, ev);
+    });
+  }
+}
+
+void ClientServer::watch_pid(int32_t pid) {
+  if (pidfds_.count(pid)) return;
+  int pfd = pidfd_open_(pid);
+  if (pfd < 0) return;
+  pidfds_[pid] = pfd;
+  loop_.add(pfd, EPOLLIN, [this, pid, pfd](uint32_t) {
+    // The process is gone (exit, exec'd away never, or kill -9): withdraw its calls, then undo its semaphores.
+    std::vector<uint64_t> ids;
+    for (auto& [cid, c] : conns_)
+      if (c->creds.pid == pid) ids.push_back(cid);
+    for (uint64_t cid : ids) close_conn(cid, nullptr);
+    loop_.remove(pfd);
+    close(pfd);
+    pidfds_.erase(pid);
+    service_.process_exited(pid);
+  });
+}
+
+void ClientServer::on_readable(Conn& c, uint32_t events) {
+  uint64_t id = c.id;
+  if (events & EPOLLOUT) flush(c);
+  if (!conns_.count(id)) return;
+  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+    uint8_t buf[65536];
+    for (;;) {
+      ssize_t n = recv(c.fd, buf, sizeof buf, 0);
+      if (n > 0) {
+        c.parser.feed(buf, static_cast<size_t>(n));
+        FrameParser::Frame f;
+        while (conns_.count(id) && c.parser.next(f)) on_frame(c, f);
+        if (!conns_.count(id)) return;
+        if (c.parser.failed()) return close_conn(id, c.parser.error().c_str());
+        continue;
+      }
+      if (n == 0) return close_conn(id, nullptr);
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) return;
+      return close_conn(id, nullptr);
+    }
+  }
+}
+
+void ClientServer::on_frame(Conn& c, FrameParser::Frame& f) {
+  uint64_t conn_id = c.id;
+  const FrameHeader& h = f.header;
+  if (h.kind == FrameKind::kOneWay && h.op == ipc::kCancel) {
+    auto it = c.inflight.find(h.id);
+    if (it != c.inflight.end()) service_.client_cancel(it->second);
+    return;
+  }
+  if (h.kind != FrameKind::kRequest) return close_conn(conn_id, "unexpected frame kind from client");
+  FrameHeader resp{FrameKind::kResponse, h.op, h.id, 0, 0};
+  switch (h.op) {
+    case ipc::kHello: {
+      ipc::HelloReq req;
+      if (!ipc::decode_body(f.payload, req)) return close_conn(conn_id, "malformed hello");
+      ipc::HelloResp r;
+      r.node = cfg_.self;
+      return send_frame(conn_id, resp, ipc::encode_body(r), control_fd_);
+    }
+    case ipc::kAdminStatus: {
+      ipc::AdminStatusResp r;
+      r.text = service_.status_text() + status_text();
+      auto [total, up] = service_.peer_counts();
+      r.peers_total = total;
+      r.peers_up = up;
+      r.enabled = enabled();
+      return send_frame(conn_id, resp, ipc::encode_body(r));
+    }
+    case ipc::kAdminEnable: {
+      ipc::AdminEnableReq req;
+      if (!ipc::decode_body(f.payload, req)) return close_conn(conn_id, "malformed admin request");
+      if (c.creds.uid != 0 && c.creds.uid != geteuid()) {
+        resp.status = EPERM;
+        return send_frame(conn_id, resp, {});
+      }
+      set_enabled(req.enabled);
+      DIPC_LOG_INFO("distribution switched {} by uid {}", req.enabled ? "on" : "off", c.creds.uid);
+      return send_frame(conn_id, resp, {});
+    }
+    default:
+      break;
+  }
+  if (h.op < ipc::kSemGet || h.op > ipc::kMsgCtl) return close_conn(conn_id, "unknown client operation");
+  if (c.inflight.count(h.id)) return close_conn(conn_id, "duplicate request id");
+  uint64_t token = next_token_++;
+  c.inflight[h.id] = token;
+  uint64_t frame_id = h.id;
+  uint16_t op = h.op;
+  service_.client_request(c.creds, h.op, f.payload, token, [this, conn_id, frame_id, op](int st, Bytes body) {
+    auto it = conns_.find(conn_id);
+    if (it == conns_.end()) return;
+    it->second->inflight.erase(frame_id);
+    send_frame(conn_id, FrameHeader{FrameKind::kResponse, op, frame_id, st, 0}, body);
+  });
+}
+
+void ClientServer::send_frame(uint64_t conn_id, const FrameHeader& h, ByteView body, int pass_fd) {
+  auto it = conns_.find(conn_id);
+  if (it == conns_.end()) return;
+  Conn& c = *it->second;
+  size_t start = c.out.size();
+  append_frame(c.out, h, body);
+  if (pass_fd >= 0 && start == 0) {
+    // The descriptor rides on the first byte of this frame.
+    msghdr m{};
+    iovec iov{c.out.data(), c.out.size()};
+    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))];
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = cbuf;
+    m.msg_controllen = sizeof cbuf;
+    cmsghdr* cm = CMSG_FIRSTHDR(&m);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(cm), &pass_fd, sizeof(int));
+    ssize_t n = sendmsg(c.fd, &m, MSG_NOSIGNAL);
+    if (n < 0) return close_conn(conn_id, "sendmsg failed");
+    c.out.erase(c.out.begin(), c.out.begin() + n);
+  }
+  flush(c);
+}
+
+void ClientServer::flush(Conn& c) {
+  size_t off = 0;
+  while (off < c.out.size()) {
+    ssize_t n = send(c.fd, c.out.data() + off, c.out.size() - off, MSG_NOSIGNAL);
+    if (n > 0) {
+      off += static_cast<size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) break;
+    c.out.clear();
+    return close_conn(c.id, nullptr);
+  }
+  c.out.erase(c.out.begin(), c.out.begin() + static_cast<std::ptrdiff_t>(off));
+  if (c.out.size() > kMaxClientOut) return close_conn(c.id, "client does not read its answers");
+  bool want = !c.out.empty();
+  if (want != c.want_out) {
+    c.want_out = want;
+    loop_.modify(c.fd, EPOLLIN | EPOLLRDHUP | (want ? EPOLLOUT : 0u));
+  }
+}
+
+void ClientServer::close_conn(uint64_t conn_id, const char* why) {
+  auto it = conns_.find(conn_id);
+  if (it == conns_.end()) return;
+  std::unique_ptr<Conn> c = std::move(it->second);
+  conns_.erase(it);
+  if (why) DIPC_LOG_WARN("client pid {}: {}; connection closed", c->creds.pid, why);
+  loop_.remove(c->fd);
+  fd_conn_.erase(c->fd);
+  close(c->fd);
+  // Calls still blocked on its behalf are withdrawn; nothing is half-applied.
+  for (auto& [fid, token] : c->inflight) service_.client_cancel(token);
+}
+
+std::string ClientServer::status_text() const {
+  std::ostringstream os;
+  os << "distribution: " << (enabled() ? "on" : "off") << "\n";
+  os << "local client connections: " << conns_.size() << "\n";
+  return os.str();
+}
+
+}  // namespace dipc

@@ -1,0 +1,64 @@
+// The daemon's local face: programs (through libdipc.so) and tools connect over a Unix socket. The kernel tells us
+// who they are (SO_PEERCRED, /proc/<pid>/status); nothing the client says about itself is trusted. A pidfd per
+// client process tells us when it exits, even by kill -9, so its SEM_UNDO adjustments are applied cluster-wide.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "common/event_loop.h"
+#include "common/frame.h"
+#include "ipc/control.h"
+#include "ipc/service.h"
+#include "ipc/types.h"
+
+namespace dipc {
+
+class ClientServer {
+ public:
+  ClientServer(EventLoop& loop, ipc::Service& service, const Config& cfg);
+  ~ClientServer();
+  Status listen(const std::string& name);
+  // dipc on/off: new *get calls go to the kernel while off.
+  void set_enabled(bool on);
+  bool enabled() const;
+  size_t clients() const { return conns_.size(); }
+  std::string status_text() const;
+
+ private:
+  struct Conn {
+    uint64_t id = 0;
+    int fd = -1;
+    ipc::Creds creds;
+    FrameParser parser;
+    Bytes out;
+    bool want_out = false;
+    std::unordered_map<uint64_t, uint64_t> inflight;  // frame id -> service token
+  };
+  void on_accept();
+  void on_readable(Conn& c, uint32_t events);
+  void on_frame(Conn& c, FrameParser::Frame& f);
+  void send_frame(uint64_t conn_id, const FrameHeader& h, ByteView body, int pass_fd = -1);
+  void flush(Conn& c);
+  void close_conn(uint64_t conn_id, const char* why);
+  void watch_pid(int32_t pid);
+  bool read_creds(int fd, ipc::Creds& c);
+
+  EventLoop& loop_;
+  ipc::Service& service_;
+  const Config& cfg_;
+  int listen_fd_ = -1;
+  std::string name_;
+  int control_fd_ = -1;
+  ipc::ControlPage* control_ = nullptr;
+  uint64_t next_conn_ = 1;
+  uint64_t next_token_ = 1;
+  std::unordered_map<uint64_t, std::unique_ptr<Conn>> conns_;
+  std::unordered_map<int, uint64_t> fd_conn_;
+  std::unordered_map<int32_t, int> pidfds_;  // pid -> pidfd
+};
+
+}  // namespace dipc

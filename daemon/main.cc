@@ -1,0 +1,92 @@
+// dipcd: one per node. Serves the node's programs over a Unix socket and talks to the other nodes' daemons.
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+
+#include "common/auth.h"
+#include "common/config.h"
+#include "common/event_loop.h"
+#include "common/log.h"
+#include "daemon/client_server.h"
+#include "ipc/service.h"
+#include "transport/transport.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"dipcd: the dipc node daemon (distributed System V IPC)"};
+  std::string config_path, node, socket_name, log_level;
+  app.add_option("-c,--config", config_path, "cluster configuration (TOML); default: a single-node cluster");
+  app.add_option("-n,--node", node, "this node's name or id in the configuration (default: found by address)");
+  app.add_option("-s,--socket", socket_name, "local client socket ('@name' = abstract); overrides the config");
+  app.add_option("-l,--log-level", log_level, "trace, debug, info, warn, error, off");
+  CLI11_PARSE(app, argc, argv);
+
+  std::string err;
+  dipc::Config cfg = dipc::default_config();
+  if (!config_path.empty()) {
+    auto r = dipc::load_config(config_path, &err);
+    if (!r) {
+      fprintf(stderr, "dipcd: %s: %s\n", config_path.c_str(), err.c_str());
+      return 2;
+    }
+    cfg = std::move(*r);
+  }
+  if (!dipc::select_self(cfg, node, &err)) {
+    fprintf(stderr, "dipcd: %s\n", err.c_str());
+    return 2;
+  }
+  if (!socket_name.empty()) cfg.socket = socket_name;
+  if (!log_level.empty()) cfg.log_level = log_level;
+  dipc::log_init(cfg.log_level, cfg.me().name);
+
+  dipc::ClusterKey key = dipc::ClusterKey::from_secret(dipc::ByteView());
+  if (!cfg.secret_file.empty()) {
+    auto k = dipc::ClusterKey::from_file(cfg.secret_file);
+    if (!k) {
+      DIPC_LOG_ERROR("cannot use secret file {}: {}", cfg.secret_file, k.status().str());
+      return 2;
+    }
+    key = *k;
+  } else if (cfg.nodes.size() > 1) {
+    DIPC_LOG_ERROR("a cluster of several nodes needs cluster.secret_file");
+    return 2;
+  }
+
+  signal(SIGPIPE, SIG_IGN);
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGTERM);
+  sigaddset(&mask, SIGINT);
+  sigprocmask(SIG_BLOCK, &mask, nullptr);
+  int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+
+  dipc::EventLoop loop;
+  auto tr = dipc::transport::make_transport(cfg, loop, key);
+  if (!tr) {
+    DIPC_LOG_ERROR("no usable transport '{}': {}", cfg.transport, tr.status().str());
+    return 1;
+  }
+  dipc::ipc::Service service(cfg, loop, tr->get(), dipc::ipc::Limits::read_proc());
+  if (auto s = (*tr)->start(&service); !s) {
+    DIPC_LOG_ERROR("transport {} failed to start: {}", (*tr)->name(), s.str());
+    return 1;
+  }
+  dipc::ClientServer clients(loop, service, cfg);
+  if (auto s = clients.listen(cfg.socket); !s) {
+    DIPC_LOG_ERROR("cannot listen on {}: {}", cfg.socket, s.str());
+    return 1;
+  }
+  loop.add(sfd, EPOLLIN, [&](uint32_t) {
+    signalfd_siginfo si;
+    while (read(sfd, &si, sizeof si) == sizeof si) loop.stop();
+  });
+  DIPC_LOG_INFO("dipcd ready: node {} of {}, socket {}, transport {}", cfg.me().name, cfg.nodes.size(), cfg.socket,
+                (*tr)->name());
+  loop.run();
+  DIPC_LOG_INFO("dipcd stopping");
+  (*tr)->stop();
+  close(sfd);
+  return 0;
+}

@@ -1,0 +1,218 @@
+// The dipc protocol: operations between a program (libdipc.so) and its node's dipcd, and between daemons.
+//
+// Every message is a frame (common/frame.h). A client sends kRequest frames on its Unix socket and gets exactly one
+// kResponse with the same id; the response's status field is the errno the SysV call returns (0: success). A client
+// cancels a blocked request (signal, timeout) with a kOneWay kCancel frame naming the request id; it then still gets
+// the request's one response: the result if the operation completed first, else ECANCELED.
+//
+// Between daemons the same bodies travel prefixed with the caller's credentials and a cluster-unique token
+// (HomeHeader), so the object's home node applies the checks with the caller's real identity.
+// Every body is encoded with common/wire.h (big-endian) and decoded strictly: trailing bytes are an error.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/wire.h"
+#include "ipc/msg_queue.h"
+#include "ipc/sem_set.h"
+#include "ipc/types.h"
+
+namespace dipc::ipc {
+
+inline constexpr uint32_t kProtocolVersion = 1;
+inline constexpr uint32_t kMaxSops = 32768;   // hard decode bound; the home enforces semopm
+inline constexpr uint32_t kMaxSems = 65536;   // hard decode bound; the home enforces semmsl
+inline constexpr uint32_t kMaxMsgText = 1u << 20;
+
+enum Op : uint16_t {
+  // client -> daemon (and forwarded daemon -> home)
+  kHello = 1,
+  kSemGet = 2,
+  kSemOp = 3,
+  kSemCtl = 4,
+  kMsgGet = 5,
+  kMsgSnd = 6,
+  kMsgRcv = 7,
+  kMsgCtl = 8,
+  kCancel = 20,  // one-way, client -> daemon; body: none (frame id names the request)
+  kAdminStatus = 30,
+  kAdminEnable = 31,
+  // daemon -> daemon only
+  kKeyAcquire = 100,  // to the key's referee
+  kKeyBind = 101,
+  kKeyRelease = 102,
+  kKeyUnbind = 103,
+  kOpen = 104,        // to the home: permission and size checks of a *get that found an existing key
+  kHomeCancel = 105,  // one-way: cancel a forwarded request by token
+  kProcExit = 106,    // one-way: a process of the sender's node exited (apply SEM_UNDO)
+};
+
+// An id (or key) the daemon does not know: the response carries this body with EINVAL so the preload knows to try
+// the kernel instead.
+inline constexpr uint8_t kUnknownIdMarker = 0xff;
+
+struct HelloReq {
+  uint32_t version = kProtocolVersion;
+  void encode(Encoder& e) const;
+  bool decode(Decoder& d);
+};
+// The daemon also passes its control page memfd with SCM_RIGHTS along with this response.
+struct HelloResp {
+  uint32_t version = kProtocolVersion;
+  uint16_t node = 0;
+  void encode(Encoder& e) const;
+  bool decode(Decoder& d);
+};
+
+struct GetReq {  // semget / msgget (nsems unused for msgget)
+  int32_t key = 0;
+  int32_t nsems = 0;
+  int32_t flg = 0;
+  void encode(Encoder& e) const;
+  bool decode(Decoder& d);
+};
+struct IdResp {
+  int32_t id = 0;
+  void encode(Encoder& e) const;
+  bool decode(Decoder& d);
+};
+
+struct SemOpReq {
+  int32_t id = 0;
+  std::vector<SemBuf> sops;
+  void encode(Encoder& e) const;
+  bool decode(Decoder& d);
+};
+
+struct SemCtlReq {
+  int32_t id = 0;
+  int32_t semnum = 0;
+  int32_t cmd = 0;
+  int32_t val = 0;               // SETVAL
+  std::vector<uint16_t> vals;    // SETALL
+  uint32_t uid = 0, gid = 0;     // IPC_SET
+  uint16_t mode = 0;
+  void encode(Encoder& e) const;
+  bool decode(Decoder& d);
+};
+struct SemCtlResp {
+  int32_t ret = 0;              // GETVAL/GETPID/GETNCNT/GETZCNT value
+  std::vector<uint16_t> vals;   // GETALL
+  SemStat stat{};               // IPC_STAT
+  void encode(Encoder& e) const;
+  bool decode(Decoder& d);
+};
+
+struct MsgSndReq {
+  int32_t id = 0;
+  int64_t mtype = 0;
+  Bytes text;
+  int32_t flg = 0;
+  void encode(Encoder& e) const;
+  bool decode(Decoder& d);
+};
+struct MsgRcvReq {
+  int32_t id = 0;
+  uint64_t maxsize = 0;
+  int64_t msgtyp = 0;
+  int32_t flg = 0;
+  void encode(Encoder& e) const;
+  bool decode(Decoder& d);
+};
+struct MsgRcvResp {
+  int64_t mtype = 0;
+  Bytes text;
+  void encode(Encoder& e) const;
+  bool decode(Decoder& d);
+};
+
+struct MsgCtlReq {
+  int32_t id = 0;
+  int32_t cmd = 0;
+  uint32_t uid = 0, gid = 0;  // IPC_SET
+  uint16_t mode = 0;
+  uint64_t qbytes = 0;
+  void encode(Encoder& e) const;
+  bool decode(Decoder& d);
+};
+struct MsgCtlResp {
+  MsgStat stat{};
+  void encode(Encoder& e) const;
+  bool decode(Decoder& d);
+};
+
+struct AdminEnableReq {
+  bool enabled = true;
+  void encode(Encoder& e) const;
+  bool decode(Decoder& d);
+};
+struct AdminStatusResp {
+  std::string text;  // human-readable `dipc status`
+  uint32_t peers_total = 0, peers_up = 0;
+  bool enabled = true;
+  void encode(Encoder& e) const;
+  bool decode(Decoder& d);
+};
+
+// ---- daemon <-> daemon ----
+
+// Prefix of every request forwarded to a home node.
+struct HomeHeader {
+  Creds creds;
+  uint64_t token = 0;  // cluster-unique: (origin node << 48) | counter
+  void encode(Encoder& e) const;
+  bool decode(Decoder& d);
+};
+
+struct KeyReq {  // kKeyAcquire / kKeyBind / kKeyRelease / kKeyUnbind
+  ObjType type = ObjType::kSem;
+  int32_t key = 0;
+  int32_t flg = 0;  // acquire: the *get flags
+  int32_t id = 0;   // bind / unbind
+  void encode(Encoder& e) const;
+  bool decode(Decoder& d);
+};
+enum class KeyVerdict : uint8_t { kFound = 1, kCreate = 2 };
+struct KeyResp {
+  KeyVerdict verdict = KeyVerdict::kFound;
+  int32_t id = 0;
+  void encode(Encoder& e) const;
+  bool decode(Decoder& d);
+};
+
+struct OpenReq {  // kOpen: after kFound, the home checks ipcperms(flg) and semget's nsems
+  ObjType type = ObjType::kSem;
+  int32_t id = 0;
+  int32_t nsems = 0;
+  int32_t flg = 0;
+  void encode(Encoder& e) const;
+  bool decode(Decoder& d);
+};
+
+struct ProcExitMsg {
+  int32_t pid = 0;
+  void encode(Encoder& e) const;
+  bool decode(Decoder& d);
+};
+struct HomeCancelMsg {
+  uint64_t token = 0;
+  void encode(Encoder& e) const;
+  bool decode(Decoder& d);
+};
+
+// Helpers: encode a body into fresh bytes; decode a whole body strictly.
+template <typename T>
+Bytes encode_body(const T& v) {
+  Encoder e;
+  v.encode(e);
+  return e.take();
+}
+template <typename T>
+bool decode_body(ByteView b, T& v) {
+  Decoder d(b);
+  return v.decode(d) && d.done();
+}
+
+}  // namespace dipc::ipc

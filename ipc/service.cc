@@ -1,0 +1,578 @@
+#include "ipc/service.h"
+
+#include <sys/ipc.h>
+#include <sys/msg.h>
+#include <sys/sem.h>
+
+#include <algorithm>
+#include <climits>
+#include <ctime>
+#include <sstream>
+
+#include "common/log.h"
+#include "ipc/ids.h"
+
+namespace dipc::ipc {
+
+namespace {
+int64_t now_s() { return static_cast<int64_t>(time(nullptr)); }
+
+// A transport failure reaching a remote object is reported as EIO: no SysV call defines a better errno for an
+// unreachable home node (README, "What differs from local SysV IPC").
+int map_transport(const Status& st) {
+  int c = st.code();
+  return (c == ECONNRESET || c == EHOSTUNREACH || c == ECONNREFUSED || c == ETIMEDOUT) ? EIO : c;
+}
+
+Bytes unknown_id() { return Bytes{kUnknownIdMarker}; }
+bool is_unknown_id(int st, ByteView b) { return st == EINVAL && b.size() == 1 && b[0] == kUnknownIdMarker; }
+uint16_t token_node(uint64_t token) { return static_cast<uint16_t>(token >> 48); }
+}  // namespace
+
+Service::Service(const Config& cfg, EventLoop& loop, transport::Transport* tr, const Limits& lim)
+    : cfg_(cfg), loop_(loop), tr_(tr), lim_(lim) {
+  for (const auto& n : cfg_.nodes) node_ids_.push_back(n.id);
+  std::sort(node_ids_.begin(), node_ids_.end());
+}
+
+Service::~Service() = default;
+
+uint16_t Service::referee_for(int32_t key) const {
+  return node_ids_[static_cast<uint32_t>(key) % node_ids_.size()];
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Plumbing: the same handlers serve local calls (direct) and remote ones (through the transport).
+
+void Service::call(uint16_t node, uint16_t op, Bytes body, std::function<void(int, ByteView)> cb) {
+  if (node == cfg_.self) {
+    dispatch_request(node, op, body, [cb](int st, Bytes b) { cb(st, b); });
+    return;
+  }
+  Status s = tr_->request(node, op, std::move(body),
+                          [cb](Status st, ByteView b) { cb(st.is_ok() ? 0 : map_transport(st), b); });
+  if (!s) cb(map_transport(s), {});
+}
+
+void Service::notify(uint16_t node, uint16_t op, Bytes body) {
+  if (node == cfg_.self) {
+    dispatch_message(node, op, body);
+    return;
+  }
+  Status s = tr_->send(node, op, std::move(body));
+  if (!s) DIPC_LOG_WARN("message {} to node {} not sent: {}", op, node, s.str());
+}
+
+void Service::on_request(transport::NodeId from, uint16_t op, ByteView body, transport::ReplyToken token) {
+  dispatch_request(from, op, body, [this, token](int st, Bytes b) { (void)tr_->reply(token, st, std::move(b)); });
+}
+
+void Service::on_message(transport::NodeId from, uint16_t op, ByteView body) { dispatch_message(from, op, body); }
+
+void Service::dispatch_request(uint16_t from, uint16_t op, ByteView body, std::function<void(int, Bytes)> reply) {
+  if (op == kKeyAcquire) {
+    KeyReq req;
+    if (!decode_body(body, req)) return reply(EPROTO, {});
+    return referee_acquire(from, req, std::move(reply));
+  }
+  Decoder d(body);
+  HomeHeader h;
+  if (!h.decode(d) || h.creds.node != from) {
+    DIPC_LOG_WARN("node {}: malformed or misattributed request {}", from, op);
+    return reply(EPROTO, {});
+  }
+  size_t hdr = body.size() - d.remaining();
+  home_request(op, h, body.subspan(hdr), std::move(reply));
+}
+
+void Service::dispatch_message(uint16_t from, uint16_t op, ByteView body) {
+  switch (op) {
+    case kKeyBind:
+    case kKeyRelease:
+    case kKeyUnbind: {
+      KeyReq req;
+      if (decode_body(body, req)) referee_update(from, op, req);
+      return;
+    }
+    case kHomeCancel: {
+      HomeCancelMsg m;
+      if (decode_body(body, m) && token_node(m.token) == from) home_cancel(m.token);
+      return;
+    }
+    case kProcExit: {
+      ProcExitMsg m;
+      if (!decode_body(body, m)) return;
+      ProcKey pk{from, m.pid};
+      for (auto& [id, s] : sems_.by_id) {
+        if (!s->has_undo(pk)) continue;
+        s->apply_undo(pk, now_s());
+        drain(*s);
+      }
+      return;
+    }
+    default:
+      DIPC_LOG_WARN("node {}: unknown message {}", from, op);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Local clients.
+
+void Service::client_request(const Creds& c, uint16_t op, ByteView body, uint64_t token, ReplyFn reply) {
+  HomeHeader h{c, global_token(token)};
+  h.creds.node = cfg_.self;
+  if (op == kSemGet || op == kMsgGet) {
+    GetReq req;
+    if (!decode_body(body, req)) return reply(EINVAL, {});
+    return do_get(op == kSemGet ? ObjType::kSem : ObjType::kMsg, h.creds, req, std::move(reply), 0);
+  }
+  if (op < kSemOp || op > kMsgCtl || op == kMsgGet) return reply(EINVAL, {});
+  Decoder peek(body);
+  int32_t id = peek.i32();
+  if (!peek.ok()) return reply(EINVAL, {});
+  uint16_t home = id_node(id);
+  if (!is_dipc_id(id) || !cfg_.node(home)) return reply(EINVAL, unknown_id());
+  if (home == cfg_.self) return home_request(op, h, body, std::move(reply));
+
+  Encoder e;
+  h.encode(e);
+  e.raw(body);
+  uint64_t gt = h.token;
+  inflight_[gt] = home;
+  Status s = tr_->request(home, op, e.take(), [this, gt, reply](Status st, ByteView b) {
+    inflight_.erase(gt);
+    reply(st.is_ok() ? 0 : map_transport(st), Bytes(b.begin(), b.end()));
+  });
+  if (!s) {
+    inflight_.erase(gt);
+    reply(map_transport(s), {});
+  }
+}
+
+void Service::client_cancel(uint64_t token) {
+  uint64_t gt = global_token(token);
+  auto it = inflight_.find(gt);
+  if (it != inflight_.end())
+    notify(it->second, kHomeCancel, encode_body(HomeCancelMsg{gt}));
+  else
+    home_cancel(gt);
+}
+
+void Service::process_exited(int32_t pid) {
+  for (uint16_t n : node_ids_)
+    if (n == cfg_.self || tr_->peer_up(n)) notify(n, kProcExit, encode_body(ProcExitMsg{pid}));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// *get: resolve a key cluster-wide through its referee, or create.
+
+void Service::do_get(ObjType type, const Creds& c, const GetReq& req, ReplyFn reply, int attempts) {
+  if (type == ObjType::kSem && (req.nsems < 0 || req.nsems > lim_.semmsl)) return reply(EINVAL, {});
+  if (req.key == IPC_PRIVATE) {
+    int32_t id = 0;
+    int e = create_local(type, c, req.key, req.nsems, req.flg, id);
+    return e ? reply(e, {}) : reply(0, encode_body(IdResp{id}));
+  }
+  uint16_t referee = referee_for(req.key);
+  KeyReq kr{type, req.key, req.flg, 0};
+  call(referee, kKeyAcquire, encode_body(kr), [this, type, c, req, reply, attempts, referee](int st, ByteView b) {
+    KeyResp kresp;
+    if (st) return reply(st, {});
+    if (!decode_body(b, kresp)) return reply(EIO, {});
+    if (kresp.verdict == KeyVerdict::kCreate) {
+      int32_t id = 0;
+      int e = create_local(type, c, req.key, req.nsems, req.flg, id);
+      notify(referee, e ? kKeyRelease : kKeyBind, encode_body(KeyReq{type, req.key, 0, id}));
+      return e ? reply(e, {}) : reply(0, encode_body(IdResp{id}));
+    }
+    // Found: the home checks permissions and size, as ipc_check_perms() and sem_more_checks() do.
+    int32_t id = kresp.id;
+    Encoder e;
+    HomeHeader{c, 0}.encode(e);
+    OpenReq{type, id, req.nsems, req.flg}.encode(e);
+    call(id_node(id), kOpen, e.take(), [this, type, c, req, reply, attempts, id](int st2, ByteView b2) {
+      // The object was removed between the referee's answer and ours: ask again (its unbind is on the way).
+      if (is_unknown_id(st2, b2) && attempts < 50) return do_get(type, c, req, reply, attempts + 1);
+      if (st2) return reply(st2, {});
+      reply(0, encode_body(IdResp{id}));
+    });
+  });
+}
+
+int Service::create_local(ObjType type, const Creds& c, int32_t key, int32_t nsems, int32_t flg, int32_t& id) {
+  if (type == ObjType::kSem) {
+    if (nsems == 0) return EINVAL;
+    if (used_sems_ + nsems > lim_.semmns || static_cast<int>(sems_.by_id.size()) >= lim_.semmni) return ENOSPC;
+  } else if (static_cast<int>(msgs_.by_id.size()) >= lim_.msgmni) {
+    return ENOSPC;
+  }
+  auto alloc = [&](auto& slots) -> int {
+    uint32_t slot;
+    if (!slots.free.empty()) {
+      slot = slots.free.back();
+      slots.free.pop_back();
+      slots.seq[slot] = static_cast<uint8_t>((slots.seq[slot] + 1) & kSeqMask);
+    } else {
+      if (slots.next >= kSlots) return ENOSPC;
+      slot = slots.next++;
+      slots.seq.push_back(0);
+    }
+    id = make_id(cfg_.self, slots.seq[slot], slot);
+    return 0;
+  };
+  Perm p;
+  p.key = key;
+  p.uid = p.cuid = c.uid;
+  p.gid = p.cgid = c.gid;
+  p.mode = static_cast<uint16_t>(flg & 0777);
+  int64_t now = now_s();
+  if (type == ObjType::kSem) {
+    if (int e = alloc(sems_)) return e;
+    p.seq = static_cast<uint16_t>(id_seq(id));
+    sems_.by_id[id] = std::make_unique<SemSet>(p, nsems, lim_, now);
+    used_sems_ += nsems;
+  } else {
+    if (int e = alloc(msgs_)) return e;
+    p.seq = static_cast<uint16_t>(id_seq(id));
+    msgs_.by_id[id] = std::make_unique<MsgQueue>(p, lim_, now);
+  }
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Referee: one authority per key serialises creation.
+
+void Service::referee_acquire(uint16_t from, const KeyReq& req, std::function<void(int, Bytes)> reply) {
+  auto k = std::make_pair(static_cast<uint8_t>(req.type), req.key);
+  auto it = keys_.find(k);
+  if (it == keys_.end()) {
+    if (!(req.flg & IPC_CREAT)) return reply(ENOENT, {});
+    Reservation r;
+    r.node = from;
+    keys_.emplace(k, std::move(r));
+    return reply(0, encode_body(KeyResp{KeyVerdict::kCreate, 0}));
+  }
+  Reservation& r = it->second;
+  if (!r.bound) {
+    r.waiting.push_back(Acquire{from, req, std::move(reply)});
+    return;
+  }
+  if ((req.flg & IPC_CREAT) && (req.flg & IPC_EXCL)) return reply(EEXIST, {});
+  reply(0, encode_body(KeyResp{KeyVerdict::kFound, r.id}));
+}
+
+void Service::referee_update(uint16_t from, uint16_t op, const KeyReq& req) {
+  auto k = std::make_pair(static_cast<uint8_t>(req.type), req.key);
+  auto it = keys_.find(k);
+  if (it == keys_.end()) return;
+  Reservation& r = it->second;
+  std::vector<Acquire> waiting;
+  if (op == kKeyBind && !r.bound && r.node == from) {
+    r.bound = true;
+    r.id = req.id;
+    waiting.swap(r.waiting);
+  } else if (op == kKeyRelease && !r.bound && r.node == from) {
+    waiting.swap(r.waiting);
+    keys_.erase(it);
+  } else if (op == kKeyUnbind && r.bound && r.id == req.id && id_node(req.id) == from) {
+    waiting.swap(r.waiting);
+    keys_.erase(it);
+  } else {
+    return;
+  }
+  for (auto& a : waiting) referee_acquire(a.from, a.req, std::move(a.reply));
+}
+
+void Service::on_peer(transport::NodeId peer, bool up) {
+  DIPC_LOG_INFO("link to node {} {}", peer, up ? "up" : "down");
+  if (up) return;
+  // Creations the lost node had reserved will never be bound.
+  for (auto it = keys_.begin(); it != keys_.end();) {
+    if (!it->second.bound && it->second.node == peer) {
+      auto waiting = std::move(it->second.waiting);
+      it = keys_.erase(it);
+      for (auto& a : waiting) referee_acquire(a.from, a.req, std::move(a.reply));
+    } else {
+      ++it;
+    }
+  }
+  // Blocked calls of the lost node's processes can no longer be answered: withdraw them, applying nothing.
+  std::vector<uint64_t> lost;
+  for (auto& [token, p] : pending_)
+    if (token_node(token) == peer) lost.push_back(token);
+  for (uint64_t t : lost) home_cancel(t);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Home: the objects themselves.
+
+SemSet* Service::find_sem(int32_t id) {
+  auto it = sems_.by_id.find(id);
+  return it == sems_.by_id.end() ? nullptr : it->second.get();
+}
+
+MsgQueue* Service::find_msg(int32_t id) {
+  auto it = msgs_.by_id.find(id);
+  return it == msgs_.by_id.end() ? nullptr : it->second.get();
+}
+
+void Service::home_request(uint16_t op, const HomeHeader& h, ByteView body, ReplyFn reply) {
+  switch (op) {
+    case kOpen:
+      return home_open(h, body, reply);
+    case kSemOp:
+      return home_semop(h, body, reply);
+    case kSemCtl:
+      return home_semctl(h, body, reply);
+    case kMsgSnd:
+      return home_msgsnd(h, body, reply);
+    case kMsgRcv:
+      return home_msgrcv(h, body, reply);
+    case kMsgCtl:
+      return home_msgctl(h, body, reply);
+    default:
+      return reply(EINVAL, {});
+  }
+}
+
+void Service::home_open(const HomeHeader& h, ByteView body, ReplyFn& reply) {
+  OpenReq r;
+  if (!decode_body(body, r)) return reply(EPROTO, {});
+  const Perm* perm = nullptr;
+  SemSet* s = nullptr;
+  if (r.type == ObjType::kSem) {
+    s = find_sem(r.id);
+    if (s) perm = &s->perm();
+  } else if (r.type == ObjType::kMsg) {
+    if (MsgQueue* q = find_msg(r.id)) perm = &q->perm();
+  }
+  if (!perm) return reply(EINVAL, unknown_id());
+  if (int e = ipc_check(*perm, h.creds, r.flg)) return reply(e, {});
+  if (s && r.nsems > s->nsems()) return reply(EINVAL, {});
+  reply(0, encode_body(IdResp{r.id}));
+}
+
+void Service::home_semop(const HomeHeader& h, ByteView body, ReplyFn& reply) {
+  SemOpReq r;
+  if (!decode_body(body, r)) return reply(EINVAL, {});
+  if (r.sops.empty()) return reply(EINVAL, {});
+  if (static_cast<int>(r.sops.size()) > lim_.semopm) return reply(E2BIG, {});
+  SemSet* s = find_sem(r.id);
+  if (!s) return reply(EINVAL, unknown_id());
+  Outcome o = s->semop(h.token, r.sops, ProcKey{h.creds.node, h.creds.pid}, h.creds, now_s());
+  if (o.kind == Outcome::kBlocked)
+    pending_[h.token] = Pending{ObjType::kSem, r.id, std::move(reply)};
+  else
+    reply(o.kind == Outcome::kDone ? 0 : o.err, {});
+  drain(*s);
+}
+
+void Service::home_semctl(const HomeHeader& h, ByteView body, ReplyFn& reply) {
+  SemCtlReq r;
+  if (!decode_body(body, r)) return reply(EINVAL, {});
+  SemSet* s = find_sem(r.id);
+  if (!s) return reply(EINVAL, unknown_id());
+  const Creds& c = h.creds;
+  SemCtlResp resp;
+  int e = 0;
+  int64_t now = now_s();
+  switch (r.cmd) {
+    case IPC_RMID:
+      e = s->check_rmid(c);
+      if (!e) remove_object(ObjType::kSem, r.id);
+      return reply(e, {});
+    case IPC_STAT:
+      e = s->stat(c, resp.stat);
+      break;
+    case IPC_SET:
+      e = s->set(r.uid, r.gid, r.mode, c, now);
+      break;
+    case GETVAL:
+      e = s->getval(r.semnum, c, resp.ret);
+      break;
+    case GETPID:
+      e = s->getpid(r.semnum, c, resp.ret);
+      break;
+    case GETNCNT:
+      e = s->getncnt(r.semnum, c, resp.ret);
+      break;
+    case GETZCNT:
+      e = s->getzcnt(r.semnum, c, resp.ret);
+      break;
+    case GETALL:
+      e = s->getall(c, resp.vals);
+      break;
+    case SETVAL:
+      e = s->setval(r.semnum, r.val, c, c.pid, now);
+      break;
+    case SETALL:
+      e = s->setall(r.vals, c, c.pid, now);
+      break;
+    default:
+      e = EINVAL;
+  }
+  if (e) reply(e, {});
+  else reply(0, encode_body(resp));
+  drain(*s);
+}
+
+void Service::home_msgsnd(const HomeHeader& h, ByteView body, ReplyFn& reply) {
+  MsgSndReq r;
+  if (!decode_body(body, r)) return reply(EINVAL, {});
+  if (static_cast<int64_t>(r.text.size()) > lim_.msgmax) return reply(EINVAL, {});
+  if (r.mtype < 1) return reply(EINVAL, {});
+  MsgQueue* q = find_msg(r.id);
+  if (!q) return reply(EINVAL, unknown_id());
+  Outcome o = q->send(h.token, r.mtype, std::move(r.text), r.flg, ProcKey{h.creds.node, h.creds.pid}, h.creds,
+                      now_s());
+  if (o.kind == Outcome::kBlocked)
+    pending_[h.token] = Pending{ObjType::kMsg, r.id, std::move(reply)};
+  else
+    reply(o.kind == Outcome::kDone ? 0 : o.err, {});
+  drain(*q);
+}
+
+void Service::home_msgrcv(const HomeHeader& h, ByteView body, ReplyFn& reply) {
+  MsgRcvReq r;
+  if (!decode_body(body, r)) return reply(EINVAL, {});
+  if (r.maxsize > static_cast<uint64_t>(LONG_MAX)) return reply(EINVAL, {});
+  MsgQueue* q = find_msg(r.id);
+  if (!q) return reply(EINVAL, unknown_id());
+  Message m;
+  Outcome o = q->recv(h.token, r.msgtyp, r.maxsize, r.flg, ProcKey{h.creds.node, h.creds.pid}, h.creds, now_s(), m);
+  if (o.kind == Outcome::kBlocked)
+    pending_[h.token] = Pending{ObjType::kMsg, r.id, std::move(reply)};
+  else if (o.kind == Outcome::kDone)
+    reply(0, encode_body(MsgRcvResp{m.mtype, std::move(m.text)}));
+  else
+    reply(o.err, {});
+  drain(*q);
+}
+
+void Service::home_msgctl(const HomeHeader& h, ByteView body, ReplyFn& reply) {
+  MsgCtlReq r;
+  if (!decode_body(body, r)) return reply(EINVAL, {});
+  MsgQueue* q = find_msg(r.id);
+  if (!q) return reply(EINVAL, unknown_id());
+  MsgCtlResp resp;
+  int e = 0;
+  switch (r.cmd) {
+    case IPC_RMID:
+      e = q->check_rmid(h.creds);
+      if (!e) remove_object(ObjType::kMsg, r.id);
+      return reply(e, {});
+    case IPC_STAT:
+      e = q->stat(h.creds, resp.stat);
+      if (e) return reply(e, {});
+      return reply(0, encode_body(resp));
+    case IPC_SET:
+      e = q->set(r.uid, r.gid, r.mode, r.qbytes, h.creds, now_s());
+      reply(e, {});
+      return drain(*q);
+    default:
+      return reply(EINVAL, {});
+  }
+}
+
+void Service::drain(SemSet& s) {
+  for (const auto& c : s.take_completed()) {
+    auto it = pending_.find(c.token);
+    if (it == pending_.end()) continue;
+    ReplyFn fn = std::move(it->second.reply);
+    pending_.erase(it);
+    fn(c.err, {});
+  }
+}
+
+void Service::drain(MsgQueue& q) {
+  for (auto& c : q.take_completed()) {
+    auto it = pending_.find(c.token);
+    if (it == pending_.end()) continue;
+    ReplyFn fn = std::move(it->second.reply);
+    pending_.erase(it);
+    if (c.err == 0 && c.is_recv)
+      fn(0, encode_body(MsgRcvResp{c.msg.mtype, std::move(c.msg.text)}));
+    else
+      fn(c.err, {});
+  }
+}
+
+void Service::home_cancel(uint64_t token) {
+  auto it = pending_.find(token);
+  if (it == pending_.end()) return;  // already answered: the caller gets that answer
+  if (it->second.type == ObjType::kSem) {
+    if (SemSet* s = find_sem(it->second.id)) s->cancel(token);
+  } else if (MsgQueue* q = find_msg(it->second.id)) {
+    q->cancel(token);
+  }
+  ReplyFn fn = std::move(it->second.reply);
+  pending_.erase(it);
+  fn(ECANCELED, {});
+}
+
+void Service::remove_object(ObjType type, int32_t id) {
+  std::vector<uint64_t> waiters;
+  int32_t key = 0;
+  if (type == ObjType::kSem) {
+    auto it = sems_.by_id.find(id);
+    waiters = it->second->remove_waiters();
+    key = it->second->perm().key;
+    used_sems_ -= it->second->nsems();
+    sems_.by_id.erase(it);
+    sems_.free.push_back(id_slot(id));
+  } else {
+    auto it = msgs_.by_id.find(id);
+    waiters = it->second->remove_waiters();
+    key = it->second->perm().key;
+    msgs_.by_id.erase(it);
+    msgs_.free.push_back(id_slot(id));
+  }
+  for (uint64_t t : waiters) {
+    auto p = pending_.find(t);
+    if (p == pending_.end()) continue;
+    ReplyFn fn = std::move(p->second.reply);
+    pending_.erase(p);
+    fn(EIDRM, {});
+  }
+  if (key != IPC_PRIVATE) notify(referee_for(key), kKeyUnbind, encode_body(KeyReq{type, key, 0, id}));
+}
+
+std::pair<uint32_t, uint32_t> Service::peer_counts() const {
+  uint32_t total = 0, up = 0;
+  for (uint16_t n : node_ids_) {
+    if (n == cfg_.self) continue;
+    ++total;
+    if (tr_ && tr_->peer_up(n)) ++up;
+  }
+  return {total, up};
+}
+
+std::string Service::status_text() const {
+  std::ostringstream os;
+  os << "node " << cfg_.me().name << " (id " << cfg_.self << ", " << cfg_.me().address << ":" << cfg_.me().port
+     << ", transport " << (tr_ ? tr_->name() : "none") << ")\n";
+  os << "peers:\n";
+  for (const auto& n : cfg_.nodes) {
+    if (n.id == cfg_.self) continue;
+    os << "  " << n.name << " (id " << n.id << ", " << n.address << ":" << n.port << ") "
+       << (tr_ && tr_->peer_up(n.id) ? "up" : "down") << "\n";
+  }
+  os << "semaphore sets hosted: " << sems_.by_id.size() << "\n";
+  char line[160];
+  for (const auto& [id, s] : sems_.by_id) {
+    snprintf(line, sizeof line, "  semid %-11d key 0x%08x nsems %-5d mode %03o owner %u\n", id,
+             static_cast<unsigned>(s->perm().key), s->nsems(), s->perm().mode & 0777, s->perm().uid);
+    os << line;
+  }
+  os << "message queues hosted: " << msgs_.by_id.size() << "\n";
+  for (const auto& [id, q] : msgs_.by_id) {
+    snprintf(line, sizeof line, "  msqid %-11d key 0x%08x messages %-6zu mode %03o owner %u\n", id,
+             static_cast<unsigned>(q->perm().key), q->qnum(), q->perm().mode & 0777, q->perm().uid);
+    os << line;
+  }
+  os << "keys refereed: " << keys_.size() << "\n";
+  os << "blocked calls waiting here: " << pending_.size() << "\n";
+  return os.str();
+}
+
+}  // namespace dipc::ipc

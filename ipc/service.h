@@ -1,0 +1,122 @@
+// The node service: SysV semantics of distributed semaphores and message queues on top of the transport interface.
+//
+// Every object has a home node, the node that created it (its id names it, ipc/ids.h); the home holds the state
+// and serialises every operation, so each object is linearizable. Every key has a referee node, chosen by hashing
+// the key over the configured nodes; the referee maps keys to ids and serialises creation, so an
+// IPC_CREAT|IPC_EXCL race between nodes has exactly one winner. See docs/ARCHITECTURE.md.
+//
+// Runs on the daemon's loop thread. Talks to other nodes only through transport::Transport.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "common/config.h"
+#include "common/event_loop.h"
+#include "ipc/msg_queue.h"
+#include "ipc/protocol.h"
+#include "ipc/sem_set.h"
+#include "ipc/types.h"
+#include "transport/transport.h"
+
+namespace dipc::ipc {
+
+class Service : public transport::Handler {
+ public:
+  // Called exactly once per request, possibly much later (a blocked semop).
+  using ReplyFn = std::function<void(int status, Bytes body)>;
+
+  Service(const Config& cfg, EventLoop& loop, transport::Transport* tr, const Limits& lim);
+  ~Service() override;
+
+  // A request from a local program. `token` is unique within this node; the service makes it cluster-unique.
+  void client_request(const Creds& c, uint16_t op, ByteView body, uint64_t token, ReplyFn reply);
+  // The program gave up waiting (signal, timeout, exit): cancel the request if it is still blocked.
+  void client_cancel(uint64_t token);
+  // A local process exited: apply its SEM_UNDO adjustments everywhere in the cluster.
+  void process_exited(int32_t pid);
+
+  std::string status_text() const;
+  // Configured peers and how many of them are connected.
+  std::pair<uint32_t, uint32_t> peer_counts() const;
+  size_t objects() const { return sems_.size() + msgs_.size(); }
+
+  // transport::Handler
+  void on_request(transport::NodeId from, uint16_t op, ByteView body, transport::ReplyToken token) override;
+  void on_message(transport::NodeId from, uint16_t op, ByteView body) override;
+  void on_peer(transport::NodeId peer, bool up) override;
+
+ private:
+  struct Pending {
+    ObjType type;
+    int32_t id;
+    ReplyFn reply;
+  };
+  struct Acquire {
+    uint16_t from;
+    KeyReq req;
+    std::function<void(int, Bytes)> reply;
+  };
+  struct Reservation {
+    uint16_t node = 0;  // the node creating the key
+    bool bound = false;
+    int32_t id = 0;
+    std::vector<Acquire> waiting;  // acquires queued behind the creation
+  };
+  template <typename T>
+  struct Slots {
+    std::unordered_map<int32_t, std::unique_ptr<T>> by_id;
+    std::vector<uint32_t> free;
+    std::vector<uint8_t> seq;
+    uint32_t next = 0;
+  };
+
+  uint64_t global_token(uint64_t local) const { return (static_cast<uint64_t>(cfg_.self) << 48) | local; }
+  // Sends a request to `node`, or runs it here when node is self.
+  void call(uint16_t node, uint16_t op, Bytes body, std::function<void(int, ByteView)> cb);
+  void notify(uint16_t node, uint16_t op, Bytes body);
+  void dispatch_request(uint16_t from, uint16_t op, ByteView body, std::function<void(int, Bytes)> reply);
+  void dispatch_message(uint16_t from, uint16_t op, ByteView body);
+
+  // *get
+  void do_get(ObjType type, const Creds& c, const GetReq& req, ReplyFn reply, int attempts);
+  int create_local(ObjType type, const Creds& c, int32_t key, int32_t nsems, int32_t flg, int32_t& id);
+  uint16_t referee_for(int32_t key) const;
+  void referee_acquire(uint16_t from, const KeyReq& req, std::function<void(int, Bytes)> reply);
+  void referee_update(uint16_t from, uint16_t op, const KeyReq& req);
+  void referee_run_queue(int32_t key, ObjType type);
+
+  // home side
+  void home_request(uint16_t op, const HomeHeader& h, ByteView body, ReplyFn reply);
+  void home_open(const HomeHeader& h, ByteView body, ReplyFn& reply);
+  void home_semop(const HomeHeader& h, ByteView body, ReplyFn& reply);
+  void home_semctl(const HomeHeader& h, ByteView body, ReplyFn& reply);
+  void home_msgsnd(const HomeHeader& h, ByteView body, ReplyFn& reply);
+  void home_msgrcv(const HomeHeader& h, ByteView body, ReplyFn& reply);
+  void home_msgctl(const HomeHeader& h, ByteView body, ReplyFn& reply);
+  void home_cancel(uint64_t token);
+  void remove_object(ObjType type, int32_t id);
+  void drain(SemSet& s);
+  void drain(MsgQueue& q);
+  SemSet* find_sem(int32_t id);
+  MsgQueue* find_msg(int32_t id);
+
+  const Config& cfg_;
+  EventLoop& loop_;
+  transport::Transport* tr_;
+  Limits lim_;
+  Slots<SemSet> sems_;
+  Slots<MsgQueue> msgs_;
+  int64_t used_sems_ = 0;
+  std::unordered_map<uint64_t, Pending> pending_;               // home: blocked requests by token
+  std::unordered_map<uint64_t, uint16_t> inflight_;             // origin: token -> home node
+  std::map<std::pair<uint8_t, int32_t>, Reservation> keys_;     // referee: (type, key) -> state
+  std::vector<uint16_t> node_ids_;                              // sorted
+};
+
+}  // namespace dipc::ipc
