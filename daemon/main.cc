@@ -1,5 +1,6 @@
 // dipcd: one per node. Serves the node's programs over a Unix socket and talks to the other nodes' daemons.
 #include <signal.h>
+#include <sys/epoll.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 

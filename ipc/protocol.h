@@ -17,6 +17,7 @@
 #include "common/wire.h"
 #include "ipc/msg_queue.h"
 #include "ipc/sem_set.h"
+#include "ipc/ids.h"
 #include "ipc/types.h"
 
 namespace dipc::ipc {
@@ -52,6 +53,9 @@ enum Op : uint16_t {
 // An id (or key) the daemon does not know: the response carries this body with EINVAL so the preload knows to try
 // the kernel instead.
 inline constexpr uint8_t kUnknownIdMarker = 0xff;
+
+// semctl command the preload uses to learn nsems before GETALL/SETALL copy arrays (no Linux command has this value).
+inline constexpr int32_t kSemCtlNsems = 0x44490001;
 
 struct HelloReq {
   uint32_t version = kProtocolVersion;

@@ -402,6 +402,9 @@ void Service::home_semctl(const HomeHeader& h, ByteView body, ReplyFn& reply) {
     case GETALL:
       e = s->getall(c, resp.vals);
       break;
+    case kSemCtlNsems:
+      resp.ret = s->nsems();
+      break;
     case SETVAL:
       e = s->setval(r.semnum, r.val, c, c.pid, now);
       break;

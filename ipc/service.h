@@ -44,7 +44,7 @@ class Service : public transport::Handler {
   std::string status_text() const;
   // Configured peers and how many of them are connected.
   std::pair<uint32_t, uint32_t> peer_counts() const;
-  size_t objects() const { return sems_.size() + msgs_.size(); }
+  size_t objects() const { return sems_.by_id.size() + msgs_.by_id.size(); }
 
   // transport::Handler
   void on_request(transport::NodeId from, uint16_t op, ByteView body, transport::ReplyToken token) override;

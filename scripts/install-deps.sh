@@ -2,7 +2,7 @@
 # Installs what dipc needs to build and test on Debian 12 (apt-get). Safe to run again.
 set -euo pipefail
 pkgs=(cmake ninja-build g++ clang pkgconf libtomlplusplus-dev libsodium-dev libcli11-dev libspdlog-dev libfmt-dev
-      libgtest-dev libgmock-dev libbenchmark-dev libibverbs-dev librdmacm-dev libhwloc-dev iproute2 util-linux
+      libgtest-dev libgmock-dev libbenchmark-dev libibverbs-dev librdmacm-dev libhwloc-dev libclang-rt-14-dev iproute2 util-linux
       procps python3)
 missing=()
 for p in "${pkgs[@]}"; do
