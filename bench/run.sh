@@ -5,7 +5,7 @@
 #   usage: bench/run.sh [BUILD_DIR] [extra Google Benchmark flags]
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
-build=${1:-$top/build}
+build=$(cd "${1:-$top/build}" && pwd)
 shift || true
 bin=$build/bin
 dir=$(mktemp -d /tmp/dipc-bench.XXXXXX)
@@ -15,7 +15,7 @@ peer_addr=$("$bin/dipc-sim" exec --dir "$dir" node2 -- sh -c 'echo "$DIPC_NODE_A
 [ -n "$peer_addr" ] || peer_addr=127.0.0.1
 out=$dir/bench.json
 DIPC_SIM="$bin/dipc-sim" DIPC_SIM_DIR="$dir" DIPC_PEER_ADDR="$peer_addr" DIPC_PEER=node2 \
-  "$bin/dipc-sim" exec --dir "$dir" --preload node1 -- "$build/bench/ipc_bench" \
+  "$bin/dipc-sim" exec --dir "$dir" --preload node1 -- "$bin/ipc_bench" \
   --benchmark_out="$out" --benchmark_out_format=json "$@"
 python3 - "$out" <<'PY'
 import json, sys

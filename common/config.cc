@@ -77,6 +77,7 @@ Result<Config> parse_config(const std::string& text, std::string* error) {
     c.transport = cl["transport"].value_or(c.transport);
     c.socket = cl["socket"].value_or(c.socket);
     c.log_level = cl["log_level"].value_or(c.log_level);
+    if (!get_int(cl["busy_poll_us"], c.busy_poll_us, 0, 1000000)) return fail("cluster.busy_poll_us out of range");
     if (c.transport != "auto" && c.transport != "tcp" && c.transport != "verbs")
       return fail("cluster.transport must be \"auto\", \"tcp\" or \"verbs\"");
   }

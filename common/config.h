@@ -5,6 +5,7 @@
 //   transport   = "auto"               # "auto" (verbs if a device is up, else tcp), "tcp", "verbs"
 //   socket      = "@dipc"              # local client socket; '@' = abstract (per network namespace)
 //   log_level   = "info"
+//   busy_poll_us = 0                   # poll this long before sleeping (latency for CPU; 0: off)
 //
 //   [[node]]                           # one table per node
 //   id = 1                             # 1..255, unique
@@ -51,6 +52,7 @@ struct Config {
   std::string secret_file;
   std::string socket = "@dipc";
   std::string log_level = "info";
+  uint32_t busy_poll_us = 0;
   Distribute distribute = Distribute::kFlag;
   std::vector<KeyRange> ranges;
   uint32_t block_size = 4096;

@@ -104,7 +104,17 @@ void EventLoop::run_once(int timeout_ms) {
     if (timeout_ms < 0 || until < timeout_ms) timeout_ms = static_cast<int>(until);
   }
   epoll_event evs[64];
-  int n = epoll_wait(epfd_, evs, 64, timeout_ms);
+  int n = 0;
+  if (busy_poll_us_ > 0 && timeout_ms != 0) {
+    timespec start, cur;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    do {
+      n = epoll_wait(epfd_, evs, 64, 0);
+      if (n != 0) break;
+      clock_gettime(CLOCK_MONOTONIC, &cur);
+    } while ((cur.tv_sec - start.tv_sec) * 1000000 + (cur.tv_nsec - start.tv_nsec) / 1000 < busy_poll_us_);
+  }
+  if (n == 0) n = epoll_wait(epfd_, evs, 64, timeout_ms);
   for (int i = 0; i < n; ++i) {
     auto it = fds_.find(evs[i].data.fd);
     if (it == fds_.end()) continue;

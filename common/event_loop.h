@@ -42,6 +42,8 @@ class EventLoop {
   void run_once(int timeout_ms);
   void stop();
   bool stopped() const { return stop_; }
+  // Before blocking, poll without sleeping for this long: trades a little CPU for wake-up latency (0: off).
+  void set_busy_poll_us(int us) { busy_poll_us_ = us; }
 
   static int64_t now_ms();
 
@@ -49,6 +51,7 @@ class EventLoop {
   int epfd_ = -1;
   int wakefd_ = -1;
   bool stop_ = false;
+  int busy_poll_us_ = 0;
   std::unordered_map<int, std::shared_ptr<FdCallback>> fds_;
   TimerId next_timer_ = 1;
   std::multimap<int64_t, std::pair<TimerId, Task>> timers_;

@@ -64,6 +64,7 @@ int main(int argc, char** argv) {
   int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
 
   dipc::EventLoop loop;
+  loop.set_busy_poll_us(static_cast<int>(cfg.busy_poll_us));
   auto tr = dipc::transport::make_transport(cfg, loop, key);
   if (!tr) {
     DIPC_LOG_ERROR("no usable transport '{}': {}", cfg.transport, tr.status().str());

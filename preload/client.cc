@@ -4,202 +4,336 @@
 #include <pthread.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <climits>
+#include <cstddef>
+#include <cstdlib>
 #include <cstring>
+#include <string_view>
 
 #include "common/frame.h"
-#include "common/unix_socket.h"
 #include "ipc/protocol.h"
 
 namespace dipc::preload {
 
 namespace {
 
-constexpr int64_t kRetryMs = 1000;          // at most one connection attempt per second while no daemon answers
-constexpr int64_t kCancelGraceMs = 30000;   // after a cancel, the answer must come within this
+constexpr int64_t kSecond = 1'000'000'000;
+constexpr int64_t kRetryNs = kSecond;            // while no daemon answers: one connection attempt per second
+constexpr int64_t kHelloNs = 5 * kSecond;        // the daemon answers kHello at once
+constexpr int64_t kCancelGraceNs = 30 * kSecond;  // after kCancel, the request's answer must come within this
+constexpr size_t kMaxConns = 256;
+
+// Every open connection of the process (fd + 1; 0 = free), so a fork()ed child can close the inherited ones of all
+// threads. Lock-free, so the child handler never waits on a lock another thread held at fork().
+std::atomic<int> g_conn_fds[kMaxConns];
+
+std::atomic<const ipc::ControlPage*> g_control{nullptr};
+std::atomic<uint64_t> g_control_ino{0};  // which memfd g_control maps: a restarted daemon has a new one
+std::atomic<int64_t> g_retry_at{0};      // no connection attempt before this (CLOCK_MONOTONIC ns)
+pthread_once_t g_once = PTHREAD_ONCE_INIT;
+// DIPC_SPIN_US: poll without sleeping this long before blocking (answers often come within a few microseconds).
+const int64_t g_spin_ns = [] {
+  const char* e = getenv("DIPC_SPIN_US");
+  return e ? std::max(0L, atol(e)) * 1000 : 0;
+}();
 
 struct Conn {
   int fd = -1;
+  int slot = -1;
   uid_t euid = 0;
   gid_t egid = 0;
   uint64_t next_id = 1;
+  bool busy = false;
   FrameParser parser;
+  Bytes rbuf;
+
+  Conn() = default;
+  Conn(const Conn&) = delete;
+  Conn& operator=(const Conn&) = delete;
+  ~Conn() { reset(); }
+
+  void reset() {
+    if (slot >= 0) g_conn_fds[slot].store(0);
+    if (fd >= 0) close(fd);
+    forget();
+  }
+  // Forgets the connection without closing it (the fork child handler closes every inherited fd itself).
+  void forget() {
+    fd = -1;
+    slot = -1;
+    next_id = 1;
+    busy = false;
+    parser = FrameParser();
+  }
+  void adopt(int new_fd) {
+    fd = new_fd;
+    for (size_t i = 0; i < kMaxConns && slot < 0; ++i) {
+      int expected = 0;
+      if (g_conn_fds[i].compare_exchange_strong(expected, new_fd + 1)) slot = static_cast<int>(i);
+    }
+    euid = geteuid();
+    egid = getegid();
+  }
 };
 
 thread_local Conn t_conn;
-std::atomic<const ipc::ControlPage*> g_control{nullptr};
-std::atomic<int64_t> g_last_fail{-kRetryMs};
-pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
-void reset(Conn& c) {
-  if (c.fd >= 0) close(c.fd);
-  c.fd = -1;
-  c.parser = FrameParser();
+// The child of fork() must not speak on its parent's connections: it reconnects with its own pid.
+void atfork_child() {
+  t_conn.forget();
+  for (auto& s : g_conn_fds)
+    if (int v = s.exchange(0)) close(v - 1);
 }
 
-// In a fork()ed child the inherited socket belongs to the parent: drop our copy without a word on it.
-void atfork_child() { reset(t_conn); }
-void init_once() { pthread_atfork(nullptr, nullptr, atfork_child); }
+int64_t left_ms(int64_t deadline) {
+  int64_t left = deadline - now_ns();
+  if (left <= 0) return 0;
+  return std::min<int64_t>((left + 999'999) / 1'000'000, INT_MAX);
+}
 
-bool send_all(int fd, const uint8_t* p, size_t n) {
-  while (n) {
-    ssize_t w = ::send(fd, p, n, MSG_NOSIGNAL);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return false;
-    p += w;
-    n -= static_cast<size_t>(w);
+// Sends a whole frame; on failure returns the errno and how much went out.
+int send_all(int fd, const Bytes& b, size_t& sent) {
+  sent = 0;
+  while (sent < b.size()) {
+    ssize_t n = ::send(fd, b.data() + sent, b.size() - sent, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return n < 0 ? errno : EPIPE;
+    sent += static_cast<size_t>(n);
   }
+  return 0;
+}
+
+enum class Read { kFrame, kTimeout, kSignal, kBroken };
+
+// Waits for the next whole frame. `deadline` < 0: no limit. EINTR from poll ends the wait only when `signals`.
+// A descriptor passed with SCM_RIGHTS goes to *passed_fd when asked for (the first one), else it is closed.
+Read read_frame(Conn& c, FrameParser::Frame& f, int64_t deadline, bool signals, int* passed_fd = nullptr) {
+  if (c.rbuf.empty()) c.rbuf.resize(64 << 10);
+  for (;;) {
+    if (c.parser.next(f)) return Read::kFrame;
+    if (c.parser.failed()) return Read::kBroken;
+    pollfd p{c.fd, POLLIN, 0};
+    int timeout = deadline < 0 ? -1 : static_cast<int>(left_ms(deadline));
+    int r = 0;
+    if (g_spin_ns > 0 && timeout != 0) {
+      int64_t until = now_ns() + g_spin_ns;
+      while ((r = poll(&p, 1, 0)) == 0 && now_ns() < until) {
+      }
+    }
+    if (r == 0) r = poll(&p, 1, timeout);
+    if (r < 0 && errno == EINTR) {
+      if (signals) return Read::kSignal;
+      continue;
+    }
+    if (r < 0) return Read::kBroken;
+    if (r == 0) {
+      if (deadline >= 0 && now_ns() >= deadline) return Read::kTimeout;
+      continue;
+    }
+    for (;;) {  // drain what is there
+      iovec iov{c.rbuf.data(), c.rbuf.size()};
+      alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * 4)];
+      msghdr m{};
+      m.msg_iov = &iov;
+      m.msg_iovlen = 1;
+      m.msg_control = cbuf;
+      m.msg_controllen = sizeof cbuf;
+      ssize_t n = recvmsg(c.fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && errno == EAGAIN) break;
+      if (n <= 0) return Read::kBroken;
+      for (cmsghdr* cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm)) {
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
+        size_t nfds = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < nfds; ++i) {
+          int fd;
+          std::memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
+          if (passed_fd && *passed_fd < 0)
+            *passed_fd = fd;
+          else
+            close(fd);
+        }
+      }
+      c.parser.feed(c.rbuf.data(), static_cast<size_t>(n));
+      if (static_cast<size_t>(n) < c.rbuf.size()) break;
+    }
+  }
+}
+
+// Maps the daemon's control page unless this very memfd is already mapped. An older mapping (a previous daemon's)
+// stays mapped: other threads may still be reading it.
+bool map_control(int memfd) {
+  struct stat st{};
+  if (fstat(memfd, &st) != 0 || st.st_size < static_cast<off_t>(sizeof(ipc::ControlPage))) return false;
+  uint64_t ino = static_cast<uint64_t>(st.st_ino) ^ (static_cast<uint64_t>(st.st_dev) << 48);
+  if (g_control.load(std::memory_order_acquire) && g_control_ino.load() == ino) return true;
+  void* p = mmap(nullptr, sizeof(ipc::ControlPage), PROT_READ, MAP_SHARED, memfd, 0);
+  if (p == MAP_FAILED) return false;
+  auto* page = static_cast<const ipc::ControlPage*>(p);
+  if (page->magic != ipc::kControlMagic || page->version != 1) {
+    munmap(p, sizeof(ipc::ControlPage));
+    return false;
+  }
+  g_control_ino.store(ino);
+  g_control.store(page, std::memory_order_release);
   return true;
 }
 
-// Reads until a whole frame arrives or the deadline passes. Returns 1 (frame), 0 (deadline), -1 (EINTR), -2 (broken).
-int read_frame(Conn& c, FrameParser::Frame& f, int64_t deadline_ms, int* fd_out = nullptr) {
-  for (;;) {
-    if (c.parser.next(f)) return 1;
-    if (c.parser.failed()) return -2;
-    int timeout = -1;
-    if (deadline_ms >= 0) {
-      int64_t left = deadline_ms - now_ms();
-      if (left <= 0) return 0;
-      timeout = static_cast<int>(left);
-    }
-    pollfd p{c.fd, POLLIN, 0};
-    int r = poll(&p, 1, timeout);
-    if (r < 0 && errno == EINTR) return -1;
-    if (r < 0) return -2;
-    if (r == 0) continue;
-    uint8_t buf[16384];
-    iovec iov{buf, sizeof buf};
-    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))];
-    msghdr m{};
-    m.msg_iov = &iov;
-    m.msg_iovlen = 1;
-    m.msg_control = cbuf;
-    m.msg_controllen = sizeof cbuf;
-    ssize_t n = recvmsg(c.fd, &m, MSG_CMSG_CLOEXEC);
-    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-    if (n <= 0) return -2;
-    for (cmsghdr* cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm)) {
-      if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
-        int fd;
-        std::memcpy(&fd, CMSG_DATA(cm), sizeof fd);
-        if (fd_out && *fd_out < 0)
-          *fd_out = fd;
-        else
-          close(fd);
-      }
-    }
-    c.parser.feed(buf, static_cast<size_t>(n));
+int connect_socket() {
+  const char* env = getenv("DIPC_SOCKET");
+  std::string_view name = env && *env ? env : "@dipc";
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  if (name.size() >= sizeof a.sun_path) return -1;
+  std::memcpy(a.sun_path, name.data(), name.size());
+  bool abstract = name[0] == '@';
+  if (abstract) a.sun_path[0] = '\0';
+  auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size() + (abstract ? 0 : 1));
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  int r;
+  while ((r = connect(fd, reinterpret_cast<sockaddr*>(&a), len)) != 0 && errno == EINTR) {
   }
+  if (r != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
 }
 
-bool connect_daemon(Conn& c) {
-  pthread_once(&g_once, init_once);
-  if (c.fd >= 0) {
-    if (c.euid == geteuid() && c.egid == getegid()) return true;
-    reset(c);  // credentials changed: the daemon must learn the new ones from the kernel
-  }
-  int64_t now = now_ms();
-  if (now - g_last_fail.load(std::memory_order_relaxed) < kRetryMs) return false;
-  int saved = errno;
-  auto fd = unix_connect(default_socket_name());
-  if (!fd) {
-    g_last_fail.store(now, std::memory_order_relaxed);
-    errno = saved;
-    return false;
-  }
-  c.fd = *fd;
-  c.euid = geteuid();
-  c.egid = getegid();
+// Connects and says hello: the daemon answers with HelloResp and its control page memfd (SCM_RIGHTS).
+bool open_conn(Conn& c) {
+  int fd = connect_socket();
+  if (fd < 0) return false;
+  c.adopt(fd);
   Bytes req;
-  append_frame(req, FrameHeader{FrameKind::kRequest, ipc::kHello, c.next_id++, 0, 0},
-               ipc::encode_body(ipc::HelloReq{}));
+  uint64_t id = c.next_id++;
+  append_frame(req, FrameHeader{FrameKind::kRequest, ipc::kHello, id, 0, 0}, ipc::encode_body(ipc::HelloReq{}));
+  size_t sent;
+  if (send_all(c.fd, req, sent) != 0) return false;
   FrameParser::Frame f;
   int memfd = -1;
+  Read r = read_frame(c, f, now_ns() + kHelloNs, false, &memfd);
   ipc::HelloResp hr;
-  bool ok = send_all(c.fd, req.data(), req.size());
-  while (ok) {
-    int r = read_frame(c, f, now_ms() + 5000, &memfd);
-    if (r == -1) continue;
-    ok = r == 1 && f.header.status == 0 && ipc::decode_body(f.payload, hr) && memfd >= 0;
-    break;
-  }
-  if (ok && !g_control.load()) {
-    void* p = mmap(nullptr, sizeof(ipc::ControlPage), PROT_READ, MAP_SHARED, memfd, 0);
-    const ipc::ControlPage* expected = nullptr;
-    if (p == MAP_FAILED || static_cast<const ipc::ControlPage*>(p)->magic != ipc::kControlMagic) {
-      if (p != MAP_FAILED) munmap(p, sizeof(ipc::ControlPage));
-      ok = false;
-    } else if (!g_control.compare_exchange_strong(expected, static_cast<const ipc::ControlPage*>(p))) {
-      munmap(p, sizeof(ipc::ControlPage));  // another thread mapped it first
-    }
-  }
+  bool ok = r == Read::kFrame && f.header.kind == FrameKind::kResponse && f.header.op == ipc::kHello &&
+            f.header.id == id && f.header.status == 0 && ipc::decode_body(f.payload, hr) &&
+            hr.version == ipc::kProtocolVersion && memfd >= 0 && map_control(memfd);
   if (memfd >= 0) close(memfd);
+  return ok;
+}
+
+// A connected socket for this thread's credentials, or false (no daemon: the caller goes to the kernel).
+bool ensure(Conn& c) {
+  if (c.fd >= 0) {
+    if (c.euid == geteuid() && c.egid == getegid()) return true;
+    c.reset();  // the daemon must learn the new credentials from the kernel
+  }
+  if (now_ns() < g_retry_at.load(std::memory_order_relaxed)) return false;
+  pthread_once(&g_once, [] { pthread_atfork(nullptr, nullptr, atfork_child); });
+  int saved = errno;
+  bool ok = open_conn(c);
   if (!ok) {
-    reset(c);
-    g_last_fail.store(now, std::memory_order_relaxed);
+    c.reset();
+    g_retry_at.store(now_ns() + kRetryNs, std::memory_order_relaxed);
   }
   errno = saved;
   return ok;
 }
 
+Bytes frame(FrameKind kind, uint16_t op, uint64_t id, const Bytes& body) {
+  Bytes b;
+  b.reserve(kFrameHeaderSize + body.size());
+  append_frame(b, FrameHeader{kind, op, id, 0, 0}, body);
+  return b;
+}
+
+// Waits for the answer to request `id`, cancelling it on a signal or at the deadline. Returns false on a broken
+// connection or protocol error (the caller closes it).
+bool await(Conn& c, uint16_t op, uint64_t id, const Wait& w, Reply& out) {
+  int stopped = 0;  // EINTR or EAGAIN once cancelled
+  int64_t deadline = w.deadline_ns;
+  FrameParser::Frame f;
+  for (;;) {
+    Read r = read_frame(c, f, deadline, w.interruptible && !stopped);
+    if (r == Read::kFrame) break;
+    if (r == Read::kBroken) return false;
+    if (r == Read::kTimeout && stopped) {  // no answer to the cancel: give up on this connection
+      c.reset();
+      out = Reply{stopped, {}};
+      return true;
+    }
+    stopped = r == Read::kSignal ? EINTR : EAGAIN;
+    size_t sent;
+    if (send_all(c.fd, frame(FrameKind::kOneWay, ipc::kCancel, id, {}), sent) != 0) return false;
+    deadline = now_ns() + kCancelGraceNs;
+  }
+  const FrameHeader& h = f.header;
+  if (h.kind != FrameKind::kResponse || h.id != id || h.op != op) return false;
+  out.status = h.status;
+  out.body = std::move(f.payload);
+  // Errors carry no body, except the unknown-id marker.
+  if (out.status && !out.body.empty() && !out.unknown_id()) return false;
+  if (stopped && out.status == ECANCELED) out.status = stopped;
+  return true;
+}
+
 }  // namespace
 
-int64_t now_ms() {
+bool Reply::unknown_id() const {
+  return status == EINVAL && body.size() == 1 && body[0] == ipc::kUnknownIdMarker;
+}
+
+int64_t now_ns() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+  return static_cast<int64_t>(ts.tv_sec) * kSecond + ts.tv_nsec;
 }
 
 const ipc::ControlPage* control() {
-  if (!g_control.load(std::memory_order_acquire)) connect_daemon(t_conn);
+  const ipc::ControlPage* p = g_control.load(std::memory_order_acquire);
+  if (p || t_conn.busy) return p;
+  ensure(t_conn);
   return g_control.load(std::memory_order_acquire);
 }
 
-bool call(uint16_t op, const Bytes& body, Reply& out, int64_t deadline_ms, Stop* stopped) {
-  Conn& c = t_conn;
-  if (!connect_daemon(c)) return false;
-  uint64_t id = c.next_id++;
+bool call(uint16_t op, const Bytes& body, Reply& out, const Wait& wait, const Accept& accept) {
+  // A call from a signal handler that interrupted another call on this thread gets a connection of its own.
+  Conn tmp;
+  Conn& c = t_conn.busy ? tmp : t_conn;
   Bytes req;
-  append_frame(req, FrameHeader{FrameKind::kRequest, op, id, 0, 0}, body);
-  if (!send_all(c.fd, req.data(), req.size())) {
-    reset(c);
+  uint64_t id = 0;
+  for (int attempt = 0;; ++attempt) {
+    if (!ensure(c)) return false;
+    id = c.next_id++;
+    req = frame(FrameKind::kRequest, op, id, body);
+    size_t sent;
+    int e = send_all(c.fd, req, sent);
+    if (e == 0) break;
+    c.reset();
+    // The daemon closed the connection before reading anything (it restarted): the request is safe to resend.
+    if (attempt == 0 && sent == 0 && (e == EPIPE || e == ECONNRESET)) continue;
     out = Reply{EIO, {}};
     return true;
   }
-  bool cancellable = stopped != nullptr;
-  bool cancelled = false;
-  FrameParser::Frame f;
-  for (;;) {
-    int r = read_frame(c, f, deadline_ms);
-    if (r == 1) {
-      if (f.header.kind != FrameKind::kResponse || f.header.id != id) continue;  // stale answer: skip
-      out.status = f.header.status;
-      out.body = std::move(f.payload);
-      return true;
-    }
-    if (r == -2 || (r == 0 && cancelled)) {
-      reset(c);
-      out = Reply{cancelled && stopped && *stopped == Stop::kSignal ? EINTR : EIO, {}};
-      return true;
-    }
-    if (r == -1 && (!cancellable || cancelled)) continue;  // not interruptible, or already cancelling
-    // A signal or the deadline: withdraw the call, then wait (bounded) for its one answer.
-    if (stopped) *stopped = r == -1 ? Stop::kSignal : Stop::kDeadline;
-    Bytes cancel;
-    append_frame(cancel, FrameHeader{FrameKind::kOneWay, ipc::kCancel, id, 0, 0}, {});
-    if (!send_all(c.fd, cancel.data(), cancel.size())) {
-      reset(c);
-      out = Reply{EIO, {}};
-      return true;
-    }
-    cancelled = true;
-    deadline_ms = now_ms() + kCancelGraceMs;
+  struct Busy {
+    Conn& c;
+    explicit Busy(Conn& cc) : c(cc) { c.busy = true; }
+    ~Busy() { c.busy = false; }
+  } busy(c);
+  bool ok = await(c, op, id, wait, out) && (out.status || !accept || accept(out.body));
+  if (!ok) {
+    c.reset();
+    out = Reply{EIO, {}};
   }
+  return true;
 }
 
 }  // namespace dipc::preload

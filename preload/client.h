@@ -1,28 +1,40 @@
-// The preload's connection to the node's dipcd: one per thread, made lazily, dropped in a fork()ed child.
+// The preload's connection to the node's dipcd: one per thread, made lazily, remade when the thread's effective
+// uid/gid change (the daemon learns them from SO_PEERCRED), dropped without a word in a fork()ed child.
+// The daemon's control page (ipc/control.h) arrives with the kHello response and is mapped once per process.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 #include "common/wire.h"
 #include "ipc/control.h"
 
 namespace dipc::preload {
 
-// The control page, once a daemon has been reached; nullptr when no daemon answers.
+// The control page, or nullptr while no daemon answers. Without a page, tries to connect on the calling thread (at
+// most one attempt per second in the whole process).
 const ipc::ControlPage* control();
 
-struct Reply {
-  int status = 0;  // errno of the call (0: success), or EIO on a broken connection
-  Bytes body;
+// How a request may end before its answer.
+struct Wait {
+  bool interruptible = false;  // a signal handler running cancels it (semop, msgsnd, msgrcv that may block)
+  int64_t deadline_ns = -1;    // CLOCK_MONOTONIC; >= 0: reaching it cancels it (semtimedop)
 };
 
-// Sends one request and waits for its answer. `deadline_ms` < 0 waits without limit; a signal (EINTR from poll) or
-// the deadline cancels the request; the answer is then whatever the daemon says: the result if the operation
-// completed first, else ECANCELED. `interrupted` tells which of the two stopped the wait.
-// Returns false when no daemon could be reached at all.
-enum class Stop { kNone, kSignal, kDeadline };
-bool call(uint16_t op, const Bytes& body, Reply& out, int64_t deadline_ms = -1, Stop* stopped = nullptr);
+struct Reply {
+  int status = 0;  // errno of the call; EINTR / EAGAIN when cancelled by a signal / the deadline; EIO: broken link
+  Bytes body;
+  bool unknown_id() const;  // EINVAL with kUnknownIdMarker: the kernel should answer instead
+};
 
-int64_t now_ms();
+// Checks the body of a successful (status 0) response; false makes it a protocol error (EIO).
+using Accept = std::function<bool(ByteView body)>;
+
+// Sends one request and waits for its one response. Returns false when no daemon could be reached, before anything
+// was sent: the caller then asks the kernel. A cancelled request still gets its answer: the result if the operation
+// completed first (returned as is), else ECANCELED (returned as EINTR or EAGAIN).
+bool call(uint16_t op, const Bytes& body, Reply& out, const Wait& wait = {}, const Accept& accept = {});
+
+int64_t now_ns();
 
 }  // namespace dipc::preload

@@ -1,39 +1,42 @@
-// libdipc.so: interposes the libc System V IPC wrappers. Calls on distributed keys and ids go to the node's dipcd;
-// everything else goes straight to the kernel. Nothing throws out of here: errors are errno and -1.
+// libdipc.so: interposes the libc System V semaphore and message queue calls. *get calls on distributed keys (the
+// daemon's control page decides) and calls on distributed ids (bit 30) go to the node's dipcd; everything else goes
+// straight to the kernel. Nothing throws out of here: errors are errno and -1, as the kernel's.
 #include <dlfcn.h>
-#include <stdarg.h>
 #include <sys/ipc.h>
 #include <sys/msg.h>
 #include <sys/sem.h>
+#include <sys/types.h>
 
 #include <cerrno>
-#include <climits>
+#include <cstdarg>
 #include <cstring>
+#include <new>
+#include <optional>
 
 #include "dipc/dipc.h"
 #include "ipc/ids.h"
 #include "ipc/protocol.h"
 #include "preload/client.h"
 
-using dipc::Bytes;
-using dipc::preload::Reply;
-using dipc::preload::Stop;
 namespace ipc = dipc::ipc;
+using dipc::ByteView;
+using dipc::preload::Reply;
+using dipc::preload::Wait;
 
 namespace {
 
-union semun_arg {
+union semun {  // glibc leaves its definition to the program
   int val;
   struct semid_ds* buf;
   unsigned short* array;
   struct seminfo* info;
 };
 
-// One table of the real functions, filled once.
+// The real functions, looked up once.
 struct Real {
   int (*semget)(key_t, int, int);
-  int (*semtimedop)(int, struct sembuf*, size_t, const struct timespec*);
   int (*semop)(int, struct sembuf*, size_t);
+  int (*semtimedop)(int, struct sembuf*, size_t, const struct timespec*);
   int (*semctl)(int, int, int, ...);
   int (*msgget)(key_t, int);
   int (*msgsnd)(int, const void*, size_t, int);
@@ -41,21 +44,24 @@ struct Real {
   int (*msgctl)(int, int, struct msqid_ds*);
 };
 
-Real load() {
-  Real r;
-  r.semget = reinterpret_cast<decltype(r.semget)>(dlsym(RTLD_NEXT, "semget"));
-  r.semtimedop = reinterpret_cast<decltype(r.semtimedop)>(dlsym(RTLD_NEXT, "semtimedop"));
-  r.semop = reinterpret_cast<decltype(r.semop)>(dlsym(RTLD_NEXT, "semop"));
-  r.semctl = reinterpret_cast<decltype(r.semctl)>(dlsym(RTLD_NEXT, "semctl"));
-  r.msgget = reinterpret_cast<decltype(r.msgget)>(dlsym(RTLD_NEXT, "msgget"));
-  r.msgsnd = reinterpret_cast<decltype(r.msgsnd)>(dlsym(RTLD_NEXT, "msgsnd"));
-  r.msgrcv = reinterpret_cast<decltype(r.msgrcv)>(dlsym(RTLD_NEXT, "msgrcv"));
-  r.msgctl = reinterpret_cast<decltype(r.msgctl)>(dlsym(RTLD_NEXT, "msgctl"));
-  return r;
+template <typename F>
+void lookup(F& f, const char* name) {
+  f = reinterpret_cast<F>(dlsym(RTLD_NEXT, name));
 }
 
 const Real& real() {
-  static const Real r = load();
+  static const Real r = [] {
+    Real t{};
+    lookup(t.semget, "semget");
+    lookup(t.semop, "semop");
+    lookup(t.semtimedop, "semtimedop");
+    lookup(t.semctl, "semctl");
+    lookup(t.msgget, "msgget");
+    lookup(t.msgsnd, "msgsnd");
+    lookup(t.msgrcv, "msgrcv");
+    lookup(t.msgctl, "msgctl");
+    return t;
+  }();
   return r;
 }
 
@@ -64,22 +70,46 @@ int fail(int e) {
   return -1;
 }
 
-bool unknown_id(const Reply& r) {
-  return r.status == EINVAL && r.body.size() == 1 && r.body[0] == ipc::kUnknownIdMarker;
+// Calls the kernel through the real libc function.
+template <typename Fn, typename... Args>
+auto kernel(Fn Real::*fn, Args... args) {
+  Fn f = real().*fn;
+  return f ? f(args...) : fail(ENOSYS);
 }
 
-// *get: distributed when the control page says so.
-int do_get(uint16_t op, key_t key, int nsems, int flg, bool* handled) {
-  *handled = false;
-  const ipc::ControlPage* cp = dipc::preload::control();
-  if (!cp || !cp->distributes(key, flg, IPC_DIPC)) return -1;
+// Runs a wrapper body; nothing escapes to the C caller.
+template <typename F>
+auto guarded(F&& body) noexcept -> decltype(body()) {
+  try {
+    return body();
+  } catch (const std::bad_alloc&) {
+    return fail(ENOMEM);
+  } catch (...) {
+    return fail(EIO);
+  }
+}
+
+// A call on a distributed id. nullopt: the kernel answers instead (no daemon, or an id the daemon does not know).
+std::optional<Reply> daemon_call(uint16_t op, const dipc::Bytes& body, const Wait& w = {},
+                                 const dipc::preload::Accept& accept = {}) {
   Reply r;
-  if (!dipc::preload::call(op, ipc::encode_body(ipc::GetReq{key, nsems, flg}), r)) return -1;
-  *handled = true;
-  if (r.status) return fail(r.status);
+  if (!dipc::preload::call(op, body, r, w, accept) || r.unknown_id()) return std::nullopt;
+  return r;
+}
+
+template <typename T>
+bool decodes(ByteView b, T& v) {
+  return ipc::decode_body(b, v);
+}
+
+std::optional<int> dipc_get(uint16_t op, key_t key, int nsems, int flg) {
+  const ipc::ControlPage* cp = dipc::preload::control();
+  if (!cp || !cp->distributes(key, flg, IPC_DIPC)) return std::nullopt;
   ipc::IdResp id;
-  if (!ipc::decode_body(r.body, id)) return fail(EIO);
-  return id.id;
+  auto r = daemon_call(op, ipc::encode_body(ipc::GetReq{key, nsems, flg}), {},
+                       [&](ByteView b) { return decodes(b, id) && ipc::is_dipc_id(id.id); });
+  if (!r) return std::nullopt;
+  return r->status ? fail(r->status) : id.id;
 }
 
 void put_perm(struct ipc_perm& out, const ipc::Perm& p) {
@@ -92,39 +122,91 @@ void put_perm(struct ipc_perm& out, const ipc::Perm& p) {
   out.__seq = p.seq;
 }
 
-// Sends a by-id call. Returns false when the kernel should answer instead (no daemon, or an id it does not know).
-bool by_id(uint16_t op, const Bytes& body, Reply& r, int64_t deadline = -1, Stop* stop = nullptr) {
-  if (!dipc::preload::call(op, body, r, deadline, stop)) return false;
-  return !unknown_id(r);
+// ---- semaphores ----
+
+std::optional<int> dipc_semop(int id, struct sembuf* sops, size_t nsops, const struct timespec* timeout) {
+  // The kernel's order of checks (do_semtimedop): nsops, the sops pointer, the timeout, then the set.
+  if (nsops > ipc::kMaxSops) return fail(E2BIG);
+  if (nsops < 1) return fail(EINVAL);
+  if (!sops) return fail(EFAULT);
+  Wait w;
+  if (timeout) {
+    if (timeout->tv_sec < 0 || timeout->tv_nsec < 0 || timeout->tv_nsec >= 1'000'000'000L) return fail(EINVAL);
+    constexpr int64_t kFar = int64_t{1} << 61;  // beyond any wait
+    int64_t ns = timeout->tv_sec >= kFar / 1'000'000'000 ? kFar : timeout->tv_sec * 1'000'000'000 + timeout->tv_nsec;
+    w.deadline_ns = dipc::preload::now_ns() + ns;
+  }
+  ipc::SemOpReq q;
+  q.id = id;
+  q.sops.reserve(nsops);
+  bool may_block = false;
+  for (size_t i = 0; i < nsops; ++i) {
+    q.sops.push_back(ipc::SemBuf{sops[i].sem_num, sops[i].sem_op, sops[i].sem_flg});
+    if (!(sops[i].sem_flg & IPC_NOWAIT)) may_block = true;
+  }
+  w.interruptible = may_block;
+  if (!may_block) w.deadline_ns = -1;
+  auto r = daemon_call(ipc::kSemOp, ipc::encode_body(q), w, [](ByteView b) { return b.empty(); });
+  if (!r) return std::nullopt;
+  return r->status ? fail(r->status) : 0;
 }
 
-int sem_ctl(int id, int semnum, int cmd, semun_arg arg, bool* handled) {
-  *handled = true;
+// nsems of a distributed set, for SETALL. nullopt: the kernel answers; else 0 or -1 with errno.
+std::optional<int> dipc_nsems(int id, uint32_t& n) {
+  ipc::SemCtlReq q;
+  q.id = id;
+  q.cmd = ipc::kSemCtlNsems;
+  ipc::SemCtlResp resp;
+  auto r = daemon_call(ipc::kSemCtl, ipc::encode_body(q), {}, [&](ByteView b) {
+    return decodes(b, resp) && resp.ret >= 0 && static_cast<uint32_t>(resp.ret) <= ipc::kMaxSems;
+  });
+  if (!r) return std::nullopt;
+  n = static_cast<uint32_t>(resp.ret);
+  return r->status ? fail(r->status) : 0;
+}
+
+std::optional<int> dipc_semctl(int id, int semnum, int cmd, semun arg) {
   ipc::SemCtlReq q;
   q.id = id;
   q.semnum = semnum;
   q.cmd = cmd;
-  Reply r;
-  if (cmd == SETVAL) q.val = arg.val;
-  if (cmd == IPC_SET) {
-    if (!arg.buf) return fail(EFAULT);
-    q.uid = arg.buf->sem_perm.uid;
-    q.gid = arg.buf->sem_perm.gid;
-    q.mode = arg.buf->sem_perm.mode;
+  switch (cmd) {
+    case SETVAL:
+      q.val = arg.val;
+      break;
+    case IPC_STAT:
+      if (!arg.buf) return fail(EFAULT);
+      break;
+    case GETALL:
+      if (!arg.array) return fail(EFAULT);
+      break;
+    case IPC_SET:
+      if (!arg.buf) return fail(EFAULT);
+      q.uid = arg.buf->sem_perm.uid;
+      q.gid = arg.buf->sem_perm.gid;
+      q.mode = static_cast<uint16_t>(arg.buf->sem_perm.mode);
+      break;
+    case SETALL: {
+      if (!arg.array) return fail(EFAULT);
+      uint32_t n = 0;
+      auto st = dipc_nsems(id, n);
+      if (!st || *st) return st;
+      q.vals.assign(arg.array, arg.array + n);
+      break;
+    }
+    default:
+      break;
   }
-  if ((cmd == IPC_STAT && !arg.buf) || ((cmd == GETALL || cmd == SETALL) && !arg.array)) return fail(EFAULT);
-  if (cmd == SETALL) {
-    ipc::SemCtlReq n{id, 0, ipc::kSemCtlNsems, 0, {}, 0, 0, 0};
-    ipc::SemCtlResp nr;
-    if (!by_id(ipc::kSemCtl, ipc::encode_body(n), r)) return *handled = false, -1;
-    if (r.status) return fail(r.status);
-    if (!ipc::decode_body(r.body, nr)) return fail(EIO);
-    q.vals.assign(arg.array, arg.array + nr.ret);
-  }
-  if (!by_id(ipc::kSemCtl, ipc::encode_body(q), r)) return *handled = false, -1;
-  if (r.status) return fail(r.status);
+  // Commands that return data need the full body; the others may carry one or not.
+  bool needs_body = cmd == IPC_STAT || cmd == GETALL || cmd == GETVAL || cmd == GETPID || cmd == GETNCNT ||
+                    cmd == GETZCNT;
   ipc::SemCtlResp resp;
-  if (!r.body.empty() && !ipc::decode_body(r.body, resp)) return fail(EIO);
+  auto r = daemon_call(ipc::kSemCtl, ipc::encode_body(q), {}, [&](ByteView b) {
+    if (b.empty()) return !needs_body;
+    return decodes(b, resp) && resp.ret >= 0 && (cmd != GETALL || !resp.vals.empty());
+  });
+  if (!r) return std::nullopt;
+  if (r->status) return fail(r->status);
   switch (cmd) {
     case IPC_STAT:
       std::memset(arg.buf, 0, sizeof *arg.buf);
@@ -146,27 +228,71 @@ int sem_ctl(int id, int semnum, int cmd, semun_arg arg, bool* handled) {
   }
 }
 
-int sem_timedop(int id, struct sembuf* sops, size_t nsops, const struct timespec* timeout, bool* handled) {
-  *handled = true;
-  // do_semtimedop()'s order: nsops, then the timeout, then the object.
-  if (nsops < 1) return fail(EINVAL);
-  if (nsops > ipc::kMaxSops) return fail(E2BIG);
-  if (!sops) return fail(EFAULT);
-  int64_t deadline = -1;
-  if (timeout) {
-    if (timeout->tv_sec < 0 || timeout->tv_nsec < 0 || timeout->tv_nsec >= 1000000000L) return fail(EINVAL);
-    int64_t ms = timeout->tv_sec * 1000 + (timeout->tv_nsec + 999999) / 1000000;
-    deadline = dipc::preload::now_ms() + ms;
-  }
-  ipc::SemOpReq q;
+// ---- message queues ----
+
+std::optional<int> dipc_msgsnd(int id, const void* msgp, size_t msgsz, int flg) {
+  if (!msgp) return fail(EFAULT);
+  if (static_cast<ssize_t>(msgsz) < 0 || msgsz > ipc::kMaxMsgText) return fail(EINVAL);  // the home checks msgmax
+  ipc::MsgSndReq q;
   q.id = id;
-  for (size_t i = 0; i < nsops; ++i)
-    q.sops.push_back(ipc::SemBuf{sops[i].sem_num, sops[i].sem_op, sops[i].sem_flg});
-  Reply r;
-  Stop stop = Stop::kNone;
-  if (!by_id(ipc::kSemOp, ipc::encode_body(q), r, deadline, &stop)) return *handled = false, -1;
-  if (r.status == ECANCELED) return fail(stop == Stop::kDeadline ? EAGAIN : EINTR);
-  if (r.status) return fail(r.status);
+  long mtype;
+  std::memcpy(&mtype, msgp, sizeof mtype);
+  if (mtype < 1) return fail(EINVAL);
+  q.mtype = mtype;
+  const auto* text = static_cast<const uint8_t*>(msgp) + sizeof(long);
+  q.text.assign(text, text + msgsz);
+  q.flg = flg;
+  Wait w;
+  w.interruptible = !(flg & IPC_NOWAIT);
+  auto r = daemon_call(ipc::kMsgSnd, ipc::encode_body(q), w, [](ByteView b) { return b.empty(); });
+  if (!r) return std::nullopt;
+  return r->status ? fail(r->status) : 0;
+}
+
+std::optional<ssize_t> dipc_msgrcv(int id, void* msgp, size_t msgsz, long msgtyp, int flg) {
+  if (static_cast<ssize_t>(msgsz) < 0) return fail(EINVAL);
+  if (!msgp) return fail(EFAULT);
+  Wait w;
+  w.interruptible = !(flg & IPC_NOWAIT);
+  ipc::MsgRcvResp m;
+  auto r = daemon_call(ipc::kMsgRcv, ipc::encode_body(ipc::MsgRcvReq{id, msgsz, msgtyp, flg}), w,
+                       [&](ByteView b) { return decodes(b, m) && m.mtype >= 1 && m.text.size() <= msgsz; });
+  if (!r) return std::nullopt;
+  if (r->status) return fail(r->status);
+  long mtype = static_cast<long>(m.mtype);
+  std::memcpy(msgp, &mtype, sizeof mtype);
+  if (!m.text.empty()) std::memcpy(static_cast<uint8_t*>(msgp) + sizeof(long), m.text.data(), m.text.size());
+  return static_cast<ssize_t>(m.text.size());
+}
+
+std::optional<int> dipc_msgctl(int id, int cmd, struct msqid_ds* buf) {
+  if ((cmd == IPC_STAT || cmd == IPC_SET) && !buf) return fail(EFAULT);
+  ipc::MsgCtlReq q;
+  q.id = id;
+  q.cmd = cmd;
+  if (cmd == IPC_SET) {
+    q.uid = buf->msg_perm.uid;
+    q.gid = buf->msg_perm.gid;
+    q.mode = static_cast<uint16_t>(buf->msg_perm.mode);
+    q.qbytes = buf->msg_qbytes;
+  }
+  ipc::MsgCtlResp resp;
+  auto r = daemon_call(ipc::kMsgCtl, ipc::encode_body(q), {},
+                       [&](ByteView b) { return b.empty() ? cmd != IPC_STAT : decodes(b, resp); });
+  if (!r) return std::nullopt;
+  if (r->status) return fail(r->status);
+  if (cmd == IPC_STAT) {
+    std::memset(buf, 0, sizeof *buf);
+    put_perm(buf->msg_perm, resp.stat.perm);
+    buf->msg_stime = resp.stat.stime;
+    buf->msg_rtime = resp.stat.rtime;
+    buf->msg_ctime = resp.stat.ctime;
+    buf->__msg_cbytes = resp.stat.cbytes;
+    buf->msg_qnum = resp.stat.qnum;
+    buf->msg_qbytes = resp.stat.qbytes;
+    buf->msg_lspid = resp.stat.lspid;
+    buf->msg_lrpid = resp.stat.lrpid;
+  }
   return 0;
 }
 
@@ -175,32 +301,31 @@ int sem_timedop(int id, struct sembuf* sops, size_t nsops, const struct timespec
 extern "C" {
 
 int semget(key_t key, int nsems, int semflg) {
-  bool handled;
-  int r = do_get(ipc::kSemGet, key, nsems, semflg, &handled);
-  return handled ? r : real().semget(key, nsems, semflg);
+  return guarded([&] {
+    auto r = dipc_get(ipc::kSemGet, key, nsems, semflg);
+    return r ? *r : kernel(&Real::semget, key, nsems, semflg);
+  });
 }
 
 int semtimedop(int semid, struct sembuf* sops, size_t nsops, const struct timespec* timeout) {
-  if (ipc::is_dipc_id(semid)) {
-    bool handled;
-    int r = sem_timedop(semid, sops, nsops, timeout, &handled);
-    if (handled) return r;
-  }
-  return real().semtimedop(semid, sops, nsops, timeout);
+  if (!ipc::is_dipc_id(semid)) return kernel(&Real::semtimedop, semid, sops, nsops, timeout);
+  return guarded([&] {
+    auto r = dipc_semop(semid, sops, nsops, timeout);
+    return r ? *r : kernel(&Real::semtimedop, semid, sops, nsops, timeout);
+  });
 }
 
 int semop(int semid, struct sembuf* sops, size_t nsops) {
-  if (ipc::is_dipc_id(semid)) {
-    bool handled;
-    int r = sem_timedop(semid, sops, nsops, nullptr, &handled);
-    if (handled) return r;
-  }
-  return real().semop(semid, sops, nsops);
+  if (!ipc::is_dipc_id(semid)) return kernel(&Real::semop, semid, sops, nsops);
+  return guarded([&] {
+    auto r = dipc_semop(semid, sops, nsops, nullptr);
+    return r ? *r : kernel(&Real::semop, semid, sops, nsops);
+  });
 }
 
 int semctl(int semid, int semnum, int cmd, ...) {
-  semun_arg arg{};
-  switch (cmd) {
+  semun arg{};
+  switch (cmd) {  // only these commands pass the fourth argument
     case SETVAL:
     case IPC_STAT:
     case IPC_SET:
@@ -212,103 +337,53 @@ int semctl(int semid, int semnum, int cmd, ...) {
     case SEM_STAT_ANY: {
       va_list ap;
       va_start(ap, cmd);
-      arg = va_arg(ap, semun_arg);
+      arg = va_arg(ap, semun);
       va_end(ap);
       break;
     }
     default:
       break;
   }
-  bool object_cmd = cmd != IPC_INFO && cmd != SEM_INFO && cmd != SEM_STAT && cmd != SEM_STAT_ANY;
-  if (object_cmd && ipc::is_dipc_id(semid)) {
-    bool handled;
-    int r = sem_ctl(semid, semnum, cmd, arg, &handled);
-    if (handled) return r;
-  }
-  return real().semctl(semid, semnum, cmd, arg);
+  // IPC_INFO, SEM_INFO, SEM_STAT and SEM_STAT_ANY are about the kernel's tables, not one object.
+  bool one_object = cmd != IPC_INFO && cmd != SEM_INFO && cmd != SEM_STAT && cmd != SEM_STAT_ANY;
+  if (!one_object || !ipc::is_dipc_id(semid)) return kernel(&Real::semctl, semid, semnum, cmd, arg);
+  return guarded([&] {
+    auto r = dipc_semctl(semid, semnum, cmd, arg);
+    return r ? *r : kernel(&Real::semctl, semid, semnum, cmd, arg);
+  });
 }
 
 int msgget(key_t key, int msgflg) {
-  bool handled;
-  int r = do_get(ipc::kMsgGet, key, 0, msgflg, &handled);
-  return handled ? r : real().msgget(key, msgflg);
+  return guarded([&] {
+    auto r = dipc_get(ipc::kMsgGet, key, 0, msgflg);
+    return r ? *r : kernel(&Real::msgget, key, msgflg);
+  });
 }
 
 int msgsnd(int msqid, const void* msgp, size_t msgsz, int msgflg) {
-  if (ipc::is_dipc_id(msqid)) {
-    if (static_cast<ssize_t>(msgsz) < 0 || msgsz > ipc::kMaxMsgText) return fail(EINVAL);
-    if (!msgp) return fail(EFAULT);
-    ipc::MsgSndReq q;
-    q.id = msqid;
-    std::memcpy(&q.mtype, msgp, sizeof(long));
-    const uint8_t* text = static_cast<const uint8_t*>(msgp) + sizeof(long);
-    q.text.assign(text, text + msgsz);
-    q.flg = msgflg;
-    Reply r;
-    Stop stop = Stop::kNone;
-    if (by_id(ipc::kMsgSnd, ipc::encode_body(q), r, -1, &stop)) {
-      if (r.status == ECANCELED) return fail(EINTR);
-      return r.status ? fail(r.status) : 0;
-    }
-  }
-  return real().msgsnd(msqid, msgp, msgsz, msgflg);
+  if (!ipc::is_dipc_id(msqid)) return kernel(&Real::msgsnd, msqid, msgp, msgsz, msgflg);
+  return guarded([&] {
+    auto r = dipc_msgsnd(msqid, msgp, msgsz, msgflg);
+    return r ? *r : kernel(&Real::msgsnd, msqid, msgp, msgsz, msgflg);
+  });
 }
 
 ssize_t msgrcv(int msqid, void* msgp, size_t msgsz, long msgtyp, int msgflg) {
-  if (ipc::is_dipc_id(msqid)) {
-    if (static_cast<ssize_t>(msgsz) < 0) return fail(EINVAL);
-    if (!msgp) return fail(EFAULT);
-    ipc::MsgRcvReq q{msqid, msgsz, msgtyp, msgflg};
-    Reply r;
-    Stop stop = Stop::kNone;
-    if (by_id(ipc::kMsgRcv, ipc::encode_body(q), r, -1, &stop)) {
-      if (r.status == ECANCELED) return fail(EINTR);
-      if (r.status) return fail(r.status);
-      ipc::MsgRcvResp m;
-      if (!ipc::decode_body(r.body, m) || m.text.size() > msgsz) return fail(EIO);
-      long mtype = static_cast<long>(m.mtype);
-      std::memcpy(msgp, &mtype, sizeof mtype);
-      std::memcpy(static_cast<uint8_t*>(msgp) + sizeof(long), m.text.data(), m.text.size());
-      return static_cast<ssize_t>(m.text.size());
-    }
-  }
-  return real().msgrcv(msqid, msgp, msgsz, msgtyp, msgflg);
+  if (!ipc::is_dipc_id(msqid)) return kernel(&Real::msgrcv, msqid, msgp, msgsz, msgtyp, msgflg);
+  return guarded([&] {
+    auto r = dipc_msgrcv(msqid, msgp, msgsz, msgtyp, msgflg);
+    return r ? *r : kernel(&Real::msgrcv, msqid, msgp, msgsz, msgtyp, msgflg);
+  });
 }
 
 int msgctl(int msqid, int cmd, struct msqid_ds* buf) {
-  bool object_cmd = cmd != IPC_INFO && cmd != MSG_INFO && cmd != MSG_STAT && cmd != MSG_STAT_ANY;
-  if (object_cmd && ipc::is_dipc_id(msqid)) {
-    if ((cmd == IPC_STAT || cmd == IPC_SET) && !buf) return fail(EFAULT);
-    ipc::MsgCtlReq q;
-    q.id = msqid;
-    q.cmd = cmd;
-    if (cmd == IPC_SET) {
-      q.uid = buf->msg_perm.uid;
-      q.gid = buf->msg_perm.gid;
-      q.mode = buf->msg_perm.mode;
-      q.qbytes = buf->msg_qbytes;
-    }
-    Reply r;
-    if (by_id(ipc::kMsgCtl, ipc::encode_body(q), r)) {
-      if (r.status) return fail(r.status);
-      if (cmd == IPC_STAT) {
-        ipc::MsgCtlResp resp;
-        if (!ipc::decode_body(r.body, resp)) return fail(EIO);
-        std::memset(buf, 0, sizeof *buf);
-        put_perm(buf->msg_perm, resp.stat.perm);
-        buf->msg_stime = resp.stat.stime;
-        buf->msg_rtime = resp.stat.rtime;
-        buf->msg_ctime = resp.stat.ctime;
-        buf->__msg_cbytes = resp.stat.cbytes;
-        buf->msg_qnum = resp.stat.qnum;
-        buf->msg_qbytes = resp.stat.qbytes;
-        buf->msg_lspid = resp.stat.lspid;
-        buf->msg_lrpid = resp.stat.lrpid;
-      }
-      return 0;
-    }
-  }
-  return real().msgctl(msqid, cmd, buf);
+  // IPC_INFO, MSG_INFO, MSG_STAT and MSG_STAT_ANY are about the kernel's tables, not one object.
+  bool one_object = cmd != IPC_INFO && cmd != MSG_INFO && cmd != MSG_STAT && cmd != MSG_STAT_ANY;
+  if (!one_object || !ipc::is_dipc_id(msqid)) return kernel(&Real::msgctl, msqid, cmd, buf);
+  return guarded([&] {
+    auto r = dipc_msgctl(msqid, cmd, buf);
+    return r ? *r : kernel(&Real::msgctl, msqid, cmd, buf);
+  });
 }
 
 }  // extern "C"

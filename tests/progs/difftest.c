@@ -1,6 +1,17 @@
-/* difftest SEED kernel|dipc STEPS: a seeded random sequence of SysV calls, including their edge cases and errors,
- * printing one line per call with its result, errno and out-data (never ids, times or pids). Run once against the
- * kernel and once against dipc: the transcripts must be identical. Nothing blocks (IPC_NOWAIT or a zero timeout). */
+/* difftest: a seeded random sequence of SysV calls, edge cases and errors included, printing one line per call with
+ * its result, errno name and out-data (never ids, times or pids themselves). Run once against the local kernel and
+ * once against dipc: the transcripts must be identical. Nothing blocks (IPC_NOWAIT, or semtimedop with a zero
+ * timeout). Plain SysV code.
+ *
+ *   difftest setup kernel|dipc SEED
+ *       creates the objects the sequence starts from (3 semaphore sets, 3 queues, some messages) and prints
+ *       "ids S0 S1 S2 M0 M1 M2". With dipc this can run on another node than `run`, so the objects' home is remote.
+ *   difftest run kernel|dipc SEED STEPS S0 S1 S2 M0 M1 M2
+ *       the sequence, starting from those ids; removes whatever is left at the end (not printed).
+ *
+ * "kernel" uses keys without IPC_DIPC (run it without the preload); "dipc" ORs IPC_DIPC into every *get.
+ * Exit 0 when the sequence ran (whatever the calls returned), 2 on bad usage, 1 on a setup failure.
+ */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdio.h>
@@ -10,10 +21,13 @@
 #include <sys/msg.h>
 #include <sys/sem.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <dipc/dipc.h>
 
-#define SLOTS 3
+#define NSLOT 3
+#define MAXPRIV 64
+
 static unsigned long long rng;
 static int rnd(int n) { /* splitmix64 */
   rng += 0x9e3779b97f4a7c15ULL;
@@ -22,144 +36,300 @@ static int rnd(int n) { /* splitmix64 */
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
   return (int)((z ^ (z >> 31)) % (unsigned long long)n);
 }
+#define PICK(...) ((long[]){__VA_ARGS__}[rnd((int)(sizeof((long[]){__VA_ARGS__}) / sizeof(long)))])
+
+static int dflag;
+static key_t base;
+static key_t sem_key(int s) { return base + s; }     /* s == NSLOT: a key nobody creates (ENOENT) */
+static key_t msg_key(int s) { return base + 8 + s; }
+
 static const char *res(long r) {
   static char buf[64];
   if (r < 0) snprintf(buf, sizeof buf, "-1 %s", strerrorname_np(errno));
   else snprintf(buf, sizeof buf, "%ld", r);
   return buf;
 }
+static const char *pidclass(long pid) { return pid == 0 ? "0" : pid == getpid() ? "self" : "other"; }
 
-int main(int argc, char **argv) {
-  if (argc != 4) return 2;
-  rng = strtoull(argv[1], NULL, 0);
-  int dflag = strcmp(argv[2], "dipc") == 0 ? IPC_DIPC : 0;
-  int steps = atoi(argv[3]);
-  key_t base = (key_t)(0x4400000 + (rng % 4096) * 16);
-  int sems[SLOTS], msgs[SLOTS];
-  for (int i = 0; i < SLOTS; i++) sems[i] = msgs[i] = -1;
+struct msgbuf_big {
+  long mtype;
+  char text[8300];
+};
+
+static void print_semstat(int id, key_t want_key) {
+  struct semid_ds ds;
+  memset(&ds, 0, sizeof ds);
+  long r = semctl(id, 0, IPC_STAT, &ds);
+  printf(" stat=%s", res(r));
+  if (r < 0) return;
+  printf(" key=%s mode=%o uid=%u gid=%u cuid=%u cgid=%u nsems=%lu otime=%s",
+         ds.sem_perm.__key == want_key ? "slot" : ds.sem_perm.__key == IPC_PRIVATE ? "private" : "OTHER",
+         ds.sem_perm.mode & 0777, ds.sem_perm.uid, ds.sem_perm.gid, ds.sem_perm.cuid, ds.sem_perm.cgid,
+         (unsigned long)ds.sem_nsems, ds.sem_otime ? "set" : "0");
+  unsigned short v[64];
+  memset(v, 0xee, sizeof v);
+  r = semctl(id, 0, GETALL, v);
+  printf(" getall=%s", res(r));
+  for (unsigned long i = 0; r == 0 && i < ds.sem_nsems && i < 64; i++) printf(" %u", v[i]);
+}
+
+static void print_msgstat(int id, key_t want_key) {
+  struct msqid_ds ds;
+  memset(&ds, 0, sizeof ds);
+  long r = msgctl(id, IPC_STAT, &ds);
+  printf(" stat=%s", res(r));
+  if (r < 0) return;
+  printf(" key=%s mode=%o uid=%u gid=%u cuid=%u cgid=%u qnum=%lu cbytes=%lu qbytes=%lu stime=%s rtime=%s"
+         " lspid=%s lrpid=%s",
+         ds.msg_perm.__key == want_key ? "slot" : ds.msg_perm.__key == IPC_PRIVATE ? "private" : "OTHER",
+         ds.msg_perm.mode & 0777, ds.msg_perm.uid, ds.msg_perm.gid, ds.msg_perm.cuid, ds.msg_perm.cgid,
+         (unsigned long)ds.msg_qnum, (unsigned long)ds.__msg_cbytes, (unsigned long)ds.msg_qbytes,
+         ds.msg_stime ? "set" : "0", ds.msg_rtime ? "set" : "0", pidclass(ds.msg_lspid), pidclass(ds.msg_lrpid));
+}
+
+static int setup(void) {
+  int ids[2 * NSLOT];
+  for (int s = 0; s < NSLOT; s++) {
+    int id = semget(sem_key(s), 3, IPC_CREAT | IPC_EXCL | 0600 | dflag);
+    if (id < 0) { perror("difftest setup: semget"); return 1; }
+    unsigned short v[3] = {(unsigned short)rnd(3), (unsigned short)rnd(3), (unsigned short)rnd(3)};
+    if (semctl(id, 0, SETALL, v) < 0) { perror("difftest setup: SETALL"); return 1; }
+    ids[s] = id;
+  }
+  for (int s = 0; s < NSLOT; s++) {
+    int id = msgget(msg_key(s), IPC_CREAT | IPC_EXCL | 0600 | dflag);
+    if (id < 0) { perror("difftest setup: msgget"); return 1; }
+    for (int i = 0, n = rnd(4); i < n; i++) {
+      struct msgbuf_big m;
+      m.mtype = 1 + rnd(3);
+      int len = rnd(20);
+      for (int j = 0; j < len; j++) m.text[j] = (char)('A' + rnd(26));
+      if (msgsnd(id, &m, (size_t)len, IPC_NOWAIT) < 0) { perror("difftest setup: msgsnd"); return 1; }
+    }
+    ids[NSLOT + s] = id;
+  }
+  printf("ids");
+  for (int i = 0; i < 2 * NSLOT; i++) printf(" %d", ids[i]);
+  printf("\n");
+  return 0;
+}
+
+static int run(int steps, char **idv) {
+  int sems[NSLOT], msgs[NSLOT];
+  for (int s = 0; s < NSLOT; s++) {
+    sems[s] = atoi(idv[s]);
+    msgs[s] = atoi(idv[NSLOT + s]);
+  }
+  int priv[MAXPRIV], npriv = 0;
+  static struct sembuf sops[600];
   for (int step = 0; step < steps; step++) {
-    int s = rnd(SLOTS), what = rnd(16);
-    int sid = sems[s], mid = msgs[s]; /* -1 until created: EINVAL everywhere */
+    int s = rnd(NSLOT), what = rnd(22);
+    int sid = sems[s], mid = msgs[s];
     errno = 0;
     printf("%d: ", step);
     switch (what) {
-      case 0: {
-        int nsems = (int[]){-1, 0, 1, 3, 3, 40000}[rnd(6)];
-        int fl = (int[]){0, IPC_CREAT, IPC_CREAT | IPC_EXCL, IPC_CREAT}[rnd(4)] | (rnd(4) ? 0600 : 0400);
-        int r = semget(base + s, nsems, fl | dflag);
-        if (r >= 0) sems[s] = r;
-        printf("semget slot%d nsems=%d flags=%o -> %s\n", s, nsems, fl, r >= 0 ? "ok" : res(r));
+      case 0: { /* semget: existing, new, EEXIST, ENOENT, EINVAL for nsems */
+        int never = rnd(6) == 0;
+        int nsems = (int)PICK(-1, 0, 1, 3, 3, 4, 40000);
+        int fl = (int)PICK(0, IPC_CREAT, IPC_CREAT | IPC_EXCL, IPC_CREAT, 0) | (int)PICK(0600, 0600, 0400, 0666);
+        if (never) fl &= ~IPC_CREAT;
+        int r = semget(never ? sem_key(NSLOT) : sem_key(s), nsems, fl | dflag);
+        printf("semget %s nsems=%d flags=%o -> ", never ? "never" : "slot", nsems, fl);
+        if (r >= 0) {
+          printf("ok %s\n", r == sems[s] ? "same" : "new");
+          sems[s] = r;
+        } else {
+          printf("%s\n", res(r));
+        }
         break;
       }
-      case 1: case 2: case 3: {
-        struct sembuf sops[4];
-        int n = rnd(4);
+      case 1: case 2: case 3: { /* semop / semtimedop(0): EAGAIN, EFBIG, ERANGE, E2BIG, EINVAL nsops */
+        int n = (int)PICK(0, 1, 1, 2, 2, 3, 501);
+        int big = rnd(8) == 0;
         for (int i = 0; i < n; i++) {
-          sops[i].sem_num = (unsigned short)rnd(4);
-          sops[i].sem_op = (short)(rnd(5) - 2);
-          sops[i].sem_flg = (short)(IPC_NOWAIT | (rnd(2) ? SEM_UNDO : 0));
+          sops[i].sem_num = (unsigned short)(n > 3 ? 0 : rnd(5));
+          sops[i].sem_op = (short)(n > 3 ? 0 : big ? PICK(32767, -32768, 16384) : rnd(5) - 2);
+          sops[i].sem_flg = (short)(IPC_NOWAIT | (rnd(3) == 0 ? SEM_UNDO : 0));
         }
-        if (what == 3 && n > 0) {
+        printf("slot%d n=%d", s, n);
+        for (int i = 0; i < n && i < 3; i++)
+          printf(" [%u %d %s]", sops[i].sem_num, sops[i].sem_op, sops[i].sem_flg & SEM_UNDO ? "undo" : "-");
+        if (what == 3) {
           for (int i = 0; i < n; i++) sops[i].sem_flg &= (short)~IPC_NOWAIT;
           struct timespec ts = {0, 0};
-          printf("semtimedop slot%d n=%d -> %s\n", s, n, res(semtimedop(sid, sops, (size_t)n, &ts)));
+          printf(" semtimedop -> %s\n", res(semtimedop(sid, sops, (size_t)n, &ts)));
         } else {
-          printf("semop slot%d n=%d -> %s\n", s, n, res(semop(sid, sops, (size_t)n)));
+          printf(" semop -> %s\n", res(semop(sid, sops, (size_t)n)));
         }
         break;
       }
-      case 4: {
-        int cmd = (int[]){GETVAL, GETNCNT, GETZCNT, 99}[rnd(4)];
-        int num = rnd(5) - 1;
-        printf("semctl slot%d cmd=%d num=%d -> %s\n", s, cmd, num, res(semctl(sid, num, cmd)));
-        break;
-      }
-      case 5: {
-        int val = (int[]){-1, 0, 1, 2, 5, 40000}[rnd(6)];
-        int num = rnd(4);
-        printf("setval slot%d num=%d val=%d -> %s\n", s, num, val, res(semctl(sid, num, SETVAL, val)));
-        break;
-      }
-      case 6: {
-        unsigned short v[8] = {0};
-        struct semid_ds ds;
-        long r = semctl(sid, 0, IPC_STAT, &ds);
-        printf("semstat slot%d -> %s", s, res(r));
-        if (r == 0) {
-          printf(" mode=%o nsems=%lu", ds.sem_perm.mode & 0777, (unsigned long)ds.sem_nsems);
-          r = semctl(sid, 0, GETALL, v);
-          printf(" getall=%s", res(r));
-          for (unsigned long i = 0; r == 0 && i < ds.sem_nsems && i < 8; i++) printf(" %u", v[i]);
-        }
+      case 4: { /* reading semctl commands, bad semnum, bad command */
+        int cmd = (int)PICK(GETVAL, GETVAL, GETNCNT, GETZCNT, GETPID, 99);
+        int num = rnd(6) - 1;
+        long r = semctl(sid, num, cmd);
+        printf("semctl slot%d cmd=%d num=%d -> %s", s, cmd, num, cmd == GETPID && r >= 0 ? pidclass(r) : res(r));
         printf("\n");
         break;
       }
-      case 7: {
-        unsigned short v[3] = {(unsigned short)rnd(3), (unsigned short)rnd(3), (unsigned short)(rnd(2) ? 1 : 40000)};
-        struct semid_ds ds;
-        if (semctl(sid, 0, IPC_STAT, &ds) == 0 && ds.sem_nsems == 3)
-          printf("setall slot%d -> %s\n", s, res(semctl(sid, 0, SETALL, v)));
-        else
-          printf("setall slot%d skipped\n", s);
+      case 5: { /* SETVAL incl. ERANGE both ways */
+        int val = (int)PICK(-1, 0, 1, 2, 5, 32767, 32768);
+        int num = rnd(6) - 1;
+        printf("setval slot%d num=%d val=%d -> %s\n", s, num, val, res(semctl(sid, num, SETVAL, val)));
         break;
       }
-      case 8:
-        if (rnd(3) == 0) {
-          int r = semctl(sid, 0, IPC_RMID);
-          printf("semrm slot%d -> %s\n", s, res(r));
+      case 6: /* IPC_STAT + GETALL */
+        printf("semstat slot%d", s);
+        print_semstat(sid, sem_key(s));
+        printf("\n");
+        break;
+      case 7: { /* SETALL incl. ERANGE */
+        struct semid_ds ds;
+        unsigned short v[64];
+        if (semctl(sid, 0, IPC_STAT, &ds) < 0) {
+          printf("setall slot%d stat -> %s\n", s, res(-1));
+          break;
+        }
+        int bad = rnd(5) == 0;
+        for (unsigned long i = 0; i < ds.sem_nsems && i < 64; i++) v[i] = (unsigned short)rnd(3);
+        if (bad) v[ds.sem_nsems - 1] = 32768;
+        printf("setall slot%d bad=%d -> %s\n", s, bad, res(semctl(sid, 0, SETALL, v)));
+        break;
+      }
+      case 8: { /* IPC_SET of the mode */
+        struct semid_ds ds;
+        long r = semctl(sid, 0, IPC_STAT, &ds);
+        int mode = (int)PICK(0600, 0640, 0400, 0666, 0);
+        if (r == 0) {
+          ds.sem_perm.mode = (unsigned short)mode;
+          r = semctl(sid, 0, IPC_SET, &ds);
+        }
+        printf("semset slot%d mode=%o -> %s\n", s, mode, res(r));
+        break;
+      }
+      case 9: /* IPC_RMID; the slot keeps the stale id */
+        if (rnd(3) == 0) printf("semrm slot%d -> %s\n", s, res(semctl(sid, 0, IPC_RMID)));
+        else printf("noop\n");
+        break;
+      case 10: { /* msgget: existing, new, EEXIST, ENOENT */
+        int never = rnd(6) == 0;
+        int fl = (int)PICK(0, IPC_CREAT, IPC_CREAT | IPC_EXCL, IPC_CREAT, 0) | (int)PICK(0600, 0600, 0400, 0666);
+        if (never) fl &= ~IPC_CREAT;
+        int r = msgget(never ? msg_key(NSLOT) : msg_key(s), fl | dflag);
+        printf("msgget %s flags=%o -> ", never ? "never" : "slot", fl);
+        if (r >= 0) {
+          printf("ok %s\n", r == msgs[s] ? "same" : "new");
+          msgs[s] = r;
         } else {
-          printf("noop\n");
+          printf("%s\n", res(r));
         }
         break;
-      case 9: {
-        int fl = (int[]){0, IPC_CREAT, IPC_CREAT | IPC_EXCL, IPC_CREAT}[rnd(4)] | 0600;
-        int r = msgget(base + 8 + s, fl | dflag);
-        if (r >= 0) msgs[s] = r;
-        printf("msgget slot%d flags=%o -> %s\n", s, fl, r >= 0 ? "ok" : res(r));
-        break;
       }
-      case 10: case 11: {
-        struct { long mtype; char text[128]; } m;
-        m.mtype = rnd(4);
-        int len = rnd(60);
+      case 11: case 12: case 13: { /* msgsnd: EAGAIN on a full queue, EINVAL for mtype < 1 or size > msgmax */
+        struct msgbuf_big m;
+        m.mtype = PICK(-1, 0, 1, 1, 2, 3, 5);
+        if (m.mtype < 1 && rnd(2)) m.mtype = 1;
+        int len = rnd(10) == 0 ? (int)PICK(0, 8192, 8193) : rnd(60);
         for (int i = 0; i < len; i++) m.text[i] = (char)('a' + rnd(26));
         printf("msgsnd slot%d type=%ld len=%d -> %s\n", s, m.mtype, len, res(msgsnd(mid, &m, (size_t)len, IPC_NOWAIT)));
         break;
       }
-      case 12: case 13: {
-        struct { long mtype; char text[128]; } m;
-        long typ = rnd(7) - 3;
-        int fl = IPC_NOWAIT | (rnd(2) ? MSG_NOERROR : 0) | (rnd(4) == 0 ? MSG_EXCEPT : 0);
-        size_t max = (size_t)rnd(64);
+      case 14: case 15: case 16: { /* msgrcv: every msgtyp form, MSG_EXCEPT, MSG_NOERROR, E2BIG, ENOMSG */
+        struct msgbuf_big m;
+        memset(&m, 0, sizeof m);
+        long typ = rnd(9) - 4;
+        int fl = IPC_NOWAIT | (rnd(3) == 0 ? MSG_NOERROR : 0) | (rnd(4) == 0 ? MSG_EXCEPT : 0);
+        size_t max = rnd(12) == 0 ? (size_t)-1 : (size_t)rnd(64);
         ssize_t r = msgrcv(mid, &m, max, typ, fl);
-        printf("msgrcv slot%d typ=%ld max=%zu fl=%o -> %s", s, typ, max, fl, res(r));
+        printf("msgrcv slot%d typ=%ld max=%ld fl=%o -> %s", s, typ, (long)max, fl, res(r));
         if (r >= 0) printf(" type=%ld text=%.*s", m.mtype, (int)r, m.text);
         printf("\n");
         break;
       }
-      case 14: {
+      case 17: /* IPC_STAT */
+        printf("msgstat slot%d", s);
+        print_msgstat(mid, msg_key(s));
+        printf("\n");
+        break;
+      case 18: { /* IPC_SET of qbytes (0: nothing fits; above msgmnb: allowed with CAP_SYS_RESOURCE) and mode */
         struct msqid_ds ds;
         long r = msgctl(mid, IPC_STAT, &ds);
-        printf("msgstat slot%d -> %s", s, res(r));
+        unsigned long qb = (unsigned long)PICK(0, 40, 100, 100, 16384, 20000);
+        int mode = (int)PICK(0600, 0644, 0400, 0600);
         if (r == 0) {
-          printf(" qnum=%lu cbytes=%lu qbytes=%lu mode=%o", (unsigned long)ds.msg_qnum, (unsigned long)ds.__msg_cbytes,
-                 (unsigned long)ds.msg_qbytes, ds.msg_perm.mode & 0777);
-          if (rnd(3) == 0) {
-            ds.msg_qbytes = (msglen_t)(int[]){40, 100, 16384}[rnd(3)];
-            printf(" set qbytes=%lu -> %s", (unsigned long)ds.msg_qbytes, res(msgctl(mid, IPC_SET, &ds)));
-          }
+          ds.msg_qbytes = (msglen_t)qb;
+          ds.msg_perm.mode = (unsigned short)mode;
+          r = msgctl(mid, IPC_SET, &ds);
+        }
+        printf("msgset slot%d qbytes=%lu mode=%o -> %s\n", s, qb, mode, res(r));
+        break;
+      }
+      case 19: /* IPC_RMID, or a command no kernel knows */
+        if (rnd(3) == 0) printf("msgrm slot%d -> %s\n", s, res(msgctl(mid, IPC_RMID, NULL)));
+        else printf("msgctl slot%d cmd=99 -> %s\n", s, res(msgctl(mid, 99, NULL)));
+        break;
+      case 20: { /* IPC_PRIVATE objects: always new, key 0; use, remove, then use the stale id */
+        if (npriv + 2 > MAXPRIV) {
+          printf("noop\n");
+          break;
+        }
+        int a = semget(IPC_PRIVATE, 2, IPC_CREAT | 0600 | dflag);
+        int b = semget(IPC_PRIVATE, 2, IPC_CREAT | 0600 | dflag);
+        printf("private sem -> %s", a >= 0 && b >= 0 ? (a != b ? "two" : "SAME") : res(-1));
+        if (a >= 0) priv[npriv++] = a;
+        if (b >= 0) priv[npriv++] = b;
+        if (a >= 0) {
+          printf(" setval=%s", res(semctl(a, 1, SETVAL, 7)));
+          printf(" getval=%s", res(semctl(a, 1, GETVAL)));
+          print_semstat(a, IPC_PRIVATE);
+          printf(" rm=%s", res(semctl(a, 0, IPC_RMID)));
+          printf(" stale=%s", res(semctl(a, 1, GETVAL)));
         }
         printf("\n");
         break;
       }
-      default:
-        if (rnd(4) == 0) printf("msgrm slot%d -> %s\n", s, res(msgctl(mid, IPC_RMID, NULL)));
-        else printf("noop\n");
+      default: { /* a private queue, used from its id */
+        int q = msgget(IPC_PRIVATE, IPC_CREAT | 0600 | dflag);
+        printf("private msg -> %s", q >= 0 ? "ok" : res(q));
+        if (q >= 0) {
+          struct msgbuf_big m = {4, "private"};
+          printf(" snd=%s", res(msgsnd(q, &m, 7, IPC_NOWAIT)));
+          print_msgstat(q, IPC_PRIVATE);
+          memset(&m, 0, sizeof m);
+          ssize_t r = msgrcv(q, &m, 3, -4, IPC_NOWAIT | MSG_NOERROR);
+          printf(" rcv=%s", res(r));
+          if (r >= 0) printf(" type=%ld text=%.*s", m.mtype, (int)r, m.text);
+          printf(" rm=%s stale=%s", res(msgctl(q, IPC_RMID, NULL)), res(msgsnd(q, &m, 1, IPC_NOWAIT)));
+        }
+        printf("\n");
+      }
     }
   }
-  for (int i = 0; i < SLOTS; i++) {
-    if (sems[i] >= 0) semctl(sems[i], 0, IPC_RMID);
-    if (msgs[i] >= 0) msgctl(msgs[i], IPC_RMID, NULL);
+  fflush(stdout);
+  for (int s = 0; s < NSLOT; s++) {
+    semctl(sems[s], 0, IPC_RMID);
+    msgctl(msgs[s], IPC_RMID, NULL);
   }
+  for (int i = 0; i < npriv; i++) semctl(priv[i], 0, IPC_RMID);
   return 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 4 || (strcmp(argv[2], "kernel") && strcmp(argv[2], "dipc"))) {
+    fprintf(stderr, "usage: difftest setup kernel|dipc SEED | difftest run kernel|dipc SEED STEPS IDS...\n");
+    return 2;
+  }
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  dflag = strcmp(argv[2], "dipc") == 0 ? IPC_DIPC : 0;
+  unsigned long long seed = strtoull(argv[3], NULL, 0);
+  base = (key_t)(0x44000000 + (seed % 4096) * 16);
+  if (!strcmp(argv[1], "setup")) {
+    rng = seed ^ 0x5e7u9;
+    return setup();
+  }
+  if (!strcmp(argv[1], "run") && argc == 5 + 2 * NSLOT) {
+    rng = seed;
+    return run(atoi(argv[4]), argv + 5);
+  }
+  fprintf(stderr, "difftest: bad arguments\n");
+  return 2;
 }
