@@ -3,7 +3,11 @@
 # runs bench/ipc_bench on node1 with its partners on node2, and prints every figure as a ratio to its baseline
 # measured in the same run.
 #   usage: bench/run.sh [BUILD_DIR] [extra Google Benchmark flags]
+#   DIPC_BENCH_CPUS=0 bench/run.sh   pins every process of the run (daemons, benchmark, partners) to those CPUs
 set -euo pipefail
+if [ -n "${DIPC_BENCH_CPUS:-}" ] && [ -z "${DIPC_BENCH_PINNED:-}" ]; then
+  DIPC_BENCH_PINNED=1 exec taskset -c "$DIPC_BENCH_CPUS" "$0" "$@"
+fi
 top=$(cd "$(dirname "$0")/.." && pwd)
 build=$(cd "${1:-$top/build}" && pwd)
 shift || true

@@ -63,7 +63,7 @@ static void print_semstat(int id, key_t want_key) {
   printf(" stat=%s", res(r));
   if (r < 0) return;
   printf(" key=%s mode=%o uid=%u gid=%u cuid=%u cgid=%u nsems=%lu otime=%s",
-         ds.sem_perm.__key == want_key ? "slot" : ds.sem_perm.__key == IPC_PRIVATE ? "private" : "OTHER",
+         ds.sem_perm.__key == want_key ? "as-asked" : "OTHER",
          ds.sem_perm.mode & 0777, ds.sem_perm.uid, ds.sem_perm.gid, ds.sem_perm.cuid, ds.sem_perm.cgid,
          (unsigned long)ds.sem_nsems, ds.sem_otime ? "set" : "0");
   unsigned short v[64];
@@ -81,7 +81,7 @@ static void print_msgstat(int id, key_t want_key) {
   if (r < 0) return;
   printf(" key=%s mode=%o uid=%u gid=%u cuid=%u cgid=%u qnum=%lu cbytes=%lu qbytes=%lu stime=%s rtime=%s"
          " lspid=%s lrpid=%s",
-         ds.msg_perm.__key == want_key ? "slot" : ds.msg_perm.__key == IPC_PRIVATE ? "private" : "OTHER",
+         ds.msg_perm.__key == want_key ? "as-asked" : "OTHER",
          ds.msg_perm.mode & 0777, ds.msg_perm.uid, ds.msg_perm.gid, ds.msg_perm.cuid, ds.msg_perm.cgid,
          (unsigned long)ds.msg_qnum, (unsigned long)ds.__msg_cbytes, (unsigned long)ds.msg_qbytes,
          ds.msg_stime ? "set" : "0", ds.msg_rtime ? "set" : "0", pidclass(ds.msg_lspid), pidclass(ds.msg_lrpid));
@@ -298,7 +298,8 @@ static int run(int steps, char **idv) {
           ssize_t r = msgrcv(q, &m, 3, -4, IPC_NOWAIT | MSG_NOERROR);
           printf(" rcv=%s", res(r));
           if (r >= 0) printf(" type=%ld text=%.*s", m.mtype, (int)r, m.text);
-          printf(" rm=%s stale=%s", res(msgctl(q, IPC_RMID, NULL)), res(msgsnd(q, &m, 1, IPC_NOWAIT)));
+          printf(" rm=%s", res(msgctl(q, IPC_RMID, NULL)));
+          printf(" stale=%s", res(msgsnd(q, &m, 1, IPC_NOWAIT)));
         }
         printf("\n");
       }
@@ -323,7 +324,7 @@ int main(int argc, char **argv) {
   unsigned long long seed = strtoull(argv[3], NULL, 0);
   base = (key_t)(0x44000000 + (seed % 4096) * 16);
   if (!strcmp(argv[1], "setup")) {
-    rng = seed ^ 0x5e7u9;
+    rng = seed ^ 0x5e75e75e7ULL;
     return setup();
   }
   if (!strcmp(argv[1], "run") && argc == 5 + 2 * NSLOT) {
