@@ -4,16 +4,18 @@
 
 namespace dipc::ipc {
 
+// The sysctls the kernel's ipc namespace uses; a missing or malformed file keeps the default. SEMVMX and SEMAEM
+// are compile-time constants in Linux (32767), not sysctls.
 Limits Limits::read_proc() {
   Limits l;
   {
-    std::ifstream f("/proc/sys/kernel/sem");
-    int a, b, c, d;
-    if (f >> a >> b >> c >> d) {
-      l.semmsl = a;
-      l.semmns = b;
-      l.semopm = c;
-      l.semmni = d;
+    std::ifstream f("/proc/sys/kernel/sem");  // "semmsl semmns semopm semmni"
+    int msl, mns, opm, mni;
+    if (f >> msl >> mns >> opm >> mni) {
+      l.semmsl = msl;
+      l.semmns = mns;
+      l.semopm = opm;
+      l.semmni = mni;
     }
   }
   auto one = [](const char* path, int& out) {

@@ -3,50 +3,52 @@
 #include <sys/ipc.h>
 #include <sys/msg.h>
 
+#include <algorithm>
 #include <cstdint>
 
 namespace dipc::ipc {
 
 namespace {
-// testmsg() with convert_mode(): 0 any, > 0 equal (MSG_EXCEPT: not equal), < 0 lowest type <= |msgtyp|.
+// convert_mode() + testmsg(): 0 any; > 0 that type (MSG_EXCEPT: any other); < 0 any type <= |msgtyp|.
 bool type_matches(int64_t mtype, int64_t msgtyp, int msgflg) {
   if (msgtyp == 0) return true;
   if (msgtyp > 0) return (msgflg & MSG_EXCEPT) ? mtype != msgtyp : mtype == msgtyp;
-  int64_t limit = msgtyp == INT64_MIN ? INT64_MAX : -msgtyp;
-  return mtype <= limit;
+  return mtype <= (msgtyp == INT64_MIN ? INT64_MAX : -msgtyp);
 }
 }  // namespace
 
 MsgQueue::MsgQueue(const Perm& perm, const Limits& lim, int64_t now)
     : perm_(perm), lim_(lim), qbytes_(static_cast<uint64_t>(lim.msgmnb)), ctime_(now) {}
 
+// find_msg(): the first match; for a negative msgtyp the first message of the lowest matching type.
 std::list<Message>::iterator MsgQueue::find(int64_t msgtyp, int msgflg) {
   auto best = msgs_.end();
   for (auto it = msgs_.begin(); it != msgs_.end(); ++it) {
     if (!type_matches(it->mtype, msgtyp, msgflg)) continue;
-    if (msgtyp >= 0) return it;
-    // Negative msgtyp (SEARCH_LESSEQUAL): the first message of the lowest type <= |msgtyp|.
+    if (msgtyp >= 0 || it->mtype == 1) return it;
     if (best == msgs_.end() || it->mtype < best->mtype) best = it;
-    if (best->mtype == 1) break;
   }
   return best;
 }
 
-bool MsgQueue::pipelined_send(Message& m, const ProcKey& sender, int64_t now) {
-  (void)sender;
-  for (auto it = receivers_.begin(); it != receivers_.end(); ++it) {
-    if (!type_matches(m.mtype, it->msgtyp, it->msgflg)) continue;
-    Receiver r = *it;
-    receivers_.erase(it);
-    if (r.maxsize < m.text.size() && !(r.msgflg & MSG_NOERROR)) {
-      // The receiver's buffer is too small: it fails with E2BIG and the message looks for another taker.
-      completed_.push_back(Completion{r.token, E2BIG, true, {}});
-      return pipelined_send(m, sender, now);
+// pipelined_send(): give a new message straight to the oldest matching receiver. A matching receiver whose buffer
+// is too small (and has no MSG_NOERROR) is woken with E2BIG and the next one is tried.
+bool MsgQueue::pipelined_send(Message& m, int64_t now) {
+  for (auto it = receivers_.begin(); it != receivers_.end();) {
+    if (!type_matches(m.mtype, it->msgtyp, it->msgflg)) {
+      ++it;
+      continue;
     }
-    if (m.text.size() > r.maxsize) m.text.resize(r.maxsize);
-    lrpid_ = r.proc.pid;
+    if (m.text.size() > it->maxsize && !(it->msgflg & MSG_NOERROR)) {
+      completed_.push_back(Completion{it->token, E2BIG, true, {}});
+      it = receivers_.erase(it);
+      continue;
+    }
+    if (m.text.size() > it->maxsize) m.text.resize(it->maxsize);  // do_msg_fill() copies at most bufsz
+    lrpid_ = it->proc.pid;
     rtime_ = now;
-    completed_.push_back(Completion{r.token, 0, true, std::move(m)});
+    completed_.push_back(Completion{it->token, 0, true, std::move(m)});
+    receivers_.erase(it);
     return true;
   }
   return false;
@@ -55,20 +57,20 @@ bool MsgQueue::pipelined_send(Message& m, const ProcKey& sender, int64_t now) {
 void MsgQueue::enqueue(Message m, const ProcKey& sender, int64_t now) {
   lspid_ = sender.pid;
   stime_ = now;
-  if (pipelined_send(m, sender, now)) return;
+  if (pipelined_send(m, now)) return;
   cbytes_ += m.text.size();
   msgs_.push_back(std::move(m));
 }
 
+// do_msgsnd(): a sender that fits goes ahead even if others are blocked (no fairness, as in Linux).
 Outcome MsgQueue::send(uint64_t token, int64_t mtype, std::vector<uint8_t> text, int msgflg, const ProcKey& proc,
                        const Creds& c, int64_t now) {
-  if (mtype < 1 || text.size() > static_cast<size_t>(lim_.msgmax)) return {Outcome::kError, EINVAL};
+  if (text.size() > static_cast<size_t>(lim_.msgmax) || mtype < 1) return {Outcome::kError, EINVAL};
   if (int e = ipc_check(perm_, c, 0222)) return {Outcome::kError, e};
   Message m{mtype, std::move(text)};
-  // do_msgsnd(): a sender that fits goes ahead; otherwise IPC_NOWAIT fails and others wait in FIFO order.
   if (!fits(m.text.size())) {
     if (msgflg & IPC_NOWAIT) return {Outcome::kError, EAGAIN};
-    senders_.push_back(Sender{token, std::move(m), proc});
+    senders_.push_back(Sender{token, std::move(m), proc, c});
     return {Outcome::kBlocked, 0};
   }
   enqueue(std::move(m), proc, now);
@@ -80,33 +82,35 @@ Outcome MsgQueue::recv(uint64_t token, int64_t msgtyp, size_t maxsize, int msgfl
   if (msgflg & MSG_COPY) return {Outcome::kError, ENOSYS};
   if (int e = ipc_check(perm_, c, 0444)) return {Outcome::kError, e};
   auto it = find(msgtyp, msgflg);
-  if (it != msgs_.end()) {
-    if (it->text.size() > maxsize && !(msgflg & MSG_NOERROR)) return {Outcome::kError, E2BIG};
-    out = std::move(*it);
-    cbytes_ -= out.text.size();
-    msgs_.erase(it);
-    if (out.text.size() > maxsize) out.text.resize(maxsize);
-    lrpid_ = proc.pid;
-    rtime_ = now;
-    wake_senders(now);
-    return {Outcome::kDone, 0};
+  if (it == msgs_.end()) {
+    if (msgflg & IPC_NOWAIT) return {Outcome::kError, ENOMSG};
+    receivers_.push_back(Receiver{token, msgtyp, maxsize, msgflg, proc, c});
+    return {Outcome::kBlocked, 0};
   }
-  if (msgflg & IPC_NOWAIT) return {Outcome::kError, ENOMSG};
-  receivers_.push_back(Receiver{token, msgtyp, maxsize, msgflg, proc});
-  return {Outcome::kBlocked, 0};
+  // do_msgrcv(): a too long message stays queued unless MSG_NOERROR lets it be truncated.
+  if (it->text.size() > maxsize && !(msgflg & MSG_NOERROR)) return {Outcome::kError, E2BIG};
+  out = std::move(*it);
+  msgs_.erase(it);
+  cbytes_ -= out.text.size();
+  if (out.text.size() > maxsize) out.text.resize(maxsize);
+  lrpid_ = proc.pid;
+  rtime_ = now;
+  wake_senders(now);
+  return {Outcome::kDone, 0};
 }
 
-// ss_wakeup()/do_msgsnd(): every blocked sender retries, in FIFO order; those whose message now fits go ahead.
+// ss_wakeup() + the woken do_msgsnd() loop: in FIFO order, every blocked sender whose message now fits re-checks
+// its permission (IPC_SET may have revoked it: EACCES) and sends. Senders that still do not fit keep waiting.
 void MsgQueue::wake_senders(int64_t now) {
   for (auto it = senders_.begin(); it != senders_.end();) {
     if (!fits(it->msg.text.size())) {
       ++it;
       continue;
     }
-    Sender snd = std::move(*it);
+    int e = ipc_check(perm_, it->creds, 0222);
+    if (!e) enqueue(std::move(it->msg), it->proc, now);
+    completed_.push_back(Completion{it->token, e, false, {}});
     it = senders_.erase(it);
-    enqueue(std::move(snd.msg), snd.proc, now);
-    completed_.push_back(Completion{snd.token, 0, false, {}});
   }
 }
 
@@ -117,16 +121,16 @@ std::vector<MsgQueue::Completion> MsgQueue::take_completed() {
 }
 
 bool MsgQueue::cancel(uint64_t token) {
-  for (auto it = receivers_.begin(); it != receivers_.end(); ++it)
-    if (it->token == token) {
-      receivers_.erase(it);
-      return true;
-    }
-  for (auto it = senders_.begin(); it != senders_.end(); ++it)
-    if (it->token == token) {
-      senders_.erase(it);
-      return true;
-    }
+  auto r = std::find_if(receivers_.begin(), receivers_.end(), [&](const Receiver& x) { return x.token == token; });
+  if (r != receivers_.end()) {
+    receivers_.erase(r);
+    return true;
+  }
+  auto s = std::find_if(senders_.begin(), senders_.end(), [&](const Sender& x) { return x.token == token; });
+  if (s != senders_.end()) {
+    senders_.erase(s);
+    return true;
+  }
   return false;
 }
 
@@ -153,6 +157,9 @@ int MsgQueue::stat(const Creds& c, MsgStat& out) const {
   return 0;
 }
 
+// msgctl_down(IPC_SET): then expunge_all(-EAGAIN) makes every waiting receiver retry, which fails with EACCES if
+// the new mode denies it read access (the others find nothing and wait again, in the same order), and ss_wakeup()
+// lets senders that now fit go ahead.
 int MsgQueue::set(uint32_t uid, uint32_t gid, uint16_t mode, uint64_t qbytes, const Creds& c, int64_t now) {
   if (int e = ipc_owner_check(perm_, c)) return e;
   if (qbytes > static_cast<uint64_t>(lim_.msgmnb) && !c.cap_sys_resource) return EPERM;
@@ -161,6 +168,14 @@ int MsgQueue::set(uint32_t uid, uint32_t gid, uint16_t mode, uint64_t qbytes, co
   perm_.mode = static_cast<uint16_t>((perm_.mode & ~0777) | (mode & 0777));
   qbytes_ = qbytes;
   ctime_ = now;
+  for (auto it = receivers_.begin(); it != receivers_.end();) {
+    if (ipc_check(perm_, it->creds, 0444) == 0) {
+      ++it;
+      continue;
+    }
+    completed_.push_back(Completion{it->token, EACCES, true, {}});
+    it = receivers_.erase(it);
+  }
   wake_senders(now);
   return 0;
 }

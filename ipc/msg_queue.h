@@ -1,4 +1,4 @@
-// One System V message queue, as Linux ipc/msg.c implements it: pure state, no I/O, time passed in.
+// One System V message queue, as Linux ipc/msg.c implements it: pure state, no I/O, no threads, time passed in.
 #pragma once
 
 #include <cstddef>
@@ -6,7 +6,7 @@
 #include <list>
 #include <vector>
 
-#include "ipc/sem_set.h"
+#include "ipc/sem_set.h"  // Outcome
 #include "ipc/types.h"
 
 namespace dipc::ipc {
@@ -31,20 +31,23 @@ class MsgQueue {
 
   Outcome send(uint64_t token, int64_t mtype, std::vector<uint8_t> text, int msgflg, const ProcKey& proc,
                const Creds& c, int64_t now);
+  // MSG_COPY is not supported: ENOSYS.
   Outcome recv(uint64_t token, int64_t msgtyp, size_t maxsize, int msgflg, const ProcKey& proc, const Creds& c,
                int64_t now, Message& out);
   struct Completion {
     uint64_t token;
     int err;
     bool is_recv;
-    Message msg;
+    Message msg;  // successful receivers only
   };
-  std::vector<Completion> take_completed();
-  bool cancel(uint64_t token);
-  std::vector<uint64_t> remove_waiters();
+  std::vector<Completion> take_completed();  // in completion order; drains
+  bool cancel(uint64_t token);               // false if not pending
+  std::vector<uint64_t> remove_waiters();    // IPC_RMID: receivers first, then senders; the caller answers EIDRM
   int stat(const Creds& c, MsgStat& out) const;
   int set(uint32_t uid, uint32_t gid, uint16_t mode, uint64_t qbytes, const Creds& c, int64_t now);
   int check_rmid(const Creds& c) const;
+  size_t pending_receivers() const { return receivers_.size(); }
+  size_t pending_senders() const { return senders_.size(); }
 
  private:
   struct Receiver {
@@ -53,17 +56,18 @@ class MsgQueue {
     size_t maxsize;
     int msgflg;
     ProcKey proc;
+    Creds creds;
   };
   struct Sender {
     uint64_t token;
     Message msg;
     ProcKey proc;
+    Creds creds;
   };
+  // msg_fits_inqueue(): both the bytes and the message count are bounded by qbytes.
   bool fits(size_t size) const { return cbytes_ + size <= qbytes_ && msgs_.size() + 1 <= qbytes_; }
-  // Index of the message msgrcv(msgtyp, msgflg) takes, or -1 (find_msg()).
   std::list<Message>::iterator find(int64_t msgtyp, int msgflg);
-  // pipelined_send(): hand a new message to a waiting receiver. True if it was consumed.
-  bool pipelined_send(Message& m, const ProcKey& sender, int64_t now);
+  bool pipelined_send(Message& m, int64_t now);
   void enqueue(Message m, const ProcKey& sender, int64_t now);
   void wake_senders(int64_t now);
 

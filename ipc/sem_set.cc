@@ -10,38 +10,57 @@ namespace dipc::ipc {
 SemSet::SemSet(const Perm& perm, int nsems, const Limits& lim, int64_t now)
     : perm_(perm), lim_(lim), sems_(static_cast<size_t>(nsems)), ctime_(now) {}
 
-int SemSet::try_apply(const std::vector<SemBuf>& sops, const ProcKey& proc, size_t* blocking_sop) {
-  // Like perform_atomic_semop(): check everything first, then apply.
-  std::vector<int> vals(sems_.size());
-  for (size_t i = 0; i < sems_.size(); ++i) vals[i] = sems_[i].val;
-  auto uit = undo_.find(proc);
-  std::vector<int> adj = uit != undo_.end() ? uit->second : std::vector<int>(sems_.size(), 0);
-  bool any_undo = false;
-  for (size_t i = 0; i < sops.size(); ++i) {
+// perform_atomic_semop_slow(): apply the ops in order, then undo them all if one blocks or overflows. A blocking op
+// with IPC_NOWAIT fails with EAGAIN, also when a queued operation is retried.
+int SemSet::perform(const std::vector<SemBuf>& sops, const ProcKey& proc, size_t& blocking) {
+  std::vector<int>* adj = nullptr;
+  bool created = false;
+  if (std::any_of(sops.begin(), sops.end(), [](const SemBuf& s) { return (s.flg & SEM_UNDO) != 0; })) {
+    auto [it, inserted] = undo_.try_emplace(proc, sems_.size(), 0);
+    adj = &it->second;
+    created = inserted;
+  }
+  int r = 0;
+  size_t i = 0;
+  for (; i < sops.size(); ++i) {
     const SemBuf& s = sops[i];
-    int& v = vals[s.num];
+    int& v = sems_[s.num].val;
     int result = v + s.op;
-    if (s.op == 0 ? v != 0 : result < 0) {
-      if (blocking_sop) *blocking_sop = i;
-      return -1;
+    if ((s.op == 0 && v != 0) || result < 0) {
+      blocking = i;
+      r = (s.flg & IPC_NOWAIT) ? EAGAIN : kWouldBlock;
+      break;
     }
-    if (result > lim_.semvmx) return ERANGE;
+    if (result > lim_.semvmx) {
+      r = ERANGE;
+      break;
+    }
     if (s.flg & SEM_UNDO) {
-      int u = adj[s.num] - s.op;
-      if (u < -lim_.semaem - 1 || u > lim_.semaem) return ERANGE;
-      adj[s.num] = u;
-      any_undo = true;
+      int u = (*adj)[s.num] - s.op;
+      if (u < -lim_.semaem - 1 || u > lim_.semaem) {
+        r = ERANGE;
+        break;
+      }
+      (*adj)[s.num] = u;
     }
     v = result;
   }
-  for (size_t i = 0; i < sems_.size(); ++i) sems_[i].val = vals[i];
-  for (const auto& s : sops) sems_[s.num].pid = proc.pid;
-  if (any_undo) undo_[proc] = std::move(adj);
-  return 0;
+  if (r == 0) {
+    for (const auto& s : sops) sems_[s.num].pid = proc.pid;
+    return 0;
+  }
+  while (i-- > 0) {
+    const SemBuf& s = sops[i];
+    sems_[s.num].val -= s.op;
+    if (s.flg & SEM_UNDO) (*adj)[s.num] += s.op;
+  }
+  if (created) undo_.erase(proc);
+  return r;
 }
 
 Outcome SemSet::semop(uint64_t token, const std::vector<SemBuf>& sops, const ProcKey& proc, const Creds& c,
                       int64_t now) {
+  // do_semtimedop(): EFBIG before EACCES; read access suffices when every op waits for zero.
   bool alter = false;
   for (const auto& s : sops) {
     if (s.num >= sems_.size()) return {Outcome::kError, EFBIG};
@@ -49,29 +68,31 @@ Outcome SemSet::semop(uint64_t token, const std::vector<SemBuf>& sops, const Pro
   }
   if (int e = ipc_check(perm_, c, alter ? 0222 : 0444)) return {Outcome::kError, e};
   size_t blocking = 0;
-  int r = try_apply(sops, proc, &blocking);
-  if (r == 0) {
-    otime_ = now;
-    if (alter) update_queue();
-    return {Outcome::kDone, 0};
+  int r = perform(sops, proc, blocking);
+  if (r == kWouldBlock) {
+    waiters_.push_back(Waiter{token, sops, proc, blocking});
+    return {Outcome::kBlocked, 0};
   }
-  if (r > 0) return {Outcome::kError, r};
-  if (sops[blocking].flg & IPC_NOWAIT) return {Outcome::kError, EAGAIN};
-  waiters_.push_back(Waiter{token, sops, proc});
-  return {Outcome::kBlocked, 0};
+  if (r != 0) return {Outcome::kError, r};
+  otime_ = now;
+  if (alter) update_queue(now);
+  return {Outcome::kDone, 0};
 }
 
-void SemSet::update_queue() {
-  // Every completion may change values, so the scan restarts from the oldest waiter.
+// update_queue(): a waiter that now fails (ERANGE, EAGAIN) completes with that error; one that altered values
+// restarts the scan from the oldest waiter (check_restart()). A successful completion sets otime (do_smart_update()).
+void SemSet::update_queue(int64_t now) {
   for (auto it = waiters_.begin(); it != waiters_.end();) {
-    int r = try_apply(it->sops, it->proc, nullptr);
-    if (r < 0) {
+    int r = perform(it->sops, it->proc, it->blocking);
+    if (r == kWouldBlock) {
       ++it;
       continue;
     }
     completed_.push_back(Completion{it->token, r});
-    waiters_.erase(it);
-    it = waiters_.begin();
+    bool altered = r == 0 && std::any_of(it->sops.begin(), it->sops.end(), [](const SemBuf& s) { return s.op; });
+    if (r == 0) otime_ = now;
+    it = waiters_.erase(it);
+    if (altered) it = waiters_.begin();
   }
 }
 
@@ -82,13 +103,10 @@ std::vector<SemSet::Completion> SemSet::take_completed() {
 }
 
 bool SemSet::cancel(uint64_t token) {
-  for (auto it = waiters_.begin(); it != waiters_.end(); ++it) {
-    if (it->token == token) {
-      waiters_.erase(it);
-      return true;
-    }
-  }
-  return false;
+  auto it = std::find_if(waiters_.begin(), waiters_.end(), [&](const Waiter& w) { return w.token == token; });
+  if (it == waiters_.end()) return false;
+  waiters_.erase(it);
+  return true;
 }
 
 std::vector<uint64_t> SemSet::remove_waiters() {
@@ -98,6 +116,7 @@ std::vector<uint64_t> SemSet::remove_waiters() {
   return out;
 }
 
+// semctl_main(): permission first, then the index.
 int SemSet::check_semnum(int semnum, const Creds& c, int flag) const {
   if (int e = ipc_check(perm_, c, flag)) return e;
   if (semnum < 0 || semnum >= nsems()) return EINVAL;
@@ -116,36 +135,19 @@ int SemSet::getpid(int semnum, const Creds& c, int& out) const {
   return 0;
 }
 
-// Like count_semcnt(): a waiter counts on the semaphore of the operation it is blocked on.
-int SemSet::getncnt(int semnum, const Creds& c, int& out) const {
+// count_semcnt()/check_qop(): a waiter counts only on the semaphore of the op it blocked on (SUS, Linux >= 3.16).
+int SemSet::count_waiting(int semnum, const Creds& c, bool zero, int& out) const {
   if (int e = check_semnum(semnum, c, 0444)) return e;
   out = 0;
   for (const auto& w : waiters_) {
-    for (const auto& s : w.sops) {
-      int v = sems_[s.num].val;
-      bool blocks = s.op == 0 ? v != 0 : v + s.op < 0;
-      if (!blocks) continue;
-      if (s.num == semnum && s.op < 0) ++out;
-      break;
-    }
+    const SemBuf& s = w.sops[w.blocking];
+    if (s.num == semnum && (zero ? s.op == 0 : s.op < 0)) ++out;
   }
   return 0;
 }
 
-int SemSet::getzcnt(int semnum, const Creds& c, int& out) const {
-  if (int e = check_semnum(semnum, c, 0444)) return e;
-  out = 0;
-  for (const auto& w : waiters_) {
-    for (const auto& s : w.sops) {
-      int v = sems_[s.num].val;
-      bool blocks = s.op == 0 ? v != 0 : v + s.op < 0;
-      if (!blocks) continue;
-      if (s.num == semnum && s.op == 0) ++out;
-      break;
-    }
-  }
-  return 0;
-}
+int SemSet::getncnt(int semnum, const Creds& c, int& out) const { return count_waiting(semnum, c, false, out); }
+int SemSet::getzcnt(int semnum, const Creds& c, int& out) const { return count_waiting(semnum, c, true, out); }
 
 int SemSet::getall(const Creds& c, std::vector<uint16_t>& out) const {
   if (int e = ipc_check(perm_, c, 0444)) return e;
@@ -169,10 +171,9 @@ int SemSet::setval(int semnum, int val, const Creds& c, int32_t pid, int64_t now
   if (semnum < 0 || semnum >= nsems()) return EINVAL;
   if (int e = ipc_check(perm_, c, 0222)) return e;
   clear_undo(semnum);
-  sems_[static_cast<size_t>(semnum)].val = val;
-  sems_[static_cast<size_t>(semnum)].pid = pid;
+  sems_[static_cast<size_t>(semnum)] = Sem{val, pid};
   ctime_ = now;
-  update_queue();
+  update_queue(now);
   return 0;
 }
 
@@ -182,12 +183,9 @@ int SemSet::setall(const std::vector<uint16_t>& vals, const Creds& c, int32_t pi
   for (uint16_t v : vals)
     if (v > lim_.semvmx) return ERANGE;
   clear_undo(-1);
-  for (size_t i = 0; i < sems_.size(); ++i) {
-    sems_[i].val = vals[i];
-    sems_[i].pid = pid;
-  }
+  for (size_t i = 0; i < sems_.size(); ++i) sems_[i] = Sem{vals[i], pid};
   ctime_ = now;
-  update_queue();
+  update_queue(now);
   return 0;
 }
 
@@ -211,19 +209,19 @@ int SemSet::set(uint32_t uid, uint32_t gid, uint16_t mode, const Creds& c, int64
 
 int SemSet::check_rmid(const Creds& c) const { return ipc_owner_check(perm_, c); }
 
-// Like exit_sem(): apply the adjustments, clamping to [0, semvmx], then wake waiters.
+// exit_sem(): each nonzero adjustment is added and the result clamped to [0, semvmx]; then do_smart_update() with
+// otime forced, so otime is set even if nobody was waiting.
 void SemSet::apply_undo(const ProcKey& proc, int64_t now) {
   auto it = undo_.find(proc);
   if (it == undo_.end()) return;
   for (size_t i = 0; i < sems_.size(); ++i) {
     if (it->second[i] == 0) continue;
-    int v = sems_[i].val + it->second[i];
-    sems_[i].val = std::clamp(v, 0, lim_.semvmx);
+    sems_[i].val = std::clamp(sems_[i].val + it->second[i], 0, lim_.semvmx);
     sems_[i].pid = proc.pid;
   }
   undo_.erase(it);
-  (void)now;
-  update_queue();
+  otime_ = now;
+  update_queue(now);
 }
 
 }  // namespace dipc::ipc

@@ -151,15 +151,15 @@ static int run(int steps, char **idv) {
           sops[i].sem_op = (short)(n > 3 ? 0 : big ? PICK(32767, -32768, 16384) : rnd(5) - 2);
           sops[i].sem_flg = (short)(IPC_NOWAIT | (rnd(3) == 0 ? SEM_UNDO : 0));
         }
-        printf("slot%d n=%d", s, n);
+        printf("%s slot%d n=%d", what == 3 ? "semtimedop" : "semop", s, n);
         for (int i = 0; i < n && i < 3; i++)
           printf(" [%u %d %s]", sops[i].sem_num, sops[i].sem_op, sops[i].sem_flg & SEM_UNDO ? "undo" : "-");
         if (what == 3) {
           for (int i = 0; i < n; i++) sops[i].sem_flg &= (short)~IPC_NOWAIT;
           struct timespec ts = {0, 0};
-          printf(" semtimedop -> %s\n", res(semtimedop(sid, sops, (size_t)n, &ts)));
+          printf(" -> %s\n", res(semtimedop(sid, sops, (size_t)n, &ts)));
         } else {
-          printf(" semop -> %s\n", res(semop(sid, sops, (size_t)n)));
+          printf(" -> %s\n", res(semop(sid, sops, (size_t)n)));
         }
         break;
       }

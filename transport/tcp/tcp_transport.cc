@@ -1,43 +1,147 @@
 #include "transport/tcp/tcp_transport.h"
 
 #include <arpa/inet.h>
-#include <fcntl.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <deque>
+#include <map>
+#include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "common/auth.h"
 #include "common/config.h"
 #include "common/event_loop.h"
 #include "common/frame.h"
 #include "common/log.h"
+#include "transport/tcp/tcp_wire.h"
 
 namespace dipc::transport {
 
 namespace {
 
-// Handshake steps (FrameKind::kHello, op).
-enum HelloOp : uint16_t { kClientHello = 1, kServerHello = 2, kClientProof = 3, kHelloOk = 4 };
-// One-sided operations (FrameKind::kRma, op).
-enum RmaOp : uint16_t { kRmaRead = 1, kRmaWrite = 2, kRmaFetchAdd = 3, kRmaCas = 4 };
+using namespace tcp;
 
-Nonce get_nonce(Decoder& d) {
-  Nonce n{};
-  ByteView v = d.raw(n.size());
-  if (d.ok()) std::memcpy(n.data(), v.data(), n.size());
-  return n;
-}
-Mac get_mac(Decoder& d) {
-  Mac m{};
-  ByteView v = d.raw(m.size());
-  if (d.ok()) std::memcpy(m.data(), v.data(), m.size());
+constexpr size_t kReadChunk = 64u << 10;  // recv() size when no large frame is pending
+constexpr size_t kIovMax = 64;            // iovecs per sendmsg()
+
+enum class LinkState : uint8_t { kConnecting, kWaitServerHello, kWaitClientHello, kWaitProof, kWaitOk, kUp, kClosed };
+
+// One frame waiting to be written: header (+ fixed fields), an owned payload and a borrowed one.
+struct OutMsg {
+  Bytes head;
+  Bytes body;
+  ByteView ext;               // an RMA write's source (valid until completion), or served-read region bytes
+  bool ext_volatile = false;  // served-read bytes: copied into `body` if they cannot leave at once
+  uint64_t id = 0;            // request / RMA frame id to fail if it expires unsent (0: none)
+  int64_t deadline = 0;       // queued while the peer is down: fails with EHOSTUNREACH at this time
+  size_t size() const { return head.size() + body.size() + ext.size(); }
+};
+
+OutMsg make_msg(FrameKind kind, uint16_t op, uint64_t id, int status, size_t payload_len) {
+  OutMsg m;
+  m.head.resize(kFrameHeaderSize);
+  encode_frame_header(FrameHeader{kind, op, id, status, static_cast<uint32_t>(payload_len)}, m.head.data());
   return m;
+}
+
+struct Link {
+  uint64_t id = 0;
+  int fd = -1;
+  bool dialer = false;
+  NodeId peer = 0;  // dialer: the node dialled; acceptor: the node named in its hello
+  LinkState state = LinkState::kConnecting;
+  std::string who;  // for logs
+  Nonce mine{}, theirs{};
+  FrameReader rx;
+  Bytes hs_out;  // handshake frames, written before anything queued for the peer
+  size_t hs_off = 0;
+  bool want_out = false;
+  EventLoop::TimerId hs_timer = 0;
+};
+
+// An operation awaiting its answer, by frame id. rma_op == 0: a request.
+struct Pending {
+  ReplyCb reply;
+  uint64_t rma_op = 0;
+  uint8_t* dst = nullptr;  // RMA read chunk: where its bytes go
+  uint32_t len = 0;
+};
+
+// A one-sided operation; completes once when all its chunks have (with the first error).
+struct RmaOpState {
+  uint16_t kind = 0;
+  RmaCb cb;
+  AtomicCb acb;
+  uint32_t left = 0;
+  int err = 0;
+  uint64_t old = 0;
+};
+
+struct Peer {
+  NodeId id = 0;
+  sockaddr_storage addr{};
+  socklen_t addrlen = 0;
+  Link* link = nullptr;     // the authenticated link
+  Link* dialing = nullptr;  // our connection attempt in progress
+  std::deque<OutMsg> out;   // everything issued to the peer, in order
+  size_t out_off = 0;       // bytes of out.front() already written
+  size_t out_bytes = 0;
+  uint64_t next_id = 1;
+  std::map<uint64_t, Pending> pending;
+  std::unordered_map<uint64_t, RmaOpState> rma_ops;  // by the id of the first chunk
+  std::unordered_map<uint64_t, uint64_t> open;       // requests we must answer: token -> the peer's frame id
+  EventLoop::TimerId connect_timer = 0, redial_timer = 0;
+  int64_t backoff_ms = 0;
+  std::string last_error;  // last failure logged, so a repeated one is logged once
+};
+
+const char* kind_name(FrameKind k) {
+  switch (k) {
+    case FrameKind::kHello: return "hello";
+    case FrameKind::kRequest: return "request";
+    case FrameKind::kResponse: return "response";
+    case FrameKind::kOneWay: return "one-way";
+    case FrameKind::kRma: return "rma";
+    case FrameKind::kRmaReply: return "rma-reply";
+  }
+  return "?";
+}
+
+std::string addr_str(const sockaddr_storage& ss) {
+  char host[INET6_ADDRSTRLEN] = "?";
+  uint16_t port = 0;
+  if (ss.ss_family == AF_INET) {
+    const auto* a = reinterpret_cast<const sockaddr_in*>(&ss);
+    inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+    port = ntohs(a->sin_port);
+  } else if (ss.ss_family == AF_INET6) {
+    const auto* a = reinterpret_cast<const sockaddr_in6*>(&ss);
+    inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+    port = ntohs(a->sin6_port);
+  }
+  return fmt::format("{}:{}", host, port);
+}
+
+bool resolve(const NodeConf& n, sockaddr_storage& ss, socklen_t& len) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  if (getaddrinfo(n.address.c_str(), std::to_string(n.port).c_str(), &hints, &res) != 0 || !res) return false;
+  std::memcpy(&ss, res->ai_addr, res->ai_addrlen);
+  len = res->ai_addrlen;
+  freeaddrinfo(res);
+  return true;
 }
 
 class TcpTransport final : public Transport {
@@ -47,530 +151,667 @@ class TcpTransport final : public Transport {
     for (const auto& n : cfg_.nodes)
       if (n.id != cfg_.self) peers_[n.id].id = n.id;
   }
-  ~TcpTransport() override { stop(); }
+  ~TcpTransport() override {
+    handler_ = nullptr;  // no upcalls from the destructor; callbacks of operations still complete once
+    stop();
+  }
 
   const char* name() const override { return "tcp"; }
   Capabilities caps() const override { return Capabilities{false, true}; }
 
   Status start(Handler* h) override {
+    if (running_ || !h) return Status::err(EINVAL);
+    const NodeConf* me = cfg_.node(cfg_.self);
+    if (!me) return Status::err(EINVAL);
+    bool listen_needed = false;
+    for (auto& [id, p] : peers_) {
+      if (!resolve(*cfg_.node(id), p.addr, p.addrlen)) {
+        DIPC_LOG_ERROR("tcp: cannot resolve node {} address '{}'", id, cfg_.node(id)->address);
+        return Status::err(EINVAL);
+      }
+      listen_needed |= id < cfg_.self;
+    }
+    if (listen_needed) {
+      sockaddr_storage ss{};
+      socklen_t len = 0;
+      if (!resolve(*me, ss, len)) return Status::err(EINVAL);
+      int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+      if (fd < 0) return Status::err(errno);
+      int one = 1;
+      setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+      if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || listen(fd, 128) != 0) {
+        int e = errno;
+        close(fd);
+        DIPC_LOG_ERROR("tcp: cannot listen on {}: {}", addr_str(ss), strerror(e));
+        return Status::err(e);
+      }
+      listen_fd_ = fd;
+      loop_.add(fd, EPOLLIN, [this](uint32_t) { on_accept(); });
+    }
     handler_ = h;
-    const NodeConf& me = cfg_.me();
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) return Status::err(errno);
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(me.port);
-    if (inet_pton(AF_INET, me.address.c_str(), &a.sin_addr) != 1) {
-      close(fd);
-      return Status::err(EINVAL);
-    }
-    if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || listen(fd, 64) != 0) {
-      int e = errno;
-      close(fd);
-      DIPC_LOG_ERROR("tcp: cannot listen on {}:{}: {}", me.address, me.port, strerror(e));
-      return Status::err(e);
-    }
-    listen_fd_ = fd;
-    loop_.add(fd, EPOLLIN, [this](uint32_t) { on_accept(); });
+    running_ = true;
     for (auto& [id, p] : peers_)
       if (id > cfg_.self) dial(p);
     return Status::ok();
   }
 
   void stop() override {
-    if (stopped_) return;
-    stopped_ = true;
-    std::vector<uint64_t> ids;
-    for (auto& [id, l] : links_) ids.push_back(id);
-    for (uint64_t id : ids) close_link(id, nullptr);
-    for (auto& [id, p] : peers_) {
-      if (p.redial_timer) loop_.cancel_timer(p.redial_timer);
-      if (p.connect_timer) loop_.cancel_timer(p.connect_timer);
-      p.redial_timer = p.connect_timer = 0;
-      fail_all(p, ECONNRESET);
-    }
+    bool was_running = running_;
+    running_ = false;
     if (listen_fd_ >= 0) {
       loop_.remove(listen_fd_);
       close(listen_fd_);
       listen_fd_ = -1;
     }
+    if (accept_timer_) loop_.cancel_timer(accept_timer_);
+    accept_timer_ = 0;
+    for (auto& [id, p] : peers_) {
+      cancel(p.redial_timer);
+      cancel(p.connect_timer);
+    }
+    std::vector<Link*> all;
+    for (auto& [id, l] : links_) all.push_back(l.get());
+    for (Link* l : all) close_link(*l, was_running ? "transport stopped" : "", false);
+    for (auto& [id, p] : peers_) fail_all(p, ECONNRESET);
   }
 
   bool peer_up(NodeId peer) const override {
     auto it = peers_.find(peer);
-    return it != peers_.end() && it->second.link != 0;
+    return it != peers_.end() && it->second.link;
   }
 
+  // ---- two-sided ----------------------------------------------------------------------------------------------
+
   Status request(NodeId to, uint16_t op, Bytes body, ReplyCb cb) override {
-    Peer* p = peer(to);
-    if (!p) return Status::err(EINVAL);
+    Peer* p = nullptr;
+    if (Status s = admit(to, body.size(), p); !s) return s;
     uint64_t id = p->next_id++;
-    p->requests.emplace(id, std::move(cb));
-    emit(*p, FrameHeader{FrameKind::kRequest, op, id, 0, 0}, body);
+    OutMsg m = make_msg(FrameKind::kRequest, op, id, 0, body.size());
+    m.body = std::move(body);
+    m.id = id;
+    p->pending.emplace(id, Pending{std::move(cb)});
+    enqueue(*p, std::move(m));
     return Status::ok();
   }
 
   Status reply(const ReplyToken& token, int status, Bytes body) override {
-    Peer* p = peer(token.peer);
+    Peer* p = find(token.peer);
     if (!p || !p->link) return Status::err(ECONNRESET);
-    emit(*p, FrameHeader{FrameKind::kResponse, 0, token.id, status, 0}, body);
-    return Status::ok();
+    auto it = p->open.find(token.id);
+    if (it == p->open.end()) return Status::err(ECONNRESET);
+    if (status < 0 || status > 4095) return Status::err(EINVAL);
+    if (body.size() > kMaxPayload) return Status::err(EMSGSIZE);
+    OutMsg m = make_msg(FrameKind::kResponse, 0, it->second, status, body.size());
+    m.body = std::move(body);
+    p->open.erase(it);
+    return enqueue_answer(*p, std::move(m));
   }
 
   Status send(NodeId to, uint16_t op, Bytes body) override {
-    Peer* p = peer(to);
-    if (!p) return Status::err(EINVAL);
-    emit(*p, FrameHeader{FrameKind::kOneWay, op, 0, 0, 0}, body);
+    Peer* p = nullptr;
+    if (Status s = admit(to, body.size(), p); !s) return s;
+    OutMsg m = make_msg(FrameKind::kOneWay, op, 0, 0, body.size());
+    m.body = std::move(body);
+    enqueue(*p, std::move(m));
     return Status::ok();
   }
 
+  // ---- one-sided ----------------------------------------------------------------------------------------------
+
   Result<RegionDesc> register_region(void* addr, size_t len) override {
+    if (!addr && len) return Status::err(EINVAL);
     uint32_t id = next_region_++;
-    regions_[id] = Region{static_cast<uint8_t*>(addr), len};
+    regions_[id] = LocalRegion{static_cast<uint8_t*>(addr), len};
     return RegionDesc{cfg_.self, id, reinterpret_cast<uint64_t>(addr), len, 0};
   }
   void deregister_region(uint32_t id) override { regions_.erase(id); }
 
   Status read(const RegionDesc& r, uint64_t offset, void* local, size_t len, RmaCb cb) override {
-    Encoder e;
-    e.u32(r.id);
-    e.u64(offset);
-    e.u64(len);
-    return rma(r, kRmaRead, e.take(), RmaPending{kRmaRead, static_cast<uint8_t*>(local), len, std::move(cb), {}});
+    if (len && !local) return Status::err(EINVAL);
+    return rma(r, RmaReq{kRmaRead, r.id, offset, len, 0, {}}, static_cast<uint8_t*>(local), std::move(cb), {});
   }
   Status write(const RegionDesc& r, uint64_t offset, const void* local, size_t len, RmaCb cb) override {
-    if (len > kMaxPayload - 64) return Status::err(EINVAL);
-    Encoder e;
-    e.u32(r.id);
-    e.u64(offset);
-    e.bytes(ByteView(static_cast<const uint8_t*>(local), len));
-    return rma(r, kRmaWrite, e.take(), RmaPending{kRmaWrite, nullptr, 0, std::move(cb), {}});
+    if (len && !local) return Status::err(EINVAL);
+    ByteView src(static_cast<const uint8_t*>(local), len);
+    return rma(r, RmaReq{kRmaWrite, r.id, offset, 0, 0, src}, nullptr, std::move(cb), {});
   }
   Status fetch_add(const RegionDesc& r, uint64_t offset, uint64_t add, AtomicCb cb) override {
-    Encoder e;
-    e.u32(r.id);
-    e.u64(offset);
-    e.u64(add);
-    return rma(r, kRmaFetchAdd, e.take(), RmaPending{kRmaFetchAdd, nullptr, 0, {}, std::move(cb)});
+    return rma(r, RmaReq{kRmaFetchAdd, r.id, offset, add, 0, {}}, nullptr, {}, std::move(cb));
   }
   Status compare_swap(const RegionDesc& r, uint64_t offset, uint64_t expected, uint64_t desired,
                       AtomicCb cb) override {
-    Encoder e;
-    e.u32(r.id);
-    e.u64(offset);
-    e.u64(expected);
-    e.u64(desired);
-    return rma(r, kRmaCas, e.take(), RmaPending{kRmaCas, nullptr, 0, {}, std::move(cb)});
+    return rma(r, RmaReq{kRmaCompareSwap, r.id, offset, expected, desired, {}}, nullptr, {}, std::move(cb));
   }
 
  private:
-  enum class State { kConnecting, kAwaitServerHello, kAwaitClientHello, kAwaitClientProof, kAwaitOk, kUp };
-  struct Link {
-    uint64_t id = 0;
-    int fd = -1;
-    bool dialer = false;
-    NodeId peer = 0;
-    State state = State::kConnecting;
-    Nonce mine{}, theirs{};
-    FrameParser parser;
-    Bytes out;
-    bool want_out = false;
-    EventLoop::TimerId hs_timer = 0;
-  };
-  struct RmaPending {
-    uint16_t op;
-    uint8_t* dst;
-    size_t len;
-    RmaCb cb;
-    AtomicCb acb;
-  };
-  struct Peer {
-    NodeId id = 0;
-    uint64_t link = 0;  // the authenticated link, 0 when down
-    uint64_t next_id = 1;
-    std::unordered_map<uint64_t, ReplyCb> requests;
-    std::unordered_map<uint64_t, RmaPending> rmas;
-    Bytes queued;  // frames issued while down
-    EventLoop::TimerId connect_timer = 0, redial_timer = 0;
-    int backoff_ms = 0;
-  };
-  struct Region {
-    uint8_t* base;
-    size_t len;
-  };
-
-  Peer* peer(NodeId id) {
+  Peer* find(NodeId id) {
     auto it = peers_.find(id);
     return it == peers_.end() ? nullptr : &it->second;
   }
+  void cancel(EventLoop::TimerId& t) {
+    if (t) loop_.cancel_timer(t);
+    t = 0;
+  }
 
-  Status rma(const RegionDesc& r, uint16_t op, Bytes body, RmaPending pend) {
-    Peer* p = peer(r.node);
-    if (!p) return Status::err(EINVAL);
-    uint64_t id = p->next_id++;
-    p->rmas.emplace(id, std::move(pend));
-    emit(*p, FrameHeader{FrameKind::kRma, op, id, 0, 0}, body);
+  // Checks an operation the caller issues: a known other node, a running transport, room in the queue.
+  [[nodiscard]] Status admit(NodeId to, size_t bytes, Peer*& p) {
+    p = find(to);
+    if (!p) return Status::err(EINVAL);  // unknown node, or ourselves (upper layers short-circuit local work)
+    if (!running_) return Status::err(ECONNRESET);
+    if (bytes > kMaxPayload) return Status::err(EMSGSIZE);
+    if (p->out_bytes + bytes > opt_.max_queued_bytes) return Status::err(ENOBUFS);
     return Status::ok();
   }
 
-  // Sends a frame now if the peer is up, else queues it until the link comes up or the connect timeout fails it.
-  void emit(Peer& p, const FrameHeader& h, ByteView body) {
-    if (p.link) {
-      Link& l = *links_.at(p.link);
-      append_frame(l.out, h, body);
-      flush(l);
-      return;
+  // Splits a read or write into chunks of at most kRmaChunk, each its own frame; one completion for all.
+  [[nodiscard]] Status rma(const RegionDesc& r, RmaReq req, uint8_t* dst, RmaCb cb, AtomicCb acb) {
+    bool bulk = req.op == kRmaRead || req.op == kRmaWrite;
+    uint64_t len = req.op == kRmaRead ? req.a : req.data.size();
+    if (bulk && req.offset + len < req.offset) return Status::err(EINVAL);
+    uint64_t chunks = bulk ? std::max<uint64_t>(1, (len + kRmaChunk - 1) / kRmaChunk) : 1;
+    Peer* p = nullptr;
+    if (Status s = admit(r.node, 0, p); !s) return s;
+    if (p->out_bytes + req.data.size() + chunks * 64 > opt_.max_queued_bytes) return Status::err(ENOBUFS);
+    uint64_t op_id = p->next_id;
+    p->rma_ops.emplace(op_id, RmaOpState{req.op, std::move(cb), std::move(acb), static_cast<uint32_t>(chunks)});
+    for (uint64_t i = 0; i < chunks; ++i) {
+      uint64_t at = i * kRmaChunk;
+      uint32_t n = bulk ? static_cast<uint32_t>(std::min<uint64_t>(kRmaChunk, len - at)) : 0;
+      RmaReq c = req;
+      c.offset = req.offset + at;
+      if (req.op == kRmaRead) c.a = n;
+      if (req.op == kRmaWrite) c.data = req.data.subspan(at, n);
+      uint64_t id = p->next_id++;
+      p->pending.emplace(id, Pending{{}, op_id, dst ? dst + at : nullptr, n});
+      OutMsg m;
+      Encoder e(m.head);
+      e.raw(std::array<uint8_t, kFrameHeaderSize>{});
+      encode_rma_fields(e, c);
+      size_t fields = m.head.size() - kFrameHeaderSize;
+      encode_frame_header(FrameHeader{FrameKind::kRma, c.op, id, 0, static_cast<uint32_t>(fields + c.data.size())},
+                          m.head.data());
+      m.ext = c.data;
+      m.id = id;
+      enqueue(*p, std::move(m));
     }
-    append_frame(p.queued, h, body);
-    if (!p.connect_timer) {
-      NodeId id = p.id;
-      p.connect_timer = loop_.add_timer(opt_.connect_timeout_ms, [this, id] {
-        Peer& q = peers_.at(id);
-        q.connect_timer = 0;
-        if (q.link) return;
-        DIPC_LOG_WARN("tcp: node {} unreachable for {} ms; failing its operations", id, opt_.connect_timeout_ms);
-        fail_all(q, EHOSTUNREACH);
-      });
-    }
+    return Status::ok();
   }
 
-  void fail_all(Peer& p, int err) {
-    p.queued.clear();
-    auto reqs = std::move(p.requests);
-    auto rmas = std::move(p.rmas);
-    p.requests.clear();
-    p.rmas.clear();
-    for (auto& [id, cb] : reqs) cb(Status::err(err), {});
-    for (auto& [id, r] : rmas) {
-      if (r.cb) r.cb(Status::err(err));
-      if (r.acb) r.acb(Status::err(err), 0);
-    }
+  // ---- output ---------------------------------------------------------------------------------------------------
+
+  // Queues a frame behind everything issued before; writes at once when the link is up and writable.
+  void enqueue(Peer& p, OutMsg m) {
+    if (!p.link) m.deadline = EventLoop::now_ms() + opt_.connect_timeout_ms;
+    p.out_bytes += m.size();
+    p.out.push_back(std::move(m));
+    if (p.link && !p.link->want_out) flush(*p.link);
+    if (!p.link) arm_connect_timer(p);
   }
 
-  // ---- connections --------------------------------------------------------------------------------------------
-
-  void dial(Peer& p) {
-    const NodeConf* n = cfg_.node(p.id);
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(n->port);
-    inet_pton(AF_INET, n->address.c_str(), &a.sin_addr);
-    if (fd < 0) return schedule_redial(p);
-    int r = connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-    if (r != 0 && errno != EINPROGRESS) {
-      close(fd);
-      return schedule_redial(p);
+  // Queues an answer the peer is owed (reply, RMA completion). A peer that lets them pile up is dropped.
+  Status enqueue_answer(Peer& p, OutMsg m) {
+    if (p.out_bytes > 2 * opt_.max_queued_bytes) {
+      close_link(*p.link, "peer does not drain its link", true);
+      return Status::err(ECONNRESET);
     }
-    Link& l = new_link(fd, true);
-    l.peer = p.id;
-    l.state = State::kConnecting;
-    loop_.modify(fd, EPOLLIN | EPOLLOUT);
-    l.want_out = true;
+    enqueue(p, std::move(m));
+    if (!p.out.empty() && p.out.back().ext_volatile) {  // still queued: the region may change or go away
+      OutMsg& b = p.out.back();
+      b.body.assign(b.ext.begin(), b.ext.end());
+      b.ext = {};
+      b.ext_volatile = false;
+    }
+    return Status::ok();
   }
 
-  void schedule_redial(Peer& p) {
-    if (stopped_ || p.redial_timer) return;
-    p.backoff_ms = p.backoff_ms ? std::min(p.backoff_ms * 2, opt_.reconnect_max_ms) : opt_.reconnect_min_ms;
+  void set_want_out(Link& l, bool want) {
+    if (l.want_out == want || l.state == LinkState::kClosed) return;
+    l.want_out = want;
+    loop_.modify(l.fd, EPOLLIN | (want ? EPOLLOUT : 0u));
+  }
+
+  // Writes handshake bytes, then (once authenticated) the peer's queue, until done or the socket is full.
+  void flush(Link& l) {
+    while (l.hs_off < l.hs_out.size()) {
+      ssize_t n = ::send(l.fd, l.hs_out.data() + l.hs_off, l.hs_out.size() - l.hs_off, MSG_NOSIGNAL);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && errno == EAGAIN) return set_want_out(l, true);
+      if (n < 0) return close_link(l, fmt::format("send: {}", strerror(errno)), true);
+      l.hs_off += static_cast<size_t>(n);
+    }
+    l.hs_out.clear();
+    l.hs_off = 0;
+    if (l.state != LinkState::kUp) return set_want_out(l, false);
+    Peer& p = peers_.at(l.peer);
+    while (!p.out.empty()) {
+      iovec iov[kIovMax];
+      size_t n = 0, skip = p.out_off;
+      for (auto it = p.out.begin(); it != p.out.end() && n + 3 <= kIovMax; ++it) {
+        for (ByteView part : {ByteView(it->head), ByteView(it->body), it->ext}) {
+          if (skip >= part.size()) {
+            skip -= part.size();
+            continue;
+          }
+          iov[n].iov_base = const_cast<uint8_t*>(part.data() + skip);
+          iov[n++].iov_len = part.size() - skip;
+          skip = 0;
+        }
+      }
+      msghdr mh{};
+      mh.msg_iov = iov;
+      mh.msg_iovlen = n;
+      ssize_t w = sendmsg(l.fd, &mh, MSG_NOSIGNAL);
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0 && errno == EAGAIN) return set_want_out(l, true);
+      if (w < 0) return close_link(l, fmt::format("send: {}", strerror(errno)), true);
+      for (size_t left = static_cast<size_t>(w); left;) {
+        size_t rest = p.out.front().size() - p.out_off;
+        if (left < rest) {
+          p.out_off += left;
+          break;
+        }
+        left -= rest;
+        p.out_bytes -= p.out.front().size();
+        p.out.pop_front();
+        p.out_off = 0;
+      }
+    }
+    set_want_out(l, false);
+  }
+
+  // ---- failure ----------------------------------------------------------------------------------------------------
+
+  void arm_connect_timer(Peer& p) {
+    if (p.connect_timer || p.out.empty() || !running_) return;
+    int64_t delay = std::max<int64_t>(0, p.out.front().deadline - EventLoop::now_ms());
     NodeId id = p.id;
-    p.redial_timer = loop_.add_timer(p.backoff_ms, [this, id] {
-      Peer& q = peers_.at(id);
-      q.redial_timer = 0;
-      if (!q.link) dial(q);
-    });
+    p.connect_timer = loop_.add_timer(delay, [this, id] { expire(peers_.at(id)); });
   }
 
-  Link& new_link(int fd, bool dialer) {
+  // Fails what has waited the connect timeout for a peer that is still down (the queue front: oldest first).
+  void expire(Peer& p) {
+    reap();
+    p.connect_timer = 0;
+    if (p.link) return;
+    int64_t now = EventLoop::now_ms();
+    std::vector<uint64_t> ids;
+    while (!p.out.empty() && p.out.front().deadline <= now) {
+      if (p.out.front().id) ids.push_back(p.out.front().id);
+      p.out_bytes -= p.out.front().size();
+      p.out.pop_front();
+    }
+    note(p, fmt::format("node {} unreachable for {} ms; failing operations queued for it", p.id,
+                        opt_.connect_timeout_ms));
+    for (uint64_t id : ids) complete(p, id, EHOSTUNREACH);
+    arm_connect_timer(p);
+  }
+
+  // Completes the pending operation `id` with an error (an RMA operation once all its chunks are accounted for).
+  void complete(Peer& p, uint64_t id, int err) {
+    auto it = p.pending.find(id);
+    if (it == p.pending.end()) return;
+    Pending pd = std::move(it->second);
+    p.pending.erase(it);
+    if (!pd.rma_op) return pd.reply(Status::err(err), {});
+    finish_chunk(p, pd.rma_op, err);
+  }
+
+  void finish_chunk(Peer& p, uint64_t op_id, int err) {
+    auto it = p.rma_ops.find(op_id);
+    if (it == p.rma_ops.end()) return;
+    RmaOpState& op = it->second;
+    if (!op.err) op.err = err;
+    if (--op.left) return;
+    RmaOpState done = std::move(op);
+    p.rma_ops.erase(it);
+    Status st = done.err ? Status::err(done.err) : Status::ok();
+    if (done.cb) done.cb(st);
+    if (done.acb) done.acb(st, done.err ? 0 : done.old);
+  }
+
+  // Link lost or transport stopped: drops the queue and completes everything outstanding, in issue order.
+  void fail_all(Peer& p, int err) {
+    cancel(p.connect_timer);
+    p.out.clear();
+    p.out_off = p.out_bytes = 0;
+    p.open.clear();
+    std::map<uint64_t, Pending> pending;
+    pending.swap(p.pending);
+    std::unordered_map<uint64_t, RmaOpState> ops;
+    ops.swap(p.rma_ops);
+    for (auto& [id, pd] : pending) {
+      if (!pd.rma_op) {
+        pd.reply(Status::err(err), {});
+        continue;
+      }
+      auto it = ops.find(pd.rma_op);
+      if (it == ops.end()) continue;
+      RmaOpState op = std::move(it->second);
+      ops.erase(it);
+      if (op.cb) op.cb(Status::err(err));
+      if (op.acb) op.acb(Status::err(err), 0);
+    }
+  }
+
+  // Logs a peer's failure once until it changes or the link comes up.
+  void note(Peer& p, const std::string& what) {
+    if (what == p.last_error) return DIPC_LOG_DEBUG("tcp: {}", what);
+    p.last_error = what;
+    DIPC_LOG_WARN("tcp: {}", what);
+  }
+
+  // ---- connections ------------------------------------------------------------------------------------------------
+
+  Link& add_link(int fd, bool dialer, NodeId peer, LinkState st, std::string who) {
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    auto l = std::make_unique<Link>();
-    l->id = next_link_++;
-    l->fd = fd;
-    l->dialer = dialer;
-    uint64_t id = l->id;
-    l->hs_timer = loop_.add_timer(opt_.handshake_timeout_ms, [this, id] {
+    auto owned = std::make_unique<Link>();
+    Link& l = *owned;
+    l.id = next_link_++;
+    l.fd = fd;
+    l.dialer = dialer;
+    l.peer = peer;
+    l.state = st;
+    l.who = std::move(who);
+    uint64_t id = l.id;
+    links_.emplace(id, std::move(owned));
+    l.hs_timer = loop_.add_timer(opt_.handshake_timeout_ms, [this, id] {
+      reap();
       auto it = links_.find(id);
       if (it == links_.end()) return;
       it->second->hs_timer = 0;
-      if (it->second->state != State::kUp) close_link(id, "handshake timed out");
+      close_link(*it->second, fmt::format("handshake not done within {} ms", opt_.handshake_timeout_ms), true);
     });
-    Link& ref = *l;
-    links_[id] = std::move(l);
-    loop_.add(fd, EPOLLIN, [this, id](uint32_t ev) { on_event(id, ev); });
-    return ref;
+    l.want_out = dialer;
+    loop_.add(fd, EPOLLIN | (dialer ? EPOLLOUT : 0u), [this, id](uint32_t ev) { on_event(id, ev); });
+    return l;
+  }
+
+  void dial(Peer& p) {
+    p.redial_timer = 0;
+    if (!running_ || p.link || p.dialing) return;
+    std::string who = fmt::format("node {} at {}", p.id, addr_str(p.addr));
+    int fd = socket(p.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && connect(fd, reinterpret_cast<sockaddr*>(&p.addr), p.addrlen) != 0 && errno != EINPROGRESS) {
+      note(p, fmt::format("cannot connect to {}: {}", who, strerror(errno)));
+      close(fd);
+      fd = -1;
+    }
+    if (fd < 0) return schedule_redial(p);
+    p.dialing = &add_link(fd, true, p.id, LinkState::kConnecting, std::move(who));
+  }
+
+  void schedule_redial(Peer& p) {
+    if (!running_ || p.redial_timer || p.link || p.dialing || p.id < cfg_.self) return;
+    p.backoff_ms = p.backoff_ms ? std::min(2 * p.backoff_ms, opt_.reconnect_max_ms) : opt_.reconnect_min_ms;
+    NodeId id = p.id;
+    p.redial_timer = loop_.add_timer(p.backoff_ms, [this, id] {
+      reap();
+      dial(peers_.at(id));
+    });
   }
 
   void on_accept() {
+    reap();
     for (;;) {
-      int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-      if (fd < 0) return;
-      Link& l = new_link(fd, false);
-      l.state = State::kAwaitClientHello;
+      sockaddr_storage ss{};
+      socklen_t len = sizeof ss;
+      int fd = accept4(listen_fd_, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd < 0) {
+        if (errno == EINTR || errno == ECONNABORTED) continue;
+        if (errno == EAGAIN) return;
+        // Out of descriptors or memory: stop accepting for a moment rather than spin.
+        DIPC_LOG_WARN("tcp: accept: {}; pausing", strerror(errno));
+        loop_.modify(listen_fd_, 0);
+        accept_timer_ = loop_.add_timer(100, [this] {
+          accept_timer_ = 0;
+          if (listen_fd_ >= 0) loop_.modify(listen_fd_, EPOLLIN);
+        });
+        return;
+      }
+      if (unauthenticated_ >= opt_.max_unauthenticated) {
+        DIPC_LOG_WARN("tcp: refusing connection from {}: too many handshakes in progress", addr_str(ss));
+        close(fd);
+        continue;
+      }
+      ++unauthenticated_;
+      add_link(fd, false, 0, LinkState::kWaitClientHello, addr_str(ss));
     }
   }
 
   void on_event(uint64_t id, uint32_t ev) {
+    reap();
     auto it = links_.find(id);
     if (it == links_.end()) return;
     Link& l = *it->second;
-    if (l.state == State::kConnecting && (ev & (EPOLLOUT | EPOLLERR | EPOLLHUP))) {
+    if (l.state == LinkState::kConnecting) {
+      if (!(ev & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
       int err = 0;
       socklen_t len = sizeof err;
       getsockopt(l.fd, SOL_SOCKET, SO_ERROR, &err, &len);
-      if (err) return close_link(id, nullptr);
-      l.state = State::kAwaitServerHello;
+      if (err) return close_link(l, fmt::format("cannot connect: {}", strerror(err)), true);
+      l.state = LinkState::kWaitServerHello;
       l.mine = key_.random_nonce();
-      Encoder e;
-      e.u16(cfg_.self);
-      e.raw(l.mine);
-      append_frame(l.out, FrameHeader{FrameKind::kHello, kClientHello, 0, 0, 0}, e.buf());
-    }
-    if (ev & EPOLLOUT) {
+      append_frame(l.hs_out, FrameHeader{FrameKind::kHello, kClientHello, 0, 0, 0},
+                   encode(ClientHello{cfg_.self, l.mine}));
       flush(l);
-      if (!links_.count(id)) return;
+      return;
     }
-    if (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
-      uint8_t buf[65536];
-      for (;;) {
-        ssize_t n = recv(l.fd, buf, sizeof buf, 0);
-        if (n > 0) {
-          l.parser.feed(buf, static_cast<size_t>(n));
-          FrameParser::Frame f;
-          while (links_.count(id) && l.parser.next(f)) on_frame(l, f);
-          if (!links_.count(id)) return;
-          if (l.parser.failed()) return close_link(id, l.parser.error().c_str());
-          continue;
-        }
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0 && errno == EAGAIN) break;
-        return close_link(id, nullptr);
+    if (ev & EPOLLOUT) flush(l);
+    if (l.state != LinkState::kClosed && (ev & (EPOLLIN | EPOLLHUP | EPOLLERR))) on_readable(l);
+  }
+
+  void on_readable(Link& l) {
+    size_t budget = opt_.max_read_per_event;
+    while (l.state != LinkState::kClosed) {
+      std::span<uint8_t> sp = l.rx.space(std::max(l.rx.missing(), kReadChunk));
+      ssize_t n = ::recv(l.fd, sp.data(), sp.size(), 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && errno == EAGAIN) break;
+      if (n <= 0) return close_link(l, n ? fmt::format("recv: {}", strerror(errno)) : "closed by the peer", true);
+      l.rx.commit(static_cast<size_t>(n));
+      if (!drain(l)) return;
+      if (static_cast<size_t>(n) < sp.size() || static_cast<size_t>(n) >= budget) break;  // level-triggered: more later
+      budget -= static_cast<size_t>(n);
+    }
+    l.rx.trim(kMaxPayload / 4);
+  }
+
+  // Handles every complete frame received. False when the link closed.
+  bool drain(Link& l) {
+    for (;;) {
+      FrameHeader h;
+      ByteView payload;
+      switch (l.rx.next(l.state == LinkState::kUp ? kMaxPayload : kMaxHelloPayload, h, payload)) {
+        case FrameReader::Next::kMore:
+          return true;
+        case FrameReader::Next::kError:
+          close_link(l, l.rx.error(), true);
+          return false;
+        case FrameReader::Next::kFrame:
+          if (l.state == LinkState::kUp)
+            on_frame(l, h, payload);
+          else
+            on_hello(l, h, payload);
+          if (l.state == LinkState::kClosed) return false;
       }
     }
   }
 
-  void on_frame(Link& l, FrameParser::Frame& f) {
-    const FrameHeader& h = f.header;
-    if (l.state != State::kUp) {
-      if (h.kind != FrameKind::kHello) return close_link(l.id, "frame before authentication");
-      if (f.payload.size() > opt_.max_hello_bytes) return close_link(l.id, "oversized handshake frame");
-      return on_hello(l, h.op, f.payload);
-    }
-    Peer& p = peers_.at(l.peer);
-    switch (h.kind) {
-      case FrameKind::kRequest:
-        handler_->on_request(l.peer, h.op, f.payload, ReplyToken{l.peer, h.id});
-        return;
-      case FrameKind::kOneWay:
-        handler_->on_message(l.peer, h.op, f.payload);
-        return;
-      case FrameKind::kResponse: {
-        auto it = p.requests.find(h.id);
-        if (it == p.requests.end()) return;  // answered after a reconnect: already failed
-        ReplyCb cb = std::move(it->second);
-        p.requests.erase(it);
-        cb(h.status ? Status::err(h.status) : Status::ok(), f.payload);
-        return;
-      }
-      case FrameKind::kRma:
-        return serve_rma(l, h, f.payload);
-      case FrameKind::kRmaReply:
-        return complete_rma(l, p, h, f.payload);
-      case FrameKind::kHello:
-        return close_link(l.id, "handshake frame on an authenticated link");
-    }
-  }
-
-  void on_hello(Link& l, uint16_t op, ByteView body) {
-    Decoder d(body);
-    if (op == kClientHello && l.state == State::kAwaitClientHello) {
-      uint16_t from = d.u16();
-      l.theirs = get_nonce(d);
-      if (!d.done()) return close_link(l.id, "malformed client hello");
-      if (!cfg_.node(from) || from == cfg_.self || from > cfg_.self)
-        return close_link(l.id, "hello from a node that is not configured to dial us");
-      l.peer = from;
+  void on_hello(Link& l, const FrameHeader& h, ByteView body) {
+    if (h.kind != FrameKind::kHello)
+      return close_link(l, fmt::format("{} frame before authentication", kind_name(h.kind)), true);
+    auto send_hello = [&](uint16_t op, ByteView payload) {
+      append_frame(l.hs_out, FrameHeader{FrameKind::kHello, op, 0, 0, 0}, payload);
+    };
+    if (l.state == LinkState::kWaitClientHello && h.op == kClientHello) {
+      ClientHello m;
+      if (!decode(body, m)) return close_link(l, "malformed client hello", true);
+      if (!cfg_.node(m.node) || m.node == cfg_.self)
+        return close_link(l, fmt::format("hello from unknown node {}", m.node), true);
+      if (m.node > cfg_.self)
+        return close_link(l, fmt::format("node {} dials us but we dial it (lower id dials)", m.node), true);
+      l.peer = m.node;
+      l.who = fmt::format("node {} from {}", m.node, l.who);
+      l.theirs = m.nonce;
       l.mine = key_.random_nonce();
-      Encoder e;
-      e.u16(cfg_.self);
-      e.raw(l.mine);
-      e.raw(key_.prove('S', l.mine, l.theirs, cfg_.self, from));
-      append_frame(l.out, FrameHeader{FrameKind::kHello, kServerHello, 0, 0, 0}, e.buf());
-      l.state = State::kAwaitClientProof;
+      send_hello(kServerHello, encode(ServerHello{cfg_.self, l.mine, key_.prove('S', l.mine, l.theirs, cfg_.self,
+                                                                                 l.peer)}));
+      l.state = LinkState::kWaitProof;
       return flush(l);
     }
-    if (op == kServerHello && l.state == State::kAwaitServerHello) {
-      uint16_t from = d.u16();
-      l.theirs = get_nonce(d);
-      Mac mac = get_mac(d);
-      if (!d.done()) return close_link(l.id, "malformed server hello");
-      if (from != l.peer || !key_.verify('S', l.theirs, l.mine, from, cfg_.self, mac))
-        return close_link(l.id, "peer failed authentication (wrong cluster secret?)");
-      Encoder e;
-      e.raw(key_.prove('C', l.mine, l.theirs, cfg_.self, from));
-      append_frame(l.out, FrameHeader{FrameKind::kHello, kClientProof, 0, 0, 0}, e.buf());
-      l.state = State::kAwaitOk;
+    if (l.state == LinkState::kWaitServerHello && h.op == kServerHello) {
+      ServerHello m;
+      if (!decode(body, m)) return close_link(l, "malformed server hello", true);
+      if (m.node != l.peer) return close_link(l, fmt::format("answered by node {}", m.node), true);
+      if (!key_.verify('S', m.nonce, l.mine, m.node, cfg_.self, m.mac))
+        return close_link(l, "authentication failed (wrong cluster secret?)", true);
+      l.theirs = m.nonce;
+      send_hello(kClientProof, encode(ClientProof{key_.prove('C', l.mine, l.theirs, cfg_.self, l.peer)}));
+      l.state = LinkState::kWaitOk;
       return flush(l);
     }
-    if (op == kClientProof && l.state == State::kAwaitClientProof) {
-      Mac mac = get_mac(d);
-      if (!d.done()) return close_link(l.id, "malformed client proof");
-      if (!key_.verify('C', l.theirs, l.mine, l.peer, cfg_.self, mac))
-        return close_link(l.id, "peer failed authentication (wrong cluster secret?)");
-      append_frame(l.out, FrameHeader{FrameKind::kHello, kHelloOk, 0, 0, 0}, {});
+    if (l.state == LinkState::kWaitProof && h.op == kClientProof) {
+      ClientProof m;
+      if (!decode(body, m)) return close_link(l, "malformed client proof", true);
+      if (!key_.verify('C', l.theirs, l.mine, l.peer, cfg_.self, m.mac))
+        return close_link(l, "authentication failed (wrong cluster secret?)", true);
+      send_hello(kHelloOk, {});
       return link_up(l);
     }
-    if (op == kHelloOk && l.state == State::kAwaitOk && body.empty()) return link_up(l);
-    close_link(l.id, "unexpected handshake frame");
+    if (l.state == LinkState::kWaitOk && h.op == kHelloOk && body.empty()) return link_up(l);
+    close_link(l, fmt::format("unexpected handshake frame (op {})", h.op), true);
   }
 
   void link_up(Link& l) {
     Peer& p = peers_.at(l.peer);
-    if (p.link) close_link(p.link, "replaced by a new authenticated link");  // the peer restarted
-    l.state = State::kUp;
-    if (l.hs_timer) loop_.cancel_timer(l.hs_timer);
-    l.hs_timer = 0;
-    p.link = l.id;
+    if (p.link) close_link(*p.link, "replaced by a new authenticated connection (peer restarted?)", true);
+    if (l.state == LinkState::kClosed || !running_) return;
+    if (!l.dialer) --unauthenticated_;
+    l.state = LinkState::kUp;
+    cancel(l.hs_timer);
+    if (p.dialing == &l) p.dialing = nullptr;
+    p.link = &l;
     p.backoff_ms = 0;
-    if (p.connect_timer) loop_.cancel_timer(p.connect_timer);
-    p.connect_timer = 0;
-    l.out.insert(l.out.end(), p.queued.begin(), p.queued.end());
-    p.queued.clear();
-    DIPC_LOG_INFO("tcp: authenticated link to node {} up", l.peer);
-    handler_->on_peer(l.peer, true);
-    if (links_.count(l.id)) flush(l);
+    p.last_error.clear();
+    cancel(p.connect_timer);
+    DIPC_LOG_INFO("tcp: link to {} up", l.who);
+    if (handler_) handler_->on_peer(p.id, true);
+    if (l.state == LinkState::kUp) flush(l);
   }
 
-  void close_link(uint64_t id, const char* why) {
-    auto it = links_.find(id);
-    if (it == links_.end()) return;
-    std::unique_ptr<Link> l = std::move(it->second);
+  // Closes a connection. `why` is logged (once: the connection is gone afterwards) when `log` is set.
+  void close_link(Link& l, const std::string& why, bool log) {
+    if (l.state == LinkState::kClosed) return;
+    bool was_up = l.state == LinkState::kUp;
+    if (!was_up && !l.dialer) --unauthenticated_;
+    l.state = LinkState::kClosed;
+    cancel(l.hs_timer);
+    loop_.remove(l.fd);
+    close(l.fd);
+    l.fd = -1;
+    auto it = links_.find(l.id);
+    dead_.push_back(std::move(it->second));  // freed at the next entry point: upcalls may still view its buffer
     links_.erase(it);
-    if (why) DIPC_LOG_WARN("tcp: closing connection{}: {}", l->peer ? fmt::format(" with node {}", l->peer) : "", why);
-    if (l->hs_timer) loop_.cancel_timer(l->hs_timer);
-    loop_.remove(l->fd);
-    close(l->fd);
-    Peer* p = l->peer ? peer(l->peer) : nullptr;
+    Peer* p = l.peer ? find(l.peer) : nullptr;
+    if (log && p && (was_up || l.dialer))
+      was_up ? DIPC_LOG_WARN("tcp: link to {} lost: {}", l.who, why) : note(*p, fmt::format("{}: {}", l.who, why));
+    else if (log)
+      DIPC_LOG_WARN("tcp: closing connection {}: {}", l.who, why);
     if (!p) return;
-    if (p->link == id) {
-      p->link = 0;
-      fail_all(*p, ECONNRESET);
-      handler_->on_peer(p->id, false);
-    }
-    if (l->dialer && !p->link) schedule_redial(*p);
+    if (p->dialing == &l) p->dialing = nullptr;
+    if (was_up) p->link = nullptr;
+    schedule_redial(*p);
+    if (!was_up) return;
+    fail_all(*p, ECONNRESET);
+    if (handler_) handler_->on_peer(p->id, false);
   }
 
-  void flush(Link& l) {
-    size_t off = 0;
-    while (off < l.out.size() && l.state != State::kConnecting) {
-      ssize_t n = ::send(l.fd, l.out.data() + off, l.out.size() - off, MSG_NOSIGNAL);
-      if (n > 0) {
-        off += static_cast<size_t>(n);
-        continue;
+  void reap() { dead_.clear(); }
+
+  // ---- frames on an authenticated link ---------------------------------------------------------------------------
+
+  void on_frame(Link& l, const FrameHeader& h, ByteView body) {
+    Peer& p = peers_.at(l.peer);
+    bool answer = h.kind == FrameKind::kResponse || h.kind == FrameKind::kRmaReply;
+    if (h.status && !answer) return close_link(l, fmt::format("status on a {} frame", kind_name(h.kind)), true);
+    switch (h.kind) {
+      case FrameKind::kHello:
+        return close_link(l, "handshake frame on an authenticated link", true);
+      case FrameKind::kRequest: {
+        uint64_t token = next_token_++;
+        p.open.emplace(token, h.id);
+        return handler_->on_request(p.id, h.op, body, ReplyToken{p.id, token});
       }
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && errno == EAGAIN) break;
-      return close_link(l.id, nullptr);
-    }
-    if (off) l.out.erase(l.out.begin(), l.out.begin() + static_cast<std::ptrdiff_t>(off));
-    if (l.out.size() > opt_.max_out_bytes) return close_link(l.id, "peer does not drain its link");
-    bool want = !l.out.empty() || l.state == State::kConnecting;
-    if (want != l.want_out) {
-      l.want_out = want;
-      loop_.modify(l.fd, EPOLLIN | (want ? EPOLLOUT : 0u));
+      case FrameKind::kOneWay:
+        return handler_->on_message(p.id, h.op, body);
+      case FrameKind::kResponse: {
+        auto it = p.pending.find(h.id);
+        if (it == p.pending.end() || it->second.rma_op)
+          return close_link(l, fmt::format("response to unknown request {}", h.id), true);
+        ReplyCb cb = std::move(it->second.reply);
+        p.pending.erase(it);
+        return cb(h.status ? Status::err(h.status) : Status::ok(), body);
+      }
+      case FrameKind::kRma:
+        return serve(l, p, h, body);
+      case FrameKind::kRmaReply:
+        return on_rma_reply(l, p, h, body);
     }
   }
 
-  // ---- one-sided operations, served here for the peer -----------------------------------------------------
-
-  void serve_rma(Link& l, const FrameHeader& h, ByteView body) {
-    Decoder d(body);
-    uint32_t rid = d.u32();
-    uint64_t off = d.u64();
-    Bytes out;
-    int st = 0;
-    auto it = regions_.find(rid);
-    auto in_bounds = [&](uint64_t len) { return it != regions_.end() && off <= it->second.len && len <= it->second.len - off; };
-    switch (h.op) {
-      case kRmaRead: {
-        uint64_t len = d.u64();
-        if (!d.done()) return close_link(l.id, "malformed rma read");
-        if (!in_bounds(len) || len > kMaxPayload - 64) {
-          st = EINVAL;
-          break;
-        }
-        out.assign(it->second.base + off, it->second.base + off + len);
-        break;
-      }
-      case kRmaWrite: {
-        ByteView data = d.bytes(kMaxPayload);
-        if (!d.done()) return close_link(l.id, "malformed rma write");
-        if (!in_bounds(data.size())) {
-          st = EINVAL;
-          break;
-        }
-        std::memcpy(it->second.base + off, data.data(), data.size());
-        break;
-      }
-      case kRmaFetchAdd:
-      case kRmaCas: {
-        uint64_t a = d.u64();
-        uint64_t b = h.op == kRmaCas ? d.u64() : 0;
-        if (!d.done()) return close_link(l.id, "malformed rma atomic");
-        if (!in_bounds(8) || (reinterpret_cast<uintptr_t>(it->second.base + off) & 7)) {
-          st = EINVAL;
-          break;
-        }
-        auto* p = reinterpret_cast<uint64_t*>(it->second.base + off);
-        uint64_t old;
-        if (h.op == kRmaFetchAdd) {
-          old = __atomic_fetch_add(p, a, __ATOMIC_SEQ_CST);
-        } else {
-          old = a;
-          __atomic_compare_exchange_n(p, &old, b, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
-        }
-        Encoder e(out);
-        e.u64(old);
-        break;
-      }
-      default:
-        return close_link(l.id, "unknown rma operation");
+  void serve(Link& l, Peer& p, const FrameHeader& h, ByteView body) {
+    RmaReq r;
+    if (!decode_rma(h.op, body, r)) return close_link(l, fmt::format("malformed rma request (op {})", h.op), true);
+    auto it = regions_.find(r.region);
+    ByteView data;
+    uint64_t old = 0;
+    int st = serve_rma(r, it == regions_.end() ? nullptr : &it->second, data, old);
+    bool atomic = r.op == kRmaFetchAdd || r.op == kRmaCompareSwap;
+    OutMsg m = make_msg(FrameKind::kRmaReply, h.op, h.id, st, st ? 0 : atomic ? 8 : data.size());
+    if (!st && atomic) Encoder(m.body).u64(old);
+    if (!st && r.op == kRmaRead) {
+      m.ext = data;
+      m.ext_volatile = true;
     }
-    append_frame(l.out, FrameHeader{FrameKind::kRmaReply, h.op, h.id, st, 0}, out);
-    flush(l);
+    (void)enqueue_answer(p, std::move(m));
   }
 
-  void complete_rma(Link& l, Peer& p, const FrameHeader& h, ByteView body) {
-    auto it = p.rmas.find(h.id);
-    if (it == p.rmas.end()) return;
-    RmaPending r = std::move(it->second);
-    p.rmas.erase(it);
-    Status st = h.status ? Status::err(h.status) : Status::ok();
-    if (r.op == kRmaRead) {
-      if (st && body.size() != r.len) return close_link(l.id, "rma read reply of the wrong length");
-      if (st) std::memcpy(r.dst, body.data(), body.size());
-      return r.cb(st);
-    }
-    if (r.op == kRmaWrite) return r.cb(st);
-    Decoder d(body);
-    uint64_t old = st ? d.u64() : 0;
-    if (st && !d.done()) return close_link(l.id, "malformed rma atomic reply");
-    r.acb(st, old);
+  void on_rma_reply(Link& l, Peer& p, const FrameHeader& h, ByteView body) {
+    auto it = p.pending.find(h.id);
+    auto op = it == p.pending.end() ? p.rma_ops.end() : p.rma_ops.find(it->second.rma_op);
+    if (op == p.rma_ops.end() || op->second.kind != h.op)
+      return close_link(l, fmt::format("rma reply to unknown operation {}", h.id), true);
+    Pending& pd = it->second;
+    uint64_t old = 0;
+    bool ok = h.status                          ? body.empty()
+              : h.op == kRmaRead                ? body.size() == pd.len
+              : h.op == kRmaWrite               ? body.empty()
+                                                : decode_atomic_reply(body, old);
+    if (!ok) return close_link(l, fmt::format("malformed rma reply (op {})", h.op), true);
+    if (!h.status && h.op == kRmaRead && pd.len) std::memcpy(pd.dst, body.data(), pd.len);
+    if (!h.status) op->second.old = old;
+    uint64_t op_id = pd.rma_op;
+    p.pending.erase(it);
+    finish_chunk(p, op_id, h.status);
   }
 
   const Config& cfg_;
   EventLoop& loop_;
   const ClusterKey& key_;
-  TcpOptions opt_;
+  const TcpOptions opt_;
   Handler* handler_ = nullptr;
+  bool running_ = false;
   int listen_fd_ = -1;
-  bool stopped_ = false;
+  EventLoop::TimerId accept_timer_ = 0;
+  int unauthenticated_ = 0;
   uint64_t next_link_ = 1;
+  uint64_t next_token_ = 1;
   uint32_t next_region_ = 1;
   std::unordered_map<uint64_t, std::unique_ptr<Link>> links_;
+  std::vector<std::unique_ptr<Link>> dead_;
   std::unordered_map<NodeId, Peer> peers_;
-  std::unordered_map<uint32_t, Region> regions_;
+  std::unordered_map<uint32_t, LocalRegion> regions_;
 };
 
 }  // namespace

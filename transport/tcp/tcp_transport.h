@@ -1,23 +1,29 @@
-// The TCP transport: epoll on the daemon's loop, non-blocking sockets, TCP_NODELAY. One link per pair of nodes: the
-// node with the lower id dials, the other accepts; a dropped link is redialled with bounded backoff. One-sided
-// operations are served by the peer's progress engine (a kRma request frame and a kRmaReply frame).
+// The TCP transport: epoll on the caller's EventLoop, non-blocking sockets, TCP_NODELAY. One link per pair of nodes:
+// the node with the lower id dials, the higher id accepts; a dropped link is redialled with bounded backoff. Links
+// authenticate with a mutual challenge-response (FrameKind::kHello, see tcp_wire.h) before any other frame flows.
+// One-sided operations are served by the peer's progress engine: kRma request frames answered by kRmaReply frames;
+// reads and writes longer than kRmaChunk travel as several frames and complete once.
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 
 #include "transport/transport.h"
 
 namespace dipc::transport {
 
-// Tuning constants, all in one place.
+// Tuning constants, all in one place. Defaults suit a LAN cluster; tests shorten the timeouts.
 struct TcpOptions {
-  int connect_timeout_ms = 10000;    // operations wait this long for a peer that is not connected yet
-  int handshake_timeout_ms = 5000;   // an unauthenticated connection is closed after this
-  int reconnect_min_ms = 20;         // redial backoff starts here and doubles ...
-  int reconnect_max_ms = 1000;       // ... up to this
-  size_t max_out_bytes = 256u << 20; // a peer that does not drain this much queued output is dropped
-  size_t max_hello_bytes = 256;      // largest frame accepted before authentication
+  int64_t connect_timeout_ms = 10000;  // an operation waits this long for a peer that is not connected, then
+                                       // completes with EHOSTUNREACH
+  int64_t handshake_timeout_ms = 3000; // a connection not authenticated after this (TCP connect included) is closed
+  int64_t reconnect_min_ms = 50;       // redial backoff starts here and doubles ...
+  int64_t reconnect_max_ms = 2000;     // ... up to this
+  size_t max_queued_bytes = 64u << 20; // per peer: request()/send()/one-sided ops beyond this fail with ENOBUFS;
+                                       // replies beyond twice this close the link (the peer does not drain it)
+  size_t max_read_per_event = 4u << 20;  // bytes read from one link per wake-up (fairness between links)
+  int max_unauthenticated = 64;        // accepted connections still in the handshake; more are refused
 };
 
 std::unique_ptr<Transport> make_tcp_transport(const Config& cfg, EventLoop& loop, const ClusterKey& key,

@@ -1,0 +1,698 @@
+// DSM coherence state machines; see coherence.h and PROTOCOL.md.
+#include "dsm/coherence.h"
+
+#include <algorithm>
+#include <bit>
+
+namespace dipc::dsm {
+
+// ---------------------------------------------------------------------------------------------------------------
+// Geometry, names, encoding
+
+bool valid_block_size(uint64_t segment_bytes, uint64_t block_size) {
+  if (segment_bytes == 0 || block_size < kPageSize || !std::has_single_bit(block_size)) return false;
+  uint64_t whole = segment_bytes < kPageSize ? kPageSize : segment_bytes;
+  if (whole > (uint64_t{1} << 62)) return false;
+  return block_size <= std::bit_ceil(whole);
+}
+
+uint32_t block_count(uint64_t segment_bytes, uint64_t block_size) {
+  if (!valid_block_size(segment_bytes, block_size)) return 0;
+  uint64_t n = (segment_bytes + block_size - 1) / block_size;
+  return n > std::numeric_limits<uint32_t>::max() ? 0 : static_cast<uint32_t>(n);
+}
+
+bool for_directory(MsgType t) { return static_cast<uint16_t>(t) < 16; }
+
+const char* msg_type_name(MsgType t) {
+  switch (t) {
+    case MsgType::kReadReq: return "ReadReq";
+    case MsgType::kWriteReq: return "WriteReq";
+    case MsgType::kFetchAck: return "FetchAck";
+    case MsgType::kInvAck: return "InvAck";
+    case MsgType::kDone: return "Done";
+    case MsgType::kLeave: return "Leave";
+    case MsgType::kFetch: return "Fetch";
+    case MsgType::kInvalidate: return "Invalidate";
+    case MsgType::kGrant: return "Grant";
+    case MsgType::kLeaveDone: return "LeaveDone";
+  }
+  return "?";
+}
+
+static bool valid_type(uint16_t t) {
+  return (t >= 1 && t <= 6) || (t >= 16 && t <= 19);
+}
+
+void Msg::encode(Encoder& e) const {
+  e.u16(static_cast<uint16_t>(type));
+  e.u64(segment);
+  e.u32(block);
+  e.u32(txn);
+  e.u8(static_cast<uint8_t>(access));
+  e.u8(static_cast<uint8_t>(mode));
+  e.u16(node);
+}
+
+bool Msg::decode(Decoder& d) {
+  uint16_t t = d.u16();
+  uint64_t seg = d.u64();
+  uint32_t blk = d.u32();
+  uint32_t tx = d.u32();
+  uint8_t acc = d.u8();
+  uint8_t md = d.u8();
+  uint16_t nd = d.u16();
+  if (!d.done() || !valid_type(t) || acc > 1 || md > 3 || nd > kMaxNodeId) return false;
+  type = static_cast<MsgType>(t);
+  segment = seg;
+  block = blk;
+  txn = tx;
+  access = static_cast<Access>(acc);
+  mode = static_cast<FetchMode>(md);
+  node = nd;
+  return true;
+}
+
+std::string Msg::str() const {
+  std::string s = std::string(msg_type_name(type)) + "(" + std::to_string(from) + "->" + std::to_string(to) +
+                  " seg=" + std::to_string(segment) + " b=" + std::to_string(block) + " txn=" + std::to_string(txn);
+  if (type == MsgType::kGrant) s += access == Access::kWrite ? " W" : " R";
+  if (type == MsgType::kFetch) s += " mode=" + std::to_string(static_cast<int>(mode));
+  if (type == MsgType::kGrant || type == MsgType::kFetch) s += " node=" + std::to_string(node);
+  return s + ")";
+}
+
+size_t NodeSet::size() const {
+  size_t n = 0;
+  for (uint64_t w : w_) n += static_cast<size_t>(std::popcount(w));
+  return n;
+}
+
+std::vector<NodeId> NodeSet::members() const {
+  std::vector<NodeId> v;
+  for (size_t i = 0; i < w_.size(); ++i)
+    for (uint64_t w = w_[i]; w; w &= w - 1) v.push_back(static_cast<NodeId>(i * 64 + std::countr_zero(w)));
+  return v;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// HomeDirectory
+
+HomeDirectory::HomeDirectory(uint64_t segment, uint32_t nblocks, NodeId home_node, int64_t quantum_us)
+    : segment_(segment), home_(home_node), quantum_(quantum_us < 0 ? 0 : quantum_us), blocks_(nblocks) {}
+
+Msg HomeDirectory::msg(MsgType type, NodeId to, uint32_t b, uint32_t txn) const {
+  Msg m;
+  m.to = to;
+  m.from = home_;
+  m.type = type;
+  m.segment = segment_;
+  m.block = b;
+  m.txn = txn;
+  return m;
+}
+
+HomeDirectory::BlockView HomeDirectory::block(uint32_t b) const {
+  BlockView v;
+  const Block& k = blocks_.at(b);
+  v.owner = k.owner;
+  v.exclusive = k.exclusive;
+  v.copyset = k.copyset;
+  v.hold_until = k.hold_until;
+  auto it = active_.find(b);
+  if (it != active_.end()) {
+    v.busy = it->second.phase != Phase::kIdle;
+    v.queued = it->second.queue.size();
+  }
+  return v;
+}
+
+int64_t HomeDirectory::next_timer_us() const { return timers_.empty() ? kNever : timers_.begin()->first; }
+
+void HomeDirectory::on_message(const Msg& m, int64_t now, std::vector<Msg>& out) {
+  if (m.segment != segment_ || m.from == kNoNode || m.from > kMaxNodeId || !for_directory(m.type)) {
+    ++bad_;
+    return;
+  }
+  if (m.type == MsgType::kLeave) {
+    if (m.from == home_ || leaving_.count(m.from)) {
+      ++bad_;
+      return;
+    }
+    // One leave step per block the node is involved in, queued behind the requests already there (per-sender FIFO:
+    // the node's own earlier requests are served first, then written back).
+    std::vector<uint32_t> steps;
+    for (uint32_t b = 0; b < blocks_.size(); ++b) {
+      const Block& k = blocks_[b];
+      bool involved = k.owner == m.from || k.copyset.has(m.from);
+      if (!involved) {
+        auto it = active_.find(b);
+        if (it != active_.end()) {
+          const Txn& t = it->second;
+          involved = (t.phase != Phase::kIdle && t.req.node == m.from) ||
+                     std::any_of(t.queue.begin(), t.queue.end(), [&](const Request& r) { return r.node == m.from; });
+        }
+      }
+      if (involved) steps.push_back(b);
+    }
+    if (steps.empty()) {
+      out.push_back(msg(MsgType::kLeaveDone, m.from, 0, 0));
+      return;
+    }
+    leaving_[m.from] = static_cast<uint32_t>(steps.size());
+    for (uint32_t b : steps) enqueue(b, Request{Kind::kLeave, m.from}, now, out);
+    return;
+  }
+  if (m.block >= blocks_.size()) {
+    ++bad_;
+    return;
+  }
+  uint32_t b = m.block;
+  switch (m.type) {
+    case MsgType::kReadReq:
+    case MsgType::kWriteReq:
+      if (leaving_.count(m.from)) {  // a leaving node sends none; it retries after LeaveDone
+        ++bad_;
+        return;
+      }
+      enqueue(b, Request{m.type == MsgType::kReadReq ? Kind::kRead : Kind::kWrite, m.from}, now, out);
+      return;
+    case MsgType::kFetchAck:
+    case MsgType::kInvAck: {
+      auto it = active_.find(b);
+      if (it == active_.end() || it->second.phase != Phase::kAcks || it->second.id != m.txn ||
+          !it->second.waiting.has(m.from)) {
+        ++bad_;
+        return;
+      }
+      Txn& t = it->second;
+      t.waiting.remove(m.from);
+      if (t.waiting.empty()) {
+        after_acks(b, t, now, out);
+        if (t.phase == Phase::kIdle) pump(b, now, out);
+      }
+      return;
+    }
+    case MsgType::kDone: {
+      auto it = active_.find(b);
+      if (it == active_.end() || it->second.phase != Phase::kDone || it->second.id != m.txn ||
+          it->second.req.node != m.from) {
+        ++bad_;
+        return;
+      }
+      finish(b, it->second, now, out);
+      return;
+    }
+    default:
+      ++bad_;
+      return;
+  }
+}
+
+void HomeDirectory::enqueue(uint32_t b, Request r, int64_t now, std::vector<Msg>& out) {
+  Txn& t = active_[b];
+  t.queue.push_back(r);
+  if (t.phase == Phase::kIdle) pump(b, now, out);
+}
+
+void HomeDirectory::pump(uint32_t b, int64_t now, std::vector<Msg>& out) {
+  auto it = active_.find(b);
+  if (it == active_.end()) return;
+  Txn& t = it->second;
+  while (t.phase == Phase::kIdle) {
+    if (t.queue.empty()) {
+      active_.erase(it);
+      return;
+    }
+    t.req = t.queue.front();
+    t.queue.pop_front();
+    t.id = next_txn_++;
+    if (next_txn_ == 0) next_txn_ = 1;
+    t.waiting.clear();
+    t.targets.clear();
+    t.fetched = kNoNode;
+    t.source = kNoNode;
+    t.aborted = false;
+    if (!start(b, t, now, out)) t.phase = Phase::kIdle;
+  }
+}
+
+// Sends what the head request needs: nothing but a grant, or fetch/invalidations first (after the quantum).
+bool HomeDirectory::start(uint32_t b, Txn& t, int64_t now, std::vector<Msg>& out) {
+  Block& k = blocks_[b];
+  const NodeId r = t.req.node;
+  if (t.aborted) return false;
+  switch (t.req.kind) {
+    case Kind::kRead: {
+      if (k.exclusive && k.owner != r) {
+        if (now < k.hold_until) {
+          t.phase = Phase::kQuantum;
+          t.wake_at = k.hold_until;
+          timers_.insert({t.wake_at, b});
+          return true;
+        }
+        Msg f = msg(MsgType::kFetch, k.owner, b, t.id);
+        f.mode = FetchMode::kDowngrade;
+        f.node = r;
+        out.push_back(f);
+        t.waiting.add(k.owner);
+        t.targets.add(k.owner);
+        t.fetched = k.owner;
+        t.phase = Phase::kAcks;
+        return true;
+      }
+      t.phase = Phase::kAcks;  // nothing to wait for
+      after_acks(b, t, now, out);
+      return t.phase != Phase::kIdle;
+    }
+    case Kind::kWrite: {
+      NodeSet need = k.copyset;
+      need.remove(r);
+      if (!need.empty()) {
+        if (now < k.hold_until) {
+          t.phase = Phase::kQuantum;
+          t.wake_at = k.hold_until;
+          timers_.insert({t.wake_at, b});
+          return true;
+        }
+        for (NodeId n : need.members()) {
+          if (k.exclusive && n == k.owner) {
+            Msg f = msg(MsgType::kFetch, n, b, t.id);
+            f.mode = FetchMode::kInvalidate;
+            f.node = r;
+            out.push_back(f);
+            t.fetched = n;
+          } else {
+            out.push_back(msg(MsgType::kInvalidate, n, b, t.id));
+          }
+        }
+        t.waiting = need;
+        t.targets = need;
+        t.phase = Phase::kAcks;
+        return true;
+      }
+      t.phase = Phase::kAcks;
+      after_acks(b, t, now, out);
+      return t.phase != Phase::kIdle;
+    }
+    case Kind::kLeave: {  // no quantum: the leaving node has no process left that could use the block
+      NodeSet others = k.copyset;
+      others.remove(r);
+      if (k.owner == r && others.empty()) {
+        // The only holder of the latest data: it writes the block back into the home's frame.
+        Msg f = msg(MsgType::kFetch, r, b, t.id);
+        f.mode = FetchMode::kWriteBack;
+        f.node = home_;
+        out.push_back(f);
+        t.fetched = r;
+      } else if (k.copyset.has(r)) {
+        // A read copy of data others hold: another holder becomes the owner, nothing moves; the copy is unmapped
+        // like any other (so no stale mapping outlives the directory's record of it).
+        if (k.owner == r) k.owner = others.has(home_) ? home_ : others.members().front();
+        out.push_back(msg(MsgType::kInvalidate, r, b, t.id));
+      } else {
+        leave_step_done(r, out);
+        return false;
+      }
+      t.waiting.add(r);
+      t.targets.add(r);
+      t.phase = Phase::kAcks;
+      return true;
+    }
+  }
+  return false;
+}
+
+void HomeDirectory::after_acks(uint32_t b, Txn& t, int64_t now, std::vector<Msg>& out) {
+  Block& k = blocks_[b];
+  const NodeId r = t.req.node;
+  switch (t.req.kind) {
+    case Kind::kRead:
+      if (t.fetched != kNoNode) k.exclusive = false;  // the owner downgraded to a read copy (or was lost)
+      break;
+    case Kind::kWrite:
+      for (NodeId n : t.targets.members()) k.copyset.remove(n);
+      if (k.exclusive && k.owner != r) k.exclusive = false;  // the owner's frame keeps the data, unmapped
+      if (k.copyset.has(r)) k.owner = r;                      // upgrade in place: its copy is the data
+      break;
+    case Kind::kLeave:
+      if (k.owner == r) {  // written back (had the node been lost meanwhile, on_node_lost moved the owner)
+        k.owner = home_;
+        k.exclusive = false;
+      }
+      k.copyset.remove(r);
+      t.phase = Phase::kIdle;
+      leave_step_done(r, out);
+      return;
+  }
+  if (t.aborted) {  // the requester was lost: the invalidations stand, nothing is granted
+    t.phase = Phase::kIdle;
+    return;
+  }
+  Msg g = msg(MsgType::kGrant, r, b, t.id);
+  if (t.req.kind == Kind::kWrite) {
+    g.access = Access::kWrite;
+  } else {
+    g.access = (k.exclusive && k.owner == r) ? Access::kWrite : Access::kRead;  // defensive: it already has it
+  }
+  // In place when the requester's frame is current (it maps a copy, or it is the owner); else the owner's frame;
+  // kNoNode (zero-fill) for a block never written.
+  t.source = (k.copyset.has(r) || k.owner == r) ? r : k.owner;
+  g.node = t.source;
+  out.push_back(g);
+  t.phase = Phase::kDone;
+  (void)now;
+}
+
+void HomeDirectory::finish(uint32_t b, Txn& t, int64_t now, std::vector<Msg>& out) {
+  Block& k = blocks_[b];
+  const NodeId r = t.req.node;
+  if (t.req.kind == Kind::kWrite) {
+    k.owner = r;
+    k.exclusive = true;
+    k.copyset.clear();
+    k.copyset.add(r);
+  } else if (!(k.exclusive && k.owner == r)) {
+    if (!k.copyset.has(k.owner)) k.owner = r;  // never written, or the owner's frame was only parked there
+    k.copyset.add(r);
+  }
+  k.hold_until = std::max(k.hold_until, now + quantum_);
+  t.phase = Phase::kIdle;
+  pump(b, now, out);
+}
+
+void HomeDirectory::on_timer(int64_t now, std::vector<Msg>& out) {
+  while (!timers_.empty() && timers_.begin()->first <= now) {
+    uint32_t b = timers_.begin()->second;
+    timers_.erase(timers_.begin());
+    auto it = active_.find(b);
+    if (it == active_.end() || it->second.phase != Phase::kQuantum) continue;
+    Txn& t = it->second;
+    t.phase = Phase::kIdle;
+    if (!start(b, t, now, out)) t.phase = Phase::kIdle;
+    if (t.phase == Phase::kIdle) pump(b, now, out);
+  }
+}
+
+void HomeDirectory::leave_step_done(NodeId node, std::vector<Msg>& out) {
+  auto it = leaving_.find(node);
+  if (it == leaving_.end()) return;
+  if (--it->second == 0) {
+    leaving_.erase(it);
+    out.push_back(msg(MsgType::kLeaveDone, node, 0, 0));
+  }
+}
+
+std::vector<uint32_t> HomeDirectory::on_node_lost(NodeId node, int64_t now, std::vector<Msg>& out) {
+  std::vector<uint32_t> lost;
+  leaving_.erase(node);
+  for (uint32_t b = 0; b < blocks_.size(); ++b) {
+    Block& k = blocks_[b];
+    k.copyset.remove(node);
+    if (k.owner == node) {
+      if (!k.copyset.empty() && !k.exclusive) {
+        k.owner = k.copyset.has(home_) ? home_ : k.copyset.members().front();
+      } else {  // nobody else has the latest data: the home's frame (stale) stands in for it
+        k.owner = home_;
+        k.exclusive = false;
+        k.copyset.clear();
+        ++lost_;
+        lost.push_back(b);
+      }
+    }
+  }
+  std::vector<uint32_t> touched;
+  for (auto& [b, t] : active_) {
+    auto& q = t.queue;
+    q.erase(std::remove_if(q.begin(), q.end(), [&](const Request& r) { return r.node == node; }), q.end());
+    if (t.phase != Phase::kIdle && t.req.node == node) t.aborted = true;
+    touched.push_back(b);
+  }
+  for (uint32_t b : touched) {
+    auto it = active_.find(b);
+    if (it == active_.end()) continue;
+    Txn& t = it->second;
+    switch (t.phase) {
+      case Phase::kIdle:
+        break;
+      case Phase::kQuantum:
+        if (t.aborted) {
+          timers_.erase({t.wake_at, b});
+          t.phase = Phase::kIdle;
+        }
+        break;
+      case Phase::kAcks:
+        if (t.waiting.has(node)) {
+          t.waiting.remove(node);
+          if (t.waiting.empty()) after_acks(b, t, now, out);
+        }
+        break;
+      case Phase::kDone:
+        if (t.aborted) {
+          t.phase = Phase::kIdle;  // the grant went to the lost node: the block stays where it was
+        } else if (t.source == node) {
+          // The requester was copying from the lost node's frame: grant again from the home's frame (same txn).
+          Msg g = msg(MsgType::kGrant, t.req.node, b, t.id);
+          g.access = t.req.kind == Kind::kWrite ? Access::kWrite : Access::kRead;
+          t.source = (blocks_[b].copyset.has(t.req.node) || blocks_[b].owner == t.req.node) ? t.req.node
+                                                                                             : blocks_[b].owner;
+          g.node = t.source;
+          out.push_back(g);
+        }
+        break;
+    }
+    if (t.phase == Phase::kIdle) pump(b, now, out);
+  }
+  return lost;
+}
+
+std::string HomeDirectory::check() const {
+  for (uint32_t b = 0; b < blocks_.size(); ++b) {
+    const Block& k = blocks_[b];
+    std::string where = "block " + std::to_string(b) + ": ";
+    if (k.copyset.has(kNoNode)) return where + "node 0 in copyset";
+    if (k.exclusive) {
+      if (k.owner == kNoNode) return where + "exclusive without owner";
+      NodeSet only;
+      only.add(k.owner);
+      if (!(k.copyset == only)) return where + "exclusive but copyset is not {owner}";
+    } else if (!k.copyset.empty() && !k.copyset.has(k.owner)) {
+      return where + "owner " + std::to_string(k.owner) + " outside a non-empty copyset";
+    }
+    if (k.owner == kNoNode && !k.copyset.empty()) return where + "copies of a never-written block without owner";
+  }
+  return "";
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// NodeCache
+
+NodeCache::NodeCache(uint64_t segment, uint32_t nblocks, NodeId self, NodeId home)
+    : segment_(segment), self_(self), home_(home), blocks_(nblocks) {}
+
+const char* NodeCache::state_name(State s) {
+  switch (s) {
+    case State::kInvalid: return "I";
+    case State::kShared: return "S";
+    case State::kExclusive: return "E";
+    case State::kIS: return "IS";
+    case State::kIM: return "IM";
+    case State::kSM: return "SM";
+    case State::kISD: return "IS_D";
+    case State::kIMD: return "IM_D";
+  }
+  return "?";
+}
+
+NodeCache::State NodeCache::state(uint32_t b) const {
+  const Block& k = blocks_.at(b);
+  if (k.filling) return k.grant_access == Access::kWrite ? State::kIMD : State::kISD;
+  if (k.pending) {
+    if (k.have == Have::kShared) return State::kSM;
+    return k.pending_access == Access::kWrite ? State::kIM : State::kIS;
+  }
+  switch (k.have) {
+    case Have::kInvalid: return State::kInvalid;
+    case Have::kShared: return State::kShared;
+    case Have::kExclusive: return State::kExclusive;
+  }
+  return State::kInvalid;
+}
+
+bool NodeCache::readable(uint32_t b) const { return blocks_.at(b).have != Have::kInvalid; }
+bool NodeCache::writable(uint32_t b) const { return blocks_.at(b).have == Have::kExclusive; }
+
+Msg NodeCache::msg(MsgType type, uint32_t b, uint32_t txn) const {
+  Msg m;
+  m.to = home_;
+  m.from = self_;
+  m.type = type;
+  m.segment = segment_;
+  m.block = b;
+  m.txn = txn;
+  return m;
+}
+
+NodeCache::Fault NodeCache::on_fault(uint32_t b, Access a, std::vector<Msg>& out) {
+  if (b >= blocks_.size()) {
+    ++bad_;
+    return Fault::kParked;
+  }
+  Block& k = blocks_[b];
+  if (a == Access::kRead ? k.have != Have::kInvalid : k.have == Have::kExclusive) return Fault::kProceed;
+  if (leaving_) {
+    parked_while_leaving_.insert(b);
+    return Fault::kParked;
+  }
+  // One request per block at a time. A write fault behind an outstanding read request is retried when the read
+  // grant wakes it, and then asks for the upgrade.
+  if (k.pending) return Fault::kParked;
+  k.pending = true;
+  k.pending_access = a;
+  out.push_back(msg(a == Access::kRead ? MsgType::kReadReq : MsgType::kWriteReq, b, 0));
+  return Fault::kParked;
+}
+
+void NodeCache::install(uint32_t b, int64_t now, std::vector<Msg>& out, std::vector<LocalAction>& local) {
+  Block& k = blocks_[b];
+  bool w = k.grant_access == Access::kWrite;
+  k.have = w ? Have::kExclusive : Have::kShared;
+  k.filling = false;
+  k.pending = false;
+  k.installed_at = now;
+  local.push_back(LocalAction{LocalAction::kInstall, b, w, kNoNode});
+  local.push_back(LocalAction{LocalAction::kWake, b, false, kNoNode});
+  out.push_back(msg(MsgType::kDone, b, k.grant_txn));
+}
+
+void NodeCache::on_message(const Msg& m, int64_t now, std::vector<Msg>& out, std::vector<LocalAction>& local) {
+  if (m.segment != segment_ || m.from != home_ || for_directory(m.type)) {
+    ++bad_;
+    return;
+  }
+  if (m.type == MsgType::kLeaveDone) {
+    if (!leaving_) {
+      ++bad_;
+      return;
+    }
+    for (uint32_t b = 0; b < blocks_.size(); ++b) {
+      Block& k = blocks_[b];
+      if (k.have != Have::kInvalid) local.push_back(LocalAction{LocalAction::kInvalidate, b, false, kNoNode});
+      if (k.pending || k.filling || k.writing_back) ++bad_;
+      k = Block{};
+    }
+    local.push_back(LocalAction{LocalAction::kLeft, 0, false, kNoNode});
+    leaving_ = false;
+    for (uint32_t b : parked_while_leaving_) local.push_back(LocalAction{LocalAction::kWake, b, false, kNoNode});
+    parked_while_leaving_.clear();
+    return;
+  }
+  if (m.block >= blocks_.size()) {
+    ++bad_;
+    return;
+  }
+  const uint32_t b = m.block;
+  Block& k = blocks_[b];
+  switch (m.type) {
+    case MsgType::kGrant:
+      if (k.filling && m.txn == k.grant_txn) {  // re-grant: the first source was lost; copy from the new one
+        if (m.node == self_) {
+          install(b, now, out, local);
+        } else {
+          local.push_back(LocalAction{LocalAction::kFetchData, b, false, m.node});
+        }
+        return;
+      }
+      if (!k.pending || k.filling) {
+        ++bad_;
+        return;
+      }
+      k.filling = true;
+      k.grant_access = m.access;
+      k.grant_txn = m.txn;
+      if (m.node == self_) {
+        install(b, now, out, local);  // the local frame is current: no copy
+      } else {
+        local.push_back(LocalAction{LocalAction::kFetchData, b, false, m.node});
+      }
+      return;
+    case MsgType::kInvalidate:
+      if (k.filling) ++bad_;
+      if (k.have != Have::kInvalid) {
+        if (k.have == Have::kExclusive) ++bad_;  // the home fetches from an exclusive owner; unmap anyway
+        local.push_back(LocalAction{LocalAction::kInvalidate, b, false, kNoNode});
+        k.have = Have::kInvalid;
+      }
+      out.push_back(msg(MsgType::kInvAck, b, m.txn));
+      return;
+    case MsgType::kFetch:
+      switch (m.mode) {
+        case FetchMode::kDowngrade:
+          if (k.have == Have::kExclusive) {
+            local.push_back(LocalAction{LocalAction::kWriteProtect, b, false, kNoNode});
+            k.have = Have::kShared;
+          } else {
+            ++bad_;
+          }
+          out.push_back(msg(MsgType::kFetchAck, b, m.txn));
+          return;
+        case FetchMode::kInvalidate:
+          if (k.have == Have::kInvalid) ++bad_;
+          if (k.have != Have::kInvalid) {
+            local.push_back(LocalAction{LocalAction::kInvalidate, b, false, kNoNode});
+            k.have = Have::kInvalid;
+          }
+          out.push_back(msg(MsgType::kFetchAck, b, m.txn));
+          return;
+        case FetchMode::kWriteBack:
+          if (k.have != Have::kInvalid) {
+            local.push_back(LocalAction{LocalAction::kInvalidate, b, false, kNoNode});
+            k.have = Have::kInvalid;
+          }
+          if (self_ == home_) {  // already in the home's frame
+            out.push_back(msg(MsgType::kFetchAck, b, m.txn));
+            return;
+          }
+          k.writing_back = true;
+          k.wb_txn = m.txn;
+          local.push_back(LocalAction{LocalAction::kWriteBack, b, false, kNoNode});
+          return;
+        case FetchMode::kNone:
+          break;
+      }
+      ++bad_;
+      return;
+    default:
+      ++bad_;
+      return;
+  }
+}
+
+void NodeCache::on_data_ready(uint32_t b, int64_t now, std::vector<Msg>& out, std::vector<LocalAction>& local) {
+  if (b >= blocks_.size() || !blocks_[b].filling) {
+    ++bad_;
+    return;
+  }
+  install(b, now, out, local);
+}
+
+void NodeCache::on_writeback_done(uint32_t b, std::vector<Msg>& out) {
+  if (b >= blocks_.size() || !blocks_[b].writing_back) {
+    ++bad_;
+    return;
+  }
+  blocks_[b].writing_back = false;
+  out.push_back(msg(MsgType::kFetchAck, b, blocks_[b].wb_txn));
+}
+
+void NodeCache::leave(std::vector<Msg>& out) {
+  if (self_ == home_) {
+    ++bad_;
+    return;
+  }
+  if (leaving_) return;
+  leaving_ = true;
+  out.push_back(msg(MsgType::kLeave, 0, 0));
+}
+
+}  // namespace dipc::dsm

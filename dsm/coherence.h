@@ -1,0 +1,277 @@
+// DSM coherence: the pure state machines of the page-granular multiple-reader/single-writer write-invalidate
+// protocol that keeps a distributed System V shared memory segment strictly consistent (dsm/PROTOCOL.md).
+//
+// No I/O, no threads, no clock reads: time is passed in, messages to send and actions on local pages are returned
+// in vectors the caller carries out. Two classes:
+//  - HomeDirectory runs on the segment's home node (its creator) and is the manager of every block: it knows the
+//    block's owner (the node whose frame holds the latest data) and copyset (nodes with a mapped copy), queues the
+//    requests for a block and runs one transaction per block at a time.
+//  - NodeCache runs on every node that attached the segment, the home included (the home's messages to itself are
+//    short-circuited by the caller through a local FIFO, never re-entrantly).
+//
+// Every node keeps a local frame (the node's backing memory) for every block, registered with the transport. The
+// contents of a frame are the latest data of its block while the node maps it (Shared, Exclusive), and also while the
+// directory names the node the block's owner; otherwise they are stale and nobody reads them. Page contents never
+// travel in control messages: a grant names the node whose frame the requester copies (one-sided read), a writeback
+// is a one-sided write into the home's frame.
+//
+// Caller contract (both classes):
+//  - deliver messages per sender in the order they were sent (the transport guarantees it);
+//  - set Msg::from on receipt from the authenticated transport peer (it is not encoded);
+//  - carry out `local` actions in order, synchronously, BEFORE sending `out`: an invalidation has taken effect in
+//    every local process before the acknowledgement leaves (so before the remote writer is granted);
+//  - the asynchronous actions (kFetchData, kWriteBack) report completion by calling on_data_ready() /
+//    on_writeback_done(); the state machine sends nothing that depends on them before that.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <deque>
+#include <limits>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "common/wire.h"
+
+namespace dipc::dsm {
+
+using NodeId = uint16_t;
+inline constexpr NodeId kNoNode = 0;        // node ids are 1..255 (common/config.h)
+inline constexpr NodeId kMaxNodeId = 255;
+inline constexpr uint64_t kPageSize = 4096;
+inline constexpr int64_t kNever = std::numeric_limits<int64_t>::max();
+
+// Coherence unit: a power of two, at least one page, at most the segment rounded up to a power of two.
+bool valid_block_size(uint64_t segment_bytes, uint64_t block_size);
+// Number of blocks of a segment (the last one may be partial). 0 if the geometry is invalid or too large.
+uint32_t block_count(uint64_t segment_bytes, uint64_t block_size);
+
+enum class Access : uint8_t { kRead = 0, kWrite = 1 };
+
+enum class MsgType : uint16_t {
+  // node -> home (HomeDirectory::on_message)
+  kReadReq = 1,    // a read fault on a block the node does not map
+  kWriteReq = 2,   // a write fault on a block the node does not map writable (also the Shared->Exclusive upgrade)
+  kFetchAck = 3,   // the owner carried out a Fetch: downgraded / invalidated (frame stable) / wrote back
+  kInvAck = 4,     // a copy holder unmapped its copy
+  kDone = 5,       // the requester installed the granted block: closes the transaction
+  kLeave = 6,      // the node leaves the segment: write back what only it holds, then LeaveDone
+  // home -> node (NodeCache::on_message)
+  kFetch = 16,     // to the exclusive owner (or a leaving sole holder): mode says what to do
+  kInvalidate = 17,  // to a copy holder
+  kGrant = 18,     // to the requester: access, and the node whose frame holds the data
+  kLeaveDone = 19,   // the node may drop its frames
+};
+// Which side handles a message type: true for HomeDirectory, false for NodeCache.
+bool for_directory(MsgType t);
+const char* msg_type_name(MsgType t);
+
+enum class FetchMode : uint8_t {
+  kNone = 0,
+  kDowngrade = 1,   // read request elsewhere: write-protect, keep a read copy
+  kInvalidate = 2,  // write request elsewhere: unmap; the frame stays as is until the requester copied it
+  kWriteBack = 3,   // the node leaves: unmap, write the frame into the home's frame, then acknowledge
+};
+
+// One protocol message. Fixed 22-byte body: type u16, segment u64, block u32, txn u32, access u8, mode u8, node u16.
+struct Msg {
+  NodeId to = 0;    // not encoded: transport addressing
+  NodeId from = 0;  // not encoded: the receiver sets it from the authenticated peer
+  MsgType type = MsgType::kReadReq;
+  uint64_t segment = 0;
+  uint32_t block = 0;
+  uint32_t txn = 0;                     // the home's transaction number, echoed in FetchAck/InvAck/Done; 0 otherwise
+  Access access = Access::kRead;        // Grant: the granted access
+  FetchMode mode = FetchMode::kNone;    // Fetch
+  NodeId node = kNoNode;                // Grant: data source (kNoNode: zero-fill; the receiver itself: in place);
+                                        // Fetch: the requester (informational)
+
+  static constexpr size_t kEncodedSize = 22;
+  void encode(Encoder& e) const;
+  // Strict: the whole input is one message with valid enum values and node ids; `to`/`from` are left untouched.
+  bool decode(Decoder& d);
+  std::string str() const;
+};
+
+// An action the caller applies to the local pages of one block (all pages of the block).
+struct LocalAction {
+  enum Kind : uint8_t {
+    kFetchData,     // async: copy the block from `node`'s frame into the local frame (one-sided read); kNoNode:
+                    // zero-fill the local frame. Then call NodeCache::on_data_ready(block).
+    kInstall,       // map the local frame into local processes, read-only or writable
+    kWriteProtect,  // writable -> read-only in every local process
+    kInvalidate,    // unmap from every local process; the frame's contents stay
+    kWake,          // resume the accesses parked on this block (they retry and may fault again)
+    kWriteBack,     // async: write the local frame into the home's frame (one-sided write). Then call
+                    // NodeCache::on_writeback_done(block).
+    kLeft,          // the segment was left: every block is Invalid; the frames may be released (block unused)
+  };
+  Kind kind = kWake;
+  uint32_t block = 0;
+  bool writable = false;  // kInstall
+  NodeId node = kNoNode;  // kFetchData
+  bool operator==(const LocalAction&) const = default;
+};
+
+// A set of node ids 1..255.
+class NodeSet {
+ public:
+  bool has(NodeId n) const { return n <= kMaxNodeId && (w_[n >> 6] >> (n & 63) & 1); }
+  void add(NodeId n) { if (n <= kMaxNodeId) w_[n >> 6] |= uint64_t{1} << (n & 63); }
+  void remove(NodeId n) { if (n <= kMaxNodeId) w_[n >> 6] &= ~(uint64_t{1} << (n & 63)); }
+  void clear() { w_ = {}; }
+  bool empty() const { return (w_[0] | w_[1] | w_[2] | w_[3]) == 0; }
+  size_t size() const;
+  std::vector<NodeId> members() const;
+  bool operator==(const NodeSet&) const = default;
+
+ private:
+  std::array<uint64_t, 4> w_{};
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+class HomeDirectory {
+ public:
+  HomeDirectory(uint64_t segment, uint32_t nblocks, NodeId home_node, int64_t quantum_us);
+
+  // Requests, acknowledgements, Done, Leave. Messages of other segments or out-of-range blocks are counted and
+  // dropped; so are stale acknowledgements (a txn number that is not the block's current transaction).
+  void on_message(const Msg& m, int64_t now_us, std::vector<Msg>& out);
+  // Starts the transactions whose quantum wait expired.
+  void on_timer(int64_t now_us, std::vector<Msg>& out);
+  // When on_timer() next has work: the earliest quantum expiry of a waiting transaction, kNever if none.
+  int64_t next_timer_us() const;
+  // The link to `node` is lost for good (or the node crashed): forget its requests and copies, complete the
+  // transactions that waited for it. Blocks only it held are lost: they revert to the home's frame (stale) and are
+  // returned so the caller can log them.
+  std::vector<uint32_t> on_node_lost(NodeId node, int64_t now_us, std::vector<Msg>& out);
+
+  // ---- introspection (tests, status) ----
+  struct BlockView {
+    NodeId owner = kNoNode;  // whose frame holds the latest data (kNoNode: never written, all zero)
+    bool exclusive = false;  // the owner maps it writable
+    NodeSet copyset;         // nodes mapping a copy (the owner included when it maps it)
+    int64_t hold_until = 0;  // quantum: no copy is taken away before this (home clock)
+    bool busy = false;       // a transaction is in flight or waiting for the quantum
+    size_t queued = 0;       // requests waiting behind it
+  };
+  BlockView block(uint32_t b) const;
+  uint32_t nblocks() const { return static_cast<uint32_t>(blocks_.size()); }
+  NodeId home() const { return home_; }
+  uint64_t bad_messages() const { return bad_; }
+  uint64_t lost_blocks() const { return lost_; }
+  bool idle() const { return active_.empty(); }
+  // Checks the directory's own invariants; returns "" or a description of the first violation.
+  std::string check() const;
+
+ private:
+  enum class Kind : uint8_t { kRead, kWrite, kLeave };
+  struct Request {
+    Kind kind;
+    NodeId node;
+  };
+  enum class Phase : uint8_t { kIdle, kQuantum, kAcks, kDone };
+  struct Txn {
+    uint32_t id = 0;
+    Phase phase = Phase::kIdle;
+    Request req{Kind::kRead, kNoNode};
+    NodeSet waiting;           // acknowledgements outstanding
+    NodeSet targets;           // every node a Fetch or Invalidate went to
+    NodeId fetched = kNoNode;  // the exclusive owner a Fetch went to (or the leaving node written back)
+    NodeId source = kNoNode;   // the frame the grant named
+    bool aborted = false;      // the requester was lost
+    int64_t wake_at = 0;
+    std::deque<Request> queue;
+  };
+  struct Block {
+    NodeId owner = kNoNode;
+    bool exclusive = false;
+    NodeSet copyset;
+    int64_t hold_until = 0;
+  };
+
+  void enqueue(uint32_t b, Request r, int64_t now, std::vector<Msg>& out);
+  void pump(uint32_t b, int64_t now, std::vector<Msg>& out);  // start queued transactions while possible
+  // Starts the head request; returns false if it finished at once (nothing to wait for).
+  bool start(uint32_t b, Txn& t, int64_t now, std::vector<Msg>& out);
+  void after_acks(uint32_t b, Txn& t, int64_t now, std::vector<Msg>& out);
+  void finish(uint32_t b, Txn& t, int64_t now, std::vector<Msg>& out);
+  void leave_step_done(NodeId node, std::vector<Msg>& out);
+  Msg msg(MsgType type, NodeId to, uint32_t b, uint32_t txn) const;
+
+  uint64_t segment_;
+  NodeId home_;
+  int64_t quantum_;
+  std::vector<Block> blocks_;
+  std::map<uint32_t, Txn> active_;            // blocks with a transaction in flight or queued
+  std::set<std::pair<int64_t, uint32_t>> timers_;  // (wake_at, block) of transactions waiting for the quantum
+  std::map<NodeId, uint32_t> leaving_;        // leaving node -> per-block leave steps not finished
+  uint32_t next_txn_ = 1;
+  uint64_t bad_ = 0;
+  uint64_t lost_ = 0;
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+class NodeCache {
+ public:
+  // Node-side block states. Stable: Invalid, Shared, Exclusive. Transient (a request is outstanding):
+  // IS / IM (Invalid, read / write requested), SM (Shared, upgrade requested), and the fill states IS_D / IM_D
+  // (granted, the data copy is in flight; SM upgrades in place, without a fill state).
+  enum class State : uint8_t { kInvalid, kShared, kExclusive, kIS, kIM, kSM, kISD, kIMD };
+  static const char* state_name(State s);
+
+  enum class Fault : uint8_t {
+    kProceed,  // the block already allows the access (the fault raced with an install): retry it now
+    kParked,   // park the access until a kWake of this block
+  };
+
+  NodeCache(uint64_t segment, uint32_t nblocks, NodeId self, NodeId home);
+
+  // A local access faulted on `block`. Sends a request unless one is already outstanding.
+  Fault on_fault(uint32_t block, Access a, std::vector<Msg>& out);
+  // Grant, Invalidate, Fetch, LeaveDone from the home.
+  void on_message(const Msg& m, int64_t now_us, std::vector<Msg>& out, std::vector<LocalAction>& local);
+  // The kFetchData copy of `block` completed: installs it, wakes the parked accesses, sends Done.
+  void on_data_ready(uint32_t block, int64_t now_us, std::vector<Msg>& out, std::vector<LocalAction>& local);
+  // The kWriteBack of `block` completed: acknowledges the Fetch.
+  void on_writeback_done(uint32_t block, std::vector<Msg>& out);
+  // The node leaves the segment (no local process maps it any more). Faults until LeaveDone are parked and retried
+  // after it (the node then joins again). The home node never leaves: its frames are the segment's backing store.
+  void leave(std::vector<Msg>& out);
+
+  State state(uint32_t block) const;
+  bool readable(uint32_t block) const;   // local processes may read (the mapping the caller was told about)
+  bool writable(uint32_t block) const;
+  int64_t installed_at(uint32_t block) const { return blocks_.at(block).installed_at; }
+  bool leaving() const { return leaving_; }
+  NodeId self() const { return self_; }
+  uint64_t bad_messages() const { return bad_; }
+
+ private:
+  enum class Have : uint8_t { kInvalid, kShared, kExclusive };
+  struct Block {
+    Have have = Have::kInvalid;
+    bool pending = false;          // a request is outstanding
+    Access pending_access = Access::kRead;
+    bool filling = false;          // grant received, data copy in flight
+    Access grant_access = Access::kRead;
+    uint32_t grant_txn = 0;
+    bool writing_back = false;
+    uint32_t wb_txn = 0;
+    int64_t installed_at = 0;
+  };
+  Msg msg(MsgType type, uint32_t b, uint32_t txn) const;
+  void install(uint32_t b, int64_t now, std::vector<Msg>& out, std::vector<LocalAction>& local);
+
+  uint64_t segment_;
+  NodeId self_;
+  NodeId home_;
+  std::vector<Block> blocks_;
+  bool leaving_ = false;
+  std::set<uint32_t> parked_while_leaving_;
+  uint64_t bad_ = 0;
+};
+
+}  // namespace dipc::dsm

@@ -1,0 +1,1121 @@
+// Unit tests of the DSM coherence state machines (dsm/coherence.h): message encoding, every NodeCache and
+// HomeDirectory transition, and a randomized simulation that model-checks the protocol: 3..4 nodes plus the home,
+// per-pair FIFO channels delivered in random interleavings, processes issuing reads, writes of unique values and
+// fetch-adds, page contents really carried (one-sided copies happen at a random later step, from the source frame as
+// it is then), nodes leaving and rejoining. After every step: at most one writable mapping per block and never a
+// writable plus a readable one, every mapped frame holds the latest written value (so every read returns the value
+// of the latest completed write), the directory's invariants hold; every fault is granted within a step bound, the
+// quantum is respected, and the fetch-add counter sums exactly.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <deque>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/wire.h"
+#include "dsm/coherence.h"
+
+namespace dipc::dsm {
+namespace {
+
+constexpr uint64_t kSeg = 0x1234;
+using LA = LocalAction;
+
+Msg make(MsgType t, NodeId from, NodeId to, uint32_t b, uint32_t txn = 0) {
+  Msg m;
+  m.type = t;
+  m.from = from;
+  m.to = to;
+  m.segment = kSeg;
+  m.block = b;
+  m.txn = txn;
+  return m;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Encoding and geometry
+
+TEST(DsmMsg, RoundTripAndStrictDecode) {
+  Msg m = make(MsgType::kGrant, 3, 7, 0xdeadbeef, 0x01020304);
+  m.segment = 0xfedcba9876543210ull;
+  m.access = Access::kWrite;
+  m.mode = FetchMode::kWriteBack;
+  m.node = 255;
+  Encoder e;
+  m.encode(e);
+  Bytes b = e.take();
+  ASSERT_EQ(b.size(), Msg::kEncodedSize);
+  Msg out;
+  out.to = 9;
+  out.from = 9;
+  Decoder d{ByteView(b)};
+  ASSERT_TRUE(out.decode(d));
+  EXPECT_EQ(out.type, m.type);
+  EXPECT_EQ(out.segment, m.segment);
+  EXPECT_EQ(out.block, m.block);
+  EXPECT_EQ(out.txn, m.txn);
+  EXPECT_EQ(out.access, m.access);
+  EXPECT_EQ(out.mode, m.mode);
+  EXPECT_EQ(out.node, m.node);
+  EXPECT_EQ(out.to, 9);  // addressing is not encoded
+  EXPECT_EQ(out.from, 9);
+  for (size_t n = 0; n < b.size(); ++n) {
+    Msg t;
+    Decoder dn{ByteView(b.data(), n)};
+    EXPECT_FALSE(t.decode(dn)) << "truncated to " << n;
+  }
+  Bytes longer = b;
+  longer.push_back(0);
+  Msg t;
+  Decoder dl{ByteView(longer)};
+  EXPECT_FALSE(t.decode(dl));
+  auto corrupt = [&](size_t at, uint8_t v) {
+    Bytes c = b;
+    c[at] = v;
+    Msg x;
+    Decoder dc{ByteView(c)};
+    return x.decode(dc);
+  };
+  EXPECT_FALSE(corrupt(1, 0));      // type 0
+  EXPECT_FALSE(corrupt(1, 7));      // type 7
+  EXPECT_FALSE(corrupt(1, 20));     // type 20
+  EXPECT_FALSE(corrupt(18, 2));     // access 2
+  EXPECT_FALSE(corrupt(19, 4));     // mode 4
+  EXPECT_FALSE(corrupt(20, 1));     // node 0x01ff
+  EXPECT_TRUE(corrupt(21, 0));      // node 0
+  for (uint16_t t16 : {1, 2, 3, 4, 5, 6, 16, 17, 18, 19}) {
+    EXPECT_TRUE(corrupt(1, static_cast<uint8_t>(t16))) << t16;
+    EXPECT_STRNE(msg_type_name(static_cast<MsgType>(t16)), "?");
+  }
+  EXPECT_TRUE(for_directory(MsgType::kDone));
+  EXPECT_FALSE(for_directory(MsgType::kGrant));
+  EXPECT_NE(m.str().find("Grant"), std::string::npos);
+}
+
+TEST(DsmGeometry, BlockSize) {
+  EXPECT_TRUE(valid_block_size(1 << 20, 4096));
+  EXPECT_TRUE(valid_block_size(1 << 20, 1 << 20));
+  EXPECT_FALSE(valid_block_size(1 << 20, 1 << 21));
+  EXPECT_FALSE(valid_block_size(1 << 20, 2048));
+  EXPECT_FALSE(valid_block_size(1 << 20, 12288));  // not a power of two
+  EXPECT_FALSE(valid_block_size(0, 4096));
+  EXPECT_TRUE(valid_block_size(100, 4096));        // a segment smaller than a page is one page
+  EXPECT_FALSE(valid_block_size(100, 8192));
+  EXPECT_TRUE(valid_block_size(12288, 16384));     // whole segment, rounded up to a power of two
+  EXPECT_FALSE(valid_block_size(12288, 32768));
+  EXPECT_EQ(block_count(1 << 20, 4096), 256u);
+  EXPECT_EQ(block_count(12288, 8192), 2u);         // last block partial
+  EXPECT_EQ(block_count(12288, 16384), 1u);
+  EXPECT_EQ(block_count(1, 4096), 1u);
+  EXPECT_EQ(block_count(1 << 20, 3000), 0u);
+}
+
+TEST(DsmNodeSet, Basics) {
+  NodeSet s;
+  EXPECT_TRUE(s.empty());
+  s.add(1);
+  s.add(64);
+  s.add(255);
+  s.add(300);  // ignored
+  EXPECT_EQ(s.size(), 3u);
+  EXPECT_EQ(s.members(), (std::vector<NodeId>{1, 64, 255}));
+  s.remove(64);
+  EXPECT_FALSE(s.has(64));
+  EXPECT_TRUE(s.has(255));
+  EXPECT_FALSE(s.has(300));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// NodeCache transitions (node 2, home 1)
+
+struct CacheFixture : ::testing::Test {
+  NodeCache c{kSeg, 4, 2, 1};
+  std::vector<Msg> out;
+  std::vector<LA> local;
+  void clear() {
+    out.clear();
+    local.clear();
+  }
+  void recv(Msg m, int64_t now = 0) {
+    m.to = 2;
+    m.from = 1;
+    clear();
+    c.on_message(m, now, out, local);
+  }
+  Msg grant(uint32_t b, Access a, NodeId src, uint32_t txn) {
+    Msg m = make(MsgType::kGrant, 1, 2, b, txn);
+    m.access = a;
+    m.node = src;
+    return m;
+  }
+  Msg fetch(uint32_t b, FetchMode md, uint32_t txn) {
+    Msg m = make(MsgType::kFetch, 1, 2, b, txn);
+    m.mode = md;
+    m.node = 3;
+    return m;
+  }
+  // Drives block b to Shared (src 3) or Exclusive (src 0) through the protocol.
+  void get(uint32_t b, Access a) {
+    clear();
+    ASSERT_EQ(c.on_fault(b, a, out), NodeCache::Fault::kParked);
+    recv(grant(b, a, a == Access::kRead ? 3 : kNoNode, 50 + b));
+    clear();
+    c.on_data_ready(b, 10, out, local);
+    clear();
+  }
+  static LA act(LA::Kind k, uint32_t b, bool w = false, NodeId n = kNoNode) { return LA{k, b, w, n}; }
+};
+
+TEST_F(CacheFixture, ReadMissFillInstall) {
+  EXPECT_EQ(c.state(0), NodeCache::State::kInvalid);
+  EXPECT_EQ(c.on_fault(0, Access::kRead, out), NodeCache::Fault::kParked);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].type, MsgType::kReadReq);
+  EXPECT_EQ(out[0].to, 1);
+  EXPECT_EQ(out[0].from, 2);
+  EXPECT_EQ(c.state(0), NodeCache::State::kIS);
+  // More faults on the block while the request is outstanding send nothing (a write one included).
+  clear();
+  EXPECT_EQ(c.on_fault(0, Access::kRead, out), NodeCache::Fault::kParked);
+  EXPECT_EQ(c.on_fault(0, Access::kWrite, out), NodeCache::Fault::kParked);
+  EXPECT_TRUE(out.empty());
+  recv(grant(0, Access::kRead, 3, 7));
+  EXPECT_TRUE(out.empty());
+  EXPECT_EQ(local, (std::vector<LA>{act(LA::kFetchData, 0, false, 3)}));
+  EXPECT_EQ(c.state(0), NodeCache::State::kISD);
+  EXPECT_FALSE(c.readable(0));
+  clear();
+  c.on_data_ready(0, 123, out, local);
+  EXPECT_EQ(local, (std::vector<LA>{act(LA::kInstall, 0, false), act(LA::kWake, 0)}));
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].type, MsgType::kDone);
+  EXPECT_EQ(out[0].txn, 7u);
+  EXPECT_EQ(c.state(0), NodeCache::State::kShared);
+  EXPECT_EQ(c.installed_at(0), 123);
+  EXPECT_TRUE(c.readable(0));
+  EXPECT_FALSE(c.writable(0));
+  // A read now proceeds; the parked write retries and asks for the upgrade.
+  clear();
+  EXPECT_EQ(c.on_fault(0, Access::kRead, out), NodeCache::Fault::kProceed);
+  EXPECT_EQ(c.on_fault(0, Access::kWrite, out), NodeCache::Fault::kParked);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].type, MsgType::kWriteReq);
+  EXPECT_EQ(c.state(0), NodeCache::State::kSM);
+  EXPECT_EQ(c.bad_messages(), 0u);
+}
+
+TEST_F(CacheFixture, WriteMissZeroFill) {
+  c.on_fault(1, Access::kWrite, out);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].type, MsgType::kWriteReq);
+  EXPECT_EQ(c.state(1), NodeCache::State::kIM);
+  recv(grant(1, Access::kWrite, kNoNode, 9));
+  EXPECT_EQ(local, (std::vector<LA>{act(LA::kFetchData, 1, false, kNoNode)}));
+  EXPECT_EQ(c.state(1), NodeCache::State::kIMD);
+  clear();
+  c.on_data_ready(1, 5, out, local);
+  EXPECT_EQ(local, (std::vector<LA>{act(LA::kInstall, 1, true), act(LA::kWake, 1)}));
+  EXPECT_EQ(c.state(1), NodeCache::State::kExclusive);
+  EXPECT_TRUE(c.writable(1));
+  clear();
+  EXPECT_EQ(c.on_fault(1, Access::kWrite, out), NodeCache::Fault::kProceed);
+  EXPECT_TRUE(out.empty());
+}
+
+TEST_F(CacheFixture, UpgradeInPlace) {
+  get(0, Access::kRead);
+  c.on_fault(0, Access::kWrite, out);
+  EXPECT_EQ(c.state(0), NodeCache::State::kSM);
+  EXPECT_TRUE(c.readable(0));  // reads go on while the upgrade is outstanding
+  recv(grant(0, Access::kWrite, 2, 11), 77);
+  EXPECT_EQ(local, (std::vector<LA>{act(LA::kInstall, 0, true), act(LA::kWake, 0)}));
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].type, MsgType::kDone);
+  EXPECT_EQ(out[0].txn, 11u);
+  EXPECT_EQ(c.state(0), NodeCache::State::kExclusive);
+  EXPECT_EQ(c.installed_at(0), 77);
+}
+
+TEST_F(CacheFixture, UpgradeCrossesInvalidation) {
+  get(0, Access::kRead);
+  c.on_fault(0, Access::kWrite, out);
+  recv(make(MsgType::kInvalidate, 1, 2, 0, 30));
+  EXPECT_EQ(local, (std::vector<LA>{act(LA::kInvalidate, 0)}));
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].type, MsgType::kInvAck);
+  EXPECT_EQ(out[0].txn, 30u);
+  EXPECT_EQ(c.state(0), NodeCache::State::kIM);  // the request stays outstanding
+  recv(grant(0, Access::kWrite, 4, 31));
+  EXPECT_EQ(local, (std::vector<LA>{act(LA::kFetchData, 0, false, 4)}));
+  EXPECT_EQ(c.state(0), NodeCache::State::kIMD);
+  EXPECT_EQ(c.bad_messages(), 0u);
+}
+
+TEST_F(CacheFixture, InvalidateSharedAndInvalid) {
+  get(0, Access::kRead);
+  recv(make(MsgType::kInvalidate, 1, 2, 0, 3));
+  EXPECT_EQ(local, (std::vector<LA>{act(LA::kInvalidate, 0)}));
+  EXPECT_EQ(c.state(0), NodeCache::State::kInvalid);
+  recv(make(MsgType::kInvalidate, 1, 2, 0, 4));  // idempotent
+  EXPECT_TRUE(local.empty());
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].type, MsgType::kInvAck);
+}
+
+TEST_F(CacheFixture, FetchDowngradeInvalidateWriteBack) {
+  get(0, Access::kWrite);
+  recv(fetch(0, FetchMode::kDowngrade, 5));
+  EXPECT_EQ(local, (std::vector<LA>{act(LA::kWriteProtect, 0)}));
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].type, MsgType::kFetchAck);
+  EXPECT_EQ(out[0].txn, 5u);
+  EXPECT_EQ(c.state(0), NodeCache::State::kShared);
+
+  get(1, Access::kWrite);
+  recv(fetch(1, FetchMode::kInvalidate, 6));
+  EXPECT_EQ(local, (std::vector<LA>{act(LA::kInvalidate, 1)}));
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].type, MsgType::kFetchAck);
+  EXPECT_EQ(c.state(1), NodeCache::State::kInvalid);
+
+  get(2, Access::kWrite);
+  recv(fetch(2, FetchMode::kWriteBack, 8));
+  EXPECT_EQ(local, (std::vector<LA>{act(LA::kInvalidate, 2), act(LA::kWriteBack, 2)}));
+  EXPECT_TRUE(out.empty());  // acknowledged once the data is in the home's frame
+  clear();
+  c.on_writeback_done(2, out);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].type, MsgType::kFetchAck);
+  EXPECT_EQ(out[0].txn, 8u);
+  EXPECT_EQ(c.bad_messages(), 0u);
+}
+
+TEST_F(CacheFixture, LeaveParksFaultsUntilLeaveDone) {
+  get(0, Access::kRead);
+  c.leave(out);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].type, MsgType::kLeave);
+  EXPECT_TRUE(c.leaving());
+  clear();
+  EXPECT_EQ(c.on_fault(1, Access::kRead, out), NodeCache::Fault::kParked);
+  EXPECT_TRUE(out.empty());
+  recv(make(MsgType::kLeaveDone, 1, 2, 0));
+  EXPECT_EQ(local, (std::vector<LA>{act(LA::kInvalidate, 0), act(LA::kLeft, 0), act(LA::kWake, 1)}));
+  EXPECT_FALSE(c.leaving());
+  EXPECT_EQ(c.state(0), NodeCache::State::kInvalid);
+  clear();
+  EXPECT_EQ(c.on_fault(1, Access::kRead, out), NodeCache::Fault::kParked);  // joins again
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].type, MsgType::kReadReq);
+}
+
+TEST_F(CacheFixture, RejectsWhatItMustNotActOn) {
+  Msg m = grant(0, Access::kRead, 3, 1);
+  m.segment = 99;
+  recv(m);  // other segment
+  m = grant(0, Access::kRead, 3, 1);
+  m.from = 3;
+  clear();
+  c.on_message(m, 0, out, local);  // not from the home
+  recv(grant(0, Access::kRead, 3, 1));  // no request outstanding
+  recv(grant(9, Access::kRead, 3, 1));  // block out of range
+  recv(make(MsgType::kLeaveDone, 1, 2, 0));  // not leaving
+  recv(make(MsgType::kDone, 1, 2, 0));  // a directory message
+  EXPECT_TRUE(local.empty());
+  EXPECT_TRUE(out.empty());
+  EXPECT_EQ(c.bad_messages(), 6u);
+  EXPECT_EQ(c.state(0), NodeCache::State::kInvalid);
+  NodeCache home{kSeg, 1, 1, 1};
+  home.leave(out);  // the home never leaves
+  EXPECT_EQ(home.bad_messages(), 1u);
+}
+
+TEST(DsmNodeCache, HomeWritesBackInPlace) {
+  NodeCache h{kSeg, 1, 1, 1};
+  std::vector<Msg> out;
+  std::vector<LA> local;
+  Msg f = make(MsgType::kFetch, 1, 1, 0, 3);
+  f.mode = FetchMode::kWriteBack;
+  h.on_message(f, 0, out, local);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].type, MsgType::kFetchAck);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// HomeDirectory transitions (home 1, nodes 2..4)
+
+struct DirFixture : ::testing::Test {
+  HomeDirectory d{kSeg, 4, 1, 0};
+  std::vector<Msg> out;
+  int64_t now = 1000;
+  void send(MsgType t, NodeId from, uint32_t b, uint32_t txn = 0, HomeDirectory* dir = nullptr) {
+    out.clear();
+    (dir ? dir : &d)->on_message(make(t, from, 1, b, txn), now, out);
+  }
+  static void expect_msg(const Msg& m, MsgType t, NodeId to, uint32_t b) {
+    EXPECT_EQ(m.type, t) << m.str();
+    EXPECT_EQ(m.to, to) << m.str();
+    EXPECT_EQ(m.from, 1) << m.str();
+    EXPECT_EQ(m.block, b) << m.str();
+    EXPECT_EQ(m.segment, kSeg) << m.str();
+  }
+  // Runs a complete read or write transaction of `node` on block b, acknowledging everything.
+  void txn(NodeId node, uint32_t b, Access a, HomeDirectory* dir = nullptr) {
+    HomeDirectory& h = dir ? *dir : d;
+    std::vector<Msg> pending;
+    h.on_message(make(a == Access::kRead ? MsgType::kReadReq : MsgType::kWriteReq, node, 1, b), now, pending);
+    for (size_t guard = 0; guard < 20 && !pending.empty(); ++guard) {
+      std::vector<Msg> next;
+      for (const Msg& m : pending) {
+        if (m.type == MsgType::kFetch) h.on_message(make(MsgType::kFetchAck, m.to, 1, m.block, m.txn), now, next);
+        if (m.type == MsgType::kInvalidate) h.on_message(make(MsgType::kInvAck, m.to, 1, m.block, m.txn), now, next);
+        if (m.type == MsgType::kGrant) h.on_message(make(MsgType::kDone, m.to, 1, m.block, m.txn), now, next);
+      }
+      pending = next;
+    }
+    ASSERT_TRUE(pending.empty());
+    ASSERT_EQ(h.check(), "");
+  }
+  static NodeSet set(std::initializer_list<NodeId> l) {
+    NodeSet s;
+    for (NodeId n : l) s.add(n);
+    return s;
+  }
+};
+
+TEST_F(DirFixture, ReadOfNeverWrittenBlockZeroFills) {
+  send(MsgType::kReadReq, 2, 0);
+  ASSERT_EQ(out.size(), 1u);
+  expect_msg(out[0], MsgType::kGrant, 2, 0);
+  EXPECT_EQ(out[0].access, Access::kRead);
+  EXPECT_EQ(out[0].node, kNoNode);
+  EXPECT_TRUE(d.block(0).busy);
+  uint32_t t = out[0].txn;
+  send(MsgType::kDone, 2, 0, t);
+  EXPECT_TRUE(out.empty());
+  auto v = d.block(0);
+  EXPECT_EQ(v.owner, 2);
+  EXPECT_FALSE(v.exclusive);
+  EXPECT_EQ(v.copyset, set({2}));
+  EXPECT_FALSE(v.busy);
+  EXPECT_TRUE(d.idle());
+  EXPECT_EQ(d.check(), "");
+}
+
+TEST_F(DirFixture, ReadOfSharedBlockCopiesFromOwner) {
+  txn(2, 0, Access::kRead);
+  send(MsgType::kReadReq, 3, 0);
+  ASSERT_EQ(out.size(), 1u);
+  expect_msg(out[0], MsgType::kGrant, 3, 0);
+  EXPECT_EQ(out[0].node, 2);
+  send(MsgType::kDone, 3, 0, out[0].txn);
+  EXPECT_EQ(d.block(0).copyset, set({2, 3}));
+  EXPECT_EQ(d.block(0).owner, 2);
+}
+
+TEST_F(DirFixture, ReadOfExclusiveBlockDowngradesOwner) {
+  txn(2, 0, Access::kWrite);
+  EXPECT_TRUE(d.block(0).exclusive);
+  send(MsgType::kReadReq, 3, 0);
+  ASSERT_EQ(out.size(), 1u);
+  expect_msg(out[0], MsgType::kFetch, 2, 0);
+  EXPECT_EQ(out[0].mode, FetchMode::kDowngrade);
+  EXPECT_EQ(out[0].node, 3);
+  uint32_t t = out[0].txn;
+  send(MsgType::kFetchAck, 2, 0, t);
+  ASSERT_EQ(out.size(), 1u);
+  expect_msg(out[0], MsgType::kGrant, 3, 0);
+  EXPECT_EQ(out[0].node, 2);
+  EXPECT_EQ(out[0].txn, t);
+  send(MsgType::kDone, 3, 0, t);
+  auto v = d.block(0);
+  EXPECT_FALSE(v.exclusive);
+  EXPECT_EQ(v.owner, 2);
+  EXPECT_EQ(v.copyset, set({2, 3}));
+}
+
+TEST_F(DirFixture, WriteInvalidatesEveryCopy) {
+  txn(2, 0, Access::kRead);
+  txn(3, 0, Access::kRead);
+  send(MsgType::kWriteReq, 4, 0);
+  ASSERT_EQ(out.size(), 2u);
+  expect_msg(out[0], MsgType::kInvalidate, 2, 0);
+  expect_msg(out[1], MsgType::kInvalidate, 3, 0);
+  uint32_t t = out[0].txn;
+  send(MsgType::kInvAck, 3, 0, t);
+  EXPECT_TRUE(out.empty());  // one ack still outstanding
+  send(MsgType::kInvAck, 2, 0, t);
+  ASSERT_EQ(out.size(), 1u);
+  expect_msg(out[0], MsgType::kGrant, 4, 0);
+  EXPECT_EQ(out[0].access, Access::kWrite);
+  EXPECT_EQ(out[0].node, 2);  // the (unmapped, stable) frame of the previous owner
+  send(MsgType::kDone, 4, 0, t);
+  auto v = d.block(0);
+  EXPECT_TRUE(v.exclusive);
+  EXPECT_EQ(v.owner, 4);
+  EXPECT_EQ(v.copyset, set({4}));
+  EXPECT_EQ(d.check(), "");
+}
+
+TEST_F(DirFixture, UpgradeGrantsInPlace) {
+  txn(2, 0, Access::kRead);
+  txn(3, 0, Access::kRead);
+  send(MsgType::kWriteReq, 3, 0);
+  ASSERT_EQ(out.size(), 1u);
+  expect_msg(out[0], MsgType::kInvalidate, 2, 0);
+  send(MsgType::kInvAck, 2, 0, out[0].txn);
+  ASSERT_EQ(out.size(), 1u);
+  expect_msg(out[0], MsgType::kGrant, 3, 0);
+  EXPECT_EQ(out[0].node, 3);
+  // The sole reader upgrades with no invalidation at all.
+  txn(2, 1, Access::kRead);
+  send(MsgType::kWriteReq, 2, 1);
+  ASSERT_EQ(out.size(), 1u);
+  expect_msg(out[0], MsgType::kGrant, 2, 1);
+  EXPECT_EQ(out[0].node, 2);
+}
+
+TEST_F(DirFixture, WriteOfExclusiveBlockFetchesInvalidate) {
+  txn(2, 0, Access::kWrite);
+  send(MsgType::kWriteReq, 3, 0);
+  ASSERT_EQ(out.size(), 1u);
+  expect_msg(out[0], MsgType::kFetch, 2, 0);
+  EXPECT_EQ(out[0].mode, FetchMode::kInvalidate);
+  send(MsgType::kFetchAck, 2, 0, out[0].txn);
+  ASSERT_EQ(out.size(), 1u);
+  expect_msg(out[0], MsgType::kGrant, 3, 0);
+  EXPECT_EQ(out[0].node, 2);
+  auto mid = d.block(0);  // between grant and Done: the old owner's frame is the (unmapped) source
+  EXPECT_EQ(mid.owner, 2);
+  EXPECT_FALSE(mid.exclusive);
+  EXPECT_TRUE(mid.copyset.empty());
+  send(MsgType::kDone, 3, 0, out[0].txn);
+  EXPECT_EQ(d.block(0).owner, 3);
+  EXPECT_TRUE(d.block(0).exclusive);
+}
+
+TEST_F(DirFixture, OneTransactionPerBlockRequestsQueue) {
+  txn(2, 0, Access::kWrite);
+  send(MsgType::kReadReq, 3, 0);
+  ASSERT_EQ(out.size(), 1u);
+  uint32_t t1 = out[0].txn;
+  send(MsgType::kWriteReq, 4, 0);
+  EXPECT_TRUE(out.empty());
+  send(MsgType::kReadReq, 2, 1);  // other blocks are independent
+  ASSERT_EQ(out.size(), 1u);
+  expect_msg(out[0], MsgType::kGrant, 2, 1);
+  EXPECT_EQ(d.block(0).queued, 1u);
+  send(MsgType::kFetchAck, 2, 0, t1);
+  ASSERT_EQ(out.size(), 1u);
+  expect_msg(out[0], MsgType::kGrant, 3, 0);
+  send(MsgType::kDone, 3, 0, t1);  // closes t1, starts node 4's write
+  ASSERT_EQ(out.size(), 2u);
+  expect_msg(out[0], MsgType::kInvalidate, 2, 0);
+  expect_msg(out[1], MsgType::kInvalidate, 3, 0);
+  EXPECT_NE(out[0].txn, t1);
+}
+
+TEST_F(DirFixture, StaleAndForeignMessagesAreDropped) {
+  send(MsgType::kReadReq, 2, 0);
+  uint32_t t = out[0].txn;
+  send(MsgType::kDone, 2, 0, t + 1);  // wrong txn
+  send(MsgType::kDone, 3, 0, t);      // not the requester
+  send(MsgType::kInvAck, 2, 0, t);    // not waiting for acks
+  send(MsgType::kReadReq, 2, 9);      // block out of range
+  send(MsgType::kGrant, 2, 0, t);     // a node-side message
+  Msg m = make(MsgType::kReadReq, 2, 1, 0);
+  m.segment = 5;
+  d.on_message(m, now, out);
+  m = make(MsgType::kReadReq, kNoNode, 1, 0);
+  d.on_message(m, now, out);
+  EXPECT_EQ(d.bad_messages(), 7u);
+  EXPECT_TRUE(d.block(0).busy);
+  send(MsgType::kDone, 2, 0, t);
+  EXPECT_FALSE(d.block(0).busy);
+}
+
+TEST(DsmDirectory, QuantumDelaysConflictingTransactions) {
+  HomeDirectory d{kSeg, 2, 1, 50};
+  std::vector<Msg> out;
+  d.on_message(make(MsgType::kWriteReq, 2, 1, 0), 100, out);
+  ASSERT_EQ(out.size(), 1u);
+  uint32_t t = out[0].txn;
+  out.clear();
+  d.on_message(make(MsgType::kDone, 2, 1, 0, t), 100, out);
+  EXPECT_EQ(d.block(0).hold_until, 150);
+  EXPECT_EQ(d.next_timer_us(), kNever);
+  d.on_message(make(MsgType::kReadReq, 3, 1, 0), 120, out);
+  EXPECT_TRUE(out.empty());  // delayed, not refused
+  EXPECT_TRUE(d.block(0).busy);
+  EXPECT_EQ(d.next_timer_us(), 150);
+  d.on_timer(149, out);
+  EXPECT_TRUE(out.empty());
+  d.on_timer(150, out);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].type, MsgType::kFetch);
+  EXPECT_EQ(out[0].to, 2);
+  EXPECT_EQ(d.next_timer_us(), kNever);
+  t = out[0].txn;
+  out.clear();
+  d.on_message(make(MsgType::kFetchAck, 2, 1, 0, t), 151, out);
+  out.clear();
+  d.on_message(make(MsgType::kDone, 3, 1, 0, t), 160, out);
+  // A read of a shared block takes nothing away: granted at once inside the quantum.
+  out.clear();
+  d.on_message(make(MsgType::kReadReq, 4, 1, 0), 161, out);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].type, MsgType::kGrant);
+  t = out[0].txn;
+  out.clear();
+  d.on_message(make(MsgType::kDone, 4, 1, 0, t), 161, out);
+  EXPECT_EQ(d.block(0).copyset.size(), 3u);
+  EXPECT_EQ(d.bad_messages(), 0u);
+}
+
+TEST(DsmDirectory, QuantumAppliesToUpgradeInvalidations) {
+  HomeDirectory d{kSeg, 1, 1, 1000};
+  std::vector<Msg> out;
+  d.on_message(make(MsgType::kReadReq, 2, 1, 0), 0, out);
+  d.on_message(make(MsgType::kDone, 2, 1, 0, out.back().txn), 10, out);
+  d.on_message(make(MsgType::kReadReq, 3, 1, 0), 20, out);
+  d.on_message(make(MsgType::kDone, 3, 1, 0, out.back().txn), 30, out);
+  out.clear();
+  d.on_message(make(MsgType::kWriteReq, 2, 1, 0), 40, out);  // would invalidate 3, which got it at 30
+  EXPECT_TRUE(out.empty());
+  EXPECT_EQ(d.next_timer_us(), 1030);
+  d.on_timer(2000, out);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].type, MsgType::kInvalidate);
+  EXPECT_EQ(out[0].to, 3);
+}
+
+TEST_F(DirFixture, LeaveWritesBackExclusiveBlocks) {
+  txn(2, 0, Access::kWrite);  // 2 exclusive
+  txn(2, 1, Access::kRead);   // 2 sole reader
+  txn(2, 2, Access::kRead);
+  txn(3, 2, Access::kRead);   // 2 owner, 3 also has it
+  txn(3, 3, Access::kRead);
+  txn(2, 3, Access::kRead);   // 2 a reader, 3 owner
+  send(MsgType::kLeave, 2, 0);
+  ASSERT_EQ(out.size(), 4u);  // blocks 0 and 1 are written back, the copies of 2 and 3 invalidated
+  expect_msg(out[0], MsgType::kFetch, 2, 0);
+  EXPECT_EQ(out[0].mode, FetchMode::kWriteBack);
+  expect_msg(out[1], MsgType::kFetch, 2, 1);
+  EXPECT_EQ(out[1].mode, FetchMode::kWriteBack);
+  expect_msg(out[2], MsgType::kInvalidate, 2, 2);
+  expect_msg(out[3], MsgType::kInvalidate, 2, 3);
+  EXPECT_EQ(d.block(2).owner, 3);  // the other holder owns it at once
+  EXPECT_EQ(d.check(), "");
+  std::vector<Msg> fetches = out;
+  send(MsgType::kInvAck, 2, 2, fetches[2].txn);
+  send(MsgType::kInvAck, 2, 3, fetches[3].txn);
+  EXPECT_EQ(d.block(2).copyset, set({3}));
+  EXPECT_EQ(d.block(3).copyset, set({3}));
+  send(MsgType::kFetchAck, 2, 0, fetches[0].txn);
+  EXPECT_TRUE(out.empty());
+  send(MsgType::kFetchAck, 2, 1, fetches[1].txn);
+  ASSERT_EQ(out.size(), 1u);
+  expect_msg(out[0], MsgType::kLeaveDone, 2, 0);
+  for (uint32_t b : {0u, 1u}) {
+    auto v = d.block(b);
+    EXPECT_EQ(v.owner, 1) << b;  // parked in the home's frame
+    EXPECT_FALSE(v.exclusive);
+    EXPECT_TRUE(v.copyset.empty());
+  }
+  EXPECT_EQ(d.check(), "");
+  // A reader now copies from the home's frame and becomes the owner; the home itself gets it in place.
+  send(MsgType::kReadReq, 3, 0);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].node, 1);
+  send(MsgType::kDone, 3, 0, out[0].txn);
+  EXPECT_EQ(d.block(0).owner, 3);
+  send(MsgType::kWriteReq, 1, 1);
+  ASSERT_EQ(out.size(), 1u);
+  expect_msg(out[0], MsgType::kGrant, 1, 1);
+  EXPECT_EQ(out[0].node, 1);
+  EXPECT_EQ(d.check(), "");
+}
+
+TEST_F(DirFixture, LeaveOfUninvolvedNodeAndQueuedRequests) {
+  send(MsgType::kLeave, 4, 0);
+  ASSERT_EQ(out.size(), 1u);
+  expect_msg(out[0], MsgType::kLeaveDone, 4, 0);
+  send(MsgType::kLeave, 1, 0);  // the home never leaves
+  EXPECT_TRUE(out.empty());
+  EXPECT_EQ(d.bad_messages(), 1u);
+  // Node 3's write is queued behind node 2's; node 3 then leaves: its request is served first, then written back.
+  send(MsgType::kWriteReq, 2, 0);
+  uint32_t t2 = out[0].txn;
+  send(MsgType::kWriteReq, 3, 0);
+  send(MsgType::kLeave, 3, 0);
+  EXPECT_TRUE(out.empty());
+  send(MsgType::kReadReq, 3, 1);  // a leaving node sends no request; dropped
+  EXPECT_EQ(d.bad_messages(), 2u);
+  send(MsgType::kDone, 2, 0, t2);
+  ASSERT_EQ(out.size(), 1u);
+  expect_msg(out[0], MsgType::kFetch, 2, 0);
+  send(MsgType::kFetchAck, 2, 0, out[0].txn);
+  ASSERT_EQ(out.size(), 1u);
+  expect_msg(out[0], MsgType::kGrant, 3, 0);
+  send(MsgType::kDone, 3, 0, out[0].txn);
+  ASSERT_EQ(out.size(), 1u);
+  expect_msg(out[0], MsgType::kFetch, 3, 0);
+  EXPECT_EQ(out[0].mode, FetchMode::kWriteBack);
+  send(MsgType::kFetchAck, 3, 0, out[0].txn);
+  ASSERT_EQ(out.size(), 1u);
+  expect_msg(out[0], MsgType::kLeaveDone, 3, 0);
+  EXPECT_EQ(d.block(0).owner, 1);
+}
+
+TEST_F(DirFixture, NodeLostDuringTransactions) {
+  txn(2, 0, Access::kWrite);  // block 0: only node 2 has it -> lost
+  txn(3, 1, Access::kRead);
+  txn(2, 1, Access::kRead);   // block 1: 3 owns, 2 reads
+  send(MsgType::kWriteReq, 4, 1);  // waits for 2's and 3's InvAck
+  ASSERT_EQ(out.size(), 2u);
+  uint32_t t = out[0].txn;
+  send(MsgType::kReadReq, 2, 2);   // in flight for node 2
+  send(MsgType::kReadReq, 3, 2);   // queued behind it
+  out.clear();
+  std::vector<uint32_t> lost = d.on_node_lost(2, now, out);
+  EXPECT_EQ(lost, (std::vector<uint32_t>{0}));
+  EXPECT_EQ(d.lost_blocks(), 1u);
+  EXPECT_EQ(d.block(0).owner, 1);
+  // Block 2: node 2's grant is void, node 3's read is granted next.
+  ASSERT_EQ(out.size(), 1u);
+  expect_msg(out[0], MsgType::kGrant, 3, 2);
+  send(MsgType::kInvAck, 3, 1, t);  // block 1 no longer waits for node 2
+  ASSERT_EQ(out.size(), 1u);
+  expect_msg(out[0], MsgType::kGrant, 4, 1);
+  EXPECT_EQ(out[0].node, 3);
+  EXPECT_EQ(d.check(), "");
+}
+
+TEST_F(DirFixture, SourceLostMidCopyIsGrantedAgain) {
+  txn(2, 0, Access::kWrite);
+  send(MsgType::kWriteReq, 3, 0);
+  send(MsgType::kFetchAck, 2, 0, out[0].txn);
+  ASSERT_EQ(out.size(), 1u);
+  uint32_t t = out[0].txn;
+  EXPECT_EQ(out[0].node, 2);
+  out.clear();
+  d.on_node_lost(2, now, out);
+  ASSERT_EQ(out.size(), 1u);
+  expect_msg(out[0], MsgType::kGrant, 3, 0);
+  EXPECT_EQ(out[0].txn, t);
+  EXPECT_EQ(out[0].node, 1);  // the home's (stale) frame
+  send(MsgType::kDone, 3, 0, t);
+  EXPECT_EQ(d.block(0).owner, 3);
+  EXPECT_TRUE(d.block(0).exclusive);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Simulated cluster: every node runs a NodeCache (the home also the HomeDirectory), pages carry one 64-bit word.
+
+constexpr uint64_t kGarbage = 0xdeaddeaddeaddeadull;  // the frames of a node that left
+
+struct Sim {
+  enum class Map : uint8_t { kNone, kRO, kRW };
+  struct Async {
+    LA::Kind kind;
+    uint32_t block;
+    NodeId src;
+  };
+  struct Op {
+    enum Kind : uint8_t { kRead, kWrite, kAdd } kind;
+    uint32_t block;
+  };
+  struct Proc {
+    std::deque<Op> ops;
+    bool parked = false;
+    uint32_t parked_on = 0;
+    uint64_t parked_step = 0;
+  };
+  struct Node {
+    NodeId id = 0;
+    std::unique_ptr<NodeCache> cache;
+    std::vector<uint64_t> frame;
+    std::vector<Map> map;
+    std::vector<Async> async;
+    std::vector<Proc> procs;
+    bool left = false;  // LeaveDone received, not joined again
+  };
+
+  std::mt19937_64 rng;
+  NodeId home = 1;
+  uint32_t nblocks;
+  int64_t quantum;
+  int64_t now = 0;
+  uint64_t step = 0;
+  HomeDirectory dir;
+  std::map<NodeId, Node> nodes;
+  std::map<std::pair<NodeId, NodeId>, std::deque<Msg>> chan;
+  std::vector<uint64_t> ref;  // the latest written value of each block
+  uint64_t next_value = 1;
+  std::string failure;
+  // statistics
+  uint64_t reads = 0, writes = 0, adds = 0, faults = 0, msgs = 0, max_wait = 0, quantum_waits = 0, leaves = 0;
+  uint64_t max_fault_wait_bound = 20000;
+  bool trace = false;
+
+  Sim(uint64_t seed, int n_others, uint32_t nb, int64_t q)
+      : rng(seed), nblocks(nb), quantum(q), dir(kSeg, nb, 1, q), ref(nb, 0) {
+    for (NodeId id = 1; id <= static_cast<NodeId>(n_others + 1); ++id) {
+      Node& n = nodes[id];
+      n.id = id;
+      n.cache = std::make_unique<NodeCache>(kSeg, nb, id, home);
+      n.frame.assign(nb, 0);
+      n.map.assign(nb, Map::kNone);
+    }
+  }
+  uint64_t rnd(uint64_t n) { return n ? rng() % n : 0; }
+  void fail(const std::string& s) {
+    if (failure.empty()) failure = "step " + std::to_string(step) + ": " + s;
+  }
+
+  void script(Node& n, int procs, int ops_per_proc, bool with_adds) {
+    n.procs.resize(static_cast<size_t>(procs));
+    for (Proc& p : n.procs) {
+      for (int i = 0; i < ops_per_proc; ++i) {
+        Op op;
+        uint64_t r = rnd(10);
+        if (with_adds && r < 3) {
+          op.kind = Op::kAdd;
+          op.block = nblocks - 1;  // the counter block: fetch-adds only
+        } else {
+          op.kind = r < 7 ? Op::kRead : Op::kWrite;
+          op.block = static_cast<uint32_t>(rnd(with_adds ? nblocks - 1 : nblocks));
+        }
+        p.ops.push_back(op);
+      }
+    }
+  }
+
+  void send_all(std::vector<Msg>& out, NodeId from) {
+    for (Msg& m : out) {
+      if (m.from != from) fail("message with wrong sender " + m.str());
+      chan[{m.from, m.to}].push_back(m);
+      ++msgs;
+    }
+    out.clear();
+  }
+
+  void apply(Node& n, std::vector<LA>& local) {
+    for (const LA& a : local) {
+      switch (a.kind) {
+        case LA::kInstall:
+          n.map[a.block] = a.writable ? Map::kRW : Map::kRO;
+          break;
+        case LA::kWriteProtect:
+          if (n.map[a.block] != Map::kRW) fail("write-protect of a block not mapped writable");
+          n.map[a.block] = Map::kRO;
+          break;
+        case LA::kInvalidate:
+          n.map[a.block] = Map::kNone;
+          break;
+        case LA::kWake:
+          for (Proc& p : n.procs)
+            if (p.parked && p.parked_on == a.block) p.parked = false;
+          break;
+        case LA::kFetchData:
+        case LA::kWriteBack:
+          n.async.push_back(Async{a.kind, a.block, a.node});
+          break;
+        case LA::kLeft:
+          for (Map m : n.map)
+            if (m != Map::kNone) fail("a mapping survived LeaveDone");
+          n.frame.assign(nblocks, kGarbage);  // frames released; a protocol bug reading them shows
+          n.left = true;
+          break;
+      }
+    }
+    local.clear();
+  }
+
+  // Delivers the head of one channel.
+  void deliver(std::pair<NodeId, NodeId> key) {
+    auto& q = chan[key];
+    Msg m = q.front();
+    q.pop_front();
+    if (trace) std::printf("%llu t=%lld deliver %s\n", static_cast<unsigned long long>(step), static_cast<long long>(now), m.str().c_str());
+    std::vector<Msg> out;
+    if (for_directory(m.type)) {
+      if (m.to != home) fail("directory message to a non-home node");
+      dir.on_message(m, now, out);
+      send_all(out, home);
+      return;
+    }
+    Node& n = nodes.at(m.to);
+    // Quantum: a node that holds the block never gives it up sooner than quantum after installing it.
+    bool takes_away = m.type == MsgType::kInvalidate ||
+                      (m.type == MsgType::kFetch && m.mode != FetchMode::kWriteBack);
+    if (takes_away && n.cache->readable(m.block) && !n.cache->leaving() &&
+        now - n.cache->installed_at(m.block) < quantum)
+      fail("quantum violated at node " + std::to_string(n.id) + " by " + m.str());
+    std::vector<LA> local;
+    n.cache->on_message(m, now, out, local);
+    apply(n, local);  // local pages first, then the acknowledgements leave
+    send_all(out, n.id);
+  }
+
+  void complete_async(Node& n, size_t i) {
+    Async a = n.async[i];
+    n.async.erase(n.async.begin() + static_cast<std::ptrdiff_t>(i));
+    if (trace) std::printf("%llu node %u async %d b=%u src=%u\n", static_cast<unsigned long long>(step), n.id, a.kind, a.block, a.src);
+    std::vector<Msg> out;
+    std::vector<LA> local;
+    if (a.kind == LA::kFetchData) {
+      n.frame[a.block] = a.src == kNoNode ? 0 : nodes.at(a.src).frame[a.block];
+      n.cache->on_data_ready(a.block, now, out, local);
+    } else {
+      nodes.at(home).frame[a.block] = n.frame[a.block];
+      n.cache->on_writeback_done(a.block, out);
+    }
+    apply(n, local);
+    send_all(out, n.id);
+  }
+
+  void run_op(Node& n, Proc& p) {
+    Op op = p.ops.front();
+    Map m = n.map[op.block];
+    if (trace) std::printf("%llu node %u op %d b=%u map=%d\n", static_cast<unsigned long long>(step), n.id, op.kind, op.block, static_cast<int>(m));
+    bool ok = op.kind == Op::kRead ? m != Map::kNone : m == Map::kRW;
+    if (ok) {
+      uint64_t& v = n.frame[op.block];
+      if (op.kind == Op::kRead) {
+        ++reads;
+        if (v != ref[op.block])
+          fail("node " + std::to_string(n.id) + " read " + std::to_string(v) + " from block " +
+               std::to_string(op.block) + ", latest write was " + std::to_string(ref[op.block]));
+      } else if (op.kind == Op::kWrite) {
+        ++writes;
+        v = ref[op.block] = next_value++;
+      } else {
+        ++adds;
+        if (v != ref[op.block]) fail("fetch-add saw a stale value");
+        v = ref[op.block] = v + 1;
+      }
+      if (p.parked_step) {
+        max_wait = std::max(max_wait, step - p.parked_step);
+        if (step - p.parked_step > max_fault_wait_bound) fail("a fault waited more than the bound");
+        p.parked_step = 0;
+      }
+      p.ops.pop_front();
+      return;
+    }
+    std::vector<Msg> out;
+    ++faults;
+    NodeCache::Fault f = n.cache->on_fault(op.block, op.kind == Op::kRead ? Access::kRead : Access::kWrite, out);
+    send_all(out, n.id);
+    if (f == NodeCache::Fault::kProceed) {
+      fail("fault told to proceed on a block the caller does not map");
+      return;
+    }
+    p.parked = true;
+    p.parked_on = op.block;
+    if (!p.parked_step) p.parked_step = step;
+  }
+
+  void check_invariants() {
+    if (std::string s = dir.check(); !s.empty()) fail("directory: " + s);
+    for (uint32_t b = 0; b < nblocks; ++b) {
+      int rw = 0, ro = 0, excl = 0, shared = 0;
+      for (auto& [id, n] : nodes) {
+        Map m = n.map[b];
+        rw += m == Map::kRW;
+        ro += m == Map::kRO;
+        if (m != Map::kNone && n.frame[b] != ref[b])
+          fail("node " + std::to_string(id) + " maps block " + std::to_string(b) + " with a stale value");
+        if ((m != Map::kNone) != n.cache->readable(b) || (m == Map::kRW) != n.cache->writable(b))
+          fail("mapping differs from the cache state");
+        excl += n.cache->writable(b);
+        shared += n.cache->readable(b) && !n.cache->writable(b);
+      }
+      if (rw > 1 || (rw == 1 && ro > 0)) fail("two writers, or a writer and a reader, on block " + std::to_string(b));
+      if (excl > 1 || (excl == 1 && shared > 0)) fail("single-writer invariant broken on block " + std::to_string(b));
+    }
+  }
+
+  bool all_done() const {
+    for (auto& [id, n] : nodes) {
+      if (!n.async.empty() || n.cache->leaving()) return false;
+      for (const Proc& p : n.procs)
+        if (!p.ops.empty()) return false;
+    }
+    for (auto& [k, q] : chan)
+      if (!q.empty()) return false;
+    return dir.idle();
+  }
+
+  // One random enabled event. Returns false when nothing at all can happen.
+  bool one_step() {
+    ++step;
+    now += static_cast<int64_t>(rnd(4));
+    struct Ev {
+      int kind;
+      NodeId a, b;
+      size_t i;
+    };
+    std::vector<Ev> ev;
+    for (auto& [k, q] : chan)
+      if (!q.empty()) ev.push_back({0, k.first, k.second, 0});
+    for (auto& [id, n] : nodes) {
+      for (size_t i = 0; i < n.async.size(); ++i) ev.push_back({1, id, 0, i});
+      for (size_t i = 0; i < n.procs.size(); ++i)
+        if (!n.procs[i].ops.empty() && !n.procs[i].parked) ev.push_back({2, id, 0, i});
+      // A non-home node whose processes are all finished may leave the segment (then maybe join again).
+      bool idle = std::all_of(n.procs.begin(), n.procs.end(), [](const Proc& p) { return p.ops.empty(); });
+      if (id != home && idle && !n.left && !n.cache->leaving() && rnd(50) == 0) ev.push_back({3, id, 0, 0});
+    }
+    if (dir.next_timer_us() <= now) ev.push_back({4, 0, 0, 0});
+    if (ev.empty()) {
+      if (dir.next_timer_us() != kNever) {
+        now = dir.next_timer_us();  // nothing else to do: time passes until the quantum expires
+        ev.push_back({4, 0, 0, 0});
+      } else {
+        return false;
+      }
+    }
+    const Ev e = ev[rnd(ev.size())];
+    switch (e.kind) {
+      case 0:
+        deliver({e.a, e.b});
+        break;
+      case 1:
+        complete_async(nodes.at(e.a), e.i);
+        break;
+      case 2: {
+        Node& n = nodes.at(e.a);
+        run_op(n, n.procs[e.i]);
+        break;
+      }
+      case 3: {
+        Node& n = nodes.at(e.a);
+        std::vector<Msg> out;
+        n.cache->leave(out);
+        send_all(out, n.id);
+        ++leaves;
+        break;
+      }
+      case 4: {
+        std::vector<Msg> out;
+        ++quantum_waits;
+        dir.on_timer(now, out);
+        send_all(out, home);
+        break;
+      }
+    }
+    // A node that left may join again with a new script; its first faults fetch everything afresh.
+    for (auto& [id, n] : nodes)
+      if (n.left && rnd(20) == 0) {
+        n.left = false;
+        script(n, 2, 6, true);
+      }
+    check_invariants();
+    return true;
+  }
+
+  // Runs to completion; returns "" or the first failure.
+  std::string run(uint64_t max_steps) {
+    while (failure.empty()) {
+      if (all_done()) break;
+      if (step >= max_steps) {
+        fail("no completion within " + std::to_string(max_steps) + " steps (livelock?)");
+        break;
+      }
+      if (!one_step()) {
+        fail("deadlock: nothing can happen but work remains");
+        break;
+      }
+    }
+    if (!failure.empty()) return failure;
+    // Final: the owner's frame of every block holds the latest value; nothing was dropped as bad.
+    for (uint32_t b = 0; b < nblocks; ++b) {
+      auto v = dir.block(b);
+      uint64_t val = v.owner == kNoNode ? 0 : nodes.at(v.owner).frame[b];
+      if (val != ref[b]) fail("owner frame of block " + std::to_string(b) + " lost the latest write");
+    }
+    if (dir.bad_messages()) fail("directory dropped messages");
+    for (auto& [id, n] : nodes)
+      if (n.cache->bad_messages()) fail("node " + std::to_string(id) + " dropped messages");
+    return failure;
+  }
+};
+
+// Directed scenario on the simulator: three nodes fault on one block at once (reads and writes), with the home's own
+// processes taking part; everything is delivered in a fixed order.
+TEST(DsmSim, ConcurrentFaultsOnOneBlock) {
+  Sim s(1, 3, 1, 0);
+  for (NodeId id = 1; id <= 4; ++id) {
+    Sim::Node& n = s.nodes.at(id);
+    n.procs.resize(1);
+    n.procs[0].ops = {{id % 2 ? Sim::Op::kWrite : Sim::Op::kRead, 0}, {Sim::Op::kAdd, 0}, {Sim::Op::kRead, 0}};
+  }
+  EXPECT_EQ(s.run(10000), "");
+  EXPECT_EQ(s.adds, 4u);
+  EXPECT_EQ(s.dir.lost_blocks(), 0u);
+}
+
+struct SimTotals {
+  uint64_t seeds = 0, steps = 0, max_steps = 0, reads = 0, writes = 0, adds = 0, faults = 0, msgs = 0, max_wait = 0,
+           quantum_waits = 0, leaves = 0;
+};
+
+void run_seeds(uint64_t first, uint64_t count, SimTotals& tot) {
+  for (uint64_t seed = first; seed < first + count; ++seed) {
+    std::mt19937_64 pick(seed * 7919 + 1);
+    int others = 3 + static_cast<int>(pick() % 2);              // 3..4 nodes besides the home
+    uint32_t nb = 2 + static_cast<uint32_t>(pick() % 3);        // 2..4 blocks, the last one a counter
+    int64_t q = std::array<int64_t, 4>{0, 3, 20, 100}[pick() % 4];
+    Sim s(seed, others, nb, q);
+    if (const char* tr = std::getenv("DSM_TRACE"); tr && std::strtoull(tr, nullptr, 10) == seed) s.trace = true;
+    uint64_t expected_adds = 0;
+    for (auto& [id, n] : s.nodes) s.script(n, 2, 25, true);
+    std::string r = s.run(400000);
+    ASSERT_EQ(r, "") << "seed " << seed << " nodes " << others + 1 << " blocks " << nb << " quantum " << q;
+    // Every fetch-add landed exactly once: the counter equals the number of fetch-adds executed.
+    expected_adds = s.adds;
+    auto v = s.dir.block(nb - 1);
+    uint64_t counter = v.owner == kNoNode ? 0 : s.nodes.at(v.owner).frame[nb - 1];
+    ASSERT_EQ(counter, expected_adds) << "seed " << seed;
+    ++tot.seeds;
+    tot.steps += s.step;
+    tot.max_steps = std::max(tot.max_steps, s.step);
+    tot.reads += s.reads;
+    tot.writes += s.writes;
+    tot.adds += s.adds;
+    tot.faults += s.faults;
+    tot.msgs += s.msgs;
+    tot.max_wait = std::max(tot.max_wait, s.max_wait);
+    tot.quantum_waits += s.quantum_waits;
+    tot.leaves += s.leaves;
+  }
+}
+
+TEST(DsmSim, RandomizedModelCheck) {
+  SimTotals tot;
+  run_seeds(1, 1500, tot);
+  EXPECT_EQ(tot.seeds, 1500u);
+  EXPECT_GT(tot.leaves, 0u);
+  EXPECT_GT(tot.quantum_waits, 0u);
+  std::printf(
+      "seeds %llu, steps %llu (max %llu per seed), reads %llu, writes %llu, fetch-adds %llu, faults %llu, "
+      "messages %llu, longest fault wait %llu steps, quantum timer firings %llu, leaves %llu\n",
+      static_cast<unsigned long long>(tot.seeds), static_cast<unsigned long long>(tot.steps),
+      static_cast<unsigned long long>(tot.max_steps), static_cast<unsigned long long>(tot.reads),
+      static_cast<unsigned long long>(tot.writes), static_cast<unsigned long long>(tot.adds),
+      static_cast<unsigned long long>(tot.faults), static_cast<unsigned long long>(tot.msgs),
+      static_cast<unsigned long long>(tot.max_wait), static_cast<unsigned long long>(tot.quantum_waits),
+      static_cast<unsigned long long>(tot.leaves));
+}
+
+}  // namespace
+}  // namespace dipc::dsm
