@@ -608,7 +608,12 @@ class TcpTransport final : public Transport {
       ssize_t n = ::recv(l.fd, sp.data(), sp.size(), 0);
       if (n < 0 && errno == EINTR) continue;
       if (n < 0 && errno == EAGAIN) break;
-      if (n <= 0) return close_link(l, n ? fmt::format("recv: {}", strerror(errno)) : "closed by the peer", true);
+      if (n <= 0) {
+        std::string why = n ? fmt::format("recv: {}", strerror(errno)) : "closed by the peer";
+        // A peer that hangs up mid-handshake rejected our proof: the usual cause is a different cluster secret.
+        if (l.state != LinkState::kUp) why += " during authentication (wrong cluster secret?)";
+        return close_link(l, why, true);
+      }
       l.rx.commit(static_cast<size_t>(n));
       if (!drain(l)) return;
       if (static_cast<size_t>(n) < sp.size() || static_cast<size_t>(n) >= budget) break;  // level-triggered: more later
