@@ -96,6 +96,7 @@ bool ClientServer::read_creds(int fd, ipc::Creds& c) {
   c.cap_ipc_owner = cap_eff & (1ull << 15);
   c.cap_sys_admin = cap_eff & (1ull << 21);
   c.cap_sys_resource = cap_eff & (1ull << 24);
+  c.cap_ipc_lock = cap_eff & (1ull << 14);
   return true;
 }
 
@@ -146,7 +147,25 @@ void ClientServer::on_readable(Conn& c, uint32_t events) {
   if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
     uint8_t buf[65536];
     for (;;) {
-      ssize_t n = recv(c.fd, buf, sizeof buf, 0);
+      // recvmsg: a program hands its userfaultfd over with kShmAttached (SCM_RIGHTS).
+      iovec iov{buf, sizeof buf};
+      alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * 4)];
+      msghdr m{};
+      m.msg_iov = &iov;
+      m.msg_iovlen = 1;
+      m.msg_control = cbuf;
+      m.msg_controllen = sizeof cbuf;
+      ssize_t n = recvmsg(c.fd, &m, MSG_CMSG_CLOEXEC);
+      for (cmsghdr* cm = n >= 0 ? CMSG_FIRSTHDR(&m) : nullptr; cm; cm = CMSG_NXTHDR(&m, cm)) {
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
+        size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < k; ++i) {
+          int fd;
+          std::memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
+          c.fds.push_back(fd);
+        }
+      }
+      if (c.fds.size() > 8) return close_conn(id, "too many descriptors passed");
       if (n > 0) {
         c.parser.feed(buf, static_cast<size_t>(n));
         FrameParser::Frame f;
@@ -204,7 +223,10 @@ void ClientServer::on_frame(Conn& c, FrameParser::Frame& f) {
     default:
       break;
   }
-  if (h.op < ipc::kSemGet || h.op > ipc::kMsgCtl) return close_conn(conn_id, "unknown client operation");
+  if (h.op == ipc::kShmAt || h.op == ipc::kShmAttached || h.op == ipc::kShmDt) return on_shm_frame(c, f);
+  for (int fd : c.fds) close(fd);  // descriptors nobody asked for
+  c.fds.clear();
+  if (h.op < ipc::kSemGet || h.op > ipc::kShmCtl) return close_conn(conn_id, "unknown client operation");
   if (c.inflight.count(h.id)) return close_conn(conn_id, "duplicate request id");
   uint64_t token = next_token_++;
   c.inflight[h.id] = token;
@@ -216,6 +238,27 @@ void ClientServer::on_frame(Conn& c, FrameParser::Frame& f) {
     it->second->inflight.erase(frame_id);
     send_frame(conn_id, FrameHeader{FrameKind::kResponse, op, frame_id, st, 0}, body);
   });
+}
+
+// shmat / shmdt: answered in order on the program's shm connection; they carry descriptors both ways.
+void ClientServer::on_shm_frame(Conn& c, FrameParser::Frame& f) {
+  uint64_t conn_id = c.id;
+  const FrameHeader h = f.header;
+  auto answer = [this, conn_id, h](int st, Bytes body) {
+    send_frame(conn_id, FrameHeader{FrameKind::kResponse, h.op, h.id, st, 0}, body);
+  };
+  if (h.op == ipc::kShmAt) {
+    service_.client_shmat(c.creds, f.payload, [this, conn_id, h](int st, Bytes body, int fd) {
+      send_frame(conn_id, FrameHeader{FrameKind::kResponse, h.op, h.id, st, 0}, body, fd);
+      if (fd >= 0) close(fd);
+    });
+    return;
+  }
+  if (h.op == ipc::kShmDt) return service_.client_shmdt(c.creds, conn_id, f.payload, answer);
+  if (c.fds.empty()) return answer(EBADF, {});
+  int uffd = c.fds.front();
+  c.fds.erase(c.fds.begin());
+  service_.client_shm_attached(c.creds, conn_id, f.payload, uffd, answer);
 }
 
 void ClientServer::send_frame(uint64_t conn_id, const FrameHeader& h, ByteView body, int pass_fd) {
@@ -276,6 +319,8 @@ void ClientServer::close_conn(uint64_t conn_id, const char* why) {
   loop_.remove(c->fd);
   fd_conn_.erase(c->fd);
   close(c->fd);
+  for (int fd : c->fds) close(fd);
+  service_.client_conn_closed(conn_id);
   // Calls still blocked on its behalf are withdrawn; nothing is half-applied.
   for (auto& [fid, token] : c->inflight) service_.client_cancel(token);
 }

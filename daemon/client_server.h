@@ -8,6 +8,7 @@
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
+#include <vector>
 
 #include "common/event_loop.h"
 #include "common/frame.h"
@@ -37,10 +38,12 @@ class ClientServer {
     Bytes out;
     bool want_out = false;
     std::unordered_map<uint64_t, uint64_t> inflight;  // frame id -> service token
+    std::vector<int> fds;  // descriptors received (SCM_RIGHTS), taken by the frame that carries them
   };
   void on_accept();
   void on_readable(Conn& c, uint32_t events);
   void on_frame(Conn& c, FrameParser::Frame& f);
+  void on_shm_frame(Conn& c, FrameParser::Frame& f);
   void send_frame(uint64_t conn_id, const FrameHeader& h, ByteView body, int pass_fd = -1);
   void flush(Conn& c);
   void close_conn(uint64_t conn_id, const char* why);

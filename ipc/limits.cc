@@ -26,6 +26,14 @@ Limits Limits::read_proc() {
   one("/proc/sys/kernel/msgmax", l.msgmax);
   one("/proc/sys/kernel/msgmnb", l.msgmnb);
   one("/proc/sys/kernel/msgmni", l.msgmni);
+  one("/proc/sys/kernel/shmmni", l.shmmni);
+  auto one64 = [](const char* path, uint64_t& out) {
+    std::ifstream f(path);
+    uint64_t v;
+    if (f >> v) out = v;
+  };
+  one64("/proc/sys/kernel/shmmax", l.shmmax);
+  one64("/proc/sys/kernel/shmall", l.shmall);
   return l;
 }
 

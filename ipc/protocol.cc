@@ -51,11 +51,86 @@ void GetReq::encode(Encoder& e) const {
   e.i32(key);
   e.i32(nsems);
   e.i32(flg);
+  e.u64(size);
 }
 bool GetReq::decode(Decoder& d) {
   key = d.i32();
   nsems = d.i32();
   flg = d.i32();
+  size = d.u64();
+  return d.ok();
+}
+
+void ShmAtReq::encode(Encoder& e) const {
+  e.i32(id);
+  e.i32(flg);
+}
+bool ShmAtReq::decode(Decoder& d) {
+  id = d.i32();
+  flg = d.i32();
+  return d.ok();
+}
+void ShmAtResp::encode(Encoder& e) const {
+  e.u64(size);
+  e.u64(mapped);
+}
+bool ShmAtResp::decode(Decoder& d) {
+  size = d.u64();
+  mapped = d.u64();
+  return d.ok();
+}
+void ShmAttachReq::encode(Encoder& e) const {
+  e.i32(id);
+  e.u64(addr);
+  e.u64(len);
+  e.i32(flg);
+}
+bool ShmAttachReq::decode(Decoder& d) {
+  id = d.i32();
+  addr = d.u64();
+  len = d.u64();
+  flg = d.i32();
+  return d.ok();
+}
+void ShmCtlReq::encode(Encoder& e) const {
+  e.i32(id);
+  e.i32(cmd);
+  e.u32(uid);
+  e.u32(gid);
+  e.u16(mode);
+}
+bool ShmCtlReq::decode(Decoder& d) {
+  id = d.i32();
+  cmd = d.i32();
+  uid = d.u32();
+  gid = d.u32();
+  mode = d.u16();
+  return d.ok();
+}
+void ShmCtlResp::encode(Encoder& e) const {
+  put_perm(e, stat.perm);
+  e.u64(stat.segsz);
+  e.i64(stat.atime);
+  e.i64(stat.dtime);
+  e.i64(stat.ctime);
+  e.i32(stat.cpid);
+  e.i32(stat.lpid);
+  e.u64(stat.nattch);
+}
+bool ShmCtlResp::decode(Decoder& d) {
+  get_perm(d, stat.perm);
+  stat.segsz = d.u64();
+  stat.atime = d.i64();
+  stat.dtime = d.i64();
+  stat.ctime = d.i64();
+  stat.cpid = d.i32();
+  stat.lpid = d.i32();
+  stat.nattch = d.u64();
+  return d.ok();
+}
+void ShmDestroyMsg::encode(Encoder& e) const { e.i32(id); }
+bool ShmDestroyMsg::decode(Decoder& d) {
+  id = d.i32();
   return d.ok();
 }
 void IdResp::encode(Encoder& e) const { e.i32(id); }
@@ -230,7 +305,7 @@ void HomeHeader::encode(Encoder& e) const {
   e.i32(creds.pid);
   e.u16(creds.node);
   e.u8(static_cast<uint8_t>((creds.cap_ipc_owner ? 1 : 0) | (creds.cap_sys_admin ? 2 : 0) |
-                            (creds.cap_sys_resource ? 4 : 0)));
+                            (creds.cap_sys_resource ? 4 : 0) | (creds.cap_ipc_lock ? 8 : 0)));
   e.u64(token);
 }
 bool HomeHeader::decode(Decoder& d) {
@@ -242,10 +317,11 @@ bool HomeHeader::decode(Decoder& d) {
   creds.pid = d.i32();
   creds.node = d.u16();
   uint8_t caps = d.u8();
-  if (caps > 7) d.fail();
+  if (caps > 15) d.fail();
   creds.cap_ipc_owner = caps & 1;
   creds.cap_sys_admin = caps & 2;
   creds.cap_sys_resource = caps & 4;
+  creds.cap_ipc_lock = caps & 8;
   token = d.u64();
   return d.ok();
 }
@@ -282,6 +358,7 @@ void OpenReq::encode(Encoder& e) const {
   e.i32(id);
   e.i32(nsems);
   e.i32(flg);
+  e.u64(size);
 }
 bool OpenReq::decode(Decoder& d) {
   uint8_t t = d.u8();
@@ -290,6 +367,7 @@ bool OpenReq::decode(Decoder& d) {
   id = d.i32();
   nsems = d.i32();
   flg = d.i32();
+  size = d.u64();
   return d.ok();
 }
 

@@ -37,6 +37,11 @@ enum Op : uint16_t {
   kMsgSnd = 6,
   kMsgRcv = 7,
   kMsgCtl = 8,
+  kShmGet = 9,       // GetReq (size) -> IdResp
+  kShmAt = 10,       // ShmAtReq -> ShmAtResp; the node's view memfd comes with the response (SCM_RIGHTS)
+  kShmAttached = 11, // ShmAttachReq, with the process's userfaultfd (SCM_RIGHTS) -> empty; counts in shm_nattch
+  kShmDt = 12,       // ShmAttachReq (addr, len unused) -> empty
+  kShmCtl = 13,      // ShmCtlReq -> ShmCtlResp (IPC_STAT) or empty
   kCancel = 20,  // one-way, client -> daemon; body: none (frame id names the request)
   kAdminStatus = 30,
   kAdminEnable = 31,
@@ -48,6 +53,8 @@ enum Op : uint16_t {
   kOpen = 104,        // to the home: permission and size checks of a *get that found an existing key
   kHomeCancel = 105,  // one-way: cancel a forwarded request by token
   kProcExit = 106,    // one-way: a process of the sender's node exited (apply SEM_UNDO)
+  kShmDestroy = 107,  // one-way, home -> every node: the segment is gone (IPC_RMID and the last detach)
+  // 120..129: the DSM layer's own messages (dsm/segment.h)
 };
 
 // An id (or key) the daemon does not know: the response carries this body with EINVAL so the preload knows to try
@@ -70,10 +77,11 @@ struct HelloResp {
   bool decode(Decoder& d);
 };
 
-struct GetReq {  // semget / msgget (nsems unused for msgget)
+struct GetReq {  // semget / msgget / shmget (nsems: semget only; size: shmget only)
   int32_t key = 0;
   int32_t nsems = 0;
   int32_t flg = 0;
+  uint64_t size = 0;
   void encode(Encoder& e) const;
   bool decode(Decoder& d);
 };
@@ -147,6 +155,61 @@ struct MsgCtlResp {
   bool decode(Decoder& d);
 };
 
+// ---- shared memory ----
+// shmat is three steps, so that the process maps the segment before the daemon counts the attach:
+//   kShmAt{id, flg}         the home checks ipc_perm (read, or read+write); the reply carries the node's view memfd
+//                           (O_RDONLY for SHM_RDONLY) and the segment's size;
+//   (the process maps it, creates a userfaultfd, registers the mapping MISSING|WP)
+//   kShmAttached{id, addr, len, flg} + the userfaultfd: from now on dipcd resolves the mapping's faults; the home
+//                           counts the attach (shm_nattch, shm_lpid, shm_atime).
+// kShmDt{id, addr}: the process unmapped it. A connection that closes (exit, kill -9, exec) detaches everything it
+// attached, so a process uses one connection for all its attaches.
+struct ShmAtReq {
+  int32_t id = 0;
+  int32_t flg = 0;  // SHM_RDONLY ...
+  void encode(Encoder& e) const;
+  bool decode(Decoder& d);
+};
+struct ShmAtResp {
+  uint64_t size = 0;    // shm_segsz
+  uint64_t mapped = 0;  // bytes to map: size rounded up to a page
+  void encode(Encoder& e) const;
+  bool decode(Decoder& d);
+};
+struct ShmAttachReq {  // kShmAttached / kShmDt
+  int32_t id = 0;
+  uint64_t addr = 0;
+  uint64_t len = 0;
+  int32_t flg = 0;
+  void encode(Encoder& e) const;
+  bool decode(Decoder& d);
+};
+struct ShmStat {
+  Perm perm;  // mode includes SHM_DEST (01000) and SHM_LOCKED (02000)
+  uint64_t segsz = 0;
+  int64_t atime = 0, dtime = 0, ctime = 0;
+  int32_t cpid = 0, lpid = 0;
+  uint64_t nattch = 0;
+};
+struct ShmCtlReq {
+  int32_t id = 0;
+  int32_t cmd = 0;  // IPC_STAT, IPC_SET, IPC_RMID, SHM_LOCK, SHM_UNLOCK
+  uint32_t uid = 0, gid = 0;  // IPC_SET
+  uint16_t mode = 0;
+  void encode(Encoder& e) const;
+  bool decode(Decoder& d);
+};
+struct ShmCtlResp {
+  ShmStat stat{};
+  void encode(Encoder& e) const;
+  bool decode(Decoder& d);
+};
+struct ShmDestroyMsg {
+  int32_t id = 0;
+  void encode(Encoder& e) const;
+  bool decode(Decoder& d);
+};
+
 struct AdminEnableReq {
   bool enabled = true;
   void encode(Encoder& e) const;
@@ -186,11 +249,12 @@ struct KeyResp {
   bool decode(Decoder& d);
 };
 
-struct OpenReq {  // kOpen: after kFound, the home checks ipcperms(flg) and semget's nsems
+struct OpenReq {  // kOpen: after kFound, the home checks ipcperms(flg) and semget's nsems / shmget's size
   ObjType type = ObjType::kSem;
   int32_t id = 0;
   int32_t nsems = 0;
   int32_t flg = 0;
+  uint64_t size = 0;
   void encode(Encoder& e) const;
   bool decode(Decoder& d);
 };

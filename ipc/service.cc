@@ -3,6 +3,9 @@
 #include <sys/ipc.h>
 #include <sys/msg.h>
 #include <sys/sem.h>
+#include <sys/shm.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <climits>
@@ -30,7 +33,7 @@ uint16_t token_node(uint64_t token) { return static_cast<uint16_t>(token >> 48);
 }  // namespace
 
 Service::Service(const Config& cfg, EventLoop& loop, transport::Transport* tr, const Limits& lim)
-    : cfg_(cfg), loop_(loop), tr_(tr), lim_(lim) {
+    : cfg_(cfg), loop_(loop), tr_(tr), lim_(lim), dsm_(loop, tr, cfg.self, cfg.block_size, cfg.quantum_us) {
   for (const auto& n : cfg_.nodes) node_ids_.push_back(n.id);
   std::sort(node_ids_.begin(), node_ids_.end());
 }
@@ -70,6 +73,7 @@ void Service::on_request(transport::NodeId from, uint16_t op, ByteView body, tra
 void Service::on_message(transport::NodeId from, uint16_t op, ByteView body) { dispatch_message(from, op, body); }
 
 void Service::dispatch_request(uint16_t from, uint16_t op, ByteView body, std::function<void(int, Bytes)> reply) {
+  if (op >= dsm::kOpFirst && op <= dsm::kOpLast) return dsm_.on_request(from, op, body, std::move(reply));
   if (op == kKeyAcquire) {
     KeyReq req;
     if (!decode_body(body, req)) return reply(EPROTO, {});
@@ -86,7 +90,13 @@ void Service::dispatch_request(uint16_t from, uint16_t op, ByteView body, std::f
 }
 
 void Service::dispatch_message(uint16_t from, uint16_t op, ByteView body) {
+  if (op >= dsm::kOpFirst && op <= dsm::kOpLast) return dsm_.on_message(from, op, body);
   switch (op) {
+    case kShmDestroy: {
+      ShmDestroyMsg m;
+      if (decode_body(body, m) && id_node(m.id) == from) dsm_.destroy(static_cast<uint32_t>(m.id));
+      return;
+    }
     case kKeyBind:
     case kKeyRelease:
     case kKeyUnbind: {
@@ -121,12 +131,13 @@ void Service::dispatch_message(uint16_t from, uint16_t op, ByteView body) {
 void Service::client_request(const Creds& c, uint16_t op, ByteView body, uint64_t token, ReplyFn reply) {
   HomeHeader h{c, global_token(token)};
   h.creds.node = cfg_.self;
-  if (op == kSemGet || op == kMsgGet) {
+  if (op == kSemGet || op == kMsgGet || op == kShmGet) {
     GetReq req;
     if (!decode_body(body, req)) return reply(EINVAL, {});
-    return do_get(op == kSemGet ? ObjType::kSem : ObjType::kMsg, h.creds, req, std::move(reply), 0);
+    ObjType t = op == kSemGet ? ObjType::kSem : op == kMsgGet ? ObjType::kMsg : ObjType::kShm;
+    return do_get(t, h.creds, req, std::move(reply), 0);
   }
-  if (op < kSemOp || op > kMsgCtl || op == kMsgGet) return reply(EINVAL, {});
+  if (op < kSemOp || (op > kMsgCtl && op != kShmCtl) || op == kMsgGet) return reply(EINVAL, {});
   Decoder peek(body);
   int32_t id = peek.i32();
   if (!peek.ok()) return reply(EINVAL, {});
@@ -158,6 +169,170 @@ void Service::client_cancel(uint64_t token) {
     home_cancel(gt);
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Shared memory: the home keeps the segment's bookkeeping (ShmSeg); every node that attaches it keeps a DSM
+// segment (dsm::Manager) whose view the local processes map.
+
+void Service::client_shmat(const Creds& c, ByteView body, FdReplyFn reply) {
+  ShmAtReq req;
+  if (!decode_body(body, req)) return reply(EINVAL, {}, -1);
+  uint16_t home = id_node(req.id);
+  if (!is_dipc_id(req.id) || !cfg_.node(home)) return reply(EINVAL, unknown_id(), -1);
+  Creds cc = c;
+  cc.node = cfg_.self;
+  Encoder e;
+  HomeHeader{cc, 0}.encode(e);
+  req.encode(e);
+  call(home, kShmAt, e.take(), [this, req, home, reply](int st, ByteView b) {
+    ShmAtResp r;
+    if (st) return reply(st, Bytes(b.begin(), b.end()), -1);
+    if (!decode_body(b, r) || r.mapped == 0) return reply(EIO, {}, -1);
+    auto seg = dsm_.open(static_cast<uint32_t>(req.id), home, r.size);
+    if (!seg) return reply(seg.status().code() == EINVAL ? EINVAL : ENOMEM, {}, -1);
+    // A read-only attach gets a read-only descriptor: the program cannot map it writable.
+    std::string path = "/proc/self/fd/" + std::to_string((*seg)->view_fd());
+    int fd = (req.flg & SHM_RDONLY) ? open(path.c_str(), O_RDONLY | O_CLOEXEC) : fcntl((*seg)->view_fd(), F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) return reply(EMFILE, {}, -1);
+    r.mapped = (*seg)->mapped_size();
+    reply(0, encode_body(r), fd);
+  });
+}
+
+void Service::client_shm_attached(const Creds& c, uint64_t conn, ByteView body, int uffd, ReplyFn reply) {
+  ShmAttachReq req;
+  if (!decode_body(body, req)) {
+    close(uffd);
+    return reply(EINVAL, {});
+  }
+  dsm::Segment* seg = dsm_.find(static_cast<uint32_t>(req.id));
+  if (!seg) {
+    close(uffd);
+    return reply(EINVAL, {});
+  }
+  uint64_t aid = next_attach_++;
+  if (Status st = seg->add_attach(aid, uffd, req.addr, req.len, req.flg & SHM_RDONLY); !st) return reply(st.code(), {});
+  Creds cc = c;
+  cc.node = cfg_.self;
+  attaches_[conn].push_back(LocalAttach{aid, req.id, req.addr, cc});
+  Encoder e;
+  HomeHeader{cc, 0}.encode(e);
+  req.encode(e);
+  call(id_node(req.id), kShmAttached, e.take(), [this, conn, aid, id = req.id, reply](int st, ByteView) {
+    if (st) {
+      if (dsm::Segment* s = dsm_.find(static_cast<uint32_t>(id))) s->remove_attach(aid);
+      auto it = attaches_.find(conn);
+      if (it != attaches_.end()) std::erase_if(it->second, [aid](const LocalAttach& a) { return a.attach == aid; });
+    }
+    reply(st, {});
+  });
+}
+
+void Service::shm_detach_at_home(const Creds& c, int32_t id, ReplyFn reply) {
+  Encoder e;
+  HomeHeader{c, 0}.encode(e);
+  ShmAttachReq{id, 0, 0, 0}.encode(e);
+  call(id_node(id), kShmDt, e.take(), [reply](int st, ByteView) { reply(st, {}); });
+}
+
+void Service::client_shmdt(const Creds& c, uint64_t conn, ByteView body, ReplyFn reply) {
+  ShmAttachReq req;
+  if (!decode_body(body, req)) return reply(EINVAL, {});
+  auto it = attaches_.find(conn);
+  if (it == attaches_.end()) return reply(EINVAL, {});
+  auto a = std::find_if(it->second.begin(), it->second.end(),
+                        [&](const LocalAttach& x) { return x.id == req.id && x.addr == req.addr; });
+  if (a == it->second.end()) return reply(EINVAL, {});
+  if (dsm::Segment* s = dsm_.find(static_cast<uint32_t>(a->id))) s->remove_attach(a->attach);
+  Creds cc = c;
+  cc.node = cfg_.self;
+  int32_t id = a->id;
+  it->second.erase(a);
+  if (it->second.empty()) attaches_.erase(it);
+  shm_detach_at_home(cc, id, std::move(reply));
+}
+
+void Service::client_conn_closed(uint64_t conn) {
+  auto it = attaches_.find(conn);
+  if (it == attaches_.end()) return;
+  std::vector<LocalAttach> list = std::move(it->second);
+  attaches_.erase(it);
+  for (const auto& a : list) {
+    if (dsm::Segment* s = dsm_.find(static_cast<uint32_t>(a.id))) s->remove_attach(a.attach);
+    shm_detach_at_home(a.creds, a.id, [](int, Bytes) {});
+  }
+}
+
+ShmSeg* Service::find_shm(int32_t id) {
+  auto it = shms_.by_id.find(id);
+  return it == shms_.by_id.end() ? nullptr : it->second.get();
+}
+
+void Service::home_shmat(const HomeHeader& h, ByteView body, ReplyFn& reply) {
+  ShmAtReq r;
+  if (!decode_body(body, r)) return reply(EINVAL, {});
+  ShmSeg* s = find_shm(r.id);
+  if (!s) return reply(EINVAL, unknown_id());
+  if (int e = s->attach_check(h.creds, r.flg)) return reply(e, {});
+  dsm::Segment* seg = dsm_.find(static_cast<uint32_t>(r.id));
+  reply(0, encode_body(ShmAtResp{s->size(), seg ? seg->mapped_size() : 0}));
+}
+
+void Service::home_shm_attach(uint16_t op, const HomeHeader& h, ByteView body, ReplyFn& reply) {
+  ShmAttachReq r;
+  if (!decode_body(body, r)) return reply(EINVAL, {});
+  ShmSeg* s = find_shm(r.id);
+  if (!s) return reply(EINVAL, {});
+  if (op == kShmAttached) {
+    s->attached(h.creds.pid, now_s());
+  } else {
+    s->detached(h.creds.pid, now_s());
+    shm_destroy_if_gone(r.id);
+  }
+  reply(0, {});
+}
+
+void Service::home_shmctl(const HomeHeader& h, ByteView body, ReplyFn& reply) {
+  ShmCtlReq r;
+  if (!decode_body(body, r)) return reply(EINVAL, {});
+  ShmSeg* s = find_shm(r.id);
+  if (!s) return reply(EINVAL, unknown_id());
+  int e = 0;
+  switch (r.cmd) {
+    case IPC_STAT: {
+      ShmCtlResp resp;
+      e = s->stat(h.creds, resp.stat);
+      return e ? reply(e, {}) : reply(0, encode_body(resp));
+    }
+    case IPC_SET:
+      return reply(s->set(r.uid, r.gid, r.mode, h.creds, now_s()), {});
+    case IPC_RMID: {
+      int32_t key = s->perm().key;
+      bool was_removed = s->removed();
+      e = s->rmid(h.creds);
+      if (!e && !was_removed && key != IPC_PRIVATE)
+        notify(referee_for(key), kKeyUnbind, encode_body(KeyReq{ObjType::kShm, key, 0, r.id}));
+      reply(e, {});
+      if (!e) shm_destroy_if_gone(r.id);
+      return;
+    }
+    case SHM_LOCK:
+    case SHM_UNLOCK:
+      return reply(s->lock(h.creds, r.cmd == SHM_LOCK, now_s()), {});
+    default:
+      return reply(EINVAL, {});
+  }
+}
+
+void Service::shm_destroy_if_gone(int32_t id) {
+  auto it = shms_.by_id.find(id);
+  if (it == shms_.by_id.end() || !it->second->gone()) return;
+  shm_pages_ -= (it->second->size() + dsm::kPageSize - 1) / dsm::kPageSize;
+  shms_.by_id.erase(it);
+  shms_.free.push_back(id_slot(id));
+  for (uint16_t n : node_ids_)
+    if (n == cfg_.self || tr_->peer_up(n)) notify(n, kShmDestroy, encode_body(ShmDestroyMsg{id}));
+}
+
 void Service::process_exited(int32_t pid) {
   for (uint16_t n : node_ids_)
     if (n == cfg_.self || tr_->peer_up(n)) notify(n, kProcExit, encode_body(ProcExitMsg{pid}));
@@ -170,7 +345,7 @@ void Service::do_get(ObjType type, const Creds& c, const GetReq& req, ReplyFn re
   if (type == ObjType::kSem && (req.nsems < 0 || req.nsems > lim_.semmsl)) return reply(EINVAL, {});
   if (req.key == IPC_PRIVATE) {
     int32_t id = 0;
-    int e = create_local(type, c, req.key, req.nsems, req.flg, id);
+    int e = create_local(type, c, req.key, req.nsems, req.flg, id, req.size);
     return e ? reply(e, {}) : reply(0, encode_body(IdResp{id}));
   }
   uint16_t referee = referee_for(req.key);
@@ -181,7 +356,7 @@ void Service::do_get(ObjType type, const Creds& c, const GetReq& req, ReplyFn re
     if (!decode_body(b, kresp)) return reply(EIO, {});
     if (kresp.verdict == KeyVerdict::kCreate) {
       int32_t id = 0;
-      int e = create_local(type, c, req.key, req.nsems, req.flg, id);
+      int e = create_local(type, c, req.key, req.nsems, req.flg, id, req.size);
       notify(referee, e ? kKeyRelease : kKeyBind, encode_body(KeyReq{type, req.key, 0, id}));
       return e ? reply(e, {}) : reply(0, encode_body(IdResp{id}));
     }
@@ -189,7 +364,7 @@ void Service::do_get(ObjType type, const Creds& c, const GetReq& req, ReplyFn re
     int32_t id = kresp.id;
     Encoder e;
     HomeHeader{c, 0}.encode(e);
-    OpenReq{type, id, req.nsems, req.flg}.encode(e);
+    OpenReq{type, id, req.nsems, req.flg, req.size}.encode(e);
     call(id_node(id), kOpen, e.take(), [this, type, c, req, reply, attempts, id](int st2, ByteView b2) {
       // The object was removed between the referee's answer and ours: ask again (its unbind is on the way).
       if (is_unknown_id(st2, b2) && attempts < 50) return do_get(type, c, req, reply, attempts + 1);
@@ -199,12 +374,19 @@ void Service::do_get(ObjType type, const Creds& c, const GetReq& req, ReplyFn re
   });
 }
 
-int Service::create_local(ObjType type, const Creds& c, int32_t key, int32_t nsems, int32_t flg, int32_t& id) {
+int Service::create_local(ObjType type, const Creds& c, int32_t key, int32_t nsems, int32_t flg, int32_t& id,
+                          uint64_t size) {
+  uint64_t pages = (size + dsm::kPageSize - 1) / dsm::kPageSize;
   if (type == ObjType::kSem) {
     if (nsems == 0) return EINVAL;
     if (used_sems_ + nsems > lim_.semmns || static_cast<int>(sems_.by_id.size()) >= lim_.semmni) return ENOSPC;
-  } else if (static_cast<int>(msgs_.by_id.size()) >= lim_.msgmni) {
-    return ENOSPC;
+  } else if (type == ObjType::kMsg) {
+    if (static_cast<int>(msgs_.by_id.size()) >= lim_.msgmni) return ENOSPC;
+  } else {
+    // newseg(): SHMMIN (1) .. shmmax, then shmall (pages) and shmmni.
+    if (size < 1 || size > lim_.shmmax) return EINVAL;
+    if (shm_pages_ + pages < shm_pages_ || shm_pages_ + pages > lim_.shmall) return ENOSPC;
+    if (static_cast<int>(shms_.by_id.size()) >= lim_.shmmni) return ENOSPC;
   }
   auto alloc = [&](auto& slots) -> int {
     uint32_t slot;
@@ -231,10 +413,21 @@ int Service::create_local(ObjType type, const Creds& c, int32_t key, int32_t nse
     p.seq = static_cast<uint16_t>(id_seq(id));
     sems_.by_id[id] = std::make_unique<SemSet>(p, nsems, lim_, now);
     used_sems_ += nsems;
-  } else {
+  } else if (type == ObjType::kMsg) {
     if (int e = alloc(msgs_)) return e;
     p.seq = static_cast<uint16_t>(id_seq(id));
     msgs_.by_id[id] = std::make_unique<MsgQueue>(p, lim_, now);
+  } else {
+    if (int e = alloc(shms_)) return e;
+    // The home's frames are the segment's backing store.
+    auto seg = dsm_.open(static_cast<uint32_t>(id), cfg_.self, size);
+    if (!seg) {
+      shms_.free.push_back(id_slot(id));
+      return ENOMEM;
+    }
+    p.seq = static_cast<uint16_t>(id_seq(id));
+    shms_.by_id[id] = std::make_unique<ShmSeg>(p, size, c.pid, now);
+    shm_pages_ += pages;
   }
   return 0;
 }
@@ -285,6 +478,7 @@ void Service::referee_update(uint16_t from, uint16_t op, const KeyReq& req) {
 
 void Service::on_peer(transport::NodeId peer, bool up) {
   DIPC_LOG_INFO("link to node {} {}", peer, up ? "up" : "down");
+  dsm_.on_peer(peer, up);
   if (up) return;
   // Creations the lost node had reserved will never be bound.
   for (auto it = keys_.begin(); it != keys_.end();) {
@@ -330,6 +524,13 @@ void Service::home_request(uint16_t op, const HomeHeader& h, ByteView body, Repl
       return home_msgrcv(h, body, reply);
     case kMsgCtl:
       return home_msgctl(h, body, reply);
+    case kShmAt:
+      return home_shmat(h, body, reply);
+    case kShmAttached:
+    case kShmDt:
+      return home_shm_attach(op, h, body, reply);
+    case kShmCtl:
+      return home_shmctl(h, body, reply);
     default:
       return reply(EINVAL, {});
   }
@@ -345,6 +546,10 @@ void Service::home_open(const HomeHeader& h, ByteView body, ReplyFn& reply) {
     if (s) perm = &s->perm();
   } else if (r.type == ObjType::kMsg) {
     if (MsgQueue* q = find_msg(r.id)) perm = &q->perm();
+  } else if (ShmSeg* g = find_shm(r.id)) {
+    if (g->removed()) return reply(EINVAL, unknown_id());  // its key is private now: ask the referee again
+    if (int e = g->open_check(h.creds, r.size, r.flg)) return reply(e, {});
+    return reply(0, encode_body(IdResp{r.id}));
   }
   if (!perm) return reply(EINVAL, unknown_id());
   if (int e = ipc_check(*perm, h.creds, r.flg)) return reply(e, {});
@@ -573,6 +778,15 @@ std::string Service::status_text() const {
              static_cast<unsigned>(q->perm().key), q->qnum(), q->perm().mode & 0777, q->perm().uid);
     os << line;
   }
+  os << "shared memory segments hosted: " << shms_.by_id.size() << "\n";
+  for (const auto& [id, g] : shms_.by_id) {
+    snprintf(line, sizeof line, "  shmid %-11d key 0x%08x size %-12llu nattch %-4llu mode %03o owner %u%s\n", id,
+             static_cast<unsigned>(g->perm().key), static_cast<unsigned long long>(g->size()),
+             static_cast<unsigned long long>(g->nattch()), g->perm().mode & 0777, g->perm().uid,
+             g->removed() ? " (removed)" : "");
+    os << line;
+  }
+  os << dsm_.status_text();
   os << "keys refereed: " << keys_.size() << "\n";
   os << "blocked calls waiting here: " << pending_.size() << "\n";
   return os.str();

@@ -18,9 +18,11 @@
 
 #include "common/config.h"
 #include "common/event_loop.h"
+#include "dsm/segment.h"
 #include "ipc/msg_queue.h"
 #include "ipc/protocol.h"
 #include "ipc/sem_set.h"
+#include "ipc/shm_seg.h"
 #include "ipc/types.h"
 #include "transport/transport.h"
 
@@ -36,6 +38,16 @@ class Service : public transport::Handler {
 
   // A request from a local program. `token` is unique within this node; the service makes it cluster-unique.
   void client_request(const Creds& c, uint16_t op, ByteView body, uint64_t token, ReplyFn reply);
+  // Shared memory calls that carry descriptors or belong to a connection (ipc/protocol.h, "shared memory").
+  // shmat step 1: `reply` gets the node's view memfd to pass to the program (the caller closes it after sending).
+  using FdReplyFn = std::function<void(int status, Bytes body, int fd)>;
+  void client_shmat(const Creds& c, ByteView body, FdReplyFn reply);
+  // shmat step 2: the program's userfaultfd (ownership passes here) for the attach it mapped.
+  void client_shm_attached(const Creds& c, uint64_t conn, ByteView body, int uffd, ReplyFn reply);
+  void client_shmdt(const Creds& c, uint64_t conn, ByteView body, ReplyFn reply);
+  // A client connection closed (exit, kill -9, exec): detach everything attached through it.
+  void client_conn_closed(uint64_t conn);
+
   // The program gave up waiting (signal, timeout, exit): cancel the request if it is still blocked.
   void client_cancel(uint64_t token);
   // A local process exited: apply its SEM_UNDO adjustments everywhere in the cluster.
@@ -44,7 +56,8 @@ class Service : public transport::Handler {
   std::string status_text() const;
   // Configured peers and how many of them are connected.
   std::pair<uint32_t, uint32_t> peer_counts() const;
-  size_t objects() const { return sems_.by_id.size() + msgs_.by_id.size(); }
+  size_t objects() const { return sems_.by_id.size() + msgs_.by_id.size() + shms_.by_id.size(); }
+  dsm::Manager& dsm() { return dsm_; }
 
   // transport::Handler
   void on_request(transport::NodeId from, uint16_t op, ByteView body, transport::ReplyToken token) override;
@@ -85,7 +98,8 @@ class Service : public transport::Handler {
 
   // *get
   void do_get(ObjType type, const Creds& c, const GetReq& req, ReplyFn reply, int attempts);
-  int create_local(ObjType type, const Creds& c, int32_t key, int32_t nsems, int32_t flg, int32_t& id);
+  int create_local(ObjType type, const Creds& c, int32_t key, int32_t nsems, int32_t flg, int32_t& id,
+                   uint64_t size = 0);
   uint16_t referee_for(int32_t key) const;
   void referee_acquire(uint16_t from, const KeyReq& req, std::function<void(int, Bytes)> reply);
   void referee_update(uint16_t from, uint16_t op, const KeyReq& req);
@@ -99,12 +113,18 @@ class Service : public transport::Handler {
   void home_msgsnd(const HomeHeader& h, ByteView body, ReplyFn& reply);
   void home_msgrcv(const HomeHeader& h, ByteView body, ReplyFn& reply);
   void home_msgctl(const HomeHeader& h, ByteView body, ReplyFn& reply);
+  void home_shmat(const HomeHeader& h, ByteView body, ReplyFn& reply);
+  void home_shm_attach(uint16_t op, const HomeHeader& h, ByteView body, ReplyFn& reply);
+  void home_shmctl(const HomeHeader& h, ByteView body, ReplyFn& reply);
+  void shm_destroy_if_gone(int32_t id);
+  void shm_detach_at_home(const Creds& c, int32_t id, ReplyFn reply);
   void home_cancel(uint64_t token);
   void remove_object(ObjType type, int32_t id);
   void drain(SemSet& s);
   void drain(MsgQueue& q);
   SemSet* find_sem(int32_t id);
   MsgQueue* find_msg(int32_t id);
+  ShmSeg* find_shm(int32_t id);
 
   const Config& cfg_;
   EventLoop& loop_;
@@ -112,6 +132,17 @@ class Service : public transport::Handler {
   Limits lim_;
   Slots<SemSet> sems_;
   Slots<MsgQueue> msgs_;
+  Slots<ShmSeg> shms_;
+  uint64_t shm_pages_ = 0;  // shm_tot, for shmall
+  dsm::Manager dsm_;
+  struct LocalAttach {
+    uint64_t attach = 0;  // dsm attach id
+    int32_t id = 0;
+    uint64_t addr = 0;
+    Creds creds;
+  };
+  std::unordered_map<uint64_t, std::vector<LocalAttach>> attaches_;  // client connection -> its attaches
+  uint64_t next_attach_ = 1;
   int64_t used_sems_ = 0;
   std::unordered_map<uint64_t, Pending> pending_;               // home: blocked requests by token
   std::unordered_map<uint64_t, uint16_t> inflight_;             // origin: token -> home node

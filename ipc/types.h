@@ -19,6 +19,7 @@ struct Creds {
   bool cap_ipc_owner = false;   // bypasses mode checks
   bool cap_sys_admin = false;   // IPC_SET/IPC_RMID on objects one does not own
   bool cap_sys_resource = false;  // raise msg_qbytes above msgmnb
+  bool cap_ipc_lock = false;      // SHM_LOCK / SHM_UNLOCK on segments one does not own
   bool in_group(uint32_t g) const {
     if (g == gid) return true;
     for (uint32_t x : groups)
@@ -62,11 +63,13 @@ inline int ipc_owner_check(const Perm& p, const Creds& c) {
   return EPERM;
 }
 
-// Kernel limits of the home node, read from /proc/sys/kernel/{sem,msgmax,msgmnb,msgmni}.
+// Kernel limits of the home node, read from /proc/sys/kernel/{sem,msgmax,msgmnb,msgmni,shmmax,shmall,shmmni}.
 struct Limits {
   int semmsl = 32000, semmns = 1024000000, semopm = 500, semmni = 32000;
   int semvmx = 32767, semaem = 32767;
   int msgmax = 8192, msgmnb = 16384, msgmni = 32000;
+  uint64_t shmmax = UINT64_MAX >> 8, shmall = UINT64_MAX >> 8;  // shmall in pages
+  int shmmni = 4096;
   static Limits read_proc();
 };
 

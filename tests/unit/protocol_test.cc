@@ -347,20 +347,22 @@ TEST(Protocol, HomeHeaderCarriesCredentialsAndRejectsUnknownCapabilityBits) {
   expect_strict(h, "HomeHeader");
 
   // Each capability alone maps to its own flag (no bit is swapped with another).
-  for (int cap = 0; cap < 3; ++cap) {
+  for (int cap = 0; cap < 4; ++cap) {
     HomeHeader one;
     one.creds.cap_ipc_owner = cap == 0;
     one.creds.cap_sys_admin = cap == 1;
     one.creds.cap_sys_resource = cap == 2;
+    one.creds.cap_ipc_lock = cap == 3;
     auto o = round_trip(one);
     EXPECT_EQ(o.creds.cap_ipc_owner, cap == 0);
     EXPECT_EQ(o.creds.cap_sys_admin, cap == 1);
     EXPECT_EQ(o.creds.cap_sys_resource, cap == 2);
+    EXPECT_EQ(o.creds.cap_ipc_lock, cap == 3);
   }
 
-  // The capability byte sits 9 bytes from the end (u8 caps, u64 token); bit 3 and up are not defined.
+  // The capability byte sits 9 bytes from the end (u8 caps, u64 token); bit 4 and up are not defined.
   Bytes b = encode_body(h);
-  b[b.size() - 9] = 8;
+  b[b.size() - 9] = 16;
   HomeHeader t;
   EXPECT_FALSE(decode_body(ByteView(b), t));
   // A group count the input cannot hold.
@@ -434,8 +436,8 @@ TEST(Protocol, OneWayBodiesRoundTrip) {
 
 TEST(Protocol, FieldsAreBigEndianOnTheWire) {
   // Nodes of different byte orders must agree: pin one body's exact bytes.
-  Bytes b = encode_body(GetReq{0x01020304, 5, -1});
-  Bytes want = {1, 2, 3, 4, 0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff};
+  Bytes b = encode_body(GetReq{0x01020304, 5, -1, 0x0102030405060708ULL});
+  Bytes want = {1, 2, 3, 4, 0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4, 5, 6, 7, 8};
   EXPECT_EQ(b, want);
 }
 

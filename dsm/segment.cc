@@ -1,0 +1,496 @@
+#include "dsm/segment.h"
+
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <sstream>
+
+#include "common/log.h"
+
+namespace dipc::dsm {
+
+namespace {
+uint64_t round_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+
+// The coherence unit of a segment: the configured block size, at most the segment rounded up to a power of two.
+uint64_t effective_block(uint64_t size, uint64_t want) {
+  uint64_t cap = kPageSize;
+  while (cap < size) cap <<= 1;
+  return std::max<uint64_t>(kPageSize, std::min(want, cap));
+}
+
+Status errno_status(const char* what) {
+  int e = errno;
+  DIPC_LOG_ERROR("dsm: {}: {}", what, strerror(e));
+  return Status::err(e);
+}
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------------------
+// Segment
+
+Segment::Segment(Manager& m, uint64_t id, NodeId home, uint64_t size, uint64_t block_size)
+    : m_(m),
+      id_(id),
+      home_(home),
+      size_(size),
+      mapped_(round_up(std::max<uint64_t>(size, 1), kPageSize)),
+      block_(effective_block(mapped_, block_size)),
+      nblocks_(block_count(mapped_, block_)),
+      cache_(id, nblocks_, m.self(), home) {
+  if (home == m.self()) dir_ = std::make_unique<HomeDirectory>(id, nblocks_, home, m.quantum_us());
+  in_view_.assign(nblocks_, 0);
+}
+
+Segment::~Segment() {
+  dead_ = true;
+  if (timer_) m_.loop().cancel_timer(timer_);
+  for (auto& [aid, a] : attaches_) {
+    m_.loop().remove(a.fd);
+    close(a.fd);
+  }
+  if (registered_) m_.transport()->deregister_region(frames_desc_.id);
+  if (frames_) munmap(frames_, mapped_);
+  if (frames_fd_ >= 0) close(frames_fd_);
+  if (view_fd_ >= 0) close(view_fd_);
+}
+
+Status Segment::init() {
+  if (nblocks_ == 0) return Status::err(EINVAL);
+  view_fd_ = memfd_create("dipc-shm-view", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (view_fd_ < 0) return errno_status("memfd_create");
+  if (ftruncate(view_fd_, static_cast<off_t>(mapped_)) != 0) return errno_status("ftruncate view");
+  // Programs get this fd: they may map it, never resize it under the other processes.
+  if (fcntl(view_fd_, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) return errno_status("seal view");
+  frames_fd_ = memfd_create("dipc-shm-frames", MFD_CLOEXEC);
+  if (frames_fd_ < 0) return errno_status("memfd_create");
+  if (ftruncate(frames_fd_, static_cast<off_t>(mapped_)) != 0) return errno_status("ftruncate frames");
+  void* p = mmap(nullptr, mapped_, PROT_READ | PROT_WRITE, MAP_SHARED, frames_fd_, 0);
+  if (p == MAP_FAILED) return errno_status("mmap frames");
+  frames_ = static_cast<uint8_t*>(p);
+  auto r = m_.transport()->register_region(frames_, mapped_);
+  if (!r) return r.status();
+  frames_desc_ = *r;
+  registered_ = true;
+  return Status::ok();
+}
+
+uint64_t Segment::block_len(uint32_t b) const { return std::min(block_, mapped_ - block_off(b)); }
+
+Status Segment::add_attach(uint64_t attach, int uffd, uint64_t addr, uint64_t len, bool rdonly) {
+  if (len != mapped_ || addr % kPageSize) {
+    close(uffd);
+    return Status::err(EINVAL);
+  }
+  attaches_[attach] = Attach{uffd, addr, len, rdonly};
+  // The new process sees the node's current state: blocks held read-only are write-protected in it too.
+  if (!rdonly) {
+    for (uint32_t b = 0; b < nblocks_; ++b)
+      if (in_view_[b] && !cache_.writable(b)) {
+        uffdio_writeprotect wp{{addr + block_off(b), block_len(b)}, UFFDIO_WRITEPROTECT_MODE_WP};
+        if (ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) != 0)
+          DIPC_LOG_WARN("dsm: write-protect at attach: {}", strerror(errno));
+      }
+  }
+  m_.loop().add(uffd, EPOLLIN, [this, attach](uint32_t) { on_uffd(attach); });
+  return Status::ok();
+}
+
+void Segment::remove_attach(uint64_t attach) {
+  auto it = attaches_.find(attach);
+  if (it == attaches_.end()) return;
+  m_.loop().remove(it->second.fd);
+  close(it->second.fd);
+  attaches_.erase(it);
+  for (auto& [b, set] : parked_) set.erase(attach);
+}
+
+void Segment::on_uffd(uint64_t attach) {
+  for (int i = 0; i < 64; ++i) {  // a bounded batch; the fd stays readable for the rest
+    auto it = attaches_.find(attach);
+    if (it == attaches_.end() || dead_) return;
+    uffd_msg msgs[16];
+    ssize_t n = read(it->second.fd, msgs, sizeof msgs);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN) {
+        DIPC_LOG_WARN("dsm: userfaultfd read: {}", strerror(errno));
+        remove_attach(attach);
+      }
+      return;
+    }
+    if (n == 0) return;
+    for (size_t k = 0; k < static_cast<size_t>(n) / sizeof(uffd_msg); ++k) {
+      const uffd_msg& um = msgs[k];
+      if (um.event != UFFD_EVENT_PAGEFAULT) continue;
+      bool write = (um.arg.pagefault.flags & (UFFD_PAGEFAULT_FLAG_WRITE | UFFD_PAGEFAULT_FLAG_WP)) != 0;
+      handle_fault(attach, um.arg.pagefault.address, write);
+      if (attaches_.find(attach) == attaches_.end()) return;
+    }
+  }
+}
+
+void Segment::handle_fault(uint64_t attach, uint64_t addr, bool write) {
+  ++m_.stats().faults;
+  const Attach& a = attaches_.at(attach);
+  if (addr < a.addr || addr >= a.addr + a.len) return;
+  uint32_t b = static_cast<uint32_t>((addr - a.addr) / block_);
+  std::vector<Msg> out;
+  NodeCache::Fault f = cache_.on_fault(b, write ? Access::kWrite : Access::kRead, out);
+  if (f == NodeCache::Fault::kProceed) {
+    // The block allows the access already (the fault raced with an install): make sure, then let it retry.
+    if (!in_view_[b]) fill_view(b);
+    parked_[b].insert(attach);
+    wake(b);
+  } else {
+    parked_[b].insert(attach);
+  }
+  m_.send(out);
+}
+
+void Segment::on_msg(const Msg& m) {
+  std::vector<Msg> out;
+  std::vector<LocalAction> local;
+  int64_t now = Manager::now_us();
+  if (for_directory(m.type)) {
+    if (!dir_) return;
+    dir_->on_message(m, now, out);
+    m_.send(out);
+    arm_timer();
+    return;
+  }
+  cache_.on_message(m, now, out, local);
+  run(out, local);
+}
+
+void Segment::on_timer() {
+  timer_ = 0;
+  timer_at_ = kNever;
+  if (!dir_ || dead_) return;
+  std::vector<Msg> out;
+  dir_->on_timer(Manager::now_us(), out);
+  m_.send(out);
+  arm_timer();
+}
+
+void Segment::arm_timer() {
+  if (!dir_ || dead_) return;
+  int64_t at = dir_->next_timer_us();
+  if (at == kNever || at == timer_at_) return;
+  if (timer_) m_.loop().cancel_timer(timer_);
+  int64_t delay_ms = std::max<int64_t>(0, (at - Manager::now_us() + 999) / 1000);
+  timer_at_ = at;
+  timer_ = m_.loop().add_timer(delay_ms, [this] { on_timer(); });
+}
+
+void Segment::on_node_lost(NodeId node) {
+  if (!dir_) return;
+  std::vector<Msg> out;
+  auto lost = dir_->on_node_lost(node, Manager::now_us(), out);
+  if (!lost.empty())
+    DIPC_LOG_WARN("dsm: segment {}: {} block(s) held only by lost node {} revert to the home's copy", id_,
+                  lost.size(), node);
+  m_.send(out);
+  arm_timer();
+}
+
+// Local actions first, then the messages (an invalidation has taken effect in every local process before its
+// acknowledgement leaves), then installs whose data was ready at once (zero fill).
+void Segment::run(std::vector<Msg>& out, std::vector<LocalAction>& local) {
+  std::vector<uint32_t> ready;
+  for (size_t i = 0; i < local.size(); ++i) {
+    const LocalAction& a = local[i];
+    if (a.kind == LocalAction::kFetchData && a.node == kNoNode) {
+      std::memset(frames_ + block_off(a.block), 0, block_len(a.block));
+      ++m_.stats().zero_fills;
+      ready.push_back(a.block);
+      continue;
+    }
+    apply(a);
+  }
+  m_.send(out);
+  for (uint32_t b : ready) {
+    std::vector<Msg> o2;
+    std::vector<LocalAction> l2;
+    cache_.on_data_ready(b, Manager::now_us(), o2, l2);
+    run(o2, l2);
+  }
+}
+
+void Segment::apply(const LocalAction& a) {
+  const uint32_t b = a.block;
+  switch (a.kind) {
+    case LocalAction::kFetchData:
+      fetch(b, a.node);
+      return;
+    case LocalAction::kInstall:
+      // Protection first, then the data: no local process ever sees the block with more access than granted.
+      write_protect_all(b, !a.writable);
+      if (!in_view_[b]) fill_view(b);
+      return;
+    case LocalAction::kWriteProtect:
+      ++m_.stats().downgrades;
+      write_protect_all(b, true);
+      if (in_view_[b]) save_view(b);
+      return;
+    case LocalAction::kInvalidate:
+      ++m_.stats().invalidations;
+      if (in_view_[b]) {
+        write_protect_all(b, true);  // stop writers before the last copy into the frame
+        save_view(b);
+        drop_view(b);
+      }
+      return;
+    case LocalAction::kWake:
+      wake(b);
+      return;
+    case LocalAction::kWriteBack: {
+      uint64_t off = block_off(b), len = block_len(b);
+      m_.region_of(id_, home_, [this, b, off, len](Status st, const transport::RegionDesc& d) {
+        if (!st) return;
+        Status s = m_.transport()->write(d, off, frames_ + off, len, [this, b](Status st2) {
+          if (!st2 || dead_) return;
+          std::vector<Msg> out;
+          cache_.on_writeback_done(b, out);
+          m_.send(out);
+        });
+        if (!s) DIPC_LOG_WARN("dsm: write-back of block {}: {}", b, s.str());
+      });
+      return;
+    }
+    case LocalAction::kLeft:
+      return;
+  }
+}
+
+void Segment::fetch(uint32_t b, NodeId from) {
+  uint64_t off = block_off(b), len = block_len(b);
+  m_.region_of(id_, from, [this, b, off, len](Status st, const transport::RegionDesc& d) {
+    if (dead_) return;
+    if (!st) {
+      DIPC_LOG_WARN("dsm: segment {} block {}: no frames descriptor: {}", id_, b, st.str());
+      return;  // the home re-grants from another source once it learns the node is lost
+    }
+    Status s = m_.transport()->read(d, off, frames_ + off, len, [this, b](Status st2) {
+      if (dead_) return;
+      if (!st2) {
+        DIPC_LOG_WARN("dsm: segment {} block {}: copy failed: {}", id_, b, st2.str());
+        return;
+      }
+      ++m_.stats().remote_fetches;
+      in_view_[b] = 0;  // the fresh frame must be copied into the view at install
+      std::vector<Msg> out;
+      std::vector<LocalAction> local;
+      cache_.on_data_ready(b, Manager::now_us(), out, local);
+      run(out, local);
+    });
+    if (!s) DIPC_LOG_WARN("dsm: segment {} block {}: read: {}", id_, b, s.str());
+  });
+}
+
+// Clearing write protection would also wake the faults waiting on the block; kWake does that once the data is in.
+void Segment::write_protect_all(uint32_t b, bool wp) {
+  for (auto& [aid, a] : attaches_) {
+    if (a.rdonly) continue;  // PROT_READ already
+    uffdio_writeprotect w{{a.addr + block_off(b), block_len(b)},
+                          wp ? UFFDIO_WRITEPROTECT_MODE_WP : UFFDIO_WRITEPROTECT_MODE_DONTWAKE};
+    if (ioctl(a.fd, UFFDIO_WRITEPROTECT, &w) != 0 && errno != ENOENT)
+      DIPC_LOG_WARN("dsm: write-protect block {}: {}", b, strerror(errno));
+  }
+}
+
+void Segment::save_view(uint32_t b) {
+  uint64_t off = block_off(b), len = block_len(b);
+  ssize_t n = pread(view_fd_, frames_ + off, len, static_cast<off_t>(off));
+  if (n != static_cast<ssize_t>(len)) DIPC_LOG_ERROR("dsm: save block {}: {}", b, strerror(errno));
+}
+
+void Segment::fill_view(uint32_t b) {
+  uint64_t off = block_off(b), len = block_len(b);
+  ssize_t n = pwrite(view_fd_, frames_ + off, len, static_cast<off_t>(off));
+  if (n != static_cast<ssize_t>(len)) DIPC_LOG_ERROR("dsm: fill block {}: {}", b, strerror(errno));
+  in_view_[b] = 1;
+}
+
+void Segment::drop_view(uint32_t b) {
+  if (fallocate(view_fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(block_off(b)),
+                static_cast<off_t>(block_len(b))) != 0)
+    DIPC_LOG_ERROR("dsm: punch block {}: {}", b, strerror(errno));
+  in_view_[b] = 0;
+}
+
+void Segment::wake(uint32_t b) {
+  auto it = parked_.find(b);
+  if (it == parked_.end()) return;
+  for (uint64_t aid : it->second) {
+    auto a = attaches_.find(aid);
+    if (a == attaches_.end()) continue;
+    uffdio_range r{a->second.addr + block_off(b), block_len(b)};
+    if (ioctl(a->second.fd, UFFDIO_WAKE, &r) != 0 && errno != ENOENT)
+      DIPC_LOG_WARN("dsm: wake block {}: {}", b, strerror(errno));
+  }
+  parked_.erase(it);
+}
+
+std::string Segment::status_line() const {
+  uint32_t shared = 0, excl = 0;
+  for (uint32_t b = 0; b < nblocks_; ++b) {
+    if (cache_.writable(b)) ++excl;
+    else if (cache_.readable(b)) ++shared;
+  }
+  std::ostringstream os;
+  os << "  shmid " << static_cast<int32_t>(id_) << " home " << home_ << " size " << size_ << " block " << block_
+     << " held shared " << shared << " exclusive " << excl << " local attaches " << attaches_.size()
+     << (dir_ ? " (home)" : "") << "\n";
+  return os.str();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Manager
+
+Manager::Manager(EventLoop& loop, transport::Transport* tr, NodeId self, uint64_t block_size, int64_t quantum_us)
+    : loop_(loop), tr_(tr), self_(self), block_size_(block_size), quantum_(quantum_us) {}
+
+Manager::~Manager() = default;
+
+int64_t Manager::now_us() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+Result<Segment*> Manager::open(uint64_t id, NodeId home, uint64_t size) {
+  auto it = segs_.find(id);
+  if (it != segs_.end()) return it->second.get();
+  auto s = std::make_unique<Segment>(*this, id, home, size, block_size_);
+  Status st = s->init();
+  if (!st) return st;
+  Segment* p = s.get();
+  segs_.emplace(id, std::move(s));
+  return p;
+}
+
+Segment* Manager::find(uint64_t id) {
+  auto it = segs_.find(id);
+  return it == segs_.end() ? nullptr : it->second.get();
+}
+
+void Manager::destroy(uint64_t id) {
+  segs_.erase(id);
+  for (auto it = regions_.begin(); it != regions_.end();) it = it->first.first == id ? regions_.erase(it) : ++it;
+  std::erase_if(local_q_, [id](const Msg& m) { return m.segment == id; });
+}
+
+void Manager::send(std::vector<Msg>& out) {
+  for (Msg& m : out) {
+    ++stats_.messages_out;
+    if (m.to == self_) {
+      m.from = self_;
+      local_q_.push_back(m);
+      continue;
+    }
+    Encoder e;
+    m.encode(e);
+    Status s = tr_->send(m.to, kOpMsg, e.take());
+    if (!s) DIPC_LOG_WARN("dsm: {} to node {} not sent: {}", m.str(), m.to, s.str());
+  }
+  out.clear();
+  drain_local();
+}
+
+void Manager::drain_local() {
+  if (draining_) return;
+  draining_ = true;
+  while (!local_q_.empty()) {
+    Msg m = local_q_.front();
+    local_q_.pop_front();
+    ++stats_.messages_in;
+    if (Segment* s = find(m.segment)) s->on_msg(m);
+  }
+  draining_ = false;
+}
+
+void Manager::on_message(NodeId from, uint16_t op, ByteView body) {
+  if (op != kOpMsg) {
+    DIPC_LOG_WARN("dsm: node {}: unknown message {}", from, op);
+    return;
+  }
+  Decoder d(body);
+  Msg m;
+  if (!m.decode(d) || !d.done()) {
+    DIPC_LOG_WARN("dsm: node {}: malformed coherence message dropped", from);
+    return;
+  }
+  m.from = from;
+  m.to = self_;
+  ++stats_.messages_in;
+  if (Segment* s = find(m.segment)) s->on_msg(m);
+  drain_local();
+}
+
+void Manager::on_request(NodeId from, uint16_t op, ByteView body, std::function<void(int, Bytes)> reply) {
+  Decoder d(body);
+  uint64_t id = d.u64();
+  if (op != kOpRegion || !d.done()) return reply(EPROTO, {});
+  Segment* s = find(id);
+  if (!s) return reply(ENOENT, {});
+  (void)from;
+  Encoder e;
+  s->frames_desc().encode(e);
+  reply(0, e.take());
+}
+
+void Manager::region_of(uint64_t id, NodeId node, std::function<void(Status, const transport::RegionDesc&)> cb) {
+  auto key = std::make_pair(id, node);
+  auto it = regions_.find(key);
+  if (it != regions_.end()) return cb(Status::ok(), it->second);
+  auto& waiters = region_waiters_[key];
+  waiters.push_back(std::move(cb));
+  if (waiters.size() > 1) return;
+  Encoder e;
+  e.u64(id);
+  Status s = tr_->request(node, kOpRegion, e.take(), [this, key](Status st, ByteView b) {
+    transport::RegionDesc d;
+    if (st) {
+      Decoder dec(b);
+      if (!transport::RegionDesc::decode(dec, d) || !dec.done() || d.node != key.second) st = Status::err(EPROTO);
+    }
+    if (st) regions_[key] = d;
+    auto ws = std::move(region_waiters_[key]);
+    region_waiters_.erase(key);
+    for (auto& w : ws) w(st, d);
+  });
+  if (!s) {
+    auto ws = std::move(region_waiters_[key]);
+    region_waiters_.erase(key);
+    for (auto& w : ws) w(s, transport::RegionDesc{});
+  }
+}
+
+void Manager::on_peer(NodeId peer, bool up) {
+  // A restarted peer registers new regions: forget what it told us.
+  for (auto it = regions_.begin(); it != regions_.end();) it = it->first.second == peer ? regions_.erase(it) : ++it;
+  if (up) return;
+  for (auto& [id, s] : segs_) s->on_node_lost(peer);
+  drain_local();
+}
+
+std::string Manager::status_text() const {
+  std::ostringstream os;
+  os << "shared memory segments on this node: " << segs_.size() << "\n";
+  for (const auto& [id, s] : segs_) os << s->status_line();
+  os << "pages fetched " << stats_.remote_fetches << "\n";
+  os << "dsm faults " << stats_.faults << " zero-fills " << stats_.zero_fills << " invalidations "
+     << stats_.invalidations << " downgrades " << stats_.downgrades << " messages out " << stats_.messages_out
+     << " in " << stats_.messages_in << "\n";
+  return os.str();
+}
+
+}  // namespace dipc::dsm

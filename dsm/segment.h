@@ -1,0 +1,165 @@
+// The node's DSM runtime: the segments this node hosts or caches, their memory, the local processes' page faults,
+// and the coherence protocol's messages, on top of the transport interface only.
+//
+// Memory of one segment on one node (docs/ARCHITECTURE.md, "Distributed shared memory"):
+//  - the view V: a memfd every local process maps MAP_SHARED at shmat. All local processes share its pages, so while
+//    no other node touches a block they read and write it at full speed with no fault and no daemon involvement.
+//    A block the node does not hold is absent from V's page cache (punched); a block held read-only is
+//    write-protected in every local process through its userfaultfd (uffd-wp, which also covers ptes not yet
+//    populated). Each process registers its mapping with its own userfaultfd (MISSING | WP) and hands it to dipcd,
+//    which resolves every fault of every local process.
+//  - the frames F: a second memfd mapped by dipcd only and registered with the transport: other nodes copy blocks
+//    out of it (one-sided read). F holds a block's latest data whenever the directory names this node the owner
+//    and the node does not map it writable; before a writable block is downgraded or invalidated, dipcd write-protects
+//    it everywhere and copies V into F.
+//
+// Runs on the daemon's loop thread. The coherence decisions are dsm/coherence.h's pure state machines; this file
+// only carries out their messages and local actions.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "common/event_loop.h"
+#include "common/status.h"
+#include "dsm/coherence.h"
+#include "transport/transport.h"
+
+namespace dipc::dsm {
+
+// Transport ops of the DSM layer (the ipc layer forwards ops in [kOpFirst, kOpLast] here).
+inline constexpr uint16_t kOpMsg = 120;     // one-way: a coherence Msg
+inline constexpr uint16_t kOpRegion = 121;  // request {segment u64}: the receiver's frames RegionDesc
+inline constexpr uint16_t kOpFirst = 120, kOpLast = 129;
+
+struct Stats {
+  uint64_t faults = 0;          // uffd fault events handled
+  uint64_t remote_fetches = 0;  // blocks copied from another node's frames
+  uint64_t zero_fills = 0;
+  uint64_t invalidations = 0;   // local copies dropped
+  uint64_t downgrades = 0;
+  uint64_t messages_out = 0, messages_in = 0;
+};
+
+class Manager;
+
+class Segment {
+ public:
+  Segment(Manager& m, uint64_t id, NodeId home, uint64_t size, uint64_t block_size);
+  ~Segment();
+  Status init();  // memfds, frame mapping, transport registration
+
+  uint64_t id() const { return id_; }
+  NodeId home() const { return home_; }
+  uint64_t size() const { return size_; }
+  uint64_t mapped_size() const { return mapped_; }
+  int view_fd() const { return view_fd_; }
+  size_t attaches() const { return attaches_.size(); }
+
+  // A local process mapped the view at [addr, addr+len) and registered `uffd` (ownership passes here) for it.
+  Status add_attach(uint64_t attach, int uffd, uint64_t addr, uint64_t len, bool rdonly);
+  void remove_attach(uint64_t attach);
+
+  void on_msg(const Msg& m);  // a coherence message for this segment (from the transport or the local FIFO)
+  void on_node_lost(NodeId node);
+  void on_timer();
+  const transport::RegionDesc& frames_desc() const { return frames_desc_; }
+  std::string status_line() const;
+
+ private:
+  friend class Manager;
+  struct Attach {
+    int fd = -1;
+    uint64_t addr = 0, len = 0;
+    bool rdonly = false;
+  };
+  void on_uffd(uint64_t attach);
+  void handle_fault(uint64_t attach, uint64_t addr, bool write);
+  void run(std::vector<Msg>& out, std::vector<LocalAction>& local);
+  void apply(const LocalAction& a);
+  void fetch(uint32_t block, NodeId from);
+  void write_protect_all(uint32_t block, bool wp);
+  void save_view(uint32_t block);  // V -> F for a block present in V
+  void fill_view(uint32_t block);  // F -> V
+  void drop_view(uint32_t block);  // punch V: unmaps from every local process
+  void wake(uint32_t block);
+  void arm_timer();
+  uint64_t block_off(uint32_t b) const { return uint64_t{b} * block_; }
+  uint64_t block_len(uint32_t b) const;
+
+  Manager& m_;
+  uint64_t id_;
+  NodeId home_;
+  uint64_t size_, mapped_, block_;
+  uint32_t nblocks_;
+  int view_fd_ = -1, frames_fd_ = -1;
+  uint8_t* frames_ = nullptr;
+  transport::RegionDesc frames_desc_{};
+  bool registered_ = false;
+  NodeCache cache_;
+  std::unique_ptr<HomeDirectory> dir_;  // on the home node only
+  std::vector<uint8_t> in_view_;        // the block's pages are in V's page cache
+  std::map<uint64_t, Attach> attaches_;
+  std::unordered_map<uint32_t, std::set<uint64_t>> parked_;  // block -> attaches with a fault waiting
+  EventLoop::TimerId timer_ = 0;
+  int64_t timer_at_ = kNever;
+  bool dead_ = false;
+};
+
+class Manager {
+ public:
+  using SendFn = std::function<void(NodeId to, uint16_t op, Bytes body)>;
+
+  Manager(EventLoop& loop, transport::Transport* tr, NodeId self, uint64_t block_size, int64_t quantum_us);
+  ~Manager();
+
+  // The segment `id` on this node; created (empty) if needed. The home creates it at shmget.
+  Result<Segment*> open(uint64_t id, NodeId home, uint64_t size);
+  Segment* find(uint64_t id);
+  void destroy(uint64_t id);  // the segment is gone cluster-wide (nattch 0 after IPC_RMID)
+  size_t count() const { return segs_.size(); }
+
+  // From the transport (the ipc layer forwards ops kOpFirst..kOpLast).
+  void on_message(NodeId from, uint16_t op, ByteView body);
+  void on_request(NodeId from, uint16_t op, ByteView body, std::function<void(int, Bytes)> reply);
+  void on_peer(NodeId peer, bool up);
+
+  NodeId self() const { return self_; }
+  EventLoop& loop() { return loop_; }
+  transport::Transport* transport() { return tr_; }
+  int64_t quantum_us() const { return quantum_; }
+  Stats& stats() { return stats_; }
+  std::string status_text() const;
+
+  // Sends coherence messages: to other nodes over the transport, to this node through a FIFO drained after the
+  // current handler (never re-entrantly).
+  void send(std::vector<Msg>& out);
+  // The frames descriptor of `node` for segment `id`, asked once and cached.
+  void region_of(uint64_t id, NodeId node, std::function<void(Status, const transport::RegionDesc&)> cb);
+  static int64_t now_us();
+
+ private:
+  void drain_local();
+
+  EventLoop& loop_;
+  transport::Transport* tr_;
+  NodeId self_;
+  uint64_t block_size_;
+  int64_t quantum_;
+  std::map<uint64_t, std::unique_ptr<Segment>> segs_;
+  std::deque<Msg> local_q_;
+  bool draining_ = false;
+  std::map<std::pair<uint64_t, NodeId>, transport::RegionDesc> regions_;
+  std::map<std::pair<uint64_t, NodeId>, std::vector<std::function<void(Status, const transport::RegionDesc&)>>>
+      region_waiters_;
+  Stats stats_;
+};
+
+}  // namespace dipc::dsm
