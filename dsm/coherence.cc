@@ -1,4 +1,4 @@
-// DSM coherence state machines; see coherence.h and PROTOCOL.md.
+// DSM coherence state machines; see coherence.h and docs/ARCHITECTURE.md ("Distributed shared memory").
 #include "dsm/coherence.h"
 
 #include <algorithm>

@@ -1,5 +1,5 @@
 // DSM coherence: the pure state machines of the page-granular multiple-reader/single-writer write-invalidate
-// protocol that keeps a distributed System V shared memory segment strictly consistent (dsm/PROTOCOL.md).
+// protocol that keeps a distributed System V shared memory segment strictly consistent (docs/ARCHITECTURE.md, "Distributed shared memory").
 //
 // No I/O, no threads, no clock reads: time is passed in, messages to send and actions on local pages are returned
 // in vectors the caller carries out. Two classes:
