@@ -254,10 +254,11 @@ void Segment::apply(const LocalAction& a) {
       return;
     case LocalAction::kWriteBack: {
       uint64_t off = block_off(b), len = block_len(b);
-      m_.region_of(id_, home_, [this, b, off, len](Status st, const transport::RegionDesc& d) {
-        if (!st) return;
-        Status s = m_.transport()->write(d, off, frames_ + off, len, [this, b](Status st2) {
-          if (!st2 || dead_) return;
+      std::weak_ptr<int> alive = alive_;
+      m_.region_of(id_, home_, [this, alive, b, off, len](Status st, const transport::RegionDesc& d) {
+        if (!st || alive.expired()) return;
+        Status s = m_.transport()->write(d, off, frames_ + off, len, [this, alive, b](Status st2) {
+          if (!st2 || alive.expired()) return;
           std::vector<Msg> out;
           cache_.on_writeback_done(b, out);
           m_.send(out);
@@ -273,14 +274,15 @@ void Segment::apply(const LocalAction& a) {
 
 void Segment::fetch(uint32_t b, NodeId from) {
   uint64_t off = block_off(b), len = block_len(b);
-  m_.region_of(id_, from, [this, b, off, len](Status st, const transport::RegionDesc& d) {
-    if (dead_) return;
+  std::weak_ptr<int> alive = alive_;
+  m_.region_of(id_, from, [this, alive, b, off, len](Status st, const transport::RegionDesc& d) {
+    if (alive.expired()) return;
     if (!st) {
       DIPC_LOG_WARN("dsm: segment {} block {}: no frames descriptor: {}", id_, b, st.str());
       return;  // the home re-grants from another source once it learns the node is lost
     }
-    Status s = m_.transport()->read(d, off, frames_ + off, len, [this, b](Status st2) {
-      if (dead_) return;
+    Status s = m_.transport()->read(d, off, frames_ + off, len, [this, alive, b](Status st2) {
+      if (alive.expired()) return;
       if (!st2) {
         DIPC_LOG_WARN("dsm: segment {} block {}: copy failed: {}", id_, b, st2.str());
         return;

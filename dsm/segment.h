@@ -111,6 +111,8 @@ class Segment {
   EventLoop::TimerId timer_ = 0;
   int64_t timer_at_ = kNever;
   bool dead_ = false;
+  // Completions of transport operations may arrive after the segment is destroyed: they check this first.
+  std::shared_ptr<int> alive_ = std::make_shared<int>(0);
 };
 
 class Manager {
