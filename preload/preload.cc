@@ -1,10 +1,11 @@
-// libdipc.so: interposes the libc System V semaphore and message queue calls. *get calls on distributed keys (the
+// libdipc.so: interposes the libc System V semaphore, message queue and shared memory calls. *get calls on distributed keys (the
 // daemon's control page decides) and calls on distributed ids (bit 30) go to the node's dipcd; everything else goes
 // straight to the kernel. Nothing throws out of here: errors are errno and -1, as the kernel's.
 #include <dlfcn.h>
 #include <sys/ipc.h>
 #include <sys/msg.h>
 #include <sys/sem.h>
+#include <sys/shm.h>
 #include <sys/types.h>
 
 #include <cerrno>
@@ -17,6 +18,7 @@
 #include "ipc/ids.h"
 #include "ipc/protocol.h"
 #include "preload/client.h"
+#include "preload/shm.h"
 
 namespace ipc = dipc::ipc;
 using dipc::ByteView;
@@ -42,6 +44,10 @@ struct Real {
   int (*msgsnd)(int, const void*, size_t, int);
   ssize_t (*msgrcv)(int, void*, size_t, long, int);
   int (*msgctl)(int, int, struct msqid_ds*);
+  int (*shmget)(key_t, size_t, int);
+  void* (*shmat)(int, const void*, int);
+  int (*shmdt)(const void*);
+  int (*shmctl)(int, int, struct shmid_ds*);
 };
 
 template <typename F>
@@ -60,6 +66,10 @@ const Real& real() {
     lookup(t.msgsnd, "msgsnd");
     lookup(t.msgrcv, "msgrcv");
     lookup(t.msgctl, "msgctl");
+    lookup(t.shmget, "shmget");
+    lookup(t.shmat, "shmat");
+    lookup(t.shmdt, "shmdt");
+    lookup(t.shmctl, "shmctl");
     return t;
   }();
   return r;
@@ -102,11 +112,11 @@ bool decodes(ByteView b, T& v) {
   return ipc::decode_body(b, v);
 }
 
-std::optional<int> dipc_get(uint16_t op, key_t key, int nsems, int flg) {
+std::optional<int> dipc_get(uint16_t op, key_t key, int nsems, int flg, uint64_t size = 0) {
   const ipc::ControlPage* cp = dipc::preload::control();
   if (!cp || !cp->distributes(key, flg, IPC_DIPC)) return std::nullopt;
   ipc::IdResp id;
-  auto r = daemon_call(op, ipc::encode_body(ipc::GetReq{key, nsems, flg}), {},
+  auto r = daemon_call(op, ipc::encode_body(ipc::GetReq{key, nsems, flg, size}), {},
                        [&](ByteView b) { return decodes(b, id) && ipc::is_dipc_id(id.id); });
   if (!r) return std::nullopt;
   return r->status ? fail(r->status) : id.id;
@@ -296,6 +306,48 @@ std::optional<int> dipc_msgctl(int id, int cmd, struct msqid_ds* buf) {
   return 0;
 }
 
+// ---- shared memory (shmat and shmdt: shm.cc) ----
+
+std::optional<int> dipc_shmctl(int id, int cmd, struct shmid_ds* buf) {
+  switch (cmd) {
+    case IPC_STAT:
+    case IPC_SET:
+      if (!buf) return fail(EFAULT);
+      break;
+    case IPC_RMID:
+    case SHM_LOCK:
+    case SHM_UNLOCK:
+      break;
+    default:
+      return fail(EINVAL);
+  }
+  ipc::ShmCtlReq q;
+  q.id = id;
+  q.cmd = cmd;
+  if (cmd == IPC_SET) {
+    q.uid = buf->shm_perm.uid;
+    q.gid = buf->shm_perm.gid;
+    q.mode = static_cast<uint16_t>(buf->shm_perm.mode);
+  }
+  ipc::ShmCtlResp resp;
+  auto r = daemon_call(ipc::kShmCtl, ipc::encode_body(q), {},
+                       [&](ByteView b) { return b.empty() ? cmd != IPC_STAT : decodes(b, resp); });
+  if (!r) return std::nullopt;
+  if (r->status) return fail(r->status);
+  if (cmd == IPC_STAT) {
+    std::memset(buf, 0, sizeof *buf);
+    put_perm(buf->shm_perm, resp.stat.perm);
+    buf->shm_segsz = resp.stat.segsz;
+    buf->shm_atime = resp.stat.atime;
+    buf->shm_dtime = resp.stat.dtime;
+    buf->shm_ctime = resp.stat.ctime;
+    buf->shm_cpid = resp.stat.cpid;
+    buf->shm_lpid = resp.stat.lpid;
+    buf->shm_nattch = resp.stat.nattch;
+  }
+  return 0;
+}
+
 }  // namespace
 
 extern "C" {
@@ -383,6 +435,38 @@ int msgctl(int msqid, int cmd, struct msqid_ds* buf) {
   return guarded([&] {
     auto r = dipc_msgctl(msqid, cmd, buf);
     return r ? *r : kernel(&Real::msgctl, msqid, cmd, buf);
+  });
+}
+
+int shmget(key_t key, size_t size, int shmflg) {
+  return guarded([&] {
+    auto r = dipc_get(ipc::kShmGet, key, 0, shmflg, size);
+    return r ? *r : kernel(&Real::shmget, key, size, shmflg);
+  });
+}
+
+void* shmat(int shmid, const void* shmaddr, int shmflg) {
+  if (ipc::is_dipc_id(shmid))
+    if (auto r = dipc::preload::shm_attach(shmid, shmaddr, shmflg)) return *r;  // never throws
+  if (!real().shmat) {
+    errno = ENOSYS;
+    return reinterpret_cast<void*>(intptr_t{-1});  // shmat's error value
+  }
+  return real().shmat(shmid, shmaddr, shmflg);
+}
+
+int shmdt(const void* shmaddr) {
+  if (auto r = dipc::preload::shm_detach(shmaddr)) return *r;  // never throws
+  return kernel(&Real::shmdt, shmaddr);
+}
+
+int shmctl(int shmid, int cmd, struct shmid_ds* buf) {
+  // IPC_INFO, SHM_INFO, SHM_STAT and SHM_STAT_ANY are about the kernel's tables, not one object.
+  bool one_object = cmd != IPC_INFO && cmd != SHM_INFO && cmd != SHM_STAT && cmd != SHM_STAT_ANY;
+  if (!one_object || !ipc::is_dipc_id(shmid)) return kernel(&Real::shmctl, shmid, cmd, buf);
+  return guarded([&] {
+    auto r = dipc_shmctl(shmid, cmd, buf);
+    return r ? *r : kernel(&Real::shmctl, shmid, cmd, buf);
   });
 }
 

@@ -1,0 +1,552 @@
+#include "preload/shm.h"
+
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/shm.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <climits>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/frame.h"
+#include "ipc/protocol.h"
+#include "preload/client.h"
+
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
+#ifndef UFFD_FEATURE_MISSING_SHMEM
+#define UFFD_FEATURE_MISSING_SHMEM (1 << 5)
+#endif
+#ifndef UFFD_FEATURE_WP_HUGETLBFS_SHMEM
+#define UFFD_FEATURE_WP_HUGETLBFS_SHMEM (1 << 12)
+#endif
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+
+namespace dipc::preload {
+
+namespace {
+
+constexpr int64_t kReplyNs = 30 * 1'000'000'000LL;  // dipcd answers within this, a home node's round trip included
+constexpr uint64_t kUffdFeatures = UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
+
+void* failed(int e) {
+  errno = e;
+  return MAP_FAILED;  // shmat's error value, (void*)-1
+}
+
+// One line on stderr, without stdio: it may run in a fork()ed child.
+void warn(std::string_view msg) {
+  int saved = errno;
+  while (!msg.empty()) {
+    ssize_t n = write(STDERR_FILENO, msg.data(), msg.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    msg.remove_prefix(static_cast<size_t>(n));
+  }
+  errno = saved;
+}
+
+// A connection to dipcd that carries attaches. One per process normally; a process that changed its effective
+// uid/gid gets a new one (dipcd checks permissions with the SO_PEERCRED of the connection) and keeps the old one
+// open while attaches made through it remain.
+struct ShmConn {
+  int fd = -1;
+  uid_t euid = 0;
+  gid_t egid = 0;
+  uint64_t next_id = 1;
+  FrameParser parser;
+  std::deque<int> fds;  // descriptors received and not yet claimed by their kShmAt response
+  size_t attaches = 0;
+
+  ShmConn() = default;
+  ShmConn(const ShmConn&) = delete;
+  ShmConn& operator=(const ShmConn&) = delete;
+  ~ShmConn() { drop(); }
+
+  // Closes it without a word: dipcd then detaches everything attached through it.
+  void drop() {
+    if (fd >= 0) close(fd);
+    fd = -1;
+    for (int f : fds) close(f);
+    fds.clear();
+    parser = FrameParser();
+  }
+};
+
+struct Attach {
+  uintptr_t addr = 0;
+  size_t len = 0;
+  int id = 0;
+  int flg = 0;
+  ShmConn* conn = nullptr;
+};
+
+struct State {
+  std::mutex mu;  // serializes attaches, detaches and their round trips; held across fork() (the atfork handlers)
+  std::vector<std::unique_ptr<ShmConn>> conns;
+  std::vector<Attach> attaches;
+};
+
+State& state() {
+  static State* s = new State;  // never destroyed: a detach may still run from an exit handler
+  return *s;
+}
+
+// ---- userfaultfd ----
+
+std::atomic<bool> g_user_only{false};    // unprivileged: only user-mode faults can be handled
+std::atomic<bool> g_no_features{false};  // the kernel refused kUffdFeatures
+
+int new_uffd() {
+  if (!g_user_only.load()) {
+    int fd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+    if (fd >= 0 || errno != EPERM) return fd;
+    fd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY));
+    if (fd < 0) {
+      errno = EPERM;
+      return -1;
+    }
+    if (!g_user_only.exchange(true))
+      warn("dipc: userfaultfd is limited to user-mode faults here: system calls that access a distributed shared "
+           "memory segment (read(2) into it...) will fail; grant CAP_SYS_PTRACE or set "
+           "vm.unprivileged_userfaultfd=1\n");
+    return fd;
+  }
+  return static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY));
+}
+
+// A userfaultfd past its UFFDIO_API handshake, or -1 with errno.
+int make_uffd() {
+  for (;;) {
+    int fd = new_uffd();
+    if (fd < 0) return -1;
+    bool full = !g_no_features.load();
+    uffdio_api api{};
+    api.api = UFFD_API;
+    api.features = full ? kUffdFeatures : 0;
+    if (ioctl(fd, UFFDIO_API, &api) == 0) return fd;
+    int e = errno;
+    close(fd);  // a fresh descriptor for the retry: some kernels allow one UFFDIO_API per descriptor
+    if (!full) {
+      errno = e;
+      return -1;
+    }
+    g_no_features.store(true);
+  }
+}
+
+// Faults on a missing page go to dipcd; so do writes to a write-protected page, unless the attach is read-only.
+bool register_range(int uffd, uintptr_t addr, size_t len, int flg) {
+  uffdio_register r{};
+  r.range.start = addr;
+  r.range.len = len;
+  r.mode = UFFDIO_REGISTER_MODE_MISSING | ((flg & SHM_RDONLY) ? 0 : UFFDIO_REGISTER_MODE_WP);
+  while (ioctl(uffd, UFFDIO_REGISTER, &r) != 0)
+    if (errno != EINTR) return false;
+  return true;
+}
+
+// ---- the connection ----
+
+// The daemon's socket, named as client.cc names it ($DIPC_SOCKET, '@': abstract). Blocking, with a send timeout.
+int connect_daemon() {
+  const char* env = getenv("DIPC_SOCKET");
+  std::string_view name = env && *env ? env : "@dipc";
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  if (name.size() >= sizeof a.sun_path) return -1;
+  std::memcpy(a.sun_path, name.data(), name.size());
+  bool abstract = name[0] == '@';
+  if (abstract) a.sun_path[0] = '\0';
+  auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size() + (abstract ? 0 : 1));
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  int r;
+  while ((r = connect(fd, reinterpret_cast<sockaddr*>(&a), len)) != 0 && errno == EINTR) {
+  }
+  timeval tv{kReplyNs / 1'000'000'000, 0};
+  if (r != 0 || setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// The live connection for the caller's credentials, made if needed; nullptr when no daemon answers.
+ShmConn* conn_for_caller(State& s) {
+  uid_t u = geteuid();
+  gid_t g = getegid();
+  for (auto& c : s.conns)
+    if (c->fd >= 0 && c->euid == u && c->egid == g) return c.get();
+  s.conns.reserve(s.conns.size() + 1);
+  int saved = errno;
+  int fd = connect_daemon();
+  errno = saved;
+  if (fd < 0) return nullptr;
+  auto c = std::make_unique<ShmConn>();
+  c->fd = fd;
+  c->euid = u;
+  c->egid = g;
+  s.conns.push_back(std::move(c));
+  return s.conns.back().get();
+}
+
+// Forgets connections nothing needs any more: closed ones and other credentials' ones, once without attaches.
+void prune(State& s) {
+  uid_t u = geteuid();
+  gid_t g = getegid();
+  std::erase_if(s.conns, [&](const std::unique_ptr<ShmConn>& c) {
+    return c->attaches == 0 && (c->fd < 0 || c->euid != u || c->egid != g);
+  });
+}
+
+// The connection broke or spoke nonsense: nothing on it can be trusted any more.
+void lost(ShmConn& c, const char* why) {
+  if (c.attaches > 0)
+    warn(std::string("dipc: ") + why + ": " + std::to_string(c.attaches) +
+         " shared memory attaches of this process are no longer kept coherent\n");
+  c.drop();
+}
+
+// Sends one request, `pass_fd` (if >= 0) riding on its first byte. Returns its id, or 0 (the stream is then broken).
+uint64_t send_request(ShmConn& c, uint16_t op, const Bytes& body, int pass_fd) {
+  uint64_t id = c.next_id++;
+  Bytes b;
+  append_frame(b, FrameHeader{FrameKind::kRequest, op, id, 0, 0}, body);
+  size_t off = 0;
+  while (off < b.size()) {
+    iovec iov{b.data() + off, b.size() - off};
+    msghdr m{};
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))];
+    if (off == 0 && pass_fd >= 0) {
+      m.msg_control = cbuf;
+      m.msg_controllen = sizeof cbuf;
+      cmsghdr* cm = CMSG_FIRSTHDR(&m);
+      cm->cmsg_level = SOL_SOCKET;
+      cm->cmsg_type = SCM_RIGHTS;
+      cm->cmsg_len = CMSG_LEN(sizeof(int));
+      std::memcpy(CMSG_DATA(cm), &pass_fd, sizeof(int));
+    }
+    ssize_t n = sendmsg(c.fd, &m, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return 0;  // includes EAGAIN: SO_SNDTIMEO ran out
+    off += static_cast<size_t>(n);
+  }
+  return id;
+}
+
+enum class Got { kFrame, kTimeout, kBroken };
+
+// Waits for the response to request `id`, skipping late answers to requests given up on earlier. A successful
+// kShmAt response comes with the node's view memfd (sent with the frame's first byte, so it is here once the frame
+// is): it goes to `passed_fd`.
+Got await_response(ShmConn& c, uint16_t op, uint64_t id, FrameParser::Frame& f, int& passed_fd) {
+  int64_t deadline = now_ns() + kReplyNs;
+  uint8_t buf[4096];
+  for (;;) {
+    while (c.parser.next(f)) {
+      const FrameHeader& h = f.header;
+      if (h.kind != FrameKind::kResponse || h.id > id) return Got::kBroken;
+      int fd = -1;
+      if (h.op == ipc::kShmAt && h.status == 0) {
+        if (c.fds.empty()) return Got::kBroken;
+        fd = c.fds.front();
+        c.fds.pop_front();
+      }
+      if (h.id < id) {
+        if (fd >= 0) close(fd);
+        continue;
+      }
+      if (h.op != op) {
+        if (fd >= 0) close(fd);
+        return Got::kBroken;
+      }
+      passed_fd = fd;
+      return Got::kFrame;
+    }
+    if (c.parser.failed()) return Got::kBroken;
+    int64_t left = deadline - now_ns();
+    if (left <= 0) return Got::kTimeout;
+    pollfd p{c.fd, POLLIN, 0};
+    int r = poll(&p, 1, static_cast<int>(std::min<int64_t>((left + 999'999) / 1'000'000, INT_MAX)));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return Got::kBroken;
+    if (r == 0) continue;
+    iovec iov{buf, sizeof buf};
+    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * 4)];
+    msghdr m{};
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = cbuf;
+    m.msg_controllen = sizeof cbuf;
+    ssize_t n = recvmsg(c.fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (n > 0) {
+      for (cmsghdr* cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm)) {
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
+        size_t nfds = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < nfds; ++i) {
+          int fd;
+          std::memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
+          c.fds.push_back(fd);
+        }
+      }
+    }
+    if (n <= 0 || (m.msg_flags & MSG_CTRUNC)) return Got::kBroken;  // closed, or a descriptor was lost
+    c.parser.feed(buf, static_cast<size_t>(n));
+  }
+}
+
+struct Answer {
+  int status = 0;
+  Bytes body;
+  int fd = -1;
+};
+
+// One request and its answer. Returns 0, or ETIMEDOUT (no answer in time: the connection and its attaches stay,
+// the late answer is skipped), or EIO (the connection broke and is closed).
+int roundtrip(ShmConn& c, uint16_t op, const Bytes& body, int pass_fd, Answer& out) {
+  if (c.fd < 0) return EIO;
+  uint64_t id = send_request(c, op, body, pass_fd);
+  if (!id) {
+    lost(c, "cannot send to dipcd");
+    return EIO;
+  }
+  FrameParser::Frame f;
+  Got g = await_response(c, op, id, f, out.fd);
+  if (g == Got::kTimeout) return ETIMEDOUT;
+  if (g == Got::kBroken) {
+    lost(c, "connection to dipcd lost");
+    return EIO;
+  }
+  out.status = f.header.status;
+  out.body = std::move(f.payload);
+  return 0;
+}
+
+Bytes attach_body(int id, uintptr_t addr, size_t len, int flg) {
+  return ipc::encode_body(ipc::ShmAttachReq{id, addr, len, flg});
+}
+
+// ---- fork ----
+
+// The child inherits the mappings but not their userfaultfd registrations (the kernel drops them without
+// UFFD_FEATURE_EVENT_FORK), nor may it speak on its parent's connections. Before fork() returns in it, it hands dipcd
+// a userfaultfd of its own for every inherited attach; dipcd counts them in shm_nattch, as Linux does.
+void reattach_in_child(State& s) {
+  for (auto& c : s.conns) c->drop();  // our copies only: the parent's connections and attaches are untouched
+  s.conns.clear();
+  if (s.attaches.empty()) return;
+  ShmConn* c = conn_for_caller(s);
+  if (!c) {
+    s.conns.push_back(std::make_unique<ShmConn>());  // a closed one, to own the attaches
+    c = s.conns.back().get();
+  }
+  c->attaches = s.attaches.size();
+  size_t bad = 0;
+  for (Attach& at : s.attaches) {
+    at.conn = c;
+    int uffd = make_uffd();
+    if (uffd < 0 || !register_range(uffd, at.addr, at.len, at.flg)) {
+      if (uffd >= 0) close(uffd);
+      ++bad;
+      continue;
+    }
+    Answer ans;
+    if (roundtrip(*c, ipc::kShmAttached, attach_body(at.id, at.addr, at.len, at.flg), uffd, ans) != 0 || ans.status)
+      ++bad;
+    close(uffd);
+  }
+  if (bad)
+    warn("dipc: fork: " + std::to_string(bad) + " of " + std::to_string(s.attaches.size()) +
+         " inherited shared memory attaches could not be registered with dipcd; the child's view of them is not "
+         "kept coherent\n");
+}
+
+void atfork_prepare() { state().mu.lock(); }
+void atfork_parent() { state().mu.unlock(); }
+void atfork_child() {
+  State& s = state();
+  int saved = errno;
+  try {
+    reattach_in_child(s);
+  } catch (...) {
+    warn("dipc: fork: out of memory while registering inherited shared memory attaches with dipcd\n");
+  }
+  errno = saved;
+  s.mu.unlock();
+}
+
+pthread_once_t g_atfork_once = PTHREAD_ONCE_INIT;
+
+// ---- shmat / shmdt ----
+
+// Tells dipcd an attach is gone (unmapped). Cannot fail, as Linux's shmdt cannot once it found the attach: dipcd's
+// answer only keeps shm_nattch exact.
+void detached(const Attach& at) noexcept {
+  --at.conn->attaches;
+  try {
+    Answer ans;
+    roundtrip(*at.conn, ipc::kShmDt, attach_body(at.id, at.addr, 0, 0), -1, ans);
+  } catch (...) {
+  }
+}
+
+// Undoes a half-made attach on the way out.
+struct Undo {
+  int fd = -1;
+  void* map = nullptr;
+  size_t len = 0;
+  ~Undo() {
+    int saved = errno;
+    if (fd >= 0) close(fd);
+    if (map) munmap(map, len);
+    errno = saved;
+  }
+};
+
+std::optional<void*> attach(int id, const void* addr, int flg) {
+  // Linux's checks before it looks the segment up (do_shmat).
+  auto a = reinterpret_cast<uintptr_t>(addr);
+  const auto lba = static_cast<uintptr_t>(SHMLBA);
+  if (a & (lba - 1)) {
+    if (!(flg & SHM_RND)) return failed(EINVAL);
+    a &= ~(lba - 1);
+    if (a == 0 && (flg & SHM_REMAP)) return failed(EINVAL);
+  } else if (!addr && (flg & SHM_REMAP)) {
+    return failed(EINVAL);
+  }
+  bool fixed = addr != nullptr;
+
+  pthread_once(&g_atfork_once, [] { pthread_atfork(atfork_prepare, atfork_parent, atfork_child); });
+  State& s = state();
+  std::lock_guard lock(s.mu);
+  prune(s);
+  s.attaches.reserve(s.attaches.size() + 1);  // recording the attach must not fail once dipcd counts it
+  ShmConn* c = conn_for_caller(s);
+  if (!c) return std::nullopt;
+
+  Answer at;
+  Undo undo;
+  int e = roundtrip(*c, ipc::kShmAt, ipc::encode_body(ipc::ShmAtReq{id, flg}), -1, at);
+  undo.fd = at.fd;
+  if (e) return failed(EIO);
+  if (at.status) {
+    if (at.status == EINVAL && at.body.size() == 1 && at.body[0] == ipc::kUnknownIdMarker) {
+      return std::nullopt;  // not an id dipcd knows: the kernel answers
+    }
+    return failed(at.status);
+  }
+  ipc::ShmAtResp r;
+  const auto page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  if (!ipc::decode_body(at.body, r) || at.fd < 0 || r.mapped == 0 || r.mapped % page != 0 || r.mapped < r.size ||
+      r.mapped > SIZE_MAX / 2)
+    return failed(EIO);
+  const auto len = static_cast<size_t>(r.mapped);
+
+  int prot = PROT_READ | ((flg & SHM_RDONLY) ? 0 : PROT_WRITE) | ((flg & SHM_EXEC) ? PROT_EXEC : 0);
+  // A read-only attach gets an O_RDONLY memfd, and the kernel registers a MAP_SHARED mapping with a userfaultfd
+  // only if it could be made writable (VM_MAYWRITE): it is mapped MAP_PRIVATE. Reads still see the view's pages
+  // (dipcd fills them and punches them out); only a write after mprotect() would make a private copy.
+  int mflags = ((flg & SHM_RDONLY) ? MAP_PRIVATE : MAP_SHARED) |
+               (fixed ? ((flg & SHM_REMAP) ? MAP_FIXED : MAP_FIXED_NOREPLACE) : 0);
+  void* p = mmap(reinterpret_cast<void*>(a), len, prot, mflags, at.fd, 0);
+  if (p == MAP_FAILED) return failed(errno == EEXIST ? EINVAL : errno);  // Linux: EINVAL on an overlap
+  undo.map = p;
+  undo.len = len;
+  if (fixed && reinterpret_cast<uintptr_t>(p) != a) return failed(EINVAL);  // a kernel that took it as a hint
+  if (flg & SHM_REMAP) {
+    // The attaches the new mapping replaced whole are gone, as Linux's shm_close() counts them out.
+    auto gone = std::stable_partition(s.attaches.begin(), s.attaches.end(),
+                                      [&](const Attach& x) { return x.addr < a || x.addr + x.len > a + len; });
+    std::vector<Attach> old(gone, s.attaches.end());
+    s.attaches.erase(gone, s.attaches.end());
+    for (const Attach& x : old) detached(x);
+  }
+  close(at.fd);
+  undo.fd = -1;
+
+  // From here on dipcd resolves the mapping's faults: nothing touches it before dipcd has the userfaultfd.
+  int uffd = make_uffd();
+  if (uffd < 0) return failed(errno);
+  undo.fd = uffd;
+  if (!register_range(uffd, reinterpret_cast<uintptr_t>(p), len, flg)) return failed(errno);
+  Answer done;
+  auto pa = reinterpret_cast<uintptr_t>(p);
+  e = roundtrip(*c, ipc::kShmAttached, attach_body(id, pa, len, flg), uffd, done);
+  if (e == ETIMEDOUT && !send_request(*c, ipc::kShmDt, attach_body(id, pa, 0, 0), -1))
+    lost(*c, "cannot send to dipcd");  // dipcd may still count the attach when it answers: take it back
+  if (e) return failed(EIO);
+  if (done.status) return failed(done.status);
+  undo.map = nullptr;  // the uffd goes (dipcd keeps its own copy); the mapping stays
+
+  s.attaches.push_back(Attach{pa, len, id, flg, c});
+  ++c->attaches;
+  return p;
+}
+
+std::optional<int> detach(const void* addr) {
+  State& s = state();
+  std::lock_guard lock(s.mu);
+  auto a = reinterpret_cast<uintptr_t>(addr);
+  auto it = std::find_if(s.attaches.begin(), s.attaches.end(), [&](const Attach& at) { return at.addr == a; });
+  if (it == s.attaches.end()) return std::nullopt;
+  Attach at = *it;
+  s.attaches.erase(it);
+  munmap(reinterpret_cast<void*>(at.addr), at.len);
+  detached(at);
+  prune(s);
+  return 0;
+}
+
+}  // namespace
+
+std::optional<void*> shm_attach(int id, const void* addr, int flg) noexcept {
+  try {
+    return attach(id, addr, flg);
+  } catch (const std::bad_alloc&) {
+    return failed(ENOMEM);
+  } catch (...) {
+    return failed(EIO);
+  }
+}
+
+std::optional<int> shm_detach(const void* addr) noexcept {
+  try {
+    return detach(addr);
+  } catch (const std::bad_alloc&) {
+    errno = ENOMEM;
+    return -1;
+  } catch (...) {
+    errno = EIO;
+    return -1;
+  }
+}
+
+}  // namespace dipc::preload

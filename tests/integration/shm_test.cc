@@ -1,0 +1,394 @@
+// Integration tests of distributed System V shared memory: plain SysV C programs (tests/progs/shm_tool.c,
+// tests/progs/shm_work.c) under libdipc.so on simulated nodes. The segment must behave as on a multiprocessor:
+// plain loads and stores see each other across nodes with no explicit synchronisation, lock-prefixed atomics are
+// atomic cluster-wide, and the SysV calls (shmget/shmat/shmdt/shmctl) mean what they mean on one kernel.
+//
+// The workloads check themselves (they exit 1 on a failed check and print what went wrong on stderr); the tests also
+// check their name=value lines. Every wait is bounded: a process's output or exit, or polling a condition with fresh
+// processes up to a deadline; none sleeps for a guessed time.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <memory>
+#include <sstream>
+
+#include "tests/harness/sim_cluster.h"
+
+namespace dipc::test {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// "name=value" -> value of the last such line.
+std::string field(const std::string& out, const std::string& name) {
+  std::istringstream is(out);
+  std::string line, v;
+  while (std::getline(is, line))
+    if (line.rfind(name + "=", 0) == 0) v = line.substr(name.size() + 1);
+  return v;
+}
+
+// Values of every "name=value" line, in order.
+std::vector<std::string> fields(const std::string& out, const std::string& name) {
+  std::istringstream is(out);
+  std::string line;
+  std::vector<std::string> v;
+  while (std::getline(is, line))
+    if (line.rfind(name + "=", 0) == 0) v.push_back(line.substr(name.size() + 1));
+  return v;
+}
+
+// "0 key=0 segsz=8192 nattch=2 ..." -> the value of `name` in it.
+std::string kv(const std::string& line, const std::string& name) {
+  std::istringstream is(line);
+  std::string word;
+  while (is >> word)
+    if (word.rfind(name + "=", 0) == 0) return word.substr(name.size() + 1);
+  return "<no " + name + " in '" + line + "'>";
+}
+
+std::string key(int test) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "0x%x", 0x5e000000 + test);
+  return buf;
+}
+
+constexpr long kPage = 4096;
+constexpr const char* kTimeoutEnv = "SHM_TIMEOUT=150";  // the workloads' own bound, below the harness's wait of 180 s
+
+class Shm : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { cluster_ = std::make_unique<SimCluster>(SimCluster::Options{.nodes = 3}); }
+  static void TearDownTestSuite() { cluster_.reset(); }
+  SimCluster& c() { return *cluster_; }
+  static std::unique_ptr<SimCluster> cluster_;
+
+  // Runs shm_tool with the commands on a node; expects exit 0 and returns its stdout.
+  std::string tool(int node, std::vector<std::string> cmds, int timeout_s = 60) {
+    cmds.insert(cmds.begin(), SimCluster::prog("shm_tool"));
+    auto r = c().run(node, cmds, timeout_s, {kTimeoutEnv});
+    EXPECT_EQ(r.status, 0) << "node" << node << ": " << r.out << r.err;
+    return r.out;
+  }
+  // The same as user nobody (setpriv, as the cluster tests do).
+  std::string tool_as_nobody(int node, std::vector<std::string> cmds) {
+    std::vector<std::string> argv = {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                     SimCluster::prog("shm_tool")};
+    argv.insert(argv.end(), cmds.begin(), cmds.end());
+    auto r = c().run(node, argv, 60, {kTimeoutEnv});
+    EXPECT_EQ(r.status, 0) << r.out << r.err;
+    return r.out;
+  }
+  // A fresh distributed segment (IPC_CREAT|IPC_EXCL|IPC_DIPC) made on `node`; returns its id.
+  std::string create(int node, const std::string& k, long size, const std::string& mode = "0666") {
+    std::string out = tool(node, {"get:" + k + ":" + std::to_string(size) + ":creat+excl+dipc+" + mode});
+    std::string id = field(out, "get");
+    EXPECT_TRUE(!id.empty() && id[0] != '-') << out;
+    return id;
+  }
+  SimCluster::Proc work(int node, std::vector<std::string> args) {
+    args.insert(args.begin(), SimCluster::prog("shm_work"));
+    return c().spawn(node, args, {kTimeoutEnv});
+  }
+  // Waits for a workload and checks that it passed its own checks; returns its stdout.
+  std::string finish(SimCluster::Proc& p, const std::string& what) {
+    auto r = c().wait(p, 180);
+    EXPECT_EQ(r.status, 0) << what << ":\n" << r.out << r.err;
+    return r.out;
+  }
+  // Polls (a fresh shm_tool on `node` each time) until pred(its output) holds; bounded.
+  bool wait_tool(int node, const std::vector<std::string>& cmds, const std::function<bool(const std::string&)>& pred,
+                 int timeout_s = 30) {
+    auto deadline = Clock::now() + std::chrono::seconds(timeout_s);
+    do {
+      if (pred(tool(node, cmds))) return true;
+    } while (Clock::now() < deadline);
+    return false;
+  }
+  std::string nattch(int node, const std::string& id) { return kv(field(tool(node, {"stat:" + id}), "stat"), "nattch"); }
+};
+std::unique_ptr<SimCluster> Shm::cluster_;
+
+TEST_F(Shm, NodesAreIsolatedSoOnlyIpcDipcSegmentsAreShared) {
+  if (!c().namespaced()) GTEST_SKIP() << "needs root for network and IPC namespaces";
+  // A plain kernel segment made on node1 is invisible on node2: whatever the other tests see crossed dipc.
+  const std::string k = key(13);
+  std::string out = tool(1, {"get:" + k + ":4096:creat+excl+0666", "at", "w:0:5", "dt"});
+  EXPECT_NE(field(out, "get").substr(0, 2), "-1") << out;
+  EXPECT_EQ(field(tool(2, {"get:" + k + ":4096:0666"}), "get"), "-1 ENOENT");
+  EXPECT_EQ(field(tool(1, {"get:" + k + ":4096:0666", "rm"}), "rm"), "0");
+  // The same calls with IPC_DIPC name one segment cluster-wide.
+  std::string id = create(1, k, kPage);
+  tool(1, {"at:" + id, "w:0:6"});
+  out = tool(2, {"get:" + k + ":4096:dipc+0666", "at", "r:0", "rm"});
+  EXPECT_EQ(field(out, "get"), id);
+  EXPECT_EQ(field(out, "r"), "6");
+}
+
+TEST_F(Shm, MessagePassingLitmusWriterOnOneNodeReaderOnAnother) {
+  // Data on one page, the flag on another: a reader that saw round r's flag must see all of round r's data.
+  const std::string k = key(1), rounds = "1000";
+  std::string id = create(1, k, 3 * kPage);
+  auto reader = work(2, {"litmus", k, "reader", rounds});
+  auto writer = work(1, {"litmus", k, "writer", rounds});
+  std::string wout = finish(writer, "writer"), rout = finish(reader, "reader");
+  EXPECT_EQ(field(rout, "mismatches"), "0");
+  EXPECT_EQ(field(rout, "rounds"), rounds);
+  EXPECT_EQ(field(wout, "rounds"), rounds);
+  // A third node sees the last round's flag and ack.
+  std::string out = tool(3, {"at:" + id, "r:" + std::to_string(kPage), "r:" + std::to_string(2 * kPage), "rm:" + id});
+  EXPECT_EQ(fields(out, "r"), (std::vector<std::string>{rounds, rounds}));
+}
+
+TEST_F(Shm, AtomicFetchAddFromTwoProcessesOnEachOfThreeNodesSumsExactly) {
+  const std::string k = key(2);
+  constexpr int kIters = 20000, kProcs = 6;
+  std::string id = create(1, k, 2 * kPage);
+  std::vector<SimCluster::Proc> ps;
+  for (int i = 0; i < kProcs; ++i) ps.push_back(work(i % 3 + 1, {"counter", k, std::to_string(kIters), std::to_string(kProcs)}));
+  for (auto& p : ps) EXPECT_EQ(field(finish(p, "counter"), "counter"), std::to_string(kIters * kProcs));
+  EXPECT_EQ(field(tool(2, {"at:" + id, "r:0", "rm:" + id}), "r"), std::to_string(kIters * kProcs));
+}
+
+TEST_F(Shm, CasSpinlockGuardsPlainReadModifyWriteAcrossNodes) {
+  const std::string k = key(3);
+  constexpr int kIters = 2000, kProcs = 4;
+  std::string id = create(2, k, 4 * kPage);
+  std::vector<SimCluster::Proc> ps;
+  for (int i = 0; i < kProcs; ++i) ps.push_back(work(i % 3 + 1, {"spinlock", k, std::to_string(kIters), std::to_string(kProcs)}));
+  for (auto& p : ps) {
+    std::string out = finish(p, "spinlock");
+    EXPECT_EQ(field(out, "errors"), "0");
+    EXPECT_EQ(field(out, "counter"), std::to_string(kIters * kProcs));
+  }
+  // The lock is free, the counter and its shadow agree.
+  std::string out = tool(3, {"at:" + id, "r:0", "r:" + std::to_string(kPage), "r:" + std::to_string(3 * kPage), "rm:" + id});
+  EXPECT_EQ(fields(out, "r"), (std::vector<std::string>{"0", std::to_string(kIters * kProcs), std::to_string(kIters * kProcs)}));
+}
+
+TEST_F(Shm, RandomizedWorkloadMatchesTheSequentialReference) {
+  const std::string k = key(4), steps = "100", seed = "0x5eed1234", pages = "8";
+  std::string id = create(3, k, 9 * kPage);
+  std::vector<SimCluster::Proc> ps;
+  for (int i = 0; i < 3; ++i) ps.push_back(work(i + 1, {"random", k, "3", std::to_string(i), steps, seed, pages}));
+  for (auto& p : ps) {
+    std::string out = finish(p, "random");
+    EXPECT_EQ(field(out, "errors"), "0");
+    EXPECT_EQ(field(out, "checks"), "101");
+  }
+  EXPECT_EQ(field(tool(1, {"at:" + id, "r:0", "rm:" + id}), "r"), "300");  // the turn word: all 3 x 100 turns taken
+}
+
+TEST_F(Shm, TwoWritersPingPongOnePageAcrossNodes) {
+  const std::string k = key(5), rounds = "500";
+  std::string id = create(2, k, kPage);
+  auto a = work(1, {"pingpong", k, "0", rounds});
+  auto b = work(3, {"pingpong", k, "1", rounds});
+  for (auto* p : {&a, &b}) {
+    std::string out = finish(*p, "pingpong");
+    EXPECT_EQ(field(out, "errors"), "0");
+    EXPECT_EQ(field(out, "counter"), "1000");
+  }
+  EXPECT_EQ(fields(tool(2, {"at:" + id, "r:0", "r:64", "rm:" + id}), "r"), (std::vector<std::string>{"1000", "1000"}));
+}
+
+TEST_F(Shm, DetachAndReattachKeepTheData) {
+  const std::string k = key(6);
+  std::string id = create(1, k, 2 * kPage);
+  std::string out = tool(2, {"get:" + k + ":0:dipc+0666", "at", "w:0:77", "w:4096:78", "dt", "at", "r:0", "r:4096", "dt"});
+  EXPECT_EQ(fields(out, "r"), (std::vector<std::string>{"77", "78"}));
+  EXPECT_EQ(field(out, "get"), id);
+  // Nobody is attached any more; the segment and its data stay until removed.
+  EXPECT_TRUE(wait_tool(3, {"stat:" + id}, [](const std::string& o) { return kv(field(o, "stat"), "nattch") == "0"; }));
+  out = tool(3, {"stat:" + id, "at:" + id, "r:0", "r:4096", "stat:" + id, "dt", "stat:" + id});
+  auto st = fields(out, "stat");
+  ASSERT_EQ(st.size(), 3u) << out;
+  EXPECT_EQ(kv(st[0], "segsz"), "8192");
+  EXPECT_EQ(kv(st[0], "dtime"), "set");
+  EXPECT_EQ(kv(st[1], "nattch"), "1");
+  EXPECT_EQ(kv(st[1], "lpid"), "self");
+  EXPECT_EQ(kv(st[2], "nattch"), "0");
+  EXPECT_EQ(fields(out, "r"), (std::vector<std::string>{"77", "78"}));
+  EXPECT_EQ(field(tool(1, {"rm:" + id}), "rm"), "0");
+}
+
+TEST_F(Shm, RemovalWhileAttachedKeepsTheMemoryAndCountsAttachesClusterWide) {
+  const std::string k = key(7);
+  std::string id = create(1, k, 2 * kPage);
+  // node2 attaches, writes, and waits (bounded) to be told to go on; then it reads and writes after the removal.
+  auto p2 = c().spawn(2, {SimCluster::prog("shm_tool"), "get:" + k + ":0:dipc+0666", "at", "w:0:111", "print:held=1",
+                          "waitw:8:1:90", "r:0", "w:16:222", "print:written=1", "hold"}, {kTimeoutEnv});
+  ASSERT_TRUE(c().wait_output(p2, "held=1")) << p2.out_buf << p2.err_buf;
+  std::string st = field(tool(3, {"stat:" + id}), "stat");  // IPC_STAT from a node with no attach
+  EXPECT_EQ(kv(st, "nattch"), "1") << st;
+  EXPECT_EQ(kv(st, "cpid"), "other") << st;
+  // node1 attaches too, removes the segment while both are attached, and goes on using it.
+  auto p1 = c().spawn(1, {SimCluster::prog("shm_tool"), "get:" + k + ":0:dipc+0666", "at", "stat", "rm", "stat",
+                          "get:" + k + ":0:dipc+0666", "w:8:1", "waitw:16:222:90", "r:0", "r:16", "print:held=1", "hold"},
+                      {kTimeoutEnv});
+  ASSERT_TRUE(c().wait_output(p1, "held=1")) << p1.out_buf << p1.err_buf;
+  ASSERT_TRUE(c().wait_output(p2, "written=1")) << p2.out_buf << p2.err_buf;
+  auto sts = fields(p1.out_buf, "stat");
+  ASSERT_EQ(sts.size(), 2u) << p1.out_buf;
+  EXPECT_EQ(kv(sts[0], "nattch"), "2");
+  EXPECT_EQ(kv(sts[0], "dest"), "0");
+  EXPECT_EQ(kv(sts[1], "nattch"), "2");  // removed, but still there for those attached
+  EXPECT_EQ(kv(sts[1], "dest"), "1");
+  EXPECT_EQ(kv(sts[1], "key"), "0");     // the key is released at once
+  EXPECT_EQ(field(p1.out_buf, "rm"), "0");
+  EXPECT_EQ(field(p1.out_buf, "get"), "-1 ENOENT");
+  EXPECT_EQ(fields(p1.out_buf, "r"), (std::vector<std::string>{"111", "222"}));
+  EXPECT_EQ(field(p2.out_buf, "r"), "111");
+  // Every node sees the same: removed, still attached twice, the key free.
+  std::string out = tool(3, {"stat:" + id, "get:" + k + ":0:dipc+0666"});
+  EXPECT_EQ(kv(field(out, "stat"), "nattch"), "2") << out;
+  EXPECT_EQ(kv(field(out, "stat"), "dest"), "1") << out;
+  EXPECT_EQ(field(out, "get"), "-1 ENOENT");
+  // The attaches go away with their processes; the segment goes with the last one.
+  c().kill(p2, SIGTERM);
+  EXPECT_EQ(c().wait(p2, 10).status, 128 + SIGTERM);
+  EXPECT_TRUE(wait_tool(3, {"stat:" + id}, [](const std::string& o) { return kv(field(o, "stat"), "nattch") == "1"; }))
+      << tool(3, {"stat:" + id});
+  c().kill(p1, SIGTERM);
+  EXPECT_EQ(c().wait(p1, 10).status, 128 + SIGTERM);
+  EXPECT_TRUE(wait_tool(2, {"stat:" + id}, [](const std::string& o) { return field(o, "stat") == "-1 EINVAL"; }))
+      << tool(2, {"stat:" + id});
+  // The key names a new segment now.
+  out = tool(2, {"get:" + k + ":4096:creat+excl+dipc+0666", "at", "r:0", "rm"});
+  EXPECT_NE(field(out, "get"), id);
+  EXPECT_EQ(field(out, "get").substr(0, 2) == "-1", false) << out;
+  EXPECT_EQ(field(out, "r"), "0");
+}
+
+TEST_F(Shm, ForkAfterAttachSharesTheSegmentWithTheChild) {
+  const std::string k = key(8);
+  std::string id = create(1, k, 2 * kPage);
+  tool(1, {"at:" + id, "w:0:5"});  // the page starts out on node1
+  // On node2 the child sees the parent's memory (not a copy), and the parent sees the child's write.
+  std::string out = tool(2, {"at:" + id, "fork:0:77", "r:0", "r:8"});
+  EXPECT_EQ(field(out, "fork_child_saw"), "5");
+  EXPECT_EQ(field(out, "fork_child_nattch"), "2");
+  EXPECT_EQ(field(out, "fork_child_status"), "0");
+  EXPECT_EQ(field(out, "fork_parent_sees"), "77");
+  EXPECT_EQ(fields(out, "r"), (std::vector<std::string>{"77", "78"}));
+  EXPECT_EQ(fields(tool(3, {"at:" + id, "r:0", "r:8", "rm:" + id}), "r"), (std::vector<std::string>{"77", "78"}));
+}
+
+TEST_F(Shm, WritingThroughAnShmRdonlyAttachDiesBySigsegvAndChangesNothing) {
+  const std::string k = key(9);
+  std::string id = create(1, k, kPage);
+  tool(1, {"at:" + id, "w:0:42"});
+  std::string out = tool(2, {"at:" + id + ":rdonly", "r:0", "crashw:0:9", "r:0"});
+  EXPECT_EQ(field(out, "crashw"), "SIGSEGV");
+  EXPECT_EQ(fields(out, "r"), (std::vector<std::string>{"42", "42"}));
+  EXPECT_EQ(field(tool(3, {"at:" + id, "r:0"}), "r"), "42");
+  // A read-write attach on the same node may write.
+  out = tool(2, {"at:" + id, "crashw:0:9", "r:0"});
+  EXPECT_EQ(field(out, "crashw"), "exit 0");
+  EXPECT_EQ(field(out, "r"), "9");
+  EXPECT_EQ(field(tool(1, {"at:" + id, "r:0", "rm:" + id}), "r"), "9");
+}
+
+TEST_F(Shm, ReadSyscallIntoADsmPageFillsItAndAnotherNodeSeesTheData) {
+  const std::string k = key(10);
+  std::string id = create(1, k, 2 * kPage);
+  tool(1, {"at:" + id, "w:96:1", "w:4088:1", "w:4096:1"});  // both pages start out written on node1
+  // The kernel, not the program, writes the memory: read(2) must fill it, not fail with EFAULT.
+  std::string out = tool(2, {"at:" + id, "readinto:100:hello-from-read", "readinto:4090:across-a-page-boundary",
+                             "rstr:100:15", "rstr:4090:22"});
+  EXPECT_EQ(fields(out, "readinto"), (std::vector<std::string>{"15", "22"}));
+  EXPECT_EQ(fields(out, "rstr"), (std::vector<std::string>{"hello-from-read", "across-a-page-boundary"}));
+  out = tool(3, {"at:" + id, "rstr:100:15", "rstr:4090:22", "rm:" + id});
+  EXPECT_EQ(fields(out, "rstr"), (std::vector<std::string>{"hello-from-read", "across-a-page-boundary"}));
+}
+
+TEST_F(Shm, KillDashNineOfTheNodeHoldingPagesExclusivelyKeepsItsLastWrites) {
+  const std::string k = key(11);
+  std::string id = create(1, k, 4 * kPage);
+  tool(1, {"at:" + id, "w:0:1", "w:4096:1", "w:8192:1", "w:12288:1"});
+  EXPECT_EQ(fields(tool(3, {"at:" + id, "r:0", "r:4096", "r:8192", "r:12288"}), "r"),
+            (std::vector<std::string>(4, "1")));  // copies of the old values on node1 and node3
+  // node2 overwrites every page (taking them exclusively) and is killed while attached.
+  auto h = c().spawn(2, {SimCluster::prog("shm_tool"), "at:" + id, "r:0", "w:0:1001", "w:4096:1002", "w:8192:1003",
+                         "w:12288:1004", "hold"}, {kTimeoutEnv});
+  ASSERT_TRUE(c().wait_output(h, "held=1")) << h.out_buf << h.err_buf;
+  c().kill(h, SIGKILL);
+  EXPECT_EQ(c().wait(h, 10).status, 128 + SIGKILL);
+  const std::vector<std::string> last = {"1001", "1002", "1003", "1004"};
+  EXPECT_EQ(fields(tool(1, {"at:" + id, "r:0", "r:4096", "r:8192", "r:12288"}), "r"), last);
+  EXPECT_EQ(fields(tool(3, {"at:" + id, "r:0", "r:4096", "r:8192", "r:12288"}), "r"), last);
+  // The dead process's attach is gone, and the segment is still fully usable.
+  EXPECT_TRUE(wait_tool(3, {"stat:" + id}, [](const std::string& o) { return kv(field(o, "stat"), "nattch") == "0"; }))
+      << tool(3, {"stat:" + id});
+  tool(3, {"at:" + id, "w:4096:2002"});
+  EXPECT_EQ(field(tool(2, {"at:" + id, "r:4096", "rm:" + id}), "r"), "2002");
+}
+
+TEST_F(Shm, SegmentLargerThanOneGiBIsSparselyTouchedFromTwoNodes) {
+  const std::string k = key(12);
+  constexpr long kSize = 1342177280;  // 1.25 GiB
+  const std::string step = std::to_string(64L << 20);
+  std::string out = tool(1, {"get:" + k + ":" + std::to_string(kSize) + ":creat+excl+dipc+0600", "at",
+                             "sparsew:" + step, "stat"}, 120);
+  std::string id = field(out, "get");
+  ASSERT_FALSE(id.empty() || id[0] == '-') << out;
+  EXPECT_EQ(field(out, "sparsew"), "21");  // 20 x 64 MiB and the last word
+  EXPECT_EQ(kv(field(out, "stat"), "segsz"), std::to_string(kSize));
+  out = tool(2, {"get:" + k + ":0:dipc+0600", "at", "sparsec:" + step, "w:" + std::to_string(kSize / 2 + 8) + ":7"}, 120);
+  EXPECT_EQ(field(out, "sparsec"), "0");
+  EXPECT_EQ(field(out, "sparse_words"), "21");
+  out = tool(1, {"at:" + id, "r:" + std::to_string(kSize / 2 + 8), "sparsec:" + step, "rm:" + id}, 120);
+  EXPECT_EQ(field(out, "r"), "7");
+  EXPECT_EQ(field(out, "sparsec"), "0");
+}
+
+TEST_F(Shm, IpcPrivateIdPassedToAnotherNodeNamesTheSameSegment) {
+  std::string out = tool(1, {"get:0:8192:creat+dipc+0600", "get:0:8192:creat+dipc+0600"});
+  auto ids = fields(out, "get");
+  ASSERT_EQ(ids.size(), 2u) << out;
+  ASSERT_FALSE(ids[0].empty() || ids[0][0] == '-') << out;
+  EXPECT_NE(ids[0], ids[1]);  // every IPC_PRIVATE get makes a new segment
+  const std::string& id = ids[0];
+  EXPECT_EQ(field(tool(2, {"at:" + id, "w:4096:999"}), "w"), "0");
+  out = tool(3, {"at:" + id, "r:4096", "stat:" + id});
+  EXPECT_EQ(field(out, "r"), "999");
+  std::string st = field(out, "stat");
+  EXPECT_EQ(kv(st, "key"), "0") << st;
+  EXPECT_EQ(kv(st, "segsz"), "8192") << st;
+  EXPECT_EQ(kv(st, "mode"), "600") << st;
+  EXPECT_EQ(field(tool(1, {"at:" + id, "r:4096", "at:" + ids[1], "r:4096"}), "r"), "0");  // the other one is apart
+  EXPECT_EQ(fields(tool(1, {"at:" + id, "r:4096", "rm:" + id, "rm:" + ids[1]}), "r"), (std::vector<std::string>{"999"}));
+  EXPECT_EQ(field(tool(2, {"stat:" + id}), "stat"), "-1 EINVAL");
+}
+
+TEST_F(Shm, PermissionsRefuseNobodyOnAnotherNode) {
+  const std::string k = key(14);
+  std::string out = tool(1, {"get:" + k + ":4096:creat+excl+dipc+0600", "at", "w:0:31337"});
+  std::string id = field(out, "get");
+  ASSERT_FALSE(id.empty() || id[0] == '-') << out;
+  out = tool_as_nobody(2, {"get:" + k + ":4096:dipc+0600", "at:" + id, "at:" + id + ":rdonly", "stat:" + id,
+                           "set:" + id + ":0666", "rm:" + id});
+  EXPECT_EQ(field(out, "get"), "-1 EACCES");
+  EXPECT_EQ(fields(out, "at"), (std::vector<std::string>{"-1 EACCES", "-1 EACCES"}));
+  EXPECT_EQ(field(out, "stat"), "-1 EACCES");
+  EXPECT_EQ(field(out, "set"), "-1 EACCES");  // shm_tool's set reads IPC_STAT first
+  EXPECT_EQ(field(out, "rm"), "-1 EPERM");
+  EXPECT_EQ(field(tool_as_nobody(3, {"get:" + k + ":0:dipc"}), "get"), id);  // asking for no access is allowed
+  // The refused calls changed nothing.
+  out = tool(3, {"at:" + id, "r:0", "stat:" + id});
+  EXPECT_EQ(field(out, "r"), "31337");
+  EXPECT_EQ(kv(field(out, "stat"), "mode"), "600");
+  EXPECT_EQ(kv(field(out, "stat"), "dest"), "0");
+  // The owner lets others read: nobody may attach read-only from any node, but still not read-write.
+  EXPECT_EQ(field(tool(1, {"set:" + id + ":0644"}), "set"), "0");
+  out = tool_as_nobody(3, {"at:" + id + ":rdonly", "r:0", "at:" + id});
+  EXPECT_EQ(fields(out, "at"), (std::vector<std::string>{"0", "-1 EACCES"}));
+  EXPECT_EQ(field(out, "r"), "31337");
+  EXPECT_EQ(field(tool(1, {"rm:" + id}), "rm"), "0");
+}
+
+}  // namespace
+}  // namespace dipc::test
