@@ -37,6 +37,9 @@ jn=${DIPC_SHM_JACOBI_N:-1024}
 readers=${DIPC_SHM_UPGRADE_READERS:-3}
 tmo=${DIPC_SHM_PART_TIMEOUT:-600}
 up_flags=(--log-level warn)
+# DIPC_SHM_QUANTUM_US / DIPC_SHM_BLOCK: the [dsm] settings of the benchmark clusters (default: the daemon's defaults).
+[ -n "${DIPC_SHM_QUANTUM_US:-}" ] && up_flags+=(--dsm-quantum-us "$DIPC_SHM_QUANTUM_US")
+[ -n "${DIPC_SHM_BLOCK:-}" ] && up_flags+=(--dsm-block "$DIPC_SHM_BLOCK")
 if [ "${DIPC_SHM_BENCH_KERNEL_SHM:-}" = 1 ]; then up_flags+=(--loopback); export DIPC_SHM_BENCH_KERNEL_SHM; fi
 
 work=$(mktemp -d /tmp/dipc-shm-bench.XXXXXX)

@@ -163,7 +163,7 @@ void Segment::on_msg(const Msg& m) {
   if (for_directory(m.type)) {
     if (!dir_) return;
     dir_->on_message(m, now, out);
-    m_.send(out);
+    send_dir(out);
     arm_timer();
     return;
   }
@@ -177,7 +177,7 @@ void Segment::on_timer() {
   if (!dir_ || dead_) return;
   std::vector<Msg> out;
   dir_->on_timer(Manager::now_us(), out);
-  m_.send(out);
+  send_dir(out);
   arm_timer();
 }
 
@@ -198,8 +198,27 @@ void Segment::on_node_lost(NodeId node) {
   if (!lost.empty())
     DIPC_LOG_WARN("dsm: segment {}: {} block(s) held only by lost node {} revert to the home's copy", id_,
                   lost.size(), node);
-  m_.send(out);
+  send_dir(out);
   arm_timer();
+}
+
+// The directory's messages. A grant that names the home's own frame as the source (the common case: the home held
+// the block, or took it back) is turned into a push: the home writes the block into the requester's frame with a
+// one-sided write, then sends the grant naming the requester itself, which installs in place. The transport
+// delivers the write before the grant (same peer, issue order), so the requester saves a round trip. Until the
+// requester's frames descriptor is known (asked once, in the background), the grant goes out as is.
+void Segment::send_dir(std::vector<Msg>& out) {
+  for (Msg& g : out) {
+    if (g.type != MsgType::kGrant || g.node != m_.self() || g.to == m_.self()) continue;
+    const transport::RegionDesc* d = m_.cached_region(id_, g.to);
+    if (!d) {
+      m_.region_of(id_, g.to, [](Status, const transport::RegionDesc&) {});
+      continue;
+    }
+    uint64_t off = block_off(g.block), len = block_len(g.block);
+    if (m_.transport()->write(*d, off, frames_ + off, len, [](Status) {})) g.node = g.to;
+  }
+  m_.send(out);
 }
 
 // Local actions first, then the messages (an invalidation has taken effect in every local process before its
@@ -447,6 +466,11 @@ void Manager::on_request(NodeId from, uint16_t op, ByteView body, std::function<
   Encoder e;
   s->frames_desc().encode(e);
   reply(0, e.take());
+}
+
+const transport::RegionDesc* Manager::cached_region(uint64_t id, NodeId node) const {
+  auto it = regions_.find(std::make_pair(id, node));
+  return it == regions_.end() ? nullptr : &it->second;
 }
 
 void Manager::region_of(uint64_t id, NodeId node, std::function<void(Status, const transport::RegionDesc&)> cb) {

@@ -80,6 +80,7 @@ class Segment {
     uint64_t addr = 0, len = 0;
     bool rdonly = false;
   };
+  void send_dir(std::vector<Msg>& out);
   void on_uffd(uint64_t attach);
   void handle_fault(uint64_t attach, uint64_t addr, bool write);
   void run(std::vector<Msg>& out, std::vector<LocalAction>& local);
@@ -145,6 +146,7 @@ class Manager {
   void send(std::vector<Msg>& out);
   // The frames descriptor of `node` for segment `id`, asked once and cached.
   void region_of(uint64_t id, NodeId node, std::function<void(Status, const transport::RegionDesc&)> cb);
+  const transport::RegionDesc* cached_region(uint64_t id, NodeId node) const;
   static int64_t now_us();
 
  private:

@@ -8,7 +8,9 @@
 //
 // Threading: every transport runs on the caller's EventLoop; all callbacks run on that loop's thread, and every
 // method must be called on it.
-// Ordering: requests, responses and one-way messages to one peer are delivered in the order they were issued.
+// Ordering: requests, responses, one-way messages and one-sided writes to one peer take effect in the order they
+// were issued (a one-sided write lands before a message issued after it is delivered: dsm/ pushes a block and then
+// sends the grant that names it; RDMA WRITE followed by SEND on one RC queue pair gives the same guarantee).
 // Failure: when a link goes down every outstanding request and one-sided operation to that peer completes with
 // ECONNRESET; operations issued while a peer has not connected yet wait for it up to the connect timeout and then
 // complete with EHOSTUNREACH. Nodes authenticate each other (common/auth.h) before any frame is delivered upward.
