@@ -40,6 +40,7 @@ up_flags=(--log-level warn)
 # DIPC_SHM_QUANTUM_US / DIPC_SHM_BLOCK: the [dsm] settings of the benchmark clusters (default: the daemon's defaults).
 [ -n "${DIPC_SHM_QUANTUM_US:-}" ] && up_flags+=(--dsm-quantum-us "$DIPC_SHM_QUANTUM_US")
 [ -n "${DIPC_SHM_BLOCK:-}" ] && up_flags+=(--dsm-block "$DIPC_SHM_BLOCK")
+[ -n "${DIPC_SHM_BUSY_POLL_US:-}" ] && up_flags+=(--busy-poll-us "$DIPC_SHM_BUSY_POLL_US")
 if [ "${DIPC_SHM_BENCH_KERNEL_SHM:-}" = 1 ]; then up_flags+=(--loopback); export DIPC_SHM_BENCH_KERNEL_SHM; fi
 
 work=$(mktemp -d /tmp/dipc-shm-bench.XXXXXX)

@@ -85,6 +85,15 @@ void EventLoop::post(Task fn) {
   (void)r;
 }
 
+void EventLoop::defer(Task fn) {
+  deferred_.push_back(std::move(fn));
+  if (!in_iteration_ && deferred_.size() == 1) {
+    uint64_t one = 1;
+    ssize_t r = write(wakefd_, &one, sizeof one);
+    (void)r;
+  }
+}
+
 void EventLoop::stop() {
   stop_ = true;
   uint64_t one = 1;
@@ -114,7 +123,8 @@ void EventLoop::run_once(int timeout_ms) {
       clock_gettime(CLOCK_MONOTONIC, &cur);
     } while ((cur.tv_sec - start.tv_sec) * 1000000 + (cur.tv_nsec - start.tv_nsec) / 1000 < busy_poll_us_);
   }
-  if (n == 0) n = epoll_wait(epfd_, evs, 64, timeout_ms);
+  if (n == 0 && deferred_.empty()) n = epoll_wait(epfd_, evs, 64, timeout_ms);
+  in_iteration_ = true;
   for (int i = 0; i < n; ++i) {
     auto it = fds_.find(evs[i].data.fd);
     if (it == fds_.end()) continue;
@@ -133,6 +143,12 @@ void EventLoop::run_once(int timeout_ms) {
     timer_deadline_.erase(node.mapped().first);
     node.mapped().second();
   }
+  while (!deferred_.empty()) {
+    std::vector<Task> d;
+    d.swap(deferred_);
+    for (auto& t : d) t();
+  }
+  in_iteration_ = false;
 }
 
 }  // namespace dipc

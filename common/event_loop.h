@@ -35,6 +35,9 @@ class EventLoop {
 
   // Thread-safe: runs `fn` on the loop thread soon.
   void post(Task fn);
+  // Loop thread only: runs `fn` at the end of the current iteration, after every ready fd was served (the next
+  // iteration when called outside one). Transports use it to send everything an iteration produced in one write.
+  void defer(Task fn);
 
   // Runs until stop(); stop() is thread-safe.
   void run();
@@ -58,6 +61,8 @@ class EventLoop {
   std::unordered_map<TimerId, int64_t> timer_deadline_;
   std::mutex mu_;
   std::vector<Task> posted_;
+  std::vector<Task> deferred_;
+  bool in_iteration_ = false;
 };
 
 }  // namespace dipc

@@ -47,7 +47,7 @@ Segment::Segment(Manager& m, uint64_t id, NodeId home, uint64_t size, uint64_t b
       nblocks_(block_count(mapped_, block_)),
       cache_(id, nblocks_, m.self(), home) {
   if (home == m.self()) dir_ = std::make_unique<HomeDirectory>(id, nblocks_, home, m.quantum_us());
-  in_view_.assign(nblocks_, 0);
+  flags_.assign(nblocks_, 0);
 }
 
 Segment::~Segment() {
@@ -93,12 +93,15 @@ Status Segment::add_attach(uint64_t attach, int uffd, uint64_t addr, uint64_t le
   attaches_[attach] = Attach{uffd, addr, len, rdonly};
   // The new process sees the node's current state: blocks held read-only are write-protected in it too.
   if (!rdonly) {
-    for (uint32_t b = 0; b < nblocks_; ++b)
-      if (in_view_[b] && !cache_.writable(b)) {
+    for (uint32_t b = 0; b < nblocks_; ++b) {
+      if (in_view(b) && !cache_.writable(b)) {
         uffdio_writeprotect wp{{addr + block_off(b), block_len(b)}, UFFDIO_WRITEPROTECT_MODE_WP};
         if (ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) != 0)
           DIPC_LOG_WARN("dsm: write-protect at attach: {}", strerror(errno));
+      } else {
+        flags_[b] &= static_cast<uint8_t>(~kProtected);  // not in the new attach
       }
+    }
   }
   m_.loop().add(uffd, EPOLLIN, [this, attach](uint32_t) { on_uffd(attach); });
   return Status::ok();
@@ -119,6 +122,7 @@ void Segment::on_uffd(uint64_t attach) {
     if (it == attaches_.end() || dead_) return;
     uffd_msg msgs[16];
     ssize_t n = read(it->second.fd, msgs, sizeof msgs);
+    bool more = n == static_cast<ssize_t>(sizeof msgs);  // else the queue is empty: no EAGAIN read needed
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno != EAGAIN) {
@@ -135,6 +139,7 @@ void Segment::on_uffd(uint64_t attach) {
       handle_fault(attach, um.arg.pagefault.address, write);
       if (attaches_.find(attach) == attaches_.end()) return;
     }
+    if (!more) return;
   }
 }
 
@@ -147,7 +152,7 @@ void Segment::handle_fault(uint64_t attach, uint64_t addr, bool write) {
   NodeCache::Fault f = cache_.on_fault(b, write ? Access::kWrite : Access::kRead, out);
   if (f == NodeCache::Fault::kProceed) {
     // The block allows the access already (the fault raced with an install): make sure, then let it retry.
-    if (!in_view_[b]) fill_view(b);
+    if (!in_view(b)) fill_view(b);
     parked_[b].insert(attach);
     wake(b);
   } else {
@@ -253,20 +258,21 @@ void Segment::apply(const LocalAction& a) {
     case LocalAction::kInstall:
       // Protection first, then the data: no local process ever sees the block with more access than granted.
       write_protect_all(b, !a.writable);
-      if (!in_view_[b]) fill_view(b);
+      if (!in_view(b)) fill_view(b);
+      if (a.writable) flags_[b] |= kDirty;
       return;
     case LocalAction::kWriteProtect:
       ++m_.stats().downgrades;
       write_protect_all(b, true);
-      if (in_view_[b]) save_view(b);
+      if (flags_[b] & kDirty) save_view(b);
       return;
     case LocalAction::kInvalidate:
       ++m_.stats().invalidations;
-      if (in_view_[b]) {
+      if (flags_[b] & kDirty) {
         write_protect_all(b, true);  // stop writers before the last copy into the frame
         save_view(b);
-        drop_view(b);
       }
+      if (in_view(b)) drop_view(b);  // a block never written here: F already holds what V holds
       return;
     case LocalAction::kWake:
       wake(b);
@@ -307,7 +313,7 @@ void Segment::fetch(uint32_t b, NodeId from) {
         return;
       }
       ++m_.stats().remote_fetches;
-      in_view_[b] = 0;  // the fresh frame must be copied into the view at install
+      flags_[b] &= static_cast<uint8_t>(~kInView);  // the fresh frame must be copied into the view at install
       std::vector<Msg> out;
       std::vector<LocalAction> local;
       cache_.on_data_ready(b, Manager::now_us(), out, local);
@@ -319,6 +325,11 @@ void Segment::fetch(uint32_t b, NodeId from) {
 
 // Clearing write protection would also wake the faults waiting on the block; kWake does that once the data is in.
 void Segment::write_protect_all(uint32_t b, bool wp) {
+  if (wp && (flags_[b] & kProtected)) return;
+  if (wp)
+    flags_[b] |= kProtected;
+  else
+    flags_[b] &= static_cast<uint8_t>(~kProtected);
   for (auto& [aid, a] : attaches_) {
     if (a.rdonly) continue;  // PROT_READ already
     uffdio_writeprotect w{{a.addr + block_off(b), block_len(b)},
@@ -332,20 +343,21 @@ void Segment::save_view(uint32_t b) {
   uint64_t off = block_off(b), len = block_len(b);
   ssize_t n = pread(view_fd_, frames_ + off, len, static_cast<off_t>(off));
   if (n != static_cast<ssize_t>(len)) DIPC_LOG_ERROR("dsm: save block {}: {}", b, strerror(errno));
+  flags_[b] &= static_cast<uint8_t>(~kDirty);
 }
 
 void Segment::fill_view(uint32_t b) {
   uint64_t off = block_off(b), len = block_len(b);
   ssize_t n = pwrite(view_fd_, frames_ + off, len, static_cast<off_t>(off));
   if (n != static_cast<ssize_t>(len)) DIPC_LOG_ERROR("dsm: fill block {}: {}", b, strerror(errno));
-  in_view_[b] = 1;
+  flags_[b] |= kInView;
 }
 
 void Segment::drop_view(uint32_t b) {
   if (fallocate(view_fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(block_off(b)),
                 static_cast<off_t>(block_len(b))) != 0)
     DIPC_LOG_ERROR("dsm: punch block {}: {}", b, strerror(errno));
-  in_view_[b] = 0;
+  flags_[b] &= static_cast<uint8_t>(~kInView);
 }
 
 void Segment::wake(uint32_t b) {

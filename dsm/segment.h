@@ -106,7 +106,11 @@ class Segment {
   bool registered_ = false;
   NodeCache cache_;
   std::unique_ptr<HomeDirectory> dir_;  // on the home node only
-  std::vector<uint8_t> in_view_;        // the block's pages are in V's page cache
+  // Per block: kInView: its pages are in V's page cache; kProtected: write-protected in every attach (uffd-wp
+  // survives a punch, so a block read again needs no new ioctl); kDirty: was writable since V was last copied to F.
+  enum : uint8_t { kInView = 1, kProtected = 2, kDirty = 4 };
+  std::vector<uint8_t> flags_;
+  bool in_view(uint32_t b) const { return flags_[b] & kInView; }
   std::map<uint64_t, Attach> attaches_;
   std::unordered_map<uint32_t, std::set<uint64_t>> parked_;  // block -> attaches with a fault waiting
   EventLoop::TimerId timer_ = 0;

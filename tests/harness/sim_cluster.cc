@@ -233,6 +233,7 @@ SimCluster::SimCluster(Options o) : nodes_(o.nodes) {
   std::vector<std::string> argv = {bin("dipc-sim"), "up",       "-n",       std::to_string(o.nodes), "--dir",
                                    dir_,            "--policy", o.policy,   "--log-level",           o.log_level};
   if (o.loopback) argv.push_back("--loopback");
+  argv.insert(argv.end(), o.up_args.begin(), o.up_args.end());
   std::istringstream envs(o.extra_env);
   for (std::string e; envs >> e;) {
     argv.push_back("--env");

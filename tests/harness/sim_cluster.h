@@ -27,6 +27,7 @@ class SimCluster {
     std::string extra_env = {};   // "VAR=VALUE VAR2=VALUE2": extra environment for the daemons (kept on restart)
     std::string log_level = "info";
     int up_timeout_s = 120;       // bound on `dipc-sim up`
+    std::vector<std::string> up_args = {};  // more `dipc-sim up` arguments: {"--dsm-block", "65536"}
   };
   explicit SimCluster(Options o);  // throws std::runtime_error with dipc-sim's output (log tails) on failure
   SimCluster(const SimCluster&) = delete;

@@ -63,7 +63,7 @@ class Shm : public ::testing::Test {
  protected:
   static void SetUpTestSuite() { cluster_ = std::make_unique<SimCluster>(SimCluster::Options{.nodes = 3}); }
   static void TearDownTestSuite() { cluster_.reset(); }
-  SimCluster& c() { return *cluster_; }
+  virtual SimCluster& c() { return *cluster_; }
   static std::unique_ptr<SimCluster> cluster_;
 
   // Runs shm_tool with the commands on a node; expects exit 0 and returns its stdout.
@@ -388,6 +388,65 @@ TEST_F(Shm, PermissionsRefuseNobodyOnAnotherNode) {
   EXPECT_EQ(fields(out, "at"), (std::vector<std::string>{"0", "-1 EACCES"}));
   EXPECT_EQ(field(out, "r"), "31337");
   EXPECT_EQ(field(tool(1, {"rm:" + id}), "rm"), "0");
+}
+
+}  // namespace
+}  // namespace dipc::test
+
+namespace dipc::test {
+namespace {
+
+// The coherence unit and the quantum are configurable: the same workloads with 64 KiB blocks (16 pages move and are
+// invalidated together, so false sharing between the words of different processes is heavy) and no quantum at all
+// (nothing but the protocol itself keeps a woken access from starving).
+class ShmBigBlocksNoQuantum : public Shm {
+ protected:
+  static void SetUpTestSuite() {
+    SimCluster::Options o{.nodes = 3};
+    o.up_args = {"--dsm-block", "65536", "--dsm-quantum-us", "0"};
+    big_ = std::make_unique<SimCluster>(o);
+  }
+  static void TearDownTestSuite() { big_.reset(); }
+  SimCluster& c() override { return *big_; }
+  static std::unique_ptr<SimCluster> big_;
+};
+std::unique_ptr<SimCluster> ShmBigBlocksNoQuantum::big_;
+
+TEST_F(ShmBigBlocksNoQuantum, AtomicCounterOnThreeNodesSumsExactly) {
+  const std::string k = key(0x21);
+  constexpr int kIters = 5000, kProcs = 6;
+  std::string id = create(1, k, 20 * kPage);
+  std::vector<SimCluster::Proc> ps;
+  for (int i = 0; i < kProcs; ++i)
+    ps.push_back(work(i % 3 + 1, {"counter", k, std::to_string(kIters), std::to_string(kProcs)}));
+  for (auto& p : ps) EXPECT_EQ(field(finish(p, "counter"), "counter"), std::to_string(kIters * kProcs));
+  EXPECT_EQ(field(tool(2, {"at:" + id, "r:0", "rm:" + id}), "r"), std::to_string(kIters * kProcs));
+}
+
+TEST_F(ShmBigBlocksNoQuantum, RandomizedWorkloadMatchesTheSequentialReference) {
+  const std::string k = key(0x22), steps = "60", seed = "0x5eed4321", pages = "40";
+  std::string id = create(2, k, 41 * kPage);
+  std::vector<SimCluster::Proc> ps;
+  for (int i = 0; i < 3; ++i) ps.push_back(work(i + 1, {"random", k, "3", std::to_string(i), steps, seed, pages}));
+  for (auto& p : ps) {
+    std::string out = finish(p, "random");
+    EXPECT_EQ(field(out, "errors"), "0");
+    EXPECT_EQ(field(out, "checks"), "61");
+  }
+  EXPECT_EQ(field(tool(1, {"at:" + id, "r:0", "rm:" + id}), "r"), "180");
+}
+
+TEST_F(ShmBigBlocksNoQuantum, TwoWritersPingPongOnePageStillBothProgress) {
+  const std::string k = key(0x23), rounds = "300";
+  std::string id = create(3, k, kPage);
+  auto a = work(1, {"pingpong", k, "0", rounds});
+  auto b = work(2, {"pingpong", k, "1", rounds});
+  for (auto* p : {&a, &b}) {
+    std::string out = finish(*p, "pingpong");
+    EXPECT_EQ(field(out, "errors"), "0");
+    EXPECT_EQ(field(out, "counter"), "600");
+  }
+  tool(3, {"rm:" + id});
 }
 
 }  // namespace

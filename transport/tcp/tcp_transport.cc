@@ -13,6 +13,7 @@
 #include <cstring>
 #include <deque>
 #include <map>
+#include <memory>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -102,6 +103,7 @@ struct Peer {
   EventLoop::TimerId connect_timer = 0, redial_timer = 0;
   int64_t backoff_ms = 0;
   std::string last_error;  // last failure logged, so a repeated one is logged once
+  bool flush_deferred = false;  // a flush is scheduled for the end of the loop iteration
 };
 
 const char* kind_name(FrameKind k) {
@@ -344,7 +346,20 @@ class TcpTransport final : public Transport {
     if (!p.link) m.deadline = EventLoop::now_ms() + opt_.connect_timeout_ms;
     p.out_bytes += m.size();
     p.out.push_back(std::move(m));
-    if (p.link && !p.link->want_out) flush(*p.link);
+    // Everything issued during one loop iteration leaves in one sendmsg at its end: a block pushed with its grant
+    // arrives in one segment and wakes the peer once.
+    if (p.link && !p.link->want_out && !p.flush_deferred) {
+      p.flush_deferred = true;
+      NodeId id = p.id;
+      std::weak_ptr<int> alive = alive_;
+      loop_.defer([this, id, alive] {
+        if (alive.expired()) return;
+        Peer* q = find(id);
+        if (!q) return;
+        q->flush_deferred = false;
+        if (q->link && !q->link->want_out) flush(*q->link);
+      });
+    }
     if (!p.link) arm_connect_timer(p);
   }
 
@@ -808,6 +823,7 @@ class TcpTransport final : public Transport {
   Handler* handler_ = nullptr;
   bool running_ = false;
   int listen_fd_ = -1;
+  std::shared_ptr<int> alive_ = std::make_shared<int>(0);
   EventLoop::TimerId accept_timer_ = 0;
   int unauthenticated_ = 0;
   uint64_t next_link_ = 1;
