@@ -20,7 +20,7 @@
 //
 //   [dsm]
 //   block_size = 4096                  # coherence unit: 4096 .. whole segment, power of two
-//   quantum_us = 100                   # minimum time a node keeps a block it just got
+//   quantum_us = 20                    # minimum time a node keeps a block it just got
 #pragma once
 
 #include <cstdint>
@@ -56,7 +56,7 @@ struct Config {
   Distribute distribute = Distribute::kFlag;
   std::vector<KeyRange> ranges;
   uint32_t block_size = 4096;
-  uint32_t quantum_us = 100;
+  uint32_t quantum_us = 20;
 
   const NodeConf* node(uint16_t id) const;
   const NodeConf* node_by_name(const std::string& name) const;

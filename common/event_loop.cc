@@ -54,9 +54,15 @@ int64_t EventLoop::now_ms() {
   return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
 }
 
-EventLoop::TimerId EventLoop::add_timer(int64_t delay_ms, Task fn) {
+int64_t EventLoop::now_us() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
+}
+
+EventLoop::TimerId EventLoop::add_timer_us(int64_t delay_us, Task fn) {
   TimerId id = next_timer_++;
-  int64_t deadline = now_ms() + delay_ms;
+  int64_t deadline = now_us() + (delay_us < 0 ? 0 : delay_us);
   timers_.emplace(deadline, std::make_pair(id, std::move(fn)));
   timer_deadline_[id] = deadline;
   return id;
@@ -106,24 +112,27 @@ void EventLoop::run() {
 }
 
 void EventLoop::run_once(int timeout_ms) {
-  int64_t now = now_ms();
+  int64_t now = now_us();
+  int64_t timeout_us = timeout_ms < 0 ? -1 : int64_t{timeout_ms} * 1000;
   if (!timers_.empty()) {
     int64_t until = timers_.begin()->first - now;
     if (until < 0) until = 0;
-    if (timeout_ms < 0 || until < timeout_ms) timeout_ms = static_cast<int>(until);
+    if (timeout_us < 0 || until < timeout_us) timeout_us = until;
   }
+  if (!deferred_.empty()) timeout_us = 0;
   epoll_event evs[64];
   int n = 0;
-  if (busy_poll_us_ > 0 && timeout_ms != 0) {
-    timespec start, cur;
-    clock_gettime(CLOCK_MONOTONIC, &start);
+  if (busy_poll_us_ > 0 && timeout_us != 0) {
+    int64_t start = now_us();
     do {
       n = epoll_wait(epfd_, evs, 64, 0);
       if (n != 0) break;
-      clock_gettime(CLOCK_MONOTONIC, &cur);
-    } while ((cur.tv_sec - start.tv_sec) * 1000000 + (cur.tv_nsec - start.tv_nsec) / 1000 < busy_poll_us_);
+    } while (now_us() - start < busy_poll_us_);
   }
-  if (n == 0 && deferred_.empty()) n = epoll_wait(epfd_, evs, 64, timeout_ms);
+  if (n == 0) {
+    timespec ts{timeout_us / 1000000, (timeout_us % 1000000) * 1000};
+    n = epoll_pwait2(epfd_, evs, 64, timeout_us < 0 ? nullptr : &ts, nullptr);
+  }
   in_iteration_ = true;
   for (int i = 0; i < n; ++i) {
     auto it = fds_.find(evs[i].data.fd);
@@ -137,7 +146,7 @@ void EventLoop::run_once(int timeout_ms) {
     tasks.swap(posted_);
   }
   for (auto& t : tasks) t();
-  now = now_ms();
+  now = now_us();
   while (!timers_.empty() && timers_.begin()->first <= now) {
     auto node = timers_.extract(timers_.begin());
     timer_deadline_.erase(node.mapped().first);

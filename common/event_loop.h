@@ -29,8 +29,10 @@ class EventLoop {
   void modify(int fd, uint32_t events);
   void remove(int fd);
 
-  // Runs `fn` once after `delay_ms` milliseconds (monotonic clock).
-  TimerId add_timer(int64_t delay_ms, Task fn);
+  // Runs `fn` once after `delay_ms` milliseconds / `delay_us` microseconds (monotonic clock; the loop sleeps with
+  // epoll_pwait2, so short delays are kept to the microsecond).
+  TimerId add_timer(int64_t delay_ms, Task fn) { return add_timer_us(delay_ms * 1000, std::move(fn)); }
+  TimerId add_timer_us(int64_t delay_us, Task fn);
   void cancel_timer(TimerId id);
 
   // Thread-safe: runs `fn` on the loop thread soon.
@@ -49,6 +51,7 @@ class EventLoop {
   void set_busy_poll_us(int us) { busy_poll_us_ = us; }
 
   static int64_t now_ms();
+  static int64_t now_us();
 
  private:
   int epfd_ = -1;
@@ -57,7 +60,7 @@ class EventLoop {
   int busy_poll_us_ = 0;
   std::unordered_map<int, std::shared_ptr<FdCallback>> fds_;
   TimerId next_timer_ = 1;
-  std::multimap<int64_t, std::pair<TimerId, Task>> timers_;
+  std::multimap<int64_t, std::pair<TimerId, Task>> timers_;  // by deadline in microseconds
   std::unordered_map<TimerId, int64_t> timer_deadline_;
   std::mutex mu_;
   std::vector<Task> posted_;

@@ -191,9 +191,8 @@ void Segment::arm_timer() {
   int64_t at = dir_->next_timer_us();
   if (at == kNever || at == timer_at_) return;
   if (timer_) m_.loop().cancel_timer(timer_);
-  int64_t delay_ms = std::max<int64_t>(0, (at - Manager::now_us() + 999) / 1000);
   timer_at_ = at;
-  timer_ = m_.loop().add_timer(delay_ms, [this] { on_timer(); });
+  timer_ = m_.loop().add_timer_us(at - Manager::now_us(), [this] { on_timer(); });
 }
 
 void Segment::on_node_lost(NodeId node) {
