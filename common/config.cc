@@ -125,6 +125,7 @@ Result<Config> parse_config(const std::string& text, std::string* error) {
     if (!get_int(ds["block_size"], c.block_size, 4096, 1LL << 40)) return fail("dsm.block_size out of range");
     if ((c.block_size & (c.block_size - 1)) != 0) return fail("dsm.block_size must be a power of two");
     if (!get_int(ds["quantum_us"], c.quantum_us, 0, 10000000)) return fail("dsm.quantum_us out of range");
+    if (!get_int(ds["fault_poll_us"], c.fault_poll_us, 0, 100000)) return fail("dsm.fault_poll_us out of range");
   }
   if (c.nodes.size() > 1 && c.secret_file.empty())
     return fail("cluster.secret_file is required when the cluster has more than one node");

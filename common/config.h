@@ -21,6 +21,7 @@
 //   [dsm]
 //   block_size = 4096                  # coherence unit: 4096 .. whole segment, power of two
 //   quantum_us = 20                    # minimum time a node keeps a block it just got
+//   fault_poll_us = 200                # while a remote fault is outstanding, poll for the grant this long
 #pragma once
 
 #include <cstdint>
@@ -57,6 +58,7 @@ struct Config {
   std::vector<KeyRange> ranges;
   uint32_t block_size = 4096;
   uint32_t quantum_us = 20;
+  uint32_t fault_poll_us = 200;
 
   const NodeConf* node(uint16_t id) const;
   const NodeConf* node_by_name(const std::string& name) const;

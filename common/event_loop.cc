@@ -1,5 +1,6 @@
 #include "common/event_loop.h"
 
+#include <sched.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <time.h>
@@ -122,13 +123,16 @@ void EventLoop::run_once(int timeout_ms) {
   if (!deferred_.empty()) timeout_us = 0;
   epoll_event evs[64];
   int n = 0;
-  if (busy_poll_us_ > 0 && timeout_us != 0) {
-    int64_t start = now_us();
+  int64_t poll_end = std::max(busy_poll_us_ > 0 ? now + busy_poll_us_ : 0, poll_until_us_);
+  if (timeout_us >= 0) poll_end = std::min(poll_end, now + timeout_us);
+  if (poll_end > now && timeout_us != 0) {
     do {
       n = epoll_wait(epfd_, evs, 64, 0);
       if (n != 0) break;
-    } while (now_us() - start < busy_poll_us_);
+      sched_yield();  // poll politely: whoever must run to produce the answer may need this CPU
+    } while (now_us() < poll_end);
   }
+  if (poll_until_us_ && now_us() >= poll_until_us_) poll_until_us_ = 0;
   if (n == 0) {
     timespec ts{timeout_us / 1000000, (timeout_us % 1000000) * 1000};
     n = epoll_pwait2(epfd_, evs, 64, timeout_us < 0 ? nullptr : &ts, nullptr);

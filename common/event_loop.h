@@ -3,6 +3,7 @@
 // costs no thread switch. Callbacks run on the loop thread only.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -49,6 +50,9 @@ class EventLoop {
   bool stopped() const { return stop_; }
   // Before blocking, poll without sleeping for this long: trades a little CPU for wake-up latency (0: off).
   void set_busy_poll_us(int us) { busy_poll_us_ = us; }
+  // Poll (instead of sleeping) until this CLOCK_MONOTONIC microsecond at the latest, once: an answer is expected.
+  void poll_until_us(int64_t deadline_us) { poll_until_us_ = std::max(poll_until_us_, deadline_us); }
+  void stop_polling() { poll_until_us_ = 0; }
 
   static int64_t now_ms();
   static int64_t now_us();
@@ -58,6 +62,7 @@ class EventLoop {
   int wakefd_ = -1;
   bool stop_ = false;
   int busy_poll_us_ = 0;
+  int64_t poll_until_us_ = 0;
   std::unordered_map<int, std::shared_ptr<FdCallback>> fds_;
   TimerId next_timer_ = 1;
   std::multimap<int64_t, std::pair<TimerId, Task>> timers_;  // by deadline in microseconds

@@ -52,6 +52,7 @@ Segment::Segment(Manager& m, uint64_t id, NodeId home, uint64_t size, uint64_t b
 
 Segment::~Segment() {
   dead_ = true;
+  m_.awaiting_ -= awaiting_.size();
   if (timer_) m_.loop().cancel_timer(timer_);
   for (auto& [aid, a] : attaches_) {
     m_.loop().remove(a.fd);
@@ -157,6 +158,11 @@ void Segment::handle_fault(uint64_t attach, uint64_t addr, bool write) {
     wake(b);
   } else {
     parked_[b].insert(attach);
+    // A request left for a remote home: its answer is on the fault's critical path.
+    if (!out.empty() && home_ != m_.self() && m_.fault_poll_us() > 0 && awaiting_.insert(b).second) {
+      ++m_.awaiting_;
+      m_.loop().poll_until_us(Manager::now_us() + m_.fault_poll_us());
+    }
   }
   m_.send(out);
 }
@@ -255,6 +261,7 @@ void Segment::apply(const LocalAction& a) {
       fetch(b, a.node);
       return;
     case LocalAction::kInstall:
+      if (awaiting_.erase(b) && --m_.awaiting_ == 0) m_.loop().stop_polling();
       // Protection first, then the data: no local process ever sees the block with more access than granted.
       write_protect_all(b, !a.writable);
       if (!in_view(b)) fill_view(b);
@@ -388,8 +395,9 @@ std::string Segment::status_line() const {
 // ---------------------------------------------------------------------------------------------------------------
 // Manager
 
-Manager::Manager(EventLoop& loop, transport::Transport* tr, NodeId self, uint64_t block_size, int64_t quantum_us)
-    : loop_(loop), tr_(tr), self_(self), block_size_(block_size), quantum_(quantum_us) {}
+Manager::Manager(EventLoop& loop, transport::Transport* tr, NodeId self, uint64_t block_size, int64_t quantum_us,
+                 int64_t fault_poll_us)
+    : loop_(loop), tr_(tr), self_(self), block_size_(block_size), quantum_(quantum_us), fault_poll_(fault_poll_us) {}
 
 Manager::~Manager() = default;
 

@@ -33,7 +33,7 @@ uint16_t token_node(uint64_t token) { return static_cast<uint16_t>(token >> 48);
 }  // namespace
 
 Service::Service(const Config& cfg, EventLoop& loop, transport::Transport* tr, const Limits& lim)
-    : cfg_(cfg), loop_(loop), tr_(tr), lim_(lim), dsm_(loop, tr, cfg.self, cfg.block_size, cfg.quantum_us) {
+    : cfg_(cfg), loop_(loop), tr_(tr), lim_(lim), dsm_(loop, tr, cfg.self, cfg.block_size, cfg.quantum_us, cfg.fault_poll_us) {
   for (const auto& n : cfg_.nodes) node_ids_.push_back(n.id);
   std::sort(node_ids_.begin(), node_ids_.end());
 }
