@@ -150,6 +150,8 @@ void Service::client_request(const Creds& c, uint16_t op, ByteView body, uint64_
   e.raw(body);
   uint64_t gt = h.token;
   inflight_[gt] = home;
+  // The answer is on the caller's critical path: poll for it a while rather than sleep (bounded, yields the CPU).
+  if (cfg_.fault_poll_us) loop_.poll_until_us(EventLoop::now_us() + cfg_.fault_poll_us);
   Status s = tr_->request(home, op, e.take(), [this, gt, reply](Status st, ByteView b) {
     inflight_.erase(gt);
     reply(st.is_ok() ? 0 : map_transport(st), Bytes(b.begin(), b.end()));
