@@ -78,6 +78,8 @@ Result<Config> parse_config(const std::string& text, std::string* error) {
     c.socket = cl["socket"].value_or(c.socket);
     c.log_level = cl["log_level"].value_or(c.log_level);
     if (!get_int(cl["busy_poll_us"], c.busy_poll_us, 0, 1000000)) return fail("cluster.busy_poll_us out of range");
+    if (!get_int(cl["answer_poll_us"], c.answer_poll_us, 0, 100000))
+      return fail("cluster.answer_poll_us out of range");
     if (c.transport != "auto" && c.transport != "tcp" && c.transport != "verbs")
       return fail("cluster.transport must be \"auto\", \"tcp\" or \"verbs\"");
   }
@@ -125,7 +127,6 @@ Result<Config> parse_config(const std::string& text, std::string* error) {
     if (!get_int(ds["block_size"], c.block_size, 4096, 1LL << 40)) return fail("dsm.block_size out of range");
     if ((c.block_size & (c.block_size - 1)) != 0) return fail("dsm.block_size must be a power of two");
     if (!get_int(ds["quantum_us"], c.quantum_us, 0, 10000000)) return fail("dsm.quantum_us out of range");
-    if (!get_int(ds["fault_poll_us"], c.fault_poll_us, 0, 100000)) return fail("dsm.fault_poll_us out of range");
   }
   if (c.nodes.size() > 1 && c.secret_file.empty())
     return fail("cluster.secret_file is required when the cluster has more than one node");

@@ -6,6 +6,8 @@
 //   socket      = "@dipc"              # local client socket; '@' = abstract (per network namespace)
 //   log_level   = "info"
 //   busy_poll_us = 0                   # poll this long before sleeping (latency for CPU; 0: off)
+//   answer_poll_us = 200               # a remote answer a program is blocked on (a forwarded call, a page):
+//                                      # poll for it up to this long, yielding the CPU, instead of sleeping
 //
 //   [[node]]                           # one table per node
 //   id = 1                             # 1..255, unique
@@ -21,7 +23,6 @@
 //   [dsm]
 //   block_size = 4096                  # coherence unit: 4096 .. whole segment, power of two
 //   quantum_us = 20                    # minimum time a node keeps a block it just got
-//   fault_poll_us = 200                # while a remote fault is outstanding, poll for the grant this long
 #pragma once
 
 #include <cstdint>
@@ -54,11 +55,11 @@ struct Config {
   std::string socket = "@dipc";
   std::string log_level = "info";
   uint32_t busy_poll_us = 0;
+  uint32_t answer_poll_us = 200;
   Distribute distribute = Distribute::kFlag;
   std::vector<KeyRange> ranges;
   uint32_t block_size = 4096;
   uint32_t quantum_us = 20;
-  uint32_t fault_poll_us = 200;
 
   const NodeConf* node(uint16_t id) const;
   const NodeConf* node_by_name(const std::string& name) const;

@@ -159,9 +159,9 @@ void Segment::handle_fault(uint64_t attach, uint64_t addr, bool write) {
   } else {
     parked_[b].insert(attach);
     // A request left for a remote home: its answer is on the fault's critical path.
-    if (!out.empty() && home_ != m_.self() && m_.fault_poll_us() > 0 && awaiting_.insert(b).second) {
+    if (!out.empty() && home_ != m_.self() && m_.answer_poll_us() > 0 && awaiting_.insert(b).second) {
       ++m_.awaiting_;
-      m_.loop().poll_until_us(Manager::now_us() + m_.fault_poll_us());
+      m_.loop().poll_until_us(Manager::now_us() + m_.answer_poll_us());
     }
   }
   m_.send(out);
@@ -396,8 +396,8 @@ std::string Segment::status_line() const {
 // Manager
 
 Manager::Manager(EventLoop& loop, transport::Transport* tr, NodeId self, uint64_t block_size, int64_t quantum_us,
-                 int64_t fault_poll_us)
-    : loop_(loop), tr_(tr), self_(self), block_size_(block_size), quantum_(quantum_us), fault_poll_(fault_poll_us) {}
+                 int64_t answer_poll_us)
+    : loop_(loop), tr_(tr), self_(self), block_size_(block_size), quantum_(quantum_us), answer_poll_(answer_poll_us) {}
 
 Manager::~Manager() = default;
 

@@ -113,7 +113,7 @@ class Segment {
   bool in_view(uint32_t b) const { return flags_[b] & kInView; }
   std::map<uint64_t, Attach> attaches_;
   std::unordered_map<uint32_t, std::set<uint64_t>> parked_;  // block -> attaches with a fault waiting
-  std::set<uint32_t> awaiting_;  // blocks asked of a remote home for a parked fault (fault_poll_us)
+  std::set<uint32_t> awaiting_;  // blocks asked of a remote home for a parked fault (answer_poll_us)
   EventLoop::TimerId timer_ = 0;
   int64_t timer_at_ = kNever;
   bool dead_ = false;
@@ -125,10 +125,10 @@ class Manager {
  public:
   using SendFn = std::function<void(NodeId to, uint16_t op, Bytes body)>;
 
-  // fault_poll_us: after asking for a block a local process waits on, poll for the answer this long instead of
+  // answer_poll_us: after asking for a block a local process waits on, poll for the answer this long instead of
   // sleeping (the process is blocked anyway; this saves the daemon's wake-up on the fault's critical path).
   Manager(EventLoop& loop, transport::Transport* tr, NodeId self, uint64_t block_size, int64_t quantum_us,
-          int64_t fault_poll_us = 0);
+          int64_t answer_poll_us = 0);
   ~Manager();
 
   // The segment `id` on this node; created (empty) if needed. The home creates it at shmget.
@@ -146,7 +146,7 @@ class Manager {
   EventLoop& loop() { return loop_; }
   transport::Transport* transport() { return tr_; }
   int64_t quantum_us() const { return quantum_; }
-  int64_t fault_poll_us() const { return fault_poll_; }
+  int64_t answer_poll_us() const { return answer_poll_; }
   Stats& stats() { return stats_; }
   std::string status_text() const;
 
@@ -166,7 +166,7 @@ class Manager {
   NodeId self_;
   uint64_t block_size_;
   int64_t quantum_;
-  int64_t fault_poll_;
+  int64_t answer_poll_;
   std::map<uint64_t, std::unique_ptr<Segment>> segs_;
   std::deque<Msg> local_q_;
   bool draining_ = false;

@@ -33,7 +33,7 @@ uint16_t token_node(uint64_t token) { return static_cast<uint16_t>(token >> 48);
 }  // namespace
 
 Service::Service(const Config& cfg, EventLoop& loop, transport::Transport* tr, const Limits& lim)
-    : cfg_(cfg), loop_(loop), tr_(tr), lim_(lim), dsm_(loop, tr, cfg.self, cfg.block_size, cfg.quantum_us, cfg.fault_poll_us) {
+    : cfg_(cfg), loop_(loop), tr_(tr), lim_(lim), dsm_(loop, tr, cfg.self, cfg.block_size, cfg.quantum_us, cfg.answer_poll_us) {
   for (const auto& n : cfg_.nodes) node_ids_.push_back(n.id);
   std::sort(node_ids_.begin(), node_ids_.end());
 }
@@ -151,7 +151,7 @@ void Service::client_request(const Creds& c, uint16_t op, ByteView body, uint64_
   uint64_t gt = h.token;
   inflight_[gt] = home;
   // The answer is on the caller's critical path: poll for it a while rather than sleep (bounded, yields the CPU).
-  if (cfg_.fault_poll_us) loop_.poll_until_us(EventLoop::now_us() + cfg_.fault_poll_us);
+  if (cfg_.answer_poll_us) loop_.poll_until_us(EventLoop::now_us() + cfg_.answer_poll_us);
   Status s = tr_->request(home, op, e.take(), [this, gt, reply](Status st, ByteView b) {
     inflight_.erase(gt);
     reply(st.is_ok() ? 0 : map_transport(st), Bytes(b.begin(), b.end()));
