@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "common/frame.h"
+#include "dsm/coherence.h"
 #include "ipc/protocol.h"
 
 namespace {
@@ -51,5 +52,22 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   body<OpenReq>(b);
   body<ProcExitMsg>(b);
   body<HomeCancelMsg>(b);
+  body<ShmAtReq>(b);
+  body<ShmAtResp>(b);
+  body<ShmAttachReq>(b);
+  body<ShmCtlReq>(b);
+  body<ShmCtlResp>(b);
+  body<ShmDestroyMsg>(b);
+  // A coherence message between daemons (dsm/): strict, fixed size.
+  dipc::Decoder d(b);
+  dipc::dsm::Msg m;
+  if (m.decode(d)) {
+    dipc::Encoder e;
+    m.encode(e);
+    dipc::Bytes again = e.take();
+    dipc::Decoder d2(again);
+    dipc::dsm::Msg m2;
+    if (!m2.decode(d2) || again.size() != dipc::dsm::Msg::kEncodedSize) __builtin_trap();
+  }
   return 0;
 }
