@@ -202,6 +202,7 @@ void Segment::arm_timer() {
 }
 
 void Segment::on_node_lost(NodeId node) {
+  if (node == home_ && !dir_) reset_copies();
   if (!dir_) return;
   std::vector<Msg> out;
   auto lost = dir_->on_node_lost(node, Manager::now_us(), out);
@@ -210,6 +211,22 @@ void Segment::on_node_lost(NodeId node) {
                   lost.size(), node);
   send_dir(out);
   arm_timer();
+}
+
+void Segment::reset_copies() {
+  // The home forgets this node's copies and requests when it loses the link (HomeDirectory::on_node_lost), so
+  // keeping them would let local processes read data the cluster has moved past, and a request lost with the link
+  // would never be answered. Drop every copy and start over: parked accesses fault again and ask anew (the
+  // transport holds a request for a peer that is not connected until its connect timeout).
+  for (uint32_t b = 0; b < nblocks_; ++b)
+    if (in_view(b)) drop_view(b);
+  std::fill(flags_.begin(), flags_.end(), uint8_t{0});
+  cache_ = NodeCache(id_, nblocks_, m_.self(), home_);
+  m_.awaiting_ -= awaiting_.size();
+  awaiting_.clear();
+  std::vector<uint32_t> blocks;
+  for (auto& [b, set] : parked_) blocks.push_back(b);
+  for (uint32_t b : blocks) wake(b);
 }
 
 // The directory's messages. A grant that names the home's own frame as the source (the common case: the home held

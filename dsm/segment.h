@@ -92,6 +92,7 @@ class Segment {
   void drop_view(uint32_t block);  // punch V: unmaps from every local process
   void wake(uint32_t block);
   void arm_timer();
+  void reset_copies();
   uint64_t block_off(uint32_t b) const { return uint64_t{b} * block_; }
   uint64_t block_len(uint32_t b) const;
 
