@@ -185,13 +185,10 @@ std::optional<int> dipc_semctl(int id, int semnum, int cmd, semun arg) {
       q.val = arg.val;
       break;
     case IPC_STAT:
-      if (!arg.buf) return fail(EFAULT);
-      break;
     case GETALL:
-      if (!arg.array) return fail(EFAULT);
-      break;
+      break;  // Linux looks the set up (EINVAL, EIDRM, EACCES) before it writes the buffer (EFAULT): see below
     case IPC_SET:
-      if (!arg.buf) return fail(EFAULT);
+      if (!arg.buf) return fail(EFAULT);  // read before the lookup
       q.uid = arg.buf->sem_perm.uid;
       q.gid = arg.buf->sem_perm.gid;
       q.mode = static_cast<uint16_t>(arg.buf->sem_perm.mode);
@@ -219,6 +216,7 @@ std::optional<int> dipc_semctl(int id, int semnum, int cmd, semun arg) {
   if (r->status) return fail(r->status);
   switch (cmd) {
     case IPC_STAT:
+      if (!arg.buf) return fail(EFAULT);
       std::memset(arg.buf, 0, sizeof *arg.buf);
       put_perm(arg.buf->sem_perm, resp.stat.perm);
       arg.buf->sem_otime = resp.stat.otime;
@@ -226,6 +224,7 @@ std::optional<int> dipc_semctl(int id, int semnum, int cmd, semun arg) {
       arg.buf->sem_nsems = resp.stat.nsems;
       return 0;
     case GETALL:
+      if (!arg.array) return fail(EFAULT);
       std::memcpy(arg.array, resp.vals.data(), resp.vals.size() * sizeof(unsigned short));
       return 0;
     case GETVAL:
@@ -276,7 +275,8 @@ std::optional<ssize_t> dipc_msgrcv(int id, void* msgp, size_t msgsz, long msgtyp
 }
 
 std::optional<int> dipc_msgctl(int id, int cmd, struct msqid_ds* buf) {
-  if ((cmd == IPC_STAT || cmd == IPC_SET) && !buf) return fail(EFAULT);
+  // IPC_SET's buffer is read before the lookup, IPC_STAT's written after it (EINVAL, EIDRM, EACCES first).
+  if (cmd == IPC_SET && !buf) return fail(EFAULT);
   ipc::MsgCtlReq q;
   q.id = id;
   q.cmd = cmd;
@@ -292,6 +292,7 @@ std::optional<int> dipc_msgctl(int id, int cmd, struct msqid_ds* buf) {
   if (!r) return std::nullopt;
   if (r->status) return fail(r->status);
   if (cmd == IPC_STAT) {
+    if (!buf) return fail(EFAULT);
     std::memset(buf, 0, sizeof *buf);
     put_perm(buf->msg_perm, resp.stat.perm);
     buf->msg_stime = resp.stat.stime;
@@ -309,11 +310,13 @@ std::optional<int> dipc_msgctl(int id, int cmd, struct msqid_ds* buf) {
 // ---- shared memory (shmat and shmdt: shm.cc) ----
 
 std::optional<int> dipc_shmctl(int id, int cmd, struct shmid_ds* buf) {
+  // Linux (ksys_shmctl) reads IPC_SET's buffer before it looks the segment up, but writes IPC_STAT's after: a NULL
+  // IPC_STAT buffer is EFAULT only for a segment that exists and may be read (EINVAL, EACCES first).
   switch (cmd) {
-    case IPC_STAT:
     case IPC_SET:
       if (!buf) return fail(EFAULT);
       break;
+    case IPC_STAT:
     case IPC_RMID:
     case SHM_LOCK:
     case SHM_UNLOCK:
@@ -335,6 +338,7 @@ std::optional<int> dipc_shmctl(int id, int cmd, struct shmid_ds* buf) {
   if (!r) return std::nullopt;
   if (r->status) return fail(r->status);
   if (cmd == IPC_STAT) {
+    if (!buf) return fail(EFAULT);
     std::memset(buf, 0, sizeof *buf);
     put_perm(buf->shm_perm, resp.stat.perm);
     buf->shm_segsz = resp.stat.segsz;

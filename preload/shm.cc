@@ -481,13 +481,20 @@ std::optional<void*> attach(int id, const void* addr, int flg) {
   undo.map = p;
   undo.len = len;
   if (fixed && reinterpret_cast<uintptr_t>(p) != a) return failed(EINVAL);  // a kernel that took it as a hint
+  // The attaches the new mapping replaced whole are gone, as Linux's shm_close() counts them out; dipcd hears of it
+  // only once the new attach is counted (or failed), as Linux raises shm_nattch before it maps: replacing the last
+  // attach of a removed segment with a new attach of the same segment must not destroy it.
+  struct Replaced {
+    std::vector<Attach> list;
+    ~Replaced() {
+      for (const Attach& x : list) detached(x);
+    }
+  } replaced;
   if (flg & SHM_REMAP) {
-    // The attaches the new mapping replaced whole are gone, as Linux's shm_close() counts them out.
     auto gone = std::stable_partition(s.attaches.begin(), s.attaches.end(),
                                       [&](const Attach& x) { return x.addr < a || x.addr + x.len > a + len; });
-    std::vector<Attach> old(gone, s.attaches.end());
+    replaced.list.assign(gone, s.attaches.end());
     s.attaches.erase(gone, s.attaches.end());
-    for (const Attach& x : old) detached(x);
   }
   close(at.fd);
   undo.fd = -1;
