@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "tests/harness/sim_cluster.h"
+#include "tests/integration/transcript.h"
 
 namespace dipc::test {
 namespace {
@@ -22,38 +23,6 @@ namespace {
 constexpr int kSteps = 500;
 constexpr size_t kSlots = 4;
 
-std::vector<std::string> lines(const std::string& s) {
-  std::vector<std::string> v;
-  std::istringstream is(s);
-  for (std::string l; std::getline(is, l);) v.push_back(l);
-  return v;
-}
-
-// "ids 1 2 3 4" -> {"1", ..., "4"}
-std::vector<std::string> parse_ids(const std::string& out) {
-  std::istringstream is(out);
-  std::string word;
-  std::vector<std::string> ids;
-  is >> word;
-  if (word != "ids") return {};
-  while (is >> word) ids.push_back(word);
-  return ids;
-}
-
-// The first line where the transcripts differ, with the calls before it, or "" when identical.
-std::string first_divergence(const std::vector<std::string>& k, const std::vector<std::string>& d) {
-  size_t n = std::max(k.size(), d.size());
-  for (size_t i = 0; i < n; ++i) {
-    std::string kl = i < k.size() ? k[i] : "<no line: the kernel transcript ended>";
-    std::string dl = i < d.size() ? d[i] : "<no line: the dipc transcript ended>";
-    if (kl == dl) continue;
-    std::ostringstream os;
-    os << "first divergence at line " << i << ":\n  kernel: " << kl << "\n  dipc:   " << dl << "\ncontext:\n";
-    for (size_t j = i >= 12 ? i - 12 : 0; j < i; ++j) os << "  " << k[j] << "\n";
-    return os.str();
-  }
-  return "";
-}
 
 bool has(const std::string& l, const std::string& what) { return l.find(what) != std::string::npos; }
 
@@ -88,7 +57,7 @@ class ShmDifferential : public ::testing::Test {
 
     auto kl = lines(k.out), dl = lines(d.out);
     EXPECT_EQ(kl.size(), static_cast<size_t>(kSteps)) << "the kernel run did not complete:\n" << k.err;
-    std::string div = first_divergence(kl, dl);
+    std::string div = first_divergence(kl, dl, 12);
     EXPECT_EQ(div, "") << "seed " << seed << ": " << div << "dipc stderr:\n" << d.err;
     return kl;
   }
