@@ -277,6 +277,22 @@ TEST_F(Shm, ForkAfterAttachSharesTheSegmentWithTheChild) {
   EXPECT_EQ(fields(tool(3, {"at:" + id, "r:0", "r:8", "rm:" + id}), "r"), (std::vector<std::string>{"77", "78"}));
 }
 
+TEST_F(Shm, ExecDropsTheAttachesAForkedChildInherited) {
+  const std::string k = key(15);
+  std::string id = create(1, k, kPage);
+  // On node2 a process attaches and forks a child that execs `sleep`: the child's inherited attach is counted at
+  // fork() and dropped at exec(), while the exec'd program (and the parent) live on.
+  auto h = c().spawn(2, {SimCluster::prog("shm_tool"), "at:" + id, "forkexec", "hold"}, {kTimeoutEnv});
+  ASSERT_TRUE(c().wait_output(h, "held=1")) << c().output(h);
+  EXPECT_EQ(field(c().output(h), "forkexec_child_nattch"), "2");  // counted at fork()
+  EXPECT_TRUE(wait_tool(3, {"stat:" + id}, [](const std::string& o) { return kv(field(o, "stat"), "nattch") == "1"; }))
+      << tool(3, {"stat:" + id});
+  c().kill_group(h, SIGKILL);  // the parent and the exec'd child
+  c().wait(h, 30);
+  EXPECT_TRUE(wait_tool(3, {"stat:" + id}, [](const std::string& o) { return kv(field(o, "stat"), "nattch") == "0"; }));
+  tool(3, {"rm:" + id});
+}
+
 TEST_F(Shm, WritingThroughAnShmRdonlyAttachDiesBySigsegvAndChangesNothing) {
   const std::string k = key(9);
   std::string id = create(1, k, kPage);

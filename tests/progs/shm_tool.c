@@ -20,6 +20,8 @@
  *   sparsew:STEP  sparsec:STEP   writes / checks a word every STEP bytes and the last word of the whole segment
  *                            (size from IPC_STAT)                     -> sparsew=WORDS, sparsec=MISMATCHES (exit 1 if >0)
  *   hold                     prints held=1 and waits to be killed (bounded by a 600 s alarm)
+ *   forkexec                 a child (which inherits the attaches) prints forkexec_child_nattch= (of the current
+ *                            segment), then execs `sleep 120`; the parent waits for that line -> forkexec_pid=N
  *   print:TEXT               prints TEXT
  *
  * Failed calls print "NAME=-1 ERRNO_NAME" and the run goes on (exit 0): callers check the lines. Failed checks
@@ -299,6 +301,28 @@ int main(int argc, char **argv) {
       } else {
         printf("sparsew=%ld\n", count);
       }
+    } else if (!strcmp(name, "forkexec")) {
+      fflush(stdout);
+      int pfd[2];
+      if (pipe(pfd) < 0) { perror("shm_tool: pipe"); return 1; }
+      pid_t c = fork();
+      if (c < 0) { perror("shm_tool: fork"); return 1; }
+      if (c == 0) {
+        struct shmid_ds ds;
+        if (shmctl(cur_id, IPC_STAT, &ds) < 0) printf("forkexec_child_nattch=-1 %s\n", strerrorname_np(errno));
+        else printf("forkexec_child_nattch=%lu\n", (unsigned long)ds.shm_nattch);
+        fflush(stdout);
+        close(pfd[0]);
+        close(pfd[1]);  /* tells the parent the line is out */
+        execlp("sleep", "sleep", "120", (char *)NULL);
+        _exit(127);
+      }
+      close(pfd[1]);
+      char ch;
+      while (read(pfd[0], &ch, 1) < 0 && errno == EINTR) {
+      }
+      close(pfd[0]);
+      printf("forkexec_pid=%d\n", (int)c);
     } else if (!strcmp(name, "hold")) {
       printf("held=1\n");
       fflush(stdout);
