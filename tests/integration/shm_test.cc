@@ -153,6 +153,19 @@ TEST_F(Shm, AtomicFetchAddFromTwoProcessesOnEachOfThreeNodesSumsExactly) {
   EXPECT_EQ(field(tool(2, {"at:" + id, "r:0", "rm:" + id}), "r"), std::to_string(kIters * kProcs));
 }
 
+TEST_F(Shm, ThreadsOfProcessesOnThreeNodesFaultAndAddConcurrently) {
+  // 4 threads in each of 3 processes (one per node): one process's threads fault on the same page and on their own
+  // pages at once, all through the process's one userfaultfd.
+  const std::string k = key(16);
+  constexpr int kIters = 5000, kProcs = 3, kThreads = 4;
+  std::string id = create(1, k, (kThreads + 2) * kPage);
+  std::vector<SimCluster::Proc> ps;
+  for (int i = 0; i < kProcs; ++i)
+    ps.push_back(work(i + 1, {"tcounter", k, std::to_string(kIters), std::to_string(kProcs), std::to_string(kThreads)}));
+  for (auto& p : ps) EXPECT_EQ(field(finish(p, "tcounter"), "counter"), std::to_string(kIters * kProcs * kThreads));
+  tool(2, {"rm:" + id});
+}
+
 TEST_F(Shm, CasSpinlockGuardsPlainReadModifyWriteAcrossNodes) {
   const std::string k = key(3);
   constexpr int kIters = 2000, kProcs = 4;

@@ -7,6 +7,9 @@
  *       (page 0) with a round-specific pattern by plain stores, then release-stores the round number into the flag
  *       (page 1); the reader acquire-spins on the flag, checks all 512 words, and acks the round (page 2) before the
  *       writer starts the next one. Reader prints mismatches=N rounds=R; writer prints rounds=R.
+ *   tcounter KEY ITERS NPROCS THREADS   SIZE (THREADS+2) pages. As counter, with THREADS threads per process, each
+ *       adding ITERS and also bumping a word on its own page (faults of several threads of one process at once);
+ *       prints counter=NPROCS*THREADS*ITERS.
  *   counter KEY ITERS NPROCS            SIZE 2 pages. After a start barrier, ITERS x __atomic_fetch_add(seq_cst) on the
  *       word at offset 0; after an end barrier checks and prints counter=NPROCS*ITERS.
  *   spinlock KEY ITERS NPROCS           SIZE 4 pages. A CAS spinlock (page 0) guards a plain read-increment-write of a
@@ -21,6 +24,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -141,6 +145,41 @@ static int counter(long key, long iters, long nprocs) {
   printf("counter=%llu\n", (unsigned long long)v);
   if (v != (uint64_t)(iters * nprocs)) {
     fprintf(stderr, "%s: counter is %llu, want %ld\n", who, (unsigned long long)v, iters * nprocs);
+    return 1;
+  }
+  return 0;
+}
+
+/* ---- tcounter: threads ---- */
+struct tc_arg {
+  uint64_t *ctr, *own;
+  long iters;
+};
+static void *tc_thread(void *p) {
+  struct tc_arg *a = p;
+  for (long i = 0; i < a->iters; i++) {
+    __atomic_fetch_add(a->ctr, 1, __ATOMIC_SEQ_CST);
+    if ((i & 255) == 0) *(volatile uint64_t *)a->own += 1;  // plain writes to this thread's own page
+  }
+  return NULL;
+}
+static int tcounter(long key, long iters, long nprocs, long threads) {
+  if (threads < 1 || threads > 64) die("tcounter: THREADS must be 1..64");
+  uint64_t *seg = attach(key, (size_t)(threads + 2) * PAGE);
+  uint64_t *ctr = seg, *start = seg + WORDS_PER_PAGE, *end = seg + WORDS_PER_PAGE + 1;
+  barrier(start, (uint64_t)nprocs, "the start barrier");
+  pthread_t t[64];
+  struct tc_arg a[64];
+  for (long k = 0; k < threads; k++) {
+    a[k] = (struct tc_arg){ctr, seg + (k + 2) * WORDS_PER_PAGE + (getpid() % 64) * 8 % WORDS_PER_PAGE, iters};
+    if (pthread_create(&t[k], NULL, tc_thread, &a[k]) != 0) die("tcounter: pthread_create");
+  }
+  for (long k = 0; k < threads; k++) pthread_join(t[k], NULL);
+  barrier(end, (uint64_t)nprocs, "the end barrier");
+  uint64_t v = __atomic_load_n(ctr, __ATOMIC_SEQ_CST);
+  printf("counter=%llu\n", (unsigned long long)v);
+  if (v != (uint64_t)(iters * nprocs * threads)) {
+    fprintf(stderr, "%s: counter is %llu, want %ld\n", who, (unsigned long long)v, iters * nprocs * threads);
     return 1;
   }
   return 0;
@@ -290,6 +329,10 @@ int main(int argc, char **argv) {
   deadline = now_s() + timeout;
   const char *w = argc > 1 ? argv[1] : "";
   if (!strcmp(w, "litmus") && argc == 5) { who = "shm_work litmus"; return litmus(arg(argv, 2), argv[3], arg(argv, 4)); }
+  if (!strcmp(w, "tcounter") && argc == 6) {
+    who = "shm_work tcounter";
+    return tcounter(arg(argv, 2), arg(argv, 3), arg(argv, 4), arg(argv, 5));
+  }
   if (!strcmp(w, "counter") && argc == 5) { who = "shm_work counter"; return counter(arg(argv, 2), arg(argv, 3), arg(argv, 4)); }
   if (!strcmp(w, "spinlock") && argc == 5) { who = "shm_work spinlock"; return spinlock(arg(argv, 2), arg(argv, 3), arg(argv, 4)); }
   if (!strcmp(w, "random") && argc == 8) {
@@ -298,7 +341,7 @@ int main(int argc, char **argv) {
   }
   if (!strcmp(w, "pingpong") && argc == 5) { who = "shm_work pingpong"; return pingpong(arg(argv, 2), arg(argv, 3), arg(argv, 4)); }
   fprintf(stderr,
-          "usage: shm_work litmus KEY writer|reader ROUNDS | counter KEY ITERS NPROCS | spinlock KEY ITERS NPROCS\n"
+          "usage: shm_work litmus KEY writer|reader ROUNDS | counter KEY ITERS NPROCS | tcounter KEY ITERS NPROCS THREADS | spinlock KEY ITERS NPROCS\n"
           "     | random KEY NPROCS INDEX STEPS SEED PAGES | pingpong KEY ME ROUNDS\n");
   return 2;
 }
