@@ -1,6 +1,8 @@
 /* A program written for dipc (IPC_DIPC in its *get flags) runs unchanged without dipc: the kernel ignores the bit
- * for semget/msgget, and libdipc.so with no daemon running passes every call through to the kernel.
- * Exercises the semaphore and message queue calls (results and errnos), removes what it made, prints "ok". */
+ * for semget/msgget and reads it as the harmless SHM_NORESERVE for shmget, and libdipc.so with no daemon running
+ * passes every call through to the kernel.
+ * Exercises the semaphore, message queue and shared memory calls (results and errnos), removes what it made,
+ * prints "ok". */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
@@ -9,6 +11,8 @@
 #include <sys/ipc.h>
 #include <sys/msg.h>
 #include <sys/sem.h>
+#include <sys/shm.h>
+#include <sys/wait.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
@@ -134,8 +138,33 @@ static int msgs(void) {
   return 0;
 }
 
+static int shms(void) {
+  int id = shmget(IPC_PRIVATE, 10000, IPC_CREAT | IPC_DIPC | 0600);  /* SHM_NORESERVE to the kernel */
+  CHECK(id >= 0);
+  char *p = shmat(id, NULL, 0);
+  CHECK(p != (void *)-1);
+  strcpy(p + 9000, "written before fork");
+  pid_t c = fork();
+  CHECK(c >= 0);
+  if (c == 0) _exit(strcmp(p + 9000, "written before fork") == 0 && (strcpy(p, "child") != NULL) ? 0 : 1);
+  int st = 0;
+  CHECK(waitpid(c, &st, 0) == c && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  CHECK(strcmp(p, "child") == 0);  /* the child wrote the same memory */
+  struct shmid_ds ds;
+  CHECK(shmctl(id, IPC_STAT, &ds) == 0);
+  CHECK(ds.shm_segsz == 10000 && ds.shm_nattch == 1 && (ds.shm_perm.mode & 0777) == 0600);
+  char *q = shmat(id, NULL, SHM_RDONLY);
+  CHECK(q != (void *)-1 && strcmp(q, "child") == 0);
+  FAILS_WITH(shmdt(p + 1), EINVAL);
+  CHECK(shmdt(q) == 0 && shmdt(p) == 0);
+  FAILS_WITH(shmget(IPC_PRIVATE, 0, IPC_CREAT | IPC_DIPC | 0600), EINVAL);
+  CHECK(shmctl(id, IPC_RMID, NULL) == 0);
+  FAILS_WITH(shmat(id, NULL, 0) == (void *)-1 ? -1 : 0, EINVAL);
+  return 0;
+}
+
 int main(void) {
-  if (sems() || msgs()) return 1;
+  if (sems() || msgs() || shms()) return 1;
   printf("ok\n");
   return 0;
 }
