@@ -243,7 +243,10 @@ void Segment::send_dir(std::vector<Msg>& out) {
       continue;
     }
     uint64_t off = block_off(g.block), len = block_len(g.block);
-    if (m_.transport()->write(*d, off, frames_ + off, len, [](Status) {})) g.node = g.to;
+    if (m_.transport()->write(*d, off, frames_ + off, len, [](Status) {})) {
+      g.node = g.to;
+      ++m_.stats().pushes;
+    }
   }
   m_.send(out);
 }
@@ -549,6 +552,7 @@ std::string Manager::status_text() const {
   os << "shared memory segments on this node: " << segs_.size() << "\n";
   for (const auto& [id, s] : segs_) os << s->status_line();
   os << "pages fetched " << stats_.remote_fetches << "\n";
+  os << "pages pushed " << stats_.pushes << "\n";
   os << "dsm faults " << stats_.faults << " zero-fills " << stats_.zero_fills << " invalidations "
      << stats_.invalidations << " downgrades " << stats_.downgrades << " messages out " << stats_.messages_out
      << " in " << stats_.messages_in << "\n";

@@ -41,7 +41,8 @@ inline constexpr uint16_t kOpFirst = 120, kOpLast = 129;
 
 struct Stats {
   uint64_t faults = 0;          // uffd fault events handled
-  uint64_t remote_fetches = 0;  // blocks copied from another node's frames
+  uint64_t remote_fetches = 0;  // blocks copied from another node's frames (pulled by this node)
+  uint64_t pushes = 0;          // blocks this home wrote into a requester's frame with its grant
   uint64_t zero_fills = 0;
   uint64_t invalidations = 0;   // local copies dropped
   uint64_t downgrades = 0;
