@@ -10,6 +10,8 @@
 #include <signal.h>
 
 #include <chrono>
+#include <cstdlib>
+#include <fstream>
 #include <cstdio>
 #include <functional>
 #include <memory>
@@ -476,6 +478,71 @@ TEST_F(ShmBigBlocksNoQuantum, TwoWritersPingPongOnePageStillBothProgress) {
     EXPECT_EQ(field(out, "counter"), "600");
   }
   tool(3, {"rm:" + id});
+}
+
+}  // namespace
+}  // namespace dipc::test
+
+namespace dipc::test {
+namespace {
+
+// A network partition between a segment's home and a node that holds a copy: the home forgets the copy when it
+// declares the node lost (TCP keepalive, about 5 s), so the node must drop it too, or its processes would go on
+// reading a value the cluster has moved past.
+class ShmPartition : public Shm {
+ protected:
+  static void SetUpTestSuite() { two_ = std::make_unique<SimCluster>(SimCluster::Options{.nodes = 2}); }
+  static void TearDownTestSuite() { two_.reset(); }
+  SimCluster& c() override { return *two_; }
+  static std::unique_ptr<SimCluster> two_;
+
+  // "  node2 (id 2, 10.77.x.2:7450) up" in `dipc status` of `node` -> "up".
+  std::string peer_state(int node, int peer) {
+    auto r = c().dipc(node, {"status"});
+    std::istringstream is(r.out);
+    std::string line, prefix = "  node" + std::to_string(peer) + " (id " + std::to_string(peer) + ",";
+    while (std::getline(is, line))
+      if (line.rfind(prefix, 0) == 0) return line.substr(line.rfind(' ') + 1);
+    return "?";
+  }
+  bool wait_peer(int node, int peer, const std::string& state, int timeout_s) {
+    auto deadline = Clock::now() + std::chrono::seconds(timeout_s);
+    do {
+      if (peer_state(node, peer) == state) return true;
+      // Each `dipc status` is a fresh process and round trip: this loop is paced by them, not by a sleep.
+    } while (Clock::now() < deadline);
+    return false;
+  }
+  // Takes node2's veth port on the simulated switch down or up.
+  void link(bool up) {
+    std::ifstream f(c().dir() + "/tag");
+    std::string tag;
+    f >> tag;
+    std::string cmd = "ip -n dipc-" + tag + "-sw link set n2 " + (up ? "up" : "down");
+    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  }
+};
+std::unique_ptr<SimCluster> ShmPartition::two_;
+
+TEST_F(ShmPartition, ANodeCutOffFromTheHomeDropsItsCopiesAndReadsTheNewValueAfterwards) {
+  if (!c().namespaced()) GTEST_SKIP() << "needs root for the simulated network";
+  const std::string k = key(0x31);
+  std::string id = create(1, k, kPage);
+  tool(1, {"at:" + id, "w:0:1"});
+  // node2 holds a read copy, and a process there stays attached through it all.
+  auto h = c().spawn(2, {SimCluster::prog("shm_tool"), "at:" + id, "r:0", "hold"}, {kTimeoutEnv});
+  ASSERT_TRUE(c().wait_output(h, "held=1")) << c().output(h);
+  EXPECT_EQ(field(c().output(h), "r"), "1");
+  link(false);
+  ASSERT_TRUE(wait_peer(1, 2, "down", 60)) << c().daemon_log(1);
+  ASSERT_TRUE(wait_peer(2, 1, "down", 60)) << c().daemon_log(2);
+  tool(1, {"at:" + id, "w:0:2"});  // the home no longer counts node2's copy: nothing to invalidate
+  link(true);
+  ASSERT_TRUE(wait_peer(2, 1, "up", 60)) << c().daemon_log(2);
+  EXPECT_EQ(field(tool(2, {"at:" + id, "r:0"}), "r"), "2");
+  c().kill(h, SIGKILL);
+  c().wait(h, 30);
+  tool(1, {"rm:" + id});
 }
 
 }  // namespace

@@ -520,6 +520,15 @@ class TcpTransport final : public Transport {
   Link& add_link(int fd, bool dialer, NodeId peer, LinkState st, std::string who) {
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (opt_.dead_peer_s > 0) {  // dead-peer detection (TcpOptions::dead_peer_s)
+      int idle = std::max(1, opt_.dead_peer_s / 2), intvl = 1, cnt = std::max(1, opt_.dead_peer_s - idle);
+      unsigned timeout_ms = static_cast<unsigned>(opt_.dead_peer_s) * 1000u;
+      setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+      setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+      setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
+      setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+      setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &timeout_ms, sizeof timeout_ms);
+    }
     auto owned = std::make_unique<Link>();
     Link& l = *owned;
     l.id = next_link_++;

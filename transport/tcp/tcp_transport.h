@@ -24,6 +24,9 @@ struct TcpOptions {
                                        // replies beyond twice this close the link (the peer does not drain it)
   size_t max_read_per_event = 4u << 20;  // bytes read from one link per wake-up (fairness between links)
   int max_unauthenticated = 64;        // accepted connections still in the handshake; more are refused
+  // A peer that stops answering (crashed host, cut cable: no RST ever comes) is declared lost after about this
+  // long: TCP keepalive probes an idle link, TCP_USER_TIMEOUT bounds unacknowledged data on a busy one.
+  int dead_peer_s = 5;
 };
 
 std::unique_ptr<Transport> make_tcp_transport(const Config& cfg, EventLoop& loop, const ClusterKey& key,
