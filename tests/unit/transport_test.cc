@@ -1,0 +1,210 @@
+// Transport conformance: what ipc/ and dsm/ rely on from any transport (transport/transport.h), checked on two real
+// nodes in this process (two event loops, real sockets on 127.0.0.1). One suite, instantiated per transport; the
+// verbs transport joins the list when it exists, skipping where no RDMA device is usable.
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/auth.h"
+#include "common/config.h"
+#include "common/event_loop.h"
+#include "transport/tcp/tcp_transport.h"
+#include "transport/transport.h"
+
+namespace dipc::transport {
+namespace {
+
+uint16_t free_port() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0)
+    return 0;
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+struct Node : Handler {
+  Config cfg;
+  EventLoop loop;
+  std::unique_ptr<Transport> tr;
+  std::vector<std::pair<uint16_t, Bytes>> messages;  // (op, body) of one-way messages, in arrival order
+  std::function<void(uint16_t, ByteView)> on_msg;    // runs at arrival, before the message is recorded
+  bool up = false;
+  int downs = 0;
+
+  void on_request(NodeId, uint16_t op, ByteView body, ReplyToken token) override {
+    Bytes echo(body.begin(), body.end());
+    (void)tr->reply(token, op == 99 ? EPERM : 0, echo);  // op 99 answers with an error status
+  }
+  void on_message(NodeId, uint16_t op, ByteView body) override {
+    if (on_msg) on_msg(op, body);
+    messages.emplace_back(op, Bytes(body.begin(), body.end()));
+  }
+  void on_peer(NodeId, bool is_up) override {
+    up = is_up;
+    if (!is_up) ++downs;
+  }
+};
+
+using Factory = std::function<std::unique_ptr<Transport>(const Config&, EventLoop&, const ClusterKey&)>;
+
+struct Param {
+  const char* name;
+  Factory make;
+};
+
+class TransportConformance : public ::testing::TestWithParam<Param> {
+ protected:
+  void SetUp() override {
+    uint16_t p1 = free_port(), p2 = free_port();
+    ASSERT_TRUE(p1 && p2);
+    for (int i = 0; i < 2; ++i) {
+      auto n = std::make_unique<Node>();
+      n->cfg.nodes = {{1, "n1", "127.0.0.1", p1}, {2, "n2", "127.0.0.1", p2}};
+      n->cfg.self = static_cast<uint16_t>(i + 1);
+      nodes_.push_back(std::move(n));
+    }
+    start(*nodes_[0], key_);
+    start(*nodes_[1], key_);
+    ASSERT_TRUE(pump([&] { return a().up && b().up; })) << "the nodes never connected";
+  }
+  void TearDown() override {
+    for (auto& n : nodes_)
+      if (n->tr) n->tr->stop();
+  }
+  void start(Node& n, const ClusterKey& k) {
+    n.tr = GetParam().make(n.cfg, n.loop, k);
+    ASSERT_TRUE(n.tr->start(&n));
+  }
+  Node& a() { return *nodes_[0]; }
+  Node& b() { return *nodes_[1]; }
+  // Runs both loops until `done` holds; bounded (10 s).
+  bool pump(const std::function<bool()>& done) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!done()) {
+      if (std::chrono::steady_clock::now() > deadline) return false;
+      for (auto& n : nodes_) n->loop.run_once(1);
+    }
+    return true;
+  }
+  ClusterKey key_ = ClusterKey::from_secret(ByteView(reinterpret_cast<const uint8_t*>("0123456789abcdef0123"), 20));
+  std::vector<std::unique_ptr<Node>> nodes_;
+};
+
+TEST_P(TransportConformance, RequestsAreAnsweredWithTheirStatusAndBody) {
+  int got = 0;
+  Bytes body{1, 2, 3};
+  ASSERT_TRUE(a().tr->request(2, 7, body, [&](Status st, ByteView b) {
+    EXPECT_TRUE(st);
+    EXPECT_EQ(Bytes(b.begin(), b.end()), (Bytes{1, 2, 3}));
+    ++got;
+  }));
+  ASSERT_TRUE(a().tr->request(2, 99, Bytes{}, [&](Status st, ByteView) {
+    EXPECT_EQ(st.code(), EPERM);  // the peer's reply status reaches the requester
+    ++got;
+  }));
+  ASSERT_TRUE(pump([&] { return got == 2; }));
+}
+
+TEST_P(TransportConformance, OneWayMessagesArriveInIssueOrder) {
+  for (uint8_t i = 0; i < 100; ++i) ASSERT_TRUE(a().tr->send(2, 5, Bytes{i}));
+  ASSERT_TRUE(pump([&] { return b().messages.size() == 100; }));
+  for (uint8_t i = 0; i < 100; ++i) EXPECT_EQ(b().messages[i].second, Bytes{i});
+}
+
+TEST_P(TransportConformance, OneSidedReadWriteAndAtomicsOnARegisteredRegion) {
+  std::vector<uint64_t> remote(1024, 0), local(1024, 0);
+  auto r = b().tr->register_region(remote.data(), remote.size() * 8);
+  ASSERT_TRUE(r);
+  auto l = a().tr->register_region(local.data(), local.size() * 8);
+  ASSERT_TRUE(l);
+  for (size_t i = 0; i < local.size(); ++i) local[i] = i * 3;
+  int done = 0;
+  ASSERT_TRUE(a().tr->write(*r, 0, local.data(), 8192, [&](Status st) { EXPECT_TRUE(st); ++done; }));
+  ASSERT_TRUE(pump([&] { return done == 1; }));
+  EXPECT_EQ(remote[1023], 1023u * 3);
+  remote[10] = 777;
+  ASSERT_TRUE(a().tr->read(*r, 80, local.data(), 8, [&](Status st) { EXPECT_TRUE(st); ++done; }));
+  ASSERT_TRUE(pump([&] { return done == 2; }));
+  EXPECT_EQ(local[0], 777u);
+  uint64_t old = 0;
+  ASSERT_TRUE(a().tr->fetch_add(*r, 80, 5, [&](Status st, uint64_t v) { EXPECT_TRUE(st); old = v; ++done; }));
+  ASSERT_TRUE(pump([&] { return done == 3; }));
+  EXPECT_EQ(old, 777u);
+  EXPECT_EQ(remote[10], 782u);
+  ASSERT_TRUE(a().tr->compare_swap(*r, 80, 782, 1, [&](Status st, uint64_t v) { EXPECT_TRUE(st); old = v; ++done; }));
+  ASSERT_TRUE(a().tr->compare_swap(*r, 80, 782, 2, [&](Status st, uint64_t v) { EXPECT_TRUE(st); old = v; ++done; }));
+  ASSERT_TRUE(pump([&] { return done == 5; }));
+  EXPECT_EQ(remote[10], 1u);  // the second compare-swap saw 1, not 782
+  EXPECT_EQ(old, 1u);
+  // Out of bounds: EINVAL, nothing touched.
+  int err = 0;
+  Status s = a().tr->read(*r, 8192 - 4, local.data(), 8, [&](Status st) { err = st.code(); ++done; });
+  if (s) {
+    ASSERT_TRUE(pump([&] { return done == 6; }));
+  } else {
+    err = s.code();
+  }
+  EXPECT_EQ(err, EINVAL);
+}
+
+TEST_P(TransportConformance, AOneSidedWriteLandsBeforeAMessageIssuedAfterIt) {
+  // dsm/ pushes a block into the requester's frame and then sends the grant that names it.
+  std::vector<uint8_t> frame(4096, 0), block(4096, 0x5a);
+  auto r = b().tr->register_region(frame.data(), frame.size());
+  ASSERT_TRUE(r);
+  auto l = a().tr->register_region(block.data(), block.size());
+  ASSERT_TRUE(l);
+  bool seen = false;
+  b().on_msg = [&](uint16_t, ByteView) { seen = frame[0] == 0x5a && frame[4095] == 0x5a; };
+  for (int round = 0; round < 20; ++round) {
+    std::fill(frame.begin(), frame.end(), 0);
+    block.assign(4096, static_cast<uint8_t>(0x5a));
+    size_t before = b().messages.size();
+    ASSERT_TRUE(a().tr->write(*r, 0, block.data(), block.size(), [](Status) {}));
+    ASSERT_TRUE(a().tr->send(2, 6, Bytes{1}));
+    ASSERT_TRUE(pump([&] { return b().messages.size() == before + 1; }));
+    ASSERT_TRUE(seen) << "round " << round << ": the message arrived before the write landed";
+  }
+}
+
+TEST_P(TransportConformance, AStoppedPeerFailsOutstandingRequestsWithConnReset) {
+  // b answers nothing from now on: its handler is gone with its transport.
+  int st = 0;
+  b().tr->stop();
+  ASSERT_TRUE(pump([&] { return a().downs > 0; }));
+  Status s = a().tr->request(2, 7, Bytes{1}, [&](Status x, ByteView) { st = x.code(); });
+  if (s) {
+    ASSERT_TRUE(pump([&] { return st != 0; }));
+  } else {
+    st = s.code();
+  }
+  EXPECT_TRUE(st == ECONNRESET || st == EHOSTUNREACH) << st;
+}
+
+const Param kTransports[] = {
+    {"tcp",
+     [](const Config& c, EventLoop& l, const ClusterKey& k) {
+       TcpOptions o;
+       o.connect_timeout_ms = 300;  // the stopped-peer test waits for it
+       return make_tcp_transport(c, l, k, o);
+     }},
+};
+
+INSTANTIATE_TEST_SUITE_P(All, TransportConformance, ::testing::ValuesIn(kTransports),
+                         [](const ::testing::TestParamInfo<Param>& p) { return std::string(p.param.name); });
+
+}  // namespace
+}  // namespace dipc::transport
