@@ -12,7 +12,8 @@
 //
 // Back-ends: --sim DIR (or $DIPC_SIM_DIR): `dipc-sim exec --dir DIR NODE -- ...`; Slurm (when $SLURM_JOB_ID is set):
 // `srun --nodes=1 --ntasks=1 -w HOST --export=ALL,...`; --ssh (the default when -H is given otherwise):
-// `ssh -o BatchMode=yes HOST 'cd CWD && exec env ... PROG ARGS'`; --local (the default without -H): here.
+// `ssh -o BatchMode=yes HOST 'cd CWD && exec env ... PROG ARGS'` ($DIPC_SSH, split on spaces, replaces "ssh":
+// DIPC_SSH="ssh -F CONFIG"); --local (the default without -H): here.
 #include <fcntl.h>
 #include <glob.h>
 #include <limits.h>
@@ -239,7 +240,7 @@ int main(int argc, char** argv) {
   {
     CLI::App app{"dipc-launch: run a program's processes across the nodes of a dipc cluster (MPMD with ':')", "dipc-launch"};
     app.add_option("--sim", sim_dir, "place processes on the simulated cluster in DIR (default $DIPC_SIM_DIR)");
-    app.add_flag("--ssh", ssh, "start processes with ssh -o BatchMode=yes HOST");
+    app.add_flag("--ssh", ssh, "start processes with ssh -o BatchMode=yes HOST ($DIPC_SSH replaces ssh)");
     app.add_flag("--slurm", slurm, "start processes with srun -w HOST (default when $SLURM_JOB_ID is set)");
     app.add_flag("--local", local, "run every process on this machine");
     app.add_option("--timeout", timeout_s, "kill everything after SECS seconds and exit 124")
@@ -367,7 +368,11 @@ int main(int argc, char** argv) {
         std::string remote = "cd " + shell_quote(cwd) + " && exec env";
         for (auto& e : env) remote += " " + shell_quote(e);
         for (auto& a : prog) remote += " " + shell_quote(a);
-        cmd = {"ssh", "-o", "BatchMode=yes", p.host, remote};
+        // $DIPC_SSH replaces "ssh" (a command line split on spaces), as OpenMPI's plm_rsh_agent: "ssh -F CONFIG".
+        const char* agent = getenv("DIPC_SSH");
+        cmd = split(agent && *agent ? agent : "ssh", ' ');
+        if (cmd.empty()) cmd = {"ssh"};
+        cmd.insert(cmd.end(), {"-o", "BatchMode=yes", p.host, remote});
         break;
       }
       case Backend::kSlurm: {  // --export=ALL carries DIPC_SOCKET if set
