@@ -209,6 +209,12 @@ void ClientServer::on_frame(Conn& c, FrameParser::Frame& f) {
       r.enabled = enabled();
       return send_frame(conn_id, resp, ipc::encode_body(r));
     }
+    case ipc::kAdminObjects: {
+      // Like ipcs(1): every object is listed, whatever its mode (the kernel's /proc/sysvipc does the same).
+      if (!f.payload.empty()) return close_conn(conn_id, "malformed admin request");
+      service_.list_objects([this, conn_id, resp](ipc::ObjListResp r) { send_frame(conn_id, resp, ipc::encode_body(r)); });
+      return;
+    }
     case ipc::kAdminEnable: {
       ipc::AdminEnableReq req;
       if (!ipc::decode_body(f.payload, req)) return close_conn(conn_id, "malformed admin request");

@@ -28,6 +28,7 @@ class MsgQueue {
   MsgQueue(const Perm& perm, const Limits& lim, int64_t now);
   const Perm& perm() const { return perm_; }
   size_t qnum() const { return msgs_.size(); }
+  uint64_t cbytes() const { return cbytes_; }
 
   Outcome send(uint64_t token, int64_t mtype, std::vector<uint8_t> text, int msgflg, const ProcKey& proc,
                const Creds& c, int64_t now);

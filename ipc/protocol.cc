@@ -297,6 +297,50 @@ bool AdminStatusResp::decode(Decoder& d) {
   return d.ok();
 }
 
+void ObjListResp::encode(Encoder& e) const {
+  e.u32(static_cast<uint32_t>(entries.size()));
+  for (const ObjEntry& o : entries) {
+    e.u8(static_cast<uint8_t>(o.type));
+    e.i32(o.id);
+    e.i32(o.key);
+    e.u32(o.uid);
+    e.u32(o.gid);
+    e.u32(o.cuid);
+    e.u32(o.cgid);
+    e.u16(o.mode);
+    e.u16(o.home);
+    e.u64(o.a);
+    e.u64(o.b);
+  }
+  put_u16s(e, unreachable);
+}
+bool ObjListResp::decode(Decoder& d) {
+  constexpr size_t kEntrySize = 1 + 4 * 6 + 2 * 2 + 8 * 2;
+  uint32_t n = d.count(kMaxObjEntries, kEntrySize);
+  entries.clear();
+  entries.resize(n);
+  for (ObjEntry& o : entries) {
+    uint8_t t = d.u8();
+    if (t < 1 || t > 3) d.fail();
+    if (!d.ok()) return false;
+    o.type = static_cast<ObjType>(t);
+    o.id = d.i32();
+    o.key = d.i32();
+    o.uid = d.u32();
+    o.gid = d.u32();
+    o.cuid = d.u32();
+    o.cgid = d.u32();
+    o.mode = d.u16();
+    o.home = d.u16();
+    o.a = d.u64();
+    o.b = d.u64();
+  }
+  uint32_t m = d.count(kMaxNodes, 2);
+  unreachable.resize(m);
+  for (auto& x : unreachable) x = d.u16();
+  return d.ok();
+}
+
 void HomeHeader::encode(Encoder& e) const {
   e.u32(creds.uid);
   e.u32(creds.gid);

@@ -45,6 +45,7 @@ enum Op : uint16_t {
   kCancel = 20,  // one-way, client -> daemon; body: none (frame id names the request)
   kAdminStatus = 30,
   kAdminEnable = 31,
+  kAdminObjects = 32,  // empty -> ObjListResp: every object of the cluster (`dipc ipcs`)
   // daemon -> daemon only
   kKeyAcquire = 100,  // to the key's referee
   kKeyBind = 101,
@@ -54,6 +55,7 @@ enum Op : uint16_t {
   kHomeCancel = 105,  // one-way: cancel a forwarded request by token
   kProcExit = 106,    // one-way: a process of the sender's node exited (apply SEM_UNDO)
   kShmDestroy = 107,  // one-way, home -> every node: the segment is gone (IPC_RMID and the last detach)
+  kObjList = 108,     // empty (no HomeHeader) -> ObjListResp: the objects the receiver hosts
   // 120..129: the DSM layer's own messages (dsm/segment.h)
 };
 
@@ -219,6 +221,26 @@ struct AdminStatusResp {
   std::string text;  // human-readable `dipc status`
   uint32_t peers_total = 0, peers_up = 0;
   bool enabled = true;
+  void encode(Encoder& e) const;
+  bool decode(Decoder& d);
+};
+
+// One object in a listing (`dipc ipcs`). a/b: sem: nsems, 0; msg: qnum, cbytes; shm: segsz, nattch.
+struct ObjEntry {
+  ObjType type = ObjType::kSem;
+  int32_t id = 0;
+  int32_t key = 0;
+  uint32_t uid = 0, gid = 0, cuid = 0, cgid = 0;
+  uint16_t mode = 0;  // shm: includes SHM_DEST and SHM_LOCKED
+  uint16_t home = 0;
+  uint64_t a = 0, b = 0;
+  bool operator==(const ObjEntry&) const = default;
+};
+inline constexpr uint32_t kMaxObjEntries = 1u << 20;
+inline constexpr uint32_t kMaxNodes = 65536;
+struct ObjListResp {  // kObjList / kAdminObjects
+  std::vector<ObjEntry> entries;
+  std::vector<uint16_t> unreachable;  // kAdminObjects: peers that did not answer (kObjList: always empty)
   void encode(Encoder& e) const;
   bool decode(Decoder& d);
 };

@@ -10,7 +10,9 @@
 #include <algorithm>
 #include <climits>
 #include <ctime>
+#include <memory>
 #include <sstream>
+#include <tuple>
 
 #include "common/log.h"
 #include "ipc/ids.h"
@@ -78,6 +80,12 @@ void Service::dispatch_request(uint16_t from, uint16_t op, ByteView body, std::f
     KeyReq req;
     if (!decode_body(body, req)) return reply(EPROTO, {});
     return referee_acquire(from, req, std::move(reply));
+  }
+  if (op == kObjList) {  // no HomeHeader: a listing checks no permission (like ipcs)
+    if (!body.empty()) return reply(EPROTO, {});
+    ObjListResp r;
+    r.entries = local_objects();
+    return reply(0, encode_body(r));
   }
   Decoder d(body);
   HomeHeader h;
@@ -755,6 +763,73 @@ std::pair<uint32_t, uint32_t> Service::peer_counts() const {
     if (tr_ && tr_->peer_up(n)) ++up;
   }
   return {total, up};
+}
+
+std::vector<ObjEntry> Service::local_objects() const {
+  std::vector<ObjEntry> out;
+  auto entry = [&](ObjType t, int32_t id, const Perm& p, uint64_t a, uint64_t b) {
+    out.push_back(ObjEntry{t, id, p.key, p.uid, p.gid, p.cuid, p.cgid, p.mode, cfg_.self, a, b});
+  };
+  for (const auto& [id, s] : sems_.by_id) entry(ObjType::kSem, id, s->perm(), static_cast<uint64_t>(s->nsems()), 0);
+  for (const auto& [id, q] : msgs_.by_id) entry(ObjType::kMsg, id, q->perm(), q->qnum(), q->cbytes());
+  for (const auto& [id, g] : shms_.by_id) entry(ObjType::kShm, id, g->perm(), g->size(), g->nattch());
+  return out;
+}
+
+void Service::list_objects(std::function<void(ObjListResp)> done) {
+  struct Gather {
+    ObjListResp resp;
+    std::vector<uint16_t> waiting;  // peers asked that have not answered yet
+    std::function<void(ObjListResp)> done;
+    EventLoop::TimerId timer{};
+    bool finished = false;
+  };
+  auto g = std::make_shared<Gather>();
+  g->resp.entries = local_objects();
+  g->done = std::move(done);
+  auto finish = [this](const std::shared_ptr<Gather>& gs) {
+    Gather& st = *gs;
+    if (st.finished) return;
+    st.finished = true;
+    loop_.cancel_timer(st.timer);
+    for (uint16_t n : st.waiting) st.resp.unreachable.push_back(n);
+    std::sort(st.resp.unreachable.begin(), st.resp.unreachable.end());
+    auto key = [](const ObjEntry& e) { return std::make_tuple(static_cast<uint8_t>(e.type), e.home, e.id); };
+    std::sort(st.resp.entries.begin(), st.resp.entries.end(),
+              [&](const ObjEntry& x, const ObjEntry& y) { return key(x) < key(y); });
+    auto cb = std::move(st.done);
+    cb(std::move(st.resp));
+  };
+  std::vector<uint16_t> ask;
+  for (uint16_t n : node_ids_) {
+    if (n == cfg_.self) continue;
+    if (tr_ && tr_->peer_up(n))
+      ask.push_back(n);
+    else
+      g->resp.unreachable.push_back(n);
+  }
+  g->waiting = ask;
+  if (ask.empty()) return finish(g);
+  g->timer = loop_.add_timer(kObjListTimeoutMs, [g, finish] { finish(g); });
+  for (uint16_t n : ask) {
+    auto answered = [g, n, finish](int st, ByteView b) {
+      if (g->finished) return;
+      auto it = std::find(g->waiting.begin(), g->waiting.end(), n);
+      if (it == g->waiting.end()) return;
+      g->waiting.erase(it);
+      ObjListResp r;
+      if (st == 0 && decode_body(b, r)) {
+        for (ObjEntry& e : r.entries)
+          if (e.home == n) g->resp.entries.push_back(e);  // a peer speaks only for the objects it hosts
+      } else {
+        g->resp.unreachable.push_back(n);
+      }
+      if (g->waiting.empty()) finish(g);
+    };
+    Status s = tr_->request(n, kObjList, {}, [answered](Status st, ByteView b) { answered(st.code(), b); });
+    if (!s) answered(s.code() ? s.code() : EIO, {});
+    if (g->finished) return;
+  }
 }
 
 std::string Service::status_text() const {

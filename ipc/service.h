@@ -54,6 +54,11 @@ class Service : public transport::Handler {
   void process_exited(int32_t pid);
 
   std::string status_text() const;
+  // `dipc ipcs`: the objects of this node and of every connected peer (asked with kObjList in parallel). Peers that
+  // fail or do not answer within kObjListTimeoutMs are listed in `unreachable`; `done` runs exactly once.
+  static constexpr int64_t kObjListTimeoutMs = 3000;
+  void list_objects(std::function<void(ObjListResp)> done);
+  std::vector<ObjEntry> local_objects() const;
   // Configured peers and how many of them are connected.
   std::pair<uint32_t, uint32_t> peer_counts() const;
   size_t objects() const { return sems_.by_id.size() + msgs_.by_id.size() + shms_.by_id.size(); }

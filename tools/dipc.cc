@@ -1,4 +1,4 @@
-// dipc: the administration tool. `dipc status`, `dipc on`, `dipc off`, `dipc secret FILE`.
+// dipc: the administration tool. `dipc status`, `dipc ipcs`, `dipc on`, `dipc off`, `dipc secret FILE`.
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -6,9 +6,12 @@
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <map>
 #include <thread>
 
 #include "common/auth.h"
+#include "common/config.h"
 #include "common/event_loop.h"
 #include "common/frame.h"
 #include "common/unix_socket.h"
@@ -79,6 +82,50 @@ int status(const std::string& sock, double wait_s) {
   }
 }
 
+// `dipc ipcs`: every object of the cluster, laid out like ipcs(1), plus the node that hosts each one.
+int ipcs(const std::string& sock, const std::string& config_path) {
+  dipc::Bytes out;
+  int rc = ask(sock, dipc::ipc::kAdminObjects, {}, out, 10000);
+  dipc::ipc::ObjListResp r;
+  if (rc != 0 || !dipc::ipc::decode_body(out, r)) {
+    fprintf(stderr, "dipc: no daemon answers on %s (%s)\n", sock.c_str(),
+            rc ? strerror(rc < 0 ? -rc : rc) : "malformed answer");
+    return 1;
+  }
+  // Node names from the cluster configuration when it can be read; node ids otherwise.
+  std::map<uint16_t, std::string> names;
+  std::string err;
+  if (auto cfg = dipc::load_config(config_path, &err))
+    for (const auto& n : cfg->nodes) names[n.id] = n.name;
+  auto node = [&](uint16_t id) { return names.count(id) ? names[id] : std::to_string(id); };
+  using dipc::ipc::ObjType;
+  auto section = [&](ObjType t, const char* title, const char* header) {
+    printf("\n------ %s --------\n%s\n", title, header);
+    for (const auto& e : r.entries) {
+      if (e.type != t) continue;
+      printf("0x%08x %-10d %-10u %-10o ", static_cast<unsigned>(e.key), e.id, e.uid, e.mode & 0777u);
+      unsigned long long a = e.a, b = e.b;
+      if (t == ObjType::kSem) printf("%-10llu ", a);
+      if (t == ObjType::kMsg) printf("%-12llu %-10llu ", b, a);
+      if (t == ObjType::kShm) {
+        std::string st = (e.mode & 01000) ? "dest" : "";
+        if (e.mode & 02000) st += st.empty() ? "locked" : " locked";
+        printf("%-10llu %-10llu %-10s ", a, b, st.c_str());
+      }
+      printf("%s\n", node(e.home).c_str());
+    }
+  };
+  section(ObjType::kSem, "Semaphore Arrays", "key        semid      owner      perms      nsems      home");
+  section(ObjType::kMsg, "Message Queues", "key        msqid      owner      perms      used-bytes   messages   home");
+  section(ObjType::kShm, "Shared Memory Segments",
+          "key        shmid      owner      perms      bytes      nattch     status     home");
+  if (!r.unreachable.empty()) {
+    printf("\n");
+    for (uint16_t n : r.unreachable) printf("unreachable: %s (its objects are not listed)\n", node(n).c_str());
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -89,6 +136,11 @@ int main(int argc, char** argv) {
   double wait_s = 0;
   auto* st = app.add_subcommand("status", "show this node, its peers and link state, and the objects it hosts");
   st->add_option("-w,--wait", wait_s, "wait up to this many seconds until all peers are connected");
+  const char* env_cfg = getenv("DIPC_CONFIG");
+  std::string config_path = env_cfg && *env_cfg ? env_cfg : "/etc/dipc/dipc.toml";
+  auto* ip = app.add_subcommand("ipcs", "list every semaphore set, message queue and segment of the cluster");
+  ip->add_option("-c,--config", config_path, "cluster configuration, for node names (default $DIPC_CONFIG or "
+                                             "/etc/dipc/dipc.toml)");
   auto* on = app.add_subcommand("on", "distribute new keys again");
   auto* off = app.add_subcommand("off", "send new *get calls to the local kernel; running programs are unaffected");
   std::string secret_path;
@@ -97,6 +149,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   if (*st) return status(sock, wait_s);
+  if (*ip) return ipcs(sock, config_path);
   if (*on || *off) {
     dipc::Bytes out;
     int rc = ask(sock, dipc::ipc::kAdminEnable, dipc::ipc::encode_body(dipc::ipc::AdminEnableReq{bool(*on)}), out,

@@ -58,6 +58,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   body<ShmCtlReq>(b);
   body<ShmCtlResp>(b);
   body<ShmDestroyMsg>(b);
+  body<ObjListResp>(b);
   // A coherence message between daemons (dsm/): strict, fixed size.
   dipc::Decoder d(b);
   dipc::dsm::Msg m;

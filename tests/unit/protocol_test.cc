@@ -441,6 +441,33 @@ TEST(Protocol, FieldsAreBigEndianOnTheWire) {
   EXPECT_EQ(b, want);
 }
 
+TEST(Protocol, ObjListRoundTripsAndRejectsBadTypesAndCounts) {
+  ObjListResp r;
+  r.entries.push_back(ObjEntry{ObjType::kSem, 0x01000001, -2, 65534, 4000000000u, 1, 2, 0640, 1, 7, 0});
+  r.entries.push_back(ObjEntry{ObjType::kMsg, 0x02000002, 0x1234, 0, 0, 0, 0, 0600, 2, 3, 15});
+  r.entries.push_back(ObjEntry{ObjType::kShm, 0x03000003, 0, 1000, 1000, 1000, 1000, 03666, 3, 1ull << 40, 2});
+  r.unreachable = {4, 255};
+  expect_strict(r, "ObjListResp");
+  ObjListResp out = round_trip(r);
+  EXPECT_EQ(out.entries, r.entries);
+  EXPECT_EQ(out.unreachable, r.unreachable);
+  expect_strict(ObjListResp{}, "empty ObjListResp");
+
+  Bytes b = encode_body(r);
+  for (uint8_t t : {uint8_t{0}, uint8_t{4}}) {
+    Bytes bad = b;
+    bad[4] = t;  // the first entry's type, after the u32 count
+    ObjListResp x;
+    EXPECT_FALSE(decode_body(ByteView(bad), x)) << "type " << int(t);
+  }
+  Encoder e;
+  e.u32(kMaxObjEntries + 1);  // beyond the bound (and the input)
+  e.u32(0);
+  Bytes big = e.take();
+  ObjListResp y;
+  EXPECT_FALSE(decode_body(ByteView(big), y));
+}
+
 }  // namespace
 }  // namespace dipc::ipc
 
