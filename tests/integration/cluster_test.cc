@@ -21,6 +21,7 @@
 #include <sstream>
 
 #include "tests/harness/sim_cluster.h"
+#include "tests/integration/output.h"
 
 namespace dipc::test {
 namespace {
@@ -32,22 +33,6 @@ SimCluster::Options nodes_opt(int n) {
 }
 
 using Clock = std::chrono::steady_clock;
-
-// "name=value" -> value of the last such line.
-std::string field(const std::string& out, const std::string& name) {
-  std::istringstream is(out);
-  std::string line, v;
-  while (std::getline(is, line))
-    if (line.rfind(name + "=", 0) == 0) v = line.substr(name.size() + 1);
-  return v;
-}
-
-std::string slurp(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 
 // Waits until `path` contains `text`, woken by inotify on every change of its directory; bounded.
 bool wait_file_text(const std::string& path, const std::string& text, int timeout_s) {

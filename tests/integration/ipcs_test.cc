@@ -7,18 +7,10 @@
 #include <vector>
 
 #include "tests/harness/sim_cluster.h"
+#include "tests/integration/output.h"
 
 namespace dipc::test {
 namespace {
-
-// "name=value" -> value of the last such line.
-std::string field(const std::string& out, const std::string& name) {
-  std::istringstream is(out);
-  std::string line, v;
-  while (std::getline(is, line))
-    if (line.rfind(name + "=", 0) == 0) v = line.substr(name.size() + 1);
-  return v;
-}
 
 // The whitespace-separated columns of the listing's line that starts with `key` ("0x%08x"); empty if none.
 std::vector<std::string> row(const std::string& out, const std::string& key) {

@@ -17,6 +17,7 @@
 #include <sstream>
 
 #include "tests/harness/sim_cluster.h"
+#include "tests/integration/output.h"
 
 namespace dipc::test {
 namespace {
@@ -26,29 +27,11 @@ using Clock = std::chrono::steady_clock;
 constexpr const char* kSshd = "/usr/sbin/sshd";
 constexpr int kSshPort = 2222;
 
-std::string slurp(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
 void write_file(const std::string& path, const std::string& text) {
   std::ofstream f(path);
   f << text;
   f.close();
   std::filesystem::permissions(path, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
-}
-
-// "name=value" -> value of the last such line (after an optional "[node:rank] " prefix).
-std::string field(const std::string& out, const std::string& name) {
-  std::istringstream is(out);
-  std::string line, v;
-  while (std::getline(is, line)) {
-    if (!line.empty() && line[0] == '[') line = line.substr(line.find("] ") == std::string::npos ? 0 : line.find("] ") + 2);
-    if (line.rfind(name + "=", 0) == 0) v = line.substr(name.size() + 1);
-  }
-  return v;
 }
 
 // Node k's address from DIR/nodes ("NAME HOLDER SOCKET ADDRESS" per line).

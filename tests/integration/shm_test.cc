@@ -18,30 +18,12 @@
 #include <sstream>
 
 #include "tests/harness/sim_cluster.h"
+#include "tests/integration/output.h"
 
 namespace dipc::test {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-// "name=value" -> value of the last such line.
-std::string field(const std::string& out, const std::string& name) {
-  std::istringstream is(out);
-  std::string line, v;
-  while (std::getline(is, line))
-    if (line.rfind(name + "=", 0) == 0) v = line.substr(name.size() + 1);
-  return v;
-}
-
-// Values of every "name=value" line, in order.
-std::vector<std::string> fields(const std::string& out, const std::string& name) {
-  std::istringstream is(out);
-  std::string line;
-  std::vector<std::string> v;
-  while (std::getline(is, line))
-    if (line.rfind(name + "=", 0) == 0) v.push_back(line.substr(name.size() + 1));
-  return v;
-}
 
 // "0 key=0 segsz=8192 nattch=2 ..." -> the value of `name` in it.
 std::string kv(const std::string& line, const std::string& name) {
