@@ -188,6 +188,8 @@ bool map_control(int memfd) {
   return true;
 }
 
+}  // namespace
+
 int connect_socket() {
   const char* env = getenv("DIPC_SOCKET");
   std::string_view name = env && *env ? env : "@dipc";
@@ -209,6 +211,8 @@ int connect_socket() {
   }
   return fd;
 }
+
+namespace {
 
 // Connects and says hello: the daemon answers with HelloResp and its control page memfd (SCM_RIGHTS).
 bool open_conn(Conn& c) {

@@ -37,4 +37,7 @@ bool call(uint16_t op, const Bytes& body, Reply& out, const Wait& wait = {}, con
 
 int64_t now_ns();
 
+// A blocking, close-on-exec connection to the node's dipcd ($DIPC_SOCKET, default "@dipc"; '@' = abstract), or -1.
+int connect_socket();
+
 }  // namespace dipc::preload

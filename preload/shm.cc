@@ -10,7 +10,6 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -172,24 +171,12 @@ bool register_range(int uffd, uintptr_t addr, size_t len, int flg) {
 
 // ---- the connection ----
 
-// The daemon's socket, named as client.cc names it ($DIPC_SOCKET, '@': abstract). Blocking, with a send timeout.
+// A blocking connection to dipcd (client.cc's), with a send timeout.
 int connect_daemon() {
-  const char* env = getenv("DIPC_SOCKET");
-  std::string_view name = env && *env ? env : "@dipc";
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  if (name.size() >= sizeof a.sun_path) return -1;
-  std::memcpy(a.sun_path, name.data(), name.size());
-  bool abstract = name[0] == '@';
-  if (abstract) a.sun_path[0] = '\0';
-  auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size() + (abstract ? 0 : 1));
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int fd = connect_socket();
   if (fd < 0) return -1;
-  int r;
-  while ((r = connect(fd, reinterpret_cast<sockaddr*>(&a), len)) != 0 && errno == EINTR) {
-  }
   timeval tv{kReplyNs / 1'000'000'000, 0};
-  if (r != 0 || setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0) {
+  if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0) {
     close(fd);
     return -1;
   }

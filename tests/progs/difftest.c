@@ -25,31 +25,17 @@
 
 #include <dipc/dipc.h>
 
+#include "transcript.h"
+
 #define NSLOT 3
 #define MAXPRIV 64
 
-static unsigned long long rng;
-static int rnd(int n) { /* splitmix64 */
-  rng += 0x9e3779b97f4a7c15ULL;
-  unsigned long long z = rng;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return (int)((z ^ (z >> 31)) % (unsigned long long)n);
-}
-#define PICK(...) ((long[]){__VA_ARGS__}[rnd((int)(sizeof((long[]){__VA_ARGS__}) / sizeof(long)))])
 
 static int dflag;
 static key_t base;
 static key_t sem_key(int s) { return base + s; }     /* s == NSLOT: a key nobody creates (ENOENT) */
 static key_t msg_key(int s) { return base + 8 + s; }
 
-static const char *res(long r) {
-  static char buf[64];
-  if (r < 0) snprintf(buf, sizeof buf, "-1 %s", strerrorname_np(errno));
-  else snprintf(buf, sizeof buf, "%ld", r);
-  return buf;
-}
-static const char *pidclass(long pid) { return pid == 0 ? "0" : pid == getpid() ? "self" : "other"; }
 
 struct msgbuf_big {
   long mtype;

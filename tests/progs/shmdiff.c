@@ -34,6 +34,8 @@
 
 #include <dipc/dipc.h>
 
+#include "transcript.h"
+
 #ifndef MAP_FIXED_NOREPLACE
 #define MAP_FIXED_NOREPLACE 0x100000
 #endif
@@ -50,29 +52,13 @@
 #define MAXATT 24
 #define MAXSTALE 64
 
-static unsigned long long rng;
-static int rnd(int n) { /* splitmix64 */
-  rng += 0x9e3779b97f4a7c15ULL;
-  unsigned long long z = rng;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return (int)((z ^ (z >> 31)) % (unsigned long long)n);
-}
-#define PICK(...) ((long[]){__VA_ARGS__}[rnd((int)(sizeof((long[]){__VA_ARGS__}) / sizeof(long)))])
 
 static int dflag;
 static key_t base;
 static long pg;
 static key_t slot_key(int s) { return base + s; } /* s == NSLOT: a key nobody creates (ENOENT) */
 
-static const char *res(long r) {
-  static char buf[64];
-  if (r < 0) snprintf(buf, sizeof buf, "-1 %s", strerrorname_np(errno));
-  else snprintf(buf, sizeof buf, "%ld", r);
-  return buf;
-}
 static const char *resp(void *p) { return p == (void *)-1 ? res(-1) : "ok"; }
-static const char *pidclass(long pid) { return pid == 0 ? "0" : pid == getpid() ? "self" : "other"; }
 static size_t pages_of(size_t size) { return (size + (size_t)pg - 1) / (size_t)pg; }
 
 static void print_shmstat(int id, key_t want_key) {
