@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "common/log.h"
+#include "common/fd_passing.h"
 #include "common/unix_socket.h"
 #include "dipc/dipc.h"
 #include "ipc/protocol.h"
@@ -147,24 +148,8 @@ void ClientServer::on_readable(Conn& c, uint32_t events) {
   if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
     uint8_t buf[65536];
     for (;;) {
-      // recvmsg: a program hands its userfaultfd over with kShmAttached (SCM_RIGHTS).
-      iovec iov{buf, sizeof buf};
-      alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * 4)];
-      msghdr m{};
-      m.msg_iov = &iov;
-      m.msg_iovlen = 1;
-      m.msg_control = cbuf;
-      m.msg_controllen = sizeof cbuf;
-      ssize_t n = recvmsg(c.fd, &m, MSG_CMSG_CLOEXEC);
-      for (cmsghdr* cm = n >= 0 ? CMSG_FIRSTHDR(&m) : nullptr; cm; cm = CMSG_NXTHDR(&m, cm)) {
-        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
-        size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (size_t i = 0; i < k; ++i) {
-          int fd;
-          std::memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
-          c.fds.push_back(fd);
-        }
-      }
+      // A program hands its userfaultfd over with kShmAttached (SCM_RIGHTS).
+      ssize_t n = recv_with_fds(c.fd, buf, sizeof buf, 0, [&](int fd) { c.fds.push_back(fd); });
       if (c.fds.size() > 8) return close_conn(id, "too many descriptors passed");
       if (n > 0) {
         c.parser.feed(buf, static_cast<size_t>(n));
@@ -273,21 +258,17 @@ void ClientServer::send_frame(uint64_t conn_id, const FrameHeader& h, ByteView b
   Conn& c = *it->second;
   size_t start = c.out.size();
   append_frame(c.out, h, body);
-  if (pass_fd >= 0 && start == 0) {
-    // The descriptor rides on the first byte of this frame.
-    msghdr m{};
-    iovec iov{c.out.data(), c.out.size()};
-    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))];
-    m.msg_iov = &iov;
-    m.msg_iovlen = 1;
-    m.msg_control = cbuf;
-    m.msg_controllen = sizeof cbuf;
-    cmsghdr* cm = CMSG_FIRSTHDR(&m);
-    cm->cmsg_level = SOL_SOCKET;
-    cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(cm), &pass_fd, sizeof(int));
-    ssize_t n = sendmsg(c.fd, &m, MSG_NOSIGNAL);
+  if (pass_fd >= 0) {
+    // The descriptor rides on the first byte of this frame, so the bytes before it must be out first. Programs
+    // wait for each answer that carries one (hello, shmat), so there never are; if there were, say so.
+    if (start != 0) {
+      c.out.resize(start);
+      flush(c);
+      if (!conns_.count(conn_id)) return;
+      if (!c.out.empty()) return close_conn(conn_id, "cannot pass a descriptor behind unsent answers");
+      append_frame(c.out, h, body);
+    }
+    ssize_t n = send_with_fd(c.fd, c.out.data(), c.out.size(), pass_fd);
     if (n < 0) return close_conn(conn_id, "sendmsg failed");
     c.out.erase(c.out.begin(), c.out.begin() + n);
   }

@@ -19,6 +19,7 @@
 #include <cstring>
 #include <string_view>
 
+#include "common/fd_passing.h"
 #include "common/frame.h"
 #include "ipc/protocol.h"
 
@@ -140,29 +141,15 @@ Read read_frame(Conn& c, FrameParser::Frame& f, int64_t deadline, bool signals, 
       continue;
     }
     for (;;) {  // drain what is there
-      iovec iov{c.rbuf.data(), c.rbuf.size()};
-      alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * 4)];
-      msghdr m{};
-      m.msg_iov = &iov;
-      m.msg_iovlen = 1;
-      m.msg_control = cbuf;
-      m.msg_controllen = sizeof cbuf;
-      ssize_t n = recvmsg(c.fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+      ssize_t n = recv_with_fds(c.fd, c.rbuf.data(), c.rbuf.size(), MSG_DONTWAIT, [&](int fd) {
+        if (passed_fd && *passed_fd < 0)
+          *passed_fd = fd;
+        else
+          close(fd);
+      });
       if (n < 0 && errno == EINTR) continue;
       if (n < 0 && errno == EAGAIN) break;
       if (n <= 0) return Read::kBroken;
-      for (cmsghdr* cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm)) {
-        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
-        size_t nfds = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (size_t i = 0; i < nfds; ++i) {
-          int fd;
-          std::memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
-          if (passed_fd && *passed_fd < 0)
-            *passed_fd = fd;
-          else
-            close(fd);
-        }
-      }
       c.parser.feed(c.rbuf.data(), static_cast<size_t>(n));
       if (static_cast<size_t>(n) < c.rbuf.size()) break;
     }

@@ -28,6 +28,7 @@
 #include <string_view>
 #include <vector>
 
+#include "common/fd_passing.h"
 #include "common/frame.h"
 #include "ipc/protocol.h"
 #include "preload/client.h"
@@ -226,21 +227,7 @@ uint64_t send_request(ShmConn& c, uint16_t op, const Bytes& body, int pass_fd) {
   append_frame(b, FrameHeader{FrameKind::kRequest, op, id, 0, 0}, body);
   size_t off = 0;
   while (off < b.size()) {
-    iovec iov{b.data() + off, b.size() - off};
-    msghdr m{};
-    m.msg_iov = &iov;
-    m.msg_iovlen = 1;
-    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))];
-    if (off == 0 && pass_fd >= 0) {
-      m.msg_control = cbuf;
-      m.msg_controllen = sizeof cbuf;
-      cmsghdr* cm = CMSG_FIRSTHDR(&m);
-      cm->cmsg_level = SOL_SOCKET;
-      cm->cmsg_type = SCM_RIGHTS;
-      cm->cmsg_len = CMSG_LEN(sizeof(int));
-      std::memcpy(CMSG_DATA(cm), &pass_fd, sizeof(int));
-    }
-    ssize_t n = sendmsg(c.fd, &m, MSG_NOSIGNAL);
+    ssize_t n = send_with_fd(c.fd, b.data() + off, b.size() - off, off == 0 ? pass_fd : -1);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return 0;  // includes EAGAIN: SO_SNDTIMEO ran out
     off += static_cast<size_t>(n);
@@ -285,27 +272,10 @@ Got await_response(ShmConn& c, uint16_t op, uint64_t id, FrameParser::Frame& f, 
     if (r < 0 && errno == EINTR) continue;
     if (r < 0) return Got::kBroken;
     if (r == 0) continue;
-    iovec iov{buf, sizeof buf};
-    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * 4)];
-    msghdr m{};
-    m.msg_iov = &iov;
-    m.msg_iovlen = 1;
-    m.msg_control = cbuf;
-    m.msg_controllen = sizeof cbuf;
-    ssize_t n = recvmsg(c.fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    bool truncated = false;
+    ssize_t n = recv_with_fds(c.fd, buf, sizeof buf, MSG_DONTWAIT, [&](int fd) { c.fds.push_back(fd); }, &truncated);
     if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-    if (n > 0) {
-      for (cmsghdr* cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm)) {
-        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
-        size_t nfds = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (size_t i = 0; i < nfds; ++i) {
-          int fd;
-          std::memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
-          c.fds.push_back(fd);
-        }
-      }
-    }
-    if (n <= 0 || (m.msg_flags & MSG_CTRUNC)) return Got::kBroken;  // closed, or a descriptor was lost
+    if (n <= 0 || truncated) return Got::kBroken;  // closed, or a descriptor was lost
     c.parser.feed(buf, static_cast<size_t>(n));
   }
 }
