@@ -68,15 +68,6 @@ std::vector<std::string> node_info(const std::string& dir, int node) {
   return {"", "", "", ""};
 }
 
-// A peer's line in `dipc status`: "  node3 (id 3, 10.77.x.3:7450) up" -> "up".
-std::string peer_state(const std::string& status, int node) {
-  std::istringstream is(status);
-  std::string line, prefix = "  node" + std::to_string(node) + " (id " + std::to_string(node) + ",";
-  while (std::getline(is, line))
-    if (line.rfind(prefix, 0) == 0) return line.substr(line.rfind(' ') + 1);
-  return "<node" + std::to_string(node) + " not listed>";
-}
-
 // Helpers shared by the suites: ipcop commands on a node, bounded condition waits.
 class ClusterTest : public ::testing::Test {
  protected:

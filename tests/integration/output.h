@@ -1,5 +1,5 @@
-// Reading what the test programs print: `name=value` lines (also behind dipc-launch's "[node:rank] " prefix) and
-// whole files.
+// Reading what the test programs and tools print: `name=value` lines (also behind dipc-launch's "[node:rank] "
+// prefix), a peer's state in `dipc status`, whole files.
 #pragma once
 
 #include <fstream>
@@ -37,6 +37,15 @@ inline std::vector<std::string> fields(const std::string& out, const std::string
     if (line.rfind(name + "=", 0) == 0) v.push_back(line.substr(name.size() + 1));
   }
   return v;
+}
+
+// A peer's line in `dipc status`: "  node3 (id 3, 10.77.x.3:7450) up" -> "up".
+inline std::string peer_state(const std::string& status, int node) {
+  std::istringstream is(status);
+  std::string line, prefix = "  node" + std::to_string(node) + " (id " + std::to_string(node) + ",";
+  while (std::getline(is, line))
+    if (line.rfind(prefix, 0) == 0) return line.substr(line.rfind(' ') + 1);
+  return "<node" + std::to_string(node) + " not listed>";
 }
 
 inline std::string slurp(const std::string& path) {

@@ -277,8 +277,8 @@ TEST_F(Shm, ForkAfterAttachSharesTheSegmentWithTheChild) {
 TEST_F(Shm, ExecDropsTheAttachesAForkedChildInherited) {
   const std::string k = key(15);
   std::string id = create(1, k, kPage);
-  // On node2 a process attaches and forks a child that execs `sleep`: the child's inherited attach is counted at
-  // fork() and dropped at exec(), while the exec'd program (and the parent) live on.
+  // On node2 a process attaches and forks a child that execs `tail -f /dev/null`: the child's inherited attach is
+  // counted at fork() and dropped at exec(), while the exec'd program (and the parent) live on.
   auto h = c().spawn(2, {SimCluster::prog("shm_tool"), "at:" + id, "forkexec", "hold"}, {kTimeoutEnv});
   ASSERT_TRUE(c().wait_output(h, "held=1")) << c().output(h);
   EXPECT_EQ(field(c().output(h), "forkexec_child_nattch"), "2");  // counted at fork()
@@ -478,20 +478,11 @@ class ShmPartition : public Shm {
   SimCluster& c() override { return *two_; }
   static std::unique_ptr<SimCluster> two_;
 
-  // "  node2 (id 2, 10.77.x.2:7450) up" in `dipc status` of `node` -> "up".
-  std::string peer_state(int node, int peer) {
-    auto r = c().dipc(node, {"status"});
-    std::istringstream is(r.out);
-    std::string line, prefix = "  node" + std::to_string(peer) + " (id " + std::to_string(peer) + ",";
-    while (std::getline(is, line))
-      if (line.rfind(prefix, 0) == 0) return line.substr(line.rfind(' ') + 1);
-    return "?";
-  }
+  // Polls `dipc status` on `node` (a fresh process each time) until it reports `peer` in `state`; bounded.
   bool wait_peer(int node, int peer, const std::string& state, int timeout_s) {
     auto deadline = Clock::now() + std::chrono::seconds(timeout_s);
     do {
-      if (peer_state(node, peer) == state) return true;
-      // Each `dipc status` is a fresh process and round trip: this loop is paced by them, not by a sleep.
+      if (peer_state(c().dipc(node, {"status"}).out, peer) == state) return true;
     } while (Clock::now() < deadline);
     return false;
   }

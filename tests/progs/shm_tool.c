@@ -21,7 +21,8 @@
  *                            (size from IPC_STAT)                     -> sparsew=WORDS, sparsec=MISMATCHES (exit 1 if >0)
  *   hold                     prints held=1 and waits to be killed (bounded by a 600 s alarm)
  *   forkexec                 a child (which inherits the attaches) prints forkexec_child_nattch= (of the current
- *                            segment), then execs `sleep 120`; the parent waits for that line -> forkexec_pid=N
+ *                            segment), then execs `tail -f /dev/null` (a program that lives until killed); the
+ *                            parent waits for that line -> forkexec_pid=N
  *   print:TEXT               prints TEXT
  *
  * Failed calls print "NAME=-1 ERRNO_NAME" and the run goes on (exit 0): callers check the lines. Failed checks
@@ -314,7 +315,7 @@ int main(int argc, char **argv) {
         fflush(stdout);
         close(pfd[0]);
         close(pfd[1]);  /* tells the parent the line is out */
-        execlp("sleep", "sleep", "120", (char *)NULL);
+        execlp("tail", "tail", "-f", "/dev/null", (char *)NULL);
         _exit(127);
       }
       close(pfd[1]);
