@@ -976,6 +976,25 @@ class TcpTransport final : public Transport {
 
 }  // namespace
 
+Status parse_tcp_options(const Config& cfg, TcpOptions& o, std::string* error) {
+  SectionReader r(cfg, "tcp");
+  bool ok = r.get("connect_timeout_ms", o.connect_timeout_ms, 1, 3600 * 1000) &&
+            r.get("handshake_timeout_ms", o.handshake_timeout_ms, 1, 600 * 1000) &&
+            r.get("reconnect_min_ms", o.reconnect_min_ms, 1, 600 * 1000) &&
+            r.get("reconnect_max_ms", o.reconnect_max_ms, 1, 600 * 1000) &&
+            r.get("max_queued_bytes", o.max_queued_bytes, int64_t{2} * kMaxPayload, int64_t{1} << 40) &&
+            r.get("max_read_per_event", o.max_read_per_event, 4096, int64_t{1} << 30) &&
+            r.get("max_unauthenticated", o.max_unauthenticated, 1, 65535) &&
+            r.get("dead_peer_s", o.dead_peer_s, 0, 3600) && r.finish();
+  std::string err = r.error();
+  if (ok && o.reconnect_max_ms < o.reconnect_min_ms) {
+    ok = false;
+    err = "transport.tcp.reconnect_max_ms must not be below reconnect_min_ms";
+  }
+  if (!ok && error) *error = err;
+  return ok ? Status::ok() : Status::err(EINVAL);
+}
+
 std::unique_ptr<Transport> make_tcp_transport(const Config& cfg, EventLoop& loop, const ClusterKey& key,
                                               const TcpOptions& opt) {
   return std::make_unique<TcpTransport>(cfg, loop, key, opt);
