@@ -1,0 +1,27 @@
+// Helpers shared by the files of ipc::Service (service*.cc); internal to ipc/.
+#pragma once
+
+#include <cerrno>
+#include <cstdint>
+#include <ctime>
+
+#include "common/status.h"
+#include "common/wire.h"
+#include "ipc/protocol.h"
+
+namespace dipc::ipc::detail {
+
+inline int64_t now_s() { return static_cast<int64_t>(time(nullptr)); }
+
+// A transport failure reaching a remote object is reported as EIO: no SysV call defines a better errno for an
+// unreachable home node (README, "What differs from local SysV IPC").
+inline int map_transport(const Status& st) {
+  int c = st.code();
+  return (c == ECONNRESET || c == EHOSTUNREACH || c == ECONNREFUSED || c == ETIMEDOUT) ? EIO : c;
+}
+
+inline Bytes unknown_id() { return Bytes{kUnknownIdMarker}; }
+inline bool is_unknown_id(int st, ByteView b) { return st == EINVAL && b.size() == 1 && b[0] == kUnknownIdMarker; }
+inline uint16_t token_node(uint64_t token) { return static_cast<uint16_t>(token >> 48); }
+
+}  // namespace dipc::ipc::detail
