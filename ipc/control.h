@@ -9,6 +9,7 @@ namespace dipc::ipc {
 
 inline constexpr uint32_t kControlMagic = 0x44435450;  // 'DCTP'
 inline constexpr uint32_t kControlMaxRanges = 32;
+inline constexpr uint16_t kControlKeepPrivate = 1;
 
 struct ControlPage {
   uint32_t magic;
@@ -17,14 +18,14 @@ struct ControlPage {
   std::atomic<uint32_t> distribute;  // common/config.h Distribute
   std::atomic<uint32_t> nranges;
   uint16_t node;
-  uint16_t pad;
+  uint16_t flags;  // kControlKeepPrivate: under "all", IPC_PRIVATE stays on the kernel ([policy] private = false)
   int64_t ranges[kControlMaxRanges][2];
 
   bool distributes(int32_t key, int flg, int ipc_dipc_flag) const {
     if (!enabled.load(std::memory_order_acquire)) return false;
     if (flg & ipc_dipc_flag) return true;
-    if (key == 0) return false;
     uint32_t d = distribute.load(std::memory_order_relaxed);
+    if (key == 0) return d == 1 && !(flags & kControlKeepPrivate);  // IPC_PRIVATE: under "all" only
     if (d == 1) return true;
     if (d == 2) {
       uint32_t n = nranges.load(std::memory_order_relaxed);

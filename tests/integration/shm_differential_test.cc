@@ -101,6 +101,7 @@ TEST_F(ShmDifferential, SegmentsHomedOnAnotherNodeBehaveExactlyAsTheKernelsOwn) 
       if (has(l, ": private ") && has(l, "-> ok")) seen["IPC_PRIVATE"]++;
       if (has(l, ": read att")) seen["read"]++;
       if (has(l, ": write att") && result == "ok") seen["write"]++;
+      if (has(l, ": shminfo -> ok") && !has(l, " found=0")) seen["SHM_STAT scan finds"]++;
       // Removed ids: EINVAL (or EIDRM) once the segment is gone.
       if ((has(l, " stale") && (has(l, "-1 EINVAL") || has(l, "-1 EIDRM"))) ||
           (has(l, ": shmrm ") && has(l, "-> 0 stat=-1 EINVAL")))
@@ -113,7 +114,8 @@ TEST_F(ShmDifferential, SegmentsHomedOnAnotherNodeBehaveExactlyAsTheKernelsOwn) 
        {"shmat ok", "shmat null ok", "shmat at an address", "shmat SHM_RND", "shmat SHM_REMAP",
         "SHM_REMAP over an attach", "SHM_REMAP over a removed segment's last attach", "SHM_RDONLY",
         "write to SHM_RDONLY faults", "shmdt ok", "shmdt EINVAL", "IPC_STAT ok", "SHM_DEST", "SHM_LOCKED", "IPC_SET ok",
-        "IPC_RMID ok", "shmget creates anew", "shmget existing", "IPC_PRIVATE", "read", "write", "removed id refused"})
+        "IPC_RMID ok", "shmget creates anew", "shmget existing", "IPC_PRIVATE", "read", "write", "removed id refused",
+        "SHM_STAT scan finds"})
     EXPECT_GT(seen[what], 2) << what;
   EXPECT_GT(seen["shmat ok"], 50);
   EXPECT_GT(seen["shmdt ok"], 30);
