@@ -217,7 +217,8 @@ bool open_conn(Conn& c) {
   if (send_all(c.fd, req, sent) != 0) return false;
   FrameParser::Frame f;
   int memfd = -1;
-  Read r = read_frame(c, f, now_ns() + kHelloNs, false, &memfd);
+  int64_t deadline = now_ns() + kHelloNs;
+  Read r = read_frame(c, f, deadline, false, &memfd, deadline);  // answered at once: poll, never sleep
   ipc::HelloResp hr;
   bool ok = r == Read::kFrame && f.header.kind == FrameKind::kResponse && f.header.op == ipc::kHello &&
             f.header.id == id && f.header.status == 0 && ipc::decode_body(f.payload, hr) &&

@@ -2,6 +2,13 @@
 // scans and *_INFO over the cluster's objects, limits read when they are checked, SHM_HUGETLB. Every node is its own
 // IPC namespace when root, so whatever a process finds of an object homed elsewhere crossed the network through dipc.
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
 
 #include <algorithm>
 #include <memory>
@@ -173,6 +180,54 @@ TEST_F(PolicyAll, ShmHugetlbIsCheckedAsTheKernelChecksIt) {
       EXPECT_EQ(d, k);
     }
   }
+}
+
+// Busy processes, one more than there are CPUs, killed and reaped at the end of the scope.
+struct CpuLoad {
+  std::vector<pid_t> pids;
+  CpuLoad() {
+    long n = sysconf(_SC_NPROCESSORS_ONLN) + 1;
+    for (long i = 0; i < n; ++i) {
+      pid_t p = fork();
+      if (p == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        for (volatile unsigned long x = 0;;) x = x + 1ul;
+      }
+      if (p > 0) pids.push_back(p);
+    }
+  }
+  ~CpuLoad() {
+    for (pid_t p : pids) ::kill(p, SIGKILL);
+    for (pid_t p : pids) waitpid(p, nullptr, 0);
+  }
+};
+
+TEST_F(PolicyAll, ACallerSeenSleepingIsRegisteredAtTheHome) {
+  // A process on the home node removes the object the moment it sees a caller on another node sleeping in
+  // semop/msgrcv (state S): the sleeper must get EIDRM, as with the kernel, never EINVAL (its request not yet at
+  // the home). With the CPU loaded, over many rounds.
+  CpuLoad load;
+  constexpr int kRounds = 60;
+  int eidrm = 0;
+  for (int round = 0; round < kRounds; ++round) {
+    bool sem = round % 2 == 0;
+    std::string id = field(op(2, {sem ? "semget:0:2:creat+0600" : "msgget:0:creat+0600"}), sem ? "semget" : "msgget");
+    ASSERT_TRUE(is_dipc_id(id)) << id;
+    std::string go = c().dir() + "/go." + std::to_string(round);
+    // DIPC_SPIN_US=0: no answer polling to hide a sleep before the wait is registered.
+    auto b = c().spawn(1, {SimCluster::prog("blocker"), "none", sem ? "sem" : "msgrcv", id},
+                       {"BLOCKER_GO=" + go, "DIPC_SPIN_US=0"});
+    ASSERT_TRUE(c().wait_output(b, "ready", 30));
+    auto w = c().spawn(2, {SimCluster::prog("rmwatch"), sem ? "sem" : "msg", id, std::to_string(b.pid)});
+    ASSERT_TRUE(c().wait_output(w, "watching", 30));
+    std::ofstream(go).put('\n');
+    auto wr = c().wait(w, 60);
+    auto br = c().wait(b, 60);
+    EXPECT_EQ(field(wr.out, "rm"), "0") << "round " << round;
+    EXPECT_EQ(field(br.out, "result"), "-1 EIDRM") << "round " << round;
+    eidrm += field(br.out, "result") == "-1 EIDRM";
+  }
+  EXPECT_EQ(eidrm, kRounds);
 }
 
 }  // namespace
