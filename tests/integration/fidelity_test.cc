@@ -230,5 +230,17 @@ TEST_F(PolicyAll, ACallerSeenSleepingIsRegisteredAtTheHome) {
   EXPECT_EQ(eidrm, kRounds);
 }
 
+TEST_F(PolicyAll, ForkUnderLoadKeepsEveryInheritedAttach) {
+  // Many attaches, all of removed segments that the parent detaches the moment fork() returns: only the child's
+  // inherited attaches keep them alive, so fork() must have had them counted at the home before it returned (as
+  // the kernel counts them in dup_mmap()); the child reads and writes every one. With the CPU loaded.
+  CpuLoad load;
+  auto r = c().run(1, {SimCluster::prog("forkshm"), "30", "8"}, 240);
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(field(r.out, "rounds"), "30 bad=0") << r.err;
+  EXPECT_EQ(r.err.find("could not be registered"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("not kept coherent"), std::string::npos) << r.err;
+}
+
 }  // namespace
 }  // namespace dipc::test
