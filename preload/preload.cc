@@ -2,6 +2,7 @@
 // daemon's control page decides) and calls on distributed ids (bit 30) go to the node's dipcd; everything else goes
 // straight to the kernel. Nothing throws out of here: errors are errno and -1, as the kernel's.
 #include <dlfcn.h>
+#include <sys/syscall.h>
 #include <sys/ipc.h>
 #include <sys/msg.h>
 #include <sys/sem.h>
@@ -19,6 +20,7 @@
 #include "ipc/ids.h"
 #include "ipc/protocol.h"
 #include "preload/client.h"
+#include "preload/seccomp.h"
 #include "preload/shm.h"
 
 namespace ipc = dipc::ipc;
@@ -56,8 +58,50 @@ void lookup(F& f, const char* name) {
   f = reinterpret_cast<F>(dlsym(RTLD_NEXT, name));
 }
 
+// Under the seccomp filter (seccomp.h) the kernel is asked with raw system calls the filter lets through; libc's
+// wrappers would trap back into the preload.
+namespace raw {
+using dipc::preload::kernel_syscall;
+int semget(key_t k, int n, int f) { return static_cast<int>(kernel_syscall(SYS_semget, k, n, f)); }
+int semop(int id, struct sembuf* s, size_t n) {
+  return static_cast<int>(kernel_syscall(SYS_semop, id, reinterpret_cast<long>(s), static_cast<long>(n)));
+}
+int semtimedop(int id, struct sembuf* s, size_t n, const struct timespec* t) {
+  return static_cast<int>(kernel_syscall(SYS_semtimedop, id, reinterpret_cast<long>(s), static_cast<long>(n),
+                                         reinterpret_cast<long>(t)));
+}
+int semctl(int id, int num, int cmd, ...) {
+  va_list ap;
+  va_start(ap, cmd);
+  unsigned long arg = va_arg(ap, unsigned long);  // union semun travels as one register
+  va_end(ap);
+  return static_cast<int>(kernel_syscall(SYS_semctl, id, num, cmd, static_cast<long>(arg)));
+}
+int msgget(key_t k, int f) { return static_cast<int>(kernel_syscall(SYS_msgget, k, f)); }
+int msgsnd(int id, const void* p, size_t n, int f) {
+  return static_cast<int>(kernel_syscall(SYS_msgsnd, id, reinterpret_cast<long>(p), static_cast<long>(n), f));
+}
+ssize_t msgrcv(int id, void* p, size_t n, long t, int f) {
+  return kernel_syscall(SYS_msgrcv, id, reinterpret_cast<long>(p), static_cast<long>(n), t, f);
+}
+int msgctl(int id, int cmd, struct msqid_ds* b) {
+  return static_cast<int>(kernel_syscall(SYS_msgctl, id, cmd, reinterpret_cast<long>(b)));
+}
+int shmget(key_t k, size_t n, int f) { return static_cast<int>(kernel_syscall(SYS_shmget, k, static_cast<long>(n), f)); }
+void* shmat(int id, const void* a, int f) {
+  return reinterpret_cast<void*>(kernel_syscall(SYS_shmat, id, reinterpret_cast<long>(a), f));
+}
+int shmdt(const void* a) { return static_cast<int>(kernel_syscall(SYS_shmdt, reinterpret_cast<long>(a))); }
+int shmctl(int id, int cmd, struct shmid_ds* b) {
+  return static_cast<int>(kernel_syscall(SYS_shmctl, id, cmd, reinterpret_cast<long>(b)));
+}
+}  // namespace raw
+
 const Real& real() {
   static const Real r = [] {
+    if (dipc::preload::seccomp_active())
+      return Real{raw::semget, raw::semop,   raw::semtimedop, raw::semctl, raw::msgget, raw::msgsnd,
+                  raw::msgrcv, raw::msgctl, raw::shmget,     raw::shmat,  raw::shmdt,  raw::shmctl};
     Real t{};
     lookup(t.semget, "semget");
     lookup(t.semop, "semop");

@@ -9,6 +9,8 @@
  *   difftest run kernel|dipc SEED STEPS S0 S1 S2 M0 M1 M2
  *       the sequence, starting from those ids; removes whatever is left at the end (not printed).
  *
+ * With DIFFTEST_RAW=1 every SysV call is a raw system call (syscall(SYS_semop, ...)), as Go programs and some test
+ * suites make them: under dipc they reach it only through the preload's seccomp path (DIPC_SECCOMP=1).
  * "kernel" uses keys without IPC_DIPC (run it without the preload); "dipc" ORs IPC_DIPC into every *get.
  * Exit 0 when the sequence ran (whatever the calls returned), 2 on bad usage, 1 on a setup failure.
  */
@@ -26,6 +28,26 @@
 #include <dipc/dipc.h>
 
 #include "transcript.h"
+
+/* DIFFTEST_RAW=1: raw system calls instead of libc's wrappers (a macro naming itself calls the real function). */
+#include <stdarg.h>
+#include <sys/syscall.h>
+static int use_raw;
+static long raw_semctl(int id, int num, int cmd, ...) {
+  va_list ap;
+  va_start(ap, cmd);
+  unsigned long arg = va_arg(ap, unsigned long);
+  va_end(ap);
+  return syscall(SYS_semctl, id, num, cmd, arg);
+}
+#define semget(k, n, f) (use_raw ? (int)syscall(SYS_semget, k, n, f) : semget(k, n, f))
+#define semop(i, s, n) (use_raw ? (int)syscall(SYS_semop, i, s, n) : semop(i, s, n))
+#define semtimedop(i, s, n, t) (use_raw ? (int)syscall(SYS_semtimedop, i, s, n, t) : semtimedop(i, s, n, t))
+#define semctl(...) (use_raw ? (int)raw_semctl(__VA_ARGS__, 0UL) : semctl(__VA_ARGS__))
+#define msgget(k, f) (use_raw ? (int)syscall(SYS_msgget, k, f) : msgget(k, f))
+#define msgsnd(i, p, n, f) (use_raw ? (int)syscall(SYS_msgsnd, i, p, n, f) : msgsnd(i, p, n, f))
+#define msgrcv(i, p, n, t, f) (use_raw ? (ssize_t)syscall(SYS_msgrcv, i, p, n, t, f) : msgrcv(i, p, n, t, f))
+#define msgctl(i, c, b) (use_raw ? (int)syscall(SYS_msgctl, i, c, b) : msgctl(i, c, b))
 
 #define NSLOT 3
 #define MAXPRIV 64
@@ -396,6 +418,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   setvbuf(stdout, NULL, _IOLBF, 0);
+  use_raw = getenv("DIFFTEST_RAW") && !strcmp(getenv("DIFFTEST_RAW"), "1");
   dflag = strcmp(argv[2], "dipc") == 0 ? IPC_DIPC : 0;
   unsigned long long seed = strtoull(argv[3], NULL, 0);
   base = (key_t)(0x44000000 + (seed % 4096) * 16);
