@@ -234,7 +234,7 @@ int main(int argc, char** argv) {
   }
 
   std::string sim_dir;
-  bool ssh = false, slurm = false, local = false, no_preload = false;
+  bool ssh = false, slurm = false, local = false, no_preload = false, seccomp = false;
   double timeout_s = 0;
   std::vector<Context> ctxs(segs.size());
   {
@@ -246,6 +246,8 @@ int main(int argc, char** argv) {
     app.add_option("--timeout", timeout_s, "kill everything after SECS seconds and exit 124")
         ->check(CLI::NonNegativeNumber);
     app.add_flag("--no-preload", no_preload, "do not set LD_PRELOAD=libdipc.so");
+    app.add_flag("--seccomp", seccomp,
+                 "also intercept raw SysV system calls (DIPC_SECCOMP=1: a seccomp filter; README, Raw system calls)");
     app.footer(std::string(usage_text) +
         "\nEach process gets DIPC_RANK, DIPC_SIZE, DIPC_APP, DIPC_NODE and LD_PRELOAD=libdipc.so ($DIPC_LIB, else found\n"
         "next to dipc-launch); its output lines are prefixed [node:rank]. Exit status: the first failing rank's\n"
@@ -257,6 +259,7 @@ int main(int argc, char** argv) {
     }
   }
   if (static_cast<int>(ssh) + slurm + local + !sim_dir.empty() > 1) fail("choose one of --sim, --ssh, --slurm, --local");
+  if (seccomp && no_preload) fail("--seccomp needs the preload (it installs the filter)");
 
   // The back-end.
   enum class Backend { kSim, kSsh, kSlurm, kLocal } backend;
@@ -356,6 +359,7 @@ int main(int argc, char** argv) {
     std::vector<std::string> env = {"DIPC_RANK=" + std::to_string(rank), "DIPC_SIZE=" + std::to_string(size),
                                     "DIPC_APP=" + std::to_string(p.app), "DIPC_NODE=" + p.host};
     if (!lib.empty()) env.push_back("LD_PRELOAD=" + lib);
+    if (seccomp) env.push_back("DIPC_SECCOMP=1");
     std::vector<std::string> cmd;
     switch (backend) {
       case Backend::kSim:  // dipc-sim sets DIPC_SOCKET for the node
