@@ -35,14 +35,22 @@ class Differential : public ::testing::Test {
 
   // Runs one seed both ways; returns the kernel transcript after asserting the dipc one equals it.
   // raw: every call a raw system call (DIFFTEST_RAW=1), which dipc sees through its seccomp path (DIPC_SECCOMP=1).
-  std::vector<std::string> run_seed(int seed, bool raw = false) {
+  // static_binary: difftest linked statically, its dipc runs under dipc-exec (seccomp user notification).
+  std::vector<std::string> run_seed(int seed, bool raw = false, bool static_binary = false) {
     SimCluster& c = *cluster_;
     std::vector<std::string> kenv, denv;
     if (raw) {
       kenv = {"DIFFTEST_RAW=1"};
       denv = {"DIFFTEST_RAW=1", "DIPC_SECCOMP=1"};
     }
-    std::string prog = SimCluster::prog("difftest"), s = std::to_string(seed), steps = std::to_string(kSteps);
+    if (static_binary) kenv = denv = {"DIPC_TEST_ANY_PID=1"};  // dipc records dipc-exec's pid (README)
+    std::string prog = SimCluster::prog(static_binary ? "difftest-static" : "difftest"), s = std::to_string(seed),
+                steps = std::to_string(kSteps);
+    // The dipc runs' command: under dipc-exec for the static binary.
+    auto dcmd = [&](std::vector<std::string> argv) {
+      if (static_binary) argv.insert(argv.begin(), SimCluster::bin("dipc-exec"));
+      return argv;
+    };
 
     auto ks = c.run(1, {prog, "setup", "kernel", s}, 30, /*preload=*/false, kenv);
     EXPECT_EQ(ks.status, 0) << ks.err;
@@ -53,13 +61,13 @@ class Differential : public ::testing::Test {
     auto k = c.run(1, kargv, 120, /*preload=*/false, kenv);
     EXPECT_EQ(k.status, 0) << k.err;
 
-    auto ds = c.run(2, {prog, "setup", "dipc", s}, 30, denv);
+    auto ds = c.run(2, dcmd({prog, "setup", "dipc", s}), 30, denv);
     EXPECT_EQ(ds.status, 0) << ds.err;
     auto dids = parse_ids(ds.out);
     EXPECT_EQ(dids.size(), 6u) << ds.out;
     std::vector<std::string> dargv = {prog, "run", "dipc", s, steps};
     dargv.insert(dargv.end(), dids.begin(), dids.end());
-    auto d = c.run(1, dargv, 120, denv);
+    auto d = c.run(1, dcmd(dargv), 120, denv);
     EXPECT_EQ(d.status, 0) << d.err;
 
     auto kl = lines(k.out), dl = lines(d.out);
@@ -104,6 +112,15 @@ TEST_F(Differential, RawSystemCallsBehaveExactlyAsTheKernelsOwn) {
   for (int seed : {11, 12, 13}) {
     SCOPED_TRACE("seed " + std::to_string(seed));
     run_seed(seed, /*raw=*/true);
+    if (HasFailure()) return;
+  }
+}
+
+TEST_F(Differential, StaticBinaryBehavesExactlyAsTheKernelsOwn) {
+  // A statically linked difftest, which no preload reaches: dipc-exec carries its SysV system calls.
+  for (int seed : {21, 22}) {
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    run_seed(seed, /*raw=*/false, /*static_binary=*/true);
     if (HasFailure()) return;
   }
 }
