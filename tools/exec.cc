@@ -31,6 +31,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -323,6 +324,11 @@ void serve(Call c) {
 int main(int argc, char** argv) {
   if (argc < 2) {
     fprintf(stderr, "usage: dipc-exec PROG [ARGS...]   (under LD_PRELOAD=libdipc.so)\n");
+    return 2;
+  }
+  if (const char* e = getenv("DIPC_SECCOMP_INSTALLED"); e && !strcmp(e, "1")) {
+    // The preload's trapping filter (DIPC_SECCOMP=1) is already on this process and would win over the listener.
+    fprintf(stderr, "dipc-exec: run without DIPC_SECCOMP=1 (dipc-exec intercepts the system calls itself)\n");
     return 2;
   }
   int sv[2];
