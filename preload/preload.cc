@@ -225,7 +225,6 @@ std::optional<ipc::IpcInfoResp> dipc_info(ipc::ObjType t) {
   return r;
 }
 
-int merged_index(int kernel_max, const ipc::IpcInfoResp& d) { return std::max(kernel_max, d.max_index); }
 
 // *_STAT on a distributed index: the object's id, its stat in `out`. nullopt: no daemon (the kernel answers).
 template <typename Resp, typename Buf>
@@ -244,6 +243,30 @@ std::optional<int> dipc_stat(ipc::ObjType t, int index, bool any, Buf* out) {
   if (!out) return fail(EFAULT);
   put_stat(*out, resp.stat);
   return id;
+}
+
+// IPC_INFO / *_INFO: the kernel's answer first (an error is the call's), then the cluster's objects, added to the
+// counts by add(IpcInfoResp) and to the highest index.
+template <typename Kernel, typename Add>
+int table_info(ipc::ObjType t, Kernel call_kernel, Add add) {
+  int k = call_kernel();
+  if (k < 0) return k;
+  return guarded([&] {
+    auto d = dipc_info(t);
+    if (!d) return k;
+    add(*d);
+    return std::max(k, d->max_index);
+  });
+}
+
+// *_STAT / *_STAT_ANY at an index: the kernel's below kStatIndexBase, the cluster's from there on.
+template <typename Resp, typename Buf, typename Kernel>
+int table_stat(ipc::ObjType t, int index, bool any, Buf* buf, Kernel call_kernel) {
+  if (index < ipc::kStatIndexBase) return call_kernel();
+  return guarded([&] {
+    auto r = dipc_stat<Resp>(t, index, any, buf);
+    return r ? *r : call_kernel();
+  });
 }
 
 // ---- semaphores ----
@@ -496,30 +519,19 @@ int semctl(int semid, int semnum, int cmd, ...) {
       break;
   }
   // IPC_INFO, SEM_INFO, SEM_STAT and SEM_STAT_ANY are about the tables: the kernel's and the cluster's.
-  if (cmd == IPC_INFO || cmd == SEM_INFO) {
-    int k = kernel(&Real::semctl, semid, semnum, cmd, arg);
-    if (k < 0) return k;
-    return guarded([&] {
-      auto d = dipc_info(ipc::ObjType::kSem);
-      if (!d) return k;
-      if (cmd == SEM_INFO) {
-        arg.info->semusz += static_cast<int>(d->count);
-        arg.info->semaem += static_cast<int>(d->a);
-      }
-      return merged_index(k, *d);
+  auto k = [&] { return kernel(&Real::semctl, semid, semnum, cmd, arg); };
+  if (cmd == IPC_INFO || cmd == SEM_INFO)
+    return table_info(ipc::ObjType::kSem, k, [&](const ipc::IpcInfoResp& d) {
+      if (cmd != SEM_INFO) return;
+      arg.info->semusz += static_cast<int>(d.count);
+      arg.info->semaem += static_cast<int>(d.a);
     });
-  }
-  if (cmd == SEM_STAT || cmd == SEM_STAT_ANY) {
-    if (semid < ipc::kStatIndexBase) return kernel(&Real::semctl, semid, semnum, cmd, arg);
-    return guarded([&] {
-      auto r = dipc_stat<ipc::SemCtlResp>(ipc::ObjType::kSem, semid, cmd == SEM_STAT_ANY, arg.buf);
-      return r ? *r : kernel(&Real::semctl, semid, semnum, cmd, arg);
-    });
-  }
-  if (!ipc::is_dipc_id(semid)) return kernel(&Real::semctl, semid, semnum, cmd, arg);
+  if (cmd == SEM_STAT || cmd == SEM_STAT_ANY)
+    return table_stat<ipc::SemCtlResp>(ipc::ObjType::kSem, semid, cmd == SEM_STAT_ANY, arg.buf, k);
+  if (!ipc::is_dipc_id(semid)) return k();
   return guarded([&] {
     auto r = dipc_semctl(semid, semnum, cmd, arg);
-    return r ? *r : kernel(&Real::semctl, semid, semnum, cmd, arg);
+    return r ? *r : k();
   });
 }
 
@@ -548,32 +560,21 @@ ssize_t msgrcv(int msqid, void* msgp, size_t msgsz, long msgtyp, int msgflg) {
 
 int msgctl(int msqid, int cmd, struct msqid_ds* buf) {
   // IPC_INFO, MSG_INFO, MSG_STAT and MSG_STAT_ANY are about the tables: the kernel's and the cluster's.
-  if (cmd == IPC_INFO || cmd == MSG_INFO) {
-    int k = kernel(&Real::msgctl, msqid, cmd, buf);
-    if (k < 0) return k;
-    return guarded([&] {
-      auto d = dipc_info(ipc::ObjType::kMsg);
-      if (!d) return k;
-      if (cmd == MSG_INFO) {
-        auto* info = reinterpret_cast<struct msginfo*>(buf);
-        info->msgpool += static_cast<int>(d->count);
-        info->msgmap += static_cast<int>(d->a);
-        info->msgtql += static_cast<int>(d->b);
-      }
-      return merged_index(k, *d);
+  auto k = [&] { return kernel(&Real::msgctl, msqid, cmd, buf); };
+  if (cmd == IPC_INFO || cmd == MSG_INFO)
+    return table_info(ipc::ObjType::kMsg, k, [&](const ipc::IpcInfoResp& d) {
+      if (cmd != MSG_INFO) return;
+      auto* info = reinterpret_cast<struct msginfo*>(buf);
+      info->msgpool += static_cast<int>(d.count);
+      info->msgmap += static_cast<int>(d.a);
+      info->msgtql += static_cast<int>(d.b);
     });
-  }
-  if (cmd == MSG_STAT || cmd == MSG_STAT_ANY) {
-    if (msqid < ipc::kStatIndexBase) return kernel(&Real::msgctl, msqid, cmd, buf);
-    return guarded([&] {
-      auto r = dipc_stat<ipc::MsgCtlResp>(ipc::ObjType::kMsg, msqid, cmd == MSG_STAT_ANY, buf);
-      return r ? *r : kernel(&Real::msgctl, msqid, cmd, buf);
-    });
-  }
-  if (!ipc::is_dipc_id(msqid)) return kernel(&Real::msgctl, msqid, cmd, buf);
+  if (cmd == MSG_STAT || cmd == MSG_STAT_ANY)
+    return table_stat<ipc::MsgCtlResp>(ipc::ObjType::kMsg, msqid, cmd == MSG_STAT_ANY, buf, k);
+  if (!ipc::is_dipc_id(msqid)) return k();
   return guarded([&] {
     auto r = dipc_msgctl(msqid, cmd, buf);
-    return r ? *r : kernel(&Real::msgctl, msqid, cmd, buf);
+    return r ? *r : k();
   });
 }
 
@@ -601,31 +602,20 @@ int shmdt(const void* shmaddr) {
 
 int shmctl(int shmid, int cmd, struct shmid_ds* buf) {
   // IPC_INFO, SHM_INFO, SHM_STAT and SHM_STAT_ANY are about the tables: the kernel's and the cluster's.
-  if (cmd == IPC_INFO || cmd == SHM_INFO) {
-    int k = kernel(&Real::shmctl, shmid, cmd, buf);
-    if (k < 0) return k;
-    return guarded([&] {
-      auto d = dipc_info(ipc::ObjType::kShm);
-      if (!d) return k;
-      if (cmd == SHM_INFO) {
-        auto* info = reinterpret_cast<struct shm_info*>(buf);
-        info->used_ids += static_cast<int>(d->count);
-        info->shm_tot += d->a;
-      }
-      return merged_index(k, *d);
+  auto k = [&] { return kernel(&Real::shmctl, shmid, cmd, buf); };
+  if (cmd == IPC_INFO || cmd == SHM_INFO)
+    return table_info(ipc::ObjType::kShm, k, [&](const ipc::IpcInfoResp& d) {
+      if (cmd != SHM_INFO) return;
+      auto* info = reinterpret_cast<struct shm_info*>(buf);
+      info->used_ids += static_cast<int>(d.count);
+      info->shm_tot += d.a;
     });
-  }
-  if (cmd == SHM_STAT || cmd == SHM_STAT_ANY) {
-    if (shmid < ipc::kStatIndexBase) return kernel(&Real::shmctl, shmid, cmd, buf);
-    return guarded([&] {
-      auto r = dipc_stat<ipc::ShmCtlResp>(ipc::ObjType::kShm, shmid, cmd == SHM_STAT_ANY, buf);
-      return r ? *r : kernel(&Real::shmctl, shmid, cmd, buf);
-    });
-  }
-  if (!ipc::is_dipc_id(shmid)) return kernel(&Real::shmctl, shmid, cmd, buf);
+  if (cmd == SHM_STAT || cmd == SHM_STAT_ANY)
+    return table_stat<ipc::ShmCtlResp>(ipc::ObjType::kShm, shmid, cmd == SHM_STAT_ANY, buf, k);
+  if (!ipc::is_dipc_id(shmid)) return k();
   return guarded([&] {
     auto r = dipc_shmctl(shmid, cmd, buf);
-    return r ? *r : kernel(&Real::shmctl, shmid, cmd, buf);
+    return r ? *r : k();
   });
 }
 

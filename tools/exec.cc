@@ -36,6 +36,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/fd_passing.h"
 #include "dipc/dipc.h"
 
 namespace {
@@ -75,40 +76,6 @@ int install_listener() {
   int fd = static_cast<int>(syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &fp));
   if (fd < 0 && errno == EACCES && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0)
     fd = static_cast<int>(syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &fp));
-  return fd;
-}
-
-void send_fd(int sock, int fd) {
-  char byte = 0;
-  iovec iov{&byte, 1};
-  alignas(cmsghdr) char buf[CMSG_SPACE(sizeof(int))] = {};
-  msghdr m{};
-  m.msg_iov = &iov;
-  m.msg_iovlen = 1;
-  m.msg_control = buf;
-  m.msg_controllen = sizeof buf;
-  cmsghdr* c = CMSG_FIRSTHDR(&m);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int));
-  std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
-  (void)sendmsg(sock, &m, 0);
-}
-
-int recv_fd(int sock) {
-  char byte;
-  iovec iov{&byte, 1};
-  alignas(cmsghdr) char buf[CMSG_SPACE(sizeof(int))] = {};
-  msghdr m{};
-  m.msg_iov = &iov;
-  m.msg_iovlen = 1;
-  m.msg_control = buf;
-  m.msg_controllen = sizeof buf;
-  if (recvmsg(sock, &m, MSG_CMSG_CLOEXEC) <= 0) return -1;
-  cmsghdr* c = CMSG_FIRSTHDR(&m);
-  if (!c || c->cmsg_type != SCM_RIGHTS) return -1;
-  int fd;
-  std::memcpy(&fd, CMSG_DATA(c), sizeof fd);
   return fd;
 }
 
@@ -342,7 +309,8 @@ int main(int argc, char** argv) {
       perror("dipc-exec: seccomp");
       _exit(127);
     }
-    send_fd(sv[1], fd);
+    char byte = 0;
+    (void)dipc::send_with_fd(sv[1], &byte, 1, fd);
     close(fd);
     close(sv[1]);
     execvp(argv[1], argv + 1);
@@ -350,7 +318,12 @@ int main(int argc, char** argv) {
     _exit(127);
   }
   close(sv[1]);
-  int listener = recv_fd(sv[0]);
+  int listener = -1;
+  char byte;
+  (void)dipc::recv_with_fds(sv[0], &byte, 1, 0, [&](int fd) {
+    if (listener < 0) listener = fd;
+    else close(fd);
+  });
   close(sv[0]);
   if (listener >= 0) {
     for (;;) {
