@@ -21,7 +21,8 @@
 //   ranges = [[0x1000, 0x1fff]]
 //
 //   [dsm]
-//   block_size = 4096                  # coherence unit: 4096 .. whole segment, power of two
+//   block_size = 4096                  # coherence unit: a power of two >= every node's page size
+//                                      # (default: 4096, or this node's page size if larger)
 //   quantum_us = 20                    # minimum time a node keeps a block it just got
 #pragma once
 
@@ -47,6 +48,9 @@ struct KeyRange {
   int64_t hi = 0;
 };
 
+// The default coherence unit: 4 KiB, or this node's page size where pages are larger.
+uint32_t default_block_size();
+
 struct Config {
   std::vector<NodeConf> nodes;
   uint16_t self = 0;  // id of this node
@@ -58,7 +62,7 @@ struct Config {
   uint32_t answer_poll_us = 200;
   Distribute distribute = Distribute::kFlag;
   std::vector<KeyRange> ranges;
-  uint32_t block_size = 4096;
+  uint32_t block_size = default_block_size();
   uint32_t quantum_us = 20;
 
   const NodeConf* node(uint16_t id) const;

@@ -110,7 +110,11 @@ class Transport {
   // Copies remote [offset, offset+len) of `remote` into `local` / `local` into it. EINVAL if out of bounds.
   virtual Status read(const RegionDesc& remote, uint64_t offset, void* local, size_t len, RmaCb cb) = 0;
   virtual Status write(const RegionDesc& remote, uint64_t offset, const void* local, size_t len, RmaCb cb) = 0;
-  // 8-byte aligned 64-bit atomics on remote memory (the peer's value is read as host-order uint64_t there).
+  // 8-byte aligned 64-bit atomics on remote memory. They act on the TARGET's native-order uint64_t, as an RDMA
+  // ATOMIC does (the responder's byte order): `add`, `expected`, `desired` and the returned old value are that
+  // native value, so between nodes of different byte order (x86-64 and s390x) a caller must know the target's
+  // order. No cross-node protocol of dipc uses them today (dsm/ and ipc/ use two-sided messages with big-endian
+  // bodies and one-sided read/write of opaque pages); a future user must keep the word in one byte order itself.
   virtual Status fetch_add(const RegionDesc& remote, uint64_t offset, uint64_t add, AtomicCb cb) = 0;
   virtual Status compare_swap(const RegionDesc& remote, uint64_t offset, uint64_t expected, uint64_t desired,
                               AtomicCb cb) = 0;
