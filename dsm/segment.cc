@@ -18,7 +18,6 @@
 namespace dipc::dsm {
 
 namespace {
-uint64_t round_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
 Status errno_status(const char* what) {
   int e = errno;
