@@ -160,9 +160,9 @@ size=$((3 * 65536 + 100))
 out=$(run s390x 2 shm_tool "get:$k:$size:creat+excl+dipc+0666" stat)
 sid=$(field "$out" get)
 check "segment created on s390x (home s390x)" "$(field "$out" stat)" "0"
-out=$(run x86 1 shm_tool "get:$k:0:dipc+0666" at sparsew:4096 "wstr:5:bytes-from-node1" dt)
+out=$(run x86 1 shm_tool "get:$k:0:dipc+0666" at sparsew:4096 "wstr:100:bytes-from-node1" dt)
 check "x86-64 node1 writes the s390x-homed segment" "$(field "$out" dt)" "0"
-out=$(run x86 4 shm_tool "at:$sid" sparsec:4096 rstr:5:16 "wstr:70000:bytes-from-node4" dt)
+out=$(run x86 4 shm_tool "at:$sid" sparsec:4096 rstr:100:16 "wstr:70000:bytes-from-node4" dt)
 check "x86-64 node4 reads node1's words byte-exact" "$(field "$out" sparsec)" "0"
 check "x86-64 node4 reads node1's bytes" "$(field "$out" rstr)" "bytes-from-node1"
 out=$(run x86 1 shm_tool "at:$sid" rstr:70000:16 "stat:$sid" dt)
