@@ -1,6 +1,5 @@
-// ipc::Service: construction, the transport plumbing (requests, messages, back-pressure), listings and status.
-// The roles live in their own files: service_origin.cc (local callers), service_referee.cc (keys),
-// service_home.cc (the objects), service_shm.cc (shared memory bookkeeping).
+#include "ipc/service.h"
+
 #include <sys/ipc.h>
 #include <sys/msg.h>
 #include <sys/sem.h>
@@ -17,16 +16,26 @@
 
 #include "common/log.h"
 #include "ipc/ids.h"
-#include "ipc/service.h"
-#include "ipc/service_util.h"
 
 namespace dipc::ipc {
-
-using namespace detail;
 
 static_assert(transport::ops::kIpc.contains(kHello) && transport::ops::kIpc.contains(kObjList),
               "ipc ops travel in ipc's range of transport/ops.h");
 
+namespace {
+int64_t now_s() { return static_cast<int64_t>(time(nullptr)); }
+
+// A transport failure reaching a remote object is reported as EIO: no SysV call defines a better errno for an
+// unreachable home node (README, "What differs from local SysV IPC").
+int map_transport(const Status& st) {
+  int c = st.code();
+  return (c == ECONNRESET || c == EHOSTUNREACH || c == ECONNREFUSED || c == ETIMEDOUT) ? EIO : c;
+}
+
+Bytes unknown_id() { return Bytes{kUnknownIdMarker}; }
+bool is_unknown_id(int st, ByteView b) { return st == EINVAL && b.size() == 1 && b[0] == kUnknownIdMarker; }
+uint16_t token_node(uint64_t token) { return static_cast<uint16_t>(token >> 48); }
+}  // namespace
 
 Service::Service(const Config& cfg, EventLoop& loop, transport::Transport* tr, dsm::Manager& dsm, const Limits& lim)
     : cfg_(cfg), loop_(loop), tr_(tr), lim_(lim), dsm_(dsm) {
@@ -117,6 +126,8 @@ void Service::dispatch_message(uint16_t from, uint16_t op, ByteView body) {
       if (decode_body(body, req)) referee_update(from, op, req);
       return;
     }
+    case kBlockedNote:
+      return on_blocked_note(from, body);
     case kHomeCancel: {
       HomeCancelMsg m;
       if (decode_body(body, m) && token_node(m.token) == from) home_cancel(m.token);
@@ -138,6 +149,641 @@ void Service::dispatch_message(uint16_t from, uint16_t op, ByteView body) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Local clients.
+
+void Service::client_request(const Creds& c, uint16_t op, ByteView body, uint64_t token, ReplyFn reply) {
+  HomeHeader h{c, global_token(token)};
+  h.creds.node = cfg_.self;
+  if (op == kSemGet || op == kMsgGet || op == kShmGet) {
+    GetReq req;
+    if (!decode_body(body, req)) return reply(EINVAL, {});
+    ObjType t = op == kSemGet ? ObjType::kSem : op == kMsgGet ? ObjType::kMsg : ObjType::kShm;
+    return do_get(t, h.creds, req, std::move(reply), 0);
+  }
+  if (op == kIpcInfo || op == kIpcStat) return client_ipc_info(h, op, body, std::move(reply));
+  if (op < kSemOp || (op > kMsgCtl && op != kShmCtl) || op == kMsgGet) return reply(EINVAL, {});
+  Decoder peek(body);
+  int32_t id = peek.i32();
+  if (!peek.ok()) return reply(EINVAL, {});
+  uint16_t home = id_node(id);
+  if (!is_dipc_id(id) || !cfg_.node(home)) return reply(EINVAL, unknown_id());
+  if (home == cfg_.self) return home_request(op, h, body, std::move(reply));
+
+  Encoder e;
+  h.encode(e);
+  e.raw(body);
+  uint64_t gt = h.token;
+  inflight_[gt] = home;
+  // The answer is on the caller's critical path: poll for it a while rather than sleep (bounded, yields the CPU).
+  if (cfg_.answer_poll_us) loop_.poll_until_us(EventLoop::now_us() + cfg_.answer_poll_us);
+  auto done = [this, gt, reply](Status st, ByteView b) {
+    inflight_.erase(gt);
+    reply(st.is_ok() ? 0 : map_transport(st), Bytes(b.begin(), b.end()));
+  };
+  Status s = issue(home, [this, home, op, body = e.take(), done] { return tr_->request(home, op, body, done); },
+                   [done](Status st) { done(st, {}); });
+  if (!s) done(s, {});
+}
+
+void Service::client_cancel(uint64_t token) {
+  uint64_t gt = global_token(token);
+  auto it = inflight_.find(gt);
+  if (it != inflight_.end())
+    notify(it->second, kHomeCancel, encode_body(HomeCancelMsg{gt}));
+  else
+    home_cancel(gt);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Shared memory: the home keeps the segment's bookkeeping (ShmSeg); every node that attaches it keeps a DSM
+// segment (dsm::Manager) whose view the local processes map.
+
+void Service::client_shmat(const Creds& c, ByteView body, FdReplyFn reply) {
+  ShmAtReq req;
+  if (!decode_body(body, req)) return reply(EINVAL, {}, -1);
+  uint16_t home = id_node(req.id);
+  if (!is_dipc_id(req.id) || !cfg_.node(home)) return reply(EINVAL, unknown_id(), -1);
+  Creds cc = c;
+  cc.node = cfg_.self;
+  Encoder e;
+  HomeHeader{cc, 0}.encode(e);
+  req.encode(e);
+  call(home, kShmAt, e.take(), [this, req, home, reply](int st, ByteView b) {
+    ShmAtResp r;
+    if (st) return reply(st, Bytes(b.begin(), b.end()), -1);
+    if (!decode_body(b, r) || r.mapped == 0 || r.block == 0) return reply(EIO, {}, -1);
+    auto seg = dsm_.open(static_cast<uint32_t>(req.id), home, r.size, r.block);
+    if (!seg) return reply(seg.status().code() == EINVAL ? EINVAL : ENOMEM, {}, -1);
+    if ((*seg)->mapped_size() != r.mapped || (*seg)->block_size() != r.block) return reply(EIO, {}, -1);
+    // A read-only attach gets a read-only descriptor: the program cannot map it writable.
+    std::string path = "/proc/self/fd/" + std::to_string((*seg)->view_fd());
+    int fd = (req.flg & SHM_RDONLY) ? open(path.c_str(), O_RDONLY | O_CLOEXEC) : fcntl((*seg)->view_fd(), F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) return reply(EMFILE, {}, -1);
+    r.mapped = (*seg)->mapped_size();
+    reply(0, encode_body(r), fd);
+  });
+}
+
+void Service::client_shm_attached(const Creds& c, uint64_t conn, ByteView body, int uffd, ReplyFn reply) {
+  ShmAttachReq req;
+  if (!decode_body(body, req)) {
+    close(uffd);
+    return reply(EINVAL, {});
+  }
+  dsm::Segment* seg = dsm_.find(static_cast<uint32_t>(req.id));
+  if (!seg) {
+    close(uffd);
+    return reply(EINVAL, {});
+  }
+  uint64_t aid = next_attach_++;
+  if (Status st = seg->add_attach(aid, uffd, req.addr, req.len, req.flg & SHM_RDONLY); !st) return reply(st.code(), {});
+  Creds cc = c;
+  cc.node = cfg_.self;
+  attaches_[conn].push_back(LocalAttach{aid, req.id, req.addr, cc});
+  Encoder e;
+  HomeHeader{cc, 0}.encode(e);
+  req.encode(e);
+  call(id_node(req.id), kShmAttached, e.take(), [this, conn, aid, id = req.id, reply](int st, ByteView) {
+    if (st) {
+      if (dsm::Segment* s = dsm_.find(static_cast<uint32_t>(id))) s->remove_attach(aid);
+      auto it = attaches_.find(conn);
+      if (it != attaches_.end()) std::erase_if(it->second, [aid](const LocalAttach& a) { return a.attach == aid; });
+    }
+    reply(st, {});
+  });
+}
+
+void Service::shm_detach_at_home(const Creds& c, int32_t id, ReplyFn reply) {
+  Encoder e;
+  HomeHeader{c, 0}.encode(e);
+  ShmAttachReq{id, 0, 0, 0}.encode(e);
+  call(id_node(id), kShmDt, e.take(), [reply](int st, ByteView) { reply(st, {}); });
+}
+
+void Service::client_shmdt(const Creds& c, uint64_t conn, ByteView body, ReplyFn reply) {
+  ShmAttachReq req;
+  if (!decode_body(body, req)) return reply(EINVAL, {});
+  auto it = attaches_.find(conn);
+  if (it == attaches_.end()) return reply(EINVAL, {});
+  auto a = std::find_if(it->second.begin(), it->second.end(),
+                        [&](const LocalAttach& x) { return x.id == req.id && x.addr == req.addr; });
+  if (a == it->second.end()) return reply(EINVAL, {});
+  if (dsm::Segment* s = dsm_.find(static_cast<uint32_t>(a->id))) s->remove_attach(a->attach);
+  Creds cc = c;
+  cc.node = cfg_.self;
+  int32_t id = a->id;
+  it->second.erase(a);
+  if (it->second.empty()) attaches_.erase(it);
+  shm_detach_at_home(cc, id, std::move(reply));
+}
+
+void Service::client_conn_closed(uint64_t conn) {
+  auto it = attaches_.find(conn);
+  if (it == attaches_.end()) return;
+  std::vector<LocalAttach> list = std::move(it->second);
+  attaches_.erase(it);
+  for (const auto& a : list) {
+    if (dsm::Segment* s = dsm_.find(static_cast<uint32_t>(a.id))) s->remove_attach(a.attach);
+    shm_detach_at_home(a.creds, a.id, [](int, Bytes) {});
+  }
+}
+
+ShmSeg* Service::find_shm(int32_t id) {
+  auto it = shms_.by_id.find(id);
+  return it == shms_.by_id.end() ? nullptr : it->second.get();
+}
+
+void Service::home_shmat(const HomeHeader& h, ByteView body, ReplyFn& reply) {
+  ShmAtReq r;
+  if (!decode_body(body, r)) return reply(EINVAL, {});
+  ShmSeg* s = find_shm(r.id);
+  if (!s) return reply(EINVAL, unknown_id());
+  if (int e = s->attach_check(h.creds, r.flg)) return reply(e, {});
+  dsm::Segment* seg = dsm_.find(static_cast<uint32_t>(r.id));
+  reply(0, encode_body(ShmAtResp{s->size(), seg ? seg->mapped_size() : 0, seg ? seg->block_size() : 0}));
+}
+
+void Service::home_shm_attach(uint16_t op, const HomeHeader& h, ByteView body, ReplyFn& reply) {
+  ShmAttachReq r;
+  if (!decode_body(body, r)) return reply(EINVAL, {});
+  ShmSeg* s = find_shm(r.id);
+  if (!s) return reply(EINVAL, {});
+  if (op == kShmAttached) {
+    s->attached(h.creds.pid, now_s());
+  } else {
+    s->detached(h.creds.pid, now_s());
+    shm_destroy_if_gone(r.id);
+  }
+  reply(0, {});
+}
+
+void Service::home_shmctl(const HomeHeader& h, ByteView body, ReplyFn& reply) {
+  ShmCtlReq r;
+  if (!decode_body(body, r)) return reply(EINVAL, {});
+  ShmSeg* s = find_shm(r.id);
+  if (!s) return reply(EINVAL, unknown_id());
+  int e = 0;
+  switch (r.cmd) {
+    case IPC_STAT: {
+      ShmCtlResp resp;
+      e = s->stat(h.creds, resp.stat);
+      return e ? reply(e, {}) : reply(0, encode_body(resp));
+    }
+    case IPC_SET:
+      return reply(s->set(r.uid, r.gid, r.mode, h.creds, now_s()), {});
+    case IPC_RMID: {
+      int32_t key = s->perm().key;
+      bool was_removed = s->removed();
+      e = s->rmid(h.creds);
+      if (!e && !was_removed && key != IPC_PRIVATE)
+        notify(referee_for(key), kKeyUnbind, encode_body(KeyReq{ObjType::kShm, key, 0, r.id}));
+      reply(e, {});
+      if (!e) shm_destroy_if_gone(r.id);
+      return;
+    }
+    case SHM_LOCK:
+    case SHM_UNLOCK:
+      return reply(s->lock(h.creds, r.cmd == SHM_LOCK, now_s()), {});
+    default:
+      return reply(EINVAL, {});
+  }
+}
+
+void Service::shm_destroy_if_gone(int32_t id) {
+  auto it = shms_.by_id.find(id);
+  if (it == shms_.by_id.end() || !it->second->gone()) return;
+  shm_pages_ -= (it->second->size() + dsm_.page_size() - 1) / dsm_.page_size();
+  shms_.by_id.erase(it);
+  shms_.free.push_back(id_slot(id));
+  for (uint16_t n : node_ids_)
+    if (n == cfg_.self || tr_->peer_up(n)) notify(n, kShmDestroy, encode_body(ShmDestroyMsg{id}));
+}
+
+void Service::process_exited(int32_t pid) {
+  for (uint16_t n : node_ids_)
+    if (n == cfg_.self || tr_->peer_up(n)) notify(n, kProcExit, encode_body(ProcExitMsg{pid}));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// *get: resolve a key cluster-wide through its referee, or create.
+
+void Service::do_get(ObjType type, const Creds& c, const GetReq& req, ReplyFn reply, int attempts) {
+  if (type == ObjType::kSem && (req.nsems < 0 || req.nsems > limits(LimitFiles::kSem).semmsl)) return reply(EINVAL, {});
+  if (req.key == IPC_PRIVATE) {
+    int32_t id = 0;
+    int e = create_local(type, c, req.key, req.nsems, req.flg, id, req.size);
+    return e ? reply(e, {}) : reply(0, encode_body(IdResp{id}));
+  }
+  uint16_t referee = referee_for(req.key);
+  KeyReq kr{type, req.key, req.flg, 0};
+  call(referee, kKeyAcquire, encode_body(kr), [this, type, c, req, reply, attempts, referee](int st, ByteView b) {
+    KeyResp kresp;
+    if (st) return reply(st, {});
+    if (!decode_body(b, kresp)) return reply(EIO, {});
+    if (kresp.verdict == KeyVerdict::kCreate) {
+      int32_t id = 0;
+      int e = create_local(type, c, req.key, req.nsems, req.flg, id, req.size);
+      notify(referee, e ? kKeyRelease : kKeyBind, encode_body(KeyReq{type, req.key, 0, id}));
+      return e ? reply(e, {}) : reply(0, encode_body(IdResp{id}));
+    }
+    // Found: the home checks permissions and size, as ipc_check_perms() and sem_more_checks() do.
+    int32_t id = kresp.id;
+    Encoder e;
+    HomeHeader{c, 0}.encode(e);
+    OpenReq{type, id, req.nsems, req.flg, req.size}.encode(e);
+    call(id_node(id), kOpen, e.take(), [this, type, c, req, reply, attempts, id](int st2, ByteView b2) {
+      // The object was removed between the referee's answer and ours: ask again (its unbind is on the way).
+      if (is_unknown_id(st2, b2) && attempts < 50) return do_get(type, c, req, reply, attempts + 1);
+      if (st2) return reply(st2, {});
+      reply(0, encode_body(IdResp{id}));
+    });
+  });
+}
+
+int Service::create_local(ObjType type, const Creds& c, int32_t key, int32_t nsems, int32_t flg, int32_t& id,
+                          uint64_t size) {
+  uint64_t pages = (size + dsm_.page_size() - 1) / dsm_.page_size();
+  limits(type == ObjType::kSem ? LimitFiles::kSem
+         : type == ObjType::kMsg ? LimitFiles::kMsgMax | LimitFiles::kMsgMnb | LimitFiles::kMsgMni
+                                 : LimitFiles::kShm);
+  if (type == ObjType::kSem) {
+    if (nsems == 0) return EINVAL;
+    if (used_sems_ + nsems > lim_.semmns || static_cast<int>(sems_.by_id.size()) >= lim_.semmni) return ENOSPC;
+  } else if (type == ObjType::kMsg) {
+    if (static_cast<int>(msgs_.by_id.size()) >= lim_.msgmni) return ENOSPC;
+  } else {
+    // newseg(): SHMMIN (1) .. shmmax, then shmall (pages) and shmmni.
+    if (size < 1 || size > lim_.shmmax) return EINVAL;
+    if (shm_pages_ + pages < shm_pages_ || shm_pages_ + pages > lim_.shmall) return ENOSPC;
+    if (flg & SHM_HUGETLB)
+      if (int e = hugetlb_shm_check(c, size, flg)) return e;
+    if (static_cast<int>(shms_.by_id.size()) >= lim_.shmmni) return ENOSPC;
+  }
+  auto alloc = [&](auto& slots) -> int {
+    uint32_t slot;
+    if (!slots.free.empty()) {
+      slot = slots.free.back();
+      slots.free.pop_back();
+      slots.seq[slot] = static_cast<uint8_t>((slots.seq[slot] + 1) & kSeqMask);
+    } else {
+      if (slots.next >= kSlots) return ENOSPC;
+      slot = slots.next++;
+      slots.seq.push_back(0);
+    }
+    id = make_id(cfg_.self, slots.seq[slot], slot);
+    return 0;
+  };
+  Perm p;
+  p.key = key;
+  p.uid = p.cuid = c.uid;
+  p.gid = p.cgid = c.gid;
+  p.mode = static_cast<uint16_t>(flg & 0777);
+  int64_t now = now_s();
+  if (type == ObjType::kSem) {
+    if (int e = alloc(sems_)) return e;
+    p.seq = static_cast<uint16_t>(id_seq(id));
+    sems_.by_id[id] = std::make_unique<SemSet>(p, nsems, lim_, now);
+    used_sems_ += nsems;
+  } else if (type == ObjType::kMsg) {
+    if (int e = alloc(msgs_)) return e;
+    p.seq = static_cast<uint16_t>(id_seq(id));
+    msgs_.by_id[id] = std::make_unique<MsgQueue>(p, lim_, now);
+  } else {
+    if (int e = alloc(shms_)) return e;
+    // The home's frames are the segment's backing store.
+    auto seg = dsm_.open(static_cast<uint32_t>(id), cfg_.self, size);
+    if (!seg) {
+      shms_.free.push_back(id_slot(id));
+      return ENOMEM;
+    }
+    p.seq = static_cast<uint16_t>(id_seq(id));
+    shms_.by_id[id] = std::make_unique<ShmSeg>(p, size, c.pid, now);
+    shm_pages_ += pages;
+  }
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Referee: one authority per key serialises creation.
+
+void Service::referee_acquire(uint16_t from, const KeyReq& req, std::function<void(int, Bytes)> reply) {
+  auto k = std::make_pair(static_cast<uint8_t>(req.type), req.key);
+  auto it = keys_.find(k);
+  if (it == keys_.end()) {
+    if (!(req.flg & IPC_CREAT)) return reply(ENOENT, {});
+    Reservation r;
+    r.node = from;
+    keys_.emplace(k, std::move(r));
+    return reply(0, encode_body(KeyResp{KeyVerdict::kCreate, 0}));
+  }
+  Reservation& r = it->second;
+  if (!r.bound) {
+    r.waiting.push_back(Acquire{from, req, std::move(reply)});
+    return;
+  }
+  if ((req.flg & IPC_CREAT) && (req.flg & IPC_EXCL)) return reply(EEXIST, {});
+  reply(0, encode_body(KeyResp{KeyVerdict::kFound, r.id}));
+}
+
+void Service::referee_update(uint16_t from, uint16_t op, const KeyReq& req) {
+  auto k = std::make_pair(static_cast<uint8_t>(req.type), req.key);
+  auto it = keys_.find(k);
+  if (it == keys_.end()) return;
+  Reservation& r = it->second;
+  std::vector<Acquire> waiting;
+  if (op == kKeyBind && !r.bound && r.node == from) {
+    r.bound = true;
+    r.id = req.id;
+    waiting.swap(r.waiting);
+  } else if (op == kKeyRelease && !r.bound && r.node == from) {
+    waiting.swap(r.waiting);
+    keys_.erase(it);
+  } else if (op == kKeyUnbind && r.bound && r.id == req.id && id_node(req.id) == from) {
+    waiting.swap(r.waiting);
+    keys_.erase(it);
+  } else {
+    return;
+  }
+  for (auto& a : waiting) referee_acquire(a.from, a.req, std::move(a.reply));
+}
+
+void Service::on_peer(transport::NodeId peer, bool up) {
+  DIPC_LOG_INFO("link to node {} {}", peer, up ? "up" : "down");  // dsm::Manager saw it first (daemon/ order)
+  if (up) return;
+  // Creations the lost node had reserved will never be bound.
+  for (auto it = keys_.begin(); it != keys_.end();) {
+    if (!it->second.bound && it->second.node == peer) {
+      auto waiting = std::move(it->second.waiting);
+      it = keys_.erase(it);
+      for (auto& a : waiting) referee_acquire(a.from, a.req, std::move(a.reply));
+    } else {
+      ++it;
+    }
+  }
+  // Blocked calls of the lost node's processes can no longer be answered: withdraw them, applying nothing.
+  std::vector<uint64_t> lost;
+  for (auto& [token, p] : pending_)
+    if (token_node(token) == peer) lost.push_back(token);
+  for (uint64_t t : lost) home_cancel(t);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Home: the objects themselves.
+
+SemSet* Service::find_sem(int32_t id) {
+  auto it = sems_.by_id.find(id);
+  return it == sems_.by_id.end() ? nullptr : it->second.get();
+}
+
+MsgQueue* Service::find_msg(int32_t id) {
+  auto it = msgs_.by_id.find(id);
+  return it == msgs_.by_id.end() ? nullptr : it->second.get();
+}
+
+void Service::home_request(uint16_t op, const HomeHeader& h, ByteView body, ReplyFn reply) {
+  switch (op) {
+    case kOpen:
+      return home_open(h, body, reply);
+    case kSemOp:
+      return home_semop(h, body, reply);
+    case kSemCtl:
+      return home_semctl(h, body, reply);
+    case kMsgSnd:
+      return home_msgsnd(h, body, reply);
+    case kMsgRcv:
+      return home_msgrcv(h, body, reply);
+    case kMsgCtl:
+      return home_msgctl(h, body, reply);
+    case kShmAt:
+      return home_shmat(h, body, reply);
+    case kShmAttached:
+    case kShmDt:
+      return home_shm_attach(op, h, body, reply);
+    case kShmCtl:
+      return home_shmctl(h, body, reply);
+    case kStatSlot:
+      return home_stat_slot(h, body, reply);
+    default:
+      return reply(EINVAL, {});
+  }
+}
+
+void Service::home_open(const HomeHeader& h, ByteView body, ReplyFn& reply) {
+  OpenReq r;
+  if (!decode_body(body, r)) return reply(EPROTO, {});
+  const Perm* perm = nullptr;
+  SemSet* s = nullptr;
+  if (r.type == ObjType::kSem) {
+    s = find_sem(r.id);
+    if (s) perm = &s->perm();
+  } else if (r.type == ObjType::kMsg) {
+    if (MsgQueue* q = find_msg(r.id)) perm = &q->perm();
+  } else if (ShmSeg* g = find_shm(r.id)) {
+    if (g->removed()) return reply(EINVAL, unknown_id());  // its key is private now: ask the referee again
+    if (int e = g->open_check(h.creds, r.size, r.flg)) return reply(e, {});
+    return reply(0, encode_body(IdResp{r.id}));
+  }
+  if (!perm) return reply(EINVAL, unknown_id());
+  if (int e = ipc_check(*perm, h.creds, r.flg)) return reply(e, {});
+  if (s && r.nsems > s->nsems()) return reply(EINVAL, {});
+  reply(0, encode_body(IdResp{r.id}));
+}
+
+void Service::home_semop(const HomeHeader& h, ByteView body, ReplyFn& reply) {
+  SemOpReq r;
+  if (!decode_body(body, r)) return reply(EINVAL, {});
+  if (r.sops.empty()) return reply(EINVAL, {});
+  if (static_cast<int>(r.sops.size()) > limits(LimitFiles::kSem).semopm) return reply(E2BIG, {});
+  SemSet* s = find_sem(r.id);
+  if (!s) return reply(EINVAL, unknown_id());
+  Outcome o = s->semop(h.token, r.sops, ProcKey{h.creds.node, h.creds.pid}, h.creds, now_s());
+  if (o.kind == Outcome::kBlocked) {
+    pending_[h.token] = Pending{ObjType::kSem, r.id, std::move(reply)};
+    note_blocked(h.token);
+  } else
+    reply(o.kind == Outcome::kDone ? 0 : o.err, {});
+  drain(*s);
+}
+
+void Service::home_semctl(const HomeHeader& h, ByteView body, ReplyFn& reply) {
+  SemCtlReq r;
+  if (!decode_body(body, r)) return reply(EINVAL, {});
+  SemSet* s = find_sem(r.id);
+  if (!s) return reply(EINVAL, unknown_id());
+  const Creds& c = h.creds;
+  SemCtlResp resp;
+  int e = 0;
+  int64_t now = now_s();
+  switch (r.cmd) {
+    case IPC_RMID:
+      e = s->check_rmid(c);
+      if (!e) remove_object(ObjType::kSem, r.id);
+      return reply(e, {});
+    case IPC_STAT:
+      e = s->stat(c, resp.stat);
+      break;
+    case IPC_SET:
+      e = s->set(r.uid, r.gid, r.mode, c, now);
+      break;
+    case GETVAL:
+      e = s->getval(r.semnum, c, resp.ret);
+      break;
+    case GETPID:
+      e = s->getpid(r.semnum, c, resp.ret);
+      break;
+    case GETNCNT:
+      e = s->getncnt(r.semnum, c, resp.ret);
+      break;
+    case GETZCNT:
+      e = s->getzcnt(r.semnum, c, resp.ret);
+      break;
+    case GETALL:
+      e = s->getall(c, resp.vals);
+      break;
+    case kSemCtlNsems:
+      resp.ret = s->nsems();
+      break;
+    case SETVAL:
+      e = s->setval(r.semnum, r.val, c, c.pid, now);
+      break;
+    case SETALL:
+      e = s->setall(r.vals, c, c.pid, now);
+      break;
+    default:
+      e = EINVAL;
+  }
+  if (e) reply(e, {});
+  else reply(0, encode_body(resp));
+  drain(*s);
+}
+
+void Service::home_msgsnd(const HomeHeader& h, ByteView body, ReplyFn& reply) {
+  MsgSndReq r;
+  if (!decode_body(body, r)) return reply(EINVAL, {});
+  if (static_cast<int64_t>(r.text.size()) > limits(LimitFiles::kMsgMax).msgmax) return reply(EINVAL, {});
+  if (r.mtype < 1) return reply(EINVAL, {});
+  MsgQueue* q = find_msg(r.id);
+  if (!q) return reply(EINVAL, unknown_id());
+  q->set_limits(lim_);
+  Outcome o = q->send(h.token, r.mtype, std::move(r.text), r.flg, ProcKey{h.creds.node, h.creds.pid}, h.creds,
+                      now_s());
+  if (o.kind == Outcome::kBlocked) {
+    pending_[h.token] = Pending{ObjType::kMsg, r.id, std::move(reply)};
+    note_blocked(h.token);
+  } else
+    reply(o.kind == Outcome::kDone ? 0 : o.err, {});
+  drain(*q);
+}
+
+void Service::home_msgrcv(const HomeHeader& h, ByteView body, ReplyFn& reply) {
+  MsgRcvReq r;
+  if (!decode_body(body, r)) return reply(EINVAL, {});
+  if (r.maxsize > static_cast<uint64_t>(LONG_MAX)) return reply(EINVAL, {});
+  if ((r.flg & MSG_COPY) && ((r.flg & MSG_EXCEPT) || !(r.flg & IPC_NOWAIT))) return reply(EINVAL, {});
+  MsgQueue* q = find_msg(r.id);
+  if (!q) return reply(EINVAL, unknown_id());
+  if (r.flg & MSG_COPY) q->set_limits(limits(LimitFiles::kMsgMax));
+  Message m;
+  Outcome o = q->recv(h.token, r.msgtyp, r.maxsize, r.flg, ProcKey{h.creds.node, h.creds.pid}, h.creds, now_s(), m);
+  if (o.kind == Outcome::kBlocked) {
+    pending_[h.token] = Pending{ObjType::kMsg, r.id, std::move(reply)};
+    note_blocked(h.token);
+  } else if (o.kind == Outcome::kDone)
+    reply(0, encode_body(MsgRcvResp{m.mtype, std::move(m.text)}));
+  else
+    reply(o.err, {});
+  drain(*q);
+}
+
+void Service::home_msgctl(const HomeHeader& h, ByteView body, ReplyFn& reply) {
+  MsgCtlReq r;
+  if (!decode_body(body, r)) return reply(EINVAL, {});
+  MsgQueue* q = find_msg(r.id);
+  if (!q) return reply(EINVAL, unknown_id());
+  MsgCtlResp resp;
+  int e = 0;
+  switch (r.cmd) {
+    case IPC_RMID:
+      e = q->check_rmid(h.creds);
+      if (!e) remove_object(ObjType::kMsg, r.id);
+      return reply(e, {});
+    case IPC_STAT:
+      e = q->stat(h.creds, resp.stat);
+      if (e) return reply(e, {});
+      return reply(0, encode_body(resp));
+    case IPC_SET:
+      q->set_limits(limits(LimitFiles::kMsgMnb));
+      e = q->set(r.uid, r.gid, r.mode, r.qbytes, h.creds, now_s());
+      reply(e, {});
+      return drain(*q);
+    default:
+      return reply(EINVAL, {});
+  }
+}
+
+void Service::drain(SemSet& s) {
+  for (const auto& c : s.take_completed()) {
+    auto it = pending_.find(c.token);
+    if (it == pending_.end()) continue;
+    ReplyFn fn = std::move(it->second.reply);
+    pending_.erase(it);
+    fn(c.err, {});
+  }
+}
+
+void Service::drain(MsgQueue& q) {
+  for (auto& c : q.take_completed()) {
+    auto it = pending_.find(c.token);
+    if (it == pending_.end()) continue;
+    ReplyFn fn = std::move(it->second.reply);
+    pending_.erase(it);
+    if (c.err == 0 && c.is_recv)
+      fn(0, encode_body(MsgRcvResp{c.msg.mtype, std::move(c.msg.text)}));
+    else
+      fn(c.err, {});
+  }
+}
+
+void Service::home_cancel(uint64_t token) {
+  auto it = pending_.find(token);
+  if (it == pending_.end()) return;  // already answered: the caller gets that answer
+  if (it->second.type == ObjType::kSem) {
+    if (SemSet* s = find_sem(it->second.id)) s->cancel(token);
+  } else if (MsgQueue* q = find_msg(it->second.id)) {
+    q->cancel(token);
+  }
+  ReplyFn fn = std::move(it->second.reply);
+  pending_.erase(it);
+  fn(ECANCELED, {});
+}
+
+void Service::remove_object(ObjType type, int32_t id) {
+  std::vector<uint64_t> waiters;
+  int32_t key = 0;
+  if (type == ObjType::kSem) {
+    auto it = sems_.by_id.find(id);
+    waiters = it->second->remove_waiters();
+    key = it->second->perm().key;
+    used_sems_ -= it->second->nsems();
+    sems_.by_id.erase(it);
+    sems_.free.push_back(id_slot(id));
+  } else {
+    auto it = msgs_.by_id.find(id);
+    waiters = it->second->remove_waiters();
+    key = it->second->perm().key;
+    msgs_.by_id.erase(it);
+    msgs_.free.push_back(id_slot(id));
+  }
+  for (uint64_t t : waiters) {
+    auto p = pending_.find(t);
+    if (p == pending_.end()) continue;
+    ReplyFn fn = std::move(p->second.reply);
+    pending_.erase(p);
+    fn(EIDRM, {});
+  }
+  if (key != IPC_PRIVATE) notify(referee_for(key), kKeyUnbind, encode_body(KeyReq{type, key, 0, id}));
+}
 
 std::pair<uint32_t, uint32_t> Service::peer_counts() const {
   uint32_t total = 0, up = 0;
