@@ -31,7 +31,7 @@ const NodeConf* Config::node_by_name(const std::string& name) const {
 }
 
 bool Config::policy_distributes(int32_t key) const {
-  if (key == 0) return false;  // IPC_PRIVATE is distributed only with IPC_DIPC
+  if (key == 0) return distribute == Distribute::kAll && distribute_private;  // IPC_PRIVATE
   switch (distribute) {
     case Distribute::kAll:
       return true;
@@ -122,6 +122,10 @@ Result<Config> parse_config(const std::string& text, std::string* error) {
       c.distribute = Distribute::kRanges;
     else
       return fail("policy.distribute must be \"flag\", \"all\" or \"ranges\"");
+    if (auto pv = p["private"]) {
+      if (!pv.is_boolean()) return fail("policy.private must be true or false");
+      c.distribute_private = pv.value_or(true);
+    }
     if (auto* rs = p["ranges"].as_array()) {
       for (auto& r : *rs) {
         auto* pair = r.as_array();

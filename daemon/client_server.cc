@@ -35,6 +35,7 @@ ClientServer::ClientServer(EventLoop& loop, ipc::Service& service, const Config&
       control_ = new (p) ipc::ControlPage();
       control_->init(cfg.self);
       control_->set_distribute(static_cast<uint32_t>(cfg.distribute));
+      control_->set_flags(cfg.distribute_private ? 0 : ipc::kControlKeepPrivate);
       uint32_t n = 0;
       for (const auto& r : cfg.ranges) {
         if (n == ipc::kControlMaxRanges) break;
@@ -47,6 +48,12 @@ ClientServer::ClientServer(EventLoop& loop, ipc::Service& service, const Config&
       fcntl(control_fd_, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL);
     }
   }
+  // A call now waits, registered at its home: the program may sleep (kBlocked, ipc/protocol.h).
+  service_.set_blocked_hook([this](uint64_t token) {
+    for (auto& [cid, c] : conns_)
+      for (auto& [fid, t] : c->inflight)
+        if (t == token) return send_frame(cid, FrameHeader{FrameKind::kOneWay, ipc::kBlocked, fid, 0, 0}, {});
+  });
 }
 
 ClientServer::~ClientServer() {
@@ -215,7 +222,7 @@ void ClientServer::on_frame(Conn& c, FrameParser::Frame& f) {
   if (h.op == ipc::kShmAt || h.op == ipc::kShmAttached || h.op == ipc::kShmDt) return on_shm_frame(c, f);
   for (int fd : c.fds) close(fd);  // descriptors nobody asked for
   c.fds.clear();
-  if (h.op < ipc::kSemGet || h.op > ipc::kShmCtl) return close_conn(conn_id, "unknown client operation");
+  if (h.op < ipc::kSemGet || h.op > ipc::kIpcStat) return close_conn(conn_id, "unknown client operation");
   if (c.inflight.count(h.id)) return close_conn(conn_id, "duplicate request id");
   uint64_t token = next_token_++;
   c.inflight[h.id] = token;

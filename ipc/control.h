@@ -19,6 +19,7 @@ namespace dipc::ipc {
 inline constexpr uint32_t kControlMagic = 0x44435450;  // 'DCTP', stored big-endian
 inline constexpr uint32_t kControlVersion = 2;          // 1: host byte order (before the fixed layout)
 inline constexpr uint32_t kControlMaxRanges = 32;
+inline constexpr uint16_t kControlKeepPrivate = 1;
 
 enum class ControlCheck { kOk, kBadMagic, kOtherByteOrder, kOtherVersion };
 
@@ -30,7 +31,7 @@ struct ControlPage {
   std::atomic<uint32_t> distribute_be;  // common/config.h Distribute
   std::atomic<uint32_t> nranges_be;
   uint16_t node_be;
-  uint16_t pad;
+  uint16_t flags_be;  // kControlKeepPrivate: under "all", IPC_PRIVATE stays on the kernel ([policy] private = false)
   int64_t ranges_be[kControlMaxRanges][2];
 
   // ---- the daemon ----
@@ -38,7 +39,7 @@ struct ControlPage {
     magic_be = htobe32(kControlMagic);
     version_be = htobe32(kControlVersion);
     node_be = htobe16(node);
-    pad = 0;
+    flags_be = 0;
   }
   void set_enabled(bool on) { enabled_be.store(htobe32(on ? 1 : 0), std::memory_order_release); }
   void set_distribute(uint32_t d) { distribute_be.store(htobe32(d), std::memory_order_relaxed); }
@@ -46,6 +47,7 @@ struct ControlPage {
     ranges_be[i][0] = static_cast<int64_t>(htobe64(static_cast<uint64_t>(lo)));
     ranges_be[i][1] = static_cast<int64_t>(htobe64(static_cast<uint64_t>(hi)));
   }
+  void set_flags(uint16_t f) { flags_be = htobe16(f); }
   void set_nranges(uint32_t n) { nranges_be.store(htobe32(n), std::memory_order_release); }
 
   // ---- readers ----
@@ -59,14 +61,15 @@ struct ControlPage {
   uint32_t distribute() const { return be32toh(distribute_be.load(std::memory_order_relaxed)); }
   uint32_t nranges() const { return be32toh(nranges_be.load(std::memory_order_acquire)); }
   uint16_t node() const { return be16toh(node_be); }
+  uint16_t flags() const { return be16toh(flags_be); }
   int64_t range_lo(uint32_t i) const { return static_cast<int64_t>(be64toh(static_cast<uint64_t>(ranges_be[i][0]))); }
   int64_t range_hi(uint32_t i) const { return static_cast<int64_t>(be64toh(static_cast<uint64_t>(ranges_be[i][1]))); }
 
   bool distributes(int32_t key, int flg, int ipc_dipc_flag) const {
     if (!enabled()) return false;
     if (flg & ipc_dipc_flag) return true;
-    if (key == 0) return false;
     uint32_t d = distribute();
+    if (key == 0) return d == 1 && !(flags() & kControlKeepPrivate);  // IPC_PRIVATE: under "all" only
     if (d == 1) return true;
     if (d == 2) {
       uint32_t n = nranges();

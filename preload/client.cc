@@ -31,6 +31,7 @@ constexpr int64_t kSecond = 1'000'000'000;
 constexpr int64_t kRetryNs = kSecond;            // while no daemon answers: one connection attempt per second
 constexpr int64_t kHelloNs = 5 * kSecond;        // the daemon answers kHello at once
 constexpr int64_t kCancelGraceNs = 30 * kSecond;  // after kCancel, the request's answer must come within this
+constexpr int64_t kRegisterNs = 10 * kSecond;     // a call that may block polls at most this long for kBlocked
 constexpr size_t kMaxConns = 256;
 
 // Every open connection of the process (fd + 1; 0 = free), so a fork()ed child can close the inherited ones of all
@@ -119,7 +120,9 @@ enum class Read { kFrame, kTimeout, kSignal, kBroken };
 
 // Waits for the next whole frame. `deadline` < 0: no limit. EINTR from poll ends the wait only when `signals`.
 // A descriptor passed with SCM_RIGHTS goes to *passed_fd when asked for (the first one), else it is closed.
-Read read_frame(Conn& c, FrameParser::Frame& f, int64_t deadline, bool signals, int* passed_fd = nullptr) {
+// Polls, yielding the CPU, at least until `spin_until` (CLOCK_MONOTONIC ns) before it sleeps.
+Read read_frame(Conn& c, FrameParser::Frame& f, int64_t deadline, bool signals, int* passed_fd = nullptr,
+                int64_t spin_until = 0) {
   if (c.rbuf.empty()) c.rbuf.resize(64 << 10);
   for (;;) {
     if (c.parser.next(f)) return Read::kFrame;
@@ -127,8 +130,9 @@ Read read_frame(Conn& c, FrameParser::Frame& f, int64_t deadline, bool signals, 
     pollfd p{c.fd, POLLIN, 0};
     int timeout = deadline < 0 ? -1 : static_cast<int>(left_ms(deadline));
     int r = 0;
-    if (g_spin_ns > 0 && timeout != 0) {
-      int64_t until = now_ns() + g_spin_ns;
+    if ((g_spin_ns > 0 || spin_until > 0) && timeout != 0) {
+      int64_t until = std::max(now_ns() + g_spin_ns, spin_until);
+      if (deadline >= 0) until = std::min(until, deadline);
       while ((r = poll(&p, 1, 0)) == 0 && now_ns() < until) sched_yield();  // let the daemon have the CPU
     }
     if (r == 0) r = poll(&p, 1, timeout);
@@ -230,7 +234,8 @@ bool open_conn(Conn& c) {
   if (send_all(c.fd, req, sent) != 0) return false;
   FrameParser::Frame f;
   int memfd = -1;
-  Read r = read_frame(c, f, now_ns() + kHelloNs, false, &memfd);
+  int64_t deadline = now_ns() + kHelloNs;
+  Read r = read_frame(c, f, deadline, false, &memfd, deadline);  // answered at once: poll, never sleep
   ipc::HelloResp hr;
   bool ok = r == Read::kFrame && f.header.kind == FrameKind::kResponse && f.header.op == ipc::kHello &&
             f.header.id == id && f.header.status == 0 && ipc::decode_body(f.payload, hr);
@@ -273,9 +278,17 @@ Bytes frame(FrameKind kind, uint16_t op, uint64_t id, const Bytes& body) {
 bool await(Conn& c, uint16_t op, uint64_t id, const Wait& w, Reply& out) {
   int stopped = 0;  // EINTR or EAGAIN once cancelled
   int64_t deadline = w.deadline_ns;
+  // A call that may block sleeps only once the home registered its wait (kBlocked): until then it polls, so a
+  // program seen sleeping in semop/msgrcv/msgsnd is a registered waiter, as with the kernel.
+  int64_t register_by = w.interruptible ? now_ns() + kRegisterNs : 0;
   FrameParser::Frame f;
   for (;;) {
-    Read r = read_frame(c, f, deadline, w.interruptible && !stopped);
+    Read r = read_frame(c, f, deadline, w.interruptible && !stopped, nullptr, register_by);
+    if (r == Read::kFrame && f.header.kind == FrameKind::kOneWay && f.header.op == ipc::kBlocked &&
+        f.header.id == id) {
+      register_by = 0;
+      continue;
+    }
     if (r == Read::kFrame) break;
     if (r == Read::kBroken) return false;
     if (r == Read::kTimeout && stopped) {  // no answer to the cancel: give up on this connection

@@ -90,7 +90,12 @@ ranges = [[0x1000, 0x1fff]]
   EXPECT_EQ(c->node(7)->port, 7450);
   EXPECT_TRUE(c->policy_distributes(0x1234));
   EXPECT_FALSE(c->policy_distributes(0x2000));
-  EXPECT_FALSE(c->policy_distributes(0));  // IPC_PRIVATE needs the flag
+  EXPECT_FALSE(c->policy_distributes(0));  // IPC_PRIVATE: only "all" distributes it
+  c->distribute = Distribute::kAll;
+  EXPECT_TRUE(c->policy_distributes(0));
+  c->distribute_private = false;
+  EXPECT_FALSE(c->policy_distributes(0));
+  EXPECT_TRUE(c->policy_distributes(0x2000));
   ASSERT_TRUE(select_self(*c, "b", &err));
   EXPECT_EQ(c->self, 7);
   EXPECT_FALSE(select_self(*c, "zz", &err));
@@ -107,6 +112,12 @@ TEST(Config, ErrorsNameTheProblem) {
   EXPECT_FALSE(parse_config("this is = = not toml", &err));
   EXPECT_NE(err.find("line 1"), std::string::npos);
   EXPECT_FALSE(parse_config("[dsm]\nblock_size = 5000\n", &err));
+  EXPECT_FALSE(parse_config("[policy]\ndistribute = \"all\"\nprivate = 3\n", &err));
+  EXPECT_NE(err.find("policy.private"), std::string::npos);
+  auto keep = parse_config("[policy]\ndistribute = \"all\"\nprivate = false\n", &err);
+  ASSERT_TRUE(keep) << err;
+  EXPECT_FALSE(keep->policy_distributes(0));
+  EXPECT_TRUE(keep->policy_distributes(5));
   // The coherence unit is at least this node's page size (64 KiB on some ppc64el and arm64 kernels).
   const long page = sysconf(_SC_PAGESIZE);
   EXPECT_FALSE(parse_config("[dsm]\nblock_size = 2048\n", &err));  // below the smallest page of any Linux
@@ -275,7 +286,11 @@ TEST(ControlPage, DecidesDistribution) {
   EXPECT_FALSE(p.distributes(0x10, 0, IPC_DIPC));
   p.set_distribute(1);
   EXPECT_TRUE(p.distributes(0x10, 0, IPC_DIPC));
+  EXPECT_TRUE(p.distributes(0, 0, IPC_DIPC));  // "all" distributes IPC_PRIVATE too
+  p.set_flags(ipc::kControlKeepPrivate);  // [policy] private = false
   EXPECT_FALSE(p.distributes(0, 0, IPC_DIPC));
+  EXPECT_TRUE(p.distributes(0x10, 0, IPC_DIPC));
+  p.set_flags(0);
   p.set_distribute(2);
   p.set_range(0, 100, 200);
   p.set_range(1, -300, -250);
@@ -283,6 +298,7 @@ TEST(ControlPage, DecidesDistribution) {
   EXPECT_TRUE(p.distributes(150, 0, IPC_DIPC));
   EXPECT_FALSE(p.distributes(201, 0, IPC_DIPC));
   EXPECT_TRUE(p.distributes(-260, 0, IPC_DIPC));
+  EXPECT_FALSE(p.distributes(0, 0, IPC_DIPC));
   p.set_enabled(false);  // dipc off
   EXPECT_FALSE(p.distributes(150, IPC_DIPC, IPC_DIPC));
 }
