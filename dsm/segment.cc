@@ -509,7 +509,7 @@ int64_t Manager::now_us() {
 Result<Segment*> Manager::open(uint64_t id, NodeId home, uint64_t size, uint64_t home_block) {
   auto it = segs_.find(id);
   if (it != segs_.end()) return it->second.get();
-  Geometry g = segment_geometry(size, home == self_ ? block_size_ : home_block);
+  Geometry g = segment_geometry(size, home == self_ || home_block == 0 ? block_size_ : home_block);
   if (g.block == 0) return Status::err(EINVAL);
   if (!fits_page(g, page_)) {
     DIPC_LOG_ERROR("dsm: segment {:#x} of node {} has {}-byte blocks, smaller than this node's {}-byte pages: it "

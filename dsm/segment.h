@@ -148,8 +148,8 @@ class Manager : public transport::Handler {
   ~Manager() override;
 
   // The segment `id` on this node; created (empty) if needed. The home creates it at shmget with this node's block
-  // size; another node with the block size the home chose (ShmAtResp). EINVAL if this node's pages are larger than
-  // that block (logged: the cluster's block_size is too small for this node).
+  // size; another node with the block size the home chose (ShmAtResp; 0: this node's own). EINVAL if this node's
+  // pages are larger than that block (logged: the cluster's block_size is too small for this node).
   Result<Segment*> open(uint64_t id, NodeId home, uint64_t size, uint64_t home_block = 0);
   Segment* find(uint64_t id);
   void destroy(uint64_t id);  // the segment is gone cluster-wide (nattch 0 after IPC_RMID)

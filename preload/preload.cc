@@ -60,6 +60,8 @@ void lookup(F& f, const char* name) {
 
 // Under the seccomp filter (seccomp.h) the kernel is asked with raw system calls the filter lets through; libc's
 // wrappers would trap back into the preload.
+#if defined(__x86_64__) || defined(__aarch64__)  // the architectures of preload/seccomp.cc
+#define DIPC_RAW_SYSV 1
 namespace raw {
 using dipc::preload::kernel_syscall;
 int semget(key_t k, int n, int f) { return static_cast<int>(kernel_syscall(SYS_semget, k, n, f)); }
@@ -96,12 +98,15 @@ int shmctl(int id, int cmd, struct shmid_ds* b) {
   return static_cast<int>(kernel_syscall(SYS_shmctl, id, cmd, reinterpret_cast<long>(b)));
 }
 }  // namespace raw
+#endif
 
 const Real& real() {
   static const Real r = [] {
+#ifdef DIPC_RAW_SYSV
     if (dipc::preload::seccomp_active())
       return Real{raw::semget, raw::semop,   raw::semtimedop, raw::semctl, raw::msgget, raw::msgsnd,
                   raw::msgrcv, raw::msgctl, raw::shmget,     raw::shmat,  raw::shmdt,  raw::shmctl};
+#endif
     Real t{};
     lookup(t.semget, "semget");
     lookup(t.semop, "semop");

@@ -27,12 +27,14 @@ namespace {
 
 bool g_active = false;
 
-// The SysV system calls of this architecture.
+#if defined(__x86_64__) || defined(__aarch64__)
+// The SysV system calls of this architecture (i386 and s390x have no semop of their own: ipc(2) multiplexes it).
 constexpr long kSysV[] = {SYS_shmget, SYS_shmat,  SYS_shmdt,  SYS_shmctl, SYS_semget, SYS_semop,
                           SYS_semtimedop, SYS_semctl, SYS_msgget, SYS_msgsnd, SYS_msgrcv, SYS_msgctl};
 
 constexpr long kSysVMin = *std::min_element(std::begin(kSysV), std::end(kSysV));
 constexpr long kSysVMax = *std::max_element(std::begin(kSysV), std::end(kSysV));
+#endif
 
 #if defined(__x86_64__)
 constexpr uint32_t kArch = AUDIT_ARCH_X86_64;
@@ -86,12 +88,7 @@ bool install_filter() {
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return false;
   return syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &fp) == 0;
 }
-#else
-bool install_filter() {
-  errno = ENOSYS;
-  return false;
-}
-#endif
+#endif  // other architectures: seccomp_init() says the path is not supported
 
 #if defined(__x86_64__)
 #define DIPC_ARG(uc, n) (uc)->uc_mcontext.gregs[(int[]){REG_RDI, REG_RSI, REG_RDX, REG_R10, REG_R8, REG_R9}[n]]

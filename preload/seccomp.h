@@ -11,7 +11,9 @@
 namespace dipc::preload {
 
 // Marks a SysV system call the preload makes for the kernel to answer (the 6th argument).
-inline constexpr long kKernelMagic = 0x44495043'4b524e4cL;  // "DIPCKRNL"
+// ("DIPCKRNL"; its low 32 bits where a long is 32 bits: the path is x86-64 and arm64 only, but 32-bit builds compile it)
+inline constexpr long kKernelMagic =
+    static_cast<long>(0x44495043'4b524e4cULL & static_cast<unsigned long>(-1));
 
 // True once this process runs under the filter (installed here, or inherited and the handler installed).
 bool seccomp_active();

@@ -178,28 +178,29 @@ TEST(EventLoop, PostFromAnotherThreadWakesTheLoop) {
   EXPECT_EQ(ran, 1);
 }
 
-// The median time a 300 us timer takes to fire, over several runs; each run's time must be at least 300 us.
-int64_t median_300us_timer() {
-  std::vector<int64_t> took;
-  for (int i = 0; i < 9; ++i) {
+// The shortest time a 300 us timer took to fire over several runs (-1 if one fired early or not at all). A loop that
+// rounded the timeout up to whole milliseconds would take at least 1000 us every time; a loaded or emulated machine
+// (the unit suite runs under qemu-user too) may be late now and then, but not in every run.
+int64_t fastest_300us_timer() {
+  int64_t best = -1;
+  for (int i = 0; i < 15; ++i) {
     EventLoop loop;
     int64_t start = EventLoop::now_us(), fired = 0;
     loop.add_timer_us(300, [&] { fired = EventLoop::now_us(); });
     loop.add_timer(2000, [] {});  // bound: run_once returns by then at the latest
     while (!fired && EventLoop::now_us() - start < 2'000'000) loop.run_once(-1);
     if (fired == 0 || fired - start < 300) return -1;
-    took.push_back(fired - start);
+    if (best < 0 || fired - start < best) best = fired - start;
   }
-  std::sort(took.begin(), took.end());
-  return took[took.size() / 2];
+  return best;
 }
 
 TEST(EventLoop, MicrosecondTimersDoNotWaitAWholeMillisecond) {
-  // A 300 us timer (the DSM quantum uses such) fires after 300 us, and well before the 1 ms a millisecond-granular
-  // epoll_wait would round it up to. Checked over several runs: the median must be below 1 ms.
-  int64_t median = median_300us_timer();
-  EXPECT_GT(median, 0);
-  EXPECT_LT(median, 1000);
+  // A 300 us timer (the DSM quantum uses such) fires after 300 us, not after the 1 ms a millisecond-granular
+  // epoll_wait would round it up to.
+  int64_t best = fastest_300us_timer();
+  EXPECT_GT(best, 0);
+  EXPECT_LT(best, 1000);
 }
 
 TEST(EventLoop, WithoutEpollPwait2TimersKeepTheMicrosecondAndFdsAreServed) {
@@ -209,8 +210,8 @@ TEST(EventLoop, WithoutEpollPwait2TimersKeepTheMicrosecondAndFdsAreServed) {
       {
         EventLoop::force_epoll_wait_fallback();
         if (EventLoop::has_epoll_pwait2()) _exit(2);
-        int64_t median = median_300us_timer();
-        if (median <= 0 || median >= 1000) _exit(3);
+        int64_t best = fastest_300us_timer();
+        if (best <= 0 || best >= 1000) _exit(3);
         // Ready fds, posted tasks and millisecond timers are served as before; nothing spins.
         EventLoop loop;
         int p[2];
