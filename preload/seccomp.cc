@@ -146,7 +146,9 @@ void on_sigsys(int, siginfo_t* si, void* ctx) {
 // Installs the filter and the handler when DIPC_SECCOMP=1, before main() and before anything can fork.
 __attribute__((constructor)) void seccomp_init() {
   const char* e = getenv("DIPC_SECCOMP");
-  if (!e || strcmp(e, "1") != 0) return;
+  const char* inh = getenv("DIPC_SECCOMP_INSTALLED");
+  bool inherited = inh && strcmp(inh, "1") == 0;  // the filter came from a parent: with or without DIPC_SECCOMP
+  if (!inherited && (!e || strcmp(e, "1") != 0)) return;
 #if defined(DIPC_ARG)
   struct sigaction sa {};
   sa.sa_sigaction = on_sigsys;
@@ -154,7 +156,7 @@ __attribute__((constructor)) void seccomp_init() {
   sigemptyset(&sa.sa_mask);
   if (sigaction(SIGSYS, &sa, nullptr) != 0) return warn("dipc: DIPC_SECCOMP: cannot install the SIGSYS handler\n");
   // An inherited filter (from a parent that had the preload) already traps: the handler is all this process needs.
-  if (const char* inh = getenv("DIPC_SECCOMP_INSTALLED"); inh && strcmp(inh, "1") == 0) {
+  if (inherited) {
     g_active = true;
     return;
   }
