@@ -73,10 +73,12 @@ bool ShmAtReq::decode(Decoder& d) {
 void ShmAtResp::encode(Encoder& e) const {
   e.u64(size);
   e.u64(mapped);
+  e.u64(block);
 }
 bool ShmAtResp::decode(Decoder& d) {
   size = d.u64();
   mapped = d.u64();
+  block = d.u64();
   return d.ok();
 }
 void ShmAttachReq::encode(Encoder& e) const {

@@ -22,7 +22,7 @@
 
 namespace dipc::ipc {
 
-inline constexpr uint32_t kProtocolVersion = 1;
+inline constexpr uint32_t kProtocolVersion = 2;  // 2: ShmAtResp carries the block size
 inline constexpr uint32_t kMaxSops = 32768;   // hard decode bound; the home enforces semopm
 inline constexpr uint32_t kMaxSems = 65536;   // hard decode bound; the home enforces semmsl
 inline constexpr uint32_t kMaxMsgText = 1u << 20;
@@ -180,7 +180,8 @@ struct ShmAtReq {
 };
 struct ShmAtResp {
   uint64_t size = 0;    // shm_segsz
-  uint64_t mapped = 0;  // bytes to map: size rounded up to a page
+  uint64_t mapped = 0;  // bytes to map: size rounded up (dsm/coherence.h segment_geometry)
+  uint64_t block = 0;   // the segment's coherence unit, chosen by its home (dsm/coherence.h)
   void encode(Encoder& e) const;
   bool decode(Decoder& d);
 };

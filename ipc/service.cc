@@ -212,9 +212,10 @@ void Service::client_shmat(const Creds& c, ByteView body, FdReplyFn reply) {
   call(home, kShmAt, e.take(), [this, req, home, reply](int st, ByteView b) {
     ShmAtResp r;
     if (st) return reply(st, Bytes(b.begin(), b.end()), -1);
-    if (!decode_body(b, r) || r.mapped == 0) return reply(EIO, {}, -1);
-    auto seg = dsm_.open(static_cast<uint32_t>(req.id), home, r.size);
+    if (!decode_body(b, r) || r.mapped == 0 || r.block == 0) return reply(EIO, {}, -1);
+    auto seg = dsm_.open(static_cast<uint32_t>(req.id), home, r.size, r.block);
     if (!seg) return reply(seg.status().code() == EINVAL ? EINVAL : ENOMEM, {}, -1);
+    if ((*seg)->mapped_size() != r.mapped || (*seg)->block_size() != r.block) return reply(EIO, {}, -1);
     // A read-only attach gets a read-only descriptor: the program cannot map it writable.
     std::string path = "/proc/self/fd/" + std::to_string((*seg)->view_fd());
     int fd = (req.flg & SHM_RDONLY) ? open(path.c_str(), O_RDONLY | O_CLOEXEC) : fcntl((*seg)->view_fd(), F_DUPFD_CLOEXEC, 0);
@@ -300,7 +301,7 @@ void Service::home_shmat(const HomeHeader& h, ByteView body, ReplyFn& reply) {
   if (!s) return reply(EINVAL, unknown_id());
   if (int e = s->attach_check(h.creds, r.flg)) return reply(e, {});
   dsm::Segment* seg = dsm_.find(static_cast<uint32_t>(r.id));
-  reply(0, encode_body(ShmAtResp{s->size(), seg ? seg->mapped_size() : 0}));
+  reply(0, encode_body(ShmAtResp{s->size(), seg ? seg->mapped_size() : 0, seg ? seg->block_size() : 0}));
 }
 
 void Service::home_shm_attach(uint16_t op, const HomeHeader& h, ByteView body, ReplyFn& reply) {
@@ -352,7 +353,7 @@ void Service::home_shmctl(const HomeHeader& h, ByteView body, ReplyFn& reply) {
 void Service::shm_destroy_if_gone(int32_t id) {
   auto it = shms_.by_id.find(id);
   if (it == shms_.by_id.end() || !it->second->gone()) return;
-  shm_pages_ -= (it->second->size() + dsm::kPageSize - 1) / dsm::kPageSize;
+  shm_pages_ -= (it->second->size() + dsm_.page_size() - 1) / dsm_.page_size();
   shms_.by_id.erase(it);
   shms_.free.push_back(id_slot(id));
   for (uint16_t n : node_ids_)
@@ -402,7 +403,7 @@ void Service::do_get(ObjType type, const Creds& c, const GetReq& req, ReplyFn re
 
 int Service::create_local(ObjType type, const Creds& c, int32_t key, int32_t nsems, int32_t flg, int32_t& id,
                           uint64_t size) {
-  uint64_t pages = (size + dsm::kPageSize - 1) / dsm::kPageSize;
+  uint64_t pages = (size + dsm_.page_size() - 1) / dsm_.page_size();
   limits(type == ObjType::kSem ? LimitFiles::kSem
          : type == ObjType::kMsg ? LimitFiles::kMsgMax | LimitFiles::kMsgMnb | LimitFiles::kMsgMni
                                  : LimitFiles::kShm);

@@ -29,7 +29,7 @@ void Service::client_ipc_info(const HomeHeader& h, uint16_t op, ByteView body, R
       for (const ObjEntry& e : all.entries) {
         if (!of_type(req.type, e)) continue;
         ++r.count;
-        r.a += req.type == ObjType::kShm ? (e.a + dsm::kPageSize - 1) / dsm::kPageSize : e.a;  // shm_tot: pages
+        r.a += req.type == ObjType::kShm ? (e.a + dsm_.page_size() - 1) / dsm_.page_size() : e.a;  // shm_tot: pages of this node
         r.b += e.b;
         r.max_index = std::max(r.max_index, stat_index(id_slot(e.id), node_rank(e.home), n));
       }

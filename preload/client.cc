@@ -40,6 +40,7 @@ std::atomic<int> g_conn_fds[kMaxConns];
 
 std::atomic<const ipc::ControlPage*> g_control{nullptr};
 std::atomic<uint64_t> g_control_ino{0};  // which memfd g_control maps: a restarted daemon has a new one
+std::atomic<int> g_incompatible{0};     // EPROTO: a daemon answered that this library cannot use
 std::atomic<int64_t> g_retry_at{0};      // no connection attempt before this (CLOCK_MONOTONIC ns)
 pthread_once_t g_once = PTHREAD_ONCE_INIT;
 // DIPC_SPIN_US (default 100): poll this long, yielding the CPU between polls, before sleeping: an answer that
@@ -160,6 +161,17 @@ Read read_frame(Conn& c, FrameParser::Frame& f, int64_t deadline, bool signals, 
   }
 }
 
+// Says once on stderr why this process cannot use its node's daemon; *get calls fail with EPROTO from then on.
+void incompatible(const char* why) {
+  if (g_incompatible.exchange(EPROTO)) return;
+  int saved = errno;
+  std::string_view a = "dipc: the node's dipcd cannot be used by this program: ", b = why,
+                   c = "; calls on distributed keys fail with EPROTO\n";
+  for (std::string_view m : {a, b, c})
+    if (write(STDERR_FILENO, m.data(), m.size()) < 0) break;
+  errno = saved;
+}
+
 // Maps the daemon's control page unless this very memfd is already mapped. An older mapping (a previous daemon's)
 // stays mapped: other threads may still be reading it.
 bool map_control(int memfd) {
@@ -170,10 +182,15 @@ bool map_control(int memfd) {
   void* p = mmap(nullptr, sizeof(ipc::ControlPage), PROT_READ, MAP_SHARED, memfd, 0);
   if (p == MAP_FAILED) return false;
   auto* page = static_cast<const ipc::ControlPage*>(p);
-  if (page->magic != ipc::kControlMagic || page->version != 1) {
+  ipc::ControlCheck check = page->check();
+  if (check != ipc::ControlCheck::kOk) {
     munmap(p, sizeof(ipc::ControlPage));
+    incompatible(check == ipc::ControlCheck::kOtherByteOrder ? "its control page is in the other byte order"
+                 : check == ipc::ControlCheck::kOtherVersion ? "its control page is of another version"
+                                                              : "its control page has a bad magic number");
     return false;
   }
+  g_incompatible.store(0);
   g_control_ino.store(ino);
   g_control.store(page, std::memory_order_release);
   return true;
@@ -221,8 +238,12 @@ bool open_conn(Conn& c) {
   Read r = read_frame(c, f, deadline, false, &memfd, deadline);  // answered at once: poll, never sleep
   ipc::HelloResp hr;
   bool ok = r == Read::kFrame && f.header.kind == FrameKind::kResponse && f.header.op == ipc::kHello &&
-            f.header.id == id && f.header.status == 0 && ipc::decode_body(f.payload, hr) &&
-            hr.version == ipc::kProtocolVersion && memfd >= 0 && map_control(memfd);
+            f.header.id == id && f.header.status == 0 && ipc::decode_body(f.payload, hr);
+  if (ok && hr.version != ipc::kProtocolVersion) {
+    incompatible("it speaks another protocol version");
+    ok = false;
+  }
+  ok = ok && memfd >= 0 && map_control(memfd);
   if (memfd >= 0) close(memfd);
   return ok;
 }
@@ -301,6 +322,8 @@ int64_t now_ns() {
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return static_cast<int64_t>(ts.tv_sec) * kSecond + ts.tv_nsec;
 }
+
+int daemon_incompatible() { return g_incompatible.load(std::memory_order_relaxed); }
 
 const ipc::ControlPage* control() {
   const ipc::ControlPage* p = g_control.load(std::memory_order_acquire);

@@ -161,7 +161,13 @@ bool decodes(ByteView b, T& v) {
 
 std::optional<int> dipc_get(uint16_t op, key_t key, int nsems, int flg, uint64_t size = 0) {
   const ipc::ControlPage* cp = dipc::preload::control();
-  if (!cp || !cp->distributes(key, flg, IPC_DIPC)) return std::nullopt;
+  if (!cp) {
+    // A daemon this program cannot use (another byte order or version) is an error, never a reason to create or
+    // find the key in the local kernel instead.
+    if (int e = dipc::preload::daemon_incompatible()) return fail(e);
+    return std::nullopt;
+  }
+  if (!cp->distributes(key, flg, IPC_DIPC)) return std::nullopt;
   ipc::IdResp id;
   auto r = daemon_call(op, ipc::encode_body(ipc::GetReq{key, nsems, flg, size}), {},
                        [&](ByteView b) { return decodes(b, id) && ipc::is_dipc_id(id.id); });

@@ -160,6 +160,19 @@ int make_uffd() {
   }
 }
 
+// Says once per process why shmat fails when this process cannot have a working userfaultfd: without one dipcd
+// cannot resolve the segment's faults, so the attach fails rather than handing out memory nobody keeps coherent.
+std::atomic<bool> g_told_no_uffd{false};
+void tell_no_uffd(const char* step, int e) {
+  if (g_told_no_uffd.exchange(true)) return;
+  std::string msg = std::string("dipc: shmat of a distributed shared memory segment fails: ") + step + ": " +
+                    strerrorname_np(e) + " (" + strerror(e) +
+                    "); dipc resolves its page faults through userfaultfd with missing and write-protect faults "
+                    "(Linux >= 5.7), which this process cannot use (an older kernel, qemu-user, or a seccomp "
+                    "filter that refuses the userfaultfd system call)\n";
+  warn(msg);
+}
+
 // Faults on a missing page go to dipcd; so do writes to a write-protected page, unless the attach is read-only.
 bool register_range(int uffd, uintptr_t addr, size_t len, int flg) {
   uffdio_register r{};
@@ -505,9 +518,17 @@ std::optional<void*> attach(int id, const void* addr, int flg) {
 
   // From here on dipcd resolves the mapping's faults: nothing touches it before dipcd has the userfaultfd.
   int uffd = make_uffd();
-  if (uffd < 0) return failed(errno);
+  if (uffd < 0) {
+    int err = errno;
+    tell_no_uffd("userfaultfd", err);
+    return failed(err);
+  }
   undo.fd = uffd;
-  if (!register_range(uffd, reinterpret_cast<uintptr_t>(p), len, flg)) return failed(errno);
+  if (!register_range(uffd, reinterpret_cast<uintptr_t>(p), len, flg)) {
+    int err = errno;
+    tell_no_uffd("UFFDIO_REGISTER", err);
+    return failed(err);
+  }
   Answer done;
   auto pa = reinterpret_cast<uintptr_t>(p);
   e = roundtrip(*c, ipc::kShmAttached, attach_body(id, pa, len, flg), uffd, done);

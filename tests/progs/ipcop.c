@@ -33,6 +33,12 @@
 
 #include <dipc/dipc.h>
 
+union semun { /* semctl(2): the caller defines it */
+  int val;
+  struct semid_ds *buf;
+  unsigned short *array;
+};
+
 static int last_id = -1;
 
 static long num(const char *s) {
@@ -160,7 +166,8 @@ int main(int argc, char **argv) {
         report(name, semop((int)num(a[1]), sops, k));
       }
     } else if (!strcmp(name, "setval")) {
-      report(name, semctl((int)num(a[1]), (int)num(a[2]), SETVAL, (int)num(a[3])));
+      union semun arg = {.val = (int)num(a[3])}; /* semctl(2): a union, not a plain int (64-bit big-endian) */
+      report(name, semctl((int)num(a[1]), (int)num(a[2]), SETVAL, arg));
     } else if (!strcmp(name, "getval")) {
       report(name, semctl((int)num(a[1]), (int)num(a[2]), GETVAL));
     } else if (!strcmp(name, "getncnt")) {
