@@ -32,41 +32,56 @@ timespec to_timespec(int64_t us) {
 bool EventLoop::has_epoll_pwait2() { return !g_no_pwait2.load(std::memory_order_relaxed); }
 void EventLoop::force_epoll_wait_fallback() { g_no_pwait2.store(true, std::memory_order_relaxed); }
 
-EventLoop::EventLoop() {
-  epfd_ = epoll_create1(EPOLL_CLOEXEC);
-  wakefd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (epfd_ < 0 || wakefd_ < 0) throw std::system_error(errno, std::generic_category(), "epoll/eventfd");
-  add(wakefd_, EPOLLIN, [this](uint32_t) {
+// Setup only: a loop that cannot be built is fatal to its owner, so this one throws.
+EventLoop::EventLoop() : epfd_(epoll_create1(EPOLL_CLOEXEC)), wakefd_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
+  if (!epfd_ || !wakefd_) throw std::system_error(errno, std::generic_category(), "epoll/eventfd");
+  Status s = add(wakefd_.get(), EPOLLIN, [this](uint32_t) {
     uint64_t v;
-    while (read(wakefd_, &v, sizeof v) > 0) {
+    while (read(wakefd_.get(), &v, sizeof v) > 0) {
     }
   });
+  if (!s) throw std::system_error(s.code(), std::generic_category(), "epoll_ctl add");
 }
 
-EventLoop::~EventLoop() {
-  if (timerfd_ >= 0) close(timerfd_);
-  if (wakefd_ >= 0) close(wakefd_);
-  if (epfd_ >= 0) close(epfd_);
-}
+EventLoop::~EventLoop() = default;
 
-void EventLoop::add(int fd, uint32_t events, FdCallback cb) {
+Status EventLoop::add(int fd, uint32_t events, FdCallback cb) {
   epoll_event ev{};
   ev.events = events;
   ev.data.fd = fd;
-  if (epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev) != 0)
-    throw std::system_error(errno, std::generic_category(), "epoll_ctl add");
+  if (epoll_ctl(epfd_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) return Status::err(errno);
   fds_[fd] = std::make_shared<FdCallback>(std::move(cb));
+  return Status::ok();
+}
+
+EventLoop::PollerId EventLoop::add_poller(Poller p) {
+  PollerId id = next_poller_++;
+  pollers_.emplace(id, std::move(p));
+  return id;
+}
+
+void EventLoop::remove_poller(PollerId id) { pollers_.erase(id); }
+
+int EventLoop::run_pollers() {
+  int n = 0;
+  for (PollerId id = 1; id < next_poller_; ++id) {  // by id: a poller may remove itself or another
+    auto it = pollers_.find(id);
+    if (it == pollers_.end()) continue;
+    Poller p = it->second;
+    n += p();
+  }
+  return n;
 }
 
 void EventLoop::modify(int fd, uint32_t events) {
   epoll_event ev{};
   ev.events = events;
   ev.data.fd = fd;
-  epoll_ctl(epfd_, EPOLL_CTL_MOD, fd, &ev);
+  epoll_ctl(epfd_.get(), EPOLL_CTL_MOD, fd, &ev);
 }
 
 void EventLoop::remove(int fd) {
-  epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr);
+  epoll_ctl(epfd_.get(), EPOLL_CTL_DEL, fd, nullptr);
   fds_.erase(fd);
 }
 
@@ -109,7 +124,7 @@ void EventLoop::post(Task fn) {
     posted_.push_back(std::move(fn));
   }
   uint64_t one = 1;
-  ssize_t r = write(wakefd_, &one, sizeof one);
+  ssize_t r = write(wakefd_.get(), &one, sizeof one);
   (void)r;
 }
 
@@ -117,7 +132,7 @@ void EventLoop::defer(Task fn) {
   deferred_.push_back(std::move(fn));
   if (!in_iteration_ && deferred_.size() == 1) {
     uint64_t one = 1;
-    ssize_t r = write(wakefd_, &one, sizeof one);
+    ssize_t r = write(wakefd_.get(), &one, sizeof one);
     (void)r;
   }
 }
@@ -125,7 +140,7 @@ void EventLoop::defer(Task fn) {
 void EventLoop::stop() {
   stop_ = true;
   uint64_t one = 1;
-  ssize_t r = write(wakefd_, &one, sizeof one);
+  ssize_t r = write(wakefd_.get(), &one, sizeof one);
   (void)r;
 }
 
@@ -134,7 +149,7 @@ void EventLoop::stop() {
 int EventLoop::wait(epoll_event* evs, int max, int64_t timeout_us) {
   if (!g_no_pwait2.load(std::memory_order_relaxed)) {
     timespec ts = to_timespec(timeout_us);
-    int n = epoll_pwait2(epfd_, evs, max, timeout_us < 0 ? nullptr : &ts, nullptr);
+    int n = epoll_pwait2(epfd_.get(), evs, max, timeout_us < 0 ? nullptr : &ts, nullptr);
     if (n >= 0) return n;
     if (errno != ENOSYS) return 0;  // EINTR: the caller's loop comes back
     if (!g_no_pwait2.exchange(true))
@@ -149,26 +164,27 @@ int EventLoop::wait_fallback(epoll_event* evs, int max, int64_t timeout_us) {
   int ms = -1;
   bool need_timer = timeout_us > 0 && timeout_us % 1000 != 0;
   if (timeout_us >= 0 && !need_timer) ms = static_cast<int>(std::min<int64_t>(timeout_us / 1000, 1 << 30));
-  if (need_timer && timerfd_ < 0) {
-    timerfd_ = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
-    if (timerfd_ < 0) throw std::system_error(errno, std::generic_category(), "timerfd_create");
-    add(timerfd_, EPOLLIN, [this](uint32_t) {
+  if (need_timer && !timerfd_) {
+    timerfd_.reset(timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
+    if (!timerfd_) throw std::system_error(errno, std::generic_category(), "timerfd_create");
+    Status s = add(timerfd_.get(), EPOLLIN, [this](uint32_t) {
       uint64_t expirations;
-      while (read(timerfd_, &expirations, sizeof expirations) > 0) {
+      while (read(timerfd_.get(), &expirations, sizeof expirations) > 0) {
       }
     });
+    if (!s) throw std::system_error(s.code(), std::generic_category(), "epoll_ctl add timerfd");
   }
   if (need_timer) {
     itimerspec its{};
     its.it_value = to_timespec(timeout_us);
-    timerfd_settime(timerfd_, 0, &its, nullptr);
+    timerfd_settime(timerfd_.get(), 0, &its, nullptr);
     timerfd_armed_ = true;
   } else if (timerfd_armed_) {
     itimerspec off{};
-    timerfd_settime(timerfd_, 0, &off, nullptr);
+    timerfd_settime(timerfd_.get(), 0, &off, nullptr);
     timerfd_armed_ = false;
   }
-  int n = epoll_wait(epfd_, evs, max, ms);
+  int n = epoll_wait(epfd_.get(), evs, max, ms);
   return n < 0 ? 0 : n;
 }
 
@@ -189,15 +205,20 @@ void EventLoop::run_once(int timeout_ms) {
   int n = 0;
   int64_t poll_end = std::max(busy_poll_us_ > 0 ? now + busy_poll_us_ : 0, poll_until_us_);
   if (timeout_us >= 0) poll_end = std::min(poll_end, now + timeout_us);
+  bool polled = false;  // a poller handled completions: no sleeping this iteration
   if (poll_end > now && timeout_us != 0) {
     do {
-      n = epoll_wait(epfd_, evs, 64, 0);
+      n = epoll_wait(epfd_.get(), evs, 64, 0);
       if (n != 0) break;
+      if (!pollers_.empty() && run_pollers() > 0) {
+        polled = true;
+        break;
+      }
       sched_yield();  // poll politely: whoever must run to produce the answer may need this CPU
     } while (now_us() < poll_end);
   }
   if (poll_until_us_ && now_us() >= poll_until_us_) poll_until_us_ = 0;
-  if (n == 0) n = wait(evs, 64, timeout_us);
+  if (n == 0 && !polled) n = wait(evs, 64, timeout_us);
   in_iteration_ = true;
   for (int i = 0; i < n; ++i) {
     auto it = fds_.find(evs[i].data.fd);

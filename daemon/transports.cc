@@ -8,8 +8,8 @@
 
 namespace dipc::daemon {
 
-Result<std::unique_ptr<transport::Transport>> make_transport(const Config& cfg, EventLoop& loop,
-                                                             const ClusterKey& key, std::string* error) {
+Result<std::unique_ptr<transport::Transport>> make_transport(const Config& cfg, EventLoop& loop, const ClusterKey& key,
+                                                             std::string* error) {
   // The verbs provider arrives with the RDMA issue; until then "auto" means tcp.
   if (cfg.transport == "verbs") {
     if (error) *error = "no usable RDMA device (the verbs transport is not built in)";

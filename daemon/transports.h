@@ -20,8 +20,8 @@ namespace dipc::daemon {
 // Builds the transport the configuration asks for ("tcp", "verbs", or "auto": verbs when a device is usable, else
 // tcp); each provider reads its own [transport.<name>] section. Errors: ENODEV when "verbs" is asked for and no
 // RDMA device is usable; EINVAL with `error` naming the setting for a bad [transport.<name>] value.
-Result<std::unique_ptr<transport::Transport>> make_transport(const Config& cfg, EventLoop& loop,
-                                                             const ClusterKey& key, std::string* error);
+Result<std::unique_ptr<transport::Transport>> make_transport(const Config& cfg, EventLoop& loop, const ClusterKey& key,
+                                                             std::string* error);
 
 // The smallest RLIMIT_MEMLOCK a pinning provider starts with: the frames of a few segments' chunks.
 inline constexpr uint64_t kMinMemlockBytes = uint64_t{64} << 20;

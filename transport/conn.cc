@@ -49,8 +49,7 @@ Handshake::Result Handshake::on_message(uint16_t op, ByteView body, std::vector<
       get(d, theirs_);
       if (!d.done()) return fail("malformed client hello");
       if (node == self_ || !known_ || !known_(node)) return fail(fmt::format("hello from unknown node {}", node));
-      if (!dials(node, self_))
-        return fail(fmt::format("node {} dials us but we dial it (lower id dials)", node));
+      if (!dials(node, self_)) return fail(fmt::format("node {} dials us but we dial it (lower id dials)", node));
       peer_ = node;
       mine_ = key_.random_nonce();
       Encoder e;

@@ -80,7 +80,7 @@ class RemoteKey {
     if (k.size_) std::memcpy(k.bytes_.data(), bytes.data(), k.size_);
     return k;
   }
-  NodeId node() const { return node_; }      // the owner; 0: no key
+  NodeId node() const { return node_; }        // the owner; 0: no key
   uint64_t length() const { return length_; }  // bytes addressable from offset 0
   ByteView packed() const { return ByteView(bytes_.data(), size_); }
   bool valid() const { return node_ != 0; }
@@ -120,8 +120,8 @@ struct MemRegion {
   uint32_t id = 0;          // provider-local handle; 0: none
   uint8_t* base = nullptr;  // byte 0 of the region in this process
   uint64_t length = 0;
-  uint64_t local_key = 0;   // provider data (verbs: lkey), opaque above transport/
-  RemoteKey remote;         // what a peer needs to access the region: send it in a protocol message
+  uint64_t local_key = 0;  // provider data (verbs: lkey), opaque above transport/
+  RemoteKey remote;        // what a peer needs to access the region: send it in a protocol message
 };
 
 // Identifies a received request so the handler can answer it later (possibly much later: a blocked semop).
@@ -208,8 +208,8 @@ class Transport {
   [[nodiscard]] virtual Status fence(NodeId peer) = 0;
   // See ATOMICS. EINVAL for a misaligned or out-of-bounds word.
   [[nodiscard]] virtual Status fetch_add(const RemoteKey& dst, uint64_t offset, uint64_t add, AtomicCb cb) = 0;
-  [[nodiscard]] virtual Status compare_swap(const RemoteKey& dst, uint64_t offset, uint64_t expected,
-                                            uint64_t desired, AtomicCb cb) = 0;
+  [[nodiscard]] virtual Status compare_swap(const RemoteKey& dst, uint64_t offset, uint64_t expected, uint64_t desired,
+                                            AtomicCb cb) = 0;
 };
 
 // Handler registration and dispatch shared by the providers (set_handler / upcalls).

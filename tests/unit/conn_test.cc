@@ -22,7 +22,8 @@ struct Pair {
   Handshake d, a;
   Handshake::Result dr = Handshake::Result::kContinue, ar = Handshake::Result::kContinue;
   Pair(const ClusterKey& kd, const ClusterKey& ka, NodeId dialer, NodeId acceptor)
-      : d(kd, dialer, Handshake::Role::kDialer, acceptor, known), a(ka, acceptor, Handshake::Role::kAcceptor, 0, known) {}
+      : d(kd, dialer, Handshake::Role::kDialer, acceptor, known),
+        a(ka, acceptor, Handshake::Role::kAcceptor, 0, known) {}
   void run(const std::function<void(HelloMsg&)>& tamper = {}) {
     std::vector<HelloMsg> to_a{d.start()}, to_d;
     for (int i = 0; i < 4 && (!to_a.empty() || !to_d.empty()); ++i) {

@@ -128,9 +128,15 @@ TEST_F(DsmOverLoopback, APinningProviderGetsTheFramesRegisteredChunkByChunkAsThe
   const uint64_t size = 8 * kPinChunk;
   build(o, size);
   EXPECT_EQ(n(2).dsm->stats().registered_bytes, 0u);  // nothing pinned at shmget/shmat
-  ASSERT_TRUE(access([&] { n(1).view[0] = 1; n(1).view[5 * kPinChunk + 3] = 2; }));
+  ASSERT_TRUE(access([&] {
+    n(1).view[0] = 1;
+    n(1).view[5 * kPinChunk + 3] = 2;
+  }));
   uint8_t a = 0, b = 0;
-  ASSERT_TRUE(access([&] { a = n(2).view[0]; b = n(2).view[5 * kPinChunk + 3]; }));
+  ASSERT_TRUE(access([&] {
+    a = n(2).view[0];
+    b = n(2).view[5 * kPinChunk + 3];
+  }));
   EXPECT_EQ(a, 1);
   EXPECT_EQ(b, 2);
   EXPECT_EQ(n(2).dsm->stats().registered_bytes, 2 * kPinChunk);

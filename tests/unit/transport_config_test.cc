@@ -25,9 +25,10 @@ TEST(ConfigRanges, ABlockSizeTheFieldCannotHoldIsAnErrorNotZero) {
 
 TEST(ConfigRanges, TcpOptionsAreSetFromTheTransportTcpTable) {
   std::string err;
-  auto c = parse_config("[transport.tcp]\nconnect_timeout_ms = 1234\nmax_queued_bytes = 16777216\n"
-                        "dead_peer_s = 0\n",
-                        &err);
+  auto c = parse_config(
+      "[transport.tcp]\nconnect_timeout_ms = 1234\nmax_queued_bytes = 16777216\n"
+      "dead_peer_s = 0\n",
+      &err);
   ASSERT_TRUE(c) << err;
   transport::TcpOptions o;
   ASSERT_TRUE(transport::parse_tcp_options(*c, o, &err)) << err;

@@ -208,16 +208,25 @@ TEST_P(TransportConformance, OneSidedReadWriteOnARegisteredRegion) {
   ASSERT_TRUE(l);
   for (size_t i = 0; i < local.size(); ++i) local[i] = i * 3;
   int done = 0;
-  ASSERT_TRUE(a().tr->write(*l, 0, r->remote, 0, 8192, [&](Status st) { EXPECT_TRUE(st); ++done; }));
+  ASSERT_TRUE(a().tr->write(*l, 0, r->remote, 0, 8192, [&](Status st) {
+    EXPECT_TRUE(st);
+    ++done;
+  }));
   ASSERT_TRUE(pump([&] { return done == 1; }));
   EXPECT_EQ(remote[1023], 1023u * 3);
   remote[10] = 777;
-  ASSERT_TRUE(a().tr->read(r->remote, 80, *l, 8, 8, [&](Status st) { EXPECT_TRUE(st); ++done; }));
+  ASSERT_TRUE(a().tr->read(r->remote, 80, *l, 8, 8, [&](Status st) {
+    EXPECT_TRUE(st);
+    ++done;
+  }));
   ASSERT_TRUE(pump([&] { return done == 2; }));
   EXPECT_EQ(local[1], 777u);
   // Out of bounds, remotely or locally: EINVAL, nothing touched.
   int err = 0;
-  Status s = a().tr->read(r->remote, 8192 - 4, *l, 0, 8, [&](Status st) { err = st.code(); ++done; });
+  Status s = a().tr->read(r->remote, 8192 - 4, *l, 0, 8, [&](Status st) {
+    err = st.code();
+    ++done;
+  });
   if (s) {
     ASSERT_TRUE(pump([&] { return done == 3; }));
   } else {
@@ -244,19 +253,34 @@ TEST_P(TransportConformance, AtomicsActOnTheTargetsWord) {
   remote[10] = 777;
   int done = 0;
   uint64_t old = 0;
-  ASSERT_TRUE(a().tr->fetch_add(r->remote, 80, 5, [&](Status st, uint64_t v) { EXPECT_TRUE(st); old = v; ++done; }));
+  ASSERT_TRUE(a().tr->fetch_add(r->remote, 80, 5, [&](Status st, uint64_t v) {
+    EXPECT_TRUE(st);
+    old = v;
+    ++done;
+  }));
   ASSERT_TRUE(pump([&] { return done == 1; }));
   EXPECT_EQ(old, 777u);
   EXPECT_EQ(remote[10], 782u);
   ASSERT_TRUE(a().tr->fence(2));  // the second compare-swap must see the first one's result
-  ASSERT_TRUE(a().tr->compare_swap(r->remote, 80, 782, 1, [&](Status st, uint64_t v) { EXPECT_TRUE(st); old = v; ++done; }));
+  ASSERT_TRUE(a().tr->compare_swap(r->remote, 80, 782, 1, [&](Status st, uint64_t v) {
+    EXPECT_TRUE(st);
+    old = v;
+    ++done;
+  }));
   ASSERT_TRUE(a().tr->fence(2));
-  ASSERT_TRUE(a().tr->compare_swap(r->remote, 80, 782, 2, [&](Status st, uint64_t v) { EXPECT_TRUE(st); old = v; ++done; }));
+  ASSERT_TRUE(a().tr->compare_swap(r->remote, 80, 782, 2, [&](Status st, uint64_t v) {
+    EXPECT_TRUE(st);
+    old = v;
+    ++done;
+  }));
   ASSERT_TRUE(pump([&] { return done == 3; }));
   EXPECT_EQ(remote[10], 1u);  // the second compare-swap saw 1, not 782
   EXPECT_EQ(old, 1u);
   int err = 0;
-  Status s = a().tr->fetch_add(r->remote, 4, 1, [&](Status st, uint64_t) { err = st.code(); ++done; });  // misaligned
+  Status s = a().tr->fetch_add(r->remote, 4, 1, [&](Status st, uint64_t) {
+    err = st.code();
+    ++done;
+  });  // misaligned
   if (s) {
     ASSERT_TRUE(pump([&] { return done == 4; }));
   }
@@ -272,10 +296,16 @@ TEST_P(TransportConformance, TransfersLargerThanOneChunkCompleteOnceWithAllTheir
   auto rd = b().tr->register_region(dst.data(), n);
   ASSERT_TRUE(rs && rb && rd);
   int writes = 0, reads = 0;
-  ASSERT_TRUE(a().tr->write(*rs, 0, rd->remote, 0, n, [&](Status st) { EXPECT_TRUE(st); ++writes; }));
+  ASSERT_TRUE(a().tr->write(*rs, 0, rd->remote, 0, n, [&](Status st) {
+    EXPECT_TRUE(st);
+    ++writes;
+  }));
   ASSERT_TRUE(pump([&] { return writes == 1; }));
   EXPECT_TRUE(dst == src);
-  ASSERT_TRUE(a().tr->read(rd->remote, 0, *rb, 0, n, [&](Status st) { EXPECT_TRUE(st); ++reads; }));
+  ASSERT_TRUE(a().tr->read(rd->remote, 0, *rb, 0, n, [&](Status st) {
+    EXPECT_TRUE(st);
+    ++reads;
+  }));
   ASSERT_TRUE(pump([&] { return reads == 1; }));
   EXPECT_TRUE(back == src);
   for (int i = 0; i < 50; ++i) env_->run_once();
@@ -312,9 +342,15 @@ TEST_P(TransportConformance, AFenceOrdersOneSidedOperationsEvenWhenTheFabricReor
     int done = 0;
     bool seen = false;
     b().on_msg = [&](uint16_t, ByteView) { seen = cell[0] == 2; };
-    ASSERT_TRUE(a().tr->write(*l1, 0, r->remote, 0, 8, [&](Status st) { EXPECT_TRUE(st); ++done; }));
+    ASSERT_TRUE(a().tr->write(*l1, 0, r->remote, 0, 8, [&](Status st) {
+      EXPECT_TRUE(st);
+      ++done;
+    }));
     ASSERT_TRUE(a().tr->fence(2));
-    ASSERT_TRUE(a().tr->write(*l2, 0, r->remote, 0, 8, [&](Status st) { EXPECT_TRUE(st); ++done; }));
+    ASSERT_TRUE(a().tr->write(*l2, 0, r->remote, 0, 8, [&](Status st) {
+      EXPECT_TRUE(st);
+      ++done;
+    }));
     ASSERT_TRUE(a().tr->fence(2));
     ASSERT_TRUE(a().tr->send(2, kOpMsg, Bytes{}));
     ASSERT_TRUE(pump([&] { return done == 2 && !b().messages.empty(); }));
@@ -461,7 +497,10 @@ TEST_P(TransportConformance, ARestartedPeerIsReachableAgainAndItsOldKeysAreNot) 
   auto fresh = b().tr->register_region(mem.data(), mem.size());  // likely the same region id as before
   ASSERT_TRUE(fresh);
   int got = 0;
-  ASSERT_TRUE(a().tr->request(2, kOpEcho, Bytes{9}, [&](Status st, ByteView) { EXPECT_TRUE(st); ++got; }));
+  ASSERT_TRUE(a().tr->request(2, kOpEcho, Bytes{9}, [&](Status st, ByteView) {
+    EXPECT_TRUE(st);
+    ++got;
+  }));
   std::vector<uint8_t> buf(8);
   auto l = a().tr->register_region(buf.data(), buf.size());
   ASSERT_TRUE(l);

@@ -166,23 +166,29 @@ class LoopbackTransport final : public Transport {
               RmaCb cb) override {
     if (!local_ok(dst, dst_off, len)) return Status::err(EINVAL);
     uint8_t* to = dst.base + dst_off;
-    return rma(src, dst.id, false, [src, src_off, to, len](LoopbackTransport& t) {
-      uint8_t* at = t.target(src, src_off, len);
-      if (!at) return EINVAL;
-      if (len) std::memcpy(to, at, len);
-      return 0;
-    }, std::move(cb));
+    return rma(
+        src, dst.id, false,
+        [src, src_off, to, len](LoopbackTransport& t) {
+          uint8_t* at = t.target(src, src_off, len);
+          if (!at) return EINVAL;
+          if (len) std::memcpy(to, at, len);
+          return 0;
+        },
+        std::move(cb));
   }
   Status write(const MemRegion& src, uint64_t src_off, const RemoteKey& dst, uint64_t dst_off, size_t len,
                RmaCb cb) override {
     if (!local_ok(src, src_off, len)) return Status::err(EINVAL);
     const uint8_t* from = src.base + src_off;
-    return rma(dst, src.id, false, [dst, dst_off, from, len](LoopbackTransport& t) {
-      uint8_t* at = t.target(dst, dst_off, len);
-      if (!at) return EINVAL;
-      if (len) std::memcpy(at, from, len);
-      return 0;
-    }, std::move(cb));
+    return rma(
+        dst, src.id, false,
+        [dst, dst_off, from, len](LoopbackTransport& t) {
+          uint8_t* at = t.target(dst, dst_off, len);
+          if (!at) return EINVAL;
+          if (len) std::memcpy(at, from, len);
+          return 0;
+        },
+        std::move(cb));
   }
   Status write_notify(const MemRegion& src, uint64_t src_off, const RemoteKey& dst, uint64_t dst_off, size_t len,
                       uint16_t op, Bytes msg, RmaCb cb) override {
@@ -190,13 +196,16 @@ class LoopbackTransport final : public Transport {
     if (msg.size() > f_.opt_.max_message) return Status::err(EMSGSIZE);
     const uint8_t* from = src.base + src_off;
     NodeId self = self_;
-    return rma(dst, src.id, true, [dst, dst_off, from, len, op, self, msg = std::move(msg)](LoopbackTransport& t) {
-      uint8_t* at = t.target(dst, dst_off, len);
-      if (!at) return EINVAL;
-      if (len) std::memcpy(at, from, len);
-      t.on_message(self, op, msg);  // the data is in place before the message is delivered
-      return 0;
-    }, std::move(cb));
+    return rma(
+        dst, src.id, true,
+        [dst, dst_off, from, len, op, self, msg = std::move(msg)](LoopbackTransport& t) {
+          uint8_t* at = t.target(dst, dst_off, len);
+          if (!at) return EINVAL;
+          if (len) std::memcpy(at, from, len);
+          t.on_message(self, op, msg);  // the data is in place before the message is delivered
+          return 0;
+        },
+        std::move(cb));
   }
   Status fence(NodeId peer) override {
     Peer* p = nullptr;
@@ -208,16 +217,19 @@ class LoopbackTransport final : public Transport {
     return Status::ok();
   }
   Status fetch_add(const RemoteKey& dst, uint64_t offset, uint64_t add, AtomicCb cb) override {
-    return atomic(dst, offset, [add](uint64_t* w) { return __atomic_fetch_add(w, add, __ATOMIC_SEQ_CST); },
-                  std::move(cb));
+    return atomic(
+        dst, offset, [add](uint64_t* w) { return __atomic_fetch_add(w, add, __ATOMIC_SEQ_CST); }, std::move(cb));
   }
   Status compare_swap(const RemoteKey& dst, uint64_t offset, uint64_t expected, uint64_t desired,
                       AtomicCb cb) override {
-    return atomic(dst, offset, [expected, desired](uint64_t* w) {
-      uint64_t old = expected;
-      __atomic_compare_exchange_n(w, &old, desired, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
-      return old;
-    }, std::move(cb));
+    return atomic(
+        dst, offset,
+        [expected, desired](uint64_t* w) {
+          uint64_t old = expected;
+          __atomic_compare_exchange_n(w, &old, desired, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+          return old;
+        },
+        std::move(cb));
   }
 
   // ---- fabric side ----
@@ -259,8 +271,8 @@ class LoopbackTransport final : public Transport {
     NodeId id = 0;
     bool up = false;
     std::deque<Op> q;
-    std::map<uint64_t, ReplyCb> requests;              // by request id
-    std::unordered_map<uint64_t, uint64_t> open;       // our reply tokens -> the peer's request id
+    std::map<uint64_t, ReplyCb> requests;         // by request id
+    std::unordered_map<uint64_t, uint64_t> open;  // our reply tokens -> the peer's request id
     std::deque<PendingFn> waiting;
     bool retrying = false, retry_deferred = false, pump_deferred = false;
     EventLoop::TimerId pump_timer = 0, connect_timer = 0;
@@ -324,14 +336,17 @@ class LoopbackTransport final : public Transport {
     if (!f_.opt_.atomics) return Status::err(ENOTSUP);
     auto old = std::make_shared<uint64_t>(0);
     auto shared = std::make_shared<AtomicCb>(std::move(cb));
-    return rma(key, 0, false, [key, offset, f, old](LoopbackTransport& t) {
-      uint8_t* at = t.target(key, offset, 8);
-      if (!at || reinterpret_cast<uintptr_t>(at) % alignof(uint64_t)) return EINVAL;
-      *old = f(reinterpret_cast<uint64_t*>(at));
-      return 0;
-    }, [shared, old](Status st) {
-      if (*shared) (*shared)(st, st ? *old : 0);
-    });
+    return rma(
+        key, 0, false,
+        [key, offset, f, old](LoopbackTransport& t) {
+          uint8_t* at = t.target(key, offset, 8);
+          if (!at || reinterpret_cast<uintptr_t>(at) % alignof(uint64_t)) return EINVAL;
+          *old = f(reinterpret_cast<uint64_t*>(at));
+          return 0;
+        },
+        [shared, old](Status st) {
+          if (*shared) (*shared)(st, st ? *old : 0);
+        });
   }
 
   void enqueue(Peer& p, Op o) {

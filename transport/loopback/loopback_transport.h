@@ -25,7 +25,7 @@ class EventLoop;
 namespace dipc::transport {
 
 struct LoopbackOptions {
-  bool pins_memory = false;            // Capabilities::pins_memory, so dsm's chunked registration can be tested
+  bool pins_memory = false;  // Capabilities::pins_memory, so dsm's chunked registration can be tested
   bool atomics = true;
   size_t max_message = 4u << 20;
   size_t max_outstanding = 1024;       // per peer: operations queued on a link; beyond it, kNoResources
@@ -75,8 +75,8 @@ class LoopbackFabric {
   std::vector<NodeId> nodes_;
   LoopbackOptions opt_;
   std::map<NodeId, LoopbackTransport*> started_;
-  std::map<std::pair<NodeId, NodeId>, bool> cut_;      // (lower, higher) -> cut
-  std::map<std::pair<NodeId, NodeId>, bool> paused_;   // (from, to) -> paused
+  std::map<std::pair<NodeId, NodeId>, bool> cut_;     // (lower, higher) -> cut
+  std::map<std::pair<NodeId, NodeId>, bool> paused_;  // (from, to) -> paused
   int64_t delay_us_ = 0;
   bool reorder_ = false;
   int fail_regs_ = 0;
