@@ -3,6 +3,8 @@
 
 #include <sys/shm.h>
 
+#include <time.h>
+
 #include <cstdio>
 #include <string>
 #include <fstream>
@@ -105,7 +107,17 @@ LimitFiles::~LimitFiles() {
     if (fd >= 0) close(fd);
 }
 
-void LimitFiles::refresh(Limits& l, unsigned which) const {
+void LimitFiles::refresh(Limits& l, unsigned which, int64_t max_age_ns) {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  int64_t now = int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+  for (unsigned bit = 0; bit < 5; ++bit) {
+    if (!(which & (1u << bit))) continue;
+    if (max_age_ns > 0 && read_at_[bit] && now - read_at_[bit] < max_age_ns)
+      which &= ~(1u << bit);
+    else
+      read_at_[bit] = now;
+  }
   if (which & kSem) {
     char buf[128];
     int msl, mns, opm, mni;

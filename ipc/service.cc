@@ -594,7 +594,7 @@ void Service::home_semop(const HomeHeader& h, ByteView body, ReplyFn& reply) {
   SemOpReq r;
   if (!decode_body(body, r)) return reply(EINVAL, {});
   if (r.sops.empty()) return reply(EINVAL, {});
-  if (static_cast<int>(r.sops.size()) > limits(LimitFiles::kSem).semopm) return reply(E2BIG, {});
+  if (static_cast<int>(r.sops.size()) > limits(LimitFiles::kSem, true).semopm) return reply(E2BIG, {});
   SemSet* s = find_sem(r.id);
   if (!s) return reply(EINVAL, unknown_id());
   Outcome o = s->semop(h.token, r.sops, ProcKey{h.creds.node, h.creds.pid}, h.creds, now_s());
@@ -661,7 +661,7 @@ void Service::home_semctl(const HomeHeader& h, ByteView body, ReplyFn& reply) {
 void Service::home_msgsnd(const HomeHeader& h, ByteView body, ReplyFn& reply) {
   MsgSndReq r;
   if (!decode_body(body, r)) return reply(EINVAL, {});
-  if (static_cast<int64_t>(r.text.size()) > limits(LimitFiles::kMsgMax).msgmax) return reply(EINVAL, {});
+  if (static_cast<int64_t>(r.text.size()) > limits(LimitFiles::kMsgMax, true).msgmax) return reply(EINVAL, {});
   if (r.mtype < 1) return reply(EINVAL, {});
   MsgQueue* q = find_msg(r.id);
   if (!q) return reply(EINVAL, unknown_id());
@@ -683,7 +683,7 @@ void Service::home_msgrcv(const HomeHeader& h, ByteView body, ReplyFn& reply) {
   if ((r.flg & MSG_COPY) && ((r.flg & MSG_EXCEPT) || !(r.flg & IPC_NOWAIT))) return reply(EINVAL, {});
   MsgQueue* q = find_msg(r.id);
   if (!q) return reply(EINVAL, unknown_id());
-  if (r.flg & MSG_COPY) q->set_limits(limits(LimitFiles::kMsgMax));
+  if (r.flg & MSG_COPY) q->set_limits(limits(LimitFiles::kMsgMax, true));
   Message m;
   Outcome o = q->recv(h.token, r.msgtyp, r.maxsize, r.flg, ProcKey{h.creds.node, h.creds.pid}, h.creds, now_s(), m);
   if (o.kind == Outcome::kBlocked) {

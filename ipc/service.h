@@ -144,9 +144,10 @@ class Service : public transport::Handler {
   MsgQueue* find_msg(int32_t id);
   ShmSeg* find_shm(int32_t id);
 
-  // The limits named by `which` (LimitFiles::Which), read now from the home's /proc/sys/kernel.
-  const Limits& limits(unsigned which) {
-    lim_files_.refresh(lim_, which);
+  // The limits named by `which` (LimitFiles::Which), read now from the home's /proc/sys/kernel (per_op: the ones a
+  // semop or msgsnd checks, at most LimitFiles::kPerOpMaxAgeNs old).
+  const Limits& limits(unsigned which, bool per_op = false) {
+    lim_files_.refresh(lim_, which, per_op ? LimitFiles::kPerOpMaxAgeNs : 0);
     return lim_;
   }
 

@@ -79,7 +79,9 @@ struct Limits {
 int hugetlb_shm_check(const Creds& c, uint64_t size, int shmflg);
 
 // The home's limits are read when they are checked, as the kernel reads its namespace's sysctls, so a limit
-// lowered at run time applies to the next call. The files stay open; a refresh is one pread per file asked for.
+// lowered at run time applies to the next create. The files stay open; a refresh is one pread per file asked for
+// (a few microseconds): the limits every semop and msgsnd checks (semopm, msgmax) are re-read at most every
+// kPerOpMaxAgeNs instead.
 class LimitFiles {
  public:
   enum Which : unsigned { kSem = 1, kMsgMax = 2, kMsgMnb = 4, kMsgMni = 8, kShm = 16, kAll = 31 };
@@ -87,12 +89,15 @@ class LimitFiles {
   ~LimitFiles();
   LimitFiles(const LimitFiles&) = delete;
   LimitFiles& operator=(const LimitFiles&) = delete;
-  // Updates the limits named by `which` in `l`; a file that cannot be read leaves its value as it is.
-  void refresh(Limits& l, unsigned which) const;
+  static constexpr int64_t kPerOpMaxAgeNs = 50'000'000;
+  // Updates the limits named by `which` in `l`, unless they were read less than max_age_ns ago; a file that cannot
+  // be read leaves its value as it is.
+  void refresh(Limits& l, unsigned which, int64_t max_age_ns = 0);
 
  private:
   enum { kFSem, kFMsgMax, kFMsgMnb, kFMsgMni, kFShmMax, kFShmAll, kFShmMni, kFiles };
   int fds_[kFiles];
+  int64_t read_at_[5] = {};  // CLOCK_MONOTONIC ns of the last read, per Which bit
 };
 
 }  // namespace dipc::ipc

@@ -89,7 +89,9 @@ ssize_t msgrcv(int id, void* p, size_t n, long t, int f) {
 int msgctl(int id, int cmd, struct msqid_ds* b) {
   return static_cast<int>(kernel_syscall(SYS_msgctl, id, cmd, reinterpret_cast<long>(b)));
 }
-int shmget(key_t k, size_t n, int f) { return static_cast<int>(kernel_syscall(SYS_shmget, k, static_cast<long>(n), f)); }
+int shmget(key_t k, size_t n, int f) {
+  return static_cast<int>(kernel_syscall(SYS_shmget, k, static_cast<long>(n), f));
+}
 void* shmat(int id, const void* a, int f) {
   return reinterpret_cast<void*>(kernel_syscall(SYS_shmat, id, reinterpret_cast<long>(a), f));
 }

@@ -108,30 +108,22 @@ void on_sigsys(int, siginfo_t* si, void* ctx) {
   auto a = [&](int n) { return static_cast<long>(DIPC_ARG(uc, n)); };
   long r;
   errno = 0;
+  auto n = [&](int k) { return static_cast<int>(a(k)); };                  // an int argument
+  auto z = [&](int k) { return static_cast<size_t>(a(k)); };               // a size
+  auto p = [&](int k) { return reinterpret_cast<void*>(a(k)); };           // a pointer
   switch (si->si_syscall) {
-    case SYS_semget: r = semget(static_cast<key_t>(a(0)), static_cast<int>(a(1)), static_cast<int>(a(2))); break;
-    case SYS_semop: r = semop(static_cast<int>(a(0)), reinterpret_cast<sembuf*>(a(1)), static_cast<size_t>(a(2))); break;
-    case SYS_semtimedop:
-      r = semtimedop(static_cast<int>(a(0)), reinterpret_cast<sembuf*>(a(1)), static_cast<size_t>(a(2)),
-                     reinterpret_cast<const timespec*>(a(3)));
-      break;
-    case SYS_semctl: r = semctl(static_cast<int>(a(0)), static_cast<int>(a(1)), static_cast<int>(a(2)), a(3)); break;
-    case SYS_msgget: r = msgget(static_cast<key_t>(a(0)), static_cast<int>(a(1))); break;
-    case SYS_msgsnd:
-      r = msgsnd(static_cast<int>(a(0)), reinterpret_cast<const void*>(a(1)), static_cast<size_t>(a(2)),
-                 static_cast<int>(a(3)));
-      break;
-    case SYS_msgrcv:
-      r = msgrcv(static_cast<int>(a(0)), reinterpret_cast<void*>(a(1)), static_cast<size_t>(a(2)), a(3),
-                 static_cast<int>(a(4)));
-      break;
-    case SYS_msgctl: r = msgctl(static_cast<int>(a(0)), static_cast<int>(a(1)), reinterpret_cast<msqid_ds*>(a(2))); break;
-    case SYS_shmget: r = shmget(static_cast<key_t>(a(0)), static_cast<size_t>(a(1)), static_cast<int>(a(2))); break;
-    case SYS_shmat:
-      r = reinterpret_cast<long>(shmat(static_cast<int>(a(0)), reinterpret_cast<const void*>(a(1)), static_cast<int>(a(2))));
-      break;
-    case SYS_shmdt: r = shmdt(reinterpret_cast<const void*>(a(0))); break;
-    case SYS_shmctl: r = shmctl(static_cast<int>(a(0)), static_cast<int>(a(1)), reinterpret_cast<shmid_ds*>(a(2))); break;
+    case SYS_semget: r = semget(n(0), n(1), n(2)); break;
+    case SYS_semop: r = semop(n(0), static_cast<sembuf*>(p(1)), z(2)); break;
+    case SYS_semtimedop: r = semtimedop(n(0), static_cast<sembuf*>(p(1)), z(2), static_cast<timespec*>(p(3))); break;
+    case SYS_semctl: r = semctl(n(0), n(1), n(2), a(3)); break;
+    case SYS_msgget: r = msgget(n(0), n(1)); break;
+    case SYS_msgsnd: r = msgsnd(n(0), p(1), z(2), n(3)); break;
+    case SYS_msgrcv: r = msgrcv(n(0), p(1), z(2), a(3), n(4)); break;
+    case SYS_msgctl: r = msgctl(n(0), n(1), static_cast<msqid_ds*>(p(2))); break;
+    case SYS_shmget: r = shmget(n(0), z(1), n(2)); break;
+    case SYS_shmat: r = reinterpret_cast<long>(shmat(n(0), p(1), n(2))); break;
+    case SYS_shmdt: r = shmdt(p(0)); break;
+    case SYS_shmctl: r = shmctl(n(0), n(1), static_cast<shmid_ds*>(p(2))); break;
     default: r = -1; errno = ENOSYS;
   }
   // shmat's error value is (void*)-1 == -1 as well.
@@ -143,7 +135,9 @@ void on_sigsys(int, siginfo_t* si, void* ctx) {
 // Installs the filter and the handler when DIPC_SECCOMP=1, before main() and before anything can fork.
 __attribute__((constructor)) void seccomp_init() {
   const char* e = getenv("DIPC_SECCOMP");
-  if (!e || strcmp(e, "1") != 0) return;
+  const char* inh = getenv("DIPC_SECCOMP_INSTALLED");
+  bool inherited = inh && strcmp(inh, "1") == 0;  // the filter came from a parent: with or without DIPC_SECCOMP
+  if (!inherited && (!e || strcmp(e, "1") != 0)) return;
 #if defined(DIPC_ARG)
   struct sigaction sa {};
   sa.sa_sigaction = on_sigsys;
@@ -151,7 +145,7 @@ __attribute__((constructor)) void seccomp_init() {
   sigemptyset(&sa.sa_mask);
   if (sigaction(SIGSYS, &sa, nullptr) != 0) return warn("dipc: DIPC_SECCOMP: cannot install the SIGSYS handler\n");
   // An inherited filter (from a parent that had the preload) already traps: the handler is all this process needs.
-  if (const char* inh = getenv("DIPC_SECCOMP_INSTALLED"); inh && strcmp(inh, "1") == 0) {
+  if (inherited) {
     g_active = true;
     return;
   }

@@ -141,7 +141,8 @@ bool carry(const seccomp_notif& q, long& val, int& err) {
       size_t n = static_cast<size_t>(a[2]);
       std::vector<sembuf> sops(n <= 32768 ? n : 0);
       if (!sops.empty() && !peek(pid, a[1], sops.data(), n * sizeof(sembuf))) return err = EFAULT, true;
-      sembuf* sp = n == 0 ? nullptr : sops.empty() ? reinterpret_cast<sembuf*>(1) : sops.data();  // n > 32768: E2BIG first
+      // n > 32768 is E2BIG before the array is read: any non-null pointer does.
+      sembuf* sp = n == 0 ? nullptr : sops.empty() ? reinterpret_cast<sembuf*>(1) : sops.data();
       if (q.data.nr == SYS_semop) {
         val = semop(i(0), sp, n);
       } else {
