@@ -8,6 +8,9 @@
 //   busy_poll_us = 0                   # poll this long before sleeping (latency for CPU; 0: off)
 //   answer_poll_us = 200               # a remote answer a program is blocked on (a forwarded call, a page):
 //                                      # poll for it up to this long, yielding the CPU, instead of sleeping
+//   sched = "other"                    # the daemon's scheduling: "other" (unchanged), "nice:N" (-20..19),
+//                                      # "fifo:P" / "rr:P" (1..99); raising needs CAP_SYS_NICE
+//   bind = "none"                      # pin the daemon with hwloc: "none", "core:N", "pu:N" (logical indexes)
 //
 //   [[node]]                           # one table per node
 //   id = 1                             # 1..255, unique
@@ -56,6 +59,8 @@ struct Config {
   std::string log_level = "info";
   uint32_t busy_poll_us = 0;
   uint32_t answer_poll_us = 200;
+  std::string sched = "other";
+  std::string bind = "none";
   Distribute distribute = Distribute::kFlag;
   std::vector<KeyRange> ranges;
   uint32_t block_size = 4096;
@@ -67,6 +72,18 @@ struct Config {
   // Does the policy make this key distributed even without IPC_DIPC?
   bool policy_distributes(int32_t key) const;
 };
+
+// [cluster] sched and bind, validated at parse time and applied by dipcd (daemon/sched.cc).
+struct SchedSpec {
+  enum Kind : uint8_t { kOther, kNice, kFifo, kRr } kind = kOther;
+  int value = 0;  // nice value or real-time priority
+};
+struct BindSpec {
+  enum Kind : uint8_t { kNone, kCore, kPu } kind = kNone;
+  unsigned index = 0;
+};
+bool parse_sched(const std::string& text, SchedSpec* out);
+bool parse_bind(const std::string& text, BindSpec* out);
 
 // Parses TOML text. On error returns EINVAL and fills `error` with a message naming the line.
 Result<Config> parse_config(const std::string& toml_text, std::string* error);
