@@ -21,6 +21,7 @@
 
 #include "common/fd_passing.h"
 #include "common/frame.h"
+#include "common/spare_cpu.h"
 #include "ipc/protocol.h"
 
 namespace dipc::preload {
@@ -126,9 +127,10 @@ Read read_frame(Conn& c, FrameParser::Frame& f, int64_t deadline, bool signals, 
     pollfd p{c.fd, POLLIN, 0};
     int timeout = deadline < 0 ? -1 : static_cast<int>(left_ms(deadline));
     int r = 0;
-    if (g_spin_ns > 0 && timeout != 0) {
+    if (g_spin_ns > 0 && timeout != 0 && spare_cpu()) {  // with every CPU busy a yield costs a time slice
       int64_t until = now_ns() + g_spin_ns;
-      while ((r = poll(&p, 1, 0)) == 0 && now_ns() < until) sched_yield();  // let the daemon have the CPU
+      for (unsigned i = 1; (r = poll(&p, 1, 0)) == 0 && now_ns() < until && (i % 16 != 0 || spare_cpu()); ++i)
+        sched_yield();  // let the daemon have the CPU
     }
     if (r == 0) r = poll(&p, 1, timeout);
     if (r < 0 && errno == EINTR) {
