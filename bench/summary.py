@@ -61,19 +61,22 @@ def print_table(doc):
           f"at end {' '.join(map(str, c['load_avg_end']))}; {c.get('spinners_per_node', 0)} busy spinner(s) per node; "
           f"daemon sched {c.get('sched', 'default')}; {c.get('rounds', '?')} round(s)")
     entries = by_name(doc["benchmarks"])
-    print(f"\n{'figure (median over rounds)':42s} {'p50':>9s} {'p99':>9s} {'p99.9':>9s}  other")
+    print(f"\n{'figure (median over rounds; us, or the unit named)':50s} {'p50':>9s} {'p99':>9s} {'p99.9':>9s}  other")
     for name, reps in entries.items():
+        if name.endswith(("_sweeps", "_checksum", "_rc", "_unavailable", "_pair_ratios")):
+            continue
         rs = list(reps.values())
         def med(k):
-            v = [r[k] for r in rs if r.get(k) is not None]
+            v = [r[k] for r in rs if isinstance(r.get(k), (int, float))]
             return median(v)
         p50, p99, p999 = med("p50_us"), med("p99_us"), med("p999_us")
-        other = []
-        for k in sorted(rs[0]):
-            if k.endswith(("_gbps", "_mibps", "_per_sweep", "items_per_second")):
-                other.append(f"{k} {med(k):.4g}")
+        other = ""
+        if name in rs[0]:
+            other = f"{med(name):.4g}"
+        elif "items_per_second" in rs[0]:
+            other = f"{med('items_per_second'):.4g} items/s"
         f = lambda v: f"{v:9.1f}" if v is not None else f"{'':9s}"
-        print(f"{name:42s} {f(p50)} {f(p99)} {f(p999)}  {', '.join(other)}")
+        print(f"{name:50s} {f(p50)} {f(p99)} {f(p999)}  {other}")
     print(f"\n{'pair (dipc / baseline, same round)':52s} {'median':>7s} {'min':>7s} {'max':>7s}  target")
     for p in doc["pairs"]:
         if p["median"] is None:
@@ -134,9 +137,10 @@ def ipc(args):
 LAT_FIELDS = {"p50_us", "p99_us", "p999_us", "mean_us", "cdf_us"}
 
 
-def shm(args):
+def parse_rounds(path):
+    """'@ROUND key value' lines -> (round -> key -> value, benchmarks in the common shape)"""
     rounds = defaultdict(dict)  # round -> key -> value
-    for line in open(args.log):
+    for line in open(path):
         if not line.startswith("@"):
             continue
         parts = line[1:].split()
@@ -162,20 +166,39 @@ def shm(args):
             b = {"name": name, "repetition_index": rnd, "run_type": "iteration", "time_unit": "us"}
             if "value" in g:
                 b[name] = g["value"]
-                b["real_time"] = g["value"]
+                if isinstance(g["value"], float):
+                    b["real_time"] = g["value"]
             else:
                 b.update(g)
                 b["real_time"] = g.get("p50_us")
             benchmarks.append(b)
+    return rounds, benchmarks
+
+
+def scalar_ratios(e, a, b):
+    """per-round a/b of scalar entries (their value is stored under their own name)"""
+    ea, eb = e.get(a, {}), e.get(b, {})
+    return [ea[r][a] / eb[r][b] for r in sorted(ea) if r in eb and ea[r].get(a) and eb[r].get(b)]
+
+
+def spin(args):
+    rounds, benchmarks = parse_rounds(args.log)
+    e = by_name(benchmarks)
+    pairs = []
+    for name in sorted(e):
+        if name.endswith("_A_ms"):
+            base = name[: -len("_A_ms")]
+            pairs.append(make_pair(f"{base}: wall time B / A", scalar_ratios(e, base + "_B_ms", name)))
+    ctx = {"load_avg_start": load(args.load_start), "load_avg_end": load(args.load_end),
+           "spinners_per_node": args.spinners, "sched": args.sched,
+           "rounds": len([r for r in rounds if r > 0]), "executable": "bench/run_spin.sh"}
+    return {"context": ctx, "benchmarks": benchmarks, "pairs": pairs}
+
+
+def shm(args):
+    rounds, benchmarks = parse_rounds(args.log)
     e = by_name(benchmarks)
     loaded = args.spinners > 0
-
-    def val(name):  # scalar entries keep their value under their own name
-        return {rep: {"v": b.get(name)} for rep, b in e.get(name, {}).items()}
-
-    def scalar_ratio(a, b):
-        ea, eb = val(a), val(b)
-        return [ea[r]["v"] / eb[r]["v"] for r in sorted(ea) if r in eb and ea[r]["v"] and eb[r]["v"]]
 
     stream = [x for rnd in sorted(rounds) for x in ([rounds[rnd]["stream_pair_ratios"]]
               if isinstance(rounds[rnd].get("stream_pair_ratios"), float) else rounds[rnd].get("stream_pair_ratios", []))]
@@ -188,21 +211,21 @@ def shm(args):
                   3.0 if loaded else 1.5),
         make_pair(f"write upgrade, {readers} readers, p50 / TCP 4 KiB RTT (same cluster)",
                   per_round(e, f"upgrade{readers}", f"tcp4k_n{readers + 1}")),
-        make_pair("Jacobi 2 nodes dipc / 2 processes native, per sweep", scalar_ratio("jacobi_dipc2_us_per_sweep",
+        make_pair("Jacobi 2 nodes dipc / 2 processes native, per sweep", scalar_ratios(e, "jacobi_dipc2_us_per_sweep",
                                                                                       "jacobi_native2_us_per_sweep")),
-        make_pair("sequential first touch dipc / raw TCP bulk, bandwidth", scalar_ratio("seqread_dipc_mibps",
+        make_pair("sequential first touch dipc / raw TCP bulk, bandwidth", scalar_ratios(e, "seqread_dipc_mibps",
                                                                                        "tcpbulk_mibps"),
                   0.5, higher_is_better=True),
     ]
     ctx = {"load_avg_start": load(args.load_start), "load_avg_end": load(args.load_end),
-           "spinners_per_node": args.spinners, "sched": args.sched, "rounds": len(rounds),
+           "spinners_per_node": args.spinners, "sched": args.sched, "rounds": len([r for r in rounds if r > 0]),
            "executable": "bench/run_shm.sh"}
     return {"context": ctx, "benchmarks": benchmarks, "pairs": pairs}
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("kind", choices=["ipc", "shm"])
+    ap.add_argument("kind", choices=["ipc", "shm", "spin"])
     ap.add_argument("--raw")
     ap.add_argument("--cdf")
     ap.add_argument("--log")
@@ -213,7 +236,7 @@ def main():
     ap.add_argument("--readers", type=int, default=3)
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    doc = ipc(a) if a.kind == "ipc" else shm(a)
+    doc = {"ipc": ipc, "shm": shm, "spin": spin}[a.kind](a)
     with open(a.out, "w") as f:
         json.dump(doc, f, indent=1)
     print_table(doc)
