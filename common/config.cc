@@ -71,7 +71,9 @@ bool word_number(const std::string& text, const char* word, long lo, long hi, lo
 bool parse_sched(const std::string& text, SchedSpec* out) {
   SchedSpec s;
   long n = 0;
-  if (text == "other") {
+  if (text == "auto") {
+  } else if (text == "other") {
+    s.kind = SchedSpec::kOther;
   } else if (word_number(text, "nice", -20, 19, &n)) {
     s = {SchedSpec::kNice, static_cast<int>(n)};
   } else if (word_number(text, "fifo", 1, 99, &n)) {
@@ -126,7 +128,7 @@ Result<Config> parse_config(const std::string& text, std::string* error) {
     c.sched = cl["sched"].value_or(c.sched);
     c.bind = cl["bind"].value_or(c.bind);
     if (!parse_sched(c.sched, nullptr))
-      return fail("cluster.sched must be \"other\", \"nice:N\" (-20..19), \"fifo:P\" or \"rr:P\" (1..99)");
+      return fail("cluster.sched must be \"auto\", \"other\", \"nice:N\" (-20..19), \"fifo:P\" or \"rr:P\" (1..99)");
     if (!parse_bind(c.bind, nullptr)) return fail("cluster.bind must be \"none\", \"core:N\" or \"pu:N\"");
     if (c.transport != "auto" && c.transport != "tcp" && c.transport != "verbs")
       return fail("cluster.transport must be \"auto\", \"tcp\" or \"verbs\"");

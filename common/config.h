@@ -8,8 +8,9 @@
 //   busy_poll_us = 0                   # poll this long before sleeping (latency for CPU; 0: off)
 //   answer_poll_us = 200               # a remote answer a program is blocked on (a forwarded call, a page):
 //                                      # poll for it up to this long, yielding the CPU, instead of sleeping
-//   sched = "other"                    # the daemon's scheduling: "other" (unchanged), "nice:N" (-20..19),
-//                                      # "fifo:P" / "rr:P" (1..99); raising needs CAP_SYS_NICE
+//   sched = "auto"                     # the daemon's scheduling: "auto" (fifo:10 when allowed, else other),
+//                                      # "other" (unchanged), "nice:N" (-20..19), "fifo:P" / "rr:P" (1..99);
+//                                      # raising needs CAP_SYS_NICE (root has it; systemd: AmbientCapabilities)
 //   bind = "none"                      # pin the daemon with hwloc: "none", "core:N", "pu:N" (logical indexes)
 //
 //   [[node]]                           # one table per node
@@ -59,7 +60,7 @@ struct Config {
   std::string log_level = "info";
   uint32_t busy_poll_us = 0;
   uint32_t answer_poll_us = 200;
-  std::string sched = "other";
+  std::string sched = "auto";
   std::string bind = "none";
   Distribute distribute = Distribute::kFlag;
   std::vector<KeyRange> ranges;
@@ -75,7 +76,7 @@ struct Config {
 
 // [cluster] sched and bind, validated at parse time and applied by dipcd (daemon/sched.cc).
 struct SchedSpec {
-  enum Kind : uint8_t { kOther, kNice, kFifo, kRr } kind = kOther;
+  enum Kind : uint8_t { kAuto, kOther, kNice, kFifo, kRr } kind = kAuto;
   int value = 0;  // nice value or real-time priority
 };
 struct BindSpec {

@@ -8,9 +8,13 @@
 #include <cstring>
 #include <memory>
 
+#include "common/log.h"
+
 namespace dipc {
 
 namespace {
+
+constexpr int kAutoFifoPriority = 10;  // above every normal task, below the kernel's own threads (50) and watchdogs
 
 Status fail(int err, std::string* error, const std::string& what) {
   if (error) *error = what + ": " + strerror(err);
@@ -47,6 +51,17 @@ Status apply_sched(const Config& cfg, std::string* error) {
     return Status::err(EINVAL);
   }
   switch (s.kind) {
+    case SchedSpec::kAuto: {
+      // Real-time priority: the loop preempts busy programs at once when a message arrives (docs/PERFORMANCE.md,
+      // "Spinning processes"). Without CAP_SYS_NICE (or RLIMIT_RTPRIO) the daemon keeps the normal policy.
+      sched_param p{};
+      p.sched_priority = kAutoFifoPriority;
+      if (sched_setscheduler(0, SCHED_FIFO, &p) == 0)
+        DIPC_LOG_INFO("sched auto: SCHED_FIFO priority {}", kAutoFifoPriority);
+      else
+        DIPC_LOG_INFO("sched auto: SCHED_FIFO not allowed ({}), normal scheduling", strerror(errno));
+      break;
+    }
     case SchedSpec::kOther:
       break;
     case SchedSpec::kNice:
