@@ -630,7 +630,8 @@ bool full_io(int fd, char* buf, size_t len, bool rd) {
   return true;
 }
 
-int tcp_echo(int port) {
+// Listens on port, says "ready", accepts one connection (bounded wait); -1 on timeout.
+int accept_one(int port) {
   int ls = socket(AF_INET, SOCK_STREAM, 0);
   int one = 1;
   setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -641,8 +642,25 @@ int tcp_echo(int port) {
   if (bind(ls, reinterpret_cast<sockaddr*>(&a), sizeof a) || listen(ls, 1)) die("listen");
   say("ready");
   pollfd pf{ls, POLLIN, 0};
-  if (poll(&pf, 1, kWaitMs) != 1) return 1;
-  int s = accept(ls, nullptr, nullptr);
+  if (poll(&pf, 1, kWaitMs) != 1) return -1;
+  return accept(ls, nullptr, nullptr);
+}
+
+// Connects to port on the peer node (DIPC_PEER_ADDR).
+int connect_peer(int port) {
+  int s = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  inet_pton(AF_INET, g_peer_addr.c_str(), &a.sin_addr);
+  if (connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a)) die("connect");
+  return s;
+}
+
+int tcp_echo(int port) {
+  int s = accept_one(port);
+  if (s < 0) return 1;
+  int one = 1;
   setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   std::vector<char> buf(kTcpMsg);
   while (full_io(s, buf.data(), kTcpMsg, true) && full_io(s, buf.data(), kTcpMsg, false)) {
@@ -659,14 +677,9 @@ int run_tcp(const Args& args) {
   int port = 18000 + (getpid() % 1000);
   Child p = spawn(g_peer, false, {"tcp-echo", std::to_string(port)});
   if (!wait_ready(p)) return 1;
-  int s = socket(AF_INET, SOCK_STREAM, 0);
+  int s = connect_peer(port);
   int one = 1;
   setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  inet_pton(AF_INET, g_peer_addr.c_str(), &a.sin_addr);
-  if (connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a)) die("connect");
   std::vector<char> buf(kTcpMsg, 1);
   std::vector<int64_t> v;
   for (size_t i = 0; i < iters + 100; ++i) {
@@ -906,18 +919,8 @@ int run_seqread(const Args& args) {
 }
 
 int tcp_bulk_sink(int port, size_t bytes) {
-  int ls = socket(AF_INET, SOCK_STREAM, 0);
-  int one = 1;
-  setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_ANY);
-  if (bind(ls, reinterpret_cast<sockaddr*>(&a), sizeof a) || listen(ls, 1)) die("listen");
-  say("ready");
-  pollfd pf{ls, POLLIN, 0};
-  if (poll(&pf, 1, kWaitMs) != 1) return 1;
-  int s = accept(ls, nullptr, nullptr);
+  int s = accept_one(port);
+  if (s < 0) return 1;
   std::vector<char> buf(1 << 16);
   for (size_t got = 0; got < bytes;) {
     ssize_t n = read(s, buf.data(), std::min(buf.size(), bytes - got));
@@ -933,12 +936,7 @@ int run_tcpbulk(const Args& args) {
   int port = 19000 + (getpid() % 1000);
   Child p = spawn(g_peer, false, {"tcp-bulk-sink", std::to_string(port), std::to_string(bytes)});
   if (!wait_ready(p)) return 1;
-  int s = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  inet_pton(AF_INET, g_peer_addr.c_str(), &a.sin_addr);
-  if (connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a)) die("connect");
+  int s = connect_peer(port);
   std::vector<char> buf(1 << 16, 7);
   int64_t t0 = now_ns();
   for (size_t sent = 0; sent < bytes;) {

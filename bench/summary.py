@@ -188,7 +188,9 @@ def spin(args):
     for name in sorted(e):
         if name.endswith("_A_ms"):
             base = name[: -len("_A_ms")]
-            pairs.append(make_pair(f"{base}: wall time B / A", scalar_ratios(e, base + "_B_ms", name)))
+            work, nodes = base.rsplit("_n", 1)
+            pairs.append(make_pair(f"{work}, {nodes} nodes: wall time, sched B / A",
+                                   scalar_ratios(e, base + "_B_ms", name)))
     ctx = {"load_avg_start": load(args.load_start), "load_avg_end": load(args.load_end),
            "spinners_per_node": args.spinners, "sched": args.sched,
            "rounds": len([r for r in rounds if r > 0]), "executable": "bench/run_spin.sh"}
