@@ -2,7 +2,14 @@
 //   - raw TCP request/response round trip between the same two nodes (the floor for any remote call),
 //   - dipc: semaphore ping-pong, message round trip and message streaming between two nodes,
 //   - native kernel SysV: the same patterns between two processes of one node, for scale.
-// Run through bench/run.sh, which starts a simulated 2-node cluster and prints the ratios.
+// Run through bench/run.sh, which starts a simulated 2-node cluster, runs this binary with repetitions in random
+// interleaved order (each repetition round runs every benchmark once, so dipc and its baseline alternate) and
+// prints the median of the per-round ratios with their spread.
+//
+// Every benchmark runs a fixed number of iterations (DIPC_BENCH_ITERS, default 2000) so that one call of the
+// function is one repetition; each iteration is timed on its own and the repetition reports p50_us, p99_us and
+// p999_us as counters. With DIPC_BENCH_CDF=FILE each repetition also appends one JSON line
+// {"name", "rep", "cdf_us": [101 percentiles]} that run.sh merges into the JSON for bench/plot.
 //
 // This binary runs on node 1 under libdipc.so; partners run on node 2 (started with `dipc-sim exec`) or, for the
 // native baselines, are forked here. Partners report readiness on a pipe; every wait is bounded.
@@ -21,13 +28,16 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <string>
 #include <vector>
 
+#include "bench/latency.h"
 #include "dipc/dipc.h"
 
 extern char** environ;
@@ -50,6 +60,35 @@ std::string g_peer = "node2";
   fprintf(stderr, "ipc_bench: %s: %s\n", what, strerror(errno));
   exit(1);
 }
+
+// Times each iteration of one repetition; at the end sets the percentile counters and appends the CDF line.
+class Recorder {
+ public:
+  Recorder(benchmark::State& state, std::string name) : state_(state), name_(std::move(name)) {
+    ns_.reserve(static_cast<size_t>(state.max_iterations));
+  }
+  void add(int64_t ns) { ns_.push_back(ns); }
+  ~Recorder() {
+    dipc_bench::Latency l = dipc_bench::latency_of(ns_);
+    state_.counters["p50_us"] = l.p50;
+    state_.counters["p99_us"] = l.p99;
+    state_.counters["p999_us"] = l.p999;
+    const char* path = getenv("DIPC_BENCH_CDF");
+    if (!path || l.n == 0) return;
+    int rep = reps_[name_]++;
+    if (FILE* f = fopen(path, "a")) {
+      fprintf(f, "{\"name\": \"%s\", \"rep\": %d, \"cdf_us\": [%s]}\n", name_.c_str(), rep,
+              dipc_bench::cdf_csv(l).c_str());
+      fclose(f);
+    }
+  }
+
+ private:
+  benchmark::State& state_;
+  std::string name_;
+  std::vector<int64_t> ns_;
+  static inline std::map<std::string, int> reps_;
+};
 
 // ---- partners ----------------------------------------------------------------------------------------------
 
@@ -174,13 +213,18 @@ void BM_RawTcpRoundTrip(benchmark::State& state) {
   inet_pton(AF_INET, g_peer_addr.c_str(), &a.sin_addr);
   if (connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a)) die("connect");
   char buf[kMsgSize] = {};
-  for (auto _ : state) {
-    if (write(s, buf, sizeof buf) != static_cast<ssize_t>(sizeof buf)) die("write");
-    size_t got = 0;
-    while (got < sizeof buf) {
-      ssize_t n = read(s, buf + got, sizeof buf - got);
-      if (n <= 0) die("read");
-      got += static_cast<size_t>(n);
+  {
+    Recorder rec(state, "BM_RawTcpRoundTrip");
+    for (auto _ : state) {
+      int64_t t0 = dipc_bench::now_ns();
+      if (write(s, buf, sizeof buf) != static_cast<ssize_t>(sizeof buf)) die("write");
+      size_t got = 0;
+      while (got < sizeof buf) {
+        ssize_t n = read(s, buf + got, sizeof buf - got);
+        if (n <= 0) die("read");
+        got += static_cast<size_t>(n);
+      }
+      rec.add(dipc_bench::now_ns() - t0);
     }
   }
   close(s);
@@ -188,12 +232,18 @@ void BM_RawTcpRoundTrip(benchmark::State& state) {
 }
 
 void sem_pingpong(benchmark::State& state, bool remote) {
+  const char* name = remote ? "BM_DipcSemPingPong" : "BM_NativeSemPingPong";
   int semid = semget(IPC_PRIVATE, 2, (remote ? IPC_DIPC : 0) | 0600);
   if (semid < 0) die("semget");
   Partner p = start_partner(remote, "sem", semid);
-  for (auto _ : state) {
-    sembuf v{0, 1, 0}, w{1, -1, 0};
-    if (semop(semid, &v, 1) < 0 || semop(semid, &w, 1) < 0) die("semop");
+  {
+    Recorder rec(state, name);
+    for (auto _ : state) {
+      int64_t t0 = dipc_bench::now_ns();
+      sembuf v{0, 1, 0}, w{1, -1, 0};
+      if (semop(semid, &v, 1) < 0 || semop(semid, &w, 1) < 0) die("semop");
+      rec.add(dipc_bench::now_ns() - t0);
+    }
   }
   semctl(semid, 0, IPC_RMID);
   stop_partner(p);
@@ -202,13 +252,19 @@ void BM_DipcSemPingPong(benchmark::State& s) { sem_pingpong(s, true); }
 void BM_NativeSemPingPong(benchmark::State& s) { sem_pingpong(s, false); }
 
 void msg_roundtrip(benchmark::State& state, bool remote) {
+  const char* name = remote ? "BM_DipcMsgRoundTrip" : "BM_NativeMsgRoundTrip";
   int msqid = msgget(IPC_PRIVATE, (remote ? IPC_DIPC : 0) | 0600);
   if (msqid < 0) die("msgget");
   Partner p = start_partner(remote, "msgpong", msqid);
   Msg m{1, {}};
-  for (auto _ : state) {
-    m.mtype = 1;
-    if (msgsnd(msqid, &m, kMsgSize, 0) < 0 || msgrcv(msqid, &m, kMsgSize, 2, 0) < 0) die("msg");
+  {
+    Recorder rec(state, name);
+    for (auto _ : state) {
+      int64_t t0 = dipc_bench::now_ns();
+      m.mtype = 1;
+      if (msgsnd(msqid, &m, kMsgSize, 0) < 0 || msgrcv(msqid, &m, kMsgSize, 2, 0) < 0) die("msg");
+      rec.add(dipc_bench::now_ns() - t0);
+    }
   }
   msgctl(msqid, IPC_RMID, nullptr);
   stop_partner(p);
@@ -217,18 +273,24 @@ void BM_DipcMsgRoundTrip(benchmark::State& s) { msg_roundtrip(s, true); }
 void BM_NativeMsgRoundTrip(benchmark::State& s) { msg_roundtrip(s, false); }
 
 void msg_stream(benchmark::State& state, bool remote) {
+  const char* name = remote ? "BM_DipcMsgStream" : "BM_NativeMsgStream";
   int msqid = msgget(IPC_PRIVATE, (remote ? IPC_DIPC : 0) | 0600);
   if (msqid < 0) die("msgget");
   Partner p = start_partner(remote, "msgsink", msqid);
   const int batch = 256;
   Msg m{1, {}};
-  for (auto _ : state) {
-    for (int i = 0; i < batch; ++i) {
-      m.mtype = 1;
-      if (msgsnd(msqid, &m, kMsgSize, 0) < 0) die("msgsnd");
+  {
+    Recorder rec(state, name);  // one sample = one batch of 256 messages and its acknowledgement
+    for (auto _ : state) {
+      int64_t t0 = dipc_bench::now_ns();
+      for (int i = 0; i < batch; ++i) {
+        m.mtype = 1;
+        if (msgsnd(msqid, &m, kMsgSize, 0) < 0) die("msgsnd");
+      }
+      m.mtype = 2;
+      if (msgsnd(msqid, &m, kMsgSize, 0) < 0 || msgrcv(msqid, &m, kMsgSize, 3, 0) < 0) die("msg ack");
+      rec.add(dipc_bench::now_ns() - t0);
     }
-    m.mtype = 2;
-    if (msgsnd(msqid, &m, kMsgSize, 0) < 0 || msgrcv(msqid, &m, kMsgSize, 3, 0) < 0) die("msg ack");
   }
   state.SetItemsProcessed(state.iterations() * batch);
   state.SetBytesProcessed(state.iterations() * batch * kMsgSize);
@@ -238,13 +300,20 @@ void msg_stream(benchmark::State& state, bool remote) {
 void BM_DipcMsgStream(benchmark::State& s) { msg_stream(s, true); }
 void BM_NativeMsgStream(benchmark::State& s) { msg_stream(s, false); }
 
-BENCHMARK(BM_RawTcpRoundTrip)->UseRealTime()->MinTime(2.0);
-BENCHMARK(BM_DipcSemPingPong)->UseRealTime()->MinTime(2.0);
-BENCHMARK(BM_DipcMsgRoundTrip)->UseRealTime()->MinTime(2.0);
-BENCHMARK(BM_DipcMsgStream)->UseRealTime()->MinTime(2.0);
-BENCHMARK(BM_NativeSemPingPong)->UseRealTime()->MinTime(1.0);
-BENCHMARK(BM_NativeMsgRoundTrip)->UseRealTime()->MinTime(1.0);
-BENCHMARK(BM_NativeMsgStream)->UseRealTime()->MinTime(1.0);
+// Fixed iteration counts: one function call is one repetition (no probing runs), so the CDF lines count reps.
+void register_all() {
+  const char* e = getenv("DIPC_BENCH_ITERS");
+  benchmark::IterationCount iters = e ? atol(e) : 2000;
+  if (iters < 10) iters = 10;
+  benchmark::IterationCount batches = std::max<benchmark::IterationCount>(iters / 20, 10);
+  benchmark::RegisterBenchmark("BM_RawTcpRoundTrip", BM_RawTcpRoundTrip)->UseRealTime()->Iterations(iters);
+  benchmark::RegisterBenchmark("BM_DipcSemPingPong", BM_DipcSemPingPong)->UseRealTime()->Iterations(iters);
+  benchmark::RegisterBenchmark("BM_DipcMsgRoundTrip", BM_DipcMsgRoundTrip)->UseRealTime()->Iterations(iters);
+  benchmark::RegisterBenchmark("BM_DipcMsgStream", BM_DipcMsgStream)->UseRealTime()->Iterations(batches);
+  benchmark::RegisterBenchmark("BM_NativeSemPingPong", BM_NativeSemPingPong)->UseRealTime()->Iterations(iters);
+  benchmark::RegisterBenchmark("BM_NativeMsgRoundTrip", BM_NativeMsgRoundTrip)->UseRealTime()->Iterations(iters);
+  benchmark::RegisterBenchmark("BM_NativeMsgStream", BM_NativeMsgStream)->UseRealTime()->Iterations(batches);
+}
 
 }  // namespace
 
@@ -274,6 +343,7 @@ int main(int argc, char** argv) {
   g_dir = dir;
   g_peer_addr = peer;
   if (const char* p = getenv("DIPC_PEER")) g_peer = p;
+  register_all();
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

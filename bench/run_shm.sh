@@ -1,23 +1,28 @@
 #!/usr/bin/env bash
-# Distributed shared memory benchmarks (docs/PERFORMANCE.md): runs bench/shm_bench on simulated clusters and prints
-# every figure beside its baseline measured in the same run, then a summary table.
+# Distributed shared memory benchmarks (docs/PERFORMANCE.md): runs bench/shm_bench on simulated clusters in
+# DIPC_SHM_ROUNDS rounds; each round runs every dipc part and its baselines back to back (A B A B ... over the
+# rounds), so a burst of noise hits both. Prints per pair the median of the per-round ratios with min/max, p50/p99/
+# p99.9, the load average at start and end, and writes BUILD_DIR/bench-results/shm.json (Google Benchmark's JSON
+# shape, see bench/summary.py) for bench/plot.
 #   usage: bench/run_shm.sh [BUILD_DIR]        (expects ./scripts/build.sh output; builds nothing)
 #
-# Parts (each runs even when another fails; the native ones run even when every dipc part fails):
+# Parts:
 #   2-node cluster, all driven from node1 under libdipc.so:
-#     STREAM triad, 2 processes on node1: native SysV segment vs dipc segment (passes interleaved), ratio
-#     userfaultfd fault + UFFDIO_COPY resolve on node1 (resolver thread and resolver process)
-#     raw TCP 4 KiB request/response node1 <-> node2
-#     dipc read miss: node1 writes a page, node2 reads it (the timed load); ratio to TCP 4 KiB RTT + uffd resolve
-#     dipc write upgrade: node2 stores into a page read-shared with node1
-#     Jacobi: 2 processes on node1 with native shm + semaphores vs one process on node1 and one on node2 with dipc
-#   (R+1)-node cluster: dipc write upgrade with R reader nodes (R = DIPC_SHM_UPGRADE_READERS, default 3; 0 skips)
+#     once: STREAM triad, 2 processes on node1: native SysV segment vs dipc segment (passes interleaved inside)
+#     every round: userfaultfd fault + UFFDIO_COPY resolve on node1; raw TCP 4 KiB request/response node1 <-> node2;
+#       dipc read miss (node1 writes a page, node2 reads it: the timed load); dipc write upgrade, 1 reader;
+#       raw TCP bulk transfer and dipc sequential first touch of DIPC_SHM_TOUCH_MIB MiB;
+#       Jacobi: 2 processes on node1 with native shm + semaphores, then one process on node1 and one on node2
+#   (R+1)-node cluster (R = DIPC_SHM_UPGRADE_READERS, default 3; 0 skips), every round: raw TCP 4 KiB, dipc write
+#     upgrade with R reader nodes; Jacobi with 3 and 4 processes, native (one node) and dipc (one per node)
 #   If the 2-node cluster cannot start, the native parts (STREAM native, uffd, Jacobi native) run on this host.
 #
-# Knobs: DIPC_BENCH_CPUS=0 pins every process (as bench/run.sh); DIPC_SHM_ITERS (2000), DIPC_SHM_STREAM_N
-# (8388608 doubles per array), DIPC_SHM_PASSES (30), DIPC_SHM_JACOBI_N (1024), DIPC_SHM_SWEEPS (200),
-# DIPC_SHM_PART_TIMEOUT (600 s per part). DIPC_SHM_BENCH_KERNEL_SHM=1 is a self-test of the orchestration before
-# dipc shm exists: loopback clusters (one shared IPC namespace), "dipc" segments are kernel segments.
+# Knobs: DIPC_SHM_ROUNDS (5), DIPC_SHM_ITERS (500 per round), DIPC_SHM_SWEEPS (100 per round), DIPC_SHM_TOUCH_MIB
+# (32), DIPC_SHM_STREAM_N (8388608 doubles per array), DIPC_SHM_PASSES (30), DIPC_SHM_JACOBI_N (1024),
+# DIPC_SHM_PART_TIMEOUT (600 s per part), DIPC_BENCH_SPINNERS (busy loops per node), DIPC_BENCH_SCHED (the daemons'
+# [cluster] sched), DIPC_BENCH_OUT (output directory), DIPC_BENCH_CPUS=0 pins every process (as bench/run.sh).
+# DIPC_SHM_BENCH_KERNEL_SHM=1 is a self-test of the orchestration: loopback clusters (one shared IPC namespace),
+# "dipc" segments are kernel segments.
 #
 # Page traffic: the Jacobi dipc part reports, per timed sweep, the change of the counters `dipc status` prints as
 # "pages fetched N" and "dsm faults N zero-fills N ..." (summed over node1 and node2; see page_counters).
@@ -31,8 +36,12 @@ bin=$build/bin
 for f in shm_bench dipc-sim dipc; do
   [ -x "$bin/$f" ] || { echo "run_shm.sh: $bin/$f missing: run ./scripts/build.sh first" >&2; exit 2; }
 done
-iters=${DIPC_SHM_ITERS:-2000}
-sweeps=${DIPC_SHM_SWEEPS:-200}
+iters=${DIPC_SHM_ITERS:-500}
+sweeps=${DIPC_SHM_SWEEPS:-100}
+rounds=${DIPC_SHM_ROUNDS:-5}
+touch_mib=${DIPC_SHM_TOUCH_MIB:-32}
+out_dir=${DIPC_BENCH_OUT:-$build/bench-results}
+mkdir -p "$out_dir"
 jn=${DIPC_SHM_JACOBI_N:-1024}
 readers=${DIPC_SHM_UPGRADE_READERS:-3}
 tmo=${DIPC_SHM_PART_TIMEOUT:-600}
@@ -41,14 +50,17 @@ up_flags=(--log-level warn)
 [ -n "${DIPC_SHM_QUANTUM_US:-}" ] && up_flags+=(--dsm-quantum-us "$DIPC_SHM_QUANTUM_US")
 [ -n "${DIPC_SHM_BLOCK:-}" ] && up_flags+=(--dsm-block "$DIPC_SHM_BLOCK")
 [ -n "${DIPC_SHM_BUSY_POLL_US:-}" ] && up_flags+=(--busy-poll-us "$DIPC_SHM_BUSY_POLL_US")
+[ -n "${DIPC_BENCH_SCHED:-}" ] && up_flags+=(--sched "$DIPC_BENCH_SCHED")
 if [ "${DIPC_SHM_BENCH_KERNEL_SHM:-}" = 1 ]; then up_flags+=(--loopback); export DIPC_SHM_BENCH_KERNEL_SHM; fi
 
 work=$(mktemp -d /tmp/dipc-shm-bench.XXXXXX)
 log=$work/results
 : >"$log"
 clusters=()
+spin_pids=()
 cleanup() {
   local d
+  stop_spinners
   for d in "${clusters[@]}"; do "$bin/dipc-sim" down --dir "$d" >/dev/null 2>&1 || true; done
   rm -rf "$work"
 }
@@ -70,16 +82,33 @@ up() {
   fi
 }
 
-# part NAME CMD...: runs one part (CMD is `on ...` or `bounded ...`); human lines to the terminal, "@key value"
-# lines to $log.
+# spinners DIR N: starts DIPC_BENCH_SPINNERS busy loops on each of the N nodes of the cluster in DIR.
+spinners() {
+  local k i
+  for ((k = 1; k <= $2; k++)); do
+    for ((i = 0; i < ${DIPC_BENCH_SPINNERS:-0}; i++)); do
+      "$bin/dipc-sim" exec --dir "$1" "node$k" -- sh -c 'while :; do :; done' &
+      spin_pids+=($!)
+    done
+  done
+}
+stop_spinners() {
+  local p
+  for p in "${spin_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  spin_pids=()
+}
+
+# part NAME CMD...: runs one part (CMD is `on ...` or `bounded ...`); human lines to the terminal, "@ROUND key value"
+# lines to $log (ROUND: the current value of $round; 0 for the parts run once).
+round=0
 part() {
   local name=$1 rc
   shift
-  echo "--- $name"
-  "$@" 2>&1 | tee -a "$log" | grep -v '^@'
+  echo "--- $name${round:+ (round $round)}"
+  "$@" 2>&1 | sed -u "s/^@/@$round /" | tee -a "$log" | grep -v '^@'
   rc=${PIPESTATUS[0]}
   if [ "$rc" -ne 0 ]; then
-    echo "@part_${name}_rc $rc" >>"$log"
+    echo "@$round part_${name}_rc $rc" >>"$log"
     [ "$rc" -eq 3 ] || echo "    ($name exited with $rc)"
   fi
   return 0
@@ -118,86 +147,72 @@ page_counters() {
 
 stream_args=(--n "${DIPC_SHM_STREAM_N:-8388608}" --passes "${DIPC_SHM_PASSES:-30}")
 peer_addr=127.0.0.1
-echo "dipc shared-memory benchmarks, $(date '+%F %T'), $(nproc) CPUs${DIPC_BENCH_CPUS:+, pinned to CPUs $DIPC_BENCH_CPUS}"
+echo "dipc shared-memory benchmarks, $(date '+%F %T'), $(nproc) CPUs${DIPC_BENCH_CPUS:+, pinned to CPUs $DIPC_BENCH_CPUS}, $rounds rounds"
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+echo "load average at start: $load_start"
 if up 2; then
   c2=$cdir
+  spinners "$c2" 2
   peer_addr=$(on "$c2" node2 sh -c 'echo "$DIPC_NODE_ADDR"')
   [ -n "$peer_addr" ] || peer_addr=127.0.0.1
   part stream on "$c2" node1 --preload "$bin/shm_bench" stream "${stream_args[@]}"
-  if ! grep -q '^@stream_native_gbps' "$log"; then  # the dipc half took the native figure down with it
+  if ! grep -q 'stream_native_gbps' "$log"; then  # the dipc half took the native figure down with it
     part stream_native on "$c2" node1 "$bin/shm_bench" stream --native-only "${stream_args[@]}"
   fi
-  part uffd on "$c2" node1 "$bin/shm_bench" uffd --iters "$iters"
-  part tcp4k on "$c2" node1 "$bin/shm_bench" tcp --iters "$iters"
-  part readmiss on "$c2" node1 --preload "$bin/shm_bench" readmiss --iters "$iters"
-  part upgrade1 on "$c2" node1 --preload "$bin/shm_bench" upgrade --readers 1 --iters "$iters"
-  part jacobi_native on "$c2" node1 --preload "$bin/shm_bench" jacobi --mode native --n "$jn" --sweeps "$sweeps"
-  page_counters "$c2" >"$work/pages.before"
-  part jacobi_dipc on "$c2" node1 --preload "$bin/shm_bench" jacobi --mode dipc --n "$jn" --sweeps "$sweeps" \
-    --nodes node1,node2
-  page_counters "$c2" >"$work/pages.after"
-  if grep -q '^@jacobi_dipc_us_per_sweep' "$log"; then
-    # Counters also include the warm-up sweeps (3) and the first touch; reported per timed sweep all the same.
-    awk -v s="$sweeps" 'NR == FNR { b[$1] = $2; next } { printf "@jacobi_dipc_traffic_%s_per_sweep %.2f\n", $1, ($2 - b[$1]) / s }' \
-      "$work/pages.before" "$work/pages.after" >>"$log"
-  fi
+  for ((round = 1; round <= rounds; round++)); do
+    part uffd on "$c2" node1 "$bin/shm_bench" uffd --iters "$iters"
+    part tcp4k on "$c2" node1 "$bin/shm_bench" tcp --iters "$iters"
+    part readmiss on "$c2" node1 --preload "$bin/shm_bench" readmiss --iters "$iters"
+    part upgrade1 on "$c2" node1 --preload "$bin/shm_bench" upgrade --readers 1 --iters "$iters"
+    part tcpbulk on "$c2" node1 "$bin/shm_bench" tcpbulk --mib "$touch_mib"
+    part seqread on "$c2" node1 --preload "$bin/shm_bench" seqread --mib "$touch_mib"
+    part jacobi_native on "$c2" node1 --preload "$bin/shm_bench" jacobi --mode native --n "$jn" --sweeps "$sweeps"
+    page_counters "$c2" >"$work/pages.before"
+    part jacobi_dipc on "$c2" node1 --preload "$bin/shm_bench" jacobi --mode dipc --n "$jn" --sweeps "$sweeps" \
+      --nodes node1,node2
+    page_counters "$c2" >"$work/pages.after"
+    if grep -q "^@$round jacobi_dipc2_us_per_sweep" "$log"; then
+      # Counters also include the warm-up sweeps (3) and the first touch; reported per timed sweep all the same.
+      awk -v s="$sweeps" -v r="$round" 'NR == FNR { b[$1] = $2; next }
+        { printf "@%d jacobi_dipc_traffic_%s_per_sweep %.2f\n", r, $1, ($2 - b[$1]) / s }' \
+        "$work/pages.before" "$work/pages.after" >>"$log"
+    fi
+  done
+  stop_spinners
   "$bin/dipc-sim" down --dir "$c2" >/dev/null 2>&1
 else
   echo "(no 2-node cluster: running the native parts on this host)"
   part stream bounded "$bin/shm_bench" stream --native-only "${stream_args[@]}"
-  part uffd bounded "$bin/shm_bench" uffd --iters "$iters"
-  part jacobi_native bounded "$bin/shm_bench" jacobi --mode native --n "$jn" --sweeps "$sweeps"
+  for ((round = 1; round <= rounds; round++)); do
+    part uffd bounded "$bin/shm_bench" uffd --iters "$iters"
+    part jacobi_native bounded "$bin/shm_bench" jacobi --mode native --n "$jn" --sweeps "$sweeps"
+  done
 fi
 if [ "$readers" -gt 1 ]; then
   if up $((readers + 1)); then
     cn=$cdir
-    part "upgrade$readers" on "$cn" node1 --preload "$bin/shm_bench" upgrade --readers "$readers" --iters "$iters"
+    spinners "$cn" $((readers + 1))
+    peer_addr=$(on "$cn" node2 sh -c 'echo "$DIPC_NODE_ADDR"')
+    [ -n "$peer_addr" ] || peer_addr=127.0.0.1
+    all=node1
+    for ((k = 2; k <= readers + 1; k++)); do all+=",node$k"; done
+    for ((round = 1; round <= rounds; round++)); do
+      part "tcp4k_n$((readers + 1))" on "$cn" node1 "$bin/shm_bench" tcp --iters "$iters" --key "tcp4k_n$((readers + 1))"
+      part "upgrade$readers" on "$cn" node1 --preload "$bin/shm_bench" upgrade --readers "$readers" --iters "$iters"
+      for np in 3 4; do
+        [ "$np" -le $((readers + 1)) ] || continue
+        part "jacobi_native$np" on "$cn" node1 --preload "$bin/shm_bench" jacobi --mode native --n "$jn" \
+          --sweeps "$sweeps" --nodes "$(printf ',%.0s' $(seq 2 "$np"))"
+        part "jacobi_dipc$np" on "$cn" node1 --preload "$bin/shm_bench" jacobi --mode dipc --n "$jn" \
+          --sweeps "$sweeps" --nodes "$(echo "$all" | cut -d, -f1-"$np")"
+      done
+    done
+    stop_spinners
     "$bin/dipc-sim" down --dir "$cn" >/dev/null 2>&1
   fi
 fi
-
-python3 - "$log" "$readers" <<'PY'
-import sys
-r = {}
-for line in open(sys.argv[1]):
-    if line.startswith("@"):
-        k, _, v = line[1:].strip().partition(" ")
-        try: r[k] = float(v)
-        except ValueError: pass
-readers = int(sys.argv[2])
-def f(k, fmt="{:.1f}"): return fmt.format(r[k]) if k in r else "n/a"
-def lat(k): return f"{f(k + '_p50_us')} / {f(k + '_p99_us')}" if k + "_p50_us" in r else "n/a"
-def ratio(a, b, fmt="{:.2f}"): return fmt.format(a / b) if a is not None and b else "n/a"
-def g(k): return r.get(k)
-rows = []
-rows.append(("STREAM triad, 2 procs, native SysV shm (GB/s)", f("stream_native_gbps", "{:.2f}"), "baseline"))
-rows.append(("STREAM triad, 2 procs, dipc shm (GB/s)", f("stream_dipc_gbps", "{:.2f}"),
-             f"dipc/native best {ratio(g('stream_dipc_gbps'), g('stream_native_gbps'), '{:.3f}')}, "
-             f"median of pass pairs {f('stream_ratio_paired', '{:.3f}')} (target >= 0.97)"))
-rows.append(("uffd fault + UFFDIO_COPY, resolver thread (us p50/p99)", lat("uffd_thread"), ""))
-rows.append(("uffd fault + UFFDIO_COPY, resolver process (us p50/p99)", lat("uffd_proc"), "baseline"))
-rows.append(("  same, both pinned to one CPU (us p50/p99)", lat("uffd_proc_samecpu"), ""))
-rows.append(("  same, pinned to two CPUs (us p50/p99)", lat("uffd_proc_othercpu"), "cross-CPU wake-up"))
-rows.append(("raw TCP 4 KiB round trip node1<->node2 (us p50/p99)", lat("tcp4k"), "baseline"))
-base = (g("tcp4k_p50_us") or 0) + (g("uffd_proc_p50_us") or 0) if "tcp4k_p50_us" in r and "uffd_proc_p50_us" in r else None
-rows.append(("dipc read miss, node1 writes / node2 reads (us p50/p99)", lat("readmiss"),
-             f"p50 / (TCP 4K + uffd) {ratio(g('readmiss_p50_us'), base)} (target <= 1.3)"))
-rows.append(("dipc write upgrade, 1 reader node (us p50/p99)", lat("upgrade1"),
-             f"p50 / TCP 4K {ratio(g('upgrade1_p50_us'), g('tcp4k_p50_us'))}"))
-if readers > 1:
-    rows.append((f"dipc write upgrade, {readers} reader nodes (us p50/p99)", lat(f"upgrade{readers}"),
-                 f"p50 / TCP 4K {ratio(g(f'upgrade{readers}_p50_us'), g('tcp4k_p50_us'))} (separate cluster)"))
-rows.append(("Jacobi, 2 procs on 1 node, native shm+sem (us/sweep)", f("jacobi_native_us_per_sweep"), "baseline"))
-same = ""
-if "jacobi_native_checksum" in r and "jacobi_dipc_checksum" in r:
-    same = ", result identical" if r["jacobi_native_checksum"] == r["jacobi_dipc_checksum"] else ", RESULT DIFFERS"
-rows.append(("Jacobi, 1 proc on each of 2 nodes, dipc (us/sweep)", f("jacobi_dipc_us_per_sweep"),
-             f"dipc/native {ratio(g('jacobi_dipc_us_per_sweep'), g('jacobi_native_us_per_sweep'))}{same}"))
-for k in sorted(k for k in r if k.startswith("jacobi_dipc_traffic_")):
-    what = k[len("jacobi_dipc_traffic_"):-len("_per_sweep")].replace("_", " ")
-    rows.append((f"  Jacobi dipc: {what} per sweep (node1+node2)", f(k, "{:.2f}"), ""))
-w = max(len(a) for a, _, _ in rows)
-print("\nSummary (baselines measured in the same run; n/a: part unavailable or failed, see above)")
-for a, b, c in rows:
-    print(f"  {a:<{w}}  {b:>15}  {c}")
-PY
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
+cp "$log" "$out_dir/shm.log"
+python3 "$top/bench/summary.py" shm --log "$log" --load-start "$load_start" --load-end "$load_end" \
+  --spinners "${DIPC_BENCH_SPINNERS:-0}" --sched "${DIPC_BENCH_SCHED:-default}" --readers "$readers" \
+  --out "$out_dir/shm.json"

@@ -14,6 +14,8 @@
 //   shm_bench upgrade --readers R [--iters N]  (dipc; R+1 nodes)
 //       a process on node2 stores into a page read-shared by R reader processes (node1, node3, ...) and itself:
 //       the time of that store.
+//   shm_bench seqread [--mib M] / tcpbulk [--mib M]   (dipc / raw TCP; 2 nodes)
+//       sequential first touch on node2 of M MiB written on node1, and the same bytes by one TCP stream.
 //   shm_bench jacobi  --mode native|dipc [--n N] [--sweeps S] [--nodes node1,node2]
 //       Jacobi relaxation on an N x N grid, two grids in one segment, rows split across the processes, one SysV
 //       semaphore barrier per sweep. native: all processes on this node; dipc: one per listed node.
@@ -55,6 +57,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/latency.h"
 #include "dipc/dipc.h"
 
 extern char** environ;
@@ -79,11 +82,7 @@ std::string g_peer = "node2";
   exit(3);
 }
 
-int64_t now_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
-}
+using dipc_bench::now_ns;
 
 bool is_dipc_id(int id) { return id >= 0 && (id & DIPC_ID_BIT) != 0; }
 
@@ -99,33 +98,40 @@ bool dipc_shm_id_ok(int id) { return kernel_shm_selftest() ? id >= 0 : is_dipc_i
 
 // ---- statistics ----------------------------------------------------------------------------------------------
 
-struct Stats {
-  double p50 = 0, p99 = 0, mean = 0, min = 0;
-  size_t n = 0;
-};
-Stats stats(std::vector<int64_t> ns) {
-  Stats s;
-  if (ns.empty()) return s;
-  std::sort(ns.begin(), ns.end());
-  s.n = ns.size();
-  s.p50 = static_cast<double>(ns[(s.n - 1) / 2]) / 1e3;
-  s.p99 = static_cast<double>(ns[static_cast<size_t>(std::ceil(0.99 * static_cast<double>(s.n))) - 1]) / 1e3;
-  s.min = static_cast<double>(ns[0]) / 1e3;
-  double sum = 0;
-  for (int64_t v : ns) sum += static_cast<double>(v);
-  s.mean = sum / static_cast<double>(s.n) / 1e3;
-  return s;
-}
+using Stats = dipc_bench::Latency;
+Stats stats(std::vector<int64_t> ns) { return dipc_bench::latency_of(std::move(ns)); }
 std::string stats_line(const Stats& s) {
   char b[200];
-  snprintf(b, sizeof b, "p50 %.1f us  p99 %.1f us  mean %.1f us  min %.1f us  (n=%zu)", s.p50, s.p99, s.mean, s.min,
-           s.n);
+  snprintf(b, sizeof b, "p50 %.1f us  p99 %.1f us  p99.9 %.1f us  mean %.1f us  min %.1f us  (n=%zu)", s.p50, s.p99,
+           s.p999, s.mean, s.min, s.n);
   return b;
 }
+// "@key_p50_us ..." lines for bench/run_shm.sh, the CDF as one comma-separated value.
 std::string stats_keys(const char* key, const Stats& s) {
-  char b[300];
-  snprintf(b, sizeof b, "@%s_p50_us %.2f\n@%s_p99_us %.2f\n@%s_mean_us %.2f\n", key, s.p50, key, s.p99, key, s.mean);
-  return b;
+  char b[400];
+  snprintf(b, sizeof b, "@%s_p50_us %.2f\n@%s_p99_us %.2f\n@%s_p999_us %.2f\n@%s_mean_us %.2f\n", key, s.p50, key,
+           s.p99, key, s.p999, key, s.mean);
+  return std::string(b) + "@" + key + "_cdf_us " + dipc_bench::cdf_csv(s) + "\n";
+}
+// The line a child reports its samples with, and its parser.
+std::string stats_report(const Stats& s) {
+  char b[200];
+  snprintf(b, sizeof b, "stats %.3f %.3f %.3f %.3f %zu %.3f ", s.p50, s.p99, s.mean, s.min, s.n, s.p999);
+  return b + dipc_bench::cdf_csv(s);
+}
+bool parse_stats(const std::string& l, Stats& s) {
+  int used = 0;
+  if (sscanf(l.c_str(), "stats %lf %lf %lf %lf %zu %lf %n", &s.p50, &s.p99, &s.mean, &s.min, &s.n, &s.p999, &used) !=
+      6)
+    return false;
+  s.cdf.clear();
+  for (const char* p = l.c_str() + used; *p;) {
+    char* end = nullptr;
+    s.cdf.push_back(strtod(p, &end));
+    if (end == p) return false;
+    p = *end == ',' ? end + 1 : end;
+  }
+  return true;
 }
 
 // ---- arguments -----------------------------------------------------------------------------------------------
@@ -459,6 +465,11 @@ int run_stream(const Args& args) {
     std::vector<double> r;
     for (size_t i = 0; i < std::min(sets[0].pass_gbps.size(), sets[1].pass_gbps.size()); ++i)
       r.push_back(sets[1].pass_gbps[i] / sets[0].pass_gbps[i]);
+    if (!r.empty()) {
+      printf("@stream_pair_ratios ");
+      for (size_t i = 0; i < r.size(); ++i) printf("%s%.4f", i ? "," : "", r[i]);
+      printf("\n");
+    }
     std::sort(r.begin(), r.end());
     if (!r.empty()) {
       printf("STREAM triad dipc/native, median of %zu back-to-back pass pairs: %.3f\n", r.size(), r[r.size() / 2]);
@@ -619,7 +630,8 @@ bool full_io(int fd, char* buf, size_t len, bool rd) {
   return true;
 }
 
-int tcp_echo(int port) {
+// Listens on port, says "ready", accepts one connection (bounded wait); -1 on timeout.
+int accept_one(int port) {
   int ls = socket(AF_INET, SOCK_STREAM, 0);
   int one = 1;
   setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -630,8 +642,25 @@ int tcp_echo(int port) {
   if (bind(ls, reinterpret_cast<sockaddr*>(&a), sizeof a) || listen(ls, 1)) die("listen");
   say("ready");
   pollfd pf{ls, POLLIN, 0};
-  if (poll(&pf, 1, kWaitMs) != 1) return 1;
-  int s = accept(ls, nullptr, nullptr);
+  if (poll(&pf, 1, kWaitMs) != 1) return -1;
+  return accept(ls, nullptr, nullptr);
+}
+
+// Connects to port on the peer node (DIPC_PEER_ADDR).
+int connect_peer(int port) {
+  int s = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  inet_pton(AF_INET, g_peer_addr.c_str(), &a.sin_addr);
+  if (connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a)) die("connect");
+  return s;
+}
+
+int tcp_echo(int port) {
+  int s = accept_one(port);
+  if (s < 0) return 1;
+  int one = 1;
   setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   std::vector<char> buf(kTcpMsg);
   while (full_io(s, buf.data(), kTcpMsg, true) && full_io(s, buf.data(), kTcpMsg, false)) {
@@ -648,14 +677,9 @@ int run_tcp(const Args& args) {
   int port = 18000 + (getpid() % 1000);
   Child p = spawn(g_peer, false, {"tcp-echo", std::to_string(port)});
   if (!wait_ready(p)) return 1;
-  int s = socket(AF_INET, SOCK_STREAM, 0);
+  int s = connect_peer(port);
   int one = 1;
   setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  inet_pton(AF_INET, g_peer_addr.c_str(), &a.sin_addr);
-  if (connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a)) die("connect");
   std::vector<char> buf(kTcpMsg, 1);
   std::vector<int64_t> v;
   for (size_t i = 0; i < iters + 100; ++i) {
@@ -668,7 +692,7 @@ int run_tcp(const Args& args) {
   reap(p);
   Stats st = stats(v);
   printf("raw TCP 4 KiB request/response, this node <-> %s: %s\n", g_peer.c_str(), stats_line(st).c_str());
-  printf("%s", stats_keys("tcp4k", st).c_str());
+  printf("%s", stats_keys(args.get("--key", "tcp4k").c_str(), st).c_str());
   return 0;
 }
 
@@ -694,15 +718,8 @@ int readmiss_reader(int shmid, int semid, size_t iters, size_t warm) {
     if (i >= warm) v.push_back(t1 - t0);
     if (!sem(semid, {{1, 1, 0}})) die("readmiss: semaphores removed");
   }
-  Stats s = stats(v);
-  char b[200];
-  snprintf(b, sizeof b, "stats %.3f %.3f %.3f %.3f %zu", s.p50, s.p99, s.mean, s.min, s.n);
-  say(b);
+  say(stats_report(stats(v)));
   return 0;
-}
-
-bool parse_stats(const std::string& l, Stats& s) {
-  return sscanf(l.c_str(), "stats %lf %lf %lf %lf %zu", &s.p50, &s.p99, &s.mean, &s.min, &s.n) == 5;
 }
 
 int run_readmiss(const Args& args) {
@@ -770,10 +787,7 @@ int upgrade_writer(int shmid, int semid, int readers, size_t iters, size_t warm)
     if (!sem_ops(semid, go)) die("upgrade: semaphores removed");
   }
   if (!sem(semid, {{0, static_cast<short>(-readers), 0}})) die("upgrade: semaphores removed");
-  Stats s = stats(v);
-  char b[200];
-  snprintf(b, sizeof b, "stats %.3f %.3f %.3f %.3f %zu", s.p50, s.p99, s.mean, s.min, s.n);
-  say(b);
+  say(stats_report(stats(v)));
   return 0;
 }
 
@@ -851,6 +865,95 @@ int run_upgrade(const Args& args) {
   return rc;
 }
 
+// ---- 2e. sequential first touch and its raw TCP baseline -------------------------------------------------------
+// seqread: node1 (the home) writes every page of a MIB-MiB segment; a process on node2 then reads one word of every
+// page in order, timed: the bandwidth of first touch from another node (each page a read miss, or less with
+// read-ahead). tcpbulk: the same number of bytes sent node1 -> node2 over one TCP connection, timed until node2's
+// one-byte acknowledgement.
+
+int seqread_reader(int shmid, size_t pages) {
+  volatile long* p = static_cast<volatile long*>(attach(shmid));
+  say("ready");
+  if (next_command() != 'g') return 1;
+  int64_t t0 = now_ns();
+  for (size_t i = 0; i < pages; ++i)
+    if (p[i * (kPage / sizeof(long))] != static_cast<long>(i + 1)) {
+      say("error incoherent page " + std::to_string(i));
+      return 1;
+    }
+  say("ns " + std::to_string(now_ns() - t0));
+  return 0;
+}
+
+int run_seqread(const Args& args) {
+  size_t mib = static_cast<size_t>(args.num("--mib", 64));
+  size_t pages = mib * 1048576 / kPage;
+  int shmid = shmget(IPC_PRIVATE, pages * kPage, dipc_shm_flag() | IPC_CREAT | 0600);
+  if (shmid < 0) unavailable("seqread", strerror(errno));
+  if (!dipc_shm_id_ok(shmid)) {
+    shmctl(shmid, IPC_RMID, nullptr);
+    unavailable("seqread", "shmget returned a kernel id (no dipc shm in the preload)");
+  }
+  volatile long* p = static_cast<volatile long*>(attach(shmid));
+  for (size_t i = 0; i < pages; ++i) p[i * (kPage / sizeof(long))] = static_cast<long>(i + 1);
+  Child r = spawn(g_peer, true, {"seqread-reader", std::to_string(shmid), std::to_string(pages)});
+  int rc = 1;
+  std::string l;
+  long long ns = 0;
+  if (wait_ready(r)) {
+    command(r, 'g');
+    if (getline(r, l) && sscanf(l.c_str(), "ns %lld", &ns) == 1 && ns > 0) {
+      double mibps = static_cast<double>(mib) / (static_cast<double>(ns) / 1e9);
+      printf("dipc sequential first touch of %zu MiB on %s (written on this node): %.1f MiB/s, %.1f us/page\n", mib,
+             g_peer.c_str(), mibps, static_cast<double>(ns) / 1e3 / static_cast<double>(pages));
+      printf("@seqread_dipc_mibps %.2f\n", mibps);
+      rc = 0;
+    } else {
+      printf("seqread: failed: %s\n", l.c_str());
+    }
+  }
+  shmdt(const_cast<long*>(p));
+  shmctl(shmid, IPC_RMID, nullptr);
+  reap(r);
+  return rc;
+}
+
+int tcp_bulk_sink(int port, size_t bytes) {
+  int s = accept_one(port);
+  if (s < 0) return 1;
+  std::vector<char> buf(1 << 16);
+  for (size_t got = 0; got < bytes;) {
+    ssize_t n = read(s, buf.data(), std::min(buf.size(), bytes - got));
+    if (n <= 0) return 1;
+    got += static_cast<size_t>(n);
+  }
+  return full_io(s, buf.data(), 1, false) ? 0 : 1;
+}
+
+int run_tcpbulk(const Args& args) {
+  size_t mib = static_cast<size_t>(args.num("--mib", 64));
+  size_t bytes = mib * 1048576;
+  int port = 19000 + (getpid() % 1000);
+  Child p = spawn(g_peer, false, {"tcp-bulk-sink", std::to_string(port), std::to_string(bytes)});
+  if (!wait_ready(p)) return 1;
+  int s = connect_peer(port);
+  std::vector<char> buf(1 << 16, 7);
+  int64_t t0 = now_ns();
+  for (size_t sent = 0; sent < bytes;) {
+    size_t len = std::min(buf.size(), bytes - sent);
+    if (!full_io(s, buf.data(), len, false)) die("tcp bulk send");
+    sent += len;
+  }
+  if (!full_io(s, buf.data(), 1, true)) die("tcp bulk ack");
+  int64_t ns = now_ns() - t0;
+  close(s);
+  reap(p);
+  double mibps = static_cast<double>(mib) / (static_cast<double>(ns) / 1e9);
+  printf("raw TCP bulk transfer of %zu MiB, this node -> %s: %.1f MiB/s\n", mib, g_peer.c_str(), mibps);
+  printf("@tcpbulk_mibps %.2f\n", mibps);
+  return 0;
+}
+
 // ---- 3. Jacobi ---------------------------------------------------------------------------------------------------
 // Segment: grid 0 then grid 1, N x N doubles each, row-major. Boundary: top row 1.0, other edges 0. Interior rows
 // 1..N-2 split evenly across P ranks; each rank first-touches its own rows. Barrier (semaphores: 0 = arrivals,
@@ -920,7 +1023,7 @@ int run_jacobi(const Args& args) {
     pos = c + 1;
   }
   int nprocs = static_cast<int>(nodes.size());
-  std::string key = "jacobi_" + mode;
+  std::string key = "jacobi_" + mode + std::to_string(nprocs);
   int flags = dipc ? IPC_DIPC : 0;
   size_t bytes = 2 * static_cast<size_t>(n) * static_cast<size_t>(n) * sizeof(double);
   int shmid = shmget(IPC_PRIVATE, bytes, (dipc ? dipc_shm_flag() : 0) | IPC_CREAT | 0600);
@@ -994,6 +1097,8 @@ int main(int argc, char** argv) {
     return stream_worker(static_cast<int>(arg(2)), static_cast<size_t>(arg(3)), static_cast<int>(arg(4)),
                          static_cast<int>(arg(5)));
   if (cmd == "tcp-echo") return tcp_echo(static_cast<int>(arg(2)));
+  if (cmd == "tcp-bulk-sink") return tcp_bulk_sink(static_cast<int>(arg(2)), static_cast<size_t>(arg(3)));
+  if (cmd == "seqread-reader") return seqread_reader(static_cast<int>(arg(2)), static_cast<size_t>(arg(3)));
   if (cmd == "readmiss-reader")
     return readmiss_reader(static_cast<int>(arg(2)), static_cast<int>(arg(3)), static_cast<size_t>(arg(4)),
                            static_cast<size_t>(arg(5)));
@@ -1013,6 +1118,8 @@ int main(int argc, char** argv) {
   if (cmd == "stream") return run_stream(args);
   if (cmd == "uffd") return run_uffd(args);
   if (cmd == "tcp") return run_tcp(args);
+  if (cmd == "tcpbulk") return run_tcpbulk(args);
+  if (cmd == "seqread") return run_seqread(args);
   if (cmd == "readmiss") return run_readmiss(args);
   if (cmd == "upgrade") return run_upgrade(args);
   if (cmd == "jacobi") return run_jacobi(args);

@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <arpa/inet.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -65,7 +66,51 @@ bool get_int(const toml::node_view<toml::node>& v, T& out, int64_t lo, int64_t h
   out = static_cast<T>(*x);
   return true;
 }
+// "word:N" with N a whole decimal number in [lo, hi].
+bool word_number(const std::string& text, const char* word, long lo, long hi, long* n) {
+  std::string w = std::string(word) + ":";
+  if (text.rfind(w, 0) != 0 || text.size() == w.size()) return false;
+  char* end = nullptr;
+  long v = strtol(text.c_str() + w.size(), &end, 10);
+  if (*end != 0 || v < lo || v > hi) return false;
+  *n = v;
+  return true;
+}
 }  // namespace
+
+bool parse_sched(const std::string& text, SchedSpec* out) {
+  SchedSpec s;
+  long n = 0;
+  if (text == "auto") {
+  } else if (text == "other") {
+    s.kind = SchedSpec::kOther;
+  } else if (word_number(text, "nice", -20, 19, &n)) {
+    s = {SchedSpec::kNice, static_cast<int>(n)};
+  } else if (word_number(text, "fifo", 1, 99, &n)) {
+    s = {SchedSpec::kFifo, static_cast<int>(n)};
+  } else if (word_number(text, "rr", 1, 99, &n)) {
+    s = {SchedSpec::kRr, static_cast<int>(n)};
+  } else {
+    return false;
+  }
+  if (out) *out = s;
+  return true;
+}
+
+bool parse_bind(const std::string& text, BindSpec* out) {
+  BindSpec b;
+  long n = 0;
+  if (text == "none") {
+  } else if (word_number(text, "core", 0, 4095, &n)) {
+    b = {BindSpec::kCore, static_cast<unsigned>(n)};
+  } else if (word_number(text, "pu", 0, 4095, &n)) {
+    b = {BindSpec::kPu, static_cast<unsigned>(n)};
+  } else {
+    return false;
+  }
+  if (out) *out = b;
+  return true;
+}
 
 Result<Config> parse_config(const std::string& text, std::string* error) {
   Config c;
@@ -90,6 +135,11 @@ Result<Config> parse_config(const std::string& text, std::string* error) {
     if (!get_int(cl["busy_poll_us"], c.busy_poll_us, 0, 1000000)) return fail("cluster.busy_poll_us out of range");
     if (!get_int(cl["answer_poll_us"], c.answer_poll_us, 0, 100000))
       return fail("cluster.answer_poll_us out of range");
+    c.sched = cl["sched"].value_or(c.sched);
+    c.bind = cl["bind"].value_or(c.bind);
+    if (!parse_sched(c.sched, nullptr))
+      return fail("cluster.sched must be \"auto\", \"other\", \"nice:N\" (-20..19), \"fifo:P\" or \"rr:P\" (1..99)");
+    if (!parse_bind(c.bind, nullptr)) return fail("cluster.bind must be \"none\", \"core:N\" or \"pu:N\"");
     if (c.transport != "auto" && c.transport != "tcp" && c.transport != "verbs")
       return fail("cluster.transport must be \"auto\", \"tcp\" or \"verbs\"");
   }

@@ -8,6 +8,10 @@
 //   busy_poll_us = 0                   # poll this long before sleeping (latency for CPU; 0: off)
 //   answer_poll_us = 200               # a remote answer a program is blocked on (a forwarded call, a page):
 //                                      # poll for it up to this long, yielding the CPU, instead of sleeping
+//   sched = "auto"                     # the daemon's scheduling: "auto" (fifo:10 when allowed, else other),
+//                                      # "other" (unchanged), "nice:N" (-20..19), "fifo:P" / "rr:P" (1..99);
+//                                      # raising needs CAP_SYS_NICE (root has it; systemd: AmbientCapabilities)
+//   bind = "none"                      # pin the daemon with hwloc: "none", "core:N", "pu:N" (logical indexes)
 //
 //   [[node]]                           # one table per node
 //   id = 1                             # 1..255, unique
@@ -71,6 +75,8 @@ struct Config {
   std::string log_level = "info";
   uint32_t busy_poll_us = 0;
   uint32_t answer_poll_us = 200;
+  std::string sched = "auto";
+  std::string bind = "none";
   Distribute distribute = Distribute::kFlag;
   std::vector<KeyRange> ranges;
   bool distribute_private = true;  // [policy] private: under "all", IPC_PRIVATE is distributed too
@@ -86,6 +92,18 @@ struct Config {
   // false) only.
   bool policy_distributes(int32_t key) const;
 };
+
+// [cluster] sched and bind, validated at parse time and applied by dipcd (daemon/sched.cc).
+struct SchedSpec {
+  enum Kind : uint8_t { kAuto, kOther, kNice, kFifo, kRr } kind = kAuto;
+  int value = 0;  // nice value or real-time priority
+};
+struct BindSpec {
+  enum Kind : uint8_t { kNone, kCore, kPu } kind = kNone;
+  unsigned index = 0;
+};
+bool parse_sched(const std::string& text, SchedSpec* out);
+bool parse_bind(const std::string& text, BindSpec* out);
 
 // Reads one provider's [transport.<name>] table: typed, range-checked values, and a check that no unknown key is
 // left (a typo is an error, not a silently ignored setting). Errors name the setting ("transport.tcp.<key>").

@@ -12,6 +12,7 @@
 #include "common/event_loop.h"
 #include "common/log.h"
 #include "daemon/client_server.h"
+#include "daemon/sched.h"
 #include "daemon/transports.h"
 #include "dsm/segment.h"
 #include "ipc/service.h"
@@ -57,6 +58,10 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  if (auto s = dipc::apply_sched(cfg, &err); !s) {
+    DIPC_LOG_ERROR("{}", err);
+    return 2;
+  }
   signal(SIGPIPE, SIG_IGN);
   sigset_t mask;
   sigemptyset(&mask);

@@ -21,6 +21,7 @@
 
 #include "common/fd_passing.h"
 #include "common/frame.h"
+#include "common/spare_cpu.h"
 #include "ipc/protocol.h"
 
 namespace dipc::preload {
@@ -130,10 +131,15 @@ Read read_frame(Conn& c, FrameParser::Frame& f, int64_t deadline, bool signals, 
     pollfd p{c.fd, POLLIN, 0};
     int timeout = deadline < 0 ? -1 : static_cast<int>(left_ms(deadline));
     int r = 0;
-    if ((g_spin_ns > 0 || spin_until > 0) && timeout != 0) {
-      int64_t until = std::max(now_ns() + g_spin_ns, spin_until);
+    // The optional spin (DIPC_SPIN_US) runs only while a CPU is spare: with every CPU busy a yield costs a time
+    // slice. The poll until `spin_until` is not optional (a blocking call sleeps only once registered).
+    int64_t until = std::max(g_spin_ns > 0 && spare_cpu() ? now_ns() + g_spin_ns : 0, spin_until);
+    if (until > 0 && timeout != 0) {
       if (deadline >= 0) until = std::min(until, deadline);
-      while ((r = poll(&p, 1, 0)) == 0 && now_ns() < until) sched_yield();  // let the daemon have the CPU
+      for (unsigned i = 1; (r = poll(&p, 1, 0)) == 0 && now_ns() < until; ++i) {
+        if (i % 16 == 0 && now_ns() >= spin_until && !spare_cpu()) break;
+        sched_yield();  // let the daemon have the CPU
+      }
     }
     if (r == 0) r = poll(&p, 1, timeout);
     if (r < 0 && errno == EINTR) {

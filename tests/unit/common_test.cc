@@ -131,6 +131,36 @@ TEST(Config, ErrorsNameTheProblem) {
   EXPECT_GE(Config{}.block_size, static_cast<uint32_t>(page));  // the default fits this node too
 }
 
+// [cluster] sched and bind: what dipcd applies at start (daemon/sched.cc); a typo is an error, never a silent default.
+TEST(Config, SchedAndBindAreCheckedAtParse) {
+  std::string err;
+  auto c = parse_config("[cluster]\nsched = \"fifo:20\"\nbind = \"core:1\"\n", &err);
+  ASSERT_TRUE(c) << err;
+  SchedSpec s;
+  BindSpec b;
+  ASSERT_TRUE(parse_sched(c->sched, &s));
+  EXPECT_EQ(s.kind, SchedSpec::kFifo);
+  EXPECT_EQ(s.value, 20);
+  ASSERT_TRUE(parse_bind(c->bind, &b));
+  EXPECT_EQ(b.kind, BindSpec::kCore);
+  EXPECT_EQ(b.index, 1u);
+  auto d = parse_config("", &err);
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->sched, "auto");
+  EXPECT_EQ(d->bind, "none");
+  ASSERT_TRUE(parse_sched("nice:-5", &s));
+  EXPECT_EQ(s.kind, SchedSpec::kNice);
+  EXPECT_EQ(s.value, -5);
+  for (const char* bad : {"fifo", "fifo:0", "fifo:100", "nice:-21", "nice:20", "nice:1x", "FIFO:10", "idle"}) {
+    EXPECT_FALSE(parse_config(std::string("[cluster]\nsched = \"") + bad + "\"\n", &err)) << bad;
+    EXPECT_NE(err.find("cluster.sched"), std::string::npos) << bad;
+  }
+  for (const char* bad : {"core", "core:-1", "socket:0", "pu:x"}) {
+    EXPECT_FALSE(parse_config(std::string("[cluster]\nbind = \"") + bad + "\"\n", &err)) << bad;
+    EXPECT_NE(err.find("cluster.bind"), std::string::npos) << bad;
+  }
+}
+
 TEST(Auth, BothSidesProveTheSameSecretAndNothingElse) {
   Bytes s1(32, 7), s2(32, 8);
   ClusterKey k1 = ClusterKey::from_secret(s1), k1b = ClusterKey::from_secret(s1), k2 = ClusterKey::from_secret(s2);
