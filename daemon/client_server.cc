@@ -8,7 +8,6 @@
 #include <unistd.h>
 
 #include <cstring>
-#include <fstream>
 #include <sstream>
 
 #include "common/log.h"
@@ -23,6 +22,7 @@ namespace {
 constexpr size_t kMaxClientOut = 64u << 20;  // a client that does not read its answers is dropped
 
 int pidfd_open_(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
+constexpr int kSoPeerPidfd = 77;  // SO_PEERPIDFD (Linux 6.5); Debian 12's headers predate it
 }  // namespace
 
 ClientServer::ClientServer(EventLoop& loop, ipc::Service& service, const Config& cfg)
@@ -73,7 +73,12 @@ Status ClientServer::listen(const std::string& name) {
 void ClientServer::set_enabled(bool on) { control_->enabled.store(on ? 1 : 0, std::memory_order_release); }
 bool ClientServer::enabled() const { return control_->enabled.load() != 0; }
 
-bool ClientServer::read_creds(int fd, ipc::Creds& c) {
+// Who the client is, from what the kernel pinned when it connected: SO_PEERCRED (pid, euid, egid) and
+// SO_PEERGROUPS. Nothing is read later from /proc/<pid>: by then the process may have exec'd a setuid binary, or
+// its pid may name another process. Capabilities cannot be learnt that way, so they are honoured for uid 0 only
+// (README, "What differs"): a process that connected as root holds them, one that connected as anyone else does
+// not, whatever it becomes afterwards. *pidfd gets a pidfd of the connecting process (SO_PEERPIDFD), or -1.
+bool ClientServer::read_creds(int fd, ipc::Creds& c, int* pidfd) {
   ucred uc{};
   socklen_t len = sizeof uc;
   if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &len) != 0) return false;
@@ -81,23 +86,25 @@ bool ClientServer::read_creds(int fd, ipc::Creds& c) {
   c.uid = uc.uid;
   c.gid = uc.gid;
   c.node = cfg_.self;
-  // Supplementary groups and effective capabilities, as the kernel's ipcperms() would see them.
-  std::ifstream f("/proc/" + std::to_string(uc.pid) + "/status");
-  std::string line;
-  uint64_t cap_eff = 0;
-  while (std::getline(f, line)) {
-    if (line.rfind("Groups:", 0) == 0) {
-      std::istringstream is(line.substr(7));
-      uint32_t g;
-      while (is >> g) c.groups.push_back(g);
-    } else if (line.rfind("CapEff:", 0) == 0) {
-      cap_eff = std::stoull(line.substr(7), nullptr, 16);
+  std::vector<gid_t> groups(64);
+  for (;;) {
+    auto glen = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &glen) == 0) {
+      groups.resize(glen / sizeof(gid_t));
+      break;
     }
+    if (errno != ERANGE || glen / sizeof(gid_t) <= groups.size() || glen / sizeof(gid_t) > 65536) return false;
+    groups.resize(glen / sizeof(gid_t));
   }
-  c.cap_ipc_owner = cap_eff & (1ull << 15);
-  c.cap_sys_admin = cap_eff & (1ull << 21);
-  c.cap_sys_resource = cap_eff & (1ull << 24);
-  c.cap_ipc_lock = cap_eff & (1ull << 14);
+  c.groups.assign(groups.begin(), groups.end());
+  bool root = uc.uid == 0;
+  c.cap_ipc_owner = root;
+  c.cap_sys_admin = root;
+  c.cap_sys_resource = root;
+  c.cap_ipc_lock = root;
+  *pidfd = -1;
+  socklen_t plen = sizeof *pidfd;
+  if (getsockopt(fd, SOL_SOCKET, kSoPeerPidfd, pidfd, &plen) != 0) *pidfd = -1;  // before Linux 6.5
   return true;
 }
 
@@ -108,12 +115,13 @@ void ClientServer::on_accept() {
     auto c = std::make_unique<Conn>();
     c->id = next_conn_++;
     c->fd = fd;
-    if (!read_creds(fd, c->creds)) {
+    int pidfd = -1;
+    if (!read_creds(fd, c->creds, &pidfd)) {
       close(fd);
       continue;
     }
     uint64_t id = c->id;
-    watch_pid(c->creds.pid);
+    watch_pid(c->creds.pid, pidfd);
     fd_conn_[fd] = id;
     conns_[id] = std::move(c);
     loop_.add(fd, EPOLLIN | EPOLLRDHUP, [this, id](uint32_t ev) {
@@ -123,9 +131,14 @@ void ClientServer::on_accept() {
   }
 }
 
-void ClientServer::watch_pid(int32_t pid) {
-  if (pidfds_.count(pid)) return;
-  int pfd = pidfd_open_(pid);
+// `pfd`: the connection's SO_PEERPIDFD (ownership passes here), or -1: a pidfd is opened by pid (racy against pid
+// reuse, on kernels before 6.5 only).
+void ClientServer::watch_pid(int32_t pid, int pfd) {
+  if (pidfds_.count(pid)) {
+    if (pfd >= 0) close(pfd);
+    return;
+  }
+  if (pfd < 0) pfd = pidfd_open_(pid);
   if (pfd < 0) return;
   pidfds_[pid] = pfd;
   loop_.add(pfd, EPOLLIN, [this, pid, pfd](uint32_t) {

@@ -1,5 +1,5 @@
 // The daemon's local face: programs (through libdipc.so) and tools connect over a Unix socket. The kernel tells us
-// who they are (SO_PEERCRED, /proc/<pid>/status); nothing the client says about itself is trusted. A pidfd per
+// who they are (SO_PEERCRED, SO_PEERGROUPS, SO_PEERPIDFD, pinned at connect); nothing the client says about itself is trusted. A pidfd per
 // client process tells us when it exits, even by kill -9, so its SEM_UNDO adjustments are applied cluster-wide.
 #pragma once
 
@@ -47,8 +47,8 @@ class ClientServer {
   void send_frame(uint64_t conn_id, const FrameHeader& h, ByteView body, int pass_fd = -1);
   void flush(Conn& c);
   void close_conn(uint64_t conn_id, const char* why);
-  void watch_pid(int32_t pid);
-  bool read_creds(int fd, ipc::Creds& c);
+  void watch_pid(int32_t pid, int pidfd);
+  bool read_creds(int fd, ipc::Creds& c, int* pidfd);
 
   EventLoop& loop_;
   ipc::Service& service_;

@@ -11,6 +11,7 @@
 #include "common/config.h"
 #include "common/event_loop.h"
 #include "common/log.h"
+#include "common/unix_socket.h"
 #include "daemon/client_server.h"
 #include "ipc/service.h"
 #include "transport/transport.h"
@@ -77,7 +78,12 @@ int main(int argc, char** argv) {
   }
   dipc::ClientServer clients(loop, service, cfg);
   if (auto s = clients.listen(cfg.socket); !s) {
-    DIPC_LOG_ERROR("cannot listen on {}: {}", cfg.socket, s.str());
+    std::string holder = s.code() == EADDRINUSE ? dipc::unix_holder(cfg.socket) : "";
+    if (!holder.empty())
+      DIPC_LOG_ERROR("socket {} is already held by {}: another dipcd, or a local user squatting the name to read "
+                     "programs' calls; refusing to start beside it", cfg.socket, holder);
+    else
+      DIPC_LOG_ERROR("cannot listen on {}: {}", cfg.socket, s.str());
     return 1;
   }
   loop.add(sfd, EPOLLIN, [&](uint32_t) {

@@ -99,11 +99,13 @@ auto guarded(F&& body) noexcept -> decltype(body()) {
   }
 }
 
-// A call on a distributed id. nullopt: the kernel answers instead (no daemon, or an id the daemon does not know).
+// A call on a distributed id. nullopt: the kernel answers instead (an id the daemon does not know: a kernel id past
+// bit 30). No daemon is EIO, never the kernel.
 std::optional<Reply> daemon_call(uint16_t op, const dipc::Bytes& body, const Wait& w = {},
                                  const dipc::preload::Accept& accept = {}) {
   Reply r;
-  if (!dipc::preload::call(op, body, r, w, accept) || r.unknown_id()) return std::nullopt;
+  dipc::preload::call(op, body, r, w, accept);
+  if (r.unknown_id()) return std::nullopt;
   return r;
 }
 
@@ -113,8 +115,11 @@ bool decodes(ByteView b, T& v) {
 }
 
 std::optional<int> dipc_get(uint16_t op, key_t key, int nsems, int flg, uint64_t size = 0) {
+  // With no daemon reached yet, the policy is unknown: an IPC_DIPC key is distributed under every policy (it fails
+  // with EIO below), any other key goes to the kernel. A daemon that died leaves its control page mapped, so its
+  // policy still decides.
   const ipc::ControlPage* cp = dipc::preload::control();
-  if (!cp || !cp->distributes(key, flg, IPC_DIPC)) return std::nullopt;
+  if (cp ? !cp->distributes(key, flg, IPC_DIPC) : !(flg & IPC_DIPC)) return std::nullopt;
   ipc::IdResp id;
   auto r = daemon_call(op, ipc::encode_body(ipc::GetReq{key, nsems, flg, size}), {},
                        [&](ByteView b) { return decodes(b, id) && ipc::is_dipc_id(id.id); });

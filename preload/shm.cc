@@ -407,7 +407,7 @@ std::optional<void*> attach(int id, const void* addr, int flg) {
   prune(s);
   s.attaches.reserve(s.attaches.size() + 1);  // recording the attach must not fail once dipcd counts it
   ShmConn* c = conn_for_caller(s);
-  if (!c) return std::nullopt;
+  if (!c) return failed(EIO);  // a distributed id with no daemon: never the kernel (README, "What differs")
 
   Answer at;
   Undo undo;

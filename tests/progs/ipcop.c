@@ -8,6 +8,7 @@
  *   semstat:ID  semset:ID:MODE  semrm:ID
  *   msgsnd:ID:TYPE:TEXT:FLAGS  msgrcv:ID:TYPE:MAXSIZE:FLAGS  msgstat:ID  msgqbytes:ID:N  msgrm:ID
  *   hold                     prints "held" and waits for a signal forever (to be killed)
+ *   pause                    prints "paused" and waits for SIGUSR1, then goes on with the next command
  *   sigusr1 | sigusr1-restart   installs a SIGUSR1 handler (without / with SA_RESTART)
  *   print:TEXT               prints TEXT
  *
@@ -181,6 +182,16 @@ int main(int argc, char **argv) {
       printf("held\n");
       fflush(stdout);
       for (;;) pause();
+    } else if (!strcmp(name, "pause")) {
+      sigset_t set;
+      sigemptyset(&set);
+      sigaddset(&set, SIGUSR1);
+      sigprocmask(SIG_BLOCK, &set, NULL);
+      printf("paused\n");
+      fflush(stdout);
+      int sig = 0;
+      sigwait(&set, &sig);
+      sigprocmask(SIG_UNBLOCK, &set, NULL);
     } else if (!strcmp(name, "sigusr1") || !strcmp(name, "sigusr1-restart")) {
       struct sigaction sa;
       memset(&sa, 0, sizeof sa);

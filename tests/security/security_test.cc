@@ -1,0 +1,102 @@
+// A hostile local user (ctest label `security`): each test runs an attack as an unprivileged user (nobody, through
+// setpriv) on a simulated cluster of namespaced nodes and asserts it is refused. Real daemons, real processes.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "tests/harness/sim_cluster.h"
+#include "tests/integration/output.h"
+
+namespace dipc::test {
+namespace {
+
+SimCluster::Options three_nodes() {
+  SimCluster::Options o;
+  o.nodes = 3;
+  return o;
+}
+
+// argv run as nobody:nogroup with no supplementary groups and no capabilities.
+std::vector<std::string> as_nobody(std::vector<std::string> argv) {
+  std::vector<std::string> v = {"setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"};
+  v.insert(v.end(), argv.begin(), argv.end());
+  return v;
+}
+
+std::string ipcop(SimCluster& c, int node, std::vector<std::string> cmds) {
+  cmds.insert(cmds.begin(), SimCluster::prog("ipcop"));
+  auto r = c.run(node, cmds, 30);
+  EXPECT_EQ(r.status, 0) << r.err;
+  return r.out + r.err;
+}
+
+// A directory everyone may enter, removed at the end.
+struct TempDir {
+  std::string path;
+  TempDir() {
+    char t[] = "/tmp/dipc-sec-XXXXXX";
+    path = mkdtemp(t);
+    chmod(path.c_str(), 0755);
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+};
+
+class Security : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (geteuid() != 0) GTEST_SKIP() << "needs root: the attacks run as nobody against root's objects";
+  }
+};
+
+// Issue 8 item 1: a client that connects as nobody, keeps the socket and execs a setuid-root program is never
+// credited with root's rights: identity is what the kernel pinned at connect.
+TEST_F(Security, ExecOfASetuidProgramAfterConnectNeverGrantsRootsRights) {
+  SimCluster c(three_nodes());
+  std::string q = field(ipcop(c, 1, {"msgget:0:creat+dipc+0600"}), "msgget");
+  ASSERT_TRUE(!q.empty() && q[0] != '-') << q;
+  TempDir d;
+  std::string tail = d.path + "/tail-setuid";
+  std::filesystem::copy_file("/usr/bin/tail", tail);
+  ASSERT_EQ(chown(tail.c_str(), 0, 0), 0);
+  ASSERT_EQ(chmod(tail.c_str(), 04755), 0);
+  for (int node : {1, 2}) {  // the queue's home, and a node that forwards to it
+    auto r = c.run(node, as_nobody({SimCluster::prog("credrace"), q, tail, "40"}), 240, false);
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(field(r.out, "granted"), "0 refused=40 other=0") << "node " << node << ": " << r.out;
+  }
+}
+
+// Issue 8 item 2: a local user who binds the daemon's socket name while the daemon is down sees no program's call
+// (the preload checks who listens and says so), and dipcd refuses to start beside it, saying why.
+TEST_F(Security, ASquatterOnTheDaemonSocketGetsNoCallsAndDipcdRefusesToStartBesideIt) {
+  SimCluster c(three_nodes());
+  if (!c.namespaced()) GTEST_SKIP() << "needs a network namespace per node for a socket name of its own";
+  ASSERT_TRUE(c.kill_daemon(2)) << c.last_error();
+  auto squatter = c.spawn(2, as_nobody({SimCluster::prog("squat")}), false);
+  ASSERT_TRUE(c.wait_output(squatter, "squatting")) << c.output(squatter);
+
+  auto r = c.run(2, {SimCluster::prog("ipcop"), "msgget:0x5152:creat+dipc+0666", "semget:0:1:creat+dipc+0600"}, 30,
+                 {"DIPC_RETRY_MS=0"});
+  EXPECT_EQ(field(r.out, "msgget"), "-1 EIO") << r.out;
+  EXPECT_EQ(field(r.out, "semget"), "-1 EIO") << r.out;
+  EXPECT_NE(r.err.find("refusing the dipc socket"), std::string::npos) << r.err;
+
+  EXPECT_FALSE(c.start_daemon(2));
+  std::string log = c.daemon_log(2) + c.last_error();
+  EXPECT_NE(log.find("already held by"), std::string::npos) << log;
+
+  c.kill(squatter, SIGKILL);
+  c.wait(squatter, 10);
+  ASSERT_TRUE(c.start_daemon(2)) << c.last_error();
+  std::string q = field(ipcop(c, 2, {"msgget:0x5152:creat+dipc+0666"}), "msgget");
+  EXPECT_TRUE(!q.empty() && q[0] != '-') << q;
+}
+
+}  // namespace
+}  // namespace dipc::test
