@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <new>
 #include <sstream>
 
 #include "common/log.h"
@@ -236,12 +237,23 @@ void ClientServer::on_frame(Conn& c, FrameParser::Frame& f) {
   c.inflight[h.id] = token;
   uint64_t frame_id = h.id;
   uint16_t op = h.op;
-  service_.client_request(c.creds, h.op, f.payload, token, [this, conn_id, frame_id, op](int st, Bytes body) {
-    auto it = conns_.find(conn_id);
-    if (it == conns_.end()) return;
-    it->second->inflight.erase(frame_id);
-    send_frame(conn_id, FrameHeader{FrameKind::kResponse, op, frame_id, st, 0}, body);
-  });
+  auto answered = std::make_shared<bool>(false);  // the answer may come long after this returns
+  try {
+    service_.client_request(c.creds, h.op, f.payload, token,
+                            [this, conn_id, frame_id, op, answered](int st, Bytes body) {
+                              *answered = true;
+                              auto it = conns_.find(conn_id);
+                              if (it == conns_.end()) return;
+                              it->second->inflight.erase(frame_id);
+                              send_frame(conn_id, FrameHeader{FrameKind::kResponse, op, frame_id, st, 0}, body);
+                            });
+  } catch (const std::bad_alloc&) {  // the program gets ENOMEM; the daemon goes on
+    DIPC_LOG_WARN("client pid {}: out of memory serving operation {}", c.creds.pid, op);
+    if (!*answered) {
+      c.inflight.erase(frame_id);
+      send_frame(conn_id, FrameHeader{FrameKind::kResponse, op, frame_id, ENOMEM, 0}, {});
+    }
+  }
 }
 
 // shmat / shmdt: answered in order on the program's shm connection; they carry descriptors both ways.

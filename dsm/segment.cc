@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <new>
 #include <sstream>
 
 #include "common/log.h"
@@ -21,6 +22,8 @@ namespace {
 uint64_t round_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
 // The coherence unit of a segment: the configured block size, at most the segment rounded up to a power of two.
+constexpr uint64_t kStateBytesPerBlock = 128;
+
 uint64_t effective_block(uint64_t size, uint64_t want) {
   uint64_t cap = kPageSize;
   while (cap < size) cap <<= 1;
@@ -429,7 +432,27 @@ int64_t Manager::now_us() {
 Result<Segment*> Manager::open(uint64_t id, NodeId home, uint64_t size) {
   auto it = segs_.find(id);
   if (it != segs_.end()) return it->second.get();
-  auto s = std::make_unique<Segment>(*this, id, home, size, block_size_);
+  // Per-block coherence state (home directory, node cache, flags: about kStateBytesPerBlock) lives in the daemon.
+  // A segment whose state would take more than 1/8 of the node's memory is refused with ENOMEM, as shmget(2)
+  // answers "no memory for the segment's overhead", instead of an allocation that fails (or is OOM-killed) later.
+  uint64_t mapped = round_up(std::max<uint64_t>(size, 1), kPageSize);
+  uint64_t block = effective_block(mapped, block_size_);
+  uint64_t blocks = (mapped + block - 1) / block;
+  static const uint64_t budget = [] {
+    long pages = sysconf(_SC_PHYS_PAGES);
+    return pages > 0 ? static_cast<uint64_t>(pages) * kPageSize / 8 : uint64_t{1} << 30;
+  }();
+  if (blocks > UINT32_MAX || blocks > budget / kStateBytesPerBlock) {
+    DIPC_LOG_WARN("dsm: segment {} of {} bytes refused: its {} blocks need more memory than allowed ({} bytes)",
+                  static_cast<int32_t>(id), size, blocks, budget);
+    return Status::err(ENOMEM);
+  }
+  std::unique_ptr<Segment> s;
+  try {
+    s = std::make_unique<Segment>(*this, id, home, size, block_size_);
+  } catch (const std::bad_alloc&) {
+    return Status::err(ENOMEM);
+  }
   Status st = s->init();
   if (!st) return st;
   Segment* p = s.get();

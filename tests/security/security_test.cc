@@ -98,5 +98,22 @@ TEST_F(Security, ASquatterOnTheDaemonSocketGetsNoCallsAndDipcdRefusesToStartBesi
   EXPECT_TRUE(!q.empty() && q[0] != '-') << q;
 }
 
+// Issue 8 item 5: no request kills the daemon. An 8 TiB segment (the kernel accepts it, with overcommit) is refused
+// with ENOMEM, and the daemon goes on serving.
+TEST_F(Security, AnEightTebibyteSegmentIsRefusedWithEnomemAndTheDaemonLives) {
+  SimCluster c(three_nodes());
+  auto r = c.run(2, as_nobody({SimCluster::prog("shm_tool"), "get:0:0x80000000000:creat+dipc+0600",
+                               "get:0:0x8000000000000:creat+dipc+0600", "get:0:4096:creat+dipc+0600", "rm"}),
+                 60);
+  EXPECT_EQ(fields(r.out, "get").size(), 3u) << r.out << r.err;
+  if (fields(r.out, "get").size() == 3) {
+    EXPECT_EQ(fields(r.out, "get")[0], "-1 ENOMEM") << r.out;
+    EXPECT_EQ(fields(r.out, "get")[1], "-1 ENOMEM") << r.out;  // 2 PiB: more blocks than any index
+    EXPECT_NE(fields(r.out, "get")[2].substr(0, 1), "-") << r.out;
+  }
+  EXPECT_EQ(field(r.out, "rm"), "0") << r.out;
+  EXPECT_NE(c.dipc(2, {"status"}).out.find("peers"), std::string::npos) << "node2's daemon died";
+}
+
 }  // namespace
 }  // namespace dipc::test
