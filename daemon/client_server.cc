@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <string_view>
 #include <new>
 #include <sstream>
 
@@ -23,7 +24,13 @@ namespace {
 constexpr size_t kMaxClientOut = 64u << 20;  // a client that does not read its answers is dropped
 
 int pidfd_open_(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
-constexpr int kSoPeerPidfd = 77;  // SO_PEERPIDFD (Linux 6.5); Debian 12's headers predate it
+constexpr int kSoPeerPidfd = 77;
+
+bool is_userfaultfd(int fd) {
+  char link[64];
+  ssize_t n = readlink(("/proc/self/fd/" + std::to_string(fd)).c_str(), link, sizeof link - 1);
+  return n > 0 && std::string_view(link, static_cast<size_t>(n)) == "anon_inode:[userfaultfd]";
+}  // SO_PEERPIDFD (Linux 6.5); Debian 12's headers predate it
 }  // namespace
 
 ClientServer::ClientServer(EventLoop& loop, ipc::Service& service, const Config& cfg)
@@ -274,6 +281,10 @@ void ClientServer::on_shm_frame(Conn& c, FrameParser::Frame& f) {
   if (c.fds.empty()) return answer(EBADF, {});
   int uffd = c.fds.front();
   c.fds.erase(c.fds.begin());
+  if (!is_userfaultfd(uffd)) {  // any other descriptor would be read as fault events
+    close(uffd);
+    return answer(EBADF, {});
+  }
   service_.client_shm_attached(c.creds, conn_id, f.payload, uffd, answer);
 }
 

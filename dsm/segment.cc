@@ -5,6 +5,7 @@
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -23,6 +24,7 @@ uint64_t round_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
 // The coherence unit of a segment: the configured block size, at most the segment rounded up to a power of two.
 constexpr uint64_t kStateBytesPerBlock = 128;
+constexpr uint32_t kMaxGarbage = 64;
 
 uint64_t effective_block(uint64_t size, uint64_t want) {
   uint64_t cap = kPageSize;
@@ -72,6 +74,9 @@ Status Segment::init() {
   view_fd_ = memfd_create("dipc-shm-view", MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (view_fd_ < 0) return errno_status("memfd_create");
   if (ftruncate(view_fd_, static_cast<off_t>(mapped_)) != 0) return errno_status("ftruncate view");
+  // Only the daemon may open the view by name: a program given a read-only descriptor cannot reopen it writable
+  // through /proc/self/fd (the kernel checks the inode's mode there; an open descriptor keeps its access mode).
+  if (fchmod(view_fd_, 0600) != 0) return errno_status("chmod view");
   // Programs get this fd: they may map it, never resize it under the other processes.
   if (fcntl(view_fd_, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) return errno_status("seal view");
   frames_fd_ = memfd_create("dipc-shm-frames", MFD_CLOEXEC);
@@ -138,8 +143,21 @@ void Segment::on_uffd(uint64_t attach) {
     if (n == 0) return;
     for (size_t k = 0; k < static_cast<size_t>(n) / sizeof(uffd_msg); ++k) {
       const uffd_msg& um = msgs[k];
-      if (um.event != UFFD_EVENT_PAGEFAULT) continue;
       bool write = (um.arg.pagefault.flags & (UFFD_PAGEFAULT_FLAG_WRITE | UFFD_PAGEFAULT_FLAG_WP)) != 0;
+      Attach& a = it->second;
+      // The program owns this userfaultfd and may register anything with it: a fault outside the attach, another
+      // event, or a write through a read-only attach (which would take the block away from every other node) is
+      // garbage. A few are ignored; past kMaxGarbage the attach is dropped, logged once.
+      if (um.event != UFFD_EVENT_PAGEFAULT || um.arg.pagefault.address < a.addr ||
+          um.arg.pagefault.address >= a.addr + a.len || (write && a.rdonly)) {
+        if (++a.garbage > kMaxGarbage) {
+          DIPC_LOG_WARN("dsm: segment {}: an attach's userfaultfd sends events that are not its faults; detached",
+                        static_cast<int32_t>(id_));
+          remove_attach(attach);
+          return;
+        }
+        continue;
+      }
       handle_fault(attach, um.arg.pagefault.address, write);
       if (attaches_.find(attach) == attaches_.end()) return;
     }

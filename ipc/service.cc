@@ -293,6 +293,8 @@ void Service::home_shm_attach(uint16_t op, const HomeHeader& h, ByteView body, R
   ShmSeg* s = find_shm(r.id);
   if (!s) return reply(EINVAL, {});
   if (op == kShmAttached) {
+    // The attach's rights are checked again here: kShmAt granted a mode, this names the mode actually mapped.
+    if (int e = s->attach_check(h.creds, r.flg)) return reply(e, {});
     s->attached(h.creds.pid, now_s());
   } else {
     s->detached(h.creds.pid, now_s());

@@ -115,5 +115,27 @@ TEST_F(Security, AnEightTebibyteSegmentIsRefusedWithEnomemAndTheDaemonLives) {
   EXPECT_NE(c.dipc(2, {"status"}).out.find("peers"), std::string::npos) << "node2's daemon died";
 }
 
+// Issue 8 item 3: a user allowed only SHM_RDONLY on root's 0644 segment cannot turn the descriptor dipcd hands out
+// into a writable one, nor register a writable attach, nor feed dipcd a descriptor that is not a userfaultfd.
+TEST_F(Security, AReadOnlyAttachCannotBeTurnedIntoAWritableOne) {
+  SimCluster c(three_nodes());
+  auto r = c.run(1, {SimCluster::prog("shm_tool"), "get:0:8192:creat+dipc+0644", "at", "wstr:0:root"}, 30);
+  std::string id = field(r.out, "get");
+  ASSERT_TRUE(!id.empty() && id[0] != '-') << r.out << r.err;
+  for (int node : {1, 2}) {
+    auto a = c.run(node, as_nobody({SimCluster::prog("shmattack"), id}), 30, false);
+    ASSERT_EQ(a.status, 0) << a.err;
+    EXPECT_EQ(field(a.out, "shmat"), "0") << a.out;
+    EXPECT_EQ(field(a.out, "reopen"), "-1 EACCES") << a.out;
+    EXPECT_EQ(field(a.out, "mmaprw"), "-1 EACCES") << a.out;
+    EXPECT_EQ(field(a.out, "wrote"), "") << a.out;
+    EXPECT_EQ(field(a.out, "fakeuffd"), "-1 EBADF") << a.out;
+    std::string rw = field(a.out, "rwattach");
+    EXPECT_TRUE(rw == "-1 EACCES" || rw == "skipped") << a.out;
+  }
+  r = c.run(3, {SimCluster::prog("shm_tool"), "at:" + id, "rstr:0:4", "rm:" + id}, 30);
+  EXPECT_EQ(field(r.out, "rstr"), "root") << r.out << r.err;
+}
+
 }  // namespace
 }  // namespace dipc::test
