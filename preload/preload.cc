@@ -13,12 +13,14 @@
 #include <cstring>
 #include <new>
 #include <optional>
+#include <vector>
 
 #include "dipc/dipc.h"
 #include "ipc/ids.h"
 #include "ipc/protocol.h"
 #include "preload/client.h"
 #include "preload/shm.h"
+#include "preload/user_memory.h"
 
 namespace ipc = dipc::ipc;
 using dipc::ByteView;
@@ -139,25 +141,30 @@ void put_perm(struct ipc_perm& out, const ipc::Perm& p) {
 
 // ---- semaphores ----
 
-std::optional<int> dipc_semop(int id, struct sembuf* sops, size_t nsops, const struct timespec* timeout) {
-  // The kernel's order of checks (do_semtimedop): nsops, the sops pointer, the timeout, then the set.
-  if (nsops > ipc::kMaxSops) return fail(E2BIG);
+std::optional<int> dipc_semop(int id, struct sembuf* user_sops, size_t nsops, const struct timespec* user_timeout) {
+  // The kernel's order of checks (do_semtimedop): nsops (EINVAL, E2BIG past semopm), the sops (EFAULT), the timeout
+  // (EFAULT, EINVAL), then the set. semopm is the home's: a copy that fails is E2BIG only past the node's semopm.
   if (nsops < 1) return fail(EINVAL);
-  if (!sops) return fail(EFAULT);
+  if (nsops > ipc::kMaxSops) return fail(E2BIG);
+  std::vector<struct sembuf> sops(nsops);
+  if (!dipc::preload::copy_in(sops.data(), user_sops, nsops * sizeof(struct sembuf)))
+    return fail(nsops > dipc::preload::local_semopm() ? E2BIG : EFAULT);
   Wait w;
-  if (timeout) {
-    if (timeout->tv_sec < 0 || timeout->tv_nsec < 0 || timeout->tv_nsec >= 1'000'000'000L) return fail(EINVAL);
+  if (user_timeout) {
+    struct timespec timeout;
+    if (!dipc::preload::copy_in(&timeout, user_timeout, sizeof timeout)) return fail(EFAULT);
+    if (timeout.tv_sec < 0 || timeout.tv_nsec < 0 || timeout.tv_nsec >= 1'000'000'000L) return fail(EINVAL);
     constexpr int64_t kFar = int64_t{1} << 61;  // beyond any wait
-    int64_t ns = timeout->tv_sec >= kFar / 1'000'000'000 ? kFar : timeout->tv_sec * 1'000'000'000 + timeout->tv_nsec;
+    int64_t ns = timeout.tv_sec >= kFar / 1'000'000'000 ? kFar : timeout.tv_sec * 1'000'000'000 + timeout.tv_nsec;
     w.deadline_ns = dipc::preload::now_ns() + ns;
   }
   ipc::SemOpReq q;
   q.id = id;
   q.sops.reserve(nsops);
   bool may_block = false;
-  for (size_t i = 0; i < nsops; ++i) {
-    q.sops.push_back(ipc::SemBuf{sops[i].sem_num, sops[i].sem_op, sops[i].sem_flg});
-    if (!(sops[i].sem_flg & IPC_NOWAIT)) may_block = true;
+  for (const struct sembuf& op : sops) {
+    q.sops.push_back(ipc::SemBuf{op.sem_num, op.sem_op, op.sem_flg});
+    if (!(op.sem_flg & IPC_NOWAIT)) may_block = true;
   }
   w.interruptible = may_block;
   if (!may_block) w.deadline_ns = -1;
@@ -192,18 +199,20 @@ std::optional<int> dipc_semctl(int id, int semnum, int cmd, semun arg) {
     case IPC_STAT:
     case GETALL:
       break;  // Linux looks the set up (EINVAL, EIDRM, EACCES) before it writes the buffer (EFAULT): see below
-    case IPC_SET:
-      if (!arg.buf) return fail(EFAULT);  // read before the lookup
-      q.uid = arg.buf->sem_perm.uid;
-      q.gid = arg.buf->sem_perm.gid;
-      q.mode = static_cast<uint16_t>(arg.buf->sem_perm.mode);
+    case IPC_SET: {  // read before the lookup
+      struct semid_ds ds;
+      if (!dipc::preload::copy_in(&ds, arg.buf, sizeof ds)) return fail(EFAULT);
+      q.uid = ds.sem_perm.uid;
+      q.gid = ds.sem_perm.gid;
+      q.mode = static_cast<uint16_t>(ds.sem_perm.mode);
       break;
-    case SETALL: {
-      if (!arg.array) return fail(EFAULT);
+    }
+    case SETALL: {  // read after the lookup (EINVAL, EIDRM first)
       uint32_t n = 0;
       auto st = dipc_nsems(id, n);
       if (!st || *st) return st;
-      q.vals.assign(arg.array, arg.array + n);
+      q.vals.resize(n);
+      if (!dipc::preload::copy_in(q.vals.data(), arg.array, n * sizeof(unsigned short))) return fail(EFAULT);
       break;
     }
     default:
@@ -220,18 +229,19 @@ std::optional<int> dipc_semctl(int id, int semnum, int cmd, semun arg) {
   if (!r) return std::nullopt;
   if (r->status) return fail(r->status);
   switch (cmd) {
-    case IPC_STAT:
-      if (!arg.buf) return fail(EFAULT);
-      std::memset(arg.buf, 0, sizeof *arg.buf);
-      put_perm(arg.buf->sem_perm, resp.stat.perm);
-      arg.buf->sem_otime = resp.stat.otime;
-      arg.buf->sem_ctime = resp.stat.ctime;
-      arg.buf->sem_nsems = resp.stat.nsems;
-      return 0;
+    case IPC_STAT: {
+      struct semid_ds ds;
+      std::memset(&ds, 0, sizeof ds);
+      put_perm(ds.sem_perm, resp.stat.perm);
+      ds.sem_otime = resp.stat.otime;
+      ds.sem_ctime = resp.stat.ctime;
+      ds.sem_nsems = resp.stat.nsems;
+      return dipc::preload::copy_out(arg.buf, &ds, sizeof ds) ? 0 : fail(EFAULT);
+    }
     case GETALL:
-      if (!arg.array) return fail(EFAULT);
-      std::memcpy(arg.array, resp.vals.data(), resp.vals.size() * sizeof(unsigned short));
-      return 0;
+      return dipc::preload::copy_out(arg.array, resp.vals.data(), resp.vals.size() * sizeof(unsigned short))
+                 ? 0
+                 : fail(EFAULT);
     case GETVAL:
     case GETPID:
     case GETNCNT:
@@ -245,16 +255,19 @@ std::optional<int> dipc_semctl(int id, int semnum, int cmd, semun arg) {
 // ---- message queues ----
 
 std::optional<int> dipc_msgsnd(int id, const void* msgp, size_t msgsz, int flg) {
-  if (!msgp) return fail(EFAULT);
-  if (static_cast<ssize_t>(msgsz) < 0 || msgsz > ipc::kMaxMsgText) return fail(EINVAL);  // the home checks msgmax
+  // The kernel's order (ksys_msgsnd, do_msgsnd): mtype read (EFAULT), msgsz past msgmax (EINVAL), mtype < 1
+  // (EINVAL), the text read (EFAULT), then the queue. msgmax is the home's: a text that cannot be read is EINVAL
+  // only past the node's msgmax.
+  long mtype;
+  if (!dipc::preload::copy_in(&mtype, msgp, sizeof mtype)) return fail(EFAULT);
+  if (static_cast<ssize_t>(msgsz) < 0 || msgsz > ipc::kMaxMsgText) return fail(EINVAL);
+  if (mtype < 1) return fail(EINVAL);
   ipc::MsgSndReq q;
   q.id = id;
-  long mtype;
-  std::memcpy(&mtype, msgp, sizeof mtype);
-  if (mtype < 1) return fail(EINVAL);
   q.mtype = mtype;
-  const auto* text = static_cast<const uint8_t*>(msgp) + sizeof(long);
-  q.text.assign(text, text + msgsz);
+  q.text.resize(msgsz);
+  if (!dipc::preload::copy_in(q.text.data(), static_cast<const uint8_t*>(msgp) + sizeof(long), msgsz))
+    return fail(msgsz > dipc::preload::local_msgmax() ? EINVAL : EFAULT);
   q.flg = flg;
   Wait w;
   w.interruptible = !(flg & IPC_NOWAIT);
@@ -265,7 +278,6 @@ std::optional<int> dipc_msgsnd(int id, const void* msgp, size_t msgsz, int flg) 
 
 std::optional<ssize_t> dipc_msgrcv(int id, void* msgp, size_t msgsz, long msgtyp, int flg) {
   if (static_cast<ssize_t>(msgsz) < 0) return fail(EINVAL);
-  if (!msgp) return fail(EFAULT);
   Wait w;
   w.interruptible = !(flg & IPC_NOWAIT);
   ipc::MsgRcvResp m;
@@ -273,23 +285,26 @@ std::optional<ssize_t> dipc_msgrcv(int id, void* msgp, size_t msgsz, long msgtyp
                        [&](ByteView b) { return decodes(b, m) && m.mtype >= 1 && m.text.size() <= msgsz; });
   if (!r) return std::nullopt;
   if (r->status) return fail(r->status);
+  // As in the kernel, a message that cannot be stored is gone all the same (EFAULT).
   long mtype = static_cast<long>(m.mtype);
-  std::memcpy(msgp, &mtype, sizeof mtype);
-  if (!m.text.empty()) std::memcpy(static_cast<uint8_t*>(msgp) + sizeof(long), m.text.data(), m.text.size());
+  if (!dipc::preload::copy_out(msgp, &mtype, sizeof mtype) ||
+      !dipc::preload::copy_out(static_cast<uint8_t*>(msgp) + sizeof(long), m.text.data(), m.text.size()))
+    return fail(EFAULT);
   return static_cast<ssize_t>(m.text.size());
 }
 
 std::optional<int> dipc_msgctl(int id, int cmd, struct msqid_ds* buf) {
   // IPC_SET's buffer is read before the lookup, IPC_STAT's written after it (EINVAL, EIDRM, EACCES first).
-  if (cmd == IPC_SET && !buf) return fail(EFAULT);
   ipc::MsgCtlReq q;
   q.id = id;
   q.cmd = cmd;
   if (cmd == IPC_SET) {
-    q.uid = buf->msg_perm.uid;
-    q.gid = buf->msg_perm.gid;
-    q.mode = static_cast<uint16_t>(buf->msg_perm.mode);
-    q.qbytes = buf->msg_qbytes;
+    struct msqid_ds ds;
+    if (!dipc::preload::copy_in(&ds, buf, sizeof ds)) return fail(EFAULT);
+    q.uid = ds.msg_perm.uid;
+    q.gid = ds.msg_perm.gid;
+    q.mode = static_cast<uint16_t>(ds.msg_perm.mode);
+    q.qbytes = ds.msg_qbytes;
   }
   ipc::MsgCtlResp resp;
   auto r = daemon_call(ipc::kMsgCtl, ipc::encode_body(q), {},
@@ -297,17 +312,18 @@ std::optional<int> dipc_msgctl(int id, int cmd, struct msqid_ds* buf) {
   if (!r) return std::nullopt;
   if (r->status) return fail(r->status);
   if (cmd == IPC_STAT) {
-    if (!buf) return fail(EFAULT);
-    std::memset(buf, 0, sizeof *buf);
-    put_perm(buf->msg_perm, resp.stat.perm);
-    buf->msg_stime = resp.stat.stime;
-    buf->msg_rtime = resp.stat.rtime;
-    buf->msg_ctime = resp.stat.ctime;
-    buf->__msg_cbytes = resp.stat.cbytes;
-    buf->msg_qnum = resp.stat.qnum;
-    buf->msg_qbytes = resp.stat.qbytes;
-    buf->msg_lspid = resp.stat.lspid;
-    buf->msg_lrpid = resp.stat.lrpid;
+    struct msqid_ds ds;
+    std::memset(&ds, 0, sizeof ds);
+    put_perm(ds.msg_perm, resp.stat.perm);
+    ds.msg_stime = resp.stat.stime;
+    ds.msg_rtime = resp.stat.rtime;
+    ds.msg_ctime = resp.stat.ctime;
+    ds.__msg_cbytes = resp.stat.cbytes;
+    ds.msg_qnum = resp.stat.qnum;
+    ds.msg_qbytes = resp.stat.qbytes;
+    ds.msg_lspid = resp.stat.lspid;
+    ds.msg_lrpid = resp.stat.lrpid;
+    if (!dipc::preload::copy_out(buf, &ds, sizeof ds)) return fail(EFAULT);
   }
   return 0;
 }
@@ -319,8 +335,6 @@ std::optional<int> dipc_shmctl(int id, int cmd, struct shmid_ds* buf) {
   // IPC_STAT buffer is EFAULT only for a segment that exists and may be read (EINVAL, EACCES first).
   switch (cmd) {
     case IPC_SET:
-      if (!buf) return fail(EFAULT);
-      break;
     case IPC_STAT:
     case IPC_RMID:
     case SHM_LOCK:
@@ -333,9 +347,11 @@ std::optional<int> dipc_shmctl(int id, int cmd, struct shmid_ds* buf) {
   q.id = id;
   q.cmd = cmd;
   if (cmd == IPC_SET) {
-    q.uid = buf->shm_perm.uid;
-    q.gid = buf->shm_perm.gid;
-    q.mode = static_cast<uint16_t>(buf->shm_perm.mode);
+    struct shmid_ds ds;
+    if (!dipc::preload::copy_in(&ds, buf, sizeof ds)) return fail(EFAULT);
+    q.uid = ds.shm_perm.uid;
+    q.gid = ds.shm_perm.gid;
+    q.mode = static_cast<uint16_t>(ds.shm_perm.mode);
   }
   ipc::ShmCtlResp resp;
   auto r = daemon_call(ipc::kShmCtl, ipc::encode_body(q), {},
@@ -343,16 +359,17 @@ std::optional<int> dipc_shmctl(int id, int cmd, struct shmid_ds* buf) {
   if (!r) return std::nullopt;
   if (r->status) return fail(r->status);
   if (cmd == IPC_STAT) {
-    if (!buf) return fail(EFAULT);
-    std::memset(buf, 0, sizeof *buf);
-    put_perm(buf->shm_perm, resp.stat.perm);
-    buf->shm_segsz = resp.stat.segsz;
-    buf->shm_atime = resp.stat.atime;
-    buf->shm_dtime = resp.stat.dtime;
-    buf->shm_ctime = resp.stat.ctime;
-    buf->shm_cpid = resp.stat.cpid;
-    buf->shm_lpid = resp.stat.lpid;
-    buf->shm_nattch = resp.stat.nattch;
+    struct shmid_ds ds;
+    std::memset(&ds, 0, sizeof ds);
+    put_perm(ds.shm_perm, resp.stat.perm);
+    ds.shm_segsz = resp.stat.segsz;
+    ds.shm_atime = resp.stat.atime;
+    ds.shm_dtime = resp.stat.dtime;
+    ds.shm_ctime = resp.stat.ctime;
+    ds.shm_cpid = resp.stat.cpid;
+    ds.shm_lpid = resp.stat.lpid;
+    ds.shm_nattch = resp.stat.nattch;
+    if (!dipc::preload::copy_out(buf, &ds, sizeof ds)) return fail(EFAULT);
   }
   return 0;
 }

@@ -513,4 +513,13 @@ std::optional<int> shm_detach(const void* addr) noexcept {
   }
 }
 
+bool shm_contains(const void* p, size_t n) noexcept {
+  auto a = reinterpret_cast<uintptr_t>(p);
+  State& s = state();
+  std::lock_guard lock(s.mu);
+  for (const Attach& at : s.attaches)
+    if (a >= at.addr && a - at.addr <= at.len && n <= at.len - (a - at.addr)) return true;
+  return false;
+}
+
 }  // namespace dipc::preload
