@@ -35,6 +35,7 @@ bool is_userfaultfd(int fd) {
 
 ClientServer::ClientServer(EventLoop& loop, ipc::Service& service, const Config& cfg)
     : loop_(loop), service_(service), cfg_(cfg) {
+  reserve_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
   control_fd_ = memfd_create("dipc-control", MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (control_fd_ >= 0 && ftruncate(control_fd_, 4096) == 0) {
     void* p = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, control_fd_, 0);
@@ -63,6 +64,7 @@ ClientServer::~ClientServer() {
   for (auto& [id, c] : conns_) close(c->fd);
   for (auto& [pid, fd] : pidfds_) close(fd);
   if (listen_fd_ >= 0) close(listen_fd_);
+  if (reserve_fd_ >= 0) close(reserve_fd_);
   if (!name_.empty() && name_[0] != '@') unlink(name_.c_str());
   if (control_) munmap(control_, 4096);
   if (control_fd_ >= 0) close(control_fd_);
@@ -116,10 +118,40 @@ bool ClientServer::read_creds(int fd, ipc::Creds& c, int* pidfd) {
   return true;
 }
 
+bool ClientServer::bounded(uint32_t uid) const { return uid != 0 && uid != geteuid(); }
+
+bool ClientServer::account(Conn& c) {
+  size_t now = c.parser.buffered() + c.out.size();
+  UserUse& u = users_[c.creds.uid];
+  u.bytes = u.bytes - c.held + now;
+  c.held = now;
+  if (!bounded(c.creds.uid) || u.bytes <= kMaxBytesPerUser) return true;
+  close_conn(c.id, "its user makes the daemon hold more than the per-user bound of partial frames and unread answers");
+  return false;
+}
+
+void ClientServer::shed_one() {
+  for (;;) {
+    if (reserve_fd_ >= 0) close(reserve_fd_);
+    int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd >= 0) close(fd);
+    reserve_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) break;
+    int64_t now = EventLoop::now_us();
+    if (now - last_shed_log_ > 1'000'000) {
+      last_shed_log_ = now;
+      DIPC_LOG_WARN("out of file descriptors: new local connections are closed at once (their calls fail with EIO)");
+    }
+  }
+}
+
 void ClientServer::on_accept() {
   for (;;) {
     int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) return;
+    if (fd < 0) {
+      if (errno == EMFILE || errno == ENFILE) shed_one();
+      return;
+    }
     auto c = std::make_unique<Conn>();
     c->id = next_conn_++;
     c->fd = fd;
@@ -128,6 +160,18 @@ void ClientServer::on_accept() {
       close(fd);
       continue;
     }
+    UserUse& use = users_[c->creds.uid];
+    if (bounded(c->creds.uid) && use.conns >= kMaxConnsPerUser) {
+      int64_t now = EventLoop::now_us();
+      if (now - last_shed_log_ > 1'000'000) {
+        last_shed_log_ = now;
+        DIPC_LOG_WARN("uid {} has {} connections, the per-user bound: new ones are closed", c->creds.uid, use.conns);
+      }
+      close(fd);
+      if (pidfd >= 0) close(pidfd);
+      continue;
+    }
+    ++use.conns;
     uint64_t id = c->id;
     watch_pid(c->creds.pid, pidfd);
     fd_conn_[fd] = id;
@@ -178,6 +222,7 @@ void ClientServer::on_readable(Conn& c, uint32_t events) {
         while (conns_.count(id) && c.parser.next(f)) on_frame(c, f);
         if (!conns_.count(id)) return;
         if (c.parser.failed()) return close_conn(id, c.parser.error().c_str());
+        if (!account(c)) return;
         continue;
       }
       if (n == 0) return close_conn(id, nullptr);
@@ -240,6 +285,7 @@ void ClientServer::on_frame(Conn& c, FrameParser::Frame& f) {
   c.fds.clear();
   if (h.op < ipc::kSemGet || h.op > ipc::kShmCtl) return close_conn(conn_id, "unknown client operation");
   if (c.inflight.count(h.id)) return close_conn(conn_id, "duplicate request id");
+  if (c.inflight.size() >= kMaxInflightPerConn) return close_conn(conn_id, "too many requests in flight");
   uint64_t token = next_token_++;
   c.inflight[h.id] = token;
   uint64_t frame_id = h.id;
@@ -326,6 +372,7 @@ void ClientServer::flush(Conn& c) {
   }
   c.out.erase(c.out.begin(), c.out.begin() + static_cast<std::ptrdiff_t>(off));
   if (c.out.size() > kMaxClientOut) return close_conn(c.id, "client does not read its answers");
+  if (!account(c)) return;
   bool want = !c.out.empty();
   if (want != c.want_out) {
     c.want_out = want;
@@ -339,6 +386,10 @@ void ClientServer::close_conn(uint64_t conn_id, const char* why) {
   std::unique_ptr<Conn> c = std::move(it->second);
   conns_.erase(it);
   if (why) DIPC_LOG_WARN("client pid {}: {}; connection closed", c->creds.pid, why);
+  if (auto u = users_.find(c->creds.uid); u != users_.end()) {
+    u->second.bytes -= c->held;
+    if (--u->second.conns == 0) users_.erase(u);
+  }
   loop_.remove(c->fd);
   fd_conn_.erase(c->fd);
   close(c->fd);

@@ -137,5 +137,47 @@ TEST_F(Security, AReadOnlyAttachCannotBeTurnedIntoAWritableOne) {
   EXPECT_EQ(field(r.out, "rstr"), "root") << r.out << r.err;
 }
 
+std::string daemon_pid(SimCluster& c, int node) {
+  std::string pid = slurp(c.dir() + "/node" + std::to_string(node) + ".dipcd.pid");
+  while (!pid.empty() && (pid.back() == '\n' || pid.back() == ' ')) pid.pop_back();
+  return pid;
+}
+
+// Issue 8 item 8: partially received frames a local user leaves in the daemon are bounded per user (64 MiB), and the
+// other users are served meanwhile.
+TEST_F(Security, PartialFramesAUserLeavesInTheDaemonAreBoundedPerUser) {
+  SimCluster c(three_nodes());
+  auto hog = c.spawn(1, as_nobody({SimCluster::prog("hog"), "128", "1024", "64"}), false);
+  ASSERT_TRUE(c.wait_output(hog, "held", 60)) << c.output(hog);
+  std::string kept = field(c.output(hog), "kept");
+  ASSERT_FALSE(kept.empty()) << c.output(hog);
+  EXPECT_LE(std::stoi(kept), 64) << "1 MiB partial frames kept: " << c.output(hog);
+  std::string q = field(ipcop(c, 1, {"msgget:0:creat+dipc+0600", "msgsnd:@:1:ok:nowait", "msgrm:@"}), "msgget");
+  EXPECT_TRUE(!q.empty() && q[0] != '-') << "root is not served while nobody hogs: " << q;
+  EXPECT_NE(c.daemon_log(1).find("per-user bound"), std::string::npos);
+}
+
+// Issue 8 item 7: at its descriptor limit the daemon closes new local connections at once (the program's calls fail
+// with EIO, no hang), and serves again when descriptors are freed.
+TEST_F(Security, AtItsDescriptorLimitTheDaemonShedsNewClientsAndRecovers) {
+  SimCluster c(three_nodes());
+  std::string pid = daemon_pid(c, 1);
+  ASSERT_FALSE(pid.empty());
+  auto lim = c.run(1, {"prlimit", "--pid", pid, "--nofile=64:64"}, 10, false);
+  ASSERT_EQ(lim.status, 0) << lim.err;
+  auto hog = c.spawn(1, as_nobody({SimCluster::prog("hog"), "100", "0", "100"}), false);
+  ASSERT_TRUE(c.wait_output(hog, "held", 60)) << c.output(hog);
+  auto r = c.run(1, {SimCluster::prog("ipcop"), "msgget:0:creat+dipc+0600"}, 20, {"DIPC_RETRY_MS=0"});
+  EXPECT_NE(r.status, 124) << "a new client hangs at the daemon's descriptor limit";
+  EXPECT_EQ(field(r.out, "msgget"), "-1 EIO") << r.out << r.err;
+  EXPECT_NE(c.daemon_log(1).find("out of file descriptors"), std::string::npos) << c.daemon_log(1);
+  c.kill(hog, SIGKILL);
+  c.wait(hog, 10);
+  // The hog's connections close; the daemon frees their descriptors and serves again (bounded by the retry window).
+  r = c.run(1, {SimCluster::prog("ipcop"), "msgget:0:creat+dipc+0600", "msgrm:@"}, 30, {"DIPC_RETRY_MS=10000"});
+  std::string q = field(r.out, "msgget");
+  EXPECT_TRUE(!q.empty() && q[0] != '-') << r.out << r.err;
+}
+
 }  // namespace
 }  // namespace dipc::test
