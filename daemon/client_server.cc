@@ -7,7 +7,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <string_view>
 #include <new>
 #include <sstream>
@@ -84,10 +86,11 @@ void ClientServer::set_enabled(bool on) { control_->enabled.store(on ? 1 : 0, st
 bool ClientServer::enabled() const { return control_->enabled.load() != 0; }
 
 // Who the client is, from what the kernel pinned when it connected: SO_PEERCRED (pid, euid, egid) and
-// SO_PEERGROUPS. Nothing is read later from /proc/<pid>: by then the process may have exec'd a setuid binary, or
-// its pid may name another process. Capabilities cannot be learnt that way, so they are honoured for uid 0 only
-// (README, "What differs"): a process that connected as root holds them, one that connected as anyone else does
-// not, whatever it becomes afterwards. *pidfd gets a pidfd of the connecting process (SO_PEERPIDFD), or -1.
+// SO_PEERGROUPS. Nothing is taken later from /proc/<pid> for anyone but root: by then the process may have exec'd a
+// setuid binary, or its pid may name another process. So capabilities are honoured only for a process that
+// connected as uid 0 (README, "What differs"): its effective set is read at accept, and kept only if its pidfd
+// shows the same process still alive after the read; a process that connected as anyone else has none, whatever it
+// becomes afterwards. *pidfd gets a pidfd of the connecting process (SO_PEERPIDFD), or -1.
 bool ClientServer::read_creds(int fd, ipc::Creds& c, int* pidfd) {
   ucred uc{};
   socklen_t len = sizeof uc;
@@ -107,14 +110,20 @@ bool ClientServer::read_creds(int fd, ipc::Creds& c, int* pidfd) {
     groups.resize(glen / sizeof(gid_t));
   }
   c.groups.assign(groups.begin(), groups.end());
-  bool root = uc.uid == 0;
-  c.cap_ipc_owner = root;
-  c.cap_sys_admin = root;
-  c.cap_sys_resource = root;
-  c.cap_ipc_lock = root;
   *pidfd = -1;
   socklen_t plen = sizeof *pidfd;
   if (getsockopt(fd, SOL_SOCKET, kSoPeerPidfd, pidfd, &plen) != 0) *pidfd = -1;  // before Linux 6.5
+  if (uc.uid != 0) return true;
+  uint64_t cap_eff = 0;
+  std::ifstream f("/proc/" + std::to_string(uc.pid) + "/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("CapEff:", 0) == 0) cap_eff = std::strtoull(line.c_str() + 7, nullptr, 16);
+  if (*pidfd >= 0 && syscall(SYS_pidfd_send_signal, *pidfd, 0, nullptr, 0) != 0) cap_eff = 0;  // pid reused
+  c.cap_ipc_owner = cap_eff & (1ull << 15);
+  c.cap_sys_admin = cap_eff & (1ull << 21);
+  c.cap_sys_resource = cap_eff & (1ull << 24);
+  c.cap_ipc_lock = cap_eff & (1ull << 14);
   return true;
 }
 
