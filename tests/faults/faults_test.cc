@@ -3,6 +3,7 @@
 // to the local kernel, every wait bounded. Real daemons, real processes, a simulated cluster of namespaced nodes.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/types.h>
 
 #include <string>
 #include <vector>
@@ -70,6 +71,35 @@ TEST(Faults, AProducerWhoseDaemonDiesGetsEioAndNothingGoesToTheKernel) {
   ASSERT_TRUE(c.start_daemon(2)) << c.last_error();
   out = ipcop(c, 2, {"msgrcv:" + q + ":0:100:nowait", "msgrcv:" + q + ":0:100:nowait"});
   EXPECT_EQ(fields(out, "msgrcv"), (std::vector<std::string>{"6 type=1 text=before", "-1 ENOMSG"})) << out;
+}
+
+pid_t daemon_pid(SimCluster& c, int node) {
+  return static_cast<pid_t>(std::stol(slurp(c.dir() + "/node" + std::to_string(node) + ".dipcd.pid")));
+}
+
+// Issue 8 item 12: a daemon that is stopped (SIGSTOP: its kernel still acknowledges TCP data and keepalives) is
+// declared lost like a dead one, so calls on its objects fail with EIO instead of waiting forever; once it runs
+// again the link comes back and its objects are served.
+TEST(Faults, AStoppedHomeIsDeclaredLostAndCallsOnItFailWithEio) {
+  SimCluster c(three_nodes());
+  std::string q = field(ipcop(c, 3, {"msgget:0:creat+dipc+0666", "msgsnd:@:1:kept:nowait"}), "msgget");
+  ASSERT_TRUE(!q.empty() && q[0] != '-') << q;
+  pid_t home = daemon_pid(c, 3);
+  // A caller blocked at the home when it stops, and one that calls afterwards.
+  auto blocked = c.spawn(1, {SimCluster::prog("ipcop"), "msgrcv:" + q + ":7:100:0"});
+  ASSERT_EQ(::kill(home, SIGSTOP), 0);
+  auto r = c.run(2, {SimCluster::prog("ipcop"), "msgsnd:" + q + ":1:x:nowait"}, 60);
+  EXPECT_NE(r.status, 124) << "a call on a stopped home's object waits forever";
+  EXPECT_EQ(field(r.out, "msgsnd"), "-1 EIO") << r.out << r.err;
+  auto b = c.wait(blocked, 60);
+  EXPECT_NE(b.status, 124);
+  EXPECT_EQ(field(b.out, "msgrcv"), "-1 EIO") << b.out << b.err;
+  EXPECT_NE(c.daemon_log(1).find("hung"), std::string::npos) << c.daemon_log(1);
+  ASSERT_EQ(::kill(home, SIGCONT), 0);
+  // Back: the home serves its object again, with the message acknowledged before the stop.
+  r = c.run(1, {SimCluster::bin("dipc"), "status", "--wait", "30"}, 40, false);
+  EXPECT_EQ(r.status, 0) << r.out << r.err;
+  EXPECT_EQ(field(ipcop(c, 1, {"msgrcv:" + q + ":0:100:nowait"}), "msgrcv"), "4 type=1 text=kept");
 }
 
 }  // namespace

@@ -67,6 +67,7 @@ struct Link {
   size_t hs_off = 0;
   bool want_out = false;
   EventLoop::TimerId hs_timer = 0;
+  int64_t last_rx_ms = 0;  // when the link last brought bytes (heartbeat deadline)
 };
 
 // An operation awaiting its answer, by frame id. rma_op == 0: a request.
@@ -194,7 +195,29 @@ class TcpTransport final : public Transport {
     running_ = true;
     for (auto& [id, p] : peers_)
       if (id > cfg_.self) dial(p);
+    if (opt_.heartbeat_ms > 0) arm_heartbeat();
     return Status::ok();
+  }
+
+  // Every heartbeat_ms: a heartbeat frame on each authenticated link, and links silent for dead_peer_s closed.
+  void arm_heartbeat() {
+    heartbeat_timer_ = loop_.add_timer(opt_.heartbeat_ms, [this] {
+      heartbeat_timer_ = 0;
+      reap();
+      int64_t now = EventLoop::now_ms();
+      std::vector<Link*> up;
+      for (auto& [id, l] : links_)
+        if (l->state == LinkState::kUp) up.push_back(l.get());
+      for (Link* l : up) {
+        if (opt_.dead_peer_s > 0 && now - l->last_rx_ms > int64_t{opt_.dead_peer_s} * 1000) {
+          close_link(*l, fmt::format("nothing received for {} s: the peer is hung (stopped?) or unreachable",
+                                     opt_.dead_peer_s), true);
+          continue;
+        }
+        enqueue(peers_.at(l->peer), make_msg(FrameKind::kHello, kHeartbeat, 0, 0, 0));
+      }
+      if (running_) arm_heartbeat();
+    });
   }
 
   void stop() override {
@@ -207,6 +230,7 @@ class TcpTransport final : public Transport {
     }
     if (accept_timer_) loop_.cancel_timer(accept_timer_);
     accept_timer_ = 0;
+    cancel(heartbeat_timer_);
     for (auto& [id, p] : peers_) {
       cancel(p.redial_timer);
       cancel(p.connect_timer);
@@ -639,6 +663,7 @@ class TcpTransport final : public Transport {
         return close_link(l, why, true);
       }
       l.rx.commit(static_cast<size_t>(n));
+      l.last_rx_ms = EventLoop::now_ms();
       if (!drain(l)) return;
       if (static_cast<size_t>(n) < sp.size() || static_cast<size_t>(n) >= budget) break;  // level-triggered: more later
       budget -= static_cast<size_t>(n);
@@ -718,6 +743,7 @@ class TcpTransport final : public Transport {
     if (l.state == LinkState::kClosed || !running_) return;
     if (!l.dialer) --unauthenticated_;
     l.state = LinkState::kUp;
+    l.last_rx_ms = EventLoop::now_ms();
     cancel(l.hs_timer);
     if (p.dialing == &l) p.dialing = nullptr;
     p.link = &l;
@@ -766,6 +792,7 @@ class TcpTransport final : public Transport {
     if (h.status && !answer) return close_link(l, fmt::format("status on a {} frame", kind_name(h.kind)), true);
     switch (h.kind) {
       case FrameKind::kHello:
+        if (h.op == kHeartbeat && body.empty()) return;  // its arrival was the point (last_rx_ms)
         return close_link(l, "handshake frame on an authenticated link", true);
       case FrameKind::kRequest: {
         uint64_t token = next_token_++;
@@ -834,6 +861,7 @@ class TcpTransport final : public Transport {
   int listen_fd_ = -1;
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);
   EventLoop::TimerId accept_timer_ = 0;
+  EventLoop::TimerId heartbeat_timer_ = 0;
   int unauthenticated_ = 0;
   uint64_t next_link_ = 1;
   uint64_t next_token_ = 1;

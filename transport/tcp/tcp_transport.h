@@ -27,6 +27,10 @@ struct TcpOptions {
   // A peer that stops answering (crashed host, cut cable: no RST ever comes) is declared lost after about this
   // long: TCP keepalive probes an idle link, TCP_USER_TIMEOUT bounds unacknowledged data on a busy one.
   int dead_peer_s = 5;
+  // A peer that is alive at the TCP level but does not run (SIGSTOPped, hung: its kernel still acknowledges data
+  // and keepalives) is declared lost too: every link carries a heartbeat frame each heartbeat_ms, and a link that
+  // brings nothing for dead_peer_s is closed. 0: no heartbeats.
+  int64_t heartbeat_ms = 1000;
 };
 
 std::unique_ptr<Transport> make_tcp_transport(const Config& cfg, EventLoop& loop, const ClusterKey& key,

@@ -23,7 +23,8 @@ namespace dipc::transport::tcp {
 //   dialer   -> acceptor  kClientProof {prove('C', nonce_c, nonce_s, dialer, acceptor)}
 //   acceptor -> dialer    kHelloOk     {}
 // Before the handshake completes a connection accepts nothing but these, each at most kMaxHelloPayload bytes.
-enum HelloOp : uint16_t { kClientHello = 1, kServerHello = 2, kClientProof = 3, kHelloOk = 4 };
+enum HelloOp : uint16_t { kClientHello = 1, kServerHello = 2, kClientProof = 3, kHelloOk = 4,
+                          kHeartbeat = 5 };  // kHeartbeat: on an authenticated link only, empty (see TcpOptions)
 inline constexpr uint32_t kMaxHelloPayload = 128;
 
 struct ClientHello {
