@@ -102,5 +102,40 @@ TEST(Faults, AStoppedHomeIsDeclaredLostAndCallsOnItFailWithEio) {
   EXPECT_EQ(field(ipcop(c, 1, {"msgrcv:" + q + ":0:100:nowait"}), "msgrcv"), "4 type=1 text=kept");
 }
 
+// Issue 8 item 11: after a home restarts, its keys work again (the referee drops the dead ids) and an id from before
+// the restart never names the new object; after a referee restarts, it knows the live keys again (IPC_EXCL is
+// refused, no second object is made with the same key).
+TEST(Faults, IdsFromBeforeARestartNameNothingAndKeysSurviveRestarts) {
+  SimCluster c(three_nodes());
+  // Key 0x5301 is refereed by node1 (key mod 3 == 0); its queue lives on node3.
+  std::string old_q = field(ipcop(c, 3, {"msgget:0x5301:creat+dipc+0600", "msgsnd:@:1:before:nowait"}), "msgget");
+  ASSERT_TRUE(!old_q.empty() && old_q[0] != '-') << old_q;
+  ASSERT_TRUE(c.kill_daemon(3)) << c.last_error();
+  ASSERT_TRUE(c.start_daemon(3)) << c.last_error();
+
+  // The key is free again (its object died with its home), and the new object has another id.
+  std::string out = ipcop(c, 2, {"msgget:0x5301:creat+dipc+0600", "msgsnd:@:1:secret:nowait"});
+  std::string new_q = field(out, "msgget");
+  ASSERT_TRUE(!new_q.empty() && new_q[0] != '-') << out;
+  EXPECT_NE(new_q, old_q) << "the restarted home handed out the id of an object of its previous life";
+  // The old id names nothing: the new queue's message is not reachable through it.
+  out = ipcop(c, 1, {"msgrcv:" + old_q + ":0:100:nowait", "msgsnd:" + old_q + ":1:x:nowait"});
+  EXPECT_EQ(fields(out, "msgrcv"), (std::vector<std::string>{"-1 EINVAL"})) << out;
+  EXPECT_EQ(field(out, "msgsnd"), "-1 EINVAL") << out;
+  EXPECT_EQ(field(ipcop(c, 3, {"msgrcv:" + new_q + ":0:100:nowait"}), "msgrcv"), "6 type=1 text=secret");
+
+  // Key 0x5304 (refereed by node1) lives on node2; node1's daemon restarts and must not forget it.
+  std::string q2 = field(ipcop(c, 2, {"msgget:0x5304:creat+dipc+0666"}), "msgget");
+  ASSERT_TRUE(!q2.empty() && q2[0] != '-') << q2;
+  ASSERT_TRUE(c.kill_daemon(1)) << c.last_error();
+  ASSERT_TRUE(c.start_daemon(1)) << c.last_error();
+  // The restarted referee learns the keys from the homes as their links come up (one round trip).
+  std::string found;
+  for (int i = 0; i < 50 && found != q2; ++i) found = field(ipcop(c, 3, {"msgget:0x5304:dipc"}), "msgget");
+  EXPECT_EQ(found, q2) << c.daemon_log(1);
+  out = ipcop(c, 3, {"msgget:0x5304:creat+excl+dipc+0666", "msgget:0x5304:creat+dipc+0666"});
+  EXPECT_EQ(fields(out, "msgget"), (std::vector<std::string>{"-1 EEXIST", q2})) << out;
+}
+
 }  // namespace
 }  // namespace dipc::test
