@@ -5,6 +5,7 @@
 #include <sys/sem.h>
 #include <sys/shm.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -493,7 +494,7 @@ void Service::referee_update(uint16_t from, uint16_t op, const KeyReq& req) {
 void Service::on_peer(transport::NodeId peer, bool up) {
   DIPC_LOG_INFO("link to node {} {}", peer, up ? "up" : "down");
   dsm_.on_peer(peer, up);
-  if (up) return referee_resync(peer);
+  if (up) return resync_with(peer);
   // Creations the lost node had reserved will never be bound.
   for (auto it = keys_.begin(); it != keys_.end();) {
     if (!it->second.bound && it->second.node == peer) {
@@ -511,7 +512,7 @@ void Service::on_peer(transport::NodeId peer, bool up) {
   for (uint64_t t : lost) home_cancel(t);
 }
 
-void Service::referee_resync(uint16_t peer) {
+void Service::resync_with(uint16_t peer) {
   // Bindings to the peer's objects as they are now: those the answer does not confirm are dropped (bindings made
   // while the answer is on its way are left alone).
   auto before = std::make_shared<std::map<std::pair<uint8_t, int32_t>, int32_t>>();
@@ -552,6 +553,21 @@ void Service::referee_resync(uint16_t peer) {
       }
     }
     if (learnt || dropped) DIPC_LOG_INFO("keys of node {}: {} learnt, {} dropped", peer, learnt, dropped);
+    std::set<int32_t> segs;
+    for (const ObjEntry& e : resp.entries)
+      if (e.type == ObjType::kShm) segs.insert(e.id);
+    std::set<int32_t> gone;
+    for (auto& [conn, list] : attaches_)
+      std::erase_if(list, [&](const LocalAttach& a) {
+        if (id_node(a.id) != peer || segs.count(a.id)) return false;
+        kill(a.creds.pid, SIGBUS);  // before its faults are released: it never runs on the lost data
+        gone.insert(a.id);
+        return true;
+      });
+    for (int32_t id : gone) {
+      DIPC_LOG_WARN("segment {} is gone with its home node {} (restarted): its local processes get SIGBUS", id, peer);
+      dsm_.destroy(static_cast<uint32_t>(id));
+    }
   });
   (void)s;  // not sent (link already down): the next up retries
 }

@@ -114,8 +114,9 @@ class Service : public transport::Handler {
   void referee_update(uint16_t from, uint16_t op, const KeyReq& req);
   void referee_run_queue(int32_t key, ObjType type);
   // A peer's link came up: learn the keys of the objects it hosts that we referee (a restarted referee rebuilds its
-  // map), and forget bindings to it that it no longer has (a restarted home's stale ids).
-  void referee_resync(uint16_t peer);
+  // map), forget bindings to it that it no longer has (a restarted home's stale ids), and end the local attaches of
+  // its segments that it no longer has (their processes get SIGBUS: the data is gone with the home).
+  void resync_with(uint16_t peer);
 
   // home side
   void home_request(uint16_t op, const HomeHeader& h, ByteView body, ReplyFn reply);

@@ -137,5 +137,35 @@ TEST(Faults, IdsFromBeforeARestartNameNothingAndKeysSurviveRestarts) {
   EXPECT_EQ(fields(out, "msgget"), (std::vector<std::string>{"-1 EEXIST", q2})) << out;
 }
 
+// Issue 8 item 10: a process whose node's dipcd dies does not go on computing on its private copy of a segment: its
+// next access raises SIGBUS (it spins reading a word here; before, it read a stale copy until its timeout).
+TEST(Faults, AProcessWhoseDaemonDiesGetsSigbusInsteadOfAStaleCopy) {
+  SimCluster c(three_nodes());
+  auto r = c.run(1, {SimCluster::prog("shm_tool"), "get:0:4096:creat+dipc+0666", "at", "w:0:5"}, 30);
+  std::string id = field(r.out, "get");
+  ASSERT_TRUE(!id.empty() && id[0] != '-') << r.out << r.err;
+  auto reader = c.spawn(2, {SimCluster::prog("shm_tool"), "at:" + id, "r:0", "waitw:0:99:60"});
+  ASSERT_TRUE(c.wait_output(reader, "r=5")) << c.output(reader);
+  ASSERT_TRUE(c.kill_daemon(2)) << c.last_error();
+  auto w = c.wait(reader, 60);
+  EXPECT_EQ(w.status, 128 + SIGBUS) << w.out << w.err;
+  EXPECT_NE(w.err.find("SIGBUS"), std::string::npos) << w.err;
+}
+
+// Issue 8 item 10: a process waiting on a block of a segment whose home died does not wait forever: when the home
+// comes back without the segment (it lived in the dead daemon's memory), the process gets SIGBUS.
+TEST(Faults, FaultsWaitingOnADeadHomeEndWithSigbusWhenItRestarts) {
+  SimCluster c(three_nodes());
+  auto r = c.run(3, {SimCluster::prog("shm_tool"), "get:0:4096:creat+dipc+0666", "at", "w:0:5"}, 30);
+  std::string id = field(r.out, "get");
+  ASSERT_TRUE(!id.empty() && id[0] != '-') << r.out << r.err;
+  auto reader = c.spawn(1, {SimCluster::prog("shm_tool"), "at:" + id, "r:0", "waitw:0:99:90"});
+  ASSERT_TRUE(c.wait_output(reader, "r=5")) << c.output(reader);
+  ASSERT_TRUE(c.kill_daemon(3)) << c.last_error();
+  ASSERT_TRUE(c.start_daemon(3)) << c.last_error();
+  auto w = c.wait(reader, 60);
+  EXPECT_EQ(w.status, 128 + SIGBUS) << w.out << w.err << c.daemon_log(1);
+}
+
 }  // namespace
 }  // namespace dipc::test
