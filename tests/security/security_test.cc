@@ -179,5 +179,20 @@ TEST_F(Security, AtItsDescriptorLimitTheDaemonShedsNewClientsAndRecovers) {
   EXPECT_TRUE(!q.empty() && q[0] != '-') << r.out << r.err;
 }
 
+// The fuzzing bar of issue 8: a daemon fed fuzzed client frames over its Unix socket (mutated requests of every
+// client operation, lying lengths, wrong descriptors) by an unprivileged program stays up and serves everyone.
+TEST_F(Security, ADaemonFedFuzzedClientFramesStaysUp) {
+  SimCluster c(three_nodes());
+  std::string q = field(ipcop(c, 2, {"msgget:0:creat+dipc+0666"}), "msgget");  // something to aim at on node2
+  ASSERT_TRUE(!q.empty() && q[0] != '-') << q;
+  for (int seed : {1, 2, 3}) {
+    auto r = c.run(1 + seed % 2, as_nobody({SimCluster::prog("clientfuzz"), std::to_string(seed), "400"}), 240, false);
+    EXPECT_EQ(r.status, 0) << "seed " << seed << ": " << r.out << r.err;
+    EXPECT_EQ(field(r.out, "alive"), "1") << r.out;
+  }
+  auto out = ipcop(c, 1, {"msgsnd:" + q + ":1:still:nowait", "msgrcv:" + q + ":0:100:nowait"});
+  EXPECT_EQ(field(out, "msgrcv"), "5 type=1 text=still") << out;
+}
+
 }  // namespace
 }  // namespace dipc::test
