@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -192,6 +193,35 @@ TEST_F(Security, ADaemonFedFuzzedClientFramesStaysUp) {
   }
   auto out = ipcop(c, 1, {"msgsnd:" + q + ":1:still:nowait", "msgrcv:" + q + ":0:100:nowait"});
   EXPECT_EQ(field(out, "msgrcv"), "5 type=1 text=still") << out;
+}
+
+// Issue 8 item 6: a network peer holding hundreds of idle connections (reopened as the handshake deadline closes
+// them) from an address not in the configuration cannot keep a restarting node from linking: configured nodes'
+// addresses have handshake slots of their own.
+TEST_F(Security, IdleConnectionsFromAStrangerDoNotKeepARestartingPeerOut) {
+  SimCluster c(three_nodes());
+  if (!c.namespaced()) GTEST_SKIP() << "needs a network namespace per node for a stranger's address";
+  std::string addr3 = slurp(c.dir() + "/nodes");
+  // "NAME HOLDER SOCKET ADDRESS" lines: node3's address, and a stranger's in the same subnet.
+  std::istringstream is(addr3);
+  std::string line, target;
+  for (int k = 1; std::getline(is, line); ++k) {
+    std::istringstream ls(line);
+    std::string name, holder, sock, address;
+    ls >> name >> holder >> sock >> address;
+    if (k == 3) target = address;
+  }
+  ASSERT_FALSE(target.empty());
+  std::string stranger = target.substr(0, target.rfind('.')) + ".201";
+  auto ip = c.run(1, {"ip", "addr", "add", stranger + "/24", "dev", "eth0"}, 10, false);
+  ASSERT_EQ(ip.status, 0) << ip.err;
+  auto hog = c.spawn(1, {SimCluster::prog("tcphog"), target, "7450", "300", stranger}, false);
+  ASSERT_TRUE(c.wait_output(hog, "holding")) << c.output(hog);
+  ASSERT_TRUE(c.kill_daemon(2)) << c.last_error();
+  EXPECT_TRUE(c.start_daemon(2)) << "node2 could not link to node3 under the flood: " << c.last_error();
+  std::string q = field(ipcop(c, 2, {"msgget:0:creat+dipc+0666"}), "msgget");
+  EXPECT_TRUE(!q.empty() && q[0] != '-');
+  EXPECT_EQ(field(ipcop(c, 3, {"msgsnd:" + q + ":1:ok:nowait"}), "msgsnd"), "0");
 }
 
 }  // namespace

@@ -68,6 +68,8 @@ struct Link {
   bool want_out = false;
   EventLoop::TimerId hs_timer = 0;
   int64_t last_rx_ms = 0;  // when the link last brought bytes (heartbeat deadline)
+  std::string source;      // acceptor, until authenticated: the remote host, counted in handshakes_by_source_
+  bool stranger = false;   // acceptor, until authenticated: not from a configured node's address
 };
 
 // An operation awaiting its answer, by frame id. rma_op == 0: a request.
@@ -117,6 +119,16 @@ const char* kind_name(FrameKind k) {
     case FrameKind::kRmaReply: return "rma-reply";
   }
   return "?";
+}
+
+// The host part of an address (no port): what per-source limits count by.
+std::string host_str(const sockaddr_storage& ss) {
+  char host[INET6_ADDRSTRLEN] = "?";
+  if (ss.ss_family == AF_INET)
+    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&ss)->sin_addr, host, sizeof host);
+  else if (ss.ss_family == AF_INET6)
+    inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_addr, host, sizeof host);
+  return host;
 }
 
 std::string addr_str(const sockaddr_storage& ss) {
@@ -173,6 +185,7 @@ class TcpTransport final : public Transport {
         return Status::err(EINVAL);
       }
       listen_needed |= id < cfg_.self;
+      if (id < cfg_.self) ++peer_hosts_[host_str(p.addr)];
     }
     if (listen_needed) {
       sockaddr_storage ss{};
@@ -617,13 +630,31 @@ class TcpTransport final : public Transport {
         });
         return;
       }
-      if (unauthenticated_ >= opt_.max_unauthenticated) {
-        DIPC_LOG_WARN("tcp: refusing connection from {}: too many handshakes in progress", addr_str(ss));
+      // Handshake slots: strangers share max_unauthenticated; every source host has at most
+      // max_unauthenticated_per_source (more for a host that several configured nodes dial from). The configured
+      // nodes' addresses never compete with strangers, so a flood of idle connections cannot keep a peer out.
+      std::string src = host_str(ss);
+      auto known = peer_hosts_.find(src);
+      bool stranger = known == peer_hosts_.end();
+      int per_source = opt_.max_unauthenticated_per_source * (stranger ? 1 : 1 + known->second);
+      int& from_src = handshakes_by_source_[src];
+      if (from_src >= per_source || (stranger && strangers_ >= opt_.max_unauthenticated)) {
+        if (from_src == 0) handshakes_by_source_.erase(src);
+        int64_t now = EventLoop::now_ms();
+        if (now - last_refusal_log_ms_ >= 1000) {
+          last_refusal_log_ms_ = now;
+          DIPC_LOG_WARN("tcp: refusing connections from {}: too many handshakes in progress ({})", addr_str(ss),
+                        from_src >= per_source ? "from that host" : "from hosts not in the configuration");
+        }
         close(fd);
         continue;
       }
+      ++from_src;
+      strangers_ += stranger;
       ++unauthenticated_;
-      add_link(fd, false, 0, LinkState::kWaitClientHello, addr_str(ss));
+      Link& nl = add_link(fd, false, 0, LinkState::kWaitClientHello, addr_str(ss));
+      nl.source = src;
+      nl.stranger = stranger;
     }
   }
 
@@ -741,7 +772,7 @@ class TcpTransport final : public Transport {
     Peer& p = peers_.at(l.peer);
     if (p.link) close_link(*p.link, "replaced by a new authenticated connection (peer restarted?)", true);
     if (l.state == LinkState::kClosed || !running_) return;
-    if (!l.dialer) --unauthenticated_;
+    if (!l.dialer) handshake_done(l);
     l.state = LinkState::kUp;
     l.last_rx_ms = EventLoop::now_ms();
     cancel(l.hs_timer);
@@ -759,7 +790,7 @@ class TcpTransport final : public Transport {
   void close_link(Link& l, const std::string& why, bool log) {
     if (l.state == LinkState::kClosed) return;
     bool was_up = l.state == LinkState::kUp;
-    if (!was_up && !l.dialer) --unauthenticated_;
+    if (!was_up && !l.dialer) handshake_done(l);
     l.state = LinkState::kClosed;
     cancel(l.hs_timer);
     loop_.remove(l.fd);
@@ -783,6 +814,15 @@ class TcpTransport final : public Transport {
   }
 
   void reap() { dead_.clear(); }
+
+  // An accepted connection leaves the handshake (authenticated or closed): its slot is free again.
+  void handshake_done(Link& l) {
+    --unauthenticated_;
+    strangers_ -= l.stranger;
+    l.stranger = false;
+    auto it = handshakes_by_source_.find(l.source);
+    if (it != handshakes_by_source_.end() && --it->second <= 0) handshakes_by_source_.erase(it);
+  }
 
   // ---- frames on an authenticated link ---------------------------------------------------------------------------
 
@@ -863,6 +903,10 @@ class TcpTransport final : public Transport {
   EventLoop::TimerId accept_timer_ = 0;
   EventLoop::TimerId heartbeat_timer_ = 0;
   int unauthenticated_ = 0;
+  int strangers_ = 0;                                       // handshakes from hosts not in the configuration
+  std::unordered_map<std::string, int> handshakes_by_source_;  // host -> accepted connections in the handshake
+  std::unordered_map<std::string, int> peer_hosts_;            // host -> configured nodes that dial us from it
+  int64_t last_refusal_log_ms_ = -1000;
   uint64_t next_link_ = 1;
   uint64_t next_token_ = 1;
   uint32_t next_region_ = 1;
