@@ -6,10 +6,12 @@
 #include <cstdint>
 #include <cstring>
 #include <span>
+#include <vector>
 
 #include "common/frame.h"
 #include "dsm/coherence.h"
 #include "ipc/protocol.h"
+#include "transport/conn.h"
 #include "transport/tcp/tcp_wire.h"
 
 namespace {
@@ -75,14 +77,25 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     dipc::dsm::Msg m2;
     if (!m2.decode(d2) || again.size() != dipc::dsm::Msg::kEncodedSize) __builtin_trap();
   }
-  // The TCP transport: handshake bodies (what decodes encodes again, to the same bytes) ...
+  // The handshake (transport/conn.h): the input as a sequence of hello messages (op, length, payload) fed to an
+  // acceptor and to a dialer; whatever they answer, nothing but well-formed, authenticated peers may finish it.
   namespace tcp = dipc::transport::tcp;
-  auto hello = [&](auto v) {
-    if (tcp::decode(b, v) && tcp::encode(v) != dipc::Bytes(b.begin(), b.end())) __builtin_trap();
-  };
-  hello(tcp::ClientHello{});
-  hello(tcp::ServerHello{});
-  hello(tcp::ClientProof{});
+  namespace conn = dipc::transport::conn;
+  static const dipc::ClusterKey key = dipc::ClusterKey::from_secret(dipc::ByteView(
+      reinterpret_cast<const uint8_t*>("fuzzing secret, 32 bytes long.."), 31));
+  for (auto role : {conn::Handshake::Role::kAcceptor, conn::Handshake::Role::kDialer}) {
+    conn::Handshake hs(key, 2, role, 1, [](conn::NodeId n) { return n >= 1 && n <= 3 && n != 2; });
+    if (role == conn::Handshake::Role::kDialer) (void)hs.start();
+    for (size_t off = 0; off + 2 <= size;) {
+      uint16_t op = data[off] % 6;
+      size_t len = std::min<size_t>(data[off + 1] % 140, size - off - 2);
+      std::vector<conn::HelloMsg> out;
+      auto r = hs.on_message(op, dipc::ByteView(data + off + 2, len), out);
+      off += 2 + len;
+      if (r == conn::Handshake::Result::kDone) __builtin_trap();  // random bytes never carry a valid MAC
+      if (r == conn::Handshake::Result::kFailed) break;
+    }
+  }
   // ... the frame reader, as a link receives bytes in pieces ...
   tcp::FrameReader reader;
   for (size_t off = 0; off < size;) {
@@ -93,7 +106,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     off += n;
     dipc::FrameHeader h;
     dipc::ByteView payload;
-    while (reader.next(tcp::kMaxHelloPayload + 4096, h, payload) == tcp::FrameReader::Next::kFrame) {
+    while (reader.next(conn::kMaxHelloPayload + 4096, h, payload) == tcp::FrameReader::Next::kFrame) {
     }
   }
   // ... and one-sided frames served on a 4 KiB region: every op must stay inside it.

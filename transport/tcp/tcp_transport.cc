@@ -23,6 +23,7 @@
 #include "common/event_loop.h"
 #include "common/frame.h"
 #include "common/log.h"
+#include "transport/conn.h"
 #include "transport/tcp/tcp_wire.h"
 
 namespace dipc::transport {
@@ -34,7 +35,7 @@ using namespace tcp;
 constexpr size_t kReadChunk = 64u << 10;  // recv() size when no large frame is pending
 constexpr size_t kIovMax = 64;            // iovecs per sendmsg()
 
-enum class LinkState : uint8_t { kConnecting, kWaitServerHello, kWaitClientHello, kWaitProof, kWaitOk, kUp, kClosed };
+enum class LinkState : uint8_t { kConnecting, kHandshake, kUp, kClosed };
 
 // One frame waiting to be written: header (+ fixed fields), an owned payload and a borrowed one.
 struct OutMsg {
@@ -43,9 +44,14 @@ struct OutMsg {
   ByteView ext;               // an RMA write's source (valid until completion), or served-read region bytes
   bool ext_volatile = false;  // served-read bytes: copied into `body` if they cannot leave at once
   uint64_t id = 0;            // request / RMA frame id to fail if it expires unsent (0: none)
+  uint32_t region = 0;        // the local region `ext` points into (an RMA write's source; 0: none)
   int64_t deadline = 0;       // queued while the peer is down: fails with EHOSTUNREACH at this time
   size_t size() const { return head.size() + body.size() + ext.size(); }
 };
+
+// An empty kHello frame on an authenticated link: the link's heartbeat (TcpOptions::heartbeat_ms). Its op is outside
+// the handshake's (transport/conn.h), which ends before any heartbeat is sent.
+constexpr uint16_t kHeartbeatOp = 100;
 
 OutMsg make_msg(FrameKind kind, uint16_t op, uint64_t id, int status, size_t payload_len) {
   OutMsg m;
@@ -61,7 +67,7 @@ struct Link {
   NodeId peer = 0;  // dialer: the node dialled; acceptor: the node named in its hello
   LinkState state = LinkState::kConnecting;
   std::string who;  // for logs
-  Nonce mine{}, theirs{};
+  std::unique_ptr<conn::Handshake> hs;  // transport/conn.h: the challenge-response, I/O-free
   FrameReader rx;
   Bytes hs_out;  // handshake frames, written before anything queued for the peer
   size_t hs_off = 0;
@@ -76,8 +82,9 @@ struct Link {
 struct Pending {
   ReplyCb reply;
   uint64_t rma_op = 0;
-  uint8_t* dst = nullptr;  // RMA read chunk: where its bytes go
+  uint8_t* dst = nullptr;  // RMA read chunk: where its bytes go (nullptr once its region is deregistered)
   uint32_t len = 0;
+  uint32_t region = 0;     // the local region `dst` points into
 };
 
 // A one-sided operation; completes once when all its chunks have (with the first error).
@@ -104,9 +111,12 @@ struct Peer {
   std::unordered_map<uint64_t, RmaOpState> rma_ops;  // by the id of the first chunk
   std::unordered_map<uint64_t, uint64_t> open;       // requests we must answer: token -> the peer's frame id
   EventLoop::TimerId connect_timer = 0, redial_timer = 0;
-  int64_t backoff_ms = 0;
+  conn::Backoff backoff{0, 0};
   std::string last_error;  // last failure logged, so a repeated one is logged once
   bool flush_deferred = false;  // a flush is scheduled for the end of the loop iteration
+  std::deque<PendingFn> waiting;  // pending_add(): retries waiting for queue space, FIFO
+  bool retrying = false;          // waiting.front() is running: admit() lets it through
+  bool retry_deferred = false;
 };
 
 const char* kind_name(FrameKind k) {
@@ -163,19 +173,38 @@ class TcpTransport final : public Transport {
  public:
   TcpTransport(const Config& cfg, EventLoop& loop, const ClusterKey& key, const TcpOptions& opt)
       : cfg_(cfg), loop_(loop), key_(key), opt_(opt) {
-    for (const auto& n : cfg_.nodes)
-      if (n.id != cfg_.self) peers_[n.id].id = n.id;
+    for (const auto& n : cfg_.nodes) {
+      if (n.id == cfg_.self) continue;
+      peers_[n.id].id = n.id;
+      peers_[n.id].backoff = conn::Backoff(opt_.reconnect_min_ms, opt_.reconnect_max_ms);
+    }
+    Nonce n = key_.random_nonce();
+    std::memcpy(&incarnation_, n.data(), sizeof incarnation_);
+    incarnation_ |= 1;  // never 0
   }
   ~TcpTransport() override {
-    handler_ = nullptr;  // no upcalls from the destructor; callbacks of operations still complete once
+    upcalls_ = false;  // no upcalls from the destructor; callbacks of operations still complete once
     stop();
   }
 
   const char* name() const override { return "tcp"; }
-  Capabilities caps() const override { return Capabilities{false, true}; }
+  Capabilities caps() const override {
+    Capabilities c;
+    c.native_rma = false;
+    c.atomics = true;
+    c.pins_memory = false;
+    c.max_inline = 0;
+    c.max_message = kMaxPayload;
+    return c;
+  }
 
-  Status start(Handler* h) override {
-    if (running_ || !h) return Status::err(EINVAL);
+  Status set_handler(OpRange range, Handler* h) override {
+    if (running_) return Status::err(EINVAL);
+    return handlers_.add(range, h);
+  }
+
+  Status start() override {
+    if (running_ || handlers_.empty()) return Status::err(EINVAL);
     const NodeConf* me = cfg_.node(cfg_.self);
     if (!me) return Status::err(EINVAL);
     bool listen_needed = false;
@@ -184,8 +213,8 @@ class TcpTransport final : public Transport {
         DIPC_LOG_ERROR("tcp: cannot resolve node {} address '{}'", id, cfg_.node(id)->address);
         return Status::err(EINVAL);
       }
-      listen_needed |= id < cfg_.self;
-      if (id < cfg_.self) ++peer_hosts_[host_str(p.addr)];
+      listen_needed |= !conn::dials(cfg_.self, id);
+      if (!conn::dials(cfg_.self, id)) ++peer_hosts_[host_str(p.addr)];
     }
     if (listen_needed) {
       sockaddr_storage ss{};
@@ -204,10 +233,10 @@ class TcpTransport final : public Transport {
       listen_fd_ = fd;
       loop_.add(fd, EPOLLIN, [this](uint32_t) { on_accept(); });
     }
-    handler_ = h;
+    upcalls_ = true;
     running_ = true;
     for (auto& [id, p] : peers_)
-      if (id > cfg_.self) dial(p);
+      if (conn::dials(cfg_.self, id)) dial(p);
     if (opt_.heartbeat_ms > 0) arm_heartbeat();
     return Status::ok();
   }
@@ -227,7 +256,7 @@ class TcpTransport final : public Transport {
                                      opt_.dead_peer_s), true);
           continue;
         }
-        enqueue(peers_.at(l->peer), make_msg(FrameKind::kHello, kHeartbeat, 0, 0, 0));
+        enqueue(peers_.at(l->peer), make_msg(FrameKind::kHello, kHeartbeatOp, 0, 0, 0));
       }
       if (running_) arm_heartbeat();
     });
@@ -236,6 +265,7 @@ class TcpTransport final : public Transport {
   void stop() override {
     bool was_running = running_;
     running_ = false;
+    upcalls_ = false;  // "no upcalls after stop() returns"; close_link below reports nothing upward
     if (listen_fd_ >= 0) {
       loop_.remove(listen_fd_);
       close(listen_fd_);
@@ -297,29 +327,84 @@ class TcpTransport final : public Transport {
 
   // ---- one-sided ----------------------------------------------------------------------------------------------
 
-  Result<RegionDesc> register_region(void* addr, size_t len) override {
+  Status pending_add(NodeId peer, PendingFn fn) override {
+    Peer* p = find(peer);
+    if (!p || !fn) return Status::err(EINVAL);
+    p->waiting.push_back(std::move(fn));
+    schedule_retry(*p);
+    return Status::ok();
+  }
+
+  // ---- memory domain: a region is a (base, length) the peer's frames address by a packed key -------------------
+
+  Result<MemRegion> register_region(void* addr, size_t len) override {
     if (!addr && len) return Status::err(EINVAL);
     uint32_t id = next_region_++;
+    if (!id) id = next_region_++;
     regions_[id] = LocalRegion{static_cast<uint8_t*>(addr), len};
-    return RegionDesc{cfg_.self, id, reinterpret_cast<uint64_t>(addr), len, 0};
+    Encoder e;
+    e.u64(packed_region(id));
+    MemRegion r;
+    r.id = id;
+    r.base = static_cast<uint8_t*>(addr);
+    r.length = len;
+    Bytes packed = e.take();
+    r.remote = RemoteKey::make(cfg_.self, len, packed);
+    return r;
   }
-  void deregister_region(uint32_t id) override { regions_.erase(id); }
 
-  Status read(const RegionDesc& r, uint64_t offset, void* local, size_t len, RmaCb cb) override {
-    if (len && !local) return Status::err(EINVAL);
-    return rma(r, RmaReq{kRmaRead, r.id, offset, len, 0, {}}, static_cast<uint8_t*>(local), std::move(cb), {});
+  // Reads into the region are cancelled (their bytes dropped, ECANCELED); writes from it still queued are detached
+  // (their bytes copied out of the region) and complete normally. Nothing touches the memory afterwards, so `done`
+  // runs at once.
+  void deregister_region(uint32_t id, DoneCb done) override {
+    regions_.erase(id);
+    for (auto& [pid, p] : peers_) {
+      for (auto& [fid, pd] : p.pending) {
+        if (pd.region != id || !pd.dst) continue;
+        pd.dst = nullptr;
+        auto op = p.rma_ops.find(pd.rma_op);
+        if (op != p.rma_ops.end() && !op->second.err) op->second.err = ECANCELED;
+      }
+      for (OutMsg& m : p.out) {
+        if (m.region != id) continue;
+        m.body.assign(m.ext.begin(), m.ext.end());  // same bytes, same position in the stream
+        m.ext = {};
+        m.region = 0;
+      }
+    }
+    if (done) done();
   }
-  Status write(const RegionDesc& r, uint64_t offset, const void* local, size_t len, RmaCb cb) override {
-    if (len && !local) return Status::err(EINVAL);
-    ByteView src(static_cast<const uint8_t*>(local), len);
-    return rma(r, RmaReq{kRmaWrite, r.id, offset, 0, 0, src}, nullptr, std::move(cb), {});
+
+  Status read(const RemoteKey& src, uint64_t src_off, const MemRegion& dst, uint64_t dst_off, size_t len,
+              RmaCb cb) override {
+    if (!local_ok(dst, dst_off, len)) return Status::err(EINVAL);
+    return rma(src, RmaReq{kRmaRead, 0, src_off, len, 0, {}}, dst.base + dst_off, dst.id, std::move(cb), {});
   }
-  Status fetch_add(const RegionDesc& r, uint64_t offset, uint64_t add, AtomicCb cb) override {
-    return rma(r, RmaReq{kRmaFetchAdd, r.id, offset, add, 0, {}}, nullptr, {}, std::move(cb));
+  Status write(const MemRegion& src, uint64_t src_off, const RemoteKey& dst, uint64_t dst_off, size_t len,
+               RmaCb cb) override {
+    if (!local_ok(src, src_off, len)) return Status::err(EINVAL);
+    ByteView data(src.base + src_off, len);
+    return rma(dst, RmaReq{kRmaWrite, 0, dst_off, 0, 0, data}, nullptr, src.id, std::move(cb), {});
   }
-  Status compare_swap(const RegionDesc& r, uint64_t offset, uint64_t expected, uint64_t desired,
+  // The stream is ordered and the peer serves frames in arrival order: the write's chunks, then the message.
+  Status write_notify(const MemRegion& src, uint64_t src_off, const RemoteKey& dst, uint64_t dst_off, size_t len,
+                      uint16_t op, Bytes msg, RmaCb cb) override {
+    if (!local_ok(src, src_off, len)) return Status::err(EINVAL);
+    Peer* p = nullptr;
+    if (Status s = admit(dst.node(), msg.size() + len, p); !s) return s;
+    if (Status s = write(src, src_off, dst, dst_off, len, std::move(cb)); !s) return s;
+    OutMsg m = make_msg(FrameKind::kOneWay, op, 0, 0, msg.size());
+    m.body = std::move(msg);
+    enqueue(*p, std::move(m));
+    return Status::ok();
+  }
+  Status fence(NodeId peer) override { return find(peer) ? Status::ok() : Status::err(EINVAL); }
+  Status fetch_add(const RemoteKey& dst, uint64_t offset, uint64_t add, AtomicCb cb) override {
+    return rma(dst, RmaReq{kRmaFetchAdd, 0, offset, add, 0, {}}, nullptr, 0, {}, std::move(cb));
+  }
+  Status compare_swap(const RemoteKey& dst, uint64_t offset, uint64_t expected, uint64_t desired,
                       AtomicCb cb) override {
-    return rma(r, RmaReq{kRmaCompareSwap, r.id, offset, expected, desired, {}}, nullptr, {}, std::move(cb));
+    return rma(dst, RmaReq{kRmaCompareSwap, 0, offset, expected, desired, {}}, nullptr, 0, {}, std::move(cb));
   }
 
  private:
@@ -327,6 +412,40 @@ class TcpTransport final : public Transport {
     auto it = peers_.find(id);
     return it == peers_.end() ? nullptr : &it->second;
   }
+  uint64_t packed_region(uint32_t id) const { return (uint64_t{incarnation_} << 32) | id; }
+  static bool local_ok(const MemRegion& r, uint64_t off, size_t len) {
+    return r.id && (r.base || !r.length) && off <= r.length && len <= r.length - off;
+  }
+
+  // Runs the peer's pending_add() retries once its queue has room again (or the link is gone: they then fail).
+  void schedule_retry(Peer& p) {
+    if (p.waiting.empty() || p.retry_deferred) return;
+    if (p.link && p.out_bytes > opt_.max_queued_bytes / 2) return;  // flush() calls again as the queue drains
+    p.retry_deferred = true;
+    NodeId id = p.id;
+    std::weak_ptr<int> alive = alive_;
+    loop_.defer([this, id, alive] {
+      if (alive.expired()) return;
+      Peer* q = find(id);
+      if (!q) return;
+      q->retry_deferred = false;
+      run_retries(*q);
+    });
+  }
+  void run_retries(Peer& p) {
+    while (!p.waiting.empty()) {
+      PendingFn fn = std::move(p.waiting.front());
+      p.waiting.pop_front();
+      p.retrying = true;
+      Status s = fn();
+      p.retrying = false;
+      if (s.retryable()) {  // still no room: first in line again
+        p.waiting.push_front(std::move(fn));
+        return;
+      }
+    }
+  }
+
   void cancel(EventLoop::TimerId& t) {
     if (t) loop_.cancel_timer(t);
     t = 0;
@@ -338,19 +457,24 @@ class TcpTransport final : public Transport {
     if (!p) return Status::err(EINVAL);  // unknown node, or ourselves (upper layers short-circuit local work)
     if (!running_) return Status::err(ECONNRESET);
     if (bytes > kMaxPayload) return Status::err(EMSGSIZE);
-    if (p->out_bytes + bytes > opt_.max_queued_bytes) return Status::err(ENOBUFS);
+    if (!p->waiting.empty() && !p->retrying) return Status::err(kNoResources);  // keep issue order behind retries
+    if (p->out_bytes + bytes > opt_.max_queued_bytes) return Status::err(kNoResources);
     return Status::ok();
   }
 
   // Splits a read or write into chunks of at most kRmaChunk, each its own frame; one completion for all.
-  [[nodiscard]] Status rma(const RegionDesc& r, RmaReq req, uint8_t* dst, RmaCb cb, AtomicCb acb) {
+  [[nodiscard]] Status rma(const RemoteKey& key, RmaReq req, uint8_t* dst, uint32_t local_region, RmaCb cb,
+                           AtomicCb acb) {
+    Decoder kd(key.packed());
+    req.region = kd.u64();
+    if (!kd.done()) return Status::err(EINVAL);
     bool bulk = req.op == kRmaRead || req.op == kRmaWrite;
     uint64_t len = req.op == kRmaRead ? req.a : req.data.size();
     if (bulk && req.offset + len < req.offset) return Status::err(EINVAL);
     uint64_t chunks = bulk ? std::max<uint64_t>(1, (len + kRmaChunk - 1) / kRmaChunk) : 1;
     Peer* p = nullptr;
-    if (Status s = admit(r.node, 0, p); !s) return s;
-    if (p->out_bytes + req.data.size() + chunks * 64 > opt_.max_queued_bytes) return Status::err(ENOBUFS);
+    if (Status s = admit(key.node(), 0, p); !s) return s;
+    if (p->out_bytes + req.data.size() + chunks * 64 > opt_.max_queued_bytes) return Status::err(kNoResources);
     uint64_t op_id = p->next_id;
     p->rma_ops.emplace(op_id, RmaOpState{req.op, std::move(cb), std::move(acb), static_cast<uint32_t>(chunks)});
     for (uint64_t i = 0; i < chunks; ++i) {
@@ -361,15 +485,16 @@ class TcpTransport final : public Transport {
       if (req.op == kRmaRead) c.a = n;
       if (req.op == kRmaWrite) c.data = req.data.subspan(at, n);
       uint64_t id = p->next_id++;
-      p->pending.emplace(id, Pending{{}, op_id, dst ? dst + at : nullptr, n});
+      p->pending.emplace(id, Pending{{}, op_id, dst ? dst + at : nullptr, n, dst ? local_region : 0});
       OutMsg m;
+      m.head.assign(kFrameHeaderSize, 0);  // filled below, once the payload length is known
       Encoder e(m.head);
-      e.raw(std::array<uint8_t, kFrameHeaderSize>{});
       encode_rma_fields(e, c);
       size_t fields = m.head.size() - kFrameHeaderSize;
       encode_frame_header(FrameHeader{FrameKind::kRma, c.op, id, 0, static_cast<uint32_t>(fields + c.data.size())},
                           m.head.data());
       m.ext = c.data;
+      m.region = c.data.empty() ? 0 : local_region;
       m.id = id;
       enqueue(*p, std::move(m));
     }
@@ -467,6 +592,7 @@ class TcpTransport final : public Transport {
         p.out.pop_front();
         p.out_off = 0;
       }
+      schedule_retry(p);
     }
     set_want_out(l, false);
   }
@@ -543,6 +669,7 @@ class TcpTransport final : public Transport {
       if (op.cb) op.cb(Status::err(err));
       if (op.acb) op.acb(Status::err(err), 0);
     }
+    schedule_retry(p);  // the queue is empty now: waiting retries run (and queue for the reconnect, or fail)
   }
 
   // Logs a peer's failure once until it changes or the link comes up.
@@ -574,6 +701,9 @@ class TcpTransport final : public Transport {
     l.peer = peer;
     l.state = st;
     l.who = std::move(who);
+    l.hs = std::make_unique<conn::Handshake>(
+        key_, cfg_.self, dialer ? conn::Handshake::Role::kDialer : conn::Handshake::Role::kAcceptor, peer,
+        [this](NodeId n) { return cfg_.node(n) != nullptr; });
     uint64_t id = l.id;
     links_.emplace(id, std::move(owned));
     l.hs_timer = loop_.add_timer(opt_.handshake_timeout_ms, [this, id] {
@@ -603,10 +733,9 @@ class TcpTransport final : public Transport {
   }
 
   void schedule_redial(Peer& p) {
-    if (!running_ || p.redial_timer || p.link || p.dialing || p.id < cfg_.self) return;
-    p.backoff_ms = p.backoff_ms ? std::min(2 * p.backoff_ms, opt_.reconnect_max_ms) : opt_.reconnect_min_ms;
+    if (!running_ || p.redial_timer || p.link || p.dialing || !conn::dials(cfg_.self, p.id)) return;
     NodeId id = p.id;
-    p.redial_timer = loop_.add_timer(p.backoff_ms, [this, id] {
+    p.redial_timer = loop_.add_timer(p.backoff.next(), [this, id] {
       reap();
       dial(peers_.at(id));
     });
@@ -652,7 +781,7 @@ class TcpTransport final : public Transport {
       ++from_src;
       strangers_ += stranger;
       ++unauthenticated_;
-      Link& nl = add_link(fd, false, 0, LinkState::kWaitClientHello, addr_str(ss));
+      Link& nl = add_link(fd, false, 0, LinkState::kHandshake, addr_str(ss));
       nl.source = src;
       nl.stranger = stranger;
     }
@@ -669,10 +798,9 @@ class TcpTransport final : public Transport {
       socklen_t len = sizeof err;
       getsockopt(l.fd, SOL_SOCKET, SO_ERROR, &err, &len);
       if (err) return close_link(l, fmt::format("cannot connect: {}", strerror(err)), true);
-      l.state = LinkState::kWaitServerHello;
-      l.mine = key_.random_nonce();
-      append_frame(l.hs_out, FrameHeader{FrameKind::kHello, kClientHello, 0, 0, 0},
-                   encode(ClientHello{cfg_.self, l.mine}));
+      l.state = LinkState::kHandshake;
+      conn::HelloMsg m = l.hs->start();
+      append_frame(l.hs_out, FrameHeader{FrameKind::kHello, m.op, 0, 0, 0}, m.payload);
       flush(l);
       return;
     }
@@ -707,7 +835,7 @@ class TcpTransport final : public Transport {
     for (;;) {
       FrameHeader h;
       ByteView payload;
-      switch (l.rx.next(l.state == LinkState::kUp ? kMaxPayload : kMaxHelloPayload, h, payload)) {
+      switch (l.rx.next(l.state == LinkState::kUp ? kMaxPayload : conn::kMaxHelloPayload, h, payload)) {
         case FrameReader::Next::kMore:
           return true;
         case FrameReader::Next::kError:
@@ -726,46 +854,16 @@ class TcpTransport final : public Transport {
   void on_hello(Link& l, const FrameHeader& h, ByteView body) {
     if (h.kind != FrameKind::kHello)
       return close_link(l, fmt::format("{} frame before authentication", kind_name(h.kind)), true);
-    auto send_hello = [&](uint16_t op, ByteView payload) {
-      append_frame(l.hs_out, FrameHeader{FrameKind::kHello, op, 0, 0, 0}, payload);
-    };
-    if (l.state == LinkState::kWaitClientHello && h.op == kClientHello) {
-      ClientHello m;
-      if (!decode(body, m)) return close_link(l, "malformed client hello", true);
-      if (!cfg_.node(m.node) || m.node == cfg_.self)
-        return close_link(l, fmt::format("hello from unknown node {}", m.node), true);
-      if (m.node > cfg_.self)
-        return close_link(l, fmt::format("node {} dials us but we dial it (lower id dials)", m.node), true);
-      l.peer = m.node;
-      l.who = fmt::format("node {} from {}", m.node, l.who);
-      l.theirs = m.nonce;
-      l.mine = key_.random_nonce();
-      send_hello(kServerHello, encode(ServerHello{cfg_.self, l.mine, key_.prove('S', l.mine, l.theirs, cfg_.self,
-                                                                                 l.peer)}));
-      l.state = LinkState::kWaitProof;
-      return flush(l);
+    std::vector<conn::HelloMsg> out;
+    conn::Handshake::Result r = l.hs->on_message(h.op, body, out);
+    if (r == conn::Handshake::Result::kFailed) return close_link(l, l.hs->error(), true);
+    if (!l.dialer && !l.peer && l.hs->peer()) {
+      l.peer = l.hs->peer();
+      l.who = fmt::format("node {} from {}", l.peer, l.who);
     }
-    if (l.state == LinkState::kWaitServerHello && h.op == kServerHello) {
-      ServerHello m;
-      if (!decode(body, m)) return close_link(l, "malformed server hello", true);
-      if (m.node != l.peer) return close_link(l, fmt::format("answered by node {}", m.node), true);
-      if (!key_.verify('S', m.nonce, l.mine, m.node, cfg_.self, m.mac))
-        return close_link(l, "authentication failed (wrong cluster secret?)", true);
-      l.theirs = m.nonce;
-      send_hello(kClientProof, encode(ClientProof{key_.prove('C', l.mine, l.theirs, cfg_.self, l.peer)}));
-      l.state = LinkState::kWaitOk;
-      return flush(l);
-    }
-    if (l.state == LinkState::kWaitProof && h.op == kClientProof) {
-      ClientProof m;
-      if (!decode(body, m)) return close_link(l, "malformed client proof", true);
-      if (!key_.verify('C', l.theirs, l.mine, l.peer, cfg_.self, m.mac))
-        return close_link(l, "authentication failed (wrong cluster secret?)", true);
-      send_hello(kHelloOk, {});
-      return link_up(l);
-    }
-    if (l.state == LinkState::kWaitOk && h.op == kHelloOk && body.empty()) return link_up(l);
-    close_link(l, fmt::format("unexpected handshake frame (op {})", h.op), true);
+    for (const auto& m : out) append_frame(l.hs_out, FrameHeader{FrameKind::kHello, m.op, 0, 0, 0}, m.payload);
+    if (r == conn::Handshake::Result::kDone) return link_up(l);
+    flush(l);
   }
 
   void link_up(Link& l) {
@@ -778,11 +876,11 @@ class TcpTransport final : public Transport {
     cancel(l.hs_timer);
     if (p.dialing == &l) p.dialing = nullptr;
     p.link = &l;
-    p.backoff_ms = 0;
+    p.backoff.reset();
     p.last_error.clear();
     cancel(p.connect_timer);
     DIPC_LOG_INFO("tcp: link to {} up", l.who);
-    if (handler_) handler_->on_peer(p.id, true);
+    if (upcalls_) handlers_.peer(p.id, true);
     if (l.state == LinkState::kUp) flush(l);
   }
 
@@ -810,7 +908,7 @@ class TcpTransport final : public Transport {
     schedule_redial(*p);
     if (!was_up) return;
     fail_all(*p, ECONNRESET);
-    if (handler_) handler_->on_peer(p->id, false);
+    if (upcalls_) handlers_.peer(p->id, false);
   }
 
   void reap() { dead_.clear(); }
@@ -832,15 +930,24 @@ class TcpTransport final : public Transport {
     if (h.status && !answer) return close_link(l, fmt::format("status on a {} frame", kind_name(h.kind)), true);
     switch (h.kind) {
       case FrameKind::kHello:
-        if (h.op == kHeartbeat && body.empty()) return;  // its arrival was the point (last_rx_ms)
+        if (h.op == kHeartbeatOp && body.empty()) return;  // its arrival was the point (last_rx_ms)
         return close_link(l, "handshake frame on an authenticated link", true);
       case FrameKind::kRequest: {
         uint64_t token = next_token_++;
         p.open.emplace(token, h.id);
-        return handler_->on_request(p.id, h.op, body, ReplyToken{p.id, token});
+        Handler* hd = upcalls_ ? handlers_.find(h.op) : nullptr;
+        if (!hd) {
+          DIPC_LOG_WARN("tcp: node {}: request for op {} that no layer handles", p.id, h.op);
+          (void)reply(ReplyToken{p.id, token}, ENOSYS, {});
+          return;
+        }
+        return hd->on_request(p.id, h.op, body, ReplyToken{p.id, token});
       }
-      case FrameKind::kOneWay:
-        return handler_->on_message(p.id, h.op, body);
+      case FrameKind::kOneWay: {
+        Handler* hd = upcalls_ ? handlers_.find(h.op) : nullptr;
+        if (!hd) return DIPC_LOG_WARN("tcp: node {}: message for op {} that no layer handles, dropped", p.id, h.op);
+        return hd->on_message(p.id, h.op, body);
+      }
       case FrameKind::kResponse: {
         auto it = p.pending.find(h.id);
         if (it == p.pending.end() || it->second.rma_op)
@@ -859,7 +966,7 @@ class TcpTransport final : public Transport {
   void serve(Link& l, Peer& p, const FrameHeader& h, ByteView body) {
     RmaReq r;
     if (!decode_rma(h.op, body, r)) return close_link(l, fmt::format("malformed rma request (op {})", h.op), true);
-    auto it = regions_.find(r.region);
+    auto it = (r.region >> 32) == incarnation_ ? regions_.find(static_cast<uint32_t>(r.region)) : regions_.end();
     ByteView data;
     uint64_t old = 0;
     int st = serve_rma(r, it == regions_.end() ? nullptr : &it->second, data, old);
@@ -885,7 +992,7 @@ class TcpTransport final : public Transport {
               : h.op == kRmaWrite               ? body.empty()
                                                 : decode_atomic_reply(body, old);
     if (!ok) return close_link(l, fmt::format("malformed rma reply (op {})", h.op), true);
-    if (!h.status && h.op == kRmaRead && pd.len) std::memcpy(pd.dst, body.data(), pd.len);
+    if (!h.status && h.op == kRmaRead && pd.len && pd.dst) std::memcpy(pd.dst, body.data(), pd.len);
     if (!h.status) op->second.old = old;
     uint64_t op_id = pd.rma_op;
     p.pending.erase(it);
@@ -896,8 +1003,10 @@ class TcpTransport final : public Transport {
   EventLoop& loop_;
   const ClusterKey& key_;
   const TcpOptions opt_;
-  Handler* handler_ = nullptr;
+  HandlerTable handlers_;
+  bool upcalls_ = false;
   bool running_ = false;
+  uint32_t incarnation_ = 0;
   int listen_fd_ = -1;
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);
   EventLoop::TimerId accept_timer_ = 0;
@@ -917,6 +1026,25 @@ class TcpTransport final : public Transport {
 };
 
 }  // namespace
+
+Status parse_tcp_options(const Config& cfg, TcpOptions& o, std::string* error) {
+  SectionReader r(cfg, "tcp");
+  bool ok = r.get("connect_timeout_ms", o.connect_timeout_ms, 1, 3600 * 1000) &&
+            r.get("handshake_timeout_ms", o.handshake_timeout_ms, 1, 600 * 1000) &&
+            r.get("reconnect_min_ms", o.reconnect_min_ms, 1, 600 * 1000) &&
+            r.get("reconnect_max_ms", o.reconnect_max_ms, 1, 600 * 1000) &&
+            r.get("max_queued_bytes", o.max_queued_bytes, int64_t{2} * kMaxPayload, int64_t{1} << 40) &&
+            r.get("max_read_per_event", o.max_read_per_event, 4096, int64_t{1} << 30) &&
+            r.get("max_unauthenticated", o.max_unauthenticated, 1, 65535) &&
+            r.get("dead_peer_s", o.dead_peer_s, 0, 3600) && r.finish();
+  std::string err = r.error();
+  if (ok && o.reconnect_max_ms < o.reconnect_min_ms) {
+    ok = false;
+    err = "transport.tcp.reconnect_max_ms must not be below reconnect_min_ms";
+  }
+  if (!ok && error) *error = err;
+  return ok ? Status::ok() : Status::err(EINVAL);
+}
 
 std::unique_ptr<Transport> make_tcp_transport(const Config& cfg, EventLoop& loop, const ClusterKey& key,
                                               const TcpOptions& opt) {

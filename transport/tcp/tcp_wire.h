@@ -17,79 +17,16 @@
 
 namespace dipc::transport::tcp {
 
-// ---- handshake: FrameKind::kHello, op = HelloOp ------------------------------------------------------------------
-//   dialer   -> acceptor  kClientHello {u16 node, nonce_c}
-//   acceptor -> dialer    kServerHello {u16 node, nonce_s, prove('S', nonce_s, nonce_c, acceptor, dialer)}
-//   dialer   -> acceptor  kClientProof {prove('C', nonce_c, nonce_s, dialer, acceptor)}
-//   acceptor -> dialer    kHelloOk     {}
-// Before the handshake completes a connection accepts nothing but these, each at most kMaxHelloPayload bytes.
-enum HelloOp : uint16_t { kClientHello = 1, kServerHello = 2, kClientProof = 3, kHelloOk = 4,
-                          kHeartbeat = 5 };  // kHeartbeat: on an authenticated link only, empty (see TcpOptions)
-inline constexpr uint32_t kMaxHelloPayload = 128;
-
-struct ClientHello {
-  uint16_t node = 0;
-  Nonce nonce{};
-};
-struct ServerHello {
-  uint16_t node = 0;
-  Nonce nonce{};
-  Mac mac{};
-};
-struct ClientProof {
-  Mac mac{};
-};
-
-namespace detail {
-template <size_t N>
-inline void get(Decoder& d, std::array<uint8_t, N>& a) {
-  ByteView v = d.raw(N);
-  if (d.ok()) std::memcpy(a.data(), v.data(), N);
-}
-}  // namespace detail
-
-inline Bytes encode(const ClientHello& m) {
-  Encoder e;
-  e.u16(m.node);
-  e.raw(m.nonce);
-  return e.take();
-}
-inline Bytes encode(const ServerHello& m) {
-  Encoder e;
-  e.u16(m.node);
-  e.raw(m.nonce);
-  e.raw(m.mac);
-  return e.take();
-}
-inline Bytes encode(const ClientProof& m) {
-  Encoder e;
-  e.raw(m.mac);
-  return e.take();
-}
-inline bool decode(ByteView b, ClientHello& m) {
-  Decoder d(b);
-  m.node = d.u16();
-  detail::get(d, m.nonce);
-  return d.done();
-}
-inline bool decode(ByteView b, ServerHello& m) {
-  Decoder d(b);
-  m.node = d.u16();
-  detail::get(d, m.nonce);
-  detail::get(d, m.mac);
-  return d.done();
-}
-inline bool decode(ByteView b, ClientProof& m) {
-  Decoder d(b);
-  detail::get(d, m.mac);
-  return d.done();
-}
+// ---- handshake: FrameKind::kHello frames carry transport/conn.h's Handshake messages (op, payload) -------------
+// Before the handshake completes a connection accepts nothing but these, each at most conn::kMaxHelloPayload bytes.
 
 // ---- one-sided operations: FrameKind::kRma, op = RmaOp; answered by kRmaReply with the same op and id -----------
-//   kRmaRead        {u32 region, u64 offset, u32 length}             reply: the `length` bytes
-//   kRmaWrite       {u32 region, u64 offset} + data (rest of payload) reply: {}
-//   kRmaFetchAdd    {u32 region, u64 offset, u64 add}                reply: {u64 old}
-//   kRmaCompareSwap {u32 region, u64 offset, u64 expected, u64 desired} reply: {u64 old}
+//   kRmaRead        {u64 region, u64 offset, u32 length}             reply: the `length` bytes
+//   kRmaWrite       {u64 region, u64 offset} + data (rest of payload) reply: {}
+//   kRmaFetchAdd    {u64 region, u64 offset, u64 add}                reply: {u64 old}
+//   kRmaCompareSwap {u64 region, u64 offset, u64 expected, u64 desired} reply: {u64 old}
+// `region` is the packed remote key: the owner's incarnation (random per transport instance, high 32 bits) and
+// region id (low 32 bits), so a key from before a restart never names a region registered after it.
 // Reply status 0, or EINVAL: unknown region, out of bounds, misaligned atomic, read longer than kRmaChunk.
 // Reads and writes longer than kRmaChunk travel as several operations (the caller sees one completion).
 enum RmaOp : uint16_t { kRmaRead = 1, kRmaWrite = 2, kRmaFetchAdd = 3, kRmaCompareSwap = 4 };
@@ -97,7 +34,7 @@ inline constexpr uint32_t kRmaChunk = 1u << 20;
 
 struct RmaReq {
   uint16_t op = 0;
-  uint32_t region = 0;
+  uint64_t region = 0;
   uint64_t offset = 0;
   uint64_t a = 0;  // read: length; fetch_add: addend; compare_swap: expected
   uint64_t b = 0;  // compare_swap: desired
@@ -106,7 +43,7 @@ struct RmaReq {
 
 // The fixed fields of a kRma payload (a write's data follows them).
 inline void encode_rma_fields(Encoder& e, const RmaReq& r) {
-  e.u32(r.region);
+  e.u64(r.region);
   e.u64(r.offset);
   if (r.op == kRmaRead) e.u32(static_cast<uint32_t>(r.a));
   if (r.op == kRmaFetchAdd || r.op == kRmaCompareSwap) e.u64(r.a);
@@ -117,7 +54,7 @@ inline bool decode_rma(uint16_t op, ByteView b, RmaReq& r) {
   Decoder d(b);
   r = RmaReq{};
   r.op = op;
-  r.region = d.u32();
+  r.region = d.u64();
   r.offset = d.u64();
   switch (op) {
     case kRmaRead:
