@@ -3,9 +3,11 @@
 #include <sched.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <new>
 #include <stdexcept>
@@ -14,6 +16,22 @@
 #include "common/log.h"
 
 namespace dipc {
+
+namespace {
+// Whether epoll_pwait2 works in this process: it is a system call of Linux 5.11, so older kernels and qemu-user 7.2
+// answer ENOSYS. Set once, the first time a loop sleeps; every loop after that goes straight to its fallback.
+std::atomic<bool> g_no_pwait2{false};
+
+timespec to_timespec(int64_t us) {
+  timespec ts{};
+  ts.tv_sec = static_cast<time_t>(us / 1000000);
+  ts.tv_nsec = static_cast<long>(us % 1000000 * 1000);
+  return ts;
+}
+}  // namespace
+
+bool EventLoop::has_epoll_pwait2() { return !g_no_pwait2.load(std::memory_order_relaxed); }
+void EventLoop::force_epoll_wait_fallback() { g_no_pwait2.store(true, std::memory_order_relaxed); }
 
 EventLoop::EventLoop() {
   epfd_ = epoll_create1(EPOLL_CLOEXEC);
@@ -27,6 +45,7 @@ EventLoop::EventLoop() {
 }
 
 EventLoop::~EventLoop() {
+  if (timerfd_ >= 0) close(timerfd_);
   if (wakefd_ >= 0) close(wakefd_);
   if (epfd_ >= 0) close(epfd_);
 }
@@ -111,6 +130,49 @@ void EventLoop::stop() {
   (void)r;
 }
 
+// Sleeps until an fd is ready or timeout_us passed (-1: no timeout). Returns the number of ready events (0 on a
+// timeout or an interrupting signal).
+int EventLoop::wait(epoll_event* evs, int max, int64_t timeout_us) {
+  if (!g_no_pwait2.load(std::memory_order_relaxed)) {
+    timespec ts = to_timespec(timeout_us);
+    int n = epoll_pwait2(epfd_, evs, max, timeout_us < 0 ? nullptr : &ts, nullptr);
+    if (n >= 0) return n;
+    if (errno != ENOSYS) return 0;  // EINTR: the caller's loop comes back
+    if (!g_no_pwait2.exchange(true))
+      DIPC_LOG_INFO("epoll_pwait2 is not available (Linux < 5.11 or an emulator): microsecond timers use a timerfd");
+  }
+  return wait_fallback(evs, max, timeout_us);
+}
+
+// epoll_wait counts in milliseconds; a deadline that is not a whole number of them is kept by a timerfd armed to the
+// microsecond, which wakes epoll_wait then.
+int EventLoop::wait_fallback(epoll_event* evs, int max, int64_t timeout_us) {
+  int ms = -1;
+  bool need_timer = timeout_us > 0 && timeout_us % 1000 != 0;
+  if (timeout_us >= 0 && !need_timer) ms = static_cast<int>(std::min<int64_t>(timeout_us / 1000, 1 << 30));
+  if (need_timer && timerfd_ < 0) {
+    timerfd_ = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+    if (timerfd_ < 0) throw std::system_error(errno, std::generic_category(), "timerfd_create");
+    add(timerfd_, EPOLLIN, [this](uint32_t) {
+      uint64_t expirations;
+      while (read(timerfd_, &expirations, sizeof expirations) > 0) {
+      }
+    });
+  }
+  if (need_timer) {
+    itimerspec its{};
+    its.it_value = to_timespec(timeout_us);
+    timerfd_settime(timerfd_, 0, &its, nullptr);
+    timerfd_armed_ = true;
+  } else if (timerfd_armed_) {
+    itimerspec off{};
+    timerfd_settime(timerfd_, 0, &off, nullptr);
+    timerfd_armed_ = false;
+  }
+  int n = epoll_wait(epfd_, evs, max, ms);
+  return n < 0 ? 0 : n;
+}
+
 void EventLoop::run() {
   while (!stop_) run_once(-1);
 }
@@ -136,10 +198,7 @@ void EventLoop::run_once(int timeout_ms) {
     } while (now_us() < poll_end);
   }
   if (poll_until_us_ && now_us() >= poll_until_us_) poll_until_us_ = 0;
-  if (n == 0) {
-    timespec ts{timeout_us / 1000000, (timeout_us % 1000000) * 1000};
-    n = epoll_pwait2(epfd_, evs, 64, timeout_us < 0 ? nullptr : &ts, nullptr);
-  }
+  if (n == 0) n = wait(evs, 64, timeout_us);
   in_iteration_ = true;
   for (int i = 0; i < n; ++i) {
     auto it = fds_.find(evs[i].data.fd);

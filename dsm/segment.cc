@@ -20,17 +20,8 @@
 namespace dipc::dsm {
 
 namespace {
-uint64_t round_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
-
-// The coherence unit of a segment: the configured block size, at most the segment rounded up to a power of two.
-constexpr uint64_t kStateBytesPerBlock = 128;
-constexpr uint32_t kMaxGarbage = 64;
-
-uint64_t effective_block(uint64_t size, uint64_t want) {
-  uint64_t cap = kPageSize;
-  while (cap < size) cap <<= 1;
-  return std::max<uint64_t>(kPageSize, std::min(want, cap));
-}
+constexpr uint64_t kStateBytesPerBlock = 128;  // home directory, node cache and flags of one block, about
+constexpr uint32_t kMaxGarbage = 64;            // events an attach's userfaultfd may send that are not its faults
 
 // F's mapping and descriptor, released when the last deregistration of its chunks completed (the transport may
 // still copy into F until then).
@@ -57,14 +48,14 @@ Status errno_status(const char* what) {
 // ---------------------------------------------------------------------------------------------------------------
 // Segment
 
-Segment::Segment(Manager& m, uint64_t id, NodeId home, uint64_t size, uint64_t block_size)
+Segment::Segment(Manager& m, uint64_t id, NodeId home, uint64_t size, const Geometry& g)
     : m_(m),
       id_(id),
       home_(home),
       size_(size),
-      mapped_(round_up(std::max<uint64_t>(size, 1), kPageSize)),
-      block_(effective_block(mapped_, block_size)),
-      nblocks_(block_count(mapped_, block_)),
+      mapped_(g.mapped),
+      block_(g.block),
+      nblocks_(g.nblocks),
       cache_(id, nblocks_, m.self(), home) {
   chunk_ = m.transport()->caps().pins_memory ? std::max(kPinChunk, block_) : mapped_;
   chunks_.resize((mapped_ + chunk_ - 1) / chunk_);
@@ -143,7 +134,7 @@ Status Segment::init() {
 uint64_t Segment::block_len(uint32_t b) const { return std::min(block_, mapped_ - block_off(b)); }
 
 Status Segment::add_attach(uint64_t attach, int uffd, uint64_t addr, uint64_t len, bool rdonly) {
-  if (len != mapped_ || addr % kPageSize) {
+  if (len != mapped_ || addr % m_.page_size()) {
     close(uffd);
     return Status::err(EINVAL);
   }
@@ -519,7 +510,13 @@ std::string Segment::status_line() const {
 
 Manager::Manager(EventLoop& loop, transport::Transport* tr, NodeId self, uint64_t block_size, int64_t quantum_us,
                  int64_t answer_poll_us)
-    : loop_(loop), tr_(tr), self_(self), block_size_(block_size), quantum_(quantum_us), answer_poll_(answer_poll_us) {}
+    : loop_(loop),
+      tr_(tr),
+      self_(self),
+      block_size_(block_size),
+      page_(static_cast<uint64_t>(sysconf(_SC_PAGESIZE))),
+      quantum_(quantum_us),
+      answer_poll_(answer_poll_us) {}
 
 Manager::~Manager() = default;
 
@@ -528,27 +525,33 @@ int64_t Manager::now_us() {
       .count();
 }
 
-Result<Segment*> Manager::open(uint64_t id, NodeId home, uint64_t size) {
+Result<Segment*> Manager::open(uint64_t id, NodeId home, uint64_t size, uint64_t home_block) {
   auto it = segs_.find(id);
   if (it != segs_.end()) return it->second.get();
-  // Per-block coherence state (home directory, node cache, flags: about kStateBytesPerBlock) lives in the daemon.
-  // A segment whose state would take more than 1/8 of the node's memory is refused with ENOMEM, as shmget(2)
-  // answers "no memory for the segment's overhead", instead of an allocation that fails (or is OOM-killed) later.
-  uint64_t mapped = round_up(std::max<uint64_t>(size, 1), kPageSize);
-  uint64_t block = effective_block(mapped, block_size_);
-  uint64_t blocks = (mapped + block - 1) / block;
+  // Per-block coherence state (about kStateBytesPerBlock a block) lives in the daemon. A segment whose state would
+  // take more than 1/8 of the node's memory is refused with ENOMEM, as shmget(2) answers "no memory for the
+  // segment's overhead", instead of an allocation that fails (or is OOM-killed) later.
+  uint64_t want_block = home == self_ ? block_size_ : home_block;
   static const uint64_t budget = [] {
-    long pages = sysconf(_SC_PHYS_PAGES);
-    return pages > 0 ? static_cast<uint64_t>(pages) * kPageSize / 8 : uint64_t{1} << 30;
+    long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
+    return pages > 0 && psize > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(psize) / 8 : uint64_t{1} << 30;
   }();
-  if (blocks > UINT32_MAX || blocks > budget / kStateBytesPerBlock) {
-    DIPC_LOG_WARN("dsm: segment {} of {} bytes refused: its {} blocks need more memory than allowed ({} bytes)",
-                  static_cast<int32_t>(id), size, blocks, budget);
+  if (want_block && size / want_block > budget / kStateBytesPerBlock) {
+    DIPC_LOG_WARN("dsm: segment {} of {} bytes refused: its blocks' state needs more memory than allowed ({} bytes)",
+                  static_cast<int32_t>(id), size, budget);
     return Status::err(ENOMEM);
+  }
+  Geometry g = segment_geometry(size, want_block);
+  if (g.block == 0) return Status::err(EINVAL);
+  if (!fits_page(g, page_)) {
+    DIPC_LOG_ERROR("dsm: segment {:#x} of node {} has {}-byte blocks, smaller than this node's {}-byte pages: it "
+                   "cannot be attached here; set [dsm] block_size >= {} on every node",
+                   id, home, g.block, page_, page_);
+    return Status::err(EINVAL);
   }
   std::unique_ptr<Segment> s;
   try {
-    s = std::make_unique<Segment>(*this, id, home, size, block_size_);
+    s = std::make_unique<Segment>(*this, id, home, size, g);
   } catch (const std::bad_alloc&) {
     return Status::err(ENOMEM);
   }

@@ -3,7 +3,8 @@
 set -euo pipefail
 pkgs=(cmake ninja-build g++ clang pkgconf libtomlplusplus-dev libsodium-dev libcli11-dev libspdlog-dev libfmt-dev
       libgtest-dev libgmock-dev libbenchmark-dev libibverbs-dev librdmacm-dev libhwloc-dev libclang-rt-14-dev iproute2 util-linux
-      procps python3 openssh-client openssh-server)
+      procps python3 openssh-client openssh-server
+      g++-s390x-linux-gnu g++-i686-linux-gnu qemu-user-static debian-archive-keyring)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
