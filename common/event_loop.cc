@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <new>
 #include <stdexcept>
 #include <system_error>
 
@@ -229,7 +230,13 @@ void EventLoop::run_once(int timeout_ms) {
     auto it = fds_.find(evs[i].data.fd);
     if (it == fds_.end()) continue;
     auto cb = it->second;  // keep alive while it runs even if it removes itself
-    (*cb)(evs[i].events);
+    // An allocation that fails while serving one event loses that event (its request gets no answer or ENOMEM
+    // where the server catches it first), never the daemon.
+    try {
+      (*cb)(evs[i].events);
+    } catch (const std::bad_alloc&) {
+      DIPC_LOG_ERROR("out of memory while serving descriptor {}: that event is dropped", int{evs[i].data.fd});
+    }
   }
   std::vector<Task> tasks;
   {

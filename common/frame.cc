@@ -60,6 +60,7 @@ bool FrameParser::next(Frame& f) {
   pos_ += kFrameHeaderSize + h.length;
   if (pos_ == buf_.size()) {
     buf_.clear();
+    if (buf_.capacity() > (1u << 20)) Bytes().swap(buf_);  // a big frame's buffer is not kept for the next one
     pos_ = 0;
   } else if (pos_ > (64u << 10)) {
     buf_.erase(buf_.begin(), buf_.begin() + static_cast<std::ptrdiff_t>(pos_));

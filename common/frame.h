@@ -65,6 +65,8 @@ class FrameParser {
   bool next(Frame& f);
   const std::string& error() const { return error_; }
   bool failed() const { return !error_.empty(); }
+  // Bytes received and not yet returned as a frame (a frame still arriving): what the peer makes us hold.
+  size_t buffered() const { return buf_.size() - pos_; }
 
  private:
   Bytes buf_;

@@ -7,8 +7,11 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <string_view>
+#include <new>
 #include <sstream>
 
 #include "common/log.h"
@@ -23,10 +26,18 @@ namespace {
 constexpr size_t kMaxClientOut = 64u << 20;  // a client that does not read its answers is dropped
 
 int pidfd_open_(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
+constexpr int kSoPeerPidfd = 77;
+
+bool is_userfaultfd(int fd) {
+  char link[64];
+  ssize_t n = readlink(("/proc/self/fd/" + std::to_string(fd)).c_str(), link, sizeof link - 1);
+  return n > 0 && std::string_view(link, static_cast<size_t>(n)) == "anon_inode:[userfaultfd]";
+}  // SO_PEERPIDFD (Linux 6.5); Debian 12's headers predate it
 }  // namespace
 
 ClientServer::ClientServer(EventLoop& loop, ipc::Service& service, const Config& cfg)
     : loop_(loop), service_(service), cfg_(cfg) {
+  reserve_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
   control_fd_ = memfd_create("dipc-control", MFD_CLOEXEC | MFD_ALLOW_SEALING);
   control_len_ = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   if (control_fd_ >= 0 && ftruncate(control_fd_, static_cast<off_t>(control_len_)) == 0) {
@@ -60,6 +71,7 @@ ClientServer::~ClientServer() {
   for (auto& [id, c] : conns_) close(c->fd);
   for (auto& [pid, fd] : pidfds_) close(fd);
   if (listen_fd_ >= 0) close(listen_fd_);
+  if (reserve_fd_ >= 0) close(reserve_fd_);
   if (!name_.empty() && name_[0] != '@') unlink(name_.c_str());
   if (control_) munmap(control_, control_len_);
   if (control_fd_ >= 0) close(control_fd_);
@@ -77,7 +89,13 @@ Status ClientServer::listen(const std::string& name) {
 void ClientServer::set_enabled(bool on) { control_->set_enabled(on); }
 bool ClientServer::enabled() const { return control_->enabled(); }
 
-bool ClientServer::read_creds(int fd, ipc::Creds& c) {
+// Who the client is, from what the kernel pinned when it connected: SO_PEERCRED (pid, euid, egid) and
+// SO_PEERGROUPS. Nothing is taken later from /proc/<pid> for anyone but root: by then the process may have exec'd a
+// setuid binary, or its pid may name another process. So capabilities are honoured only for a process that
+// connected as uid 0 (README, "What differs"): its effective set is read at accept, and kept only if its pidfd
+// shows the same process still alive after the read; a process that connected as anyone else has none, whatever it
+// becomes afterwards. *pidfd gets a pidfd of the connecting process (SO_PEERPIDFD), or -1.
+bool ClientServer::read_creds(int fd, ipc::Creds& c, int* pidfd) {
   ucred uc{};
   socklen_t len = sizeof uc;
   if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &len) != 0) return false;
@@ -85,19 +103,27 @@ bool ClientServer::read_creds(int fd, ipc::Creds& c) {
   c.uid = uc.uid;
   c.gid = uc.gid;
   c.node = cfg_.self;
-  // Supplementary groups and effective capabilities, as the kernel's ipcperms() would see them.
+  std::vector<gid_t> groups(64);
+  for (;;) {
+    auto glen = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &glen) == 0) {
+      groups.resize(glen / sizeof(gid_t));
+      break;
+    }
+    if (errno != ERANGE || glen / sizeof(gid_t) <= groups.size() || glen / sizeof(gid_t) > 65536) return false;
+    groups.resize(glen / sizeof(gid_t));
+  }
+  c.groups.assign(groups.begin(), groups.end());
+  *pidfd = -1;
+  socklen_t plen = sizeof *pidfd;
+  if (getsockopt(fd, SOL_SOCKET, kSoPeerPidfd, pidfd, &plen) != 0) *pidfd = -1;  // before Linux 6.5
+  if (uc.uid != 0) return true;
+  uint64_t cap_eff = 0;
   std::ifstream f("/proc/" + std::to_string(uc.pid) + "/status");
   std::string line;
-  uint64_t cap_eff = 0;
-  while (std::getline(f, line)) {
-    if (line.rfind("Groups:", 0) == 0) {
-      std::istringstream is(line.substr(7));
-      uint32_t g;
-      while (is >> g) c.groups.push_back(g);
-    } else if (line.rfind("CapEff:", 0) == 0) {
-      cap_eff = std::stoull(line.substr(7), nullptr, 16);
-    }
-  }
+  while (std::getline(f, line))
+    if (line.rfind("CapEff:", 0) == 0) cap_eff = std::strtoull(line.c_str() + 7, nullptr, 16);
+  if (*pidfd >= 0 && syscall(SYS_pidfd_send_signal, *pidfd, 0, nullptr, 0) != 0) cap_eff = 0;  // pid reused
   c.cap_ipc_owner = cap_eff & (1ull << 15);
   c.cap_sys_admin = cap_eff & (1ull << 21);
   c.cap_sys_resource = cap_eff & (1ull << 24);
@@ -105,19 +131,62 @@ bool ClientServer::read_creds(int fd, ipc::Creds& c) {
   return true;
 }
 
+bool ClientServer::bounded(uint32_t uid) const { return uid != 0 && uid != geteuid(); }
+
+bool ClientServer::account(Conn& c) {
+  size_t now = c.parser.buffered() + c.out.size();
+  UserUse& u = users_[c.creds.uid];
+  u.bytes = u.bytes - c.held + now;
+  c.held = now;
+  if (!bounded(c.creds.uid) || u.bytes <= kMaxBytesPerUser) return true;
+  close_conn(c.id, "its user makes the daemon hold more than the per-user bound of partial frames and unread answers");
+  return false;
+}
+
+void ClientServer::shed_one() {
+  for (;;) {
+    if (reserve_fd_ >= 0) close(reserve_fd_);
+    int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd >= 0) close(fd);
+    reserve_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) break;
+    int64_t now = EventLoop::now_us();
+    if (now - last_shed_log_ > 1'000'000) {
+      last_shed_log_ = now;
+      DIPC_LOG_WARN("out of file descriptors: new local connections are closed at once (their calls fail with EIO)");
+    }
+  }
+}
+
 void ClientServer::on_accept() {
   for (;;) {
     int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) return;
+    if (fd < 0) {
+      if (errno == EMFILE || errno == ENFILE) shed_one();
+      return;
+    }
     auto c = std::make_unique<Conn>();
     c->id = next_conn_++;
     c->fd = fd;
-    if (!read_creds(fd, c->creds)) {
+    int pidfd = -1;
+    if (!read_creds(fd, c->creds, &pidfd)) {
       close(fd);
       continue;
     }
+    UserUse& use = users_[c->creds.uid];
+    if (bounded(c->creds.uid) && use.conns >= kMaxConnsPerUser) {
+      int64_t now = EventLoop::now_us();
+      if (now - last_shed_log_ > 1'000'000) {
+        last_shed_log_ = now;
+        DIPC_LOG_WARN("uid {} has {} connections, the per-user bound: new ones are closed", c->creds.uid, use.conns);
+      }
+      close(fd);
+      if (pidfd >= 0) close(pidfd);
+      continue;
+    }
+    ++use.conns;
     uint64_t id = c->id;
-    watch_pid(c->creds.pid);
+    watch_pid(c->creds.pid, pidfd);
     fd_conn_[fd] = id;
     conns_[id] = std::move(c);
     Status added = loop_.add(fd, EPOLLIN | EPOLLRDHUP, [this, id](uint32_t ev) {
@@ -128,9 +197,14 @@ void ClientServer::on_accept() {
   }
 }
 
-void ClientServer::watch_pid(int32_t pid) {
-  if (pidfds_.count(pid)) return;
-  int pfd = pidfd_open_(pid);
+// `pfd`: the connection's SO_PEERPIDFD (ownership passes here), or -1: a pidfd is opened by pid (racy against pid
+// reuse, on kernels before 6.5 only).
+void ClientServer::watch_pid(int32_t pid, int pfd) {
+  if (pidfds_.count(pid)) {
+    if (pfd >= 0) close(pfd);
+    return;
+  }
+  if (pfd < 0) pfd = pidfd_open_(pid);
   if (pfd < 0) return;
   pidfds_[pid] = pfd;
   Status added = loop_.add(pfd, EPOLLIN, [this, pid, pfd](uint32_t) {
@@ -166,6 +240,7 @@ void ClientServer::on_readable(Conn& c, uint32_t events) {
         while (conns_.count(id) && c.parser.next(f)) on_frame(c, f);
         if (!conns_.count(id)) return;
         if (c.parser.failed()) return close_conn(id, c.parser.error().c_str());
+        if (!account(c)) return;
         continue;
       }
       if (n == 0) return close_conn(id, nullptr);
@@ -228,16 +303,28 @@ void ClientServer::on_frame(Conn& c, FrameParser::Frame& f) {
   c.fds.clear();
   if (h.op < ipc::kSemGet || h.op > ipc::kIpcStat) return close_conn(conn_id, "unknown client operation");
   if (c.inflight.count(h.id)) return close_conn(conn_id, "duplicate request id");
+  if (c.inflight.size() >= kMaxInflightPerConn) return close_conn(conn_id, "too many requests in flight");
   uint64_t token = next_token_++;
   c.inflight[h.id] = token;
   uint64_t frame_id = h.id;
   uint16_t op = h.op;
-  service_.client_request(c.creds, h.op, f.payload, token, [this, conn_id, frame_id, op](int st, Bytes body) {
-    auto it = conns_.find(conn_id);
-    if (it == conns_.end()) return;
-    it->second->inflight.erase(frame_id);
-    send_frame(conn_id, FrameHeader{FrameKind::kResponse, op, frame_id, st, 0}, body);
-  });
+  auto answered = std::make_shared<bool>(false);  // the answer may come long after this returns
+  try {
+    service_.client_request(c.creds, h.op, f.payload, token,
+                            [this, conn_id, frame_id, op, answered](int st, Bytes body) {
+                              *answered = true;
+                              auto it = conns_.find(conn_id);
+                              if (it == conns_.end()) return;
+                              it->second->inflight.erase(frame_id);
+                              send_frame(conn_id, FrameHeader{FrameKind::kResponse, op, frame_id, st, 0}, body);
+                            });
+  } catch (const std::bad_alloc&) {  // the program gets ENOMEM; the daemon goes on
+    DIPC_LOG_WARN("client pid {}: out of memory serving operation {}", c.creds.pid, op);
+    if (!*answered) {
+      c.inflight.erase(frame_id);
+      send_frame(conn_id, FrameHeader{FrameKind::kResponse, op, frame_id, ENOMEM, 0}, {});
+    }
+  }
 }
 
 // shmat / shmdt: answered in order on the program's shm connection; they carry descriptors both ways.
@@ -258,6 +345,10 @@ void ClientServer::on_shm_frame(Conn& c, FrameParser::Frame& f) {
   if (c.fds.empty()) return answer(EBADF, {});
   int uffd = c.fds.front();
   c.fds.erase(c.fds.begin());
+  if (!is_userfaultfd(uffd)) {  // any other descriptor would be read as fault events
+    close(uffd);
+    return answer(EBADF, {});
+  }
   service_.client_shm_attached(c.creds, conn_id, f.payload, uffd, answer);
 }
 
@@ -299,6 +390,7 @@ void ClientServer::flush(Conn& c) {
   }
   c.out.erase(c.out.begin(), c.out.begin() + static_cast<std::ptrdiff_t>(off));
   if (c.out.size() > kMaxClientOut) return close_conn(c.id, "client does not read its answers");
+  if (!account(c)) return;
   bool want = !c.out.empty();
   if (want != c.want_out) {
     c.want_out = want;
@@ -312,6 +404,10 @@ void ClientServer::close_conn(uint64_t conn_id, const char* why) {
   std::unique_ptr<Conn> c = std::move(it->second);
   conns_.erase(it);
   if (why) DIPC_LOG_WARN("client pid {}: {}; connection closed", c->creds.pid, why);
+  if (auto u = users_.find(c->creds.uid); u != users_.end()) {
+    u->second.bytes -= c->held;
+    if (--u->second.conns == 0) users_.erase(u);
+  }
   loop_.remove(c->fd);
   fd_conn_.erase(c->fd);
   close(c->fd);

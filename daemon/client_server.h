@@ -1,5 +1,5 @@
 // The daemon's local face: programs (through libdipc.so) and tools connect over a Unix socket. The kernel tells us
-// who they are (SO_PEERCRED, /proc/<pid>/status); nothing the client says about itself is trusted. A pidfd per
+// who they are (SO_PEERCRED, SO_PEERGROUPS, SO_PEERPIDFD, pinned at connect); nothing the client says about itself is trusted. A pidfd per
 // client process tells us when it exits, even by kill -9, so its SEM_UNDO adjustments are applied cluster-wide.
 #pragma once
 
@@ -39,7 +39,17 @@ class ClientServer {
     bool want_out = false;
     std::unordered_map<uint64_t, uint64_t> inflight;  // frame id -> service token
     std::vector<int> fds;  // descriptors received (SCM_RIGHTS), taken by the frame that carries them
+    size_t held = 0;       // bytes counted in the user's `bytes` (partial frames received, answers unsent)
   };
+  // What one local user makes the daemon hold (root and the daemon's own uid are not bounded).
+  struct UserUse {
+    size_t conns = 0;
+    size_t bytes = 0;
+  };
+  // Per-user bounds (README, "Limits a local user cannot exceed").
+  static constexpr size_t kMaxConnsPerUser = 1024;
+  static constexpr size_t kMaxBytesPerUser = 64u << 20;
+  static constexpr size_t kMaxInflightPerConn = 1024;
   void on_accept();
   void on_readable(Conn& c, uint32_t events);
   void on_frame(Conn& c, FrameParser::Frame& f);
@@ -47,8 +57,14 @@ class ClientServer {
   void send_frame(uint64_t conn_id, const FrameHeader& h, ByteView body, int pass_fd = -1);
   void flush(Conn& c);
   void close_conn(uint64_t conn_id, const char* why);
-  void watch_pid(int32_t pid);
-  bool read_creds(int fd, ipc::Creds& c);
+  void watch_pid(int32_t pid, int pidfd);
+  bool bounded(uint32_t uid) const;
+  // Recounts what c holds; false (and the connection closed) when its user is past kMaxBytesPerUser.
+  bool account(Conn& c);
+  // Accepts one pending connection when out of descriptors, and closes it: the program is told at once
+  // (connection closed: EIO) instead of waiting in the backlog, and the listening socket stops being readable.
+  void shed_one();
+  bool read_creds(int fd, ipc::Creds& c, int* pidfd);
 
   EventLoop& loop_;
   ipc::Service& service_;
@@ -63,6 +79,9 @@ class ClientServer {
   std::unordered_map<uint64_t, std::unique_ptr<Conn>> conns_;
   std::unordered_map<int, uint64_t> fd_conn_;
   std::unordered_map<int32_t, int> pidfds_;  // pid -> pidfd
+  std::unordered_map<uint32_t, UserUse> users_;
+  int reserve_fd_ = -1;  // a descriptor kept free for shed_one()
+  int64_t last_shed_log_ = 0;
 };
 
 }  // namespace dipc

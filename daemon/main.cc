@@ -2,21 +2,55 @@
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <string>
 
 #include "common/auth.h"
 #include "common/config.h"
 #include "common/event_loop.h"
 #include "common/log.h"
+#include "common/unix_socket.h"
 #include "daemon/client_server.h"
 #include "daemon/sched.h"
 #include "daemon/transports.h"
 #include "dsm/segment.h"
 #include "ipc/service.h"
 #include "transport/transport.h"
+
+namespace {
+
+// This start's incarnation: one more than the last one recorded in $STATE_DIRECTORY (systemd) or /var/lib/dipc,
+// per node name. Without a writable state directory, the clock's seconds stand in (and we say so): two starts
+// 32 seconds apart could then share an incarnation.
+uint32_t next_incarnation(const std::string& node) {
+  const char* env = getenv("STATE_DIRECTORY");
+  std::string dir = env && *env ? std::string(env).substr(0, std::string(env).find(':')) : "/var/lib/dipc";
+  mkdir(dir.c_str(), 0755);
+  std::string path = dir + "/incarnation." + node;
+  uint32_t last = 0;
+  if (FILE* f = fopen(path.c_str(), "r")) {
+    if (fscanf(f, "%u", &last) != 1) last = 0;
+    fclose(f);
+  }
+  uint32_t inc = last + 1;
+  std::string tmp = path + ".tmp";
+  FILE* f = fopen(tmp.c_str(), "w");
+  bool ok = f && fprintf(f, "%u\n", inc) > 0;
+  if (f) ok = fclose(f) == 0 && ok;
+  if (ok && rename(tmp.c_str(), path.c_str()) == 0) return inc;
+  DIPC_LOG_WARN("cannot record the daemon's incarnation in {}: {}; using the clock instead", path, strerror(errno));
+  return static_cast<uint32_t>(time(nullptr));
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"dipcd: the dipc node daemon (distributed System V IPC)"};
@@ -85,6 +119,7 @@ int main(int argc, char** argv) {
   // lost link before ipc/ does.
   dipc::dsm::Manager dsm(loop, tr->get(), cfg.self, cfg.block_size, cfg.quantum_us, cfg.answer_poll_us);
   dipc::ipc::Service service(cfg, loop, tr->get(), dsm, dipc::ipc::Limits::read_proc());
+  service.set_incarnation(next_incarnation(cfg.me().name));
   if (auto s = (*tr)->set_handler(dipc::transport::ops::kDsm, &dsm); !s) return 1;
   if (auto s = (*tr)->set_handler(dipc::transport::ops::kIpc, &service); !s) return 1;
   if (auto s = (*tr)->start(); !s) {
@@ -93,7 +128,12 @@ int main(int argc, char** argv) {
   }
   dipc::ClientServer clients(loop, service, cfg);
   if (auto s = clients.listen(cfg.socket); !s) {
-    DIPC_LOG_ERROR("cannot listen on {}: {}", cfg.socket, s.str());
+    std::string holder = s.code() == EADDRINUSE ? dipc::unix_holder(cfg.socket) : "";
+    if (!holder.empty())
+      DIPC_LOG_ERROR("socket {} is already held by {}: another dipcd, or a local user squatting the name to read "
+                     "programs' calls; refusing to start beside it", cfg.socket, holder);
+    else
+      DIPC_LOG_ERROR("cannot listen on {}: {}", cfg.socket, s.str());
     return 1;
   }
   dipc::Status watched = loop.add(sfd, EPOLLIN, [&](uint32_t) {

@@ -5,12 +5,14 @@
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <new>
 #include <sstream>
 
 #include "common/log.h"
@@ -18,6 +20,8 @@
 namespace dipc::dsm {
 
 namespace {
+constexpr uint64_t kStateBytesPerBlock = 128;  // home directory, node cache and flags of one block, about
+constexpr uint32_t kMaxGarbage = 64;            // events an attach's userfaultfd may send that are not its faults
 
 // F's mapping and descriptor, released when the last deregistration of its chunks completed (the transport may
 // still copy into F until then).
@@ -100,6 +104,9 @@ Status Segment::init() {
   view_fd_.reset(memfd_create("dipc-shm-view", MFD_CLOEXEC | MFD_ALLOW_SEALING));
   if (!view_fd_) return errno_status("memfd_create");
   if (ftruncate(view_fd_.get(), static_cast<off_t>(mapped_)) != 0) return errno_status("ftruncate view");
+  // Only the daemon may open the view by name: a program given a read-only descriptor cannot reopen it writable
+  // through /proc/self/fd (the kernel checks the inode's mode there; an open descriptor keeps its access mode).
+  if (fchmod(view_fd_.get(), 0600) != 0) return errno_status("chmod view");
   // Programs get this fd: they may map it, never resize it under the other processes.
   if (fcntl(view_fd_.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) return errno_status("seal view");
   frames_fd_.reset(memfd_create("dipc-shm-frames", MFD_CLOEXEC));
@@ -176,8 +183,21 @@ void Segment::on_uffd(uint64_t attach) {
     if (n == 0) return;
     for (size_t k = 0; k < static_cast<size_t>(n) / sizeof(uffd_msg); ++k) {
       const uffd_msg& um = msgs[k];
-      if (um.event != UFFD_EVENT_PAGEFAULT) continue;
       bool write = (um.arg.pagefault.flags & (UFFD_PAGEFAULT_FLAG_WRITE | UFFD_PAGEFAULT_FLAG_WP)) != 0;
+      Attach& a = it->second;
+      // The program owns this userfaultfd and may register anything with it: a fault outside the attach, another
+      // event, or a write through a read-only attach (which would take the block away from every other node) is
+      // garbage. A few are ignored; past kMaxGarbage the attach is dropped, logged once.
+      if (um.event != UFFD_EVENT_PAGEFAULT || um.arg.pagefault.address < a.addr ||
+          um.arg.pagefault.address >= a.addr + a.len || (write && a.rdonly)) {
+        if (++a.garbage > kMaxGarbage) {
+          DIPC_LOG_WARN("dsm: segment {}: an attach's userfaultfd sends events that are not its faults; detached",
+                        static_cast<int32_t>(id_));
+          remove_attach(attach);
+          return;
+        }
+        continue;
+      }
       handle_fault(attach, um.arg.pagefault.address, write);
       if (attaches_.find(attach) == attaches_.end()) return;
     }
@@ -509,7 +529,20 @@ int64_t Manager::now_us() {
 Result<Segment*> Manager::open(uint64_t id, NodeId home, uint64_t size, uint64_t home_block) {
   auto it = segs_.find(id);
   if (it != segs_.end()) return it->second.get();
-  Geometry g = segment_geometry(size, home == self_ || home_block == 0 ? block_size_ : home_block);
+  // Per-block coherence state (about kStateBytesPerBlock a block) lives in the daemon. A segment whose state would
+  // take more than 1/8 of the node's memory is refused with ENOMEM, as shmget(2) answers "no memory for the
+  // segment's overhead", instead of an allocation that fails (or is OOM-killed) later.
+  uint64_t want_block = home == self_ || home_block == 0 ? block_size_ : home_block;
+  static const uint64_t budget = [] {
+    long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
+    return pages > 0 && psize > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(psize) / 8 : uint64_t{1} << 30;
+  }();
+  if (want_block && size / want_block > budget / kStateBytesPerBlock) {
+    DIPC_LOG_WARN("dsm: segment {} of {} bytes refused: its blocks' state needs more memory than allowed ({} bytes)",
+                  static_cast<int32_t>(id), size, budget);
+    return Status::err(ENOMEM);
+  }
+  Geometry g = segment_geometry(size, want_block);
   if (g.block == 0) return Status::err(EINVAL);
   if (!fits_page(g, page_)) {
     DIPC_LOG_ERROR("dsm: segment {:#x} of node {} has {}-byte blocks, smaller than this node's {}-byte pages: it "
@@ -517,7 +550,12 @@ Result<Segment*> Manager::open(uint64_t id, NodeId home, uint64_t size, uint64_t
                    id, home, g.block, page_, page_);
     return Status::err(EINVAL);
   }
-  auto s = std::make_unique<Segment>(*this, id, home, size, g);
+  std::unique_ptr<Segment> s;
+  try {
+    s = std::make_unique<Segment>(*this, id, home, size, g);
+  } catch (const std::bad_alloc&) {
+    return Status::err(ENOMEM);
+  }
   Status st = s->init();
   if (!st) return st;
   Segment* p = s.get();

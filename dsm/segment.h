@@ -91,6 +91,7 @@ class Segment {
     int fd = -1;
     uint64_t addr = 0, len = 0;
     bool rdonly = false;
+    uint32_t garbage = 0;  // events that cannot come from the mapping registered (see on_uffd)
   };
   void send_dir(std::vector<Msg>& out);
   void on_uffd(uint64_t attach);

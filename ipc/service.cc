@@ -5,12 +5,14 @@
 #include <sys/sem.h>
 #include <sys/shm.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <climits>
 #include <ctime>
 #include <memory>
+#include <set>
 #include <sstream>
 #include <tuple>
 
@@ -310,6 +312,8 @@ void Service::home_shm_attach(uint16_t op, const HomeHeader& h, ByteView body, R
   ShmSeg* s = find_shm(r.id);
   if (!s) return reply(EINVAL, {});
   if (op == kShmAttached) {
+    // The attach's rights are checked again here: kShmAt granted a mode, this names the mode actually mapped.
+    if (int e = s->attach_check(h.creds, r.flg)) return reply(e, {});
     s->attached(h.creds.pid, now_s());
   } else {
     s->detached(h.creds.pid, now_s());
@@ -422,14 +426,15 @@ int Service::create_local(ObjType type, const Creds& c, int32_t key, int32_t nse
   }
   auto alloc = [&](auto& slots) -> int {
     uint32_t slot;
-    if (!slots.free.empty()) {
-      slot = slots.free.back();
-      slots.free.pop_back();
-      slots.seq[slot] = static_cast<uint8_t>((slots.seq[slot] + 1) & kSeqMask);
-    } else {
-      if (slots.next >= kSlots) return ENOSPC;
+    if (slots.next < kSlots) {  // fresh slots first, then the one freed longest ago
       slot = slots.next++;
-      slots.seq.push_back(0);
+      slots.seq.push_back(static_cast<uint16_t>(first_gen(incarnation_)));
+    } else if (!slots.free.empty()) {
+      slot = slots.free.front();
+      slots.free.pop_front();
+      slots.seq[slot] = static_cast<uint16_t>(next_gen(slots.seq[slot]));
+    } else {
+      return ENOSPC;
     }
     id = make_id(cfg_.self, slots.seq[slot], slot);
     return 0;
@@ -510,7 +515,7 @@ void Service::referee_update(uint16_t from, uint16_t op, const KeyReq& req) {
 
 void Service::on_peer(transport::NodeId peer, bool up) {
   DIPC_LOG_INFO("link to node {} {}", peer, up ? "up" : "down");  // dsm::Manager saw it first (daemon/ order)
-  if (up) return;
+  if (up) return resync_with(peer);
   // Creations the lost node had reserved will never be bound.
   for (auto it = keys_.begin(); it != keys_.end();) {
     if (!it->second.bound && it->second.node == peer) {
@@ -526,6 +531,66 @@ void Service::on_peer(transport::NodeId peer, bool up) {
   for (auto& [token, p] : pending_)
     if (token_node(token) == peer) lost.push_back(token);
   for (uint64_t t : lost) home_cancel(t);
+}
+
+void Service::resync_with(uint16_t peer) {
+  // Bindings to the peer's objects as they are now: those the answer does not confirm are dropped (bindings made
+  // while the answer is on its way are left alone).
+  auto before = std::make_shared<std::map<std::pair<uint8_t, int32_t>, int32_t>>();
+  for (const auto& [k, r] : keys_)
+    if (r.bound && id_node(r.id) == peer) (*before)[k] = r.id;
+  Status s = tr_->request(peer, kObjList, {}, [this, peer, before](Status st, ByteView b) {
+    ObjListResp resp;
+    if (!st || !decode_body(b, resp)) {  // the link went down again: the next up retries
+      DIPC_LOG_DEBUG("key resync with node {}: {}", peer, st.str());
+      return;
+    }
+    size_t learnt = 0, dropped = 0;
+    std::set<std::pair<uint8_t, int32_t>> live;
+    for (const ObjEntry& e : resp.entries) {
+      if (e.key == IPC_PRIVATE || id_node(e.id) != peer || referee_for(e.key) != cfg_.self) continue;
+      if (e.type == ObjType::kShm && (e.mode & SHM_DEST)) continue;  // removed: its key is free
+      auto k = std::make_pair(static_cast<uint8_t>(e.type), e.key);
+      live.insert(k);
+      auto it = keys_.find(k);
+      if (it == keys_.end()) {
+        Reservation r;
+        r.node = peer;
+        r.bound = true;
+        r.id = e.id;
+        keys_.emplace(k, std::move(r));
+        ++learnt;
+      } else if (it->second.bound && it->second.id != e.id) {
+        DIPC_LOG_WARN("key {:#x} is bound to id {} but node {} also hosts id {} with it; keeping the first",
+                      e.key, it->second.id, peer, e.id);
+      }
+    }
+    for (const auto& [k, id] : *before) {
+      auto it = keys_.find(k);
+      if (it != keys_.end() && it->second.bound && it->second.id == id && !live.count(k)) {
+        DIPC_LOG_INFO("key {:#x}: id {} is gone from node {} (restarted): unbound", k.second, id, peer);
+        keys_.erase(it);
+        ++dropped;
+      }
+    }
+    if (learnt || dropped) DIPC_LOG_INFO("keys of node {}: {} learnt, {} dropped", peer, learnt, dropped);
+    std::set<int32_t> segs;
+    for (const ObjEntry& e : resp.entries)
+      if (e.type == ObjType::kShm) segs.insert(e.id);
+    std::set<int32_t> gone;
+    for (auto& [conn, list] : attaches_)
+      std::erase_if(list, [&](const LocalAttach& a) {
+        if (id_node(a.id) != peer || segs.count(a.id)) return false;
+        kill(a.creds.pid, SIGBUS);  // before its faults are released: it never runs on the lost data
+        gone.insert(a.id);
+        return true;
+      });
+    for (int32_t id : gone) {
+      DIPC_LOG_WARN("segment {} is gone with its home node {} (restarted): its local processes get SIGBUS", id, peer);
+      dsm_.destroy(static_cast<uint32_t>(id));
+    }
+  });
+  (void)s;  // not sent (link already down): the next up retries
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -19,6 +20,7 @@
 #include "common/config.h"
 #include "common/event_loop.h"
 #include "dsm/segment.h"
+#include "ipc/ids.h"
 #include "ipc/msg_queue.h"
 #include "ipc/protocol.h"
 #include "ipc/sem_set.h"
@@ -64,6 +66,8 @@ class Service : public transport::Handler {
   std::vector<ObjEntry> local_objects() const;
   // Configured peers and how many of them are connected.
   std::pair<uint32_t, uint32_t> peer_counts() const;
+  // This daemon start's incarnation (ipc/ids.h), set before the transport starts.
+  void set_incarnation(uint32_t inc) { incarnation_ = inc & kIncarnationMask; }
   size_t objects() const { return sems_.by_id.size() + msgs_.by_id.size() + shms_.by_id.size(); }
   dsm::Manager& dsm() { return dsm_; }
 
@@ -92,8 +96,8 @@ class Service : public transport::Handler {
   template <typename T>
   struct Slots {
     std::unordered_map<int32_t, std::unique_ptr<T>> by_id;
-    std::vector<uint32_t> free;
-    std::vector<uint8_t> seq;
+    std::deque<uint32_t> free;  // FIFO: a freed slot is reused last, so a stale id names nothing for long
+    std::vector<uint16_t> seq;  // generation per slot (ipc/ids.h)
     uint32_t next = 0;
   };
 
@@ -115,6 +119,10 @@ class Service : public transport::Handler {
   void referee_acquire(uint16_t from, const KeyReq& req, std::function<void(int, Bytes)> reply);
   void referee_update(uint16_t from, uint16_t op, const KeyReq& req);
   void referee_run_queue(int32_t key, ObjType type);
+  // A peer's link came up: learn the keys of the objects it hosts that we referee (a restarted referee rebuilds its
+  // map), forget bindings to it that it no longer has (a restarted home's stale ids), and end the local attaches of
+  // its segments that it no longer has (their processes get SIGBUS: the data is gone with the home).
+  void resync_with(uint16_t peer);
 
   // home side
   void home_request(uint16_t op, const HomeHeader& h, ByteView body, ReplyFn reply);
@@ -175,6 +183,7 @@ class Service : public transport::Handler {
   std::unordered_map<uint64_t, uint16_t> inflight_;             // origin: token -> home node
   std::map<std::pair<uint8_t, int32_t>, Reservation> keys_;     // referee: (type, key) -> state
   std::vector<uint16_t> node_ids_;                              // sorted
+  uint32_t incarnation_ = 0;
 };
 
 }  // namespace dipc::ipc

@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cerrno>
 #include <climits>
+#include <cstdio>
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
@@ -34,6 +35,7 @@ constexpr int64_t kHelloNs = 5 * kSecond;        // the daemon answers kHello at
 constexpr int64_t kCancelGraceNs = 30 * kSecond;  // after kCancel, the request's answer must come within this
 constexpr int64_t kRegisterNs = 10 * kSecond;     // a call that may block polls at most this long for kBlocked
 constexpr size_t kMaxConns = 256;
+constexpr int64_t kReconnectStepNs = 50'000'000;  // between connection attempts while a call waits for a daemon
 
 // Every open connection of the process (fd + 1; 0 = free), so a fork()ed child can close the inherited ones of all
 // threads. Lock-free, so the child handler never waits on a lock another thread held at fork().
@@ -49,6 +51,12 @@ pthread_once_t g_once = PTHREAD_ONCE_INIT;
 const int64_t g_spin_ns = [] {
   const char* e = getenv("DIPC_SPIN_US");
   return e ? std::max(0L, atol(e)) * 1000 : 100'000;
+}();
+// DIPC_RETRY_MS (default 1000): how long a call on a distributed key or id keeps trying to reach a daemon that is
+// gone (restarting) before it fails with EIO. It never goes to the kernel instead.
+const int64_t g_retry_ns = [] {
+  const char* e = getenv("DIPC_RETRY_MS");
+  return e ? std::max(0L, atol(e)) * 1'000'000 : 1000 * int64_t{1'000'000};
 }();
 
 struct Conn {
@@ -204,6 +212,29 @@ bool map_control(int memfd) {
 
 }  // namespace
 
+namespace {
+
+// Whether the process listening on a socket may be our daemon: root, the program's own effective uid (a daemon one
+// runs oneself, as in a cluster simulated without root), or $DIPC_DAEMON_UID. Anyone else may have bound the name
+// first (an abstract name is free for all) to read every call and forge the control page: refused, loudly.
+bool trusted_daemon(int fd, const char* name) {
+  ucred uc{};
+  socklen_t len = sizeof uc;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &len) != 0) return false;
+  if (uc.uid == 0 || uc.uid == geteuid()) return true;
+  const char* want = getenv("DIPC_DAEMON_UID");
+  if (want && *want && strtoul(want, nullptr, 10) == uc.uid) return true;
+  static std::atomic<bool> said{false};
+  if (!said.exchange(true))
+    dprintf(2,
+            "libdipc: refusing the dipc socket %s: it is held by pid %d of uid %u, not by root or the daemon user "
+            "($DIPC_DAEMON_UID); is someone squatting it?\n",
+            name, static_cast<int>(uc.pid), static_cast<unsigned>(uc.uid));
+  return false;
+}
+
+}  // namespace
+
 int connect_socket() {
   const char* env = getenv("DIPC_SOCKET");
   std::string_view name = env && *env ? env : "@dipc";
@@ -219,7 +250,7 @@ int connect_socket() {
   int r;
   while ((r = connect(fd, reinterpret_cast<sockaddr*>(&a), len)) != 0 && errno == EINTR) {
   }
-  if (r != 0) {
+  if (r != 0 || !trusted_daemon(fd, env && *env ? env : "@dipc")) {
     close(fd);
     return -1;
   }
@@ -254,13 +285,14 @@ bool open_conn(Conn& c) {
   return ok;
 }
 
-// A connected socket for this thread's credentials, or false (no daemon: the caller goes to the kernel).
-bool ensure(Conn& c) {
+// A connected socket for this thread's credentials, or false (no daemon). `throttled`: at most one attempt per
+// second in the whole process (control(), asked on every *get).
+bool ensure(Conn& c, bool throttled) {
   if (c.fd >= 0) {
     if (c.euid == geteuid() && c.egid == getegid()) return true;
     c.reset();  // the daemon must learn the new credentials from the kernel
   }
-  if (now_ns() < g_retry_at.load(std::memory_order_relaxed)) return false;
+  if (throttled && now_ns() < g_retry_at.load(std::memory_order_relaxed)) return false;
   pthread_once(&g_once, [] { pthread_atfork(nullptr, nullptr, atfork_child); });
   int saved = errno;
   bool ok = open_conn(c);
@@ -334,18 +366,42 @@ int daemon_incompatible() { return g_incompatible.load(std::memory_order_relaxed
 const ipc::ControlPage* control() {
   const ipc::ControlPage* p = g_control.load(std::memory_order_acquire);
   if (p || t_conn.busy) return p;
-  ensure(t_conn);
+  (void)ensure(t_conn, true);
   return g_control.load(std::memory_order_acquire);
 }
 
-bool call(uint16_t op, const Bytes& body, Reply& out, const Wait& wait, const Accept& accept) {
+namespace {
+// Says once per process why distributed calls fail.
+void say_no_daemon() {
+  static std::atomic<bool> said{false};
+  if (said.exchange(true)) return;
+  const char* env = getenv("DIPC_SOCKET");
+  dprintf(2, "libdipc: no dipcd answers on %s: calls on distributed objects fail with EIO\n",
+          env && *env ? env : "@dipc");
+}
+}  // namespace
+
+void call(uint16_t op, const Bytes& body, Reply& out, const Wait& wait, const Accept& accept) {
   // A call from a signal handler that interrupted another call on this thread gets a connection of its own.
   Conn tmp;
   Conn& c = t_conn.busy ? tmp : t_conn;
   Bytes req;
   uint64_t id = 0;
+  int64_t give_up = -1;
   for (int attempt = 0;; ++attempt) {
-    if (!ensure(c)) return false;
+    // No daemon: keep trying for DIPC_RETRY_MS (a restart), then EIO. Never the kernel.
+    while (!ensure(c, false)) {
+      int64_t now = now_ns();
+      if (give_up < 0) give_up = now + g_retry_ns;
+      if (now >= give_up) {
+        say_no_daemon();
+        out = Reply{EIO, {}};
+        return;
+      }
+      timespec step{0, std::min(kReconnectStepNs, give_up - now)};
+      while (clock_nanosleep(CLOCK_MONOTONIC, 0, &step, &step) == EINTR) {
+      }
+    }
     id = c.next_id++;
     req = frame(FrameKind::kRequest, op, id, body);
     size_t sent;
@@ -355,7 +411,7 @@ bool call(uint16_t op, const Bytes& body, Reply& out, const Wait& wait, const Ac
     // The daemon closed the connection before reading anything (it restarted): the request is safe to resend.
     if (attempt == 0 && sent == 0 && (e == EPIPE || e == ECONNRESET)) continue;
     out = Reply{EIO, {}};
-    return true;
+    return;
   }
   struct Busy {
     Conn& c;
@@ -367,7 +423,6 @@ bool call(uint16_t op, const Bytes& body, Reply& out, const Wait& wait, const Ac
     c.reset();
     out = Reply{EIO, {}};
   }
-  return true;
 }
 
 }  // namespace dipc::preload

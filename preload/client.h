@@ -34,14 +34,17 @@ struct Reply {
 // Checks the body of a successful (status 0) response; false makes it a protocol error (EIO).
 using Accept = std::function<bool(ByteView body)>;
 
-// Sends one request and waits for its one response. Returns false when no daemon could be reached, before anything
-// was sent: the caller then asks the kernel. A cancelled request still gets its answer: the result if the operation
+// Sends one request and waits for its one response. When no daemon can be reached, keeps trying for $DIPC_RETRY_MS
+// (default 1000) and then answers EIO: a call on a distributed object never goes to the kernel instead.
+// A cancelled request still gets its answer: the result if the operation
 // completed first (returned as is), else ECANCELED (returned as EINTR or EAGAIN).
-bool call(uint16_t op, const Bytes& body, Reply& out, const Wait& wait = {}, const Accept& accept = {});
+void call(uint16_t op, const Bytes& body, Reply& out, const Wait& wait = {}, const Accept& accept = {});
 
 int64_t now_ns();
 
 // A blocking, close-on-exec connection to the node's dipcd ($DIPC_SOCKET, default "@dipc"; '@' = abstract), or -1.
+// The listener must be root, the caller's effective uid or $DIPC_DAEMON_UID (SO_PEERCRED); else -1 and a line on
+// stderr (once): a squatter never sees a call.
 int connect_socket();
 
 }  // namespace dipc::preload

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <new>
 #include <optional>
+#include <vector>
 
 #include "dipc/dipc.h"
 #include "ipc/ids.h"
@@ -22,6 +23,7 @@
 #include "preload/client.h"
 #include "preload/seccomp.h"
 #include "preload/shm.h"
+#include "preload/user_memory.h"
 
 namespace ipc = dipc::ipc;
 using dipc::ByteView;
@@ -151,11 +153,13 @@ auto guarded(F&& body) noexcept -> decltype(body()) {
   }
 }
 
-// A call on a distributed id. nullopt: the kernel answers instead (no daemon, or an id the daemon does not know).
+// A call on a distributed id. nullopt: the kernel answers instead (an id the daemon does not know: a kernel id past
+// bit 30). No daemon is EIO, never the kernel.
 std::optional<Reply> daemon_call(uint16_t op, const dipc::Bytes& body, const Wait& w = {},
                                  const dipc::preload::Accept& accept = {}) {
   Reply r;
-  if (!dipc::preload::call(op, body, r, w, accept) || r.unknown_id()) return std::nullopt;
+  dipc::preload::call(op, body, r, w, accept);
+  if (r.unknown_id()) return std::nullopt;
   return r;
 }
 
@@ -165,14 +169,18 @@ bool decodes(ByteView b, T& v) {
 }
 
 std::optional<int> dipc_get(uint16_t op, key_t key, int nsems, int flg, uint64_t size = 0) {
+  // With no daemon reached yet, the policy is unknown: an IPC_DIPC key is distributed under every policy (it fails
+  // with EIO below), any other key goes to the kernel. A daemon that died leaves its control page mapped, so its
+  // policy still decides.
   const ipc::ControlPage* cp = dipc::preload::control();
   if (!cp) {
     // A daemon this program cannot use (another byte order or version) is an error, never a reason to create or
     // find the key in the local kernel instead.
     if (int e = dipc::preload::daemon_incompatible()) return fail(e);
+    if (!(flg & IPC_DIPC)) return std::nullopt;  // no daemon reached yet: only IPC_DIPC is known to be distributed
+  } else if (!cp->distributes(key, flg, IPC_DIPC)) {
     return std::nullopt;
   }
-  if (!cp->distributes(key, flg, IPC_DIPC)) return std::nullopt;
   ipc::IdResp id;
   auto r = daemon_call(op, ipc::encode_body(ipc::GetReq{key, nsems, flg, size}), {},
                        [&](ByteView b) { return decodes(b, id) && ipc::is_dipc_id(id.id); });
@@ -231,15 +239,14 @@ void put_stat(struct shmid_ds& out, const ipc::ShmStat& st) {
 std::optional<ipc::IpcInfoResp> dipc_info(ipc::ObjType t) {
   ipc::IpcInfoResp r;
   Reply rep;
-  if (!dipc::preload::call(ipc::kIpcInfo, ipc::encode_body(ipc::IpcInfoReq{t}), rep, {},
-                           [&](ByteView b) { return decodes(b, r); }) ||
-      rep.status)
-    return std::nullopt;
+  dipc::preload::call(ipc::kIpcInfo, ipc::encode_body(ipc::IpcInfoReq{t}), rep, {},
+                      [&](ByteView b) { return decodes(b, r); });
+  if (rep.status) return std::nullopt;
   return r;
 }
 
 
-// *_STAT on a distributed index: the object's id, its stat in `out`. nullopt: no daemon (the kernel answers).
+// *_STAT on a distributed index: the object's id, its stat in `out`.
 template <typename Resp, typename Buf>
 std::optional<int> dipc_stat(ipc::ObjType t, int index, bool any, Buf* out) {
   Resp resp;
@@ -250,11 +257,11 @@ std::optional<int> dipc_stat(ipc::ObjType t, int index, bool any, Buf* out) {
     id = d.i32();
     return resp.decode(d) && d.done() && ipc::is_dipc_id(id);
   };
-  if (!dipc::preload::call(ipc::kIpcStat, ipc::encode_body(ipc::IpcStatReq{t, index, any}), rep, {}, accept))
-    return std::nullopt;
-  if (rep.status) return fail(rep.status);
-  if (!out) return fail(EFAULT);
-  put_stat(*out, resp.stat);
+  dipc::preload::call(ipc::kIpcStat, ipc::encode_body(ipc::IpcStatReq{t, index, any}), rep, {}, accept);
+  if (rep.status) return fail(rep.status);  // no daemon: EIO, a distributed index never goes to the kernel
+  Buf st;
+  put_stat(st, resp.stat);
+  if (!dipc::preload::copy_out(out, &st, sizeof st)) return fail(EFAULT);
   return id;
 }
 
@@ -284,25 +291,30 @@ int table_stat(ipc::ObjType t, int index, bool any, Buf* buf, Kernel call_kernel
 
 // ---- semaphores ----
 
-std::optional<int> dipc_semop(int id, struct sembuf* sops, size_t nsops, const struct timespec* timeout) {
-  // The kernel's order of checks (do_semtimedop): nsops, the sops pointer, the timeout, then the set.
-  if (nsops > ipc::kMaxSops) return fail(E2BIG);
+std::optional<int> dipc_semop(int id, struct sembuf* user_sops, size_t nsops, const struct timespec* user_timeout) {
+  // The kernel's order of checks (do_semtimedop): nsops (EINVAL, E2BIG past semopm), the sops (EFAULT), the timeout
+  // (EFAULT, EINVAL), then the set. semopm is the home's: a copy that fails is E2BIG only past the node's semopm.
   if (nsops < 1) return fail(EINVAL);
-  if (!sops) return fail(EFAULT);
+  if (nsops > ipc::kMaxSops) return fail(E2BIG);
+  std::vector<struct sembuf> sops(nsops);
+  if (!dipc::preload::copy_in(sops.data(), user_sops, nsops * sizeof(struct sembuf)))
+    return fail(nsops > dipc::preload::local_semopm() ? E2BIG : EFAULT);
   Wait w;
-  if (timeout) {
-    if (timeout->tv_sec < 0 || timeout->tv_nsec < 0 || timeout->tv_nsec >= 1'000'000'000L) return fail(EINVAL);
+  if (user_timeout) {
+    struct timespec timeout;
+    if (!dipc::preload::copy_in(&timeout, user_timeout, sizeof timeout)) return fail(EFAULT);
+    if (timeout.tv_sec < 0 || timeout.tv_nsec < 0 || timeout.tv_nsec >= 1'000'000'000L) return fail(EINVAL);
     constexpr int64_t kFar = int64_t{1} << 61;  // beyond any wait
-    int64_t ns = timeout->tv_sec >= kFar / 1'000'000'000 ? kFar : timeout->tv_sec * 1'000'000'000 + timeout->tv_nsec;
+    int64_t ns = timeout.tv_sec >= kFar / 1'000'000'000 ? kFar : timeout.tv_sec * 1'000'000'000 + timeout.tv_nsec;
     w.deadline_ns = dipc::preload::now_ns() + ns;
   }
   ipc::SemOpReq q;
   q.id = id;
   q.sops.reserve(nsops);
   bool may_block = false;
-  for (size_t i = 0; i < nsops; ++i) {
-    q.sops.push_back(ipc::SemBuf{sops[i].sem_num, sops[i].sem_op, sops[i].sem_flg});
-    if (!(sops[i].sem_flg & IPC_NOWAIT)) may_block = true;
+  for (const struct sembuf& op : sops) {
+    q.sops.push_back(ipc::SemBuf{op.sem_num, op.sem_op, op.sem_flg});
+    if (!(op.sem_flg & IPC_NOWAIT)) may_block = true;
   }
   w.interruptible = may_block;
   if (!may_block) w.deadline_ns = -1;
@@ -337,18 +349,20 @@ std::optional<int> dipc_semctl(int id, int semnum, int cmd, semun arg) {
     case IPC_STAT:
     case GETALL:
       break;  // Linux looks the set up (EINVAL, EIDRM, EACCES) before it writes the buffer (EFAULT): see below
-    case IPC_SET:
-      if (!arg.buf) return fail(EFAULT);  // read before the lookup
-      q.uid = arg.buf->sem_perm.uid;
-      q.gid = arg.buf->sem_perm.gid;
-      q.mode = static_cast<uint16_t>(arg.buf->sem_perm.mode);
+    case IPC_SET: {  // read before the lookup
+      struct semid_ds ds;
+      if (!dipc::preload::copy_in(&ds, arg.buf, sizeof ds)) return fail(EFAULT);
+      q.uid = ds.sem_perm.uid;
+      q.gid = ds.sem_perm.gid;
+      q.mode = static_cast<uint16_t>(ds.sem_perm.mode);
       break;
-    case SETALL: {
-      if (!arg.array) return fail(EFAULT);
+    }
+    case SETALL: {  // read after the lookup (EINVAL, EIDRM first)
       uint32_t n = 0;
       auto st = dipc_nsems(id, n);
       if (!st || *st) return st;
-      q.vals.assign(arg.array, arg.array + n);
+      q.vals.resize(n);
+      if (!dipc::preload::copy_in(q.vals.data(), arg.array, n * sizeof(unsigned short))) return fail(EFAULT);
       break;
     }
     default:
@@ -365,14 +379,15 @@ std::optional<int> dipc_semctl(int id, int semnum, int cmd, semun arg) {
   if (!r) return std::nullopt;
   if (r->status) return fail(r->status);
   switch (cmd) {
-    case IPC_STAT:
-      if (!arg.buf) return fail(EFAULT);
-      put_stat(*arg.buf, resp.stat);
-      return 0;
+    case IPC_STAT: {
+      struct semid_ds ds;
+      put_stat(ds, resp.stat);
+      return dipc::preload::copy_out(arg.buf, &ds, sizeof ds) ? 0 : fail(EFAULT);
+    }
     case GETALL:
-      if (!arg.array) return fail(EFAULT);
-      std::memcpy(arg.array, resp.vals.data(), resp.vals.size() * sizeof(unsigned short));
-      return 0;
+      return dipc::preload::copy_out(arg.array, resp.vals.data(), resp.vals.size() * sizeof(unsigned short))
+                 ? 0
+                 : fail(EFAULT);
     case GETVAL:
     case GETPID:
     case GETNCNT:
@@ -386,16 +401,19 @@ std::optional<int> dipc_semctl(int id, int semnum, int cmd, semun arg) {
 // ---- message queues ----
 
 std::optional<int> dipc_msgsnd(int id, const void* msgp, size_t msgsz, int flg) {
-  if (!msgp) return fail(EFAULT);
-  if (static_cast<ssize_t>(msgsz) < 0 || msgsz > ipc::kMaxMsgText) return fail(EINVAL);  // the home checks msgmax
+  // The kernel's order (ksys_msgsnd, do_msgsnd): mtype read (EFAULT), msgsz past msgmax (EINVAL), mtype < 1
+  // (EINVAL), the text read (EFAULT), then the queue. msgmax is the home's: a text that cannot be read is EINVAL
+  // only past the node's msgmax.
+  long mtype;
+  if (!dipc::preload::copy_in(&mtype, msgp, sizeof mtype)) return fail(EFAULT);
+  if (static_cast<ssize_t>(msgsz) < 0 || msgsz > ipc::kMaxMsgText) return fail(EINVAL);
+  if (mtype < 1) return fail(EINVAL);
   ipc::MsgSndReq q;
   q.id = id;
-  long mtype;
-  std::memcpy(&mtype, msgp, sizeof mtype);
-  if (mtype < 1) return fail(EINVAL);
   q.mtype = mtype;
-  const auto* text = static_cast<const uint8_t*>(msgp) + sizeof(long);
-  q.text.assign(text, text + msgsz);
+  q.text.resize(msgsz);
+  if (!dipc::preload::copy_in(q.text.data(), static_cast<const uint8_t*>(msgp) + sizeof(long), msgsz))
+    return fail(msgsz > dipc::preload::local_msgmax() ? EINVAL : EFAULT);
   q.flg = flg;
   Wait w;
   w.interruptible = !(flg & IPC_NOWAIT);
@@ -408,7 +426,6 @@ std::optional<ssize_t> dipc_msgrcv(int id, void* msgp, size_t msgsz, long msgtyp
   if (static_cast<ssize_t>(msgsz) < 0) return fail(EINVAL);
   // MSG_COPY: never waits, never MSG_EXCEPT; checked before the buffer and the queue, as do_msgrcv() does.
   if ((flg & MSG_COPY) && ((flg & MSG_EXCEPT) || !(flg & IPC_NOWAIT))) return fail(EINVAL);
-  if (!msgp) return fail(EFAULT);
   Wait w;
   w.interruptible = !(flg & IPC_NOWAIT);
   ipc::MsgRcvResp m;
@@ -416,23 +433,26 @@ std::optional<ssize_t> dipc_msgrcv(int id, void* msgp, size_t msgsz, long msgtyp
                        [&](ByteView b) { return decodes(b, m) && m.mtype >= 1 && m.text.size() <= msgsz; });
   if (!r) return std::nullopt;
   if (r->status) return fail(r->status);
+  // As in the kernel, a message that cannot be stored is gone all the same (EFAULT).
   long mtype = static_cast<long>(m.mtype);
-  std::memcpy(msgp, &mtype, sizeof mtype);
-  if (!m.text.empty()) std::memcpy(static_cast<uint8_t*>(msgp) + sizeof(long), m.text.data(), m.text.size());
+  if (!dipc::preload::copy_out(msgp, &mtype, sizeof mtype) ||
+      !dipc::preload::copy_out(static_cast<uint8_t*>(msgp) + sizeof(long), m.text.data(), m.text.size()))
+    return fail(EFAULT);
   return static_cast<ssize_t>(m.text.size());
 }
 
 std::optional<int> dipc_msgctl(int id, int cmd, struct msqid_ds* buf) {
   // IPC_SET's buffer is read before the lookup, IPC_STAT's written after it (EINVAL, EIDRM, EACCES first).
-  if (cmd == IPC_SET && !buf) return fail(EFAULT);
   ipc::MsgCtlReq q;
   q.id = id;
   q.cmd = cmd;
   if (cmd == IPC_SET) {
-    q.uid = buf->msg_perm.uid;
-    q.gid = buf->msg_perm.gid;
-    q.mode = static_cast<uint16_t>(buf->msg_perm.mode);
-    q.qbytes = buf->msg_qbytes;
+    struct msqid_ds ds;
+    if (!dipc::preload::copy_in(&ds, buf, sizeof ds)) return fail(EFAULT);
+    q.uid = ds.msg_perm.uid;
+    q.gid = ds.msg_perm.gid;
+    q.mode = static_cast<uint16_t>(ds.msg_perm.mode);
+    q.qbytes = ds.msg_qbytes;
   }
   ipc::MsgCtlResp resp;
   auto r = daemon_call(ipc::kMsgCtl, ipc::encode_body(q), {},
@@ -440,8 +460,9 @@ std::optional<int> dipc_msgctl(int id, int cmd, struct msqid_ds* buf) {
   if (!r) return std::nullopt;
   if (r->status) return fail(r->status);
   if (cmd == IPC_STAT) {
-    if (!buf) return fail(EFAULT);
-    put_stat(*buf, resp.stat);
+    struct msqid_ds ds;
+    put_stat(ds, resp.stat);
+    if (!dipc::preload::copy_out(buf, &ds, sizeof ds)) return fail(EFAULT);
   }
   return 0;
 }
@@ -453,8 +474,6 @@ std::optional<int> dipc_shmctl(int id, int cmd, struct shmid_ds* buf) {
   // IPC_STAT buffer is EFAULT only for a segment that exists and may be read (EINVAL, EACCES first).
   switch (cmd) {
     case IPC_SET:
-      if (!buf) return fail(EFAULT);
-      break;
     case IPC_STAT:
     case IPC_RMID:
     case SHM_LOCK:
@@ -467,9 +486,11 @@ std::optional<int> dipc_shmctl(int id, int cmd, struct shmid_ds* buf) {
   q.id = id;
   q.cmd = cmd;
   if (cmd == IPC_SET) {
-    q.uid = buf->shm_perm.uid;
-    q.gid = buf->shm_perm.gid;
-    q.mode = static_cast<uint16_t>(buf->shm_perm.mode);
+    struct shmid_ds ds;
+    if (!dipc::preload::copy_in(&ds, buf, sizeof ds)) return fail(EFAULT);
+    q.uid = ds.shm_perm.uid;
+    q.gid = ds.shm_perm.gid;
+    q.mode = static_cast<uint16_t>(ds.shm_perm.mode);
   }
   ipc::ShmCtlResp resp;
   auto r = daemon_call(ipc::kShmCtl, ipc::encode_body(q), {},
@@ -477,8 +498,9 @@ std::optional<int> dipc_shmctl(int id, int cmd, struct shmid_ds* buf) {
   if (!r) return std::nullopt;
   if (r->status) return fail(r->status);
   if (cmd == IPC_STAT) {
-    if (!buf) return fail(EFAULT);
-    put_stat(*buf, resp.stat);
+    struct shmid_ds ds;
+    put_stat(ds, resp.stat);
+    if (!dipc::preload::copy_out(buf, &ds, sizeof ds)) return fail(EFAULT);
   }
   return 0;
 }

@@ -4,6 +4,8 @@
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/shm.h>
@@ -226,12 +228,82 @@ void prune(State& s) {
   });
 }
 
-// The connection broke or spoke nonsense: nothing on it can be trusted any more.
+// An attach whose coherence nobody keeps any more (its dipcd is gone) is replaced, at the same address, by a shared
+// mapping of an empty memfd: every access raises SIGBUS, as on a removed device, instead of computing on a private
+// copy. shmdt of it still works.
+void poison(const Attach& at) {
+  static int empty = memfd_create("dipc-lost", MFD_CLOEXEC);
+  int prot = PROT_READ | ((at.flg & SHM_RDONLY) ? 0 : PROT_WRITE);
+  void* p = empty < 0 ? MAP_FAILED
+                      : mmap(reinterpret_cast<void*>(at.addr), at.len, prot, MAP_SHARED | MAP_FIXED, empty, 0);
+  if (p == MAP_FAILED) mprotect(reinterpret_cast<void*>(at.addr), at.len, PROT_NONE);  // SIGSEGV at least
+}
+
+// The connection broke or spoke nonsense: nothing on it can be trusted any more. Its attaches raise SIGBUS from now
+// on (README, "What differs"). Called with state().mu held.
 void lost(ShmConn& c, const char* why) {
-  if (c.attaches > 0)
+  if (c.attaches > 0) {
     warn(std::string("dipc: ") + why + ": " + std::to_string(c.attaches) +
-         " shared memory attaches of this process are no longer kept coherent\n");
+         " shared memory attaches of this process are no longer coherent; accesses to them raise SIGBUS\n");
+    for (const Attach& at : state().attaches)
+      if (at.conn == &c) poison(at);
+  }
   c.drop();
+}
+
+// ---- the watcher: a thread that notices when dipcd closes a connection with attaches (it died) ----
+
+std::atomic<pid_t> g_watcher_pid{0};  // the process whose watcher runs (a fork()ed child starts its own)
+std::atomic<int> g_wake_fd{-1};       // eventfd: the set of connections changed
+
+void* watch(void*) {
+  State& s = state();
+  for (;;) {
+    std::vector<pollfd> p;
+    p.push_back(pollfd{g_wake_fd.load(), POLLIN, 0});
+    {
+      std::lock_guard lock(s.mu);
+      for (auto& c : s.conns)
+        if (c->fd >= 0 && c->attaches > 0) p.push_back(pollfd{c->fd, POLLRDHUP, 0});
+    }
+    if (poll(p.data(), p.size(), -1) < 0) continue;  // EINTR
+    if (p[0].revents & POLLIN) {
+      uint64_t v;
+      (void)!read(p[0].fd, &v, sizeof v);
+    }
+    for (size_t i = 1; i < p.size(); ++i) {
+      if (!(p[i].revents & (POLLHUP | POLLRDHUP | POLLERR))) continue;
+      std::lock_guard lock(s.mu);
+      for (auto& c : s.conns) {
+        pollfd again{c->fd, POLLRDHUP, 0};  // the same connection still, and still closed by dipcd
+        if (c->fd == p[i].fd && c->attaches > 0 && poll(&again, 1, 0) == 1 &&
+            (again.revents & (POLLHUP | POLLRDHUP | POLLERR)))
+          lost(*c, "dipcd closed the connection (the daemon died?)");
+      }
+    }
+  }
+  return nullptr;
+}
+
+// Starts this process's watcher if needed, and makes it look at the connections again.
+void watch_conns() {
+  pid_t me = getpid();
+  if (g_watcher_pid.load() != me) {
+    int old = g_wake_fd.exchange(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (old >= 0) close(old);  // a fork()ed child's copy of its parent's
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    sigset_t all, saved;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &saved);  // the program's signals are not for this thread
+    pthread_t t;
+    if (g_wake_fd.load() >= 0 && pthread_create(&t, &attr, watch, nullptr) == 0) g_watcher_pid.store(me);
+    pthread_sigmask(SIG_SETMASK, &saved, nullptr);
+    pthread_attr_destroy(&attr);
+  }
+  uint64_t one = 1;
+  if (int fd = g_wake_fd.load(); fd >= 0) (void)!write(fd, &one, sizeof one);
 }
 
 // Sends one request, `pass_fd` (if >= 0) riding on its first byte. Returns its id, or 0 (the stream is then broken).
@@ -363,6 +435,7 @@ void reattach_in_child(State& s) {
     }
     close(uffd);
   }
+  if (c->fd >= 0) watch_conns();
   if (!bad) return;
   std::vector<Attach> kept;
   for (size_t i = 0; i < s.attaches.size(); ++i) {
@@ -467,7 +540,7 @@ std::optional<void*> attach(int id, const void* addr, int flg) {
   prune(s);
   s.attaches.reserve(s.attaches.size() + 1);  // recording the attach must not fail once dipcd counts it
   ShmConn* c = conn_for_caller(s);
-  if (!c) return std::nullopt;
+  if (!c) return failed(EIO);  // a distributed id with no daemon: never the kernel (README, "What differs")
 
   Answer at;
   Undo undo;
@@ -540,6 +613,7 @@ std::optional<void*> attach(int id, const void* addr, int flg) {
 
   s.attaches.push_back(Attach{pa, len, id, flg, c});
   ++c->attaches;
+  watch_conns();
   return p;
 }
 
@@ -579,6 +653,15 @@ std::optional<int> shm_detach(const void* addr) noexcept {
     errno = EIO;
     return -1;
   }
+}
+
+bool shm_contains(const void* p, size_t n) noexcept {
+  auto a = reinterpret_cast<uintptr_t>(p);
+  State& s = state();
+  std::lock_guard lock(s.mu);
+  for (const Attach& at : s.attaches)
+    if (a >= at.addr && a - at.addr <= at.len && n <= at.len - (a - at.addr)) return true;
+  return false;
 }
 
 }  // namespace dipc::preload

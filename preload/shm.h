@@ -5,6 +5,7 @@
 // kill -9, exec). A fork()ed child re-registers the attaches it inherited before fork() returns in it.
 #pragma once
 
+#include <cstddef>
 #include <optional>
 
 namespace dipc::preload {
@@ -15,5 +16,8 @@ std::optional<void*> shm_attach(int id, const void* addr, int flg) noexcept;
 
 // shmdt. nullopt: `addr` is not the start of a distributed attach (the kernel answers); else 0. Never throws.
 std::optional<int> shm_detach(const void* addr) noexcept;
+
+// Whether [p, p + n) lies inside one distributed attach of this process. Never throws.
+bool shm_contains(const void* p, size_t n) noexcept;
 
 }  // namespace dipc::preload

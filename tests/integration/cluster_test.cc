@@ -547,14 +547,20 @@ TEST(WithoutDipc, AProgramUsingIpcDipcRunsUnchangedWithNoDaemonAndNoPreload) {
   size_t n = fread(buf, 1, sizeof buf - 1, f);
   EXPECT_EQ(pclose(f), 0) << std::string(buf, n);
   EXPECT_EQ(std::string(buf, n), "ok\n");
-  // With the preload but no daemon reachable, everything falls through to the kernel.
-  std::string cmd = "DIPC_SOCKET=@dipc-no-such-daemon LD_PRELOAD=" + SimCluster::bin("../lib/libdipc.so") + " " +
-                    prog + " 2>&1";
+  // With the preload but no daemon reachable, a distributed key fails with EIO (it never silently becomes a kernel
+  // object); a key the policy does not distribute still goes to the kernel.
+  std::string cmd = "DIPC_SOCKET=@dipc-no-such-daemon DIPC_RETRY_MS=0 LD_PRELOAD=" +
+                    SimCluster::bin("../lib/libdipc.so") + " " + SimCluster::prog("ipcop") +
+                    " msgget:0:creat+dipc+0600 msgget:0:creat+0600 msgrm:@ 2>&1";
   f = popen(cmd.c_str(), "r");
   ASSERT_NE(f, nullptr);
   n = fread(buf, 1, sizeof buf - 1, f);
   EXPECT_EQ(pclose(f), 0) << std::string(buf, n);
-  EXPECT_EQ(std::string(buf, n), "ok\n");
+  std::string out(buf, n);
+  EXPECT_EQ(fields(out, "msgget").size(), 2u) << out;
+  EXPECT_EQ(fields(out, "msgget")[0], "-1 EIO") << out;
+  EXPECT_EQ(field(out, "msgrm"), "0") << out;
+  EXPECT_NE(out.find("no dipcd answers"), std::string::npos) << out;
 }
 
 }  // namespace

@@ -106,6 +106,20 @@ TEST_F(Differential, ObjectsHomedOnAnotherNodeBehaveExactlyAsTheKernelsOwn) {
     EXPECT_GT(successes[what], 5) << what;
 }
 
+// Issue 8 item 13, issue 9 item 8: bad pointers, short buffers and sizes past the limits give the kernel's errno in
+// the kernel's order of checks (E2BIG, EINVAL before EFAULT), never SIGSEGV in the program.
+TEST_F(Differential, BadArgumentsGiveTheKernelsErrnosNotACrash) {
+  SimCluster& c = *cluster_;
+  std::string prog = SimCluster::prog("difftest");
+  auto k = c.run(1, {prog, "badargs", "kernel", "1"}, 30, /*preload=*/false);
+  ASSERT_EQ(k.status, 0) << k.err;
+  auto d = c.run(2, {prog, "badargs", "dipc", "1"}, 30);
+  ASSERT_EQ(d.status, 0) << "the dipc run ended with status " << d.status << ":\n" << d.out << d.err;
+  auto kl = lines(k.out), dl = lines(d.out);
+  EXPECT_GT(kl.size(), 30u);
+  EXPECT_EQ(first_divergence(kl, dl), "");
+}
+
 TEST_F(Differential, RawSystemCallsBehaveExactlyAsTheKernelsOwn) {
   // The same sequences made of raw system calls (as Go programs and some test suites make them), seen by dipc
   // through its seccomp filter and SIGSYS handler; objects homed on node2, calls from node1.

@@ -8,6 +8,9 @@
  *       "ids S0 S1 S2 M0 M1 M2". With dipc this can run on another node than `run`, so the objects' home is remote.
  *   difftest run kernel|dipc SEED STEPS S0 S1 S2 M0 M1 M2
  *       the sequence, starting from those ids; removes whatever is left at the end (not printed).
+ *   difftest badargs kernel|dipc SEED
+ *       a fixed list of calls with bad pointers, short buffers and out-of-range sizes on private objects of its own
+ *       (EFAULT, E2BIG, EINVAL in the kernel's order of checks), then the objects' state; removes them.
  *
  * With DIFFTEST_RAW=1 every SysV call is a raw system call (syscall(SYS_semop, ...)), as Go programs and some test
  * suites make them: under dipc they reach it only through the preload's seccomp path (DIPC_SECCOMP=1).
@@ -21,6 +24,7 @@
 #include <string.h>
 #include <sys/ipc.h>
 #include <sys/msg.h>
+#include <sys/mman.h>
 #include <sys/sem.h>
 #include <time.h>
 #include <unistd.h>
@@ -412,6 +416,66 @@ static int run(int steps, char **idv) {
   return 0;
 }
 
+/* Bad arguments: a pointer into a PROT_NONE page, buffers that end at it (short), sizes past the limits. */
+static int badargs(void) {
+  long pg = sysconf(_SC_PAGESIZE);
+  char *area = mmap(NULL, (size_t)(2 * pg), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (area == MAP_FAILED || mprotect(area + pg, (size_t)pg, PROT_NONE) != 0) return 1;
+  void *bad = area + pg;                  /* any access faults */
+  char *end = area + pg;                  /* a buffer placed just before `end` is short */
+  int sid = semget(IPC_PRIVATE, 2, IPC_CREAT | 0600 | dflag);
+  int mid = msgget(IPC_PRIVATE, IPC_CREAT | 0600 | dflag);
+  if (sid < 0 || mid < 0) return 1;
+
+  struct sembuf *one = (struct sembuf *)(end - sizeof(struct sembuf));
+  one->sem_num = 0; one->sem_op = 1; one->sem_flg = IPC_NOWAIT;
+  printf("semop bad 1 -> %s\n", res(semop(sid, bad, 1)));
+  printf("semop bad 0 -> %s\n", res(semop(sid, bad, 0)));
+  printf("semop bad semopm+1 -> %s\n", res(semop(sid, bad, 501)));
+  printf("semop bad 100000 -> %s\n", res(semop(sid, bad, 100000)));
+  printf("semop short 2 -> %s\n", res(semop(sid, one, 2)));
+  printf("semop short 1 -> %s\n", res(semop(sid, one, 1)));
+  printf("semtimedop bad timeout -> %s\n", res(semtimedop(sid, one, 1, bad)));
+  printf("semctl IPC_SET bad -> %s\n", res(semctl(sid, 0, IPC_SET, bad)));
+  printf("semctl IPC_STAT bad -> %s\n", res(semctl(sid, 0, IPC_STAT, bad)));
+  printf("semctl GETALL bad -> %s\n", res(semctl(sid, 0, GETALL, bad)));
+  printf("semctl GETALL short -> %s\n", res(semctl(sid, 0, GETALL, end - sizeof(unsigned short))));
+  printf("semctl SETALL bad -> %s\n", res(semctl(sid, 0, SETALL, bad)));
+  printf("semctl SETALL short -> %s\n", res(semctl(sid, 0, SETALL, end - sizeof(unsigned short))));
+  printf("semctl getval -> %s\n", res(semctl(sid, 0, GETVAL)));
+
+  struct msgbuf_big *m = (struct msgbuf_big *)(end - sizeof(long) - 16); /* 16 bytes of text fit */
+  m->mtype = 3;
+  memcpy(m->text, "0123456789abcdef", 16);
+  printf("msgsnd bad -> %s\n", res(msgsnd(mid, bad, 5, IPC_NOWAIT)));
+  printf("msgsnd short 100 -> %s\n", res(msgsnd(mid, m, 100, IPC_NOWAIT)));
+  printf("msgsnd short msgmax+1 -> %s\n", res(msgsnd(mid, m, 8193, IPC_NOWAIT)));
+  printf("msgsnd short huge -> %s\n", res(msgsnd(mid, m, (size_t)1 << 40, IPC_NOWAIT)));
+  m->mtype = 0;
+  printf("msgsnd short type0 -> %s\n", res(msgsnd(mid, m, 100, IPC_NOWAIT)));
+  m->mtype = 3;
+  printf("msgsnd 16 -> %s\n", res(msgsnd(mid, m, 16, IPC_NOWAIT)));
+  printf("msgsnd 16 -> %s\n", res(msgsnd(mid, m, 16, IPC_NOWAIT)));
+  printf("msgsnd 8 -> %s\n", res(msgsnd(mid, m, 8, IPC_NOWAIT)));
+  printf("msgrcv bad -> %s\n", res(msgrcv(mid, bad, 100, 0, IPC_NOWAIT)));
+  printf("msgrcv short -> %s\n", res(msgrcv(mid, end - sizeof(long) - 4, 100, 0, IPC_NOWAIT)));
+  printf("msgrcv null -> %s\n", res(msgrcv(mid, NULL, 100, 0, IPC_NOWAIT)));
+  printf("msgrcv null empty -> %s\n", res(msgrcv(mid, NULL, 100, 0, IPC_NOWAIT)));
+  printf("msgctl IPC_SET bad -> %s\n", res(msgctl(mid, IPC_SET, bad)));
+  printf("msgctl IPC_STAT bad -> %s\n", res(msgctl(mid, IPC_STAT, bad)));
+  printf("msgctl IPC_STAT short -> %s\n", res(msgctl(mid, IPC_STAT, (struct msqid_ds *)(end - 8))));
+  struct msqid_ds ds;
+  memset(&ds, 0, sizeof ds);
+  printf("msgctl IPC_STAT -> %s qnum=%lu cbytes=%lu\n", res(msgctl(mid, IPC_STAT, &ds)), (unsigned long)ds.msg_qnum,
+         (unsigned long)ds.__msg_cbytes);
+  printf("semctl IPC_RMID -> %s\n", res(semctl(sid, 0, IPC_RMID)));
+  printf("msgctl IPC_RMID -> %s\n", res(msgctl(mid, IPC_RMID, NULL)));
+  printf("semop bad on removed -> %s\n", res(semop(sid, bad, 1)));
+  printf("semctl IPC_STAT bad on removed -> %s\n", res(semctl(sid, 0, IPC_STAT, bad)));
+  printf("msgctl IPC_STAT bad on removed -> %s\n", res(msgctl(mid, IPC_STAT, bad)));
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc < 4 || (strcmp(argv[2], "kernel") && strcmp(argv[2], "dipc"))) {
     fprintf(stderr, "usage: difftest setup kernel|dipc SEED | difftest run kernel|dipc SEED STEPS IDS...\n");
@@ -426,6 +490,7 @@ int main(int argc, char **argv) {
     rng = seed ^ 0x5e75e75e7ULL;
     return setup();
   }
+  if (!strcmp(argv[1], "badargs")) return badargs();
   if (!strcmp(argv[1], "run") && argc == 5 + 2 * NSLOT) {
     rng = seed;
     return run(atoi(argv[4]), argv + 5);

@@ -12,6 +12,7 @@
  *   scan:sem|msg|shm[:any]   *_INFO, then *_STAT (or *_STAT_ANY) on every index up to the highest, as ipcs does:
  *                            "scan=FOUND used=COUNT keys=K,K,..." (the keys of the objects found, in index order)
  *   hold                     prints "held" and waits for a signal forever (to be killed)
+ *   pause                    prints "paused" and waits for SIGUSR1, then goes on with the next command
  *   sigusr1 | sigusr1-restart   installs a SIGUSR1 handler (without / with SA_RESTART)
  *   print:TEXT               prints TEXT
  *
@@ -248,6 +249,16 @@ int main(int argc, char **argv) {
       printf("held\n");
       fflush(stdout);
       for (;;) pause();
+    } else if (!strcmp(name, "pause")) {
+      sigset_t set;
+      sigemptyset(&set);
+      sigaddset(&set, SIGUSR1);
+      sigprocmask(SIG_BLOCK, &set, NULL);
+      printf("paused\n");
+      fflush(stdout);
+      int sig = 0;
+      sigwait(&set, &sig);
+      sigprocmask(SIG_UNBLOCK, &set, NULL);
     } else if (!strcmp(name, "sigusr1") || !strcmp(name, "sigusr1-restart")) {
       struct sigaction sa;
       memset(&sa, 0, sizeof sa);

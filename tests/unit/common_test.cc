@@ -297,12 +297,19 @@ TEST(EventLoop, DeferredTasksRunAfterEveryReadyFdOfTheIteration) {
 }
 
 TEST(Ids, EncodeHomeNodeAndStayPositive) {
-  int32_t id = ipc::make_id(255, 127, 32767);
+  int32_t id = ipc::make_id(255, 511, 8191);
   EXPECT_GT(id, 0);
   EXPECT_TRUE(ipc::is_dipc_id(id));
   EXPECT_EQ(ipc::id_node(id), 255);
-  EXPECT_EQ(ipc::id_seq(id), 127u);
-  EXPECT_EQ(ipc::id_slot(id), 32767u);
+  EXPECT_EQ(ipc::id_seq(id), 511u);
+  EXPECT_EQ(ipc::id_slot(id), 8191u);
+  EXPECT_EQ(ipc::id_incarnation(id), 31u);
+  // Reuses of a slot stay in their incarnation's generations: another incarnation's ids are never made again.
+  uint32_t g = ipc::first_gen(5);
+  for (int i = 0; i < 100; ++i) {
+    EXPECT_EQ(ipc::id_incarnation(ipc::make_id(1, g, 0)), 5u);
+    g = ipc::next_gen(g);
+  }
   EXPECT_FALSE(ipc::is_dipc_id(32768 * 5 + 3));  // a typical kernel id
 }
 

@@ -50,6 +50,10 @@ struct OutMsg {
   size_t size() const { return head.size() + body.size() + ext.size(); }
 };
 
+// An empty kHello frame on an authenticated link: the link's heartbeat (TcpOptions::heartbeat_ms). Its op is outside
+// the handshake's (transport/conn.h), which ends before any heartbeat is sent.
+constexpr uint16_t kHeartbeatOp = 100;
+
 OutMsg make_msg(FrameKind kind, uint16_t op, uint64_t id, int status, size_t payload_len) {
   OutMsg m;
   m.head.resize(kFrameHeaderSize);
@@ -70,6 +74,9 @@ struct Link {
   size_t hs_off = 0;
   bool want_out = false;
   EventLoop::TimerId hs_timer = 0;
+  int64_t last_rx_ms = 0;  // when the link last brought bytes (heartbeat deadline)
+  std::string source;      // acceptor, until authenticated: the remote host, counted in handshakes_by_source_
+  bool stranger = false;   // acceptor, until authenticated: not from a configured node's address
 };
 
 // An operation awaiting its answer, by frame id. rma_op == 0: a request.
@@ -123,6 +130,16 @@ const char* kind_name(FrameKind k) {
     case FrameKind::kRmaReply: return "rma-reply";
   }
   return "?";
+}
+
+// The host part of an address (no port): what per-source limits count by.
+std::string host_str(const sockaddr_storage& ss) {
+  char host[INET6_ADDRSTRLEN] = "?";
+  if (ss.ss_family == AF_INET)
+    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&ss)->sin_addr, host, sizeof host);
+  else if (ss.ss_family == AF_INET6)
+    inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_addr, host, sizeof host);
+  return host;
 }
 
 std::string addr_str(const sockaddr_storage& ss) {
@@ -198,6 +215,7 @@ class TcpTransport final : public Transport {
         return Status::err(EINVAL);
       }
       listen_needed |= !conn::dials(cfg_.self, id);
+      if (!conn::dials(cfg_.self, id)) ++peer_hosts_[host_str(p.addr)];
     }
     if (listen_needed) {
       sockaddr_storage ss{};
@@ -223,7 +241,29 @@ class TcpTransport final : public Transport {
     running_ = true;
     for (auto& [id, p] : peers_)
       if (conn::dials(cfg_.self, id)) dial(p);
+    if (opt_.heartbeat_ms > 0) arm_heartbeat();
     return Status::ok();
+  }
+
+  // Every heartbeat_ms: a heartbeat frame on each authenticated link, and links silent for dead_peer_s closed.
+  void arm_heartbeat() {
+    heartbeat_timer_ = loop_.add_timer(opt_.heartbeat_ms, [this] {
+      heartbeat_timer_ = 0;
+      reap();
+      int64_t now = EventLoop::now_ms();
+      std::vector<Link*> up;
+      for (auto& [id, l] : links_)
+        if (l->state == LinkState::kUp) up.push_back(l.get());
+      for (Link* l : up) {
+        if (opt_.dead_peer_s > 0 && now - l->last_rx_ms > int64_t{opt_.dead_peer_s} * 1000) {
+          close_link(*l, fmt::format("nothing received for {} s: the peer is hung (stopped?) or unreachable",
+                                     opt_.dead_peer_s), true);
+          continue;
+        }
+        enqueue(peers_.at(l->peer), make_msg(FrameKind::kHello, kHeartbeatOp, 0, 0, 0));
+      }
+      if (running_) arm_heartbeat();
+    });
   }
 
   void stop() override {
@@ -236,6 +276,7 @@ class TcpTransport final : public Transport {
     }
     if (accept_timer_) loop_.cancel_timer(accept_timer_);
     accept_timer_ = 0;
+    cancel(heartbeat_timer_);
     for (auto& [id, p] : peers_) {
       cancel(p.redial_timer);
       cancel(p.connect_timer);
@@ -726,13 +767,31 @@ class TcpTransport final : public Transport {
         });
         return;
       }
-      if (unauthenticated_ >= opt_.max_unauthenticated) {
-        DIPC_LOG_WARN("tcp: refusing connection from {}: too many handshakes in progress", addr_str(ss));
+      // Handshake slots: strangers share max_unauthenticated; every source host has at most
+      // max_unauthenticated_per_source (more for a host that several configured nodes dial from). The configured
+      // nodes' addresses never compete with strangers, so a flood of idle connections cannot keep a peer out.
+      std::string src = host_str(ss);
+      auto known = peer_hosts_.find(src);
+      bool stranger = known == peer_hosts_.end();
+      int per_source = opt_.max_unauthenticated_per_source * (stranger ? 1 : 1 + known->second);
+      int& from_src = handshakes_by_source_[src];
+      if (from_src >= per_source || (stranger && strangers_ >= opt_.max_unauthenticated)) {
+        if (from_src == 0) handshakes_by_source_.erase(src);
+        int64_t now = EventLoop::now_ms();
+        if (now - last_refusal_log_ms_ >= 1000) {
+          last_refusal_log_ms_ = now;
+          DIPC_LOG_WARN("tcp: refusing connections from {}: too many handshakes in progress ({})", addr_str(ss),
+                        from_src >= per_source ? "from that host" : "from hosts not in the configuration");
+        }
         close(fd);
         continue;
       }
+      ++from_src;
+      strangers_ += stranger;
       ++unauthenticated_;
-      (void)add_link(fd, false, 0, LinkState::kHandshake, addr_str(ss));
+      Link& nl = add_link(fd, false, 0, LinkState::kHandshake, addr_str(ss));
+      nl.source = src;
+      nl.stranger = stranger;
     }
   }
 
@@ -771,6 +830,7 @@ class TcpTransport final : public Transport {
         return close_link(l, why, true);
       }
       l.rx.commit(static_cast<size_t>(n));
+      l.last_rx_ms = EventLoop::now_ms();
       if (!drain(l)) return;
       if (static_cast<size_t>(n) < sp.size() || static_cast<size_t>(n) >= budget) break;  // level-triggered: more later
       budget -= static_cast<size_t>(n);
@@ -818,8 +878,9 @@ class TcpTransport final : public Transport {
     Peer& p = peers_.at(l.peer);
     if (p.link) close_link(*p.link, "replaced by a new authenticated connection (peer restarted?)", true);
     if (l.state == LinkState::kClosed || !running_) return;
-    if (!l.dialer) --unauthenticated_;
+    if (!l.dialer) handshake_done(l);
     l.state = LinkState::kUp;
+    l.last_rx_ms = EventLoop::now_ms();
     cancel(l.hs_timer);
     if (p.dialing == &l) p.dialing = nullptr;
     p.link = &l;
@@ -835,7 +896,7 @@ class TcpTransport final : public Transport {
   void close_link(Link& l, const std::string& why, bool log) {
     if (l.state == LinkState::kClosed) return;
     bool was_up = l.state == LinkState::kUp;
-    if (!was_up && !l.dialer) --unauthenticated_;
+    if (!was_up && !l.dialer) handshake_done(l);
     l.state = LinkState::kClosed;
     cancel(l.hs_timer);
     loop_.remove(l.fd.get());
@@ -859,6 +920,15 @@ class TcpTransport final : public Transport {
 
   void reap() { dead_.clear(); }
 
+  // An accepted connection leaves the handshake (authenticated or closed): its slot is free again.
+  void handshake_done(Link& l) {
+    --unauthenticated_;
+    strangers_ -= l.stranger;
+    l.stranger = false;
+    auto it = handshakes_by_source_.find(l.source);
+    if (it != handshakes_by_source_.end() && --it->second <= 0) handshakes_by_source_.erase(it);
+  }
+
   // ---- frames on an authenticated link ---------------------------------------------------------------------------
 
   void on_frame(Link& l, const FrameHeader& h, ByteView body) {
@@ -867,6 +937,7 @@ class TcpTransport final : public Transport {
     if (h.status && !answer) return close_link(l, fmt::format("status on a {} frame", kind_name(h.kind)), true);
     switch (h.kind) {
       case FrameKind::kHello:
+        if (h.op == kHeartbeatOp && body.empty()) return;  // its arrival was the point (last_rx_ms)
         return close_link(l, "handshake frame on an authenticated link", true);
       case FrameKind::kRequest: {
         uint64_t token = next_token_++;
@@ -946,7 +1017,12 @@ class TcpTransport final : public Transport {
   UniqueFd listen_fd_;
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);
   EventLoop::TimerId accept_timer_ = 0;
+  EventLoop::TimerId heartbeat_timer_ = 0;
   int unauthenticated_ = 0;
+  int strangers_ = 0;                                       // handshakes from hosts not in the configuration
+  std::unordered_map<std::string, int> handshakes_by_source_;  // host -> accepted connections in the handshake
+  std::unordered_map<std::string, int> peer_hosts_;            // host -> configured nodes that dial us from it
+  int64_t last_refusal_log_ms_ = -1000;
   uint64_t next_link_ = 1;
   uint64_t next_token_ = 1;
   uint32_t next_region_ = 1;

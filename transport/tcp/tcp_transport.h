@@ -31,10 +31,16 @@ struct TcpOptions {
   size_t max_queued_bytes = 64u << 20; // per peer: request()/send()/one-sided ops beyond this get kNoResources;
                                        // replies beyond twice this close the link (the peer does not drain it)
   size_t max_read_per_event = 4u << 20;  // bytes read from one link per wake-up (fairness between links)
-  int max_unauthenticated = 64;        // accepted connections still in the handshake; more are refused
+  int max_unauthenticated = 64;        // accepted connections from hosts not in the configuration still in the
+                                       // handshake; more are refused (configured nodes' hosts do not count here)
+  int max_unauthenticated_per_source = 4;  // the same from any one host (times 1 + the configured nodes on it)
   // A peer that stops answering (crashed host, cut cable: no RST ever comes) is declared lost after about this
   // long: TCP keepalive probes an idle link, TCP_USER_TIMEOUT bounds unacknowledged data on a busy one.
   int dead_peer_s = 5;
+  // A peer that is alive at the TCP level but does not run (SIGSTOPped, hung: its kernel still acknowledges data
+  // and keepalives) is declared lost too: every link carries a heartbeat frame each heartbeat_ms, and a link that
+  // brings nothing for dead_peer_s is closed. 0: no heartbeats.
+  int64_t heartbeat_ms = 1000;
 };
 
 // Reads [transport.tcp] (common/config.h, SectionReader) over the defaults in `opt`. EINVAL with `error` naming the
