@@ -12,6 +12,8 @@
 #include "common/event_loop.h"
 #include "common/log.h"
 #include "daemon/client_server.h"
+#include "daemon/transports.h"
+#include "dsm/segment.h"
 #include "ipc/service.h"
 #include "transport/transport.h"
 
@@ -65,13 +67,18 @@ int main(int argc, char** argv) {
 
   dipc::EventLoop loop;
   loop.set_busy_poll_us(static_cast<int>(cfg.busy_poll_us));
-  auto tr = dipc::transport::make_transport(cfg, loop, key);
+  auto tr = dipc::daemon::make_transport(cfg, loop, key);
   if (!tr) {
     DIPC_LOG_ERROR("no usable transport '{}': {}", cfg.transport, tr.status().str());
     return 1;
   }
-  dipc::ipc::Service service(cfg, loop, tr->get(), dipc::ipc::Limits::read_proc());
-  if (auto s = (*tr)->start(&service); !s) {
+  // The layers, wired here: each registers for its own op range (transport/ops.h); the DSM first, so it sees a
+  // lost link before ipc/ does.
+  dipc::dsm::Manager dsm(loop, tr->get(), cfg.self, cfg.block_size, cfg.quantum_us, cfg.answer_poll_us);
+  dipc::ipc::Service service(cfg, loop, tr->get(), dsm, dipc::ipc::Limits::read_proc());
+  if (auto s = (*tr)->set_handler(dipc::transport::ops::kDsm, &dsm); !s) return 1;
+  if (auto s = (*tr)->set_handler(dipc::transport::ops::kIpc, &service); !s) return 1;
+  if (auto s = (*tr)->start(); !s) {
     DIPC_LOG_ERROR("transport {} failed to start: {}", (*tr)->name(), s.str());
     return 1;
   }

@@ -27,6 +27,21 @@ uint64_t effective_block(uint64_t size, uint64_t want) {
   return std::max<uint64_t>(kPageSize, std::min(want, cap));
 }
 
+// F's mapping and descriptor, released when the last deregistration of its chunks completed (the transport may
+// still copy into F until then).
+struct FramesMapping {
+  uint8_t* p = nullptr;
+  uint64_t len = 0;
+  int fd = -1;
+  FramesMapping() = default;
+  FramesMapping(const FramesMapping&) = delete;
+  FramesMapping& operator=(const FramesMapping&) = delete;
+  ~FramesMapping() {
+    if (p) munmap(p, len);
+    if (fd >= 0) close(fd);
+  }
+};
+
 Status errno_status(const char* what) {
   int e = errno;
   DIPC_LOG_ERROR("dsm: {}: {}", what, strerror(e));
@@ -46,6 +61,8 @@ Segment::Segment(Manager& m, uint64_t id, NodeId home, uint64_t size, uint64_t b
       block_(effective_block(mapped_, block_size)),
       nblocks_(block_count(mapped_, block_)),
       cache_(id, nblocks_, m.self(), home) {
+  chunk_ = m.transport()->caps().pins_memory ? std::max(kPinChunk, block_) : mapped_;
+  chunks_.resize((mapped_ + chunk_ - 1) / chunk_);
   if (home == m.self()) dir_ = std::make_unique<HomeDirectory>(id, nblocks_, home, m.quantum_us());
   flags_.assign(nblocks_, 0);
 }
@@ -58,10 +75,34 @@ Segment::~Segment() {
     m_.loop().remove(a.fd);
     close(a.fd);
   }
-  if (registered_) m_.transport()->deregister_region(frames_desc_.id);
-  if (frames_) munmap(frames_, mapped_);
-  if (frames_fd_ >= 0) close(frames_fd_);
+  // F stays mapped until the transport has finished or cancelled every operation on it.
+  std::shared_ptr<void> mapping = std::move(frames_map_);
+  for (auto& c : chunks_) {
+    if (!c.id) continue;
+    m_.stats().registered_bytes -= c.length;
+    m_.transport()->deregister_region(c.id, [mapping] {});
+  }
+  if (frames_fd_ >= 0) close(frames_fd_);  // init() failed before F was mapped
   if (view_fd_ >= 0) close(view_fd_);
+}
+
+Result<const transport::MemRegion*> Segment::frames_chunk(uint64_t offset) {
+  uint64_t i = offset / chunk_;
+  if (!frames_ || i >= chunks_.size()) return Status::err(EINVAL);
+  transport::MemRegion& c = chunks_[i];
+  if (!c.id) {
+    uint64_t at = i * chunk_, len = std::min(chunk_, mapped_ - at);
+    auto r = m_.transport()->register_region(frames_ + at, len);
+    if (!r) {
+      DIPC_LOG_ERROR("dsm: segment {}: cannot register {} bytes of frames with the {} transport: {}{}", id_, len,
+                     m_.transport()->name(), r.status().str(),
+                     r.status().code() == ENOMEM ? " (raise the memlock limit: LimitMEMLOCK in dipcd.service)" : "");
+      return r.status();
+    }
+    c = *r;
+    m_.stats().registered_bytes += len;
+  }
+  return &c;
 }
 
 Status Segment::init() {
@@ -77,10 +118,17 @@ Status Segment::init() {
   void* p = mmap(nullptr, mapped_, PROT_READ | PROT_WRITE, MAP_SHARED, frames_fd_, 0);
   if (p == MAP_FAILED) return errno_status("mmap frames");
   frames_ = static_cast<uint8_t*>(p);
-  auto r = m_.transport()->register_region(frames_, mapped_);
-  if (!r) return r.status();
-  frames_desc_ = *r;
-  registered_ = true;
+  auto fm = std::make_shared<FramesMapping>();
+  fm->p = frames_;
+  fm->len = mapped_;
+  fm->fd = frames_fd_;
+  frames_fd_ = -1;
+  frames_map_ = std::move(fm);
+  // Memory a provider does not pin is registered whole at once; pinned memory chunk by chunk as it is used.
+  if (!m_.transport()->caps().pins_memory) {
+    auto r = frames_chunk(0);
+    if (!r) return r.status();
+  }
   return Status::ok();
 }
 
@@ -235,20 +283,35 @@ void Segment::reset_copies() {
 // delivers the write before the grant (same peer, issue order), so the requester saves a round trip. Until the
 // requester's frames descriptor is known (asked once, in the background), the grant goes out as is.
 void Segment::send_dir(std::vector<Msg>& out) {
-  for (Msg& g : out) {
-    if (g.type != MsgType::kGrant || g.node != m_.self() || g.to == m_.self()) continue;
-    const transport::RegionDesc* d = m_.cached_region(id_, g.to);
-    if (!d) {
-      m_.region_of(id_, g.to, [](Status, const transport::RegionDesc&) {});
-      continue;
-    }
-    uint64_t off = block_off(g.block), len = block_len(g.block);
-    if (m_.transport()->write(*d, off, frames_ + off, len, [](Status) {})) {
-      g.node = g.to;
-      ++m_.stats().pushes;
-    }
+  std::vector<Msg> rest;
+  rest.reserve(out.size());
+  for (Msg& g : out)
+    if (g.type != MsgType::kGrant || g.node != m_.self() || g.to == m_.self() || !push(g)) rest.push_back(g);
+  out.clear();
+  m_.send(rest);
+}
+
+// The grant travels as write_notify's message: the transport delivers it after the block landed (RDMA
+// WRITE_WITH_IMM). Refused for lack of resources: the grant goes out unpushed, behind what is queued already.
+bool Segment::push(Msg& g) {
+  uint64_t off = block_off(g.block), len = block_len(g.block), coff = 0;
+  const transport::RemoteKey* k = m_.cached_region(id_, g.to, off, len, coff);
+  if (!k) {
+    m_.region_of(id_, g.to, off, [](Status, const transport::RemoteKey&, uint64_t) {});
+    return false;
   }
-  m_.send(out);
+  auto local = frames_chunk(off);
+  if (!local) return false;
+  Msg pushed = g;
+  pushed.node = g.to;
+  Encoder e;
+  pushed.encode(e);
+  uint64_t src_off = off - off / chunk_ * chunk_;
+  Status s = m_.transport()->write_notify(**local, src_off, *k, off - coff, len, kOpMsg, e.take(), [](Status) {});
+  if (!s) return false;
+  ++m_.stats().pushes;
+  ++m_.stats().messages_out;
+  return true;
 }
 
 // Local actions first, then the messages (an invalidation has taken effect in every local process before its
@@ -306,13 +369,20 @@ void Segment::apply(const LocalAction& a) {
     case LocalAction::kWriteBack: {
       uint64_t off = block_off(b), len = block_len(b);
       std::weak_ptr<int> alive = alive_;
-      m_.region_of(id_, home_, [this, alive, b, off, len](Status st, const transport::RegionDesc& d) {
+      m_.region_of(id_, home_, off, [this, alive, b, off, len](Status st, const transport::RemoteKey& k, uint64_t coff) {
         if (!st || alive.expired()) return;
-        Status s = m_.transport()->write(d, off, frames_ + off, len, [this, alive, b](Status st2) {
-          if (!st2 || alive.expired()) return;
-          std::vector<Msg> out;
-          cache_.on_writeback_done(b, out);
-          m_.send(out);
+        auto local = frames_chunk(off);
+        if (!local) return;
+        const transport::MemRegion* src = *local;
+        uint64_t src_off = off - off / chunk_ * chunk_;
+        Status s = m_.issue(home_, [this, alive, b, src, src_off, k, off, coff, len] {
+          if (alive.expired()) return Status::ok();
+          return m_.transport()->write(*src, src_off, k, off - coff, len, [this, alive, b](Status st2) {
+            if (!st2 || alive.expired()) return;
+            std::vector<Msg> out;
+            cache_.on_writeback_done(b, out);
+            m_.send(out);
+          });
         });
         if (!s) DIPC_LOG_WARN("dsm: write-back of block {}: {}", b, s.str());
       });
@@ -326,27 +396,38 @@ void Segment::apply(const LocalAction& a) {
 void Segment::fetch(uint32_t b, NodeId from) {
   uint64_t off = block_off(b), len = block_len(b);
   std::weak_ptr<int> alive = alive_;
-  m_.region_of(id_, from, [this, alive, b, off, len](Status st, const transport::RegionDesc& d) {
+  m_.region_of(id_, from, off, [this, alive, b, off, len, from](Status st, const transport::RemoteKey& k,
+                                                                  uint64_t coff) {
     if (alive.expired()) return;
     if (!st) {
-      DIPC_LOG_WARN("dsm: segment {} block {}: no frames descriptor: {}", id_, b, st.str());
+      DIPC_LOG_WARN("dsm: segment {} block {}: no frames key: {}", id_, b, st.str());
       return;  // the home re-grants from another source once it learns the node is lost
     }
-    Status s = m_.transport()->read(d, off, frames_ + off, len, [this, alive, b](Status st2) {
-      if (alive.expired()) return;
-      if (!st2) {
-        DIPC_LOG_WARN("dsm: segment {} block {}: copy failed: {}", id_, b, st2.str());
-        return;
-      }
-      ++m_.stats().remote_fetches;
-      flags_[b] &= static_cast<uint8_t>(~kInView);  // the fresh frame must be copied into the view at install
-      std::vector<Msg> out;
-      std::vector<LocalAction> local;
-      cache_.on_data_ready(b, Manager::now_us(), out, local);
-      run(out, local);
+    auto chunk = frames_chunk(off);
+    if (!chunk) return;
+    const transport::MemRegion* dst = *chunk;
+    uint64_t dst_off = off - off / chunk_ * chunk_;
+    Status s = m_.issue(from, [this, alive, b, dst, dst_off, k, off, coff, len] {
+      if (alive.expired()) return Status::ok();
+      return m_.transport()->read(k, off - coff, *dst, dst_off, len, [this, alive, b](Status st2) {
+        if (!alive.expired()) fetched(b, st2);
+      });
     });
     if (!s) DIPC_LOG_WARN("dsm: segment {} block {}: read: {}", id_, b, s.str());
   });
+}
+
+void Segment::fetched(uint32_t b, Status st) {
+  if (!st) {
+    DIPC_LOG_WARN("dsm: segment {} block {}: copy failed: {}", id_, b, st.str());
+    return;
+  }
+  ++m_.stats().remote_fetches;
+  flags_[b] &= static_cast<uint8_t>(~kInView);  // the fresh frame must be copied into the view at install
+  std::vector<Msg> out;
+  std::vector<LocalAction> local;
+  cache_.on_data_ready(b, Manager::now_us(), out, local);
+  run(out, local);
 }
 
 // Clearing write protection would also wake the faults waiting on the block; kWake does that once the data is in.
@@ -444,6 +525,7 @@ Segment* Manager::find(uint64_t id) {
 
 void Manager::destroy(uint64_t id) {
   segs_.erase(id);
+  std::erase_if(region_waiters_, [id](const auto& w) { return std::get<0>(w.first) == id; });
   for (auto it = regions_.begin(); it != regions_.end();) it = it->first.first == id ? regions_.erase(it) : ++it;
   std::erase_if(local_q_, [id](const Msg& m) { return m.segment == id; });
 }
@@ -458,11 +540,33 @@ void Manager::send(std::vector<Msg>& out) {
     }
     Encoder e;
     m.encode(e);
-    Status s = tr_->send(m.to, kOpMsg, e.take());
-    if (!s) DIPC_LOG_WARN("dsm: {} to node {} not sent: {}", m.str(), m.to, s.str());
+    send_one(m.to, e.take());
   }
   out.clear();
   drain_local();
+}
+
+void Manager::send_one(NodeId to, Bytes body) {
+  bool first = true;
+  Status s = issue(to, [this, to, body = std::move(body), first]() mutable {
+    if (!first) ++stats_.messages_deferred;
+    first = false;
+    Status r = tr_->send(to, kOpMsg, body);
+    if (!r && !r.retryable()) DIPC_LOG_DEBUG("dsm: message to node {} not sent: {}", to, r.str());
+    return r;
+  });
+  // The link is down: the protocol learns it through on_peer(to, false) and recovers there.
+  if (!s) DIPC_LOG_DEBUG("dsm: message to node {} not sent: {}", to, s.str());
+}
+
+Status Manager::issue(NodeId peer, std::function<Status()> op) {
+  Status s = op();
+  if (!s.retryable()) return s;
+  std::weak_ptr<int> alive = alive_;
+  return tr_->pending_add(peer, [alive, op = std::move(op)]() mutable {
+    if (alive.expired()) return Status::ok();
+    return op();
+  });
 }
 
 void Manager::drain_local() {
@@ -495,48 +599,65 @@ void Manager::on_message(NodeId from, uint16_t op, ByteView body) {
   drain_local();
 }
 
-void Manager::on_request(NodeId from, uint16_t op, ByteView body, std::function<void(int, Bytes)> reply) {
+void Manager::on_request(NodeId from, uint16_t op, ByteView body, transport::ReplyToken token) {
+  auto reply = [this, token](int st, Bytes b) { (void)tr_->reply(token, st, std::move(b)); };
   Decoder d(body);
-  uint64_t id = d.u64();
+  uint64_t id = d.u64(), offset = d.u64();
   if (op != kOpRegion || !d.done()) return reply(EPROTO, {});
+  (void)from;
   Segment* s = find(id);
   if (!s) return reply(ENOENT, {});
-  (void)from;
+  auto c = s->frames_chunk(offset);
+  if (!c) return reply(c.status().code(), {});
   Encoder e;
-  s->frames_desc().encode(e);
+  e.u64(offset / s->chunk_size() * s->chunk_size());
+  (*c)->remote.encode(e);
   reply(0, e.take());
 }
 
-const transport::RegionDesc* Manager::cached_region(uint64_t id, NodeId node) const {
+const transport::RemoteKey* Manager::cached_region(uint64_t id, NodeId node, uint64_t offset, uint64_t len,
+                                                   uint64_t& chunk_off) const {
   auto it = regions_.find(std::make_pair(id, node));
-  return it == regions_.end() ? nullptr : &it->second;
+  if (it == regions_.end()) return nullptr;
+  auto k = it->second.upper_bound(offset);
+  if (k == it->second.begin()) return nullptr;
+  --k;
+  if (offset + len > k->first + k->second.length()) return nullptr;
+  chunk_off = k->first;
+  return &k->second;
 }
 
-void Manager::region_of(uint64_t id, NodeId node, std::function<void(Status, const transport::RegionDesc&)> cb) {
-  auto key = std::make_pair(id, node);
-  auto it = regions_.find(key);
-  if (it != regions_.end()) return cb(Status::ok(), it->second);
-  auto& waiters = region_waiters_[key];
+void Manager::region_of(uint64_t id, NodeId node, uint64_t offset, KeyCb cb) {
+  uint64_t coff = 0;
+  if (const transport::RemoteKey* k = cached_region(id, node, offset, 1, coff)) return cb(Status::ok(), *k, coff);
+  auto wkey = std::make_tuple(id, node, offset);
+  auto& waiters = region_waiters_[wkey];
   waiters.push_back(std::move(cb));
   if (waiters.size() > 1) return;
   Encoder e;
   e.u64(id);
-  Status s = tr_->request(node, kOpRegion, e.take(), [this, key](Status st, ByteView b) {
-    transport::RegionDesc d;
+  e.u64(offset);
+  auto finish = [this, wkey](Status st, const transport::RemoteKey& k, uint64_t c) {
+    auto it = region_waiters_.find(wkey);
+    if (it == region_waiters_.end()) return;
+    auto ws = std::move(it->second);
+    region_waiters_.erase(it);
+    for (auto& w : ws) w(st, k, c);
+  };
+  Status s = tr_->request(node, kOpRegion, e.take(), [this, id, node, offset, finish](Status st, ByteView b) {
+    transport::RemoteKey k;
+    uint64_t c = 0;
     if (st) {
       Decoder dec(b);
-      if (!transport::RegionDesc::decode(dec, d) || !dec.done() || d.node != key.second) st = Status::err(EPROTO);
+      c = dec.u64();
+      if (!dec.ok() || !transport::RemoteKey::decode(dec, k) || !dec.done() || k.node() != node || c > offset ||
+          offset - c >= k.length())
+        st = Status::err(EPROTO);
     }
-    if (st) regions_[key] = d;
-    auto ws = std::move(region_waiters_[key]);
-    region_waiters_.erase(key);
-    for (auto& w : ws) w(st, d);
+    if (st) regions_[std::make_pair(id, node)][c] = k;
+    finish(st, k, c);
   });
-  if (!s) {
-    auto ws = std::move(region_waiters_[key]);
-    region_waiters_.erase(key);
-    for (auto& w : ws) w(s, transport::RegionDesc{});
-  }
+  if (!s) finish(s, transport::RemoteKey{}, 0);
 }
 
 void Manager::on_peer(NodeId peer, bool up) {

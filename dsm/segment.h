@@ -9,7 +9,8 @@
 //    populated). Each process registers its mapping with its own userfaultfd (MISSING | WP) and hands it to dipcd,
 //    which resolves every fault of every local process.
 //  - the frames F: a second memfd mapped by dipcd only and registered with the transport: other nodes copy blocks
-//    out of it (one-sided read). F holds a block's latest data whenever the directory names this node the owner
+//    out of it (one-sided read). With a provider that pins registered memory (Capabilities::pins_memory) F is
+//    registered in chunks of kPinChunk as they are first used, not the whole segment at shmget; else in one piece. F holds a block's latest data whenever the directory names this node the owner
 //    and the node does not map it writable; before a writable block is downgraded or invalidated, dipcd write-protects
 //    it everywhere and copies V into F.
 //
@@ -24,6 +25,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <tuple>
 #include <unordered_map>
 #include <vector>
 
@@ -34,10 +36,13 @@
 
 namespace dipc::dsm {
 
-// Transport ops of the DSM layer (the ipc layer forwards ops in [kOpFirst, kOpLast] here).
-inline constexpr uint16_t kOpMsg = 120;     // one-way: a coherence Msg
-inline constexpr uint16_t kOpRegion = 121;  // request {segment u64}: the receiver's frames RegionDesc
-inline constexpr uint16_t kOpFirst = 120, kOpLast = 129;
+// Transport ops of the DSM layer, in its range of transport/ops.h; the Manager is the transport handler for them.
+inline constexpr uint16_t kOpMsg = 120;     // one-way (or write_notify's message): a coherence Msg
+inline constexpr uint16_t kOpRegion = 121;  // request {segment u64, offset u64} -> {chunk offset u64, RemoteKey}:
+                                            // the key of the receiver's frames chunk that holds `offset`
+static_assert(transport::ops::kDsm.contains(kOpMsg) && transport::ops::kDsm.contains(kOpRegion));
+// Registration unit of the frames when the provider pins memory (a power of two, so blocks never straddle chunks).
+inline constexpr uint64_t kPinChunk = 2u << 20;
 
 struct Stats {
   uint64_t faults = 0;          // uffd fault events handled
@@ -47,6 +52,8 @@ struct Stats {
   uint64_t invalidations = 0;   // local copies dropped
   uint64_t downgrades = 0;
   uint64_t messages_out = 0, messages_in = 0;
+  uint64_t messages_deferred = 0;  // refused for lack of transport resources and sent later (never dropped)
+  uint64_t registered_bytes = 0;   // frames registered with the transport now
 };
 
 class Manager;
@@ -71,7 +78,9 @@ class Segment {
   void on_msg(const Msg& m);  // a coherence message for this segment (from the transport or the local FIFO)
   void on_node_lost(NodeId node);
   void on_timer();
-  const transport::RegionDesc& frames_desc() const { return frames_desc_; }
+  // The frames chunk that holds byte `offset`, registered on first use. EINVAL past the end.
+  Result<const transport::MemRegion*> frames_chunk(uint64_t offset);
+  uint64_t chunk_size() const { return chunk_; }
   std::string status_line() const;
 
  private:
@@ -87,6 +96,7 @@ class Segment {
   void run(std::vector<Msg>& out, std::vector<LocalAction>& local);
   void apply(const LocalAction& a);
   void fetch(uint32_t block, NodeId from);
+  void fetched(uint32_t block, Status st);  // the one-sided read of fetch() completed
   void write_protect_all(uint32_t block, bool wp);
   void save_view(uint32_t block);  // V -> F for a block present in V
   void fill_view(uint32_t block);  // F -> V
@@ -96,16 +106,18 @@ class Segment {
   void reset_copies();
   uint64_t block_off(uint32_t b) const { return uint64_t{b} * block_; }
   uint64_t block_len(uint32_t b) const;
+  // Pushes a block the home holds into `g.to`'s frame with the grant as write_notify's message. False: not pushed.
+  bool push(Msg& g);
 
   Manager& m_;
   uint64_t id_;
   NodeId home_;
-  uint64_t size_, mapped_, block_;
+  uint64_t size_, mapped_, block_, chunk_;
   uint32_t nblocks_;
   int view_fd_ = -1, frames_fd_ = -1;
   uint8_t* frames_ = nullptr;
-  transport::RegionDesc frames_desc_{};
-  bool registered_ = false;
+  std::vector<transport::MemRegion> chunks_;  // by chunk index; id 0: not registered yet
+  std::shared_ptr<void> frames_map_;          // unmaps F when the last deregistration completed
   NodeCache cache_;
   std::unique_ptr<HomeDirectory> dir_;  // on the home node only
   // Per block: kInView: its pages are in V's page cache; kProtected: write-protected in every attach (uffd-wp
@@ -123,7 +135,7 @@ class Segment {
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);
 };
 
-class Manager {
+class Manager : public transport::Handler {
  public:
   using SendFn = std::function<void(NodeId to, uint16_t op, Bytes body)>;
 
@@ -131,7 +143,7 @@ class Manager {
   // sleeping (the process is blocked anyway; this saves the daemon's wake-up on the fault's critical path).
   Manager(EventLoop& loop, transport::Transport* tr, NodeId self, uint64_t block_size, int64_t quantum_us,
           int64_t answer_poll_us = 0);
-  ~Manager();
+  ~Manager() override;
 
   // The segment `id` on this node; created (empty) if needed. The home creates it at shmget.
   Result<Segment*> open(uint64_t id, NodeId home, uint64_t size);
@@ -139,10 +151,10 @@ class Manager {
   void destroy(uint64_t id);  // the segment is gone cluster-wide (nattch 0 after IPC_RMID)
   size_t count() const { return segs_.size(); }
 
-  // From the transport (the ipc layer forwards ops kOpFirst..kOpLast).
-  void on_message(NodeId from, uint16_t op, ByteView body);
-  void on_request(NodeId from, uint16_t op, ByteView body, std::function<void(int, Bytes)> reply);
-  void on_peer(NodeId peer, bool up);
+  // transport::Handler for transport::ops::kDsm (daemon/ registers it).
+  void on_message(NodeId from, uint16_t op, ByteView body) override;
+  void on_request(NodeId from, uint16_t op, ByteView body, transport::ReplyToken token) override;
+  void on_peer(NodeId peer, bool up) override;
 
   NodeId self() const { return self_; }
   EventLoop& loop() { return loop_; }
@@ -153,15 +165,25 @@ class Manager {
   std::string status_text() const;
 
   // Sends coherence messages: to other nodes over the transport, to this node through a FIFO drained after the
-  // current handler (never re-entrantly).
+  // current handler (never re-entrantly). A message the transport refuses for lack of resources waits in its
+  // pending queue and leaves in order (never dropped); one refused because the link is down is dropped: the
+  // protocol recovers through on_peer(node, false).
   void send(std::vector<Msg>& out);
-  // The frames descriptor of `node` for segment `id`, asked once and cached.
-  void region_of(uint64_t id, NodeId node, std::function<void(Status, const transport::RegionDesc&)> cb);
-  const transport::RegionDesc* cached_region(uint64_t id, NodeId node) const;
+  void send_one(NodeId to, Bytes body);
+  // Issues a transport operation to `peer`; when refused for lack of resources, queues it in the transport's
+  // pending queue to be issued again (transport/transport.h, BACK-PRESSURE). Other errors are returned.
+  Status issue(NodeId peer, std::function<Status()> op);
+  using KeyCb = std::function<void(Status, const transport::RemoteKey&, uint64_t chunk_off)>;
+  // The key of `node`'s frames chunk of segment `id` that holds byte `offset`, asked once and cached.
+  void region_of(uint64_t id, NodeId node, uint64_t offset, KeyCb cb);
+  // The cached key (and its chunk offset) covering [offset, offset+len), or nullptr.
+  const transport::RemoteKey* cached_region(uint64_t id, NodeId node, uint64_t offset, uint64_t len,
+                                            uint64_t& chunk_off) const;
   static int64_t now_us();
 
  private:
   void drain_local();
+  using ChunkKeys = std::map<uint64_t, transport::RemoteKey>;  // chunk offset -> key
 
   EventLoop& loop_;
   transport::Transport* tr_;
@@ -172,9 +194,9 @@ class Manager {
   std::map<uint64_t, std::unique_ptr<Segment>> segs_;
   std::deque<Msg> local_q_;
   bool draining_ = false;
-  std::map<std::pair<uint64_t, NodeId>, transport::RegionDesc> regions_;
-  std::map<std::pair<uint64_t, NodeId>, std::vector<std::function<void(Status, const transport::RegionDesc&)>>>
-      region_waiters_;
+  std::map<std::pair<uint64_t, NodeId>, ChunkKeys> regions_;
+  std::map<std::tuple<uint64_t, NodeId, uint64_t>, std::vector<KeyCb>> region_waiters_;  // (id, node, offset)
+  std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // pending_add retries check it
   Stats stats_;
   friend class Segment;
   size_t awaiting_ = 0;  // blocks all segments asked of a remote home for a parked fault

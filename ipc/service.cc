@@ -19,6 +19,9 @@
 
 namespace dipc::ipc {
 
+static_assert(transport::ops::kIpc.contains(kHello) && transport::ops::kIpc.contains(kObjList),
+              "ipc ops travel in ipc's range of transport/ops.h");
+
 namespace {
 int64_t now_s() { return static_cast<int64_t>(time(nullptr)); }
 
@@ -34,8 +37,8 @@ bool is_unknown_id(int st, ByteView b) { return st == EINVAL && b.size() == 1 &&
 uint16_t token_node(uint64_t token) { return static_cast<uint16_t>(token >> 48); }
 }  // namespace
 
-Service::Service(const Config& cfg, EventLoop& loop, transport::Transport* tr, const Limits& lim)
-    : cfg_(cfg), loop_(loop), tr_(tr), lim_(lim), dsm_(loop, tr, cfg.self, cfg.block_size, cfg.quantum_us, cfg.answer_poll_us) {
+Service::Service(const Config& cfg, EventLoop& loop, transport::Transport* tr, dsm::Manager& dsm, const Limits& lim)
+    : cfg_(cfg), loop_(loop), tr_(tr), lim_(lim), dsm_(dsm) {
   for (const auto& n : cfg_.nodes) node_ids_.push_back(n.id);
   std::sort(node_ids_.begin(), node_ids_.end());
 }
@@ -54,9 +57,21 @@ void Service::call(uint16_t node, uint16_t op, Bytes body, std::function<void(in
     dispatch_request(node, op, body, [cb](int st, Bytes b) { cb(st, b); });
     return;
   }
-  Status s = tr_->request(node, op, std::move(body),
-                          [cb](Status st, ByteView b) { cb(st.is_ok() ? 0 : map_transport(st), b); });
+  auto done = [cb](Status st, ByteView b) { cb(st.is_ok() ? 0 : map_transport(st), b); };
+  Status s = issue(node, [this, node, op, body = std::move(body), done] { return tr_->request(node, op, body, done); },
+                   [cb](Status st) { cb(map_transport(st), {}); });
   if (!s) cb(map_transport(s), {});
+}
+
+Status Service::issue(uint16_t node, std::function<Status()> op, std::function<void(Status)> failed) {
+  Status s = op();
+  if (!s.retryable()) return s;
+  // No resources: the transport runs it again, in order, when it has room (transport.h, BACK-PRESSURE).
+  return tr_->pending_add(node, [op = std::move(op), failed = std::move(failed)] {
+    Status r = op();
+    if (!r && !r.retryable() && failed) failed(r);
+    return r;
+  });
 }
 
 void Service::notify(uint16_t node, uint16_t op, Bytes body) {
@@ -64,8 +79,9 @@ void Service::notify(uint16_t node, uint16_t op, Bytes body) {
     dispatch_message(node, op, body);
     return;
   }
-  Status s = tr_->send(node, op, std::move(body));
-  if (!s) DIPC_LOG_WARN("message {} to node {} not sent: {}", op, node, s.str());
+  auto log = [op, node](Status st) { DIPC_LOG_WARN("message {} to node {} not sent: {}", op, node, st.str()); };
+  Status s = issue(node, [this, node, op, body = std::move(body)] { return tr_->send(node, op, body); }, log);
+  if (!s) log(s);
 }
 
 void Service::on_request(transport::NodeId from, uint16_t op, ByteView body, transport::ReplyToken token) {
@@ -75,7 +91,6 @@ void Service::on_request(transport::NodeId from, uint16_t op, ByteView body, tra
 void Service::on_message(transport::NodeId from, uint16_t op, ByteView body) { dispatch_message(from, op, body); }
 
 void Service::dispatch_request(uint16_t from, uint16_t op, ByteView body, std::function<void(int, Bytes)> reply) {
-  if (op >= dsm::kOpFirst && op <= dsm::kOpLast) return dsm_.on_request(from, op, body, std::move(reply));
   if (op == kKeyAcquire) {
     KeyReq req;
     if (!decode_body(body, req)) return reply(EPROTO, {});
@@ -98,7 +113,6 @@ void Service::dispatch_request(uint16_t from, uint16_t op, ByteView body, std::f
 }
 
 void Service::dispatch_message(uint16_t from, uint16_t op, ByteView body) {
-  if (op >= dsm::kOpFirst && op <= dsm::kOpLast) return dsm_.on_message(from, op, body);
   switch (op) {
     case kShmDestroy: {
       ShmDestroyMsg m;
@@ -160,14 +174,13 @@ void Service::client_request(const Creds& c, uint16_t op, ByteView body, uint64_
   inflight_[gt] = home;
   // The answer is on the caller's critical path: poll for it a while rather than sleep (bounded, yields the CPU).
   if (cfg_.answer_poll_us) loop_.poll_until_us(EventLoop::now_us() + cfg_.answer_poll_us);
-  Status s = tr_->request(home, op, e.take(), [this, gt, reply](Status st, ByteView b) {
+  auto done = [this, gt, reply](Status st, ByteView b) {
     inflight_.erase(gt);
     reply(st.is_ok() ? 0 : map_transport(st), Bytes(b.begin(), b.end()));
-  });
-  if (!s) {
-    inflight_.erase(gt);
-    reply(map_transport(s), {});
-  }
+  };
+  Status s = issue(home, [this, home, op, body = e.take(), done] { return tr_->request(home, op, body, done); },
+                   [done](Status st) { done(st, {}); });
+  if (!s) done(s, {});
 }
 
 void Service::client_cancel(uint64_t token) {
@@ -487,8 +500,7 @@ void Service::referee_update(uint16_t from, uint16_t op, const KeyReq& req) {
 }
 
 void Service::on_peer(transport::NodeId peer, bool up) {
-  DIPC_LOG_INFO("link to node {} {}", peer, up ? "up" : "down");
-  dsm_.on_peer(peer, up);
+  DIPC_LOG_INFO("link to node {} {}", peer, up ? "up" : "down");  // dsm::Manager saw it first (daemon/ order)
   if (up) return;
   // Creations the lost node had reserved will never be bound.
   for (auto it = keys_.begin(); it != keys_.end();) {

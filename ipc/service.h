@@ -33,7 +33,8 @@ class Service : public transport::Handler {
   // Called exactly once per request, possibly much later (a blocked semop).
   using ReplyFn = std::function<void(int status, Bytes body)>;
 
-  Service(const Config& cfg, EventLoop& loop, transport::Transport* tr, const Limits& lim);
+  // `dsm` is the node's DSM runtime (daemon/ owns it and registers it with the transport for its own ops).
+  Service(const Config& cfg, EventLoop& loop, transport::Transport* tr, dsm::Manager& dsm, const Limits& lim);
   ~Service() override;
 
   // A request from a local program. `token` is unique within this node; the service makes it cluster-unique.
@@ -98,6 +99,9 @@ class Service : public transport::Handler {
   // Sends a request to `node`, or runs it here when node is self.
   void call(uint16_t node, uint16_t op, Bytes body, std::function<void(int, ByteView)> cb);
   void notify(uint16_t node, uint16_t op, Bytes body);
+  // Issues a transport operation; refused for lack of resources, it waits in the transport's pending queue and
+  // `failed` reports a later failure to issue it (transport/transport.h, BACK-PRESSURE).
+  [[nodiscard]] Status issue(uint16_t node, std::function<Status()> op, std::function<void(Status)> failed);
   void dispatch_request(uint16_t from, uint16_t op, ByteView body, std::function<void(int, Bytes)> reply);
   void dispatch_message(uint16_t from, uint16_t op, ByteView body);
 
@@ -139,7 +143,7 @@ class Service : public transport::Handler {
   Slots<MsgQueue> msgs_;
   Slots<ShmSeg> shms_;
   uint64_t shm_pages_ = 0;  // shm_tot, for shmall
-  dsm::Manager dsm_;
+  dsm::Manager& dsm_;
   struct LocalAttach {
     uint64_t attach = 0;  // dsm attach id
     int32_t id = 0;

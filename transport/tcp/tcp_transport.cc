@@ -43,6 +43,7 @@ struct OutMsg {
   ByteView ext;               // an RMA write's source (valid until completion), or served-read region bytes
   bool ext_volatile = false;  // served-read bytes: copied into `body` if they cannot leave at once
   uint64_t id = 0;            // request / RMA frame id to fail if it expires unsent (0: none)
+  uint32_t region = 0;        // the local region `ext` points into (an RMA write's source; 0: none)
   int64_t deadline = 0;       // queued while the peer is down: fails with EHOSTUNREACH at this time
   size_t size() const { return head.size() + body.size() + ext.size(); }
 };
@@ -73,8 +74,9 @@ struct Link {
 struct Pending {
   ReplyCb reply;
   uint64_t rma_op = 0;
-  uint8_t* dst = nullptr;  // RMA read chunk: where its bytes go
+  uint8_t* dst = nullptr;  // RMA read chunk: where its bytes go (nullptr once its region is deregistered)
   uint32_t len = 0;
+  uint32_t region = 0;     // the local region `dst` points into
 };
 
 // A one-sided operation; completes once when all its chunks have (with the first error).
@@ -104,6 +106,9 @@ struct Peer {
   int64_t backoff_ms = 0;
   std::string last_error;  // last failure logged, so a repeated one is logged once
   bool flush_deferred = false;  // a flush is scheduled for the end of the loop iteration
+  std::deque<PendingFn> waiting;  // pending_add(): retries waiting for queue space, FIFO
+  bool retrying = false;          // waiting.front() is running: admit() lets it through
+  bool retry_deferred = false;
 };
 
 const char* kind_name(FrameKind k) {
@@ -152,17 +157,33 @@ class TcpTransport final : public Transport {
       : cfg_(cfg), loop_(loop), key_(key), opt_(opt) {
     for (const auto& n : cfg_.nodes)
       if (n.id != cfg_.self) peers_[n.id].id = n.id;
+    Nonce n = key_.random_nonce();
+    std::memcpy(&incarnation_, n.data(), sizeof incarnation_);
+    incarnation_ |= 1;  // never 0
   }
   ~TcpTransport() override {
-    handler_ = nullptr;  // no upcalls from the destructor; callbacks of operations still complete once
+    upcalls_ = false;  // no upcalls from the destructor; callbacks of operations still complete once
     stop();
   }
 
   const char* name() const override { return "tcp"; }
-  Capabilities caps() const override { return Capabilities{false, true}; }
+  Capabilities caps() const override {
+    Capabilities c;
+    c.native_rma = false;
+    c.atomics = true;
+    c.pins_memory = false;
+    c.max_inline = 0;
+    c.max_message = kMaxPayload;
+    return c;
+  }
 
-  Status start(Handler* h) override {
-    if (running_ || !h) return Status::err(EINVAL);
+  Status set_handler(OpRange range, Handler* h) override {
+    if (running_) return Status::err(EINVAL);
+    return handlers_.add(range, h);
+  }
+
+  Status start() override {
+    if (running_ || handlers_.empty()) return Status::err(EINVAL);
     const NodeConf* me = cfg_.node(cfg_.self);
     if (!me) return Status::err(EINVAL);
     bool listen_needed = false;
@@ -190,7 +211,7 @@ class TcpTransport final : public Transport {
       listen_fd_ = fd;
       loop_.add(fd, EPOLLIN, [this](uint32_t) { on_accept(); });
     }
-    handler_ = h;
+    upcalls_ = true;
     running_ = true;
     for (auto& [id, p] : peers_)
       if (id > cfg_.self) dial(p);
@@ -200,6 +221,7 @@ class TcpTransport final : public Transport {
   void stop() override {
     bool was_running = running_;
     running_ = false;
+    upcalls_ = false;  // "no upcalls after stop() returns"; close_link below reports nothing upward
     if (listen_fd_ >= 0) {
       loop_.remove(listen_fd_);
       close(listen_fd_);
@@ -260,29 +282,84 @@ class TcpTransport final : public Transport {
 
   // ---- one-sided ----------------------------------------------------------------------------------------------
 
-  Result<RegionDesc> register_region(void* addr, size_t len) override {
+  Status pending_add(NodeId peer, PendingFn fn) override {
+    Peer* p = find(peer);
+    if (!p || !fn) return Status::err(EINVAL);
+    p->waiting.push_back(std::move(fn));
+    schedule_retry(*p);
+    return Status::ok();
+  }
+
+  // ---- memory domain: a region is a (base, length) the peer's frames address by a packed key -------------------
+
+  Result<MemRegion> register_region(void* addr, size_t len) override {
     if (!addr && len) return Status::err(EINVAL);
     uint32_t id = next_region_++;
+    if (!id) id = next_region_++;
     regions_[id] = LocalRegion{static_cast<uint8_t*>(addr), len};
-    return RegionDesc{cfg_.self, id, reinterpret_cast<uint64_t>(addr), len, 0};
+    Encoder e;
+    e.u64(packed_region(id));
+    MemRegion r;
+    r.id = id;
+    r.base = static_cast<uint8_t*>(addr);
+    r.length = len;
+    Bytes packed = e.take();
+    r.remote = RemoteKey::make(cfg_.self, len, packed);
+    return r;
   }
-  void deregister_region(uint32_t id) override { regions_.erase(id); }
 
-  Status read(const RegionDesc& r, uint64_t offset, void* local, size_t len, RmaCb cb) override {
-    if (len && !local) return Status::err(EINVAL);
-    return rma(r, RmaReq{kRmaRead, r.id, offset, len, 0, {}}, static_cast<uint8_t*>(local), std::move(cb), {});
+  // Reads into the region are cancelled (their bytes dropped, ECANCELED); writes from it still queued are detached
+  // (their bytes copied out of the region) and complete normally. Nothing touches the memory afterwards, so `done`
+  // runs at once.
+  void deregister_region(uint32_t id, DoneCb done) override {
+    regions_.erase(id);
+    for (auto& [pid, p] : peers_) {
+      for (auto& [fid, pd] : p.pending) {
+        if (pd.region != id || !pd.dst) continue;
+        pd.dst = nullptr;
+        auto op = p.rma_ops.find(pd.rma_op);
+        if (op != p.rma_ops.end() && !op->second.err) op->second.err = ECANCELED;
+      }
+      for (OutMsg& m : p.out) {
+        if (m.region != id) continue;
+        m.body.assign(m.ext.begin(), m.ext.end());  // same bytes, same position in the stream
+        m.ext = {};
+        m.region = 0;
+      }
+    }
+    if (done) done();
   }
-  Status write(const RegionDesc& r, uint64_t offset, const void* local, size_t len, RmaCb cb) override {
-    if (len && !local) return Status::err(EINVAL);
-    ByteView src(static_cast<const uint8_t*>(local), len);
-    return rma(r, RmaReq{kRmaWrite, r.id, offset, 0, 0, src}, nullptr, std::move(cb), {});
+
+  Status read(const RemoteKey& src, uint64_t src_off, const MemRegion& dst, uint64_t dst_off, size_t len,
+              RmaCb cb) override {
+    if (!local_ok(dst, dst_off, len)) return Status::err(EINVAL);
+    return rma(src, RmaReq{kRmaRead, 0, src_off, len, 0, {}}, dst.base + dst_off, dst.id, std::move(cb), {});
   }
-  Status fetch_add(const RegionDesc& r, uint64_t offset, uint64_t add, AtomicCb cb) override {
-    return rma(r, RmaReq{kRmaFetchAdd, r.id, offset, add, 0, {}}, nullptr, {}, std::move(cb));
+  Status write(const MemRegion& src, uint64_t src_off, const RemoteKey& dst, uint64_t dst_off, size_t len,
+               RmaCb cb) override {
+    if (!local_ok(src, src_off, len)) return Status::err(EINVAL);
+    ByteView data(src.base + src_off, len);
+    return rma(dst, RmaReq{kRmaWrite, 0, dst_off, 0, 0, data}, nullptr, src.id, std::move(cb), {});
   }
-  Status compare_swap(const RegionDesc& r, uint64_t offset, uint64_t expected, uint64_t desired,
+  // The stream is ordered and the peer serves frames in arrival order: the write's chunks, then the message.
+  Status write_notify(const MemRegion& src, uint64_t src_off, const RemoteKey& dst, uint64_t dst_off, size_t len,
+                      uint16_t op, Bytes msg, RmaCb cb) override {
+    if (!local_ok(src, src_off, len)) return Status::err(EINVAL);
+    Peer* p = nullptr;
+    if (Status s = admit(dst.node(), msg.size() + len, p); !s) return s;
+    if (Status s = write(src, src_off, dst, dst_off, len, std::move(cb)); !s) return s;
+    OutMsg m = make_msg(FrameKind::kOneWay, op, 0, 0, msg.size());
+    m.body = std::move(msg);
+    enqueue(*p, std::move(m));
+    return Status::ok();
+  }
+  Status fence(NodeId peer) override { return find(peer) ? Status::ok() : Status::err(EINVAL); }
+  Status fetch_add(const RemoteKey& dst, uint64_t offset, uint64_t add, AtomicCb cb) override {
+    return rma(dst, RmaReq{kRmaFetchAdd, 0, offset, add, 0, {}}, nullptr, 0, {}, std::move(cb));
+  }
+  Status compare_swap(const RemoteKey& dst, uint64_t offset, uint64_t expected, uint64_t desired,
                       AtomicCb cb) override {
-    return rma(r, RmaReq{kRmaCompareSwap, r.id, offset, expected, desired, {}}, nullptr, {}, std::move(cb));
+    return rma(dst, RmaReq{kRmaCompareSwap, 0, offset, expected, desired, {}}, nullptr, 0, {}, std::move(cb));
   }
 
  private:
@@ -290,6 +367,40 @@ class TcpTransport final : public Transport {
     auto it = peers_.find(id);
     return it == peers_.end() ? nullptr : &it->second;
   }
+  uint64_t packed_region(uint32_t id) const { return (uint64_t{incarnation_} << 32) | id; }
+  static bool local_ok(const MemRegion& r, uint64_t off, size_t len) {
+    return r.id && (r.base || !r.length) && off <= r.length && len <= r.length - off;
+  }
+
+  // Runs the peer's pending_add() retries once its queue has room again (or the link is gone: they then fail).
+  void schedule_retry(Peer& p) {
+    if (p.waiting.empty() || p.retry_deferred) return;
+    if (p.link && p.out_bytes > opt_.max_queued_bytes / 2) return;  // flush() calls again as the queue drains
+    p.retry_deferred = true;
+    NodeId id = p.id;
+    std::weak_ptr<int> alive = alive_;
+    loop_.defer([this, id, alive] {
+      if (alive.expired()) return;
+      Peer* q = find(id);
+      if (!q) return;
+      q->retry_deferred = false;
+      run_retries(*q);
+    });
+  }
+  void run_retries(Peer& p) {
+    while (!p.waiting.empty()) {
+      PendingFn fn = std::move(p.waiting.front());
+      p.waiting.pop_front();
+      p.retrying = true;
+      Status s = fn();
+      p.retrying = false;
+      if (s.retryable()) {  // still no room: first in line again
+        p.waiting.push_front(std::move(fn));
+        return;
+      }
+    }
+  }
+
   void cancel(EventLoop::TimerId& t) {
     if (t) loop_.cancel_timer(t);
     t = 0;
@@ -301,19 +412,24 @@ class TcpTransport final : public Transport {
     if (!p) return Status::err(EINVAL);  // unknown node, or ourselves (upper layers short-circuit local work)
     if (!running_) return Status::err(ECONNRESET);
     if (bytes > kMaxPayload) return Status::err(EMSGSIZE);
-    if (p->out_bytes + bytes > opt_.max_queued_bytes) return Status::err(ENOBUFS);
+    if (!p->waiting.empty() && !p->retrying) return Status::err(kNoResources);  // keep issue order behind retries
+    if (p->out_bytes + bytes > opt_.max_queued_bytes) return Status::err(kNoResources);
     return Status::ok();
   }
 
   // Splits a read or write into chunks of at most kRmaChunk, each its own frame; one completion for all.
-  [[nodiscard]] Status rma(const RegionDesc& r, RmaReq req, uint8_t* dst, RmaCb cb, AtomicCb acb) {
+  [[nodiscard]] Status rma(const RemoteKey& key, RmaReq req, uint8_t* dst, uint32_t local_region, RmaCb cb,
+                           AtomicCb acb) {
+    Decoder kd(key.packed());
+    req.region = kd.u64();
+    if (!kd.done()) return Status::err(EINVAL);
     bool bulk = req.op == kRmaRead || req.op == kRmaWrite;
     uint64_t len = req.op == kRmaRead ? req.a : req.data.size();
     if (bulk && req.offset + len < req.offset) return Status::err(EINVAL);
     uint64_t chunks = bulk ? std::max<uint64_t>(1, (len + kRmaChunk - 1) / kRmaChunk) : 1;
     Peer* p = nullptr;
-    if (Status s = admit(r.node, 0, p); !s) return s;
-    if (p->out_bytes + req.data.size() + chunks * 64 > opt_.max_queued_bytes) return Status::err(ENOBUFS);
+    if (Status s = admit(key.node(), 0, p); !s) return s;
+    if (p->out_bytes + req.data.size() + chunks * 64 > opt_.max_queued_bytes) return Status::err(kNoResources);
     uint64_t op_id = p->next_id;
     p->rma_ops.emplace(op_id, RmaOpState{req.op, std::move(cb), std::move(acb), static_cast<uint32_t>(chunks)});
     for (uint64_t i = 0; i < chunks; ++i) {
@@ -324,7 +440,7 @@ class TcpTransport final : public Transport {
       if (req.op == kRmaRead) c.a = n;
       if (req.op == kRmaWrite) c.data = req.data.subspan(at, n);
       uint64_t id = p->next_id++;
-      p->pending.emplace(id, Pending{{}, op_id, dst ? dst + at : nullptr, n});
+      p->pending.emplace(id, Pending{{}, op_id, dst ? dst + at : nullptr, n, dst ? local_region : 0});
       OutMsg m;
       Encoder e(m.head);
       e.raw(std::array<uint8_t, kFrameHeaderSize>{});
@@ -333,6 +449,7 @@ class TcpTransport final : public Transport {
       encode_frame_header(FrameHeader{FrameKind::kRma, c.op, id, 0, static_cast<uint32_t>(fields + c.data.size())},
                           m.head.data());
       m.ext = c.data;
+      m.region = c.data.empty() ? 0 : local_region;
       m.id = id;
       enqueue(*p, std::move(m));
     }
@@ -430,6 +547,7 @@ class TcpTransport final : public Transport {
         p.out.pop_front();
         p.out_off = 0;
       }
+      schedule_retry(p);
     }
     set_want_out(l, false);
   }
@@ -506,6 +624,7 @@ class TcpTransport final : public Transport {
       if (op.cb) op.cb(Status::err(err));
       if (op.acb) op.acb(Status::err(err), 0);
     }
+    schedule_retry(p);  // the queue is empty now: waiting retries run (and queue for the reconnect, or fail)
   }
 
   // Logs a peer's failure once until it changes or the link comes up.
@@ -725,7 +844,7 @@ class TcpTransport final : public Transport {
     p.last_error.clear();
     cancel(p.connect_timer);
     DIPC_LOG_INFO("tcp: link to {} up", l.who);
-    if (handler_) handler_->on_peer(p.id, true);
+    if (upcalls_) handlers_.peer(p.id, true);
     if (l.state == LinkState::kUp) flush(l);
   }
 
@@ -753,7 +872,7 @@ class TcpTransport final : public Transport {
     schedule_redial(*p);
     if (!was_up) return;
     fail_all(*p, ECONNRESET);
-    if (handler_) handler_->on_peer(p->id, false);
+    if (upcalls_) handlers_.peer(p->id, false);
   }
 
   void reap() { dead_.clear(); }
@@ -770,10 +889,19 @@ class TcpTransport final : public Transport {
       case FrameKind::kRequest: {
         uint64_t token = next_token_++;
         p.open.emplace(token, h.id);
-        return handler_->on_request(p.id, h.op, body, ReplyToken{p.id, token});
+        Handler* hd = upcalls_ ? handlers_.find(h.op) : nullptr;
+        if (!hd) {
+          DIPC_LOG_WARN("tcp: node {}: request for op {} that no layer handles", p.id, h.op);
+          (void)reply(ReplyToken{p.id, token}, ENOSYS, {});
+          return;
+        }
+        return hd->on_request(p.id, h.op, body, ReplyToken{p.id, token});
       }
-      case FrameKind::kOneWay:
-        return handler_->on_message(p.id, h.op, body);
+      case FrameKind::kOneWay: {
+        Handler* hd = upcalls_ ? handlers_.find(h.op) : nullptr;
+        if (!hd) return DIPC_LOG_WARN("tcp: node {}: message for op {} that no layer handles, dropped", p.id, h.op);
+        return hd->on_message(p.id, h.op, body);
+      }
       case FrameKind::kResponse: {
         auto it = p.pending.find(h.id);
         if (it == p.pending.end() || it->second.rma_op)
@@ -792,7 +920,7 @@ class TcpTransport final : public Transport {
   void serve(Link& l, Peer& p, const FrameHeader& h, ByteView body) {
     RmaReq r;
     if (!decode_rma(h.op, body, r)) return close_link(l, fmt::format("malformed rma request (op {})", h.op), true);
-    auto it = regions_.find(r.region);
+    auto it = (r.region >> 32) == incarnation_ ? regions_.find(static_cast<uint32_t>(r.region)) : regions_.end();
     ByteView data;
     uint64_t old = 0;
     int st = serve_rma(r, it == regions_.end() ? nullptr : &it->second, data, old);
@@ -818,7 +946,7 @@ class TcpTransport final : public Transport {
               : h.op == kRmaWrite               ? body.empty()
                                                 : decode_atomic_reply(body, old);
     if (!ok) return close_link(l, fmt::format("malformed rma reply (op {})", h.op), true);
-    if (!h.status && h.op == kRmaRead && pd.len) std::memcpy(pd.dst, body.data(), pd.len);
+    if (!h.status && h.op == kRmaRead && pd.len && pd.dst) std::memcpy(pd.dst, body.data(), pd.len);
     if (!h.status) op->second.old = old;
     uint64_t op_id = pd.rma_op;
     p.pending.erase(it);
@@ -829,8 +957,10 @@ class TcpTransport final : public Transport {
   EventLoop& loop_;
   const ClusterKey& key_;
   const TcpOptions opt_;
-  Handler* handler_ = nullptr;
+  HandlerTable handlers_;
+  bool upcalls_ = false;
   bool running_ = false;
+  uint32_t incarnation_ = 0;
   int listen_fd_ = -1;
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);
   EventLoop::TimerId accept_timer_ = 0;

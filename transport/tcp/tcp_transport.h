@@ -11,6 +11,12 @@
 
 #include "transport/transport.h"
 
+namespace dipc {
+class EventLoop;
+class ClusterKey;
+struct Config;
+}  // namespace dipc
+
 namespace dipc::transport {
 
 // Tuning constants, all in one place. Defaults suit a LAN cluster; tests shorten the timeouts.

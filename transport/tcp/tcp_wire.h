@@ -85,10 +85,12 @@ inline bool decode(ByteView b, ClientProof& m) {
 }
 
 // ---- one-sided operations: FrameKind::kRma, op = RmaOp; answered by kRmaReply with the same op and id -----------
-//   kRmaRead        {u32 region, u64 offset, u32 length}             reply: the `length` bytes
-//   kRmaWrite       {u32 region, u64 offset} + data (rest of payload) reply: {}
-//   kRmaFetchAdd    {u32 region, u64 offset, u64 add}                reply: {u64 old}
-//   kRmaCompareSwap {u32 region, u64 offset, u64 expected, u64 desired} reply: {u64 old}
+//   kRmaRead        {u64 region, u64 offset, u32 length}             reply: the `length` bytes
+//   kRmaWrite       {u64 region, u64 offset} + data (rest of payload) reply: {}
+//   kRmaFetchAdd    {u64 region, u64 offset, u64 add}                reply: {u64 old}
+//   kRmaCompareSwap {u64 region, u64 offset, u64 expected, u64 desired} reply: {u64 old}
+// `region` is the packed remote key: the owner's incarnation (random per transport instance, high 32 bits) and
+// region id (low 32 bits), so a key from before a restart never names a region registered after it.
 // Reply status 0, or EINVAL: unknown region, out of bounds, misaligned atomic, read longer than kRmaChunk.
 // Reads and writes longer than kRmaChunk travel as several operations (the caller sees one completion).
 enum RmaOp : uint16_t { kRmaRead = 1, kRmaWrite = 2, kRmaFetchAdd = 3, kRmaCompareSwap = 4 };
@@ -96,7 +98,7 @@ inline constexpr uint32_t kRmaChunk = 1u << 20;
 
 struct RmaReq {
   uint16_t op = 0;
-  uint32_t region = 0;
+  uint64_t region = 0;
   uint64_t offset = 0;
   uint64_t a = 0;  // read: length; fetch_add: addend; compare_swap: expected
   uint64_t b = 0;  // compare_swap: desired
@@ -105,7 +107,7 @@ struct RmaReq {
 
 // The fixed fields of a kRma payload (a write's data follows them).
 inline void encode_rma_fields(Encoder& e, const RmaReq& r) {
-  e.u32(r.region);
+  e.u64(r.region);
   e.u64(r.offset);
   if (r.op == kRmaRead) e.u32(static_cast<uint32_t>(r.a));
   if (r.op == kRmaFetchAdd || r.op == kRmaCompareSwap) e.u64(r.a);
@@ -116,7 +118,7 @@ inline bool decode_rma(uint16_t op, ByteView b, RmaReq& r) {
   Decoder d(b);
   r = RmaReq{};
   r.op = op;
-  r.region = d.u32();
+  r.region = d.u64();
   r.offset = d.u64();
   switch (op) {
     case kRmaRead:

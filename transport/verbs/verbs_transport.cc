@@ -132,6 +132,7 @@ enum class LinkState : uint8_t { kResolving, kConnecting, kWaitEstablished, kWai
 // One queued operation: a message (sent as fragments) or a one-sided operation.
 struct Op {
   bool is_msg = true;
+  bool fence = false;    // not an operation: the next one posted waits for earlier READs and atomics
   MsgHeader head;        // a message: its header (length filled in) ...
   Bytes body;            // ... and body
   size_t off = 0;        // body bytes already posted
@@ -147,6 +148,7 @@ struct Op {
   uint32_t region = 0;       // local region the operation uses (deregistration waits for it)
   int64_t deadline = 0;      // queued while the peer is down: fails with EHOSTUNREACH at this time
   size_t size() const { return body.size() + 64; }
+  bool reads_into(uint32_t r) const { return !is_msg && !fence && region == r && opcode == IBV_WR_RDMA_READ; }
 };
 
 // Something that completes later: a request (answered by a response) or a one-sided operation.
@@ -174,6 +176,7 @@ struct Link {
   uint32_t to_return = 0;  // receive buffers re-posted since we last told the peer
   uint32_t sq_used = 0, sq_max = 0;
   uint32_t max_inline = 0;
+  bool fence_next = false;  // the next work request carries IBV_SEND_FENCE
   Nonce mine{}, theirs{};
   EventLoop::TimerId hs_timer = 0;
   // Reassembly of a fragmented message.
@@ -206,14 +209,17 @@ struct Peer {
   EventLoop::TimerId connect_timer = 0, redial_timer = 0;
   int64_t backoff_ms = 0;
   std::string last_error;
+  std::deque<PendingFn> waiting;  // pending_add(): retries waiting for queue space, FIFO
+  bool retrying = false, retry_deferred = false;
 };
 
 struct Region {
   uint8_t* base = nullptr;
   uint64_t len = 0;
   MrPtr mr;
-  uint32_t inflight = 0;
-  bool dead = false;
+  uint32_t inflight = 0;  // queued or posted operations using it as their local buffer
+  bool dead = false;      // deregistered: the MR goes when `inflight` drops to 0, then `done` runs
+  DoneCb done;
 };
 
 class VerbsTransport final : public Transport {
@@ -224,7 +230,7 @@ class VerbsTransport final : public Transport {
       if (n.id != cfg_.self) peers_[n.id].id = n.id;
   }
   ~VerbsTransport() override {
-    handler_ = nullptr;
+    upcalls_ = false;
     stop();
     links_.clear();
     dead_.clear();
@@ -278,10 +284,23 @@ class VerbsTransport final : public Transport {
   }
 
   const char* name() const override { return "verbs"; }
-  Capabilities caps() const override { return Capabilities{true, atomics_}; }
+  Capabilities caps() const override {
+    Capabilities c;
+    c.native_rma = true;
+    c.atomics = atomics_;
+    c.pins_memory = true;  // no on-demand paging used: registration pins
+    c.max_inline = max_inline_ > kMsgHeaderSize ? max_inline_ - kMsgHeaderSize : 0;
+    c.max_message = kMaxPayload;
+    return c;
+  }
 
-  Status start(Handler* h) override {
-    if (running_ || !h) return Status::err(EINVAL);
+  Status set_handler(OpRange range, Handler* h) override {
+    if (running_) return Status::err(EINVAL);
+    return handlers_.add(range, h);
+  }
+
+  Status start() override {
+    if (running_ || handlers_.empty()) return Status::err(EINVAL);
     for (auto& [id, p] : peers_) {
       const NodeConf* n = cfg_.node(id);
       if (!resolve(n->address, n->port, p.addr)) {
@@ -297,7 +316,7 @@ class VerbsTransport final : public Transport {
     }
     loop_.add(ch_->fd, EPOLLIN, [this](uint32_t) { on_cm_events(); });
     loop_.add(comp_ch_->fd, EPOLLIN, [this](uint32_t) { on_cq_events(); });
-    handler_ = h;
+    upcalls_ = true;
     running_ = true;
     for (auto& [id, p] : peers_)
       if (id > cfg_.self) dial(p);
@@ -308,6 +327,7 @@ class VerbsTransport final : public Transport {
   void stop() override {
     bool was_running = running_;
     running_ = false;
+    upcalls_ = false;
     if (beat_timer_) loop_.cancel_timer(beat_timer_);
     beat_timer_ = 0;
     for (auto& [id, p] : peers_) {
@@ -358,50 +378,107 @@ class VerbsTransport final : public Transport {
     return Status::ok();
   }
 
-  // ---- one-sided ----------------------------------------------------------------------------------------------
+  // ---- back-pressure ------------------------------------------------------------------------------------------
 
-  Result<RegionDesc> register_region(void* addr, size_t len) override {
+  Status pending_add(NodeId peer, PendingFn fn) override {
+    Peer* p = find(peer);
+    if (!p || !fn) return Status::err(EINVAL);
+    p->waiting.push_back(std::move(fn));
+    schedule_retry(*p);
+    return Status::ok();
+  }
+
+  // ---- memory domain: an MR per region; the packed key is {u64 address, u32 rkey} ----------------------------
+
+  Result<MemRegion> register_region(void* addr, size_t len) override {
     if (!addr || !len) return Status::err(EINVAL);
     ibv_mr* mr = ibv_reg_mr(pd_.get(), addr, len, kAccessAll);
     if (!mr) {
       int e = errno;
       DIPC_LOG_ERROR("verbs: cannot register {} bytes of memory: {}", len, memlock_hint(e));
-      return Status::err(e);
+      return Status::err(e == EPERM || e == EAGAIN ? ENOMEM : e);
     }
     uint32_t id = next_region_++;
     Region& r = regions_[id];
     r.base = static_cast<uint8_t*>(addr);
     r.len = len;
     r.mr.reset(mr);
-    by_addr_[reinterpret_cast<uintptr_t>(addr)] = id;
-    return RegionDesc{cfg_.self, id, reinterpret_cast<uint64_t>(addr), len, mr->rkey};
+    Encoder e;
+    e.u64(reinterpret_cast<uint64_t>(addr));
+    e.u32(mr->rkey);
+    Bytes packed = e.take();
+    MemRegion m;
+    m.id = id;
+    m.base = r.base;
+    m.length = len;
+    m.local_key = mr->lkey;
+    m.remote = RemoteKey::make(cfg_.self, len, packed);
+    return m;
   }
 
-  // Operations in flight on the region keep it registered until they complete (or fail with the link).
-  void deregister_region(uint32_t id) override {
+  // Queued reads into the region are cancelled (ECANCELED); everything else that uses it (posted work requests,
+  // queued writes a later message may depend on) finishes first. The MR goes, and `done` runs, after that.
+  void deregister_region(uint32_t id, DoneCb done) override {
     auto it = regions_.find(id);
-    if (it == regions_.end()) return;
-    by_addr_.erase(reinterpret_cast<uintptr_t>(it->second.base));
-    if (it->second.inflight) {
-      it->second.dead = true;
+    if (it == regions_.end() || it->second.dead) {
+      if (done) done();
       return;
     }
-    regions_.erase(it);
+    it->second.dead = true;
+    it->second.done = std::move(done);
+    for (auto& [pid, p] : peers_) {
+      std::vector<uint64_t> cancelled;
+      for (auto o = p.out.begin(); o != p.out.end();) {
+        if (!o->reads_into(id)) {
+          ++o;
+          continue;
+        }
+        cancelled.push_back(o->seq);
+        p.out_bytes -= o->size();
+        o = p.out.erase(o);
+      }
+      for (uint64_t seq : cancelled) complete(p, seq, ECANCELED, 0);
+    }
+    release_region(id, 0);  // frees it now if nothing uses it
   }
 
-  Status read(const RegionDesc& r, uint64_t offset, void* local, size_t len, RmaCb cb) override {
-    return rma(r, offset, static_cast<uint8_t*>(local), len, IBV_WR_RDMA_READ, 0, 0, std::move(cb), {});
+  // ---- one-sided ----------------------------------------------------------------------------------------------
+
+  Status read(const RemoteKey& src, uint64_t src_off, const MemRegion& dst, uint64_t dst_off, size_t len,
+              RmaCb cb) override {
+    return rma(src, src_off, &dst, dst_off, len, IBV_WR_RDMA_READ, 0, 0, std::move(cb), {});
   }
-  Status write(const RegionDesc& r, uint64_t offset, const void* local, size_t len, RmaCb cb) override {
-    return rma(r, offset, static_cast<uint8_t*>(const_cast<void*>(local)), len, IBV_WR_RDMA_WRITE, 0, 0,
-               std::move(cb), {});
+  Status write(const MemRegion& src, uint64_t src_off, const RemoteKey& dst, uint64_t dst_off, size_t len,
+               RmaCb cb) override {
+    return rma(dst, dst_off, &src, src_off, len, IBV_WR_RDMA_WRITE, 0, 0, std::move(cb), {});
   }
-  Status fetch_add(const RegionDesc& r, uint64_t offset, uint64_t add, AtomicCb cb) override {
-    return rma(r, offset, nullptr, 8, IBV_WR_ATOMIC_FETCH_AND_ADD, add, 0, {}, std::move(cb));
+  // RDMA WRITE then SEND on the one RC queue pair: the responder places the written data before it delivers the
+  // later SEND's completion (InfiniBand ordering rules), so the message never overtakes the data.
+  Status write_notify(const MemRegion& src, uint64_t src_off, const RemoteKey& dst, uint64_t dst_off, size_t len,
+                      uint16_t op, Bytes msg, RmaCb cb) override {
+    Peer* p = nullptr;
+    if (Status s = admit(dst.node(), msg.size() + len, p); !s) return s;
+    if (Status s = write(src, src_off, dst, dst_off, len, std::move(cb)); !s) return s;
+    enqueue(*p, make_msg_op(MsgHeader{MsgKind::kOneWay, op, 0, 0, 0, 0}, std::move(msg)));
+    return Status::ok();
   }
-  Status compare_swap(const RegionDesc& r, uint64_t offset, uint64_t expected, uint64_t desired,
+  // The next work request posted to the peer carries IBV_SEND_FENCE: it starts only once every earlier RDMA READ
+  // and atomic has completed (WRITEs and SENDs are already ordered on an RC queue pair).
+  Status fence(NodeId peer) override {
+    Peer* p = find(peer);
+    if (!p) return Status::err(EINVAL);
+    Op o;
+    o.is_msg = false;
+    o.fence = true;
+    enqueue(*p, std::move(o));
+    return Status::ok();
+  }
+  Status fetch_add(const RemoteKey& dst, uint64_t offset, uint64_t add, AtomicCb cb) override {
+    return rma(dst, offset, nullptr, 0, 8, IBV_WR_ATOMIC_FETCH_AND_ADD, add, 0, {}, std::move(cb));
+  }
+  Status compare_swap(const RemoteKey& dst, uint64_t offset, uint64_t expected, uint64_t desired,
                       AtomicCb cb) override {
-    return rma(r, offset, nullptr, 8, IBV_WR_ATOMIC_CMP_AND_SWP, expected, desired, {}, std::move(cb));
+    return rma(dst, offset, nullptr, 0, 8, IBV_WR_ATOMIC_CMP_AND_SWP, expected, desired, {}, std::move(cb));
   }
 
  private:
@@ -420,8 +497,35 @@ class VerbsTransport final : public Transport {
     if (!p) return Status::err(EINVAL);
     if (!running_) return Status::err(ECONNRESET);
     if (bytes > kMaxPayload) return Status::err(EMSGSIZE);
-    if (p->out_bytes + bytes > opt_.max_queued_bytes) return Status::err(ENOBUFS);
+    if (!p->waiting.empty() && !p->retrying) return Status::err(kNoResources);  // keep issue order behind retries
+    if (p->out_bytes + bytes > opt_.max_queued_bytes) return Status::err(kNoResources);
     return Status::ok();
+  }
+
+  // Runs the peer's pending_add() retries once its queue has room again (or the link is gone: they then fail).
+  void schedule_retry(Peer& p) {
+    if (p.waiting.empty() || p.retry_deferred) return;
+    if (p.link && p.out_bytes > opt_.max_queued_bytes / 2) return;  // pump() calls again as the queue drains
+    p.retry_deferred = true;
+    NodeId id = p.id;
+    std::weak_ptr<int> alive = alive_;
+    loop_.defer([this, id, alive] {
+      if (alive.expired()) return;
+      Peer* q = find(id);
+      if (!q) return;
+      q->retry_deferred = false;
+      while (!q->waiting.empty()) {
+        PendingFn fn = std::move(q->waiting.front());
+        q->waiting.pop_front();
+        q->retrying = true;
+        Status st = fn();
+        q->retrying = false;
+        if (st.retryable()) {  // still no room: first in line again
+          q->waiting.push_front(std::move(fn));
+          return;
+        }
+      }
+    });
   }
 
   static Op make_msg_op(MsgHeader h, Bytes body) {
@@ -433,38 +537,44 @@ class VerbsTransport final : public Transport {
     return o;
   }
 
-  // The local region holding [p, p+len), or nullptr.
-  Region* local_region(const uint8_t* p, size_t len, uint32_t& id) {
-    auto it = by_addr_.upper_bound(reinterpret_cast<uintptr_t>(p));
-    if (it == by_addr_.begin()) return nullptr;
-    --it;
-    Region& r = regions_.at(it->second);
-    if (p < r.base || static_cast<uint64_t>(p - r.base) + len > r.len) return nullptr;
-    id = it->second;
-    return &r;
+  // Remote address and rkey from a packed key; false if the key is not a verbs key.
+  static bool unpack(const RemoteKey& k, uint64_t& addr, uint32_t& rkey) {
+    Decoder d(k.packed());
+    addr = d.u64();
+    rkey = d.u32();
+    return d.done();
   }
 
-  [[nodiscard]] Status rma(const RegionDesc& r, uint64_t offset, uint8_t* local, size_t len, ibv_wr_opcode opcode,
-                           uint64_t a, uint64_t b, RmaCb cb, AtomicCb acb) {
+  [[nodiscard]] Status rma(const RemoteKey& r, uint64_t offset, const MemRegion* local, uint64_t local_off,
+                           size_t len, ibv_wr_opcode opcode, uint64_t a, uint64_t b, RmaCb cb, AtomicCb acb) {
     bool atomic = opcode == IBV_WR_ATOMIC_FETCH_AND_ADD || opcode == IBV_WR_ATOMIC_CMP_AND_SWP;
-    if (atomic && !atomics_) return Status::err(EOPNOTSUPP);
-    if (offset > r.length || len > r.length - offset || len > kMaxRmaLen) return Status::err(EINVAL);
-    if (atomic && (r.addr + offset) % 8) return Status::err(EINVAL);
+    if (atomic && !atomics_) return Status::err(ENOTSUP);
+    uint64_t raddr = 0;
+    uint32_t rkey = 0;
+    if (!unpack(r, raddr, rkey)) return Status::err(EINVAL);
+    if (offset > r.length() || len > r.length() - offset || len > kMaxRmaLen) return Status::err(EINVAL);
+    if (atomic && (raddr + offset) % 8) return Status::err(EINVAL);
+    Region* reg = nullptr;
+    if (local) {
+      auto it = regions_.find(local->id);
+      if (it == regions_.end() || it->second.dead || local_off > it->second.len || len > it->second.len - local_off)
+        return Status::err(EINVAL);
+      reg = &it->second;
+    }
     Peer* p = nullptr;
-    if (Status s = admit(r.node, 0, p); !s) return s;
+    if (Status s = admit(r.node(), 0, p); !s) return s;
     Op o;
     o.is_msg = false;
     o.opcode = opcode;
-    o.remote = r.addr + offset;
-    o.rkey = r.rkey;
+    o.remote = raddr + offset;
+    o.rkey = rkey;
     o.len = static_cast<uint32_t>(len);
     o.a = a;
     o.b = b;
-    if (!atomic && len) {
-      Region* reg = local ? local_region(local, len, o.region) : nullptr;
-      if (!reg) return Status::err(EINVAL);  // local buffers of one-sided operations must be registered
-      o.local = local;
+    if (reg) {
+      o.local = reg->base + local_off;
       o.lkey = reg->mr->lkey;
+      o.region = local->id;
       ++reg->inflight;
     }
     o.seq = p->next_seq++;
@@ -491,7 +601,9 @@ class VerbsTransport final : public Transport {
     Peer& p = peers_.at(l.peer);
     while (!p.out.empty() && l.state == LinkState::kUp) {
       Op& o = p.out.front();
-      if (o.is_msg) {
+      if (o.fence) {
+        l.fence_next = true;
+      } else if (o.is_msg) {
         if (!post_fragments(l, o)) break;
       } else {
         if (l.sq_used >= l.sq_max) break;
@@ -500,7 +612,9 @@ class VerbsTransport final : public Transport {
       p.out_bytes -= o.size();
       p.out.pop_front();
     }
-    if (l.state == LinkState::kUp && l.to_return >= std::max(1u, opt_.credits / 2)) send_credit(l);
+    if (l.state != LinkState::kUp) return;
+    if (l.to_return >= std::max(1u, opt_.credits / 2)) send_credit(l);
+    schedule_retry(p);
   }
 
   // Posts what it can of message `o` (one SEND per fragment, each using one credit); true when all is posted.
@@ -524,6 +638,12 @@ class VerbsTransport final : public Transport {
     return true;
   }
 
+  static unsigned take_fence(Link& l) {
+    unsigned f = l.fence_next ? IBV_SEND_FENCE : 0;
+    l.fence_next = false;
+    return f;
+  }
+
   uint16_t take_credits(Link& l) {
     uint16_t c = static_cast<uint16_t>(std::min<uint32_t>(l.to_return, 0xffff));
     l.to_return -= c;
@@ -539,7 +659,7 @@ class VerbsTransport final : public Transport {
     wr.sg_list = &sge;
     wr.num_sge = 1;
     wr.opcode = IBV_WR_SEND;
-    wr.send_flags = IBV_SEND_SIGNALED | (n <= l.max_inline ? IBV_SEND_INLINE : 0);
+    wr.send_flags = IBV_SEND_SIGNALED | (n <= l.max_inline ? IBV_SEND_INLINE : 0) | take_fence(l);
     if (int e = ibv_post_send(l.cm->qp, &wr, &bad); e != 0) {
       close_link(l, fmt::format("ibv_post_send: {}", strerror(e)), true);
       return false;
@@ -565,7 +685,7 @@ class VerbsTransport final : public Transport {
     ibv_send_wr* bad = nullptr;
     wr.wr_id = make_wr(l.id, kWrRma, o.seq);
     wr.opcode = o.opcode;
-    wr.send_flags = IBV_SEND_SIGNALED;
+    wr.send_flags = IBV_SEND_SIGNALED | take_fence(l);
     bool atomic = o.opcode == IBV_WR_ATOMIC_FETCH_AND_ADD || o.opcode == IBV_WR_ATOMIC_CMP_AND_SWP;
     if (atomic) {
       if (l.free_atomic.empty()) return true;  // cannot happen: one slot per send queue entry
@@ -641,11 +761,15 @@ class VerbsTransport final : public Transport {
     arm_connect_timer(p);
   }
 
-  void release_region(uint32_t id) {
+  // One operation using region `id` is over (n = 1; 0 only checks). A deregistered region goes when none is left.
+  void release_region(uint32_t id, uint32_t n = 1) {
     auto it = regions_.find(id);
     if (it == regions_.end()) return;
-    if (it->second.inflight) --it->second.inflight;
-    if (it->second.dead && !it->second.inflight) regions_.erase(it);
+    it->second.inflight -= std::min(n, it->second.inflight);
+    if (!it->second.dead || it->second.inflight) return;
+    DoneCb done = std::move(it->second.done);
+    regions_.erase(it);
+    if (done) done();
   }
 
   void complete(Peer& p, uint64_t seq, int err, uint64_t old) {
@@ -668,6 +792,7 @@ class VerbsTransport final : public Transport {
     p.open.clear();
     std::map<uint64_t, Outstanding> all;
     all.swap(p.outstanding);
+    schedule_retry(p);
     for (auto& [seq, o] : all) {
       Status st = Status::err(err);
       if (o.reply) {
@@ -736,6 +861,7 @@ class VerbsTransport final : public Transport {
     // No remote access before authentication: until link_up() the queue pair serves SEND/RECV only.
     if (!set_remote_access(l, false)) return Status::err(EIO);
     l.max_inline = qa.cap.max_inline_data;
+    max_inline_ = l.max_inline;
     l.recv_buf.assign(size_t(recvs) * opt_.buffer_size, 0);
     l.send_buf.assign(size_t(sends) * opt_.buffer_size, 0);
     l.atomic_buf.assign(sends, 0);
@@ -946,7 +1072,7 @@ class VerbsTransport final : public Transport {
     if (ibv_query_qp(l.cm->qp, &qa, IBV_QP_PATH_MTU, &qi) == 0) l.info.mtu = mtu_bytes(qa.path_mtu);
     DIPC_LOG_INFO("verbs: link to {} up ({} port {} gid {} mtu {})", l.who, l.info.device, l.info.port,
                   l.info.gid_index, l.info.mtu);
-    if (handler_) handler_->on_peer(p.id, true);
+    if (upcalls_) handlers_.peer(p.id, true);
     if (l.state == LinkState::kUp) pump(l);
   }
 
@@ -972,7 +1098,7 @@ class VerbsTransport final : public Transport {
     schedule_redial(*p);
     if (!was_up) return;
     fail_all(*p, ECONNRESET);
-    if (handler_) handler_->on_peer(p->id, false);
+    if (upcalls_) handlers_.peer(p->id, false);
   }
 
   // ---- completions ----------------------------------------------------------------------------------------------
@@ -1016,6 +1142,16 @@ class VerbsTransport final : public Transport {
     WrType t = wr_type(wc.wr_id);
     if (t != kWrRecv && l.sq_used) --l.sq_used;
     if (wc.status != IBV_WC_SUCCESS) {
+      // A key the owner no longer knows, or out of its bounds: that operation fails with EINVAL; the RC queue pair
+      // is in error now, so the link goes and everything else fails with ECONNRESET.
+      if (t == kWrRma && (wc.status == IBV_WC_REM_ACCESS_ERR || wc.status == IBV_WC_REM_INV_REQ_ERR)) {
+        uint64_t seq = wr_value(wc.wr_id);
+        Peer& p = peers_.at(l.peer);
+        auto it = p.outstanding.find(seq);
+        if (it != p.outstanding.end() && it->second.atomic_slot)
+          l.free_atomic.push_back(static_cast<uint32_t>(it->second.atomic_slot - l.atomic_buf.data()));
+        complete(p, seq, EINVAL, 0);
+      }
       std::string why = fmt::format("completion error: {} (vendor error {:#x})", ibv_wc_status_str(wc.status),
                                     wc.vendor_err);
       if (t == kWrRecv && l.state != LinkState::kUp) why += " during authentication";
@@ -1098,11 +1234,13 @@ class VerbsTransport final : public Transport {
       case MsgKind::kRequest: {
         uint64_t token = next_token_++;
         p.open.emplace(token, h.id);
-        if (handler_) handler_->on_request(p.id, h.op, body, ReplyToken{p.id, token});
+        Handler* hd = upcalls_ ? handlers_.find(h.op) : nullptr;
+        if (hd) return hd->on_request(p.id, h.op, body, ReplyToken{p.id, token});
+        (void)reply(ReplyToken{p.id, token}, ENOSYS, {});
         return;
       }
       case MsgKind::kOneWay:
-        if (handler_) handler_->on_message(p.id, h.op, body);
+        if (Handler* hd = upcalls_ ? handlers_.find(h.op) : nullptr) hd->on_message(p.id, h.op, body);
         return;
       case MsgKind::kResponse: {
         auto it = p.outstanding.find(h.id);
@@ -1137,8 +1275,11 @@ class VerbsTransport final : public Transport {
   EventLoop& loop_;
   const ClusterKey& key_;
   const VerbsOptions opt_;
-  Handler* handler_ = nullptr;
+  HandlerTable handlers_;
+  bool upcalls_ = false;
   bool running_ = false;
+  std::shared_ptr<int> alive_ = std::make_shared<int>(0);
+  uint32_t max_inline_ = 0;
   EventChannelPtr ch_;
   CmIdPtr bound_;
   ibv_context* ctx_ = nullptr;  // owned by rdma_cm
@@ -1157,7 +1298,6 @@ class VerbsTransport final : public Transport {
   std::unordered_map<ibv_cq*, uint64_t> cq_link_;
   std::unordered_map<NodeId, Peer> peers_;
   std::unordered_map<uint32_t, Region> regions_;  // declared after links: destroyed before the PD
-  std::map<uintptr_t, uint32_t> by_addr_;
 };
 
 }  // namespace

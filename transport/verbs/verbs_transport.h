@@ -17,6 +17,12 @@
 
 #include "transport/transport.h"
 
+namespace dipc {
+class EventLoop;
+class ClusterKey;
+struct Config;
+}  // namespace dipc
+
 namespace dipc::transport {
 
 struct VerbsOptions {
@@ -26,7 +32,7 @@ struct VerbsOptions {
   int64_t reconnect_max_ms = 2000;      // ... up to this
   uint32_t credits = 32;                // receive buffers per link for data messages (the peer's send credits)
   uint32_t buffer_size = 8192;          // bytes per receive/send buffer; longer messages are fragmented
-  size_t max_queued_bytes = 64u << 20;  // per peer: operations beyond this fail with ENOBUFS
+  size_t max_queued_bytes = 64u << 20;  // per peer: operations beyond this return kNoResources
   int64_t heartbeat_ms = 1000;          // an idle link is probed (zero-length RDMA WRITE) this often; a dead peer
                                         // shows as a retry-exceeded completion within a few seconds
   int max_unauthenticated = 16;         // connection requests still in the handshake; more are rejected
