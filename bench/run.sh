@@ -5,6 +5,7 @@
 #   usage: bench/run.sh [BUILD_DIR] [extra Google Benchmark flags]
 #   DIPC_BENCH_CPUS=0 bench/run.sh   pins every process of the run (daemons, benchmark, partners) to those CPUs
 #   DIPC_BENCH_BUSY_POLL_US=50 bench/run.sh   the daemons poll that long before sleeping ([cluster] busy_poll_us)
+#   DIPC_BENCH_TRANSPORT=verbs bench/run.sh   the cluster uses the verbs transport (softroce VM: docs/PERFORMANCE.md)
 set -euo pipefail
 if [ -n "${DIPC_BENCH_CPUS:-}" ] && [ -z "${DIPC_BENCH_PINNED:-}" ]; then
   DIPC_BENCH_PINNED=1 exec taskset -c "$DIPC_BENCH_CPUS" "$0" "$@"
@@ -15,7 +16,8 @@ shift || true
 bin=$build/bin
 dir=$(mktemp -d /tmp/dipc-bench.XXXXXX)
 trap '"$bin/dipc-sim" down --dir "$dir" >/dev/null 2>&1 || true' EXIT
-"$bin/dipc-sim" up -n 2 --dir "$dir" --log-level warn --busy-poll-us "${DIPC_BENCH_BUSY_POLL_US:-0}" >/dev/null
+"$bin/dipc-sim" up -n 2 --dir "$dir" --log-level warn --busy-poll-us "${DIPC_BENCH_BUSY_POLL_US:-0}" \
+  --transport "${DIPC_BENCH_TRANSPORT:-tcp}" >/dev/null
 peer_addr=$("$bin/dipc-sim" exec --dir "$dir" node2 -- sh -c 'echo "$DIPC_NODE_ADDR"')
 [ -n "$peer_addr" ] || peer_addr=127.0.0.1
 out=$dir/bench.json

@@ -19,4 +19,9 @@ Result<std::unique_ptr<transport::Transport>> make_transport(const Config& cfg, 
   return transport::make_tcp_transport(cfg, loop, key);
 }
 
+std::string rdma_device(const Config& cfg) {
+  transport::VerbsDeviceInfo info;
+  return transport::verbs_usable(cfg.me().address, &info) ? info.device : std::string();
+}
+
 }  // namespace dipc::daemon

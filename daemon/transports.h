@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "common/status.h"
 #include "transport/transport.h"
@@ -20,5 +21,8 @@ namespace dipc::daemon {
 // RDMA device is usable.
 Result<std::unique_ptr<transport::Transport>> make_transport(const Config& cfg, EventLoop& loop,
                                                              const ClusterKey& key);
+
+// The RDMA device behind this node's address ("" when none): where the verbs transport runs.
+std::string rdma_device(const Config& cfg);
 
 }  // namespace dipc::daemon

@@ -3,7 +3,6 @@
 // verbs transport joins the list when it exists, skipping where no RDMA device is usable.
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <ifaddrs.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -74,22 +73,7 @@ struct Param {
 void PrintTo(const Param& p, std::ostream* os) { *os << p.name; }
 
 // An IPv4 address of this machine with an active RDMA port behind it (in the softroce VM: vm0's, with rxe0).
-[[maybe_unused]] std::string rdma_address() {
-  static const std::string found = [] {
-    ifaddrs* ifs = nullptr;
-    std::string r;
-    if (getifaddrs(&ifs) != 0) return r;
-    for (ifaddrs* i = ifs; i && r.empty(); i = i->ifa_next) {
-      if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET) continue;
-      char buf[INET_ADDRSTRLEN];
-      inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr, buf, sizeof buf);
-      if (std::string(buf) != "127.0.0.1" && verbs_usable(buf)) r = buf;
-    }
-    freeifaddrs(ifs);
-    return r;
-  }();
-  return found;
-}
+[[maybe_unused]] std::string rdma_address() { return verbs_local_address(); }
 
 class TransportConformance : public ::testing::TestWithParam<Param> {
  protected:

@@ -239,6 +239,8 @@ class TcpTransport final : public Transport {
     for (auto& [id, p] : peers_) fail_all(p, ECONNRESET);
   }
 
+  std::string peer_info(NodeId) const override { return "tcp"; }
+
   bool peer_up(NodeId peer) const override {
     auto it = peers_.find(peer);
     return it != peers_.end() && it->second.link;

@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <ifaddrs.h>
 #include <infiniband/verbs.h>
 #include <netdb.h>
 #include <rdma/rdma_cma.h>
@@ -62,13 +63,15 @@ using CompChannelPtr = std::unique_ptr<ibv_comp_channel, CompChannelDel>;
 using CqPtr = std::unique_ptr<ibv_cq, CqDel>;
 using MrPtr = std::unique_ptr<ibv_mr, MrDel>;
 
-constexpr uint32_t kSpareRecvs = 4;  // receive buffers beyond the credits, for credit-only messages
+// Receive buffers beyond the credits, for credit-only messages: at most two carry returned credits at any time (each
+// returns at least half of them), plus heartbeats (one per heartbeat_ms of idleness).
+constexpr uint32_t kSpareRecvs = 8;
 constexpr int kAccessAll = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_WRITE |
                            IBV_ACCESS_REMOTE_ATOMIC;
 constexpr uint64_t kMaxRmaLen = 1u << 30;
 
 // wr_id: link id (bits 63..40), type (39..38), value (37..0).
-enum WrType : uint64_t { kWrRma = 0, kWrSend = 1, kWrRecv = 2, kWrBeat = 3 };
+enum WrType : uint64_t { kWrRma = 0, kWrSend = 1, kWrRecv = 2 };
 uint64_t make_wr(uint64_t link, WrType t, uint64_t v) { return (link << 40) | (uint64_t(t) << 38) | (v & ((1ull << 38) - 1)); }
 uint64_t wr_link(uint64_t w) { return w >> 40; }
 WrType wr_type(uint64_t w) { return static_cast<WrType>((w >> 38) & 3); }
@@ -345,7 +348,15 @@ class VerbsTransport final : public Transport {
     return it != peers_.end() && it->second.link;
   }
 
-  const VerbsDeviceInfo& device_info() const { return dev_info_; }
+  // "verbs rxe0 port 1 gid 1 mtu 1024 numa 0" for an up link; the device alone otherwise.
+  std::string peer_info(NodeId peer) const override {
+    auto it = peers_.find(peer);
+    const VerbsDeviceInfo& i = it != peers_.end() && it->second.link ? it->second.link->info : dev_info_;
+    std::string s = fmt::format("verbs {} port {}", i.device, i.port);
+    if (i.gid_index >= 0) s += fmt::format(" gid {} mtu {}", i.gid_index, i.mtu);
+    if (i.numa_node >= 0) s += fmt::format(" numa {}", i.numa_node);
+    return s;
+  }
 
   // ---- two-sided ----------------------------------------------------------------------------------------------
 
@@ -714,24 +725,15 @@ class VerbsTransport final : public Transport {
     return true;
   }
 
-  // Probes idle links (a zero-length RDMA WRITE needs no buffer at the peer): a dead peer's QP stops answering and
-  // the probe completes with a retry-exceeded error, which closes the link.
+  // Probes idle links with a credit-only message (it needs no credit: the peer re-posts the spare buffer at once):
+  // a dead peer's queue pair stops acknowledging, and the send completes with a retry-exceeded error, which closes
+  // the link (a few seconds: the RC ack timeout times the retry count).
   void heartbeat() {
     beat_timer_ = loop_.add_timer(opt_.heartbeat_ms, [this] { heartbeat(); });
     reap();
     int64_t now = EventLoop::now_ms();
-    for (auto& [id, l] : links_) {
-      if (l->state != LinkState::kUp || now - l->last_tx_ms < opt_.heartbeat_ms || l->sq_used >= l->sq_max) continue;
-      ibv_send_wr wr{};
-      ibv_send_wr* bad = nullptr;
-      wr.wr_id = make_wr(l->id, kWrBeat, 0);
-      wr.opcode = IBV_WR_RDMA_WRITE;
-      wr.send_flags = IBV_SEND_SIGNALED;
-      if (ibv_post_send(l->cm->qp, &wr, &bad) == 0) {
-        ++l->sq_used;
-        l->last_tx_ms = now;
-      }
-    }
+    for (auto& [id, l] : links_)
+      if (l->state == LinkState::kUp && now - l->last_tx_ms >= opt_.heartbeat_ms) send_credit(*l);
   }
 
   // ---- failure ------------------------------------------------------------------------------------------------
@@ -838,6 +840,11 @@ class VerbsTransport final : public Transport {
   // Creates the link's CQ and RC queue pair, registers its buffers and posts every receive buffer.
   Status setup_qp(Link& l) {
     if (l.cm->verbs != ctx_) return Status::err(ENODEV);  // reached through another device than ours
+    // RC ack timeout 4.096 us * 2^18 = 1.07 s, times 8 attempts (retry_count 7): a peer that stops answering is
+    // lost after about 9 s; shorter timeouts misfire under emulation (Soft-RoCE in a loaded VM).
+    uint8_t ack_timeout = 18;
+    if (rdma_set_option(l.cm.get(), RDMA_OPTION_ID, RDMA_OPTION_ID_ACK_TIMEOUT, &ack_timeout, sizeof ack_timeout) != 0)
+      DIPC_LOG_DEBUG("verbs: cannot set the ack timeout: {}", strerror(errno));
     uint32_t recvs = opt_.credits + kSpareRecvs;
     uint32_t sends = opt_.credits + kSpareRecvs + 64;  // messages + one-sided operations + heartbeat
     l.cq.reset(ibv_create_cq(ctx_, static_cast<int>(recvs + sends), nullptr, comp_ch_.get(), 0));
@@ -1161,8 +1168,6 @@ class VerbsTransport final : public Transport {
       case kWrSend:
         l.free_send.push_back(static_cast<uint32_t>(wr_value(wc.wr_id)));
         return;
-      case kWrBeat:
-        return;
       case kWrRma:
         return on_rma_done(l, wr_value(wc.wr_id));
       case kWrRecv:
@@ -1320,6 +1325,20 @@ bool verbs_usable(const std::string& address, VerbsDeviceInfo* info) {
     info->numa_node = device_numa_node(raw->verbs);
   }
   return true;
+}
+
+std::string verbs_local_address() {
+  ifaddrs* ifs = nullptr;
+  std::string r;
+  if (getifaddrs(&ifs) != 0) return r;
+  for (ifaddrs* i = ifs; i && r.empty(); i = i->ifa_next) {
+    if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET) continue;
+    char buf[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr, buf, sizeof buf);
+    if (std::string(buf) != "127.0.0.1" && verbs_usable(buf)) r = buf;
+  }
+  freeifaddrs(ifs);
+  return r;
 }
 
 Result<std::unique_ptr<Transport>> make_verbs_transport(const Config& cfg, EventLoop& loop, const ClusterKey& key,

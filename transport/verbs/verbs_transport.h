@@ -49,6 +49,8 @@ struct VerbsDeviceInfo {
 
 // Is there an RDMA device with an active port behind `address` (a local address)? Fills `info` when there is.
 bool verbs_usable(const std::string& address, VerbsDeviceInfo* info = nullptr);
+// The first IPv4 address of this machine (127.0.0.1 aside) with an active RDMA port behind it; "" when none.
+std::string verbs_local_address();
 
 // Errors: ENODEV when no RDMA device is bound to this node's address or its port is not active.
 Result<std::unique_ptr<Transport>> make_verbs_transport(const Config& cfg, EventLoop& loop, const ClusterKey& key,
