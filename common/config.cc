@@ -47,11 +47,15 @@ Config default_config() {
 }
 
 namespace {
+// Range-checked against [lo, hi] and against T: a value T cannot hold is out of range, never truncated.
 template <typename T>
 bool get_int(const toml::node_view<toml::node>& v, T& out, int64_t lo, int64_t hi) {
   if (!v) return true;
   auto x = v.value<int64_t>();
   if (!x || *x < lo || *x > hi) return false;
+  if (*x < static_cast<int64_t>(std::numeric_limits<T>::min()) ||
+      static_cast<uint64_t>(*x) > static_cast<uint64_t>(std::numeric_limits<T>::max()))
+    return false;
   out = static_cast<T>(*x);
   return true;
 }
@@ -124,9 +128,22 @@ Result<Config> parse_config(const std::string& text, std::string* error) {
     }
   }
   if (auto ds = tbl["dsm"]) {
-    if (!get_int(ds["block_size"], c.block_size, 4096, 1LL << 40)) return fail("dsm.block_size out of range");
+    if (!get_int(ds["block_size"], c.block_size, 4096, 1LL << 31))
+      return fail("dsm.block_size out of range (4096 .. 2147483648)");
     if ((c.block_size & (c.block_size - 1)) != 0) return fail("dsm.block_size must be a power of two");
     if (!get_int(ds["quantum_us"], c.quantum_us, 0, 10000000)) return fail("dsm.quantum_us out of range");
+  }
+  if (tbl["transport"] && !tbl["transport"].as_table())
+    return fail("transport must be a table of provider tables ([transport.tcp], [transport.verbs])");
+  if (auto* tr = tbl["transport"].as_table()) {
+    for (auto& [name, sec] : *tr) {
+      auto* t = sec.as_table();
+      if (!t) return fail("transport." + std::string(name.str()) + " must be a table ([transport." +
+                          std::string(name.str()) + "])");
+      std::ostringstream os;
+      os << *t;
+      c.transport_sections[std::string(name.str())] = os.str();
+    }
   }
   if (c.nodes.size() > 1 && c.secret_file.empty())
     return fail("cluster.secret_file is required when the cluster has more than one node");
@@ -199,6 +216,80 @@ Status select_self(Config& cfg, const std::string& which, std::string* error) {
   }
   cfg.self = found->id;
   return Status::ok();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// SectionReader
+
+struct SectionReader::Impl {
+  toml::table tbl;
+  std::set<std::string> read;
+  bool parsed = true;
+};
+
+SectionReader::SectionReader(const Config& cfg, const std::string& provider)
+    : impl_(std::make_unique<Impl>()), prefix_("transport." + provider + ".") {
+  auto it = cfg.transport_sections.find(provider);
+  if (it == cfg.transport_sections.end()) return;
+  try {
+    impl_->tbl = toml::parse(it->second);
+  } catch (const toml::parse_error& e) {
+    impl_->parsed = false;
+    error_ = "[transport." + provider + "]: " + std::string(e.description());
+  }
+}
+
+SectionReader::~SectionReader() = default;
+
+bool SectionReader::get_i64(const std::string& key, int64_t& out, int64_t lo, int64_t hi, bool& present) {
+  impl_->read.insert(key);
+  present = false;
+  auto v = impl_->tbl[key];
+  if (!v) return true;
+  auto x = v.value<int64_t>();
+  if (!x || *x < lo || *x > hi || !v.is_integer()) {
+    error_ = prefix_ + key + " must be an integer from " + std::to_string(lo) + " to " + std::to_string(hi);
+    return false;
+  }
+  out = *x;
+  present = true;
+  return true;
+}
+
+bool SectionReader::get_bool(const std::string& key, bool& out) {
+  impl_->read.insert(key);
+  auto v = impl_->tbl[key];
+  if (!v) return true;
+  if (!v.is_boolean()) {
+    error_ = prefix_ + key + " must be true or false";
+    return false;
+  }
+  out = v.value_or(out);
+  return true;
+}
+
+bool SectionReader::get_string(const std::string& key, std::string& out) {
+  impl_->read.insert(key);
+  auto v = impl_->tbl[key];
+  if (!v) return true;
+  if (!v.is_string()) {
+    error_ = prefix_ + key + " must be a string";
+    return false;
+  }
+  out = v.value_or(out);
+  return true;
+}
+
+bool SectionReader::finish() {
+  if (!impl_->parsed) return false;
+  if (!error_.empty()) return false;
+  for (auto& [k, v] : impl_->tbl) {
+    if (!impl_->read.count(std::string(k.str()))) {
+      error_ = "unknown setting " + prefix_ + std::string(k.str());
+      return false;
+    }
+  }
+  return true;
 }
 
 }  // namespace dipc

@@ -21,11 +21,21 @@
 //   ranges = [[0x1000, 0x1fff]]
 //
 //   [dsm]
-//   block_size = 4096                  # coherence unit: 4096 .. whole segment, power of two
+//   block_size = 4096                  # coherence unit: 4096 .. 2^31 (at most the segment), power of two
 //   quantum_us = 20                    # minimum time a node keeps a block it just got
+//
+//   [transport.tcp]                    # one table per provider, read by the provider itself (SectionReader);
+//   connect_timeout_ms = 10000         # see transport/tcp/tcp_transport.h, TcpOptions, for tcp's settings
+//
+// Every integer is range-checked against its setting's range and its type: out of range is an error naming the
+// setting, never a silent clamp.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <limits>
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -60,12 +70,47 @@ struct Config {
   std::vector<KeyRange> ranges;
   uint32_t block_size = 4096;
   uint32_t quantum_us = 20;
+  // [transport.<name>] tables as TOML text, keyed by provider name; each provider parses its own (SectionReader).
+  std::map<std::string, std::string> transport_sections;
 
   const NodeConf* node(uint16_t id) const;
   const NodeConf* node_by_name(const std::string& name) const;
   const NodeConf& me() const { return *node(self); }
   // Does the policy make this key distributed even without IPC_DIPC?
   bool policy_distributes(int32_t key) const;
+};
+
+// Reads one provider's [transport.<name>] table: typed, range-checked values, and a check that no unknown key is
+// left (a typo is an error, not a silently ignored setting). Errors name the setting ("transport.tcp.<key>").
+class SectionReader {
+ public:
+  SectionReader(const Config& cfg, const std::string& provider);
+  ~SectionReader();
+  // Leaves `out` untouched when the key is absent. False (and error()) when present but not an integer in
+  // [lo, hi] (also clipped to T's range).
+  template <typename T>
+  bool get(const std::string& key, T& out, int64_t lo, int64_t hi) {
+    int64_t tlo = std::numeric_limits<T>::min(), thi = static_cast<int64_t>(
+                                                      std::min<uint64_t>(std::numeric_limits<T>::max(),
+                                                                         std::numeric_limits<int64_t>::max()));
+    int64_t v = 0;
+    bool present = false;
+    if (!get_i64(key, v, std::max(lo, tlo), std::min(hi, thi), present)) return false;
+    if (present) out = static_cast<T>(v);
+    return true;
+  }
+  bool get_bool(const std::string& key, bool& out);
+  bool get_string(const std::string& key, std::string& out);
+  // Call after every get(): false if the section has a key nobody read, or could not be parsed.
+  bool finish();
+  const std::string& error() const { return error_; }
+
+ private:
+  bool get_i64(const std::string& key, int64_t& out, int64_t lo, int64_t hi, bool& present);
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  std::string prefix_;
+  std::string error_;
 };
 
 // Parses TOML text. On error returns EINVAL and fills `error` with a message naming the line.

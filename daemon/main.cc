@@ -68,9 +68,13 @@ int main(int argc, char** argv) {
 
   dipc::EventLoop loop;
   loop.set_busy_poll_us(static_cast<int>(cfg.busy_poll_us));
-  auto tr = dipc::daemon::make_transport(cfg, loop, key);
+  auto tr = dipc::daemon::make_transport(cfg, loop, key, &err);
   if (!tr) {
-    DIPC_LOG_ERROR("no usable transport '{}': {}", cfg.transport, tr.status().str());
+    DIPC_LOG_ERROR("no usable transport '{}': {}{}{}", cfg.transport, tr.status().str(), err.empty() ? "" : ": ", err);
+    return tr.status().code() == EINVAL ? 2 : 1;
+  }
+  if (auto s = dipc::daemon::check_memlock((*tr)->caps(), (*tr)->name(), dipc::daemon::memlock_limit(), &err); !s) {
+    DIPC_LOG_ERROR("{}", err);
     return 1;
   }
   // The layers, wired here: each registers for its own op range (transport/ops.h); the DSM first, so it sees a

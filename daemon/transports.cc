@@ -1,5 +1,8 @@
 #include "daemon/transports.h"
 
+#include <fmt/format.h>
+#include <sys/resource.h>
+
 #include "common/config.h"
 #include "common/log.h"
 #include "transport/tcp/tcp_transport.h"
@@ -8,15 +11,38 @@
 namespace dipc::daemon {
 
 Result<std::unique_ptr<transport::Transport>> make_transport(const Config& cfg, EventLoop& loop,
-                                                             const ClusterKey& key) {
-  if (cfg.transport == "verbs") return transport::make_verbs_transport(cfg, loop, key);
-  // "auto": verbs when this node's address has an RDMA device with an active port behind it, else tcp.
-  if (cfg.transport == "auto" && cfg.nodes.size() > 1 && transport::verbs_usable(cfg.me().address)) {
-    auto t = transport::make_verbs_transport(cfg, loop, key);
-    if (t) return t;
+                                                             const ClusterKey& key, std::string* error) {
+  if (cfg.transport == "verbs" ||
+      (cfg.transport == "auto" && cfg.nodes.size() > 1 && transport::verbs_usable(cfg.me().address))) {
+    transport::VerbsOptions vopt;
+    if (Status s = transport::parse_verbs_options(cfg, vopt, error); !s) return s;
+    auto t = transport::make_verbs_transport(cfg, loop, key, vopt);
+    if (t || cfg.transport == "verbs") {
+      if (!t && error) *error = "no usable RDMA device with an active port behind " + cfg.me().address;
+      return t;
+    }
+    // "auto": verbs when this node's address has an RDMA device with an active port behind it, else tcp.
     DIPC_LOG_WARN("transport auto: verbs not usable ({}); using tcp", t.status().str());
   }
-  return transport::make_tcp_transport(cfg, loop, key);
+  transport::TcpOptions opt;
+  if (Status s = transport::parse_tcp_options(cfg, opt, error); !s) return s;
+  return transport::make_tcp_transport(cfg, loop, key, opt);
+}
+
+Status check_memlock(const transport::Capabilities& caps, const char* provider, uint64_t limit, std::string* error) {
+  if (!caps.pins_memory || limit >= kMinMemlockBytes) return Status::ok();
+  if (error)
+    *error = fmt::format(
+        "the {} transport pins registered memory, but the memlock limit (RLIMIT_MEMLOCK) is {} KiB, below the {} KiB "
+        "it needs: set LimitMEMLOCK=infinity in dipcd.service (or `ulimit -l unlimited` before starting dipcd)",
+        provider, limit / 1024, kMinMemlockBytes / 1024);
+  return Status::err(ENOMEM);
+}
+
+uint64_t memlock_limit() {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_MEMLOCK, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return UINT64_MAX;
+  return rl.rlim_cur;
 }
 
 std::string rdma_device(const Config& cfg) {

@@ -23,6 +23,7 @@
 #include "common/event_loop.h"
 #include "common/frame.h"
 #include "common/log.h"
+#include "transport/conn.h"
 #include "transport/tcp/tcp_wire.h"
 
 namespace dipc::transport {
@@ -34,7 +35,7 @@ using namespace tcp;
 constexpr size_t kReadChunk = 64u << 10;  // recv() size when no large frame is pending
 constexpr size_t kIovMax = 64;            // iovecs per sendmsg()
 
-enum class LinkState : uint8_t { kConnecting, kWaitServerHello, kWaitClientHello, kWaitProof, kWaitOk, kUp, kClosed };
+enum class LinkState : uint8_t { kConnecting, kHandshake, kUp, kClosed };
 
 // One frame waiting to be written: header (+ fixed fields), an owned payload and a borrowed one.
 struct OutMsg {
@@ -62,7 +63,7 @@ struct Link {
   NodeId peer = 0;  // dialer: the node dialled; acceptor: the node named in its hello
   LinkState state = LinkState::kConnecting;
   std::string who;  // for logs
-  Nonce mine{}, theirs{};
+  std::unique_ptr<conn::Handshake> hs;  // transport/conn.h: the challenge-response, I/O-free
   FrameReader rx;
   Bytes hs_out;  // handshake frames, written before anything queued for the peer
   size_t hs_off = 0;
@@ -103,7 +104,7 @@ struct Peer {
   std::unordered_map<uint64_t, RmaOpState> rma_ops;  // by the id of the first chunk
   std::unordered_map<uint64_t, uint64_t> open;       // requests we must answer: token -> the peer's frame id
   EventLoop::TimerId connect_timer = 0, redial_timer = 0;
-  int64_t backoff_ms = 0;
+  conn::Backoff backoff{0, 0};
   std::string last_error;  // last failure logged, so a repeated one is logged once
   bool flush_deferred = false;  // a flush is scheduled for the end of the loop iteration
   std::deque<PendingFn> waiting;  // pending_add(): retries waiting for queue space, FIFO
@@ -155,8 +156,11 @@ class TcpTransport final : public Transport {
  public:
   TcpTransport(const Config& cfg, EventLoop& loop, const ClusterKey& key, const TcpOptions& opt)
       : cfg_(cfg), loop_(loop), key_(key), opt_(opt) {
-    for (const auto& n : cfg_.nodes)
-      if (n.id != cfg_.self) peers_[n.id].id = n.id;
+    for (const auto& n : cfg_.nodes) {
+      if (n.id == cfg_.self) continue;
+      peers_[n.id].id = n.id;
+      peers_[n.id].backoff = conn::Backoff(opt_.reconnect_min_ms, opt_.reconnect_max_ms);
+    }
     Nonce n = key_.random_nonce();
     std::memcpy(&incarnation_, n.data(), sizeof incarnation_);
     incarnation_ |= 1;  // never 0
@@ -192,7 +196,7 @@ class TcpTransport final : public Transport {
         DIPC_LOG_ERROR("tcp: cannot resolve node {} address '{}'", id, cfg_.node(id)->address);
         return Status::err(EINVAL);
       }
-      listen_needed |= id < cfg_.self;
+      listen_needed |= !conn::dials(cfg_.self, id);
     }
     if (listen_needed) {
       sockaddr_storage ss{};
@@ -214,7 +218,7 @@ class TcpTransport final : public Transport {
     upcalls_ = true;
     running_ = true;
     for (auto& [id, p] : peers_)
-      if (id > cfg_.self) dial(p);
+      if (conn::dials(cfg_.self, id)) dial(p);
     return Status::ok();
   }
 
@@ -444,8 +448,8 @@ class TcpTransport final : public Transport {
       uint64_t id = p->next_id++;
       p->pending.emplace(id, Pending{{}, op_id, dst ? dst + at : nullptr, n, dst ? local_region : 0});
       OutMsg m;
+      m.head.assign(kFrameHeaderSize, 0);  // filled below, once the payload length is known
       Encoder e(m.head);
-      e.raw(std::array<uint8_t, kFrameHeaderSize>{});
       encode_rma_fields(e, c);
       size_t fields = m.head.size() - kFrameHeaderSize;
       encode_frame_header(FrameHeader{FrameKind::kRma, c.op, id, 0, static_cast<uint32_t>(fields + c.data.size())},
@@ -658,6 +662,9 @@ class TcpTransport final : public Transport {
     l.peer = peer;
     l.state = st;
     l.who = std::move(who);
+    l.hs = std::make_unique<conn::Handshake>(
+        key_, cfg_.self, dialer ? conn::Handshake::Role::kDialer : conn::Handshake::Role::kAcceptor, peer,
+        [this](NodeId n) { return cfg_.node(n) != nullptr; });
     uint64_t id = l.id;
     links_.emplace(id, std::move(owned));
     l.hs_timer = loop_.add_timer(opt_.handshake_timeout_ms, [this, id] {
@@ -687,10 +694,9 @@ class TcpTransport final : public Transport {
   }
 
   void schedule_redial(Peer& p) {
-    if (!running_ || p.redial_timer || p.link || p.dialing || p.id < cfg_.self) return;
-    p.backoff_ms = p.backoff_ms ? std::min(2 * p.backoff_ms, opt_.reconnect_max_ms) : opt_.reconnect_min_ms;
+    if (!running_ || p.redial_timer || p.link || p.dialing || !conn::dials(cfg_.self, p.id)) return;
     NodeId id = p.id;
-    p.redial_timer = loop_.add_timer(p.backoff_ms, [this, id] {
+    p.redial_timer = loop_.add_timer(p.backoff.next(), [this, id] {
       reap();
       dial(peers_.at(id));
     });
@@ -720,7 +726,7 @@ class TcpTransport final : public Transport {
         continue;
       }
       ++unauthenticated_;
-      add_link(fd, false, 0, LinkState::kWaitClientHello, addr_str(ss));
+      add_link(fd, false, 0, LinkState::kHandshake, addr_str(ss));
     }
   }
 
@@ -735,10 +741,9 @@ class TcpTransport final : public Transport {
       socklen_t len = sizeof err;
       getsockopt(l.fd, SOL_SOCKET, SO_ERROR, &err, &len);
       if (err) return close_link(l, fmt::format("cannot connect: {}", strerror(err)), true);
-      l.state = LinkState::kWaitServerHello;
-      l.mine = key_.random_nonce();
-      append_frame(l.hs_out, FrameHeader{FrameKind::kHello, kClientHello, 0, 0, 0},
-                   encode(ClientHello{cfg_.self, l.mine}));
+      l.state = LinkState::kHandshake;
+      conn::HelloMsg m = l.hs->start();
+      append_frame(l.hs_out, FrameHeader{FrameKind::kHello, m.op, 0, 0, 0}, m.payload);
       flush(l);
       return;
     }
@@ -772,7 +777,7 @@ class TcpTransport final : public Transport {
     for (;;) {
       FrameHeader h;
       ByteView payload;
-      switch (l.rx.next(l.state == LinkState::kUp ? kMaxPayload : kMaxHelloPayload, h, payload)) {
+      switch (l.rx.next(l.state == LinkState::kUp ? kMaxPayload : conn::kMaxHelloPayload, h, payload)) {
         case FrameReader::Next::kMore:
           return true;
         case FrameReader::Next::kError:
@@ -791,46 +796,16 @@ class TcpTransport final : public Transport {
   void on_hello(Link& l, const FrameHeader& h, ByteView body) {
     if (h.kind != FrameKind::kHello)
       return close_link(l, fmt::format("{} frame before authentication", kind_name(h.kind)), true);
-    auto send_hello = [&](uint16_t op, ByteView payload) {
-      append_frame(l.hs_out, FrameHeader{FrameKind::kHello, op, 0, 0, 0}, payload);
-    };
-    if (l.state == LinkState::kWaitClientHello && h.op == kClientHello) {
-      ClientHello m;
-      if (!decode(body, m)) return close_link(l, "malformed client hello", true);
-      if (!cfg_.node(m.node) || m.node == cfg_.self)
-        return close_link(l, fmt::format("hello from unknown node {}", m.node), true);
-      if (m.node > cfg_.self)
-        return close_link(l, fmt::format("node {} dials us but we dial it (lower id dials)", m.node), true);
-      l.peer = m.node;
-      l.who = fmt::format("node {} from {}", m.node, l.who);
-      l.theirs = m.nonce;
-      l.mine = key_.random_nonce();
-      send_hello(kServerHello, encode(ServerHello{cfg_.self, l.mine, key_.prove('S', l.mine, l.theirs, cfg_.self,
-                                                                                 l.peer)}));
-      l.state = LinkState::kWaitProof;
-      return flush(l);
+    std::vector<conn::HelloMsg> out;
+    conn::Handshake::Result r = l.hs->on_message(h.op, body, out);
+    if (r == conn::Handshake::Result::kFailed) return close_link(l, l.hs->error(), true);
+    if (!l.dialer && !l.peer && l.hs->peer()) {
+      l.peer = l.hs->peer();
+      l.who = fmt::format("node {} from {}", l.peer, l.who);
     }
-    if (l.state == LinkState::kWaitServerHello && h.op == kServerHello) {
-      ServerHello m;
-      if (!decode(body, m)) return close_link(l, "malformed server hello", true);
-      if (m.node != l.peer) return close_link(l, fmt::format("answered by node {}", m.node), true);
-      if (!key_.verify('S', m.nonce, l.mine, m.node, cfg_.self, m.mac))
-        return close_link(l, "authentication failed (wrong cluster secret?)", true);
-      l.theirs = m.nonce;
-      send_hello(kClientProof, encode(ClientProof{key_.prove('C', l.mine, l.theirs, cfg_.self, l.peer)}));
-      l.state = LinkState::kWaitOk;
-      return flush(l);
-    }
-    if (l.state == LinkState::kWaitProof && h.op == kClientProof) {
-      ClientProof m;
-      if (!decode(body, m)) return close_link(l, "malformed client proof", true);
-      if (!key_.verify('C', l.theirs, l.mine, l.peer, cfg_.self, m.mac))
-        return close_link(l, "authentication failed (wrong cluster secret?)", true);
-      send_hello(kHelloOk, {});
-      return link_up(l);
-    }
-    if (l.state == LinkState::kWaitOk && h.op == kHelloOk && body.empty()) return link_up(l);
-    close_link(l, fmt::format("unexpected handshake frame (op {})", h.op), true);
+    for (const auto& m : out) append_frame(l.hs_out, FrameHeader{FrameKind::kHello, m.op, 0, 0, 0}, m.payload);
+    if (r == conn::Handshake::Result::kDone) return link_up(l);
+    flush(l);
   }
 
   void link_up(Link& l) {
@@ -842,7 +817,7 @@ class TcpTransport final : public Transport {
     cancel(l.hs_timer);
     if (p.dialing == &l) p.dialing = nullptr;
     p.link = &l;
-    p.backoff_ms = 0;
+    p.backoff.reset();
     p.last_error.clear();
     cancel(p.connect_timer);
     DIPC_LOG_INFO("tcp: link to {} up", l.who);
@@ -977,6 +952,25 @@ class TcpTransport final : public Transport {
 };
 
 }  // namespace
+
+Status parse_tcp_options(const Config& cfg, TcpOptions& o, std::string* error) {
+  SectionReader r(cfg, "tcp");
+  bool ok = r.get("connect_timeout_ms", o.connect_timeout_ms, 1, 3600 * 1000) &&
+            r.get("handshake_timeout_ms", o.handshake_timeout_ms, 1, 600 * 1000) &&
+            r.get("reconnect_min_ms", o.reconnect_min_ms, 1, 600 * 1000) &&
+            r.get("reconnect_max_ms", o.reconnect_max_ms, 1, 600 * 1000) &&
+            r.get("max_queued_bytes", o.max_queued_bytes, int64_t{2} * kMaxPayload, int64_t{1} << 40) &&
+            r.get("max_read_per_event", o.max_read_per_event, 4096, int64_t{1} << 30) &&
+            r.get("max_unauthenticated", o.max_unauthenticated, 1, 65535) &&
+            r.get("dead_peer_s", o.dead_peer_s, 0, 3600) && r.finish();
+  std::string err = r.error();
+  if (ok && o.reconnect_max_ms < o.reconnect_min_ms) {
+    ok = false;
+    err = "transport.tcp.reconnect_max_ms must not be below reconnect_min_ms";
+  }
+  if (!ok && error) *error = err;
+  return ok ? Status::ok() : Status::err(EINVAL);
+}
 
 std::unique_ptr<Transport> make_tcp_transport(const Config& cfg, EventLoop& loop, const ClusterKey& key,
                                               const TcpOptions& opt) {

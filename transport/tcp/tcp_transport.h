@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "transport/transport.h"
 
@@ -19,14 +20,15 @@ struct Config;
 
 namespace dipc::transport {
 
-// Tuning constants, all in one place. Defaults suit a LAN cluster; tests shorten the timeouts.
+// Tuning constants, all in one place, each settable in the configuration's [transport.tcp] table under the same
+// name (parse_tcp_options). Defaults suit a LAN cluster; tests shorten the timeouts.
 struct TcpOptions {
   int64_t connect_timeout_ms = 10000;  // an operation waits this long for a peer that is not connected, then
                                        // completes with EHOSTUNREACH
   int64_t handshake_timeout_ms = 3000; // a connection not authenticated after this (TCP connect included) is closed
   int64_t reconnect_min_ms = 50;       // redial backoff starts here and doubles ...
   int64_t reconnect_max_ms = 2000;     // ... up to this
-  size_t max_queued_bytes = 64u << 20; // per peer: request()/send()/one-sided ops beyond this fail with ENOBUFS;
+  size_t max_queued_bytes = 64u << 20; // per peer: request()/send()/one-sided ops beyond this get kNoResources;
                                        // replies beyond twice this close the link (the peer does not drain it)
   size_t max_read_per_event = 4u << 20;  // bytes read from one link per wake-up (fairness between links)
   int max_unauthenticated = 64;        // accepted connections still in the handshake; more are refused
@@ -34,6 +36,10 @@ struct TcpOptions {
   // long: TCP keepalive probes an idle link, TCP_USER_TIMEOUT bounds unacknowledged data on a busy one.
   int dead_peer_s = 5;
 };
+
+// Reads [transport.tcp] (common/config.h, SectionReader) over the defaults in `opt`. EINVAL with `error` naming the
+// setting when a value is out of range or unknown.
+Status parse_tcp_options(const Config& cfg, TcpOptions& opt, std::string* error);
 
 std::unique_ptr<Transport> make_tcp_transport(const Config& cfg, EventLoop& loop, const ClusterKey& key,
                                               const TcpOptions& opt = TcpOptions());

@@ -17,72 +17,8 @@
 
 namespace dipc::transport::tcp {
 
-// ---- handshake: FrameKind::kHello, op = HelloOp ------------------------------------------------------------------
-//   dialer   -> acceptor  kClientHello {u16 node, nonce_c}
-//   acceptor -> dialer    kServerHello {u16 node, nonce_s, prove('S', nonce_s, nonce_c, acceptor, dialer)}
-//   dialer   -> acceptor  kClientProof {prove('C', nonce_c, nonce_s, dialer, acceptor)}
-//   acceptor -> dialer    kHelloOk     {}
-// Before the handshake completes a connection accepts nothing but these, each at most kMaxHelloPayload bytes.
-enum HelloOp : uint16_t { kClientHello = 1, kServerHello = 2, kClientProof = 3, kHelloOk = 4 };
-inline constexpr uint32_t kMaxHelloPayload = 128;
-
-struct ClientHello {
-  uint16_t node = 0;
-  Nonce nonce{};
-};
-struct ServerHello {
-  uint16_t node = 0;
-  Nonce nonce{};
-  Mac mac{};
-};
-struct ClientProof {
-  Mac mac{};
-};
-
-namespace detail {
-template <size_t N>
-inline void get(Decoder& d, std::array<uint8_t, N>& a) {
-  ByteView v = d.raw(N);
-  if (d.ok()) std::memcpy(a.data(), v.data(), N);
-}
-}  // namespace detail
-
-inline Bytes encode(const ClientHello& m) {
-  Encoder e;
-  e.u16(m.node);
-  e.raw(m.nonce);
-  return e.take();
-}
-inline Bytes encode(const ServerHello& m) {
-  Encoder e;
-  e.u16(m.node);
-  e.raw(m.nonce);
-  e.raw(m.mac);
-  return e.take();
-}
-inline Bytes encode(const ClientProof& m) {
-  Encoder e;
-  e.raw(m.mac);
-  return e.take();
-}
-inline bool decode(ByteView b, ClientHello& m) {
-  Decoder d(b);
-  m.node = d.u16();
-  detail::get(d, m.nonce);
-  return d.done();
-}
-inline bool decode(ByteView b, ServerHello& m) {
-  Decoder d(b);
-  m.node = d.u16();
-  detail::get(d, m.nonce);
-  detail::get(d, m.mac);
-  return d.done();
-}
-inline bool decode(ByteView b, ClientProof& m) {
-  Decoder d(b);
-  detail::get(d, m.mac);
-  return d.done();
-}
+// ---- handshake: FrameKind::kHello frames carry transport/conn.h's Handshake messages (op, payload) -------------
+// Before the handshake completes a connection accepts nothing but these, each at most conn::kMaxHelloPayload bytes.
 
 // ---- one-sided operations: FrameKind::kRma, op = RmaOp; answered by kRmaReply with the same op and id -----------
 //   kRmaRead        {u64 region, u64 offset, u32 length}             reply: the `length` bytes

@@ -15,6 +15,7 @@
 #include <deque>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -25,6 +26,7 @@
 #include "common/event_loop.h"
 #include "common/frame.h"
 #include "common/log.h"
+#include "transport/conn.h"
 #include "transport/verbs/verbs_wire.h"
 
 namespace dipc::transport {
@@ -149,6 +151,7 @@ struct Op {
   uint32_t len = 0;
   uint64_t a = 0, b = 0;     // atomics: add / expected, desired
   uint32_t region = 0;       // local region the operation uses (deregistration waits for it)
+  uint64_t key_incarnation = 0;  // the remote key's owner incarnation
   int64_t deadline = 0;      // queued while the peer is down: fails with EHOSTUNREACH at this time
   size_t size() const { return body.size() + 64; }
   bool reads_into(uint32_t r) const { return !is_msg && !fence && region == r && opcode == IBV_WR_RDMA_READ; }
@@ -180,7 +183,8 @@ struct Link {
   uint32_t sq_used = 0, sq_max = 0;
   uint32_t max_inline = 0;
   bool fence_next = false;  // the next work request carries IBV_SEND_FENCE
-  Nonce mine{}, theirs{};
+  std::unique_ptr<conn::Handshake> hs;
+  uint64_t peer_incarnation = 0;
   EventLoop::TimerId hs_timer = 0;
   // Reassembly of a fragmented message.
   MsgHeader rx_head{};
@@ -210,7 +214,8 @@ struct Peer {
   std::map<uint64_t, Outstanding> outstanding;  // by seq: issue order
   std::unordered_map<uint64_t, uint64_t> open;  // requests we must answer: token -> the peer's request id
   EventLoop::TimerId connect_timer = 0, redial_timer = 0;
-  int64_t backoff_ms = 0;
+  std::optional<conn::Backoff> backoff;
+  uint64_t incarnation = 0;  // of the peer's transport, learnt at the handshake: its keys carry it
   std::string last_error;
   std::deque<PendingFn> waiting;  // pending_add(): retries waiting for queue space, FIFO
   bool retrying = false, retry_deferred = false;
@@ -229,8 +234,13 @@ class VerbsTransport final : public Transport {
  public:
   VerbsTransport(const Config& cfg, EventLoop& loop, const ClusterKey& key, const VerbsOptions& opt)
       : cfg_(cfg), loop_(loop), key_(key), opt_(opt) {
-    for (const auto& n : cfg_.nodes)
-      if (n.id != cfg_.self) peers_[n.id].id = n.id;
+    for (const auto& n : cfg_.nodes) {
+      if (n.id == cfg_.self) continue;
+      peers_[n.id].id = n.id;
+      peers_[n.id].backoff.emplace(opt_.reconnect_min_ms, opt_.reconnect_max_ms);
+    }
+    Nonce n = key_.random_nonce();  // libsodium randomness
+    std::memcpy(&incarnation_, n.data(), sizeof incarnation_);
   }
   ~VerbsTransport() override {
     upcalls_ = false;
@@ -242,6 +252,7 @@ class VerbsTransport final : public Transport {
     if (ch_) loop_.remove(ch_->fd);
     comp_ch_.reset();
     pd_.reset();
+    listener_.reset();
     bound_.reset();
     ch_.reset();
   }
@@ -257,10 +268,10 @@ class VerbsTransport final : public Transport {
     if (rdma_create_id(ch_.get(), &id, nullptr, RDMA_PS_TCP) != 0) return Status::err(errno);
     bound_.reset(id);
     sockaddr_storage ss{};
-    if (!resolve(me->address, me->port, ss)) return Status::err(EINVAL);
+    if (!resolve(me->address, 0, ss)) return Status::err(EINVAL);  // the port is bound by start() (the listener)
     if (rdma_bind_addr(id, reinterpret_cast<sockaddr*>(&ss)) != 0) {
       int e = errno;
-      DIPC_LOG_ERROR("verbs: cannot bind {}:{}: {}", me->address, me->port, strerror(e));
+      DIPC_LOG_ERROR("verbs: cannot bind {}: {}", me->address, strerror(e));
       return Status::err(e == EADDRNOTAVAIL || e == ENODEV ? ENODEV : e);
     }
     if (!id->verbs) return Status::err(ENODEV);  // the address has no RDMA device behind it
@@ -311,18 +322,28 @@ class VerbsTransport final : public Transport {
         return Status::err(EINVAL);
       }
     }
-    bool listen_needed = std::any_of(peers_.begin(), peers_.end(), [&](auto& kv) { return kv.first < cfg_.self; });
-    if (listen_needed && rdma_listen(bound_.get(), 64) != 0) {
-      int e = errno;
-      DIPC_LOG_ERROR("verbs: cannot listen: {}", strerror(e));
-      return Status::err(e);
+    bool listen_needed =
+        std::any_of(peers_.begin(), peers_.end(), [&](auto& kv) { return conn::dials(kv.first, cfg_.self); });
+    if (listen_needed) {
+      const NodeConf* me = cfg_.node(cfg_.self);
+      sockaddr_storage ss{};
+      rdma_cm_id* id = nullptr;
+      if (!me || !resolve(me->address, me->port, ss)) return Status::err(EINVAL);
+      if (rdma_create_id(ch_.get(), &id, nullptr, RDMA_PS_TCP) != 0) return Status::err(errno);
+      listener_.reset(id);
+      if (rdma_bind_addr(id, reinterpret_cast<sockaddr*>(&ss)) != 0 || rdma_listen(id, 64) != 0) {
+        int e = errno;
+        listener_.reset();
+        DIPC_LOG_ERROR("verbs: cannot listen on {}:{}: {}", me->address, me->port, strerror(e));
+        return Status::err(e);
+      }
     }
     loop_.add(ch_->fd, EPOLLIN, [this](uint32_t) { on_cm_events(); });
     loop_.add(comp_ch_->fd, EPOLLIN, [this](uint32_t) { on_cq_events(); });
     upcalls_ = true;
     running_ = true;
     for (auto& [id, p] : peers_)
-      if (id > cfg_.self) dial(p);
+      if (conn::dials(cfg_.self, id)) dial(p);
     if (opt_.heartbeat_ms > 0) beat_timer_ = loop_.add_timer(opt_.heartbeat_ms, [this] { heartbeat(); });
     return Status::ok();
   }
@@ -333,6 +354,7 @@ class VerbsTransport final : public Transport {
     upcalls_ = false;
     if (beat_timer_) loop_.cancel_timer(beat_timer_);
     beat_timer_ = 0;
+    listener_.reset();  // the port is free again (a restarted transport binds it)
     for (auto& [id, p] : peers_) {
       cancel(p.redial_timer);
       cancel(p.connect_timer);
@@ -399,7 +421,7 @@ class VerbsTransport final : public Transport {
     return Status::ok();
   }
 
-  // ---- memory domain: an MR per region; the packed key is {u64 address, u32 rkey} ----------------------------
+  // ---- memory domain: an MR per region; the packed key is {u64 address, u32 rkey, u64 incarnation} ------------
 
   Result<MemRegion> register_region(void* addr, size_t len) override {
     if (!addr || !len) return Status::err(EINVAL);
@@ -417,6 +439,7 @@ class VerbsTransport final : public Transport {
     Encoder e;
     e.u64(reinterpret_cast<uint64_t>(addr));
     e.u32(mr->rkey);
+    e.u64(incarnation_);
     Bytes packed = e.take();
     MemRegion m;
     m.id = id;
@@ -549,10 +572,11 @@ class VerbsTransport final : public Transport {
   }
 
   // Remote address and rkey from a packed key; false if the key is not a verbs key.
-  static bool unpack(const RemoteKey& k, uint64_t& addr, uint32_t& rkey) {
+  static bool unpack(const RemoteKey& k, uint64_t& addr, uint32_t& rkey, uint64_t& incarnation) {
     Decoder d(k.packed());
     addr = d.u64();
     rkey = d.u32();
+    incarnation = d.u64();
     return d.done();
   }
 
@@ -560,9 +584,9 @@ class VerbsTransport final : public Transport {
                            size_t len, ibv_wr_opcode opcode, uint64_t a, uint64_t b, RmaCb cb, AtomicCb acb) {
     bool atomic = opcode == IBV_WR_ATOMIC_FETCH_AND_ADD || opcode == IBV_WR_ATOMIC_CMP_AND_SWP;
     if (atomic && !atomics_) return Status::err(ENOTSUP);
-    uint64_t raddr = 0;
+    uint64_t raddr = 0, inc = 0;
     uint32_t rkey = 0;
-    if (!unpack(r, raddr, rkey)) return Status::err(EINVAL);
+    if (!unpack(r, raddr, rkey, inc)) return Status::err(EINVAL);
     if (offset > r.length() || len > r.length() - offset || len > kMaxRmaLen) return Status::err(EINVAL);
     if (atomic && (raddr + offset) % 8) return Status::err(EINVAL);
     Region* reg = nullptr;
@@ -579,6 +603,7 @@ class VerbsTransport final : public Transport {
     o.opcode = opcode;
     o.remote = raddr + offset;
     o.rkey = rkey;
+    o.key_incarnation = inc;
     o.len = static_cast<uint32_t>(len);
     o.a = a;
     o.b = b;
@@ -616,6 +641,12 @@ class VerbsTransport final : public Transport {
         l.fence_next = true;
       } else if (o.is_msg) {
         if (!post_fragments(l, o)) break;
+      } else if (o.key_incarnation != p.incarnation) {  // a key from before the peer restarted: never posted
+        uint64_t seq = o.seq;
+        p.out_bytes -= o.size();
+        p.out.pop_front();
+        complete(p, seq, EINVAL, 0);
+        continue;
       } else {
         if (l.sq_used >= l.sq_max) break;
         if (!post_rma(l, p, o)) return;
@@ -938,10 +969,9 @@ class VerbsTransport final : public Transport {
   }
 
   void schedule_redial(Peer& p) {
-    if (!running_ || p.redial_timer || p.link || p.dialing || p.id < cfg_.self) return;
-    p.backoff_ms = p.backoff_ms ? std::min(2 * p.backoff_ms, opt_.reconnect_max_ms) : opt_.reconnect_min_ms;
+    if (!running_ || p.redial_timer || p.link || p.dialing || !conn::dials(cfg_.self, p.id)) return;
     NodeId id = p.id;
-    p.redial_timer = loop_.add_timer(p.backoff_ms, [this, id] {
+    p.redial_timer = loop_.add_timer(p.backoff->next(), [this, id] {
       reap();
       dial(peers_.at(id));
     });
@@ -969,7 +999,7 @@ class VerbsTransport final : public Transport {
         on_connect_request(id, pdata);
         continue;
       }
-      if (id == bound_.get()) continue;
+      if (id == bound_.get() || id == listener_.get()) continue;
       Link* l = link_of(id);
       if (!l || l->state == LinkState::kClosed) continue;
       on_link_event(*l, type, status, pdata);
@@ -984,9 +1014,10 @@ class VerbsTransport final : public Transport {
         return;
       case RDMA_CM_EVENT_ROUTE_RESOLVED: {
         if (Status s = setup_qp(l); !s) return close_link(l, fmt::format("queue pair set-up: {}", s.str()), true);
-        l.mine = key_.random_nonce();
-        Bytes hello = encode(ConnHello{cfg_.self, l.mine});
-        rdma_conn_param cp = conn_param(hello);
+        l.hs = std::make_unique<conn::Handshake>(key_, cfg_.self, conn::Handshake::Role::kDialer, l.peer, known());
+        conn::HelloMsg hello = l.hs->start();
+        Bytes pd = encode_conn(incarnation_, hello.payload);
+        rdma_conn_param cp = conn_param(pd);
         if (rdma_connect(l.cm.get(), &cp) != 0)
           return close_link(l, fmt::format("rdma_connect: {}", strerror(errno)), true);
         l.state = LinkState::kConnecting;
@@ -1016,42 +1047,57 @@ class VerbsTransport final : public Transport {
       rdma_destroy_id(id);
     };
     if (!running_) return reject("transport stopped");
-    ConnHello m;
-    if (!decode(pdata, m)) return reject("malformed hello (not a dipc peer)");
-    if (!cfg_.node(m.node) || m.node == cfg_.self) return reject(fmt::format("hello from unknown node {}", m.node));
-    if (m.node > cfg_.self) return reject(fmt::format("node {} dials us but we dial it (lower id dials)", m.node));
+    uint64_t inc = 0;
+    ByteView hello;
+    if (!decode_conn(pdata, inc, hello)) return reject("malformed hello (not a dipc peer)");
     if (unauthenticated_ >= opt_.max_unauthenticated) return reject("too many handshakes in progress");
-    const NodeConf* n = cfg_.node(m.node);
-    Link& l = new_link(id, false, m.node, fmt::format("node {} from {}", m.node, n->address));
+    auto hs = std::make_unique<conn::Handshake>(key_, cfg_.self, conn::Handshake::Role::kAcceptor, 0, known());
+    std::vector<conn::HelloMsg> out;
+    if (hs->on_message(conn::kClientHello, hello, out) == conn::Handshake::Result::kFailed || out.size() != 1)
+      return reject(hs->error());
+    NodeId peer = hs->peer();
+    Link& l = new_link(id, false, peer, fmt::format("node {} from {}", peer, cfg_.node(peer)->address));
     l.state = LinkState::kWaitEstablished;
     ++unauthenticated_;
-    l.theirs = m.nonce;
-    l.mine = key_.random_nonce();
+    l.hs = std::move(hs);
+    l.peer_incarnation = inc;
     if (Status s = setup_qp(l); !s) {
       rdma_reject(id, nullptr, 0);
       return close_link(l, fmt::format("queue pair set-up: {}", s.str()), true);
     }
-    Bytes ah = encode(AcceptHello{cfg_.self, l.mine, key_.prove('S', l.mine, l.theirs, cfg_.self, l.peer)});
-    rdma_conn_param cp = conn_param(ah);
+    Bytes pd = encode_conn(incarnation_, out[0].payload);
+    rdma_conn_param cp = conn_param(pd);
     if (rdma_accept(id, &cp) != 0) return close_link(l, fmt::format("rdma_accept: {}", strerror(errno)), true);
   }
 
-  void on_accept_hello(Link& l, const Bytes& pdata) {
-    AcceptHello m;
-    if (!decode(pdata, m)) return close_link(l, "malformed accept hello", true);
-    if (m.node != l.peer) return close_link(l, fmt::format("answered by node {}", m.node), true);
-    if (!key_.verify('S', m.nonce, l.mine, m.node, cfg_.self, m.mac))
-      return close_link(l, "authentication failed (wrong cluster secret?)", true);
-    l.theirs = m.nonce;
-    Mac mac = key_.prove('C', l.mine, l.theirs, cfg_.self, l.peer);
-    l.state = LinkState::kWaitOk;
-    send_hs(l, MsgKind::kProof, ByteView(mac));
+  conn::Handshake::KnownFn known() const {
+    return [this](NodeId n) { return n != cfg_.self && cfg_.node(n) != nullptr; };
   }
 
-  void send_hs(Link& l, MsgKind kind, ByteView body) {
+  // Dialer: the server hello came with the accept.
+  void on_accept_hello(Link& l, const Bytes& pdata) {
+    uint64_t inc = 0;
+    ByteView hello;
+    if (!l.hs || !decode_conn(pdata, inc, hello)) return close_link(l, "malformed accept hello", true);
+    l.peer_incarnation = inc;
+    l.state = LinkState::kWaitOk;
+    on_hello(l, conn::kServerHello, hello);
+  }
+
+  // Feeds a handshake message to the link's conn::Handshake and sends what it answers.
+  void on_hello(Link& l, uint16_t op, ByteView body) {
+    std::vector<conn::HelloMsg> out;
+    conn::Handshake::Result r = l.hs->on_message(op, body, out);
+    if (r == conn::Handshake::Result::kFailed) return close_link(l, l.hs->error(), true);
+    for (const conn::HelloMsg& m : out) send_hs(l, m.op, m.payload);
+    if (r == conn::Handshake::Result::kDone && l.state != LinkState::kClosed) link_up(l);
+  }
+
+  void send_hs(Link& l, uint16_t op, ByteView body) {
+    if (l.free_send.empty() || !l.credits) return close_link(l, "no buffer for a handshake message", true);
     uint32_t slot = l.free_send.back();
     uint8_t* buf = l.send_buf.data() + size_t(slot) * opt_.buffer_size;
-    encode_header(MsgHeader{kind, 0, take_credits(l), 0, 0, static_cast<uint32_t>(body.size())}, buf);
+    encode_header(MsgHeader{MsgKind::kHello, op, take_credits(l), 0, 0, static_cast<uint32_t>(body.size())}, buf);
     if (!body.empty()) std::memcpy(buf + kMsgHeaderSize, body.data(), body.size());
     if (post_send(l, slot, kMsgHeaderSize + body.size())) {
       l.free_send.pop_back();
@@ -1069,7 +1115,8 @@ class VerbsTransport final : public Transport {
     cancel(l.hs_timer);
     if (p.dialing == &l) p.dialing = nullptr;
     p.link = &l;
-    p.backoff_ms = 0;
+    p.backoff->reset();
+    p.incarnation = l.peer_incarnation;
     p.last_error.clear();
     cancel(p.connect_timer);
     l.info = dev_info_;
@@ -1219,8 +1266,7 @@ class VerbsTransport final : public Transport {
       return deliver(l, l.rx_head, body);
     }
     if (l.rx_left) return close_link(l, "new message inside a fragmented one", true);
-    if (h.kind == MsgKind::kProof || h.kind == MsgKind::kHelloOk)
-      return close_link(l, "handshake message on an authenticated link", true);
+    if (h.kind == MsgKind::kHello) return close_link(l, "handshake message on an authenticated link", true);
     if (h.length > kMaxPayload) return close_link(l, fmt::format("message of {} bytes", h.length), true);
     if (payload.size() < h.length) {  // first fragment
       if (payload.size() != opt_.buffer_size - kMsgHeaderSize) return close_link(l, "short first fragment", true);
@@ -1261,19 +1307,10 @@ class VerbsTransport final : public Transport {
   }
 
   void on_handshake(Link& l, const MsgHeader& h, ByteView payload) {
-    bool waiting = l.state == LinkState::kWaitProof || l.state == LinkState::kWaitEstablished;  // SEND may beat
-    if (!l.dialer && waiting && h.kind == MsgKind::kProof) {                                     // the CM event
-      Mac mac{};
-      if (payload.size() != mac.size() || h.length != mac.size()) return close_link(l, "malformed proof", true);
-      std::memcpy(mac.data(), payload.data(), mac.size());
-      if (!key_.verify('C', l.theirs, l.mine, l.peer, cfg_.self, mac))
-        return close_link(l, "authentication failed (wrong cluster secret?)", true);
-      send_hs(l, MsgKind::kHelloOk, {});
-      return link_up(l);
-    }
-    if (l.dialer && l.state == LinkState::kWaitOk && h.kind == MsgKind::kHelloOk && payload.empty())
-      return link_up(l);
-    close_link(l, "unexpected message before authentication", true);
+    // The proof SEND may beat the acceptor's ESTABLISHED event; the dialer has its hs once connected.
+    if (h.kind != MsgKind::kHello || !l.hs || payload.size() != h.length)
+      return close_link(l, "unexpected message before authentication", true);
+    on_hello(l, h.op, payload);
   }
 
   const Config& cfg_;
@@ -1285,8 +1322,10 @@ class VerbsTransport final : public Transport {
   bool running_ = false;
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);
   uint32_t max_inline_ = 0;
+  uint64_t incarnation_ = 0;  // random: remote keys name it (verbs_wire.h)
   EventChannelPtr ch_;
-  CmIdPtr bound_;
+  CmIdPtr bound_;     // bound to this node's address (port 0): finds the device
+  CmIdPtr listener_;  // bound to address:port and listening, while started (when a lower-id peer dials us)
   ibv_context* ctx_ = nullptr;  // owned by rdma_cm
   PdPtr pd_;
   CompChannelPtr comp_ch_;
@@ -1325,6 +1364,25 @@ bool verbs_usable(const std::string& address, VerbsDeviceInfo* info) {
     info->numa_node = device_numa_node(raw->verbs);
   }
   return true;
+}
+
+Status parse_verbs_options(const Config& cfg, VerbsOptions& o, std::string* error) {
+  SectionReader r(cfg, "verbs");
+  bool ok = r.get("connect_timeout_ms", o.connect_timeout_ms, 1, 3600 * 1000) &&
+            r.get("handshake_timeout_ms", o.handshake_timeout_ms, 1, 600 * 1000) &&
+            r.get("reconnect_min_ms", o.reconnect_min_ms, 1, 600 * 1000) &&
+            r.get("reconnect_max_ms", o.reconnect_max_ms, 1, 600 * 1000) &&
+            r.get("credits", o.credits, 2, 4096) && r.get("buffer_size", o.buffer_size, 256, 1 << 20) &&
+            r.get("max_queued_bytes", o.max_queued_bytes, int64_t{2} * kMaxPayload, int64_t{1} << 40) &&
+            r.get("heartbeat_ms", o.heartbeat_ms, 0, 3600 * 1000) &&
+            r.get("max_unauthenticated", o.max_unauthenticated, 1, 65535) && r.finish();
+  std::string err = r.error();
+  if (ok && o.reconnect_max_ms < o.reconnect_min_ms) {
+    ok = false;
+    err = "transport.verbs.reconnect_max_ms must not be below reconnect_min_ms";
+  }
+  if (!ok && error) *error = err;
+  return ok ? Status::ok() : Status::err(EINVAL);
 }
 
 std::string verbs_local_address() {

@@ -38,6 +38,9 @@ struct VerbsOptions {
   int max_unauthenticated = 16;         // connection requests still in the handshake; more are rejected
 };
 
+// Reads [transport.verbs] (keys: the fields above, e.g. `credits = 64`); EINVAL with `error` naming a bad setting.
+Status parse_verbs_options(const Config& cfg, VerbsOptions& opt, std::string* error);
+
 // What `dipc status` shows for a verbs link.
 struct VerbsDeviceInfo {
   std::string device;  // e.g. "rxe0", "mlx5_0"

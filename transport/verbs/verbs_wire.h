@@ -1,20 +1,18 @@
 // Wire formats private to the verbs transport, header-only so unit tests and fuzzers link nothing else.
 //
-// Connection set-up and authentication (the same mutual challenge-response as tcp, common/auth.h):
-//   dialer   -> acceptor  rdma_connect private data  ConnHello  {magic, version, u16 node, nonce_c}
-//   acceptor -> dialer    rdma_accept private data   AcceptHello{magic, version, u16 node, nonce_s,
-//                                                                prove('S', nonce_s, nonce_c, acceptor, dialer)}
-//   dialer   -> acceptor  first SEND  kProof {prove('C', nonce_c, nonce_s, dialer, acceptor)}
-//   acceptor -> dialer    first SEND  kHelloOk {}
+// Connection set-up and authentication: the challenge-response of transport/conn.h (conn::Handshake), carried as
+//   client hello  in the rdma_connect private data, server hello in the rdma_accept private data (ConnData below),
+//   client proof  and hello ok as the first SENDs (MsgKind::kHello, op = conn::HelloOp).
 // The acceptor's queue pair has no remote access rights (qp_access_flags 0) until the proof checks out, and no rkey
-// is ever sent before: a peer that fails authentication can neither name nor touch registered memory.
+// is ever sent before: a peer that fails authentication can neither name nor touch registered memory. ConnData also
+// carries each side's incarnation (random per transport instance): remote keys name it, so a key from before a
+// peer's restart is refused locally (EINVAL) instead of reaching the peer's new memory registrations.
 //
 // Every SEND starts with a MsgHeader (big-endian). A message longer than one receive buffer travels as a first
 // fragment (header.length = whole body) followed by kCont fragments, back to back on the queue pair (RC keeps them
 // in order). `credits` returns receive buffers the sender of the header has re-posted (see verbs_transport.cc).
 #pragma once
 
-#include <array>
 #include <cstdint>
 #include <cstring>
 
@@ -24,58 +22,25 @@
 namespace dipc::transport::verbs {
 
 inline constexpr uint32_t kConnMagic = 0x44495652;  // 'DIVR'
-inline constexpr uint8_t kConnVersion = 1;
+inline constexpr uint8_t kConnVersion = 2;
 
-struct ConnHello {
-  uint16_t node = 0;
-  Nonce nonce{};
-};
-struct AcceptHello {
-  uint16_t node = 0;
-  Nonce nonce{};
-  Mac mac{};
-};
-
-namespace detail {
-template <size_t N>
-inline void get(Decoder& d, std::array<uint8_t, N>& a) {
-  ByteView v = d.raw(N);
-  if (d.ok()) std::memcpy(a.data(), v.data(), N);
-}
-inline bool get_magic(Decoder& d) { return d.u32() == kConnMagic && d.u8() == kConnVersion && d.ok(); }
-}  // namespace detail
-
-inline Bytes encode(const ConnHello& m) {
+// rdma_cm private data: {u32 magic, u8 version, u64 incarnation, u8 length, hello payload}. rdma_cm pads it (to 56
+// bytes for a connect request, 196 for an accept): the length says where the payload ends.
+inline Bytes encode_conn(uint64_t incarnation, ByteView hello) {
   Encoder e;
   e.u32(kConnMagic);
   e.u8(kConnVersion);
-  e.u16(m.node);
-  e.raw(m.nonce);
+  e.u64(incarnation);
+  e.u8(static_cast<uint8_t>(hello.size()));
+  e.raw(hello);
   return e.take();
 }
-inline Bytes encode(const AcceptHello& m) {
-  Encoder e;
-  e.u32(kConnMagic);
-  e.u8(kConnVersion);
-  e.u16(m.node);
-  e.raw(m.nonce);
-  e.raw(m.mac);
-  return e.take();
-}
-// rdma_cm pads private data (to 56 bytes for a connect request, 196 for an accept): trailing bytes are ignored.
-inline bool decode(ByteView b, ConnHello& m) {
+inline bool decode_conn(ByteView b, uint64_t& incarnation, ByteView& hello) {
   Decoder d(b);
-  if (!detail::get_magic(d)) return false;
-  m.node = d.u16();
-  detail::get(d, m.nonce);
-  return d.ok();
-}
-inline bool decode(ByteView b, AcceptHello& m) {
-  Decoder d(b);
-  if (!detail::get_magic(d)) return false;
-  m.node = d.u16();
-  detail::get(d, m.nonce);
-  detail::get(d, m.mac);
+  if (d.u32() != kConnMagic || d.u8() != kConnVersion) return false;
+  incarnation = d.u64();
+  uint8_t n = d.u8();
+  hello = d.raw(n);
   return d.ok();
 }
 
@@ -84,9 +49,8 @@ enum class MsgKind : uint8_t {
   kRequest = 1,   // expects one kResponse with the same id
   kResponse = 2,  // status + body
   kOneWay = 3,
-  kProof = 4,     // authentication (see above)
-  kHelloOk = 5,
-  kCont = 6,      // continuation fragment of the message before it
+  kHello = 4,     // authentication (see above): op = conn::HelloOp
+  kCont = 5,      // continuation fragment of the message before it
 };
 inline constexpr MsgKind kMaxMsgKind = MsgKind::kCont;
 

@@ -1,0 +1,180 @@
+// The DSM runtime (dsm::Manager, dsm::Segment) on two nodes in this process over the loopback provider: real
+// memfds and userfaultfds, a thread per "process" touching the views, the nodes' daemons sharing one EventLoop, and
+// the fabric's faults injected (link loss during a write upgrade, no resources, chunked registration).
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <linux/userfaultfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "common/event_loop.h"
+#include "dsm/segment.h"
+#include "transport/loopback/loopback_transport.h"
+
+namespace dipc::dsm {
+namespace {
+
+constexpr uint64_t kSeg = 7;
+
+int make_uffd() {
+  int fd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+  if (fd < 0) return -1;
+  uffdio_api api{};
+  api.api = UFFD_API;
+  api.features = UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
+  if (ioctl(fd, UFFDIO_API, &api) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+struct Node {
+  std::unique_ptr<transport::Transport> tr;
+  std::unique_ptr<Manager> dsm;
+  uint8_t* view = nullptr;
+  uint64_t len = 0;
+};
+
+class DsmOverLoopback : public ::testing::Test {
+ protected:
+  void build(transport::LoopbackOptions opt, uint64_t size) {
+    fabric_ = std::make_unique<transport::LoopbackFabric>(loop_, std::vector<transport::NodeId>{1, 2}, opt);
+    for (NodeId id : {NodeId{1}, NodeId{2}}) {
+      auto n = std::make_unique<Node>();
+      n->tr = fabric_->make(id);
+      n->dsm = std::make_unique<Manager>(loop_, n->tr.get(), id, 4096, 0);
+      ASSERT_TRUE(n->tr->set_handler(transport::ops::kDsm, n->dsm.get()));
+      ASSERT_TRUE(n->tr->start());
+      nodes_.push_back(std::move(n));
+    }
+    ASSERT_TRUE(pump([&] { return nodes_[0]->tr->peer_up(2) && nodes_[1]->tr->peer_up(1); }));
+    for (auto& n : nodes_) {
+      auto s = n->dsm->open(kSeg, 1, size);
+      ASSERT_TRUE(s) << s.status().str();
+      n->len = (*s)->mapped_size();
+      void* p = mmap(nullptr, n->len, PROT_READ | PROT_WRITE, MAP_SHARED, (*s)->view_fd(), 0);
+      ASSERT_NE(p, MAP_FAILED);
+      n->view = static_cast<uint8_t*>(p);
+      int uffd = make_uffd();
+      if (uffd < 0) GTEST_SKIP() << "no userfaultfd with shmem write-protection here";
+      uffdio_register r{};
+      r.range.start = reinterpret_cast<uint64_t>(p);
+      r.range.len = n->len;
+      r.mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP;
+      ASSERT_EQ(ioctl(uffd, UFFDIO_REGISTER, &r), 0) << strerror(errno);
+      ASSERT_TRUE((*s)->add_attach(1, uffd, reinterpret_cast<uint64_t>(p), n->len, false));
+    }
+  }
+  void TearDown() override {
+    for (auto& n : nodes_) {
+      if (n->dsm) n->dsm->destroy(kSeg);  // closes the userfaultfds: a thread still faulting is released
+      if (n->view) munmap(n->view, n->len);
+    }
+    for (auto& t : threads_) t.join();
+    for (auto& n : nodes_)
+      if (n->tr) n->tr->stop();
+  }
+  // Runs the daemons' loop until `done`; bounded (10 s).
+  bool pump(const std::function<bool()>& done) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!done()) {
+      if (std::chrono::steady_clock::now() > deadline) return false;
+      loop_.run_once(1);
+    }
+    return true;
+  }
+  // Runs `fn` on a thread of its own (a process of the node touching its view); true once it returned.
+  bool access(std::function<void()> fn) {
+    auto finished = std::make_shared<std::atomic<bool>>(false);
+    threads_.emplace_back([fn = std::move(fn), finished] {
+      fn();
+      finished->store(true);
+    });
+    return pump([&] { return finished->load(); });
+  }
+  Node& n(int i) { return *nodes_[i - 1]; }
+
+  EventLoop loop_;
+  std::unique_ptr<transport::LoopbackFabric> fabric_;
+  std::vector<std::unique_ptr<Node>> nodes_;
+  std::vector<std::thread> threads_;
+};
+
+TEST_F(DsmOverLoopback, AWriteOnOneNodeIsReadOnTheOther) {
+  build({}, 4 * 4096);
+  ASSERT_TRUE(access([&] { n(1).view[100] = 0x42; }));
+  uint8_t got = 0;
+  ASSERT_TRUE(access([&] { got = n(2).view[100]; }));
+  EXPECT_EQ(got, 0x42);
+  ASSERT_TRUE(access([&] { n(2).view[4096 + 5] = 7; }));  // node 2 writes; the home reads it back
+  ASSERT_TRUE(access([&] { got = n(1).view[4096 + 5]; }));
+  EXPECT_EQ(got, 7);
+  EXPECT_GT(n(2).dsm->stats().pushes + n(2).dsm->stats().remote_fetches + n(1).dsm->stats().pushes, 0u);
+}
+
+TEST_F(DsmOverLoopback, APinningProviderGetsTheFramesRegisteredChunkByChunkAsTheyAreUsed) {
+  transport::LoopbackOptions o;
+  o.pins_memory = true;
+  const uint64_t size = 8 * kPinChunk;
+  build(o, size);
+  EXPECT_EQ(n(2).dsm->stats().registered_bytes, 0u);  // nothing pinned at shmget/shmat
+  ASSERT_TRUE(access([&] { n(1).view[0] = 1; n(1).view[5 * kPinChunk + 3] = 2; }));
+  uint8_t a = 0, b = 0;
+  ASSERT_TRUE(access([&] { a = n(2).view[0]; b = n(2).view[5 * kPinChunk + 3]; }));
+  EXPECT_EQ(a, 1);
+  EXPECT_EQ(b, 2);
+  EXPECT_EQ(n(2).dsm->stats().registered_bytes, 2 * kPinChunk);
+  EXPECT_LE(n(1).dsm->stats().registered_bytes, 2 * kPinChunk);
+}
+
+TEST_F(DsmOverLoopback, NoCoherenceMessageIsLostWhenTheTransportRunsOutOfResources) {
+  build({}, 16 * 4096);
+  fabric_->set_max_outstanding(1);
+  fabric_->set_delay_us(200);
+  ASSERT_TRUE(access([&] {
+    for (int p = 0; p < 16; ++p) n(1).view[p * 4096] = static_cast<uint8_t>(p + 1);
+  }));
+  std::vector<uint8_t> got(16);
+  ASSERT_TRUE(access([&] {
+    for (int p = 0; p < 16; ++p) got[p] = n(2).view[p * 4096];
+  })) << "a coherence message was dropped: a transaction hangs";
+  for (int p = 0; p < 16; ++p) EXPECT_EQ(got[p], p + 1);
+  EXPECT_GT(n(1).dsm->stats().messages_deferred + n(2).dsm->stats().messages_deferred, 0u);
+}
+
+TEST_F(DsmOverLoopback, LinkLossDuringAWriteUpgradeNeitherHangsNorLosesCoherence) {
+  build({}, 4 * 4096);
+  ASSERT_TRUE(access([&] { n(1).view[0] = 1; }));
+  uint8_t got = 0;
+  ASSERT_TRUE(access([&] { got = n(2).view[0]; }));  // node 2 holds the block Shared
+  ASSERT_EQ(got, 1);
+  // Node 2 upgrades to write; the home's answer never gets through: the link goes down meanwhile.
+  fabric_->pause(1, 2, true);
+  auto finished = std::make_shared<std::atomic<bool>>(false);
+  threads_.emplace_back([this, finished] {
+    n(2).view[0] = 9;
+    finished->store(true);
+  });
+  for (int i = 0; i < 50; ++i) loop_.run_once(1);
+  EXPECT_FALSE(finished->load()) << "the write upgrade completed without the home's grant";
+  fabric_->set_link(1, 2, false);
+  fabric_->pause(1, 2, false);
+  for (int i = 0; i < 20; ++i) loop_.run_once(1);
+  fabric_->set_link(1, 2, true);
+  ASSERT_TRUE(pump([&] { return finished->load(); })) << "the writer hangs after the link came back";
+  ASSERT_TRUE(access([&] { got = n(1).view[0]; }));
+  EXPECT_EQ(got, 9) << "the home reads a value the cluster has moved past";
+}
+
+}  // namespace
+}  // namespace dipc::dsm

@@ -1,0 +1,158 @@
+// Connection setup shared by the providers, as I/O-free pieces in the style of dsm/coherence.h: no sockets, no
+// clock reads, no event loop. A provider (tcp: sockets; verbs: rdma_cm + the first SENDs) carries the bytes and the
+// timers; these decide.
+//  - dials(): which side of a pair connects (the lower id dials, so two nodes never race two links);
+//  - Backoff: redial delays, doubling from a minimum to a maximum, reset once a link is up;
+//  - DeadlineQueue: operations issued while a peer is not connected, failed in issue order once they waited the
+//    connect timeout;
+//  - Outstanding: completions awaiting an answer, failed all at once (in issue order) when the link is lost;
+//  - Handshake: the mutual challenge-response (common/auth.h) before anything else flows:
+//      dialer   -> acceptor  kClientHello {u16 node, nonce_c}
+//      acceptor -> dialer    kServerHello {u16 node, nonce_s, prove('S', nonce_s, nonce_c, acceptor, dialer)}
+//      dialer   -> acceptor  kClientProof {prove('C', nonce_c, nonce_s, dialer, acceptor)}
+//      acceptor -> dialer    kHelloOk     {}
+//    Each message is (op, payload), at most kMaxHelloPayload bytes; the provider frames it. A peer that fails it
+//    never gets past it, so it never learns a key or reaches a handler.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/auth.h"
+#include "common/wire.h"
+
+namespace dipc::transport::conn {
+
+using NodeId = uint16_t;
+
+// True when `self` connects to `peer` (the lower id dials); the other side accepts.
+constexpr bool dials(NodeId self, NodeId peer) { return self < peer; }
+
+class Backoff {
+ public:
+  Backoff(int64_t min_ms, int64_t max_ms) : min_(min_ms), max_(max_ms < min_ms ? min_ms : max_ms) {}
+  // The delay before the next attempt: min, 2*min, 4*min ... max.
+  int64_t next() {
+    cur_ = cur_ ? (cur_ > max_ / 2 ? max_ : 2 * cur_) : min_;
+    return cur_;
+  }
+  void reset() { cur_ = 0; }
+  int64_t current() const { return cur_; }
+
+ private:
+  int64_t min_, max_, cur_ = 0;
+};
+
+// Items that wait for a connection, each with a deadline; FIFO (deadlines are issue time + a constant, so they
+// are non-decreasing).
+template <typename T>
+class DeadlineQueue {
+ public:
+  void push(int64_t deadline, T item) { q_.emplace_back(deadline, std::move(item)); }
+  // The items whose deadline passed, oldest first.
+  std::vector<T> expire(int64_t now) {
+    std::vector<T> out;
+    while (!q_.empty() && q_.front().first <= now) {
+      out.push_back(std::move(q_.front().second));
+      q_.pop_front();
+    }
+    return out;
+  }
+  // Everything, oldest first (the link came up: send them; or the transport stops: fail them).
+  std::vector<T> take_all() {
+    std::vector<T> out;
+    for (auto& [d, t] : q_) out.push_back(std::move(t));
+    q_.clear();
+    return out;
+  }
+  std::optional<int64_t> next_deadline() const {
+    if (q_.empty()) return std::nullopt;
+    return q_.front().first;
+  }
+  size_t size() const { return q_.size(); }
+  bool empty() const { return q_.empty(); }
+
+ private:
+  std::deque<std::pair<int64_t, T>> q_;
+};
+
+// Completions by id, issued in increasing id order.
+template <typename Cb>
+class Outstanding {
+ public:
+  uint64_t add(Cb cb) {
+    uint64_t id = next_++;
+    m_.emplace(id, std::move(cb));
+    return id;
+  }
+  std::optional<Cb> take(uint64_t id) {
+    auto it = m_.find(id);
+    if (it == m_.end()) return std::nullopt;
+    Cb cb = std::move(it->second);
+    m_.erase(it);
+    return cb;
+  }
+  // Removes every entry and hands each to `fail`, in issue order; entries added by `fail` itself are kept.
+  template <typename F>
+  void fail_all(F&& fail) {
+    std::map<uint64_t, Cb> all;
+    all.swap(m_);
+    for (auto& [id, cb] : all) fail(cb);
+  }
+  size_t size() const { return m_.size(); }
+
+ private:
+  uint64_t next_ = 1;
+  std::map<uint64_t, Cb> m_;
+};
+
+enum HelloOp : uint16_t { kClientHello = 1, kServerHello = 2, kClientProof = 3, kHelloOk = 4 };
+inline constexpr uint32_t kMaxHelloPayload = 128;
+
+struct HelloMsg {
+  uint16_t op = 0;
+  Bytes payload;
+};
+
+class Handshake {
+ public:
+  enum class Role : uint8_t { kDialer, kAcceptor };
+  enum class Result : uint8_t { kContinue, kDone, kFailed };
+  // Is `node` a configured node other than ourselves?
+  using KnownFn = std::function<bool(NodeId)>;
+
+  // Dialer: `peer` is the node dialled. Acceptor: `peer` is ignored (learnt from the client hello).
+  Handshake(const ClusterKey& key, NodeId self, Role role, NodeId peer, KnownFn known);
+
+  // Dialer only, once the transport is connected: the client hello to send.
+  HelloMsg start();
+  // A handshake message from the other side; `out` gets what to send (possibly nothing). kFailed: close the
+  // connection and log error(); kDone: authenticated (the acceptor may still have to send `out`, the final ok).
+  Result on_message(uint16_t op, ByteView payload, std::vector<HelloMsg>& out);
+
+  NodeId peer() const { return peer_; }
+  bool done() const { return state_ == State::kDone; }
+  const std::string& error() const { return error_; }
+
+ private:
+  enum class State : uint8_t { kIdle, kWaitServerHello, kWaitClientHello, kWaitProof, kWaitOk, kDone, kFailed };
+  Result fail(std::string why);
+
+  const ClusterKey& key_;
+  NodeId self_;
+  Role role_;
+  NodeId peer_;
+  KnownFn known_;
+  State state_;
+  Nonce mine_{}, theirs_{};
+  std::string error_;
+};
+
+}  // namespace dipc::transport::conn
