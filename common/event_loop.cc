@@ -12,40 +12,56 @@
 
 namespace dipc {
 
-EventLoop::EventLoop() {
-  epfd_ = epoll_create1(EPOLL_CLOEXEC);
-  wakefd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (epfd_ < 0 || wakefd_ < 0) throw std::system_error(errno, std::generic_category(), "epoll/eventfd");
-  add(wakefd_, EPOLLIN, [this](uint32_t) {
+// Setup only: a loop that cannot be built is fatal to its owner, so this one throws.
+EventLoop::EventLoop() : epfd_(epoll_create1(EPOLL_CLOEXEC)), wakefd_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
+  if (!epfd_ || !wakefd_) throw std::system_error(errno, std::generic_category(), "epoll/eventfd");
+  Status s = add(wakefd_.get(), EPOLLIN, [this](uint32_t) {
     uint64_t v;
-    while (read(wakefd_, &v, sizeof v) > 0) {
+    while (read(wakefd_.get(), &v, sizeof v) > 0) {
     }
   });
+  if (!s) throw std::system_error(s.code(), std::generic_category(), "epoll_ctl add");
 }
 
-EventLoop::~EventLoop() {
-  if (wakefd_ >= 0) close(wakefd_);
-  if (epfd_ >= 0) close(epfd_);
-}
+EventLoop::~EventLoop() = default;
 
-void EventLoop::add(int fd, uint32_t events, FdCallback cb) {
+Status EventLoop::add(int fd, uint32_t events, FdCallback cb) {
   epoll_event ev{};
   ev.events = events;
   ev.data.fd = fd;
-  if (epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev) != 0)
-    throw std::system_error(errno, std::generic_category(), "epoll_ctl add");
+  if (epoll_ctl(epfd_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) return Status::err(errno);
   fds_[fd] = std::make_shared<FdCallback>(std::move(cb));
+  return Status::ok();
+}
+
+EventLoop::PollerId EventLoop::add_poller(Poller p) {
+  PollerId id = next_poller_++;
+  pollers_.emplace(id, std::move(p));
+  return id;
+}
+
+void EventLoop::remove_poller(PollerId id) { pollers_.erase(id); }
+
+int EventLoop::run_pollers() {
+  int n = 0;
+  for (PollerId id = 1; id < next_poller_; ++id) {  // by id: a poller may remove itself or another
+    auto it = pollers_.find(id);
+    if (it == pollers_.end()) continue;
+    Poller p = it->second;
+    n += p();
+  }
+  return n;
 }
 
 void EventLoop::modify(int fd, uint32_t events) {
   epoll_event ev{};
   ev.events = events;
   ev.data.fd = fd;
-  epoll_ctl(epfd_, EPOLL_CTL_MOD, fd, &ev);
+  epoll_ctl(epfd_.get(), EPOLL_CTL_MOD, fd, &ev);
 }
 
 void EventLoop::remove(int fd) {
-  epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr);
+  epoll_ctl(epfd_.get(), EPOLL_CTL_DEL, fd, nullptr);
   fds_.erase(fd);
 }
 
@@ -88,7 +104,7 @@ void EventLoop::post(Task fn) {
     posted_.push_back(std::move(fn));
   }
   uint64_t one = 1;
-  ssize_t r = write(wakefd_, &one, sizeof one);
+  ssize_t r = write(wakefd_.get(), &one, sizeof one);
   (void)r;
 }
 
@@ -96,7 +112,7 @@ void EventLoop::defer(Task fn) {
   deferred_.push_back(std::move(fn));
   if (!in_iteration_ && deferred_.size() == 1) {
     uint64_t one = 1;
-    ssize_t r = write(wakefd_, &one, sizeof one);
+    ssize_t r = write(wakefd_.get(), &one, sizeof one);
     (void)r;
   }
 }
@@ -104,7 +120,7 @@ void EventLoop::defer(Task fn) {
 void EventLoop::stop() {
   stop_ = true;
   uint64_t one = 1;
-  ssize_t r = write(wakefd_, &one, sizeof one);
+  ssize_t r = write(wakefd_.get(), &one, sizeof one);
   (void)r;
 }
 
@@ -125,17 +141,22 @@ void EventLoop::run_once(int timeout_ms) {
   int n = 0;
   int64_t poll_end = std::max(busy_poll_us_ > 0 ? now + busy_poll_us_ : 0, poll_until_us_);
   if (timeout_us >= 0) poll_end = std::min(poll_end, now + timeout_us);
+  bool polled = false;  // a poller handled completions: no sleeping this iteration
   if (poll_end > now && timeout_us != 0) {
     do {
-      n = epoll_wait(epfd_, evs, 64, 0);
+      n = epoll_wait(epfd_.get(), evs, 64, 0);
       if (n != 0) break;
+      if (!pollers_.empty() && run_pollers() > 0) {
+        polled = true;
+        break;
+      }
       sched_yield();  // poll politely: whoever must run to produce the answer may need this CPU
     } while (now_us() < poll_end);
   }
   if (poll_until_us_ && now_us() >= poll_until_us_) poll_until_us_ = 0;
-  if (n == 0) {
+  if (n == 0 && !polled) {
     timespec ts{timeout_us / 1000000, (timeout_us % 1000000) * 1000};
-    n = epoll_pwait2(epfd_, evs, 64, timeout_us < 0 ? nullptr : &ts, nullptr);
+    n = epoll_pwait2(epfd_.get(), evs, 64, timeout_us < 0 ? nullptr : &ts, nullptr);
   }
   in_iteration_ = true;
   for (int i = 0; i < n; ++i) {

@@ -12,6 +12,9 @@
 #include <unordered_map>
 #include <vector>
 
+#include "common/status.h"
+#include "common/unique_fd.h"
+
 namespace dipc {
 
 class EventLoop {
@@ -19,6 +22,9 @@ class EventLoop {
   using FdCallback = std::function<void(uint32_t events)>;
   using Task = std::function<void()>;
   using TimerId = uint64_t;
+  // A provider's completion poller (verbs: ibv_poll_cq): returns how many completions it handled.
+  using Poller = std::function<int()>;
+  using PollerId = uint64_t;
 
   EventLoop();
   ~EventLoop();
@@ -26,7 +32,8 @@ class EventLoop {
   EventLoop& operator=(const EventLoop&) = delete;
 
   // Registers fd for the epoll events (EPOLLIN, EPOLLOUT, ...). The callback may remove or modify any fd.
-  void add(int fd, uint32_t events, FdCallback cb);
+  // Errors (errno of epoll_ctl: ENOMEM, ENOSPC, EEXIST...) are returned, never thrown.
+  [[nodiscard]] Status add(int fd, uint32_t events, FdCallback cb);
   void modify(int fd, uint32_t events);
   void remove(int fd);
 
@@ -48,6 +55,11 @@ class EventLoop {
   void run_once(int timeout_ms);
   void stop();
   bool stopped() const { return stop_; }
+  // While the loop polls (busy_poll_us, poll_until_us) it calls every poller instead of only spinning on epoll, and
+  // stops polling as soon as one handled something. Providers with completion queues register one (verbs polls its
+  // CQ); their completion channel fd stays on epoll for when the loop sleeps.
+  PollerId add_poller(Poller p);
+  void remove_poller(PollerId id);
   // Before blocking, poll without sleeping for this long: trades a little CPU for wake-up latency (0: off).
   void set_busy_poll_us(int us) { busy_poll_us_ = us; }
   // Poll (instead of sleeping) until this CLOCK_MONOTONIC microsecond at the latest, once: an answer is expected.
@@ -58,8 +70,12 @@ class EventLoop {
   static int64_t now_us();
 
  private:
-  int epfd_ = -1;
-  int wakefd_ = -1;
+  int run_pollers();
+
+  UniqueFd epfd_;
+  UniqueFd wakefd_;
+  std::map<PollerId, Poller> pollers_;
+  PollerId next_poller_ = 1;
   bool stop_ = false;
   int busy_poll_us_ = 0;
   int64_t poll_until_us_ = 0;

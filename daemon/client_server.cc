@@ -66,8 +66,7 @@ Status ClientServer::listen(const std::string& name) {
   if (!fd) return fd.status();
   listen_fd_ = *fd;
   name_ = name;
-  loop_.add(listen_fd_, EPOLLIN, [this](uint32_t) { on_accept(); });
-  return Status::ok();
+  return loop_.add(listen_fd_, EPOLLIN, [this](uint32_t) { on_accept(); });
 }
 
 void ClientServer::set_enabled(bool on) { control_->enabled.store(on ? 1 : 0, std::memory_order_release); }
@@ -116,10 +115,11 @@ void ClientServer::on_accept() {
     watch_pid(c->creds.pid);
     fd_conn_[fd] = id;
     conns_[id] = std::move(c);
-    loop_.add(fd, EPOLLIN | EPOLLRDHUP, [this, id](uint32_t ev) {
+    Status added = loop_.add(fd, EPOLLIN | EPOLLRDHUP, [this, id](uint32_t ev) {
       auto it = conns_.find(id);
       if (it != conns_.end()) on_readable(*it->second, ev);
     });
+    if (!added) close_conn(id, "cannot watch the connection");
   }
 }
 
@@ -128,7 +128,7 @@ void ClientServer::watch_pid(int32_t pid) {
   int pfd = pidfd_open_(pid);
   if (pfd < 0) return;
   pidfds_[pid] = pfd;
-  loop_.add(pfd, EPOLLIN, [this, pid, pfd](uint32_t) {
+  Status added = loop_.add(pfd, EPOLLIN, [this, pid, pfd](uint32_t) {
     // The process is gone (exit, exec'd away never, or kill -9): withdraw its calls, then undo its semaphores.
     std::vector<uint64_t> ids;
     for (auto& [cid, c] : conns_)
@@ -139,6 +139,10 @@ void ClientServer::watch_pid(int32_t pid) {
     pidfds_.erase(pid);
     service_.process_exited(pid);
   });
+  if (!added) {
+    close(pfd);
+    pidfds_.erase(pid);
+  }
 }
 
 void ClientServer::on_readable(Conn& c, uint32_t events) {

@@ -95,10 +95,14 @@ int main(int argc, char** argv) {
     DIPC_LOG_ERROR("cannot listen on {}: {}", cfg.socket, s.str());
     return 1;
   }
-  loop.add(sfd, EPOLLIN, [&](uint32_t) {
+  dipc::Status watched = loop.add(sfd, EPOLLIN, [&](uint32_t) {
     signalfd_siginfo si;
     while (read(sfd, &si, sizeof si) == sizeof si) loop.stop();
   });
+  if (!watched) {
+    DIPC_LOG_ERROR("cannot watch for signals: {}", watched.str());
+    return 1;
+  }
   DIPC_LOG_INFO("dipcd ready: node {} of {}, socket {}, transport {}", cfg.me().name, cfg.nodes.size(), cfg.socket,
                 (*tr)->name());
   loop.run();

@@ -82,8 +82,6 @@ Segment::~Segment() {
     m_.stats().registered_bytes -= c.length;
     m_.transport()->deregister_region(c.id, [mapping] {});
   }
-  if (frames_fd_ >= 0) close(frames_fd_);  // init() failed before F was mapped
-  if (view_fd_ >= 0) close(view_fd_);
 }
 
 Result<const transport::MemRegion*> Segment::frames_chunk(uint64_t offset) {
@@ -107,22 +105,21 @@ Result<const transport::MemRegion*> Segment::frames_chunk(uint64_t offset) {
 
 Status Segment::init() {
   if (nblocks_ == 0) return Status::err(EINVAL);
-  view_fd_ = memfd_create("dipc-shm-view", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-  if (view_fd_ < 0) return errno_status("memfd_create");
-  if (ftruncate(view_fd_, static_cast<off_t>(mapped_)) != 0) return errno_status("ftruncate view");
+  view_fd_.reset(memfd_create("dipc-shm-view", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  if (!view_fd_) return errno_status("memfd_create");
+  if (ftruncate(view_fd_.get(), static_cast<off_t>(mapped_)) != 0) return errno_status("ftruncate view");
   // Programs get this fd: they may map it, never resize it under the other processes.
-  if (fcntl(view_fd_, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) return errno_status("seal view");
-  frames_fd_ = memfd_create("dipc-shm-frames", MFD_CLOEXEC);
-  if (frames_fd_ < 0) return errno_status("memfd_create");
-  if (ftruncate(frames_fd_, static_cast<off_t>(mapped_)) != 0) return errno_status("ftruncate frames");
-  void* p = mmap(nullptr, mapped_, PROT_READ | PROT_WRITE, MAP_SHARED, frames_fd_, 0);
+  if (fcntl(view_fd_.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) return errno_status("seal view");
+  frames_fd_.reset(memfd_create("dipc-shm-frames", MFD_CLOEXEC));
+  if (!frames_fd_) return errno_status("memfd_create");
+  if (ftruncate(frames_fd_.get(), static_cast<off_t>(mapped_)) != 0) return errno_status("ftruncate frames");
+  void* p = mmap(nullptr, mapped_, PROT_READ | PROT_WRITE, MAP_SHARED, frames_fd_.get(), 0);
   if (p == MAP_FAILED) return errno_status("mmap frames");
   frames_ = static_cast<uint8_t*>(p);
   auto fm = std::make_shared<FramesMapping>();
   fm->p = frames_;
   fm->len = mapped_;
-  fm->fd = frames_fd_;
-  frames_fd_ = -1;
+  fm->fd = frames_fd_.release();
   frames_map_ = std::move(fm);
   // Memory a provider does not pin is registered whole at once; pinned memory chunk by chunk as it is used.
   if (!m_.transport()->caps().pins_memory) {
@@ -152,8 +149,12 @@ Status Segment::add_attach(uint64_t attach, int uffd, uint64_t addr, uint64_t le
       }
     }
   }
-  m_.loop().add(uffd, EPOLLIN, [this, attach](uint32_t) { on_uffd(attach); });
-  return Status::ok();
+  Status s = m_.loop().add(uffd, EPOLLIN, [this, attach](uint32_t) { on_uffd(attach); });
+  if (!s) {
+    DIPC_LOG_WARN("dsm: cannot watch an attach's userfaultfd: {}", s.str());
+    remove_attach(attach);
+  }
+  return s;
 }
 
 void Segment::remove_attach(uint64_t attach) {
@@ -448,20 +449,20 @@ void Segment::write_protect_all(uint32_t b, bool wp) {
 
 void Segment::save_view(uint32_t b) {
   uint64_t off = block_off(b), len = block_len(b);
-  ssize_t n = pread(view_fd_, frames_ + off, len, static_cast<off_t>(off));
+  ssize_t n = pread(view_fd_.get(), frames_ + off, len, static_cast<off_t>(off));
   if (n != static_cast<ssize_t>(len)) DIPC_LOG_ERROR("dsm: save block {}: {}", b, strerror(errno));
   flags_[b] &= static_cast<uint8_t>(~kDirty);
 }
 
 void Segment::fill_view(uint32_t b) {
   uint64_t off = block_off(b), len = block_len(b);
-  ssize_t n = pwrite(view_fd_, frames_ + off, len, static_cast<off_t>(off));
+  ssize_t n = pwrite(view_fd_.get(), frames_ + off, len, static_cast<off_t>(off));
   if (n != static_cast<ssize_t>(len)) DIPC_LOG_ERROR("dsm: fill block {}: {}", b, strerror(errno));
   flags_[b] |= kInView;
 }
 
 void Segment::drop_view(uint32_t b) {
-  if (fallocate(view_fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(block_off(b)),
+  if (fallocate(view_fd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(block_off(b)),
                 static_cast<off_t>(block_len(b))) != 0)
     DIPC_LOG_ERROR("dsm: punch block {}: {}", b, strerror(errno));
   flags_[b] &= static_cast<uint8_t>(~kInView);

@@ -31,6 +31,7 @@
 
 #include "common/event_loop.h"
 #include "common/status.h"
+#include "common/unique_fd.h"
 #include "dsm/coherence.h"
 #include "transport/transport.h"
 
@@ -68,7 +69,7 @@ class Segment {
   NodeId home() const { return home_; }
   uint64_t size() const { return size_; }
   uint64_t mapped_size() const { return mapped_; }
-  int view_fd() const { return view_fd_; }
+  int view_fd() const { return view_fd_.get(); }
   size_t attaches() const { return attaches_.size(); }
 
   // A local process mapped the view at [addr, addr+len) and registered `uffd` (ownership passes here) for it.
@@ -114,7 +115,7 @@ class Segment {
   NodeId home_;
   uint64_t size_, mapped_, block_, chunk_;
   uint32_t nblocks_;
-  int view_fd_ = -1, frames_fd_ = -1;
+  UniqueFd view_fd_, frames_fd_;  // frames_fd_ passes to the FramesMapping once F is mapped
   uint8_t* frames_ = nullptr;
   std::vector<transport::MemRegion> chunks_;  // by chunk index; id 0: not registered yet
   std::shared_ptr<void> frames_map_;          // unmaps F when the last deregistration completed

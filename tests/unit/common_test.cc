@@ -181,12 +181,12 @@ TEST(EventLoop, DeferredTasksRunAfterEveryReadyFdOfTheIteration) {
   ASSERT_EQ(pipe(b), 0);
   std::vector<std::string> order;
   auto readable = [&](int fd, const char* name) {
-    loop.add(fd, EPOLLIN, [&, fd, name](uint32_t) {
+    ASSERT_TRUE(loop.add(fd, EPOLLIN, [&, fd, name](uint32_t) {
       char c;
       ASSERT_EQ(read(fd, &c, 1), 1);
       order.push_back(name);
       loop.defer([&order, name] { order.push_back(std::string("deferred by ") + name); });
-    });
+    }));
   };
   readable(a[0], "a");
   readable(b[0], "b");

@@ -23,6 +23,7 @@
 #include "common/event_loop.h"
 #include "common/frame.h"
 #include "common/log.h"
+#include "common/unique_fd.h"
 #include "transport/conn.h"
 #include "transport/tcp/tcp_wire.h"
 
@@ -58,7 +59,7 @@ OutMsg make_msg(FrameKind kind, uint16_t op, uint64_t id, int status, size_t pay
 
 struct Link {
   uint64_t id = 0;
-  int fd = -1;
+  UniqueFd fd;
   bool dialer = false;
   NodeId peer = 0;  // dialer: the node dialled; acceptor: the node named in its hello
   LinkState state = LinkState::kConnecting;
@@ -212,8 +213,11 @@ class TcpTransport final : public Transport {
         DIPC_LOG_ERROR("tcp: cannot listen on {}: {}", addr_str(ss), strerror(e));
         return Status::err(e);
       }
-      listen_fd_ = fd;
-      loop_.add(fd, EPOLLIN, [this](uint32_t) { on_accept(); });
+      listen_fd_.reset(fd);
+      if (Status s = loop_.add(fd, EPOLLIN, [this](uint32_t) { on_accept(); }); !s) {
+        listen_fd_.reset();
+        return s;
+      }
     }
     upcalls_ = true;
     running_ = true;
@@ -226,10 +230,9 @@ class TcpTransport final : public Transport {
     bool was_running = running_;
     running_ = false;
     upcalls_ = false;  // "no upcalls after stop() returns"; close_link below reports nothing upward
-    if (listen_fd_ >= 0) {
-      loop_.remove(listen_fd_);
-      close(listen_fd_);
-      listen_fd_ = -1;
+    if (listen_fd_) {
+      loop_.remove(listen_fd_.get());
+      listen_fd_.reset();
     }
     if (accept_timer_) loop_.cancel_timer(accept_timer_);
     accept_timer_ = 0;
@@ -505,13 +508,13 @@ class TcpTransport final : public Transport {
   void set_want_out(Link& l, bool want) {
     if (l.want_out == want || l.state == LinkState::kClosed) return;
     l.want_out = want;
-    loop_.modify(l.fd, EPOLLIN | (want ? EPOLLOUT : 0u));
+    loop_.modify(l.fd.get(), EPOLLIN | (want ? EPOLLOUT : 0u));
   }
 
   // Writes handshake bytes, then (once authenticated) the peer's queue, until done or the socket is full.
   void flush(Link& l) {
     while (l.hs_off < l.hs_out.size()) {
-      ssize_t n = ::send(l.fd, l.hs_out.data() + l.hs_off, l.hs_out.size() - l.hs_off, MSG_NOSIGNAL);
+      ssize_t n = ::send(l.fd.get(), l.hs_out.data() + l.hs_off, l.hs_out.size() - l.hs_off, MSG_NOSIGNAL);
       if (n < 0 && errno == EINTR) continue;
       if (n < 0 && errno == EAGAIN) return set_want_out(l, true);
       if (n < 0) return close_link(l, fmt::format("send: {}", strerror(errno)), true);
@@ -538,7 +541,7 @@ class TcpTransport final : public Transport {
       msghdr mh{};
       mh.msg_iov = iov;
       mh.msg_iovlen = n;
-      ssize_t w = sendmsg(l.fd, &mh, MSG_NOSIGNAL);
+      ssize_t w = sendmsg(l.fd.get(), &mh, MSG_NOSIGNAL);
       if (w < 0 && errno == EINTR) continue;
       if (w < 0 && errno == EAGAIN) return set_want_out(l, true);
       if (w < 0) return close_link(l, fmt::format("send: {}", strerror(errno)), true);
@@ -642,7 +645,8 @@ class TcpTransport final : public Transport {
 
   // ---- connections ------------------------------------------------------------------------------------------------
 
-  Link& add_link(int fd, bool dialer, NodeId peer, LinkState st, std::string who) {
+  // The new connection, or nullptr when it could not be watched (closed again, and logged).
+  Link* add_link(int fd, bool dialer, NodeId peer, LinkState st, std::string who) {
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (opt_.dead_peer_s > 0) {  // dead-peer detection (TcpOptions::dead_peer_s)
@@ -657,7 +661,7 @@ class TcpTransport final : public Transport {
     auto owned = std::make_unique<Link>();
     Link& l = *owned;
     l.id = next_link_++;
-    l.fd = fd;
+    l.fd.reset(fd);
     l.dialer = dialer;
     l.peer = peer;
     l.state = st;
@@ -675,8 +679,12 @@ class TcpTransport final : public Transport {
       close_link(*it->second, fmt::format("handshake not done within {} ms", opt_.handshake_timeout_ms), true);
     });
     l.want_out = dialer;
-    loop_.add(fd, EPOLLIN | (dialer ? EPOLLOUT : 0u), [this, id](uint32_t ev) { on_event(id, ev); });
-    return l;
+    Status s = loop_.add(fd, EPOLLIN | (dialer ? EPOLLOUT : 0u), [this, id](uint32_t ev) { on_event(id, ev); });
+    if (!s) {
+      close_link(l, fmt::format("cannot watch the connection: {}", s.str()), true);
+      return nullptr;
+    }
+    return &l;
   }
 
   void dial(Peer& p) {
@@ -690,7 +698,7 @@ class TcpTransport final : public Transport {
       fd = -1;
     }
     if (fd < 0) return schedule_redial(p);
-    p.dialing = &add_link(fd, true, p.id, LinkState::kConnecting, std::move(who));
+    p.dialing = add_link(fd, true, p.id, LinkState::kConnecting, std::move(who));
   }
 
   void schedule_redial(Peer& p) {
@@ -707,16 +715,16 @@ class TcpTransport final : public Transport {
     for (;;) {
       sockaddr_storage ss{};
       socklen_t len = sizeof ss;
-      int fd = accept4(listen_fd_, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      int fd = accept4(listen_fd_.get(), reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (fd < 0) {
         if (errno == EINTR || errno == ECONNABORTED) continue;
         if (errno == EAGAIN) return;
         // Out of descriptors or memory: stop accepting for a moment rather than spin.
         DIPC_LOG_WARN("tcp: accept: {}; pausing", strerror(errno));
-        loop_.modify(listen_fd_, 0);
+        loop_.modify(listen_fd_.get(), 0);
         accept_timer_ = loop_.add_timer(100, [this] {
           accept_timer_ = 0;
-          if (listen_fd_ >= 0) loop_.modify(listen_fd_, EPOLLIN);
+          if (listen_fd_) loop_.modify(listen_fd_.get(), EPOLLIN);
         });
         return;
       }
@@ -726,7 +734,7 @@ class TcpTransport final : public Transport {
         continue;
       }
       ++unauthenticated_;
-      add_link(fd, false, 0, LinkState::kHandshake, addr_str(ss));
+      (void)add_link(fd, false, 0, LinkState::kHandshake, addr_str(ss));
     }
   }
 
@@ -739,7 +747,7 @@ class TcpTransport final : public Transport {
       if (!(ev & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
       int err = 0;
       socklen_t len = sizeof err;
-      getsockopt(l.fd, SOL_SOCKET, SO_ERROR, &err, &len);
+      getsockopt(l.fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
       if (err) return close_link(l, fmt::format("cannot connect: {}", strerror(err)), true);
       l.state = LinkState::kHandshake;
       conn::HelloMsg m = l.hs->start();
@@ -755,7 +763,7 @@ class TcpTransport final : public Transport {
     size_t budget = opt_.max_read_per_event;
     while (l.state != LinkState::kClosed) {
       std::span<uint8_t> sp = l.rx.space(std::max(l.rx.missing(), kReadChunk));
-      ssize_t n = ::recv(l.fd, sp.data(), sp.size(), 0);
+      ssize_t n = ::recv(l.fd.get(), sp.data(), sp.size(), 0);
       if (n < 0 && errno == EINTR) continue;
       if (n < 0 && errno == EAGAIN) break;
       if (n <= 0) {
@@ -832,9 +840,8 @@ class TcpTransport final : public Transport {
     if (!was_up && !l.dialer) --unauthenticated_;
     l.state = LinkState::kClosed;
     cancel(l.hs_timer);
-    loop_.remove(l.fd);
-    close(l.fd);
-    l.fd = -1;
+    loop_.remove(l.fd.get());
+    l.fd.reset();
     auto it = links_.find(l.id);
     dead_.push_back(std::move(it->second));  // freed at the next entry point: upcalls may still view its buffer
     links_.erase(it);
@@ -938,7 +945,7 @@ class TcpTransport final : public Transport {
   bool upcalls_ = false;
   bool running_ = false;
   uint32_t incarnation_ = 0;
-  int listen_fd_ = -1;
+  UniqueFd listen_fd_;
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);
   EventLoop::TimerId accept_timer_ = 0;
   int unauthenticated_ = 0;

@@ -1,0 +1,66 @@
+// EventLoop hooks for completion-queue providers: pollers called while the loop polls, add() errors as a Status,
+// UniqueFd ownership.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include "common/event_loop.h"
+#include "common/unique_fd.h"
+
+namespace dipc {
+namespace {
+
+TEST(EventLoopPoller, ABusyPollingLoopCallsThePollerAndStopsSpinningWhenItHandledSomething) {
+  EventLoop loop;
+  int calls = 0;
+  bool fired = false;
+  auto id = loop.add_poller([&] {
+    ++calls;
+    return calls == 3 ? 1 : 0;  // a completion shows up on the third poll
+  });
+  loop.add_timer(2000, [&] { fired = true; });
+  loop.set_busy_poll_us(1000000);  // would spin for a second without the poller's completion
+  int64_t t0 = EventLoop::now_ms();
+  loop.run_once(5000);
+  EXPECT_EQ(calls, 3);
+  EXPECT_FALSE(fired);  // returned at the completion, not at the timer
+  EXPECT_LT(EventLoop::now_ms() - t0, 900);
+  loop.remove_poller(id);
+  loop.set_busy_poll_us(0);
+  loop.run_once(0);
+  EXPECT_EQ(calls, 3);  // removed: never called again; a loop that does not poll never calls it either
+}
+
+TEST(EventLoopPoller, AddReportsEpollErrorsAsAStatus) {
+  EventLoop loop;
+  EXPECT_EQ(loop.add(-1, EPOLLIN, [](uint32_t) {}).code(), EBADF);
+  int p[2];
+  ASSERT_EQ(pipe(p), 0);
+  UniqueFd r(p[0]), w(p[1]);
+  EXPECT_TRUE(loop.add(r.get(), EPOLLIN, [](uint32_t) {}));
+  EXPECT_EQ(loop.add(r.get(), EPOLLIN, [](uint32_t) {}).code(), EEXIST);
+  loop.remove(r.get());
+}
+
+TEST(UniqueFdTest, ClosesOnceAndMovesOwnership) {
+  int p[2];
+  ASSERT_EQ(pipe(p), 0);
+  int raw = p[0];
+  {
+    UniqueFd a(raw);
+    UniqueFd b(std::move(a));
+    EXPECT_FALSE(a);
+    EXPECT_EQ(b.get(), raw);
+    EXPECT_NE(fcntl(raw, F_GETFD), -1);
+  }
+  EXPECT_EQ(fcntl(raw, F_GETFD), -1);  // closed when its owner went
+  UniqueFd w(p[1]);
+  int kept = w.release();
+  EXPECT_FALSE(w);
+  EXPECT_NE(fcntl(kept, F_GETFD), -1);
+  close(kept);
+}
+
+}  // namespace
+}  // namespace dipc
