@@ -338,8 +338,13 @@ class VerbsTransport final : public Transport {
         return Status::err(e);
       }
     }
-    loop_.add(ch_->fd, EPOLLIN, [this](uint32_t) { on_cm_events(); });
-    loop_.add(comp_ch_->fd, EPOLLIN, [this](uint32_t) { on_cq_events(); });
+    if (Status s = loop_.add(ch_->fd, EPOLLIN, [this](uint32_t) { on_cm_events(); }); !s) return s;
+    if (Status s = loop_.add(comp_ch_->fd, EPOLLIN, [this](uint32_t) { on_cq_events(); }); !s) {
+      loop_.remove(ch_->fd);
+      return s;
+    }
+    // While the loop busy-polls (busy_poll_us, an awaited answer), it polls the CQs directly: no event, no wake-up.
+    poller_ = loop_.add_poller([this] { return poll_all(); });
     upcalls_ = true;
     running_ = true;
     for (auto& [id, p] : peers_)
@@ -354,6 +359,8 @@ class VerbsTransport final : public Transport {
     upcalls_ = false;
     if (beat_timer_) loop_.cancel_timer(beat_timer_);
     beat_timer_ = 0;
+    if (poller_) loop_.remove_poller(poller_);
+    poller_ = 0;
     listener_.reset();  // the port is free again (a restarted transport binds it)
     for (auto& [id, p] : peers_) {
       cancel(p.redial_timer);
@@ -1174,14 +1181,27 @@ class VerbsTransport final : public Transport {
     }
   }
 
-  void drain_cq(uint64_t lid) {
+  // Every link's CQ, without waiting for an event (the EventLoop poller); how many completions were handled.
+  int poll_all() {
+    reap();
+    std::vector<uint64_t> ids;
+    ids.reserve(links_.size());
+    for (auto& [id, l] : links_) ids.push_back(id);
+    int n = 0;
+    for (uint64_t id : ids) n += drain_cq(id);
+    return n;
+  }
+
+  int drain_cq(uint64_t lid) {
     ibv_wc wc[32];
+    int total = 0;
     for (;;) {
       auto it = links_.find(lid);
-      if (it == links_.end()) return;
+      if (it == links_.end()) return total;
       Link& l = *it->second;
       int n = ibv_poll_cq(l.cq.get(), 32, wc);
-      if (n <= 0) return;
+      if (n <= 0) return total;
+      total += n;
       for (int i = 0; i < n; ++i) {
         auto lit = links_.find(wr_link(wc[i].wr_id));
         if (lit == links_.end()) continue;  // the link closed meanwhile: its operations were failed already
@@ -1333,6 +1353,7 @@ class VerbsTransport final : public Transport {
   bool atomics_ = false;
   VerbsDeviceInfo dev_info_;
   EventLoop::TimerId beat_timer_ = 0;
+  EventLoop::PollerId poller_ = 0;
   int unauthenticated_ = 0;
   uint64_t next_link_ = 1;
   uint64_t next_token_ = 1;
