@@ -131,8 +131,10 @@ Partner start_partner(bool remote, const char* mode, int arg) {
   cargv.push_back(nullptr);
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_adddup2(&fa, fds[1], 3);
+  // Close the read end first: when pipe() returned fd 3 as the read end, closing it after the dup2 would close the
+  // partner's readiness fd.
   posix_spawn_file_actions_addclose(&fa, fds[0]);
+  posix_spawn_file_actions_adddup2(&fa, fds[1], 3);
   Partner p;
   if (posix_spawn(&p.pid, cargv[0], &fa, nullptr, cargv.data(), environ)) die("posix_spawn");
   posix_spawn_file_actions_destroy(&fa);
