@@ -22,6 +22,8 @@ elif [ ! -x "$vmrun" ]; then
   } >&2
 else
   # One VM run: the kernel with one rxe device per network namespace (trixie-backports) for dipc-sim clusters.
+  # Measured on the 2-core development machine under load 12-17: about 24 minutes (the conformance suite 1 min,
+  # each integration group 2.5-8.5 min: every group boots a simulated cluster under emulation).
   start=$(date +%s)
   "$vmrun" --kernel trixie-backports --timeout "${DIPC_VERBS_TIMEOUT:-1800}" --times -- \
     ctest --output-on-failure --timeout 300 -j1 -L verbs "$@" || rc=$?
