@@ -1,6 +1,7 @@
 #include "common/config.h"
 
 #include <ifaddrs.h>
+#include <unistd.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
@@ -11,6 +12,11 @@
 #include <toml++/toml.h>
 
 namespace dipc {
+
+uint32_t default_block_size() {
+  const auto page = static_cast<uint32_t>(sysconf(_SC_PAGESIZE));
+  return page > 4096 ? page : 4096;
+}
 
 const NodeConf* Config::node(uint16_t id) const {
   for (const auto& n : nodes)
@@ -25,7 +31,7 @@ const NodeConf* Config::node_by_name(const std::string& name) const {
 }
 
 bool Config::policy_distributes(int32_t key) const {
-  if (key == 0) return false;  // IPC_PRIVATE is distributed only with IPC_DIPC
+  if (key == 0) return distribute == Distribute::kAll && distribute_private;  // IPC_PRIVATE
   switch (distribute) {
     case Distribute::kAll:
       return true;
@@ -116,6 +122,10 @@ Result<Config> parse_config(const std::string& text, std::string* error) {
       c.distribute = Distribute::kRanges;
     else
       return fail("policy.distribute must be \"flag\", \"all\" or \"ranges\"");
+    if (auto pv = p["private"]) {
+      if (!pv.is_boolean()) return fail("policy.private must be true or false");
+      c.distribute_private = pv.value_or(true);
+    }
     if (auto* rs = p["ranges"].as_array()) {
       for (auto& r : *rs) {
         auto* pair = r.as_array();
@@ -128,9 +138,15 @@ Result<Config> parse_config(const std::string& text, std::string* error) {
     }
   }
   if (auto ds = tbl["dsm"]) {
+    // A block is a whole number of this node's pages (16 KiB or 64 KiB on some arm64 and ppc64el kernels); 4096 is
+    // the smallest page of any Linux port.
+    const auto page = static_cast<int64_t>(sysconf(_SC_PAGESIZE));
     if (!get_int(ds["block_size"], c.block_size, 4096, 1LL << 31))
       return fail("dsm.block_size out of range (4096 .. 2147483648)");
     if ((c.block_size & (c.block_size - 1)) != 0) return fail("dsm.block_size must be a power of two");
+    if (c.block_size < page)
+      return fail("dsm.block_size " + std::to_string(c.block_size) + " is smaller than this node's page size " +
+                  std::to_string(page) + ": set block_size >= " + std::to_string(page) + " on every node");
     if (!get_int(ds["quantum_us"], c.quantum_us, 0, 10000000)) return fail("dsm.quantum_us out of range");
   }
   if (tbl["transport"] && !tbl["transport"].as_table())

@@ -19,9 +19,11 @@
 //   distribute = "flag"                # "flag": only keys created with IPC_DIPC; "all": every key;
 //                                      # "ranges": keys inside `ranges`, plus IPC_DIPC ones
 //   ranges = [[0x1000, 0x1fff]]
+//   private = true                     # under "all": IPC_PRIVATE objects are distributed too (false: kernel)
 //
 //   [dsm]
-//   block_size = 4096                  # coherence unit: 4096 .. 2^31 (at most the segment), power of two
+//   block_size = 4096                  # coherence unit: a power of two >= every node's page size
+//                                      # (default: 4096, or this node's page size if larger)
 //   quantum_us = 20                    # minimum time a node keeps a block it just got
 //
 //   [transport.tcp]                    # one table per provider, read by the provider itself (SectionReader);
@@ -57,6 +59,9 @@ struct KeyRange {
   int64_t hi = 0;
 };
 
+// The default coherence unit: 4 KiB, or this node's page size where pages are larger.
+uint32_t default_block_size();
+
 struct Config {
   std::vector<NodeConf> nodes;
   uint16_t self = 0;  // id of this node
@@ -68,7 +73,8 @@ struct Config {
   uint32_t answer_poll_us = 200;
   Distribute distribute = Distribute::kFlag;
   std::vector<KeyRange> ranges;
-  uint32_t block_size = 4096;
+  bool distribute_private = true;  // [policy] private: under "all", IPC_PRIVATE is distributed too
+  uint32_t block_size = default_block_size();
   uint32_t quantum_us = 20;
   // [transport.<name>] tables as TOML text, keyed by provider name; each provider parses its own (SectionReader).
   std::map<std::string, std::string> transport_sections;
@@ -76,7 +82,8 @@ struct Config {
   const NodeConf* node(uint16_t id) const;
   const NodeConf* node_by_name(const std::string& name) const;
   const NodeConf& me() const { return *node(self); }
-  // Does the policy make this key distributed even without IPC_DIPC?
+  // Does the policy make this key distributed even without IPC_DIPC? IPC_PRIVATE: under "all" (unless private =
+  // false) only.
   bool policy_distributes(int32_t key) const;
 };
 

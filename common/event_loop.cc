@@ -3,14 +3,34 @@
 #include <sched.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <stdexcept>
 #include <system_error>
 
+#include "common/log.h"
+
 namespace dipc {
+
+namespace {
+// Whether epoll_pwait2 works in this process: it is a system call of Linux 5.11, so older kernels and qemu-user 7.2
+// answer ENOSYS. Set once, the first time a loop sleeps; every loop after that goes straight to its fallback.
+std::atomic<bool> g_no_pwait2{false};
+
+timespec to_timespec(int64_t us) {
+  timespec ts{};
+  ts.tv_sec = static_cast<time_t>(us / 1000000);
+  ts.tv_nsec = static_cast<long>(us % 1000000 * 1000);
+  return ts;
+}
+}  // namespace
+
+bool EventLoop::has_epoll_pwait2() { return !g_no_pwait2.load(std::memory_order_relaxed); }
+void EventLoop::force_epoll_wait_fallback() { g_no_pwait2.store(true, std::memory_order_relaxed); }
 
 // Setup only: a loop that cannot be built is fatal to its owner, so this one throws.
 EventLoop::EventLoop() : epfd_(epoll_create1(EPOLL_CLOEXEC)), wakefd_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
@@ -124,6 +144,50 @@ void EventLoop::stop() {
   (void)r;
 }
 
+// Sleeps until an fd is ready or timeout_us passed (-1: no timeout). Returns the number of ready events (0 on a
+// timeout or an interrupting signal).
+int EventLoop::wait(epoll_event* evs, int max, int64_t timeout_us) {
+  if (!g_no_pwait2.load(std::memory_order_relaxed)) {
+    timespec ts = to_timespec(timeout_us);
+    int n = epoll_pwait2(epfd_.get(), evs, max, timeout_us < 0 ? nullptr : &ts, nullptr);
+    if (n >= 0) return n;
+    if (errno != ENOSYS) return 0;  // EINTR: the caller's loop comes back
+    if (!g_no_pwait2.exchange(true))
+      DIPC_LOG_INFO("epoll_pwait2 is not available (Linux < 5.11 or an emulator): microsecond timers use a timerfd");
+  }
+  return wait_fallback(evs, max, timeout_us);
+}
+
+// epoll_wait counts in milliseconds; a deadline that is not a whole number of them is kept by a timerfd armed to the
+// microsecond, which wakes epoll_wait then.
+int EventLoop::wait_fallback(epoll_event* evs, int max, int64_t timeout_us) {
+  int ms = -1;
+  bool need_timer = timeout_us > 0 && timeout_us % 1000 != 0;
+  if (timeout_us >= 0 && !need_timer) ms = static_cast<int>(std::min<int64_t>(timeout_us / 1000, 1 << 30));
+  if (need_timer && !timerfd_) {
+    timerfd_.reset(timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
+    if (!timerfd_) throw std::system_error(errno, std::generic_category(), "timerfd_create");
+    Status s = add(timerfd_.get(), EPOLLIN, [this](uint32_t) {
+      uint64_t expirations;
+      while (read(timerfd_.get(), &expirations, sizeof expirations) > 0) {
+      }
+    });
+    if (!s) throw std::system_error(s.code(), std::generic_category(), "epoll_ctl timerfd");
+  }
+  if (need_timer) {
+    itimerspec its{};
+    its.it_value = to_timespec(timeout_us);
+    timerfd_settime(timerfd_.get(), 0, &its, nullptr);
+    timerfd_armed_ = true;
+  } else if (timerfd_armed_) {
+    itimerspec off{};
+    timerfd_settime(timerfd_.get(), 0, &off, nullptr);
+    timerfd_armed_ = false;
+  }
+  int n = epoll_wait(epfd_.get(), evs, max, ms);
+  return n < 0 ? 0 : n;
+}
+
 void EventLoop::run() {
   while (!stop_) run_once(-1);
 }
@@ -154,10 +218,7 @@ void EventLoop::run_once(int timeout_ms) {
     } while (now_us() < poll_end);
   }
   if (poll_until_us_ && now_us() >= poll_until_us_) poll_until_us_ = 0;
-  if (n == 0 && !polled) {
-    timespec ts{timeout_us / 1000000, (timeout_us % 1000000) * 1000};
-    n = epoll_pwait2(epfd_.get(), evs, 64, timeout_us < 0 ? nullptr : &ts, nullptr);
-  }
+  if (n == 0 && !polled) n = wait(evs, 64, timeout_us);
   in_iteration_ = true;
   for (int i = 0; i < n; ++i) {
     auto it = fds_.find(evs[i].data.fd);

@@ -15,6 +15,8 @@
 #include "common/status.h"
 #include "common/unique_fd.h"
 
+struct epoll_event;
+
 namespace dipc {
 
 class EventLoop {
@@ -37,8 +39,9 @@ class EventLoop {
   void modify(int fd, uint32_t events);
   void remove(int fd);
 
-  // Runs `fn` once after `delay_ms` milliseconds / `delay_us` microseconds (monotonic clock; the loop sleeps with
-  // epoll_pwait2, so short delays are kept to the microsecond).
+  // Runs `fn` once after `delay_ms` milliseconds / `delay_us` microseconds (monotonic clock). Short delays are kept
+  // to the microsecond: the loop sleeps with epoll_pwait2, or, where the kernel lacks it (Linux < 5.11, qemu-user
+  // 7.2: ENOSYS, detected once per process), with epoll_wait and a timerfd armed to the microsecond deadline.
   TimerId add_timer(int64_t delay_ms, Task fn) { return add_timer_us(delay_ms * 1000, std::move(fn)); }
   TimerId add_timer_us(int64_t delay_us, Task fn);
   void cancel_timer(TimerId id);
@@ -69,11 +72,20 @@ class EventLoop {
   static int64_t now_ms();
   static int64_t now_us();
 
+  // Whether loops sleep with epoll_pwait2 (false after it answered ENOSYS once in this process).
+  static bool has_epoll_pwait2();
+  // Tests: make every loop of this process take the epoll_wait + timerfd path, as on a kernel without epoll_pwait2.
+  static void force_epoll_wait_fallback();
+
  private:
+  int wait(::epoll_event* evs, int max, int64_t timeout_us);
+  int wait_fallback(::epoll_event* evs, int max, int64_t timeout_us);
   int run_pollers();
 
   UniqueFd epfd_;
   UniqueFd wakefd_;
+  UniqueFd timerfd_;  // the epoll_wait fallback's microsecond timer, made on first use
+  bool timerfd_armed_ = false;
   std::map<PollerId, Poller> pollers_;
   PollerId next_poller_ = 1;
   bool stop_ = false;

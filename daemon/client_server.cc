@@ -28,27 +28,32 @@ int pidfd_open_(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid
 ClientServer::ClientServer(EventLoop& loop, ipc::Service& service, const Config& cfg)
     : loop_(loop), service_(service), cfg_(cfg) {
   control_fd_ = memfd_create("dipc-control", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-  if (control_fd_ >= 0 && ftruncate(control_fd_, 4096) == 0) {
-    void* p = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, control_fd_, 0);
+  control_len_ = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  if (control_fd_ >= 0 && ftruncate(control_fd_, static_cast<off_t>(control_len_)) == 0) {
+    void* p = mmap(nullptr, control_len_, PROT_READ | PROT_WRITE, MAP_SHARED, control_fd_, 0);
     if (p != MAP_FAILED) {
       control_ = new (p) ipc::ControlPage();
-      control_->magic = ipc::kControlMagic;
-      control_->version = 1;
-      control_->node = cfg.self;
-      control_->distribute.store(static_cast<uint32_t>(cfg.distribute));
+      control_->init(cfg.self);
+      control_->set_distribute(static_cast<uint32_t>(cfg.distribute));
+      control_->set_flags(cfg.distribute_private ? 0 : ipc::kControlKeepPrivate);
       uint32_t n = 0;
       for (const auto& r : cfg.ranges) {
         if (n == ipc::kControlMaxRanges) break;
-        control_->ranges[n][0] = r.lo;
-        control_->ranges[n][1] = r.hi;
+        control_->set_range(n, r.lo, r.hi);
         ++n;
       }
-      control_->nranges.store(n);
-      control_->enabled.store(1, std::memory_order_release);
+      control_->set_nranges(n);
+      control_->set_enabled(true);
       // Clients may map it only read-only: nobody but the daemon can switch dipc on or off.
       fcntl(control_fd_, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL);
     }
   }
+  // A call now waits, registered at its home: the program may sleep (kBlocked, ipc/protocol.h).
+  service_.set_blocked_hook([this](uint64_t token) {
+    for (auto& [cid, c] : conns_)
+      for (auto& [fid, t] : c->inflight)
+        if (t == token) return send_frame(cid, FrameHeader{FrameKind::kOneWay, ipc::kBlocked, fid, 0, 0}, {});
+  });
 }
 
 ClientServer::~ClientServer() {
@@ -56,7 +61,7 @@ ClientServer::~ClientServer() {
   for (auto& [pid, fd] : pidfds_) close(fd);
   if (listen_fd_ >= 0) close(listen_fd_);
   if (!name_.empty() && name_[0] != '@') unlink(name_.c_str());
-  if (control_) munmap(control_, 4096);
+  if (control_) munmap(control_, control_len_);
   if (control_fd_ >= 0) close(control_fd_);
 }
 
@@ -69,8 +74,8 @@ Status ClientServer::listen(const std::string& name) {
   return loop_.add(listen_fd_, EPOLLIN, [this](uint32_t) { on_accept(); });
 }
 
-void ClientServer::set_enabled(bool on) { control_->enabled.store(on ? 1 : 0, std::memory_order_release); }
-bool ClientServer::enabled() const { return control_->enabled.load() != 0; }
+void ClientServer::set_enabled(bool on) { control_->set_enabled(on); }
+bool ClientServer::enabled() const { return control_->enabled(); }
 
 bool ClientServer::read_creds(int fd, ipc::Creds& c) {
   ucred uc{};
@@ -221,7 +226,7 @@ void ClientServer::on_frame(Conn& c, FrameParser::Frame& f) {
   if (h.op == ipc::kShmAt || h.op == ipc::kShmAttached || h.op == ipc::kShmDt) return on_shm_frame(c, f);
   for (int fd : c.fds) close(fd);  // descriptors nobody asked for
   c.fds.clear();
-  if (h.op < ipc::kSemGet || h.op > ipc::kShmCtl) return close_conn(conn_id, "unknown client operation");
+  if (h.op < ipc::kSemGet || h.op > ipc::kIpcStat) return close_conn(conn_id, "unknown client operation");
   if (c.inflight.count(h.id)) return close_conn(conn_id, "duplicate request id");
   uint64_t token = next_token_++;
   c.inflight[h.id] = token;

@@ -57,6 +57,7 @@ class ClientServer {
   std::string name_;
   int control_fd_ = -1;
   ipc::ControlPage* control_ = nullptr;
+  size_t control_len_ = 0;  // one page of this node
   uint64_t next_conn_ = 1;
   uint64_t next_token_ = 1;
   std::unordered_map<uint64_t, std::unique_ptr<Conn>> conns_;

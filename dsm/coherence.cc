@@ -10,8 +10,8 @@ namespace dipc::dsm {
 // Geometry, names, encoding
 
 bool valid_block_size(uint64_t segment_bytes, uint64_t block_size) {
-  if (segment_bytes == 0 || block_size < kPageSize || !std::has_single_bit(block_size)) return false;
-  uint64_t whole = segment_bytes < kPageSize ? kPageSize : segment_bytes;
+  if (segment_bytes == 0 || block_size < kSmallestPage || !std::has_single_bit(block_size)) return false;
+  uint64_t whole = segment_bytes < kSmallestPage ? kSmallestPage : segment_bytes;
   if (whole > (uint64_t{1} << 62)) return false;
   return block_size <= std::bit_ceil(whole);
 }
@@ -20,6 +20,21 @@ uint32_t block_count(uint64_t segment_bytes, uint64_t block_size) {
   if (!valid_block_size(segment_bytes, block_size)) return 0;
   uint64_t n = (segment_bytes + block_size - 1) / block_size;
   return n > std::numeric_limits<uint32_t>::max() ? 0 : static_cast<uint32_t>(n);
+}
+
+Geometry segment_geometry(uint64_t size, uint64_t block_size) {
+  Geometry g;
+  if (block_size < kSmallestPage || !std::has_single_bit(block_size) || size > (uint64_t{1} << 62)) return g;
+  uint64_t unit = std::min(block_size, kLargestPage);
+  uint64_t mapped = (std::max<uint64_t>(size, 1) + unit - 1) / unit * unit;
+  uint64_t block = std::clamp(block_size, unit, std::bit_ceil(mapped));
+  uint32_t n = block_count(mapped, block);
+  if (n == 0) return g;
+  return Geometry{mapped, block, n};
+}
+
+bool fits_page(const Geometry& g, uint64_t page) {
+  return g.block != 0 && page != 0 && g.block % page == 0 && g.mapped % page == 0;
 }
 
 bool for_directory(MsgType t) { return static_cast<uint16_t>(t) < 16; }

@@ -40,13 +40,33 @@ namespace dipc::dsm {
 using NodeId = uint16_t;
 inline constexpr NodeId kNoNode = 0;        // node ids are 1..255 (common/config.h)
 inline constexpr NodeId kMaxNodeId = 255;
-inline constexpr uint64_t kPageSize = 4096;
 inline constexpr int64_t kNever = std::numeric_limits<int64_t>::max();
 
-// Coherence unit: a power of two, at least one page, at most the segment rounded up to a power of two.
+// Page sizes. A block is write-protected, punched out and filled as a whole in every process that maps it, so it
+// must be a whole number of pages on every node that attaches the segment, whatever that node's page size: 4 KiB
+// (x86, s390x, most arm64), 16 KiB or 64 KiB (ppc64el, some arm64 kernels).
+inline constexpr uint64_t kSmallestPage = 4 * 1024;  // the smallest page of any Linux port: the smallest block
+inline constexpr uint64_t kLargestPage = 64 * 1024;  // the largest base page of the Linux ports dipc runs on
+
+// Coherence unit: a power of two, at least kSmallestPage, at most the segment rounded up to a power of two.
 bool valid_block_size(uint64_t segment_bytes, uint64_t block_size);
 // Number of blocks of a segment (the last one may be partial). 0 if the geometry is invalid or too large.
 uint32_t block_count(uint64_t segment_bytes, uint64_t block_size);
+
+// A segment's layout, decided once by its home from its configured `[dsm] block_size` and given to every node that
+// attaches it (the home's block travels in the shmat answer, so nodes configured differently still agree). The
+// memory is the size rounded up to min(block_size, kLargestPage), and the block is block_size capped at that memory
+// rounded up to a power of two (a small segment is one block) but never below that rounding: every node whose page
+// size divides block_size (the cluster's [dsm] block_size >= every node's page size) maps it page-aligned. 
+// Computing it again from the home's block gives the home's layout. Zero `block` if the input is invalid.
+struct Geometry {
+  uint64_t mapped = 0;  // bytes every attaching process maps
+  uint64_t block = 0;   // coherence unit
+  uint32_t nblocks = 0;
+};
+Geometry segment_geometry(uint64_t size, uint64_t block_size);
+// Whether a node with `page`-byte pages can map a segment of this layout (every block a whole number of pages).
+bool fits_page(const Geometry& g, uint64_t page);
 
 enum class Access : uint8_t { kRead = 0, kWrite = 1 };
 

@@ -18,14 +18,6 @@
 namespace dipc::dsm {
 
 namespace {
-uint64_t round_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
-
-// The coherence unit of a segment: the configured block size, at most the segment rounded up to a power of two.
-uint64_t effective_block(uint64_t size, uint64_t want) {
-  uint64_t cap = kPageSize;
-  while (cap < size) cap <<= 1;
-  return std::max<uint64_t>(kPageSize, std::min(want, cap));
-}
 
 // F's mapping and descriptor, released when the last deregistration of its chunks completed (the transport may
 // still copy into F until then).
@@ -52,14 +44,14 @@ Status errno_status(const char* what) {
 // ---------------------------------------------------------------------------------------------------------------
 // Segment
 
-Segment::Segment(Manager& m, uint64_t id, NodeId home, uint64_t size, uint64_t block_size)
+Segment::Segment(Manager& m, uint64_t id, NodeId home, uint64_t size, const Geometry& g)
     : m_(m),
       id_(id),
       home_(home),
       size_(size),
-      mapped_(round_up(std::max<uint64_t>(size, 1), kPageSize)),
-      block_(effective_block(mapped_, block_size)),
-      nblocks_(block_count(mapped_, block_)),
+      mapped_(g.mapped),
+      block_(g.block),
+      nblocks_(g.nblocks),
       cache_(id, nblocks_, m.self(), home) {
   chunk_ = m.transport()->caps().pins_memory ? std::max(kPinChunk, block_) : mapped_;
   chunks_.resize((mapped_ + chunk_ - 1) / chunk_);
@@ -132,7 +124,7 @@ Status Segment::init() {
 uint64_t Segment::block_len(uint32_t b) const { return std::min(block_, mapped_ - block_off(b)); }
 
 Status Segment::add_attach(uint64_t attach, int uffd, uint64_t addr, uint64_t len, bool rdonly) {
-  if (len != mapped_ || addr % kPageSize) {
+  if (len != mapped_ || addr % m_.page_size()) {
     close(uffd);
     return Status::err(EINVAL);
   }
@@ -499,7 +491,13 @@ std::string Segment::status_line() const {
 
 Manager::Manager(EventLoop& loop, transport::Transport* tr, NodeId self, uint64_t block_size, int64_t quantum_us,
                  int64_t answer_poll_us)
-    : loop_(loop), tr_(tr), self_(self), block_size_(block_size), quantum_(quantum_us), answer_poll_(answer_poll_us) {}
+    : loop_(loop),
+      tr_(tr),
+      self_(self),
+      block_size_(block_size),
+      page_(static_cast<uint64_t>(sysconf(_SC_PAGESIZE))),
+      quantum_(quantum_us),
+      answer_poll_(answer_poll_us) {}
 
 Manager::~Manager() = default;
 
@@ -508,10 +506,18 @@ int64_t Manager::now_us() {
       .count();
 }
 
-Result<Segment*> Manager::open(uint64_t id, NodeId home, uint64_t size) {
+Result<Segment*> Manager::open(uint64_t id, NodeId home, uint64_t size, uint64_t home_block) {
   auto it = segs_.find(id);
   if (it != segs_.end()) return it->second.get();
-  auto s = std::make_unique<Segment>(*this, id, home, size, block_size_);
+  Geometry g = segment_geometry(size, home == self_ ? block_size_ : home_block);
+  if (g.block == 0) return Status::err(EINVAL);
+  if (!fits_page(g, page_)) {
+    DIPC_LOG_ERROR("dsm: segment {:#x} of node {} has {}-byte blocks, smaller than this node's {}-byte pages: it "
+                   "cannot be attached here; set [dsm] block_size >= {} on every node",
+                   id, home, g.block, page_, page_);
+    return Status::err(EINVAL);
+  }
+  auto s = std::make_unique<Segment>(*this, id, home, size, g);
   Status st = s->init();
   if (!st) return st;
   Segment* p = s.get();

@@ -61,7 +61,7 @@ class Manager;
 
 class Segment {
  public:
-  Segment(Manager& m, uint64_t id, NodeId home, uint64_t size, uint64_t block_size);
+  Segment(Manager& m, uint64_t id, NodeId home, uint64_t size, const Geometry& g);
   ~Segment();
   Status init();  // memfds, frame mapping, transport registration
 
@@ -69,6 +69,7 @@ class Segment {
   NodeId home() const { return home_; }
   uint64_t size() const { return size_; }
   uint64_t mapped_size() const { return mapped_; }
+  uint64_t block_size() const { return block_; }
   int view_fd() const { return view_fd_.get(); }
   size_t attaches() const { return attaches_.size(); }
 
@@ -146,8 +147,10 @@ class Manager : public transport::Handler {
           int64_t answer_poll_us = 0);
   ~Manager() override;
 
-  // The segment `id` on this node; created (empty) if needed. The home creates it at shmget.
-  Result<Segment*> open(uint64_t id, NodeId home, uint64_t size);
+  // The segment `id` on this node; created (empty) if needed. The home creates it at shmget with this node's block
+  // size; another node with the block size the home chose (ShmAtResp). EINVAL if this node's pages are larger than
+  // that block (logged: the cluster's block_size is too small for this node).
+  Result<Segment*> open(uint64_t id, NodeId home, uint64_t size, uint64_t home_block = 0);
   Segment* find(uint64_t id);
   void destroy(uint64_t id);  // the segment is gone cluster-wide (nattch 0 after IPC_RMID)
   size_t count() const { return segs_.size(); }
@@ -158,6 +161,7 @@ class Manager : public transport::Handler {
   void on_peer(NodeId peer, bool up) override;
 
   NodeId self() const { return self_; }
+  uint64_t page_size() const { return page_; }
   EventLoop& loop() { return loop_; }
   transport::Transport* transport() { return tr_; }
   int64_t quantum_us() const { return quantum_; }
@@ -190,6 +194,7 @@ class Manager : public transport::Handler {
   transport::Transport* tr_;
   NodeId self_;
   uint64_t block_size_;
+  uint64_t page_;  // this node's page size
   int64_t quantum_;
   int64_t answer_poll_;
   std::map<uint64_t, std::unique_ptr<Segment>> segs_;

@@ -6,8 +6,16 @@
  *   prodcons producer ID NITEMS             sends NITEMS items tagged with ID
  *
  * Semaphore 0 counts free slots (a bounded buffer of 8 items); semaphore 1 counts producers that attached.
+ *
+ * Portable across the nodes of a mixed cluster (x86-64, i386, s390x...): dipc carries message texts as opaque bytes,
+ * as the kernel does, so the program lays out its own data the same way on every architecture: a body of a fixed
+ * size (not sizeof of a struct with a long in it, which differs between 32- and 64-bit), its number big-endian. The
+ * semaphore value is passed to semctl in a union semun, as semctl(2) requires (a plain int reads as 0 on a 64-bit
+ * big-endian machine).
  */
+#include <endian.h>
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,10 +31,18 @@
 #define KEY_MSG 0x5eed0002
 #define SLOTS 8
 
+/* The message body: BODY_SIZE bytes on every architecture. */
 struct item {
-  long mtype; /* producer id + 1 */
-  int seq;
+  long mtype;       /* producer id + 1 (small: a 32-bit receiver sees it whole) */
+  uint32_t seq_be;  /* item number, big-endian */
   char text[32];
+};
+#define BODY_SIZE (sizeof(uint32_t) + 32)
+
+union semun { /* semctl(2): the caller defines it */
+  int val;
+  struct semid_ds *buf;
+  unsigned short *array;
 };
 
 static const char *node(void) {
@@ -57,7 +73,8 @@ static int get_sem(void) { return semget(KEY_SEM, 2, IPC_DIPC | 0666); }
 static int consumer(int producers, int items) {
   int semid = semget(KEY_SEM, 2, IPC_CREAT | IPC_DIPC | 0666);
   if (semid < 0) die("semget");
-  if (semctl(semid, 0, SETVAL, SLOTS) < 0) die("semctl SETVAL");
+  union semun arg = {.val = SLOTS};
+  if (semctl(semid, 0, SETVAL, arg) < 0) die("semctl SETVAL");
   int msqid = msgget(KEY_MSG, IPC_CREAT | IPC_DIPC | 0666); /* created last: producers start once it exists */
   if (msqid < 0) die("msgget");
   printf("consumer on %s: queue %d, semaphores %d, waiting for %d x %d items\n", node(), msqid, semid, producers,
@@ -67,11 +84,13 @@ static int consumer(int producers, int items) {
   long total = (long)producers * items;
   for (long got = 0; got < total; got++) {
     struct item it;
-    if (msgrcv(msqid, &it, sizeof it - sizeof(long), 0, 0) < 0) die("msgrcv");
+    ssize_t n = msgrcv(msqid, &it, BODY_SIZE, 0, 0);
+    if (n < 0) die("msgrcv");
     int p = (int)it.mtype - 1;
-    if (p < 0 || p >= producers || it.seq != next[p]) {
-      fprintf(stderr, "prodcons: out of order or duplicate item: producer %d seq %d (expected %d)\n", p, it.seq,
-              p >= 0 && p < producers ? next[p] : -1);
+    int seq = (int)be32toh(it.seq_be);
+    if (n != (ssize_t)BODY_SIZE || p < 0 || p >= producers || seq != next[p]) {
+      fprintf(stderr, "prodcons: out of order, duplicate or malformed item: producer %d seq %d (expected %d), %zd bytes\n",
+              p, seq, p >= 0 && p < producers ? next[p] : -1, n);
       return 1;
     }
     next[p]++;
@@ -94,9 +113,9 @@ static int producer(int id, int items) {
   for (int i = 0; i < items; i++) {
     struct sembuf down = {0, -1, 0};
     if (semop(semid, &down, 1) < 0) die("semop P(slots)");
-    struct item it = {id + 1, i, ""};
+    struct item it = {id + 1, htobe32((uint32_t)i), ""};
     snprintf(it.text, sizeof it.text, "item %d from %s", i, node());
-    if (msgsnd(msqid, &it, sizeof it - sizeof(long), 0) < 0) die("msgsnd");
+    if (msgsnd(msqid, &it, BODY_SIZE, 0) < 0) die("msgsnd");
   }
   printf("producer %d on %s: sent %d items\n", id, node(), items);
   return 0;

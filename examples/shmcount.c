@@ -4,7 +4,13 @@
  * the sum is still exact: lock-prefixed instructions on a dipc segment are atomic across the cluster.
  *
  *   shmcount KEY NPROCS ITERS        (e.g. dipc-launch -H node1,node2,node3 -n 6 shmcount 0x5eed 6 100000)
+ *
+ * dipc moves pages as opaque bytes, so in a cluster of mixed architectures the program decides the layout of its
+ * own data: here two 64-bit counters (the same size on 32- and 64-bit machines), stored big-endian and updated with
+ * a compare-and-swap of the whole 8 bytes, which is atomic whatever the byte order of the node that runs it.
  */
+#include <endian.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/ipc.h>
@@ -13,9 +19,17 @@
 #include <dipc/dipc.h> /* IPC_DIPC: the key is distributed (the kernel alone ignores the bit) */
 
 struct shared {
-  long counter; /* every process adds ITERS to it */
-  long done;    /* processes finished */
+  uint64_t counter_be; /* every process adds ITERS to it */
+  uint64_t done_be;    /* processes finished */
 };
+
+/* Adds `n` to a big-endian counter atomically; returns the new value. */
+static uint64_t add_be(uint64_t *c, uint64_t n) {
+  uint64_t old = __atomic_load_n(c, __ATOMIC_RELAXED), next;
+  do next = htobe64(be64toh(old) + n);
+  while (!__atomic_compare_exchange_n(c, &old, next, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED));
+  return be64toh(next);
+}
 
 int main(int argc, char **argv) {
   if (argc != 4) {
@@ -34,15 +48,16 @@ int main(int argc, char **argv) {
     perror("shmat");
     return 1;
   }
-  for (long i = 0; i < iters; i++) __atomic_fetch_add(&s->counter, 1, __ATOMIC_SEQ_CST);
+  for (long i = 0; i < iters; i++) add_be(&s->counter_be, 1);
   const char *node = getenv("DIPC_NODE");
   printf("added %ld on %s\n", iters, node ? node : "this machine");
-  if (__atomic_add_fetch(&s->done, 1, __ATOMIC_SEQ_CST) == nprocs) {
-    long total = __atomic_load_n(&s->counter, __ATOMIC_SEQ_CST);
-    printf("total %ld (expected %ld): %s\n", total, nprocs * iters, total == nprocs * iters ? "exact" : "WRONG");
+  if (add_be(&s->done_be, 1) == (uint64_t)nprocs) {
+    long long total = (long long)be64toh(__atomic_load_n(&s->counter_be, __ATOMIC_SEQ_CST));
+    printf("total %lld (expected %lld): %s\n", total, (long long)nprocs * iters,
+           total == (long long)nprocs * iters ? "exact" : "WRONG");
     shmctl(id, IPC_RMID, NULL); /* destroyed once the last process has detached */
     shmdt(s);
-    return total == nprocs * iters ? 0 : 1;
+    return total == (long long)nprocs * iters ? 0 : 1;
   }
   shmdt(s);
   return 0;

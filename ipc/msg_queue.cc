@@ -79,8 +79,8 @@ Outcome MsgQueue::send(uint64_t token, int64_t mtype, std::vector<uint8_t> text,
 
 Outcome MsgQueue::recv(uint64_t token, int64_t msgtyp, size_t maxsize, int msgflg, const ProcKey& proc,
                        const Creds& c, int64_t now, Message& out) {
-  if (msgflg & MSG_COPY) return {Outcome::kError, ENOSYS};
   if (int e = ipc_check(perm_, c, 0444)) return {Outcome::kError, e};
+  if (msgflg & MSG_COPY) return copy(msgtyp, maxsize, msgflg, out);
   auto it = find(msgtyp, msgflg);
   if (it == msgs_.end()) {
     if (msgflg & IPC_NOWAIT) return {Outcome::kError, ENOMSG};
@@ -96,6 +96,18 @@ Outcome MsgQueue::recv(uint64_t token, int64_t msgtyp, size_t maxsize, int msgfl
   lrpid_ = proc.pid;
   rtime_ = now;
   wake_senders(now);
+  return {Outcome::kDone, 0};
+}
+
+// do_msgrcv() with MSG_COPY (the caller checked IPC_NOWAIT and no MSG_EXCEPT): a copy of the message at index
+// `index`, the queue untouched (no lrpid, no rtime). A message longer than the buffer is E2BIG, or with MSG_NOERROR
+// EINVAL (copy_msg() refuses to truncate); the copy buffer is also bounded by msgmax.
+Outcome MsgQueue::copy(int64_t index, size_t maxsize, int msgflg, Message& out) const {
+  if (index < 0 || static_cast<uint64_t>(index) >= msgs_.size()) return {Outcome::kError, ENOMSG};
+  const Message& m = *std::next(msgs_.begin(), static_cast<std::ptrdiff_t>(index));
+  if (m.text.size() > maxsize && !(msgflg & MSG_NOERROR)) return {Outcome::kError, E2BIG};
+  if (m.text.size() > std::min(maxsize, static_cast<size_t>(lim_.msgmax))) return {Outcome::kError, EINVAL};
+  out = m;
   return {Outcome::kDone, 0};
 }
 

@@ -27,12 +27,13 @@ class MsgQueue {
  public:
   MsgQueue(const Perm& perm, const Limits& lim, int64_t now);
   const Perm& perm() const { return perm_; }
+  void set_limits(const Limits& lim) { lim_ = lim; }  // the home's limits now (msgmax, msgmnb)
   size_t qnum() const { return msgs_.size(); }
   uint64_t cbytes() const { return cbytes_; }
 
   Outcome send(uint64_t token, int64_t mtype, std::vector<uint8_t> text, int msgflg, const ProcKey& proc,
                const Creds& c, int64_t now);
-  // MSG_COPY is not supported: ENOSYS.
+  // MSG_COPY (IPC_NOWAIT required, MSG_EXCEPT refused: the caller checks both): msgtyp is an index; copies.
   Outcome recv(uint64_t token, int64_t msgtyp, size_t maxsize, int msgflg, const ProcKey& proc, const Creds& c,
                int64_t now, Message& out);
   struct Completion {
@@ -68,6 +69,7 @@ class MsgQueue {
   // msg_fits_inqueue(): both the bytes and the message count are bounded by qbytes.
   bool fits(size_t size) const { return cbytes_ + size <= qbytes_ && msgs_.size() + 1 <= qbytes_; }
   std::list<Message>::iterator find(int64_t msgtyp, int msgflg);
+  Outcome copy(int64_t index, size_t maxsize, int msgflg, Message& out) const;
   bool pipelined_send(Message& m, int64_t now);
   void enqueue(Message m, const ProcKey& sender, int64_t now);
   void wake_senders(int64_t now);

@@ -73,10 +73,12 @@ bool ShmAtReq::decode(Decoder& d) {
 void ShmAtResp::encode(Encoder& e) const {
   e.u64(size);
   e.u64(mapped);
+  e.u64(block);
 }
 bool ShmAtResp::decode(Decoder& d) {
   size = d.u64();
   mapped = d.u64();
+  block = d.u64();
   return d.ok();
 }
 void ShmAttachReq::encode(Encoder& e) const {
@@ -420,6 +422,42 @@ bool ProcExitMsg::decode(Decoder& d) {
   pid = d.i32();
   return d.ok();
 }
+void IpcInfoReq::encode(Encoder& e) const { e.u8(static_cast<uint8_t>(type)); }
+bool IpcInfoReq::decode(Decoder& d) {
+  uint8_t t = d.u8();
+  if (t < 1 || t > 3) d.fail();
+  type = static_cast<ObjType>(t);
+  return d.ok();
+}
+
+void IpcInfoResp::encode(Encoder& e) const {
+  e.i32(max_index);
+  e.u32(count);
+  e.u64(a);
+  e.u64(b);
+}
+bool IpcInfoResp::decode(Decoder& d) {
+  max_index = d.i32();
+  count = d.u32();
+  a = d.u64();
+  b = d.u64();
+  return d.ok();
+}
+
+void IpcStatReq::encode(Encoder& e) const {
+  e.u8(static_cast<uint8_t>(type));
+  e.i32(index);
+  e.boolean(any);
+}
+bool IpcStatReq::decode(Decoder& d) {
+  uint8_t t = d.u8();
+  if (t < 1 || t > 3) d.fail();
+  type = static_cast<ObjType>(t);
+  index = d.i32();
+  any = d.boolean();
+  return d.ok() && index >= 0;
+}
+
 void HomeCancelMsg::encode(Encoder& e) const { e.u64(token); }
 bool HomeCancelMsg::decode(Decoder& d) {
   token = d.u64();

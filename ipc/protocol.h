@@ -22,7 +22,7 @@
 
 namespace dipc::ipc {
 
-inline constexpr uint32_t kProtocolVersion = 1;
+inline constexpr uint32_t kProtocolVersion = 2;  // 2: ShmAtResp carries the block size
 inline constexpr uint32_t kMaxSops = 32768;   // hard decode bound; the home enforces semopm
 inline constexpr uint32_t kMaxSems = 65536;   // hard decode bound; the home enforces semmsl
 inline constexpr uint32_t kMaxMsgText = 1u << 20;
@@ -42,7 +42,11 @@ enum Op : uint16_t {
   kShmAttached = 11, // ShmAttachReq, with the process's userfaultfd (SCM_RIGHTS) -> empty; counts in shm_nattch
   kShmDt = 12,       // ShmAttachReq (addr, len unused) -> empty
   kShmCtl = 13,      // ShmCtlReq -> ShmCtlResp (IPC_STAT) or empty
+  kIpcInfo = 14,     // IpcInfoReq -> IpcInfoResp: the cluster's distributed objects of a type, for *_INFO
+  kIpcStat = 15,     // IpcStatReq (a *_STAT index) -> IdResp + the type's CtlResp (stat filled)
   kCancel = 20,  // one-way, client -> daemon; body: none (frame id names the request)
+  kBlocked = 21, // one-way, daemon -> client; body: none: request (frame id) now waits at its home, registered
+                 // there, so a program sleeps only once its wait is seen by every other caller (IPC_RMID: EIDRM)
   kAdminStatus = 30,
   kAdminEnable = 31,
   kAdminObjects = 32,  // empty -> ObjListResp: every object of the cluster (`dipc ipcs`)
@@ -56,6 +60,8 @@ enum Op : uint16_t {
   kProcExit = 106,    // one-way: a process of the sender's node exited (apply SEM_UNDO)
   kShmDestroy = 107,  // one-way, home -> every node: the segment is gone (IPC_RMID and the last detach)
   kObjList = 108,     // empty (no HomeHeader) -> ObjListResp: the objects the receiver hosts
+  kStatSlot = 109,
+  kBlockedNote = 110, // one-way, home -> origin: HomeCancelMsg{token}: the request `token` is queued at the home    // to the home: IpcStatReq (index = the home's slot) -> as kIpcStat
   // 120..129: the DSM layer's own messages (dsm/segment.h)
 };
 
@@ -174,7 +180,8 @@ struct ShmAtReq {
 };
 struct ShmAtResp {
   uint64_t size = 0;    // shm_segsz
-  uint64_t mapped = 0;  // bytes to map: size rounded up to a page
+  uint64_t mapped = 0;  // bytes to map: size rounded up (dsm/coherence.h segment_geometry)
+  uint64_t block = 0;   // the segment's coherence unit, chosen by its home (dsm/coherence.h)
   void encode(Encoder& e) const;
   bool decode(Decoder& d);
 };
@@ -241,6 +248,34 @@ inline constexpr uint32_t kMaxNodes = 65536;
 struct ObjListResp {  // kObjList / kAdminObjects
   std::vector<ObjEntry> entries;
   std::vector<uint16_t> unreachable;  // kAdminObjects: peers that did not answer (kObjList: always empty)
+  void encode(Encoder& e) const;
+  bool decode(Decoder& d);
+};
+
+// ---- *_STAT and *_INFO over the kernel's objects and the cluster's ----
+// The kernel numbers its objects' indices 0..IPCMNI-1; distributed objects take the indices from kStatIndexBase on:
+// kStatIndexBase + slot * nodes + the home's rank among the configured nodes (sorted by id). An object keeps its
+// index as long as it lives (a scan sees stable indices), and the indices stay dense while few slots are used.
+inline constexpr int32_t kStatIndexBase = 32768;
+inline constexpr int32_t stat_index(uint32_t slot, uint32_t rank, uint32_t nodes) {
+  return kStatIndexBase + static_cast<int32_t>(slot * nodes + rank);
+}
+struct IpcInfoReq {
+  ObjType type = ObjType::kSem;
+  void encode(Encoder& e) const;
+  bool decode(Decoder& d);
+};
+struct IpcInfoResp {
+  int32_t max_index = -1;  // the highest index of a distributed object, -1 without any
+  uint32_t count = 0;      // objects
+  uint64_t a = 0, b = 0;   // sums of ObjEntry a, b: sem: nsems; msg: qnum, cbytes; shm: pages of segsz, nattch
+  void encode(Encoder& e) const;
+  bool decode(Decoder& d);
+};
+struct IpcStatReq {
+  ObjType type = ObjType::kSem;
+  int32_t index = 0;  // kIpcStat: a *_STAT index; kStatSlot: the home's slot
+  bool any = false;   // *_STAT_ANY: no read permission needed
   void encode(Encoder& e) const;
   bool decode(Decoder& d);
 };

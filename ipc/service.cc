@@ -126,6 +126,8 @@ void Service::dispatch_message(uint16_t from, uint16_t op, ByteView body) {
       if (decode_body(body, req)) referee_update(from, op, req);
       return;
     }
+    case kBlockedNote:
+      return on_blocked_note(from, body);
     case kHomeCancel: {
       HomeCancelMsg m;
       if (decode_body(body, m) && token_node(m.token) == from) home_cancel(m.token);
@@ -159,6 +161,7 @@ void Service::client_request(const Creds& c, uint16_t op, ByteView body, uint64_
     ObjType t = op == kSemGet ? ObjType::kSem : op == kMsgGet ? ObjType::kMsg : ObjType::kShm;
     return do_get(t, h.creds, req, std::move(reply), 0);
   }
+  if (op == kIpcInfo || op == kIpcStat) return client_ipc_info(h, op, body, std::move(reply));
   if (op < kSemOp || (op > kMsgCtl && op != kShmCtl) || op == kMsgGet) return reply(EINVAL, {});
   Decoder peek(body);
   int32_t id = peek.i32();
@@ -209,9 +212,10 @@ void Service::client_shmat(const Creds& c, ByteView body, FdReplyFn reply) {
   call(home, kShmAt, e.take(), [this, req, home, reply](int st, ByteView b) {
     ShmAtResp r;
     if (st) return reply(st, Bytes(b.begin(), b.end()), -1);
-    if (!decode_body(b, r) || r.mapped == 0) return reply(EIO, {}, -1);
-    auto seg = dsm_.open(static_cast<uint32_t>(req.id), home, r.size);
+    if (!decode_body(b, r) || r.mapped == 0 || r.block == 0) return reply(EIO, {}, -1);
+    auto seg = dsm_.open(static_cast<uint32_t>(req.id), home, r.size, r.block);
     if (!seg) return reply(seg.status().code() == EINVAL ? EINVAL : ENOMEM, {}, -1);
+    if ((*seg)->mapped_size() != r.mapped || (*seg)->block_size() != r.block) return reply(EIO, {}, -1);
     // A read-only attach gets a read-only descriptor: the program cannot map it writable.
     std::string path = "/proc/self/fd/" + std::to_string((*seg)->view_fd());
     int fd = (req.flg & SHM_RDONLY) ? open(path.c_str(), O_RDONLY | O_CLOEXEC) : fcntl((*seg)->view_fd(), F_DUPFD_CLOEXEC, 0);
@@ -297,7 +301,7 @@ void Service::home_shmat(const HomeHeader& h, ByteView body, ReplyFn& reply) {
   if (!s) return reply(EINVAL, unknown_id());
   if (int e = s->attach_check(h.creds, r.flg)) return reply(e, {});
   dsm::Segment* seg = dsm_.find(static_cast<uint32_t>(r.id));
-  reply(0, encode_body(ShmAtResp{s->size(), seg ? seg->mapped_size() : 0}));
+  reply(0, encode_body(ShmAtResp{s->size(), seg ? seg->mapped_size() : 0, seg ? seg->block_size() : 0}));
 }
 
 void Service::home_shm_attach(uint16_t op, const HomeHeader& h, ByteView body, ReplyFn& reply) {
@@ -349,7 +353,7 @@ void Service::home_shmctl(const HomeHeader& h, ByteView body, ReplyFn& reply) {
 void Service::shm_destroy_if_gone(int32_t id) {
   auto it = shms_.by_id.find(id);
   if (it == shms_.by_id.end() || !it->second->gone()) return;
-  shm_pages_ -= (it->second->size() + dsm::kPageSize - 1) / dsm::kPageSize;
+  shm_pages_ -= (it->second->size() + dsm_.page_size() - 1) / dsm_.page_size();
   shms_.by_id.erase(it);
   shms_.free.push_back(id_slot(id));
   for (uint16_t n : node_ids_)
@@ -365,7 +369,7 @@ void Service::process_exited(int32_t pid) {
 // *get: resolve a key cluster-wide through its referee, or create.
 
 void Service::do_get(ObjType type, const Creds& c, const GetReq& req, ReplyFn reply, int attempts) {
-  if (type == ObjType::kSem && (req.nsems < 0 || req.nsems > lim_.semmsl)) return reply(EINVAL, {});
+  if (type == ObjType::kSem && (req.nsems < 0 || req.nsems > limits(LimitFiles::kSem).semmsl)) return reply(EINVAL, {});
   if (req.key == IPC_PRIVATE) {
     int32_t id = 0;
     int e = create_local(type, c, req.key, req.nsems, req.flg, id, req.size);
@@ -399,7 +403,10 @@ void Service::do_get(ObjType type, const Creds& c, const GetReq& req, ReplyFn re
 
 int Service::create_local(ObjType type, const Creds& c, int32_t key, int32_t nsems, int32_t flg, int32_t& id,
                           uint64_t size) {
-  uint64_t pages = (size + dsm::kPageSize - 1) / dsm::kPageSize;
+  uint64_t pages = (size + dsm_.page_size() - 1) / dsm_.page_size();
+  limits(type == ObjType::kSem ? LimitFiles::kSem
+         : type == ObjType::kMsg ? LimitFiles::kMsgMax | LimitFiles::kMsgMnb | LimitFiles::kMsgMni
+                                 : LimitFiles::kShm);
   if (type == ObjType::kSem) {
     if (nsems == 0) return EINVAL;
     if (used_sems_ + nsems > lim_.semmns || static_cast<int>(sems_.by_id.size()) >= lim_.semmni) return ENOSPC;
@@ -409,6 +416,8 @@ int Service::create_local(ObjType type, const Creds& c, int32_t key, int32_t nse
     // newseg(): SHMMIN (1) .. shmmax, then shmall (pages) and shmmni.
     if (size < 1 || size > lim_.shmmax) return EINVAL;
     if (shm_pages_ + pages < shm_pages_ || shm_pages_ + pages > lim_.shmall) return ENOSPC;
+    if (flg & SHM_HUGETLB)
+      if (int e = hugetlb_shm_check(c, size, flg)) return e;
     if (static_cast<int>(shms_.by_id.size()) >= lim_.shmmni) return ENOSPC;
   }
   auto alloc = [&](auto& slots) -> int {
@@ -553,6 +562,8 @@ void Service::home_request(uint16_t op, const HomeHeader& h, ByteView body, Repl
       return home_shm_attach(op, h, body, reply);
     case kShmCtl:
       return home_shmctl(h, body, reply);
+    case kStatSlot:
+      return home_stat_slot(h, body, reply);
     default:
       return reply(EINVAL, {});
   }
@@ -583,13 +594,14 @@ void Service::home_semop(const HomeHeader& h, ByteView body, ReplyFn& reply) {
   SemOpReq r;
   if (!decode_body(body, r)) return reply(EINVAL, {});
   if (r.sops.empty()) return reply(EINVAL, {});
-  if (static_cast<int>(r.sops.size()) > lim_.semopm) return reply(E2BIG, {});
+  if (static_cast<int>(r.sops.size()) > limits(LimitFiles::kSem).semopm) return reply(E2BIG, {});
   SemSet* s = find_sem(r.id);
   if (!s) return reply(EINVAL, unknown_id());
   Outcome o = s->semop(h.token, r.sops, ProcKey{h.creds.node, h.creds.pid}, h.creds, now_s());
-  if (o.kind == Outcome::kBlocked)
+  if (o.kind == Outcome::kBlocked) {
     pending_[h.token] = Pending{ObjType::kSem, r.id, std::move(reply)};
-  else
+    note_blocked(h.token);
+  } else
     reply(o.kind == Outcome::kDone ? 0 : o.err, {});
   drain(*s);
 }
@@ -649,15 +661,17 @@ void Service::home_semctl(const HomeHeader& h, ByteView body, ReplyFn& reply) {
 void Service::home_msgsnd(const HomeHeader& h, ByteView body, ReplyFn& reply) {
   MsgSndReq r;
   if (!decode_body(body, r)) return reply(EINVAL, {});
-  if (static_cast<int64_t>(r.text.size()) > lim_.msgmax) return reply(EINVAL, {});
+  if (static_cast<int64_t>(r.text.size()) > limits(LimitFiles::kMsgMax).msgmax) return reply(EINVAL, {});
   if (r.mtype < 1) return reply(EINVAL, {});
   MsgQueue* q = find_msg(r.id);
   if (!q) return reply(EINVAL, unknown_id());
+  q->set_limits(lim_);
   Outcome o = q->send(h.token, r.mtype, std::move(r.text), r.flg, ProcKey{h.creds.node, h.creds.pid}, h.creds,
                       now_s());
-  if (o.kind == Outcome::kBlocked)
+  if (o.kind == Outcome::kBlocked) {
     pending_[h.token] = Pending{ObjType::kMsg, r.id, std::move(reply)};
-  else
+    note_blocked(h.token);
+  } else
     reply(o.kind == Outcome::kDone ? 0 : o.err, {});
   drain(*q);
 }
@@ -666,13 +680,16 @@ void Service::home_msgrcv(const HomeHeader& h, ByteView body, ReplyFn& reply) {
   MsgRcvReq r;
   if (!decode_body(body, r)) return reply(EINVAL, {});
   if (r.maxsize > static_cast<uint64_t>(LONG_MAX)) return reply(EINVAL, {});
+  if ((r.flg & MSG_COPY) && ((r.flg & MSG_EXCEPT) || !(r.flg & IPC_NOWAIT))) return reply(EINVAL, {});
   MsgQueue* q = find_msg(r.id);
   if (!q) return reply(EINVAL, unknown_id());
+  if (r.flg & MSG_COPY) q->set_limits(limits(LimitFiles::kMsgMax));
   Message m;
   Outcome o = q->recv(h.token, r.msgtyp, r.maxsize, r.flg, ProcKey{h.creds.node, h.creds.pid}, h.creds, now_s(), m);
-  if (o.kind == Outcome::kBlocked)
+  if (o.kind == Outcome::kBlocked) {
     pending_[h.token] = Pending{ObjType::kMsg, r.id, std::move(reply)};
-  else if (o.kind == Outcome::kDone)
+    note_blocked(h.token);
+  } else if (o.kind == Outcome::kDone)
     reply(0, encode_body(MsgRcvResp{m.mtype, std::move(m.text)}));
   else
     reply(o.err, {});
@@ -696,6 +713,7 @@ void Service::home_msgctl(const HomeHeader& h, ByteView body, ReplyFn& reply) {
       if (e) return reply(e, {});
       return reply(0, encode_body(resp));
     case IPC_SET:
+      q->set_limits(limits(LimitFiles::kMsgMnb));
       e = q->set(r.uid, r.gid, r.mode, r.qbytes, h.creds, now_s());
       reply(e, {});
       return drain(*q);

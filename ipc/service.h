@@ -51,6 +51,8 @@ class Service : public transport::Handler {
 
   // The program gave up waiting (signal, timeout, exit): cancel the request if it is still blocked.
   void client_cancel(uint64_t token);
+  // Called with a local request's token once the request is queued (blocked) at its home (service_wait.cc).
+  void set_blocked_hook(std::function<void(uint64_t token)> hook) { blocked_hook_ = std::move(hook); }
   // A local process exited: apply its SEM_UNDO adjustments everywhere in the cluster.
   void process_exited(int32_t pid);
 
@@ -129,6 +131,13 @@ class Service : public transport::Handler {
   void home_shm_attach(uint16_t op, const HomeHeader& h, ByteView body, ReplyFn& reply);
   void home_shmctl(const HomeHeader& h, ByteView body, ReplyFn& reply);
   void shm_destroy_if_gone(int32_t id);
+  // service_info.cc: *_STAT and *_INFO over the cluster's objects
+  void client_ipc_info(const HomeHeader& h, uint16_t op, ByteView body, ReplyFn reply);
+  void home_stat_slot(const HomeHeader& h, ByteView body, ReplyFn& reply);
+  uint32_t node_rank(uint16_t node) const;
+  // service_wait.cc: a request queued at this home is registered; tell its origin
+  void note_blocked(uint64_t token);
+  void on_blocked_note(uint16_t from, ByteView body);
   void shm_detach_at_home(const Creds& c, int32_t id, ReplyFn reply);
   void home_cancel(uint64_t token);
   void remove_object(ObjType type, int32_t id);
@@ -138,10 +147,17 @@ class Service : public transport::Handler {
   MsgQueue* find_msg(int32_t id);
   ShmSeg* find_shm(int32_t id);
 
+  // The limits named by `which` (LimitFiles::Which), read now from the home's /proc/sys/kernel.
+  const Limits& limits(unsigned which) {
+    lim_files_.refresh(lim_, which);
+    return lim_;
+  }
+
   const Config& cfg_;
   EventLoop& loop_;
   transport::Transport* tr_;
   Limits lim_;
+  LimitFiles lim_files_;
   Slots<SemSet> sems_;
   Slots<MsgQueue> msgs_;
   Slots<ShmSeg> shms_;
@@ -156,6 +172,7 @@ class Service : public transport::Handler {
   std::unordered_map<uint64_t, std::vector<LocalAttach>> attaches_;  // client connection -> its attaches
   uint64_t next_attach_ = 1;
   int64_t used_sems_ = 0;
+  std::function<void(uint64_t)> blocked_hook_;
   std::unordered_map<uint64_t, Pending> pending_;               // home: blocked requests by token
   std::unordered_map<uint64_t, uint16_t> inflight_;             // origin: token -> home node
   std::map<std::pair<uint8_t, int32_t>, Reservation> keys_;     // referee: (type, key) -> state

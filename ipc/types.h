@@ -73,4 +73,26 @@ struct Limits {
   static Limits read_proc();
 };
 
+// shmget with SHM_HUGETLB, as newseg() + hugetlb_file_setup() check it at the home: EINVAL for a huge page size
+// the node lacks, EPERM without CAP_IPC_LOCK or membership of vm.hugetlb_shm_group, ENOMEM when the node has too
+// few free huge pages to reserve (unless SHM_NORESERVE, which is also IPC_DIPC's bit). Returns 0 or the errno.
+int hugetlb_shm_check(const Creds& c, uint64_t size, int shmflg);
+
+// The home's limits are read when they are checked, as the kernel reads its namespace's sysctls, so a limit
+// lowered at run time applies to the next call. The files stay open; a refresh is one pread per file asked for.
+class LimitFiles {
+ public:
+  enum Which : unsigned { kSem = 1, kMsgMax = 2, kMsgMnb = 4, kMsgMni = 8, kShm = 16, kAll = 31 };
+  LimitFiles();
+  ~LimitFiles();
+  LimitFiles(const LimitFiles&) = delete;
+  LimitFiles& operator=(const LimitFiles&) = delete;
+  // Updates the limits named by `which` in `l`; a file that cannot be read leaves its value as it is.
+  void refresh(Limits& l, unsigned which) const;
+
+ private:
+  enum { kFSem, kFMsgMax, kFMsgMnb, kFMsgMni, kFShmMax, kFShmAll, kFShmMni, kFiles };
+  int fds_[kFiles];
+};
+
 }  // namespace dipc::ipc

@@ -31,6 +31,7 @@ constexpr int64_t kSecond = 1'000'000'000;
 constexpr int64_t kRetryNs = kSecond;            // while no daemon answers: one connection attempt per second
 constexpr int64_t kHelloNs = 5 * kSecond;        // the daemon answers kHello at once
 constexpr int64_t kCancelGraceNs = 30 * kSecond;  // after kCancel, the request's answer must come within this
+constexpr int64_t kRegisterNs = 10 * kSecond;     // a call that may block polls at most this long for kBlocked
 constexpr size_t kMaxConns = 256;
 
 // Every open connection of the process (fd + 1; 0 = free), so a fork()ed child can close the inherited ones of all
@@ -39,6 +40,7 @@ std::atomic<int> g_conn_fds[kMaxConns];
 
 std::atomic<const ipc::ControlPage*> g_control{nullptr};
 std::atomic<uint64_t> g_control_ino{0};  // which memfd g_control maps: a restarted daemon has a new one
+std::atomic<int> g_incompatible{0};     // EPROTO: a daemon answered that this library cannot use
 std::atomic<int64_t> g_retry_at{0};      // no connection attempt before this (CLOCK_MONOTONIC ns)
 pthread_once_t g_once = PTHREAD_ONCE_INIT;
 // DIPC_SPIN_US (default 100): poll this long, yielding the CPU between polls, before sleeping: an answer that
@@ -118,7 +120,9 @@ enum class Read { kFrame, kTimeout, kSignal, kBroken };
 
 // Waits for the next whole frame. `deadline` < 0: no limit. EINTR from poll ends the wait only when `signals`.
 // A descriptor passed with SCM_RIGHTS goes to *passed_fd when asked for (the first one), else it is closed.
-Read read_frame(Conn& c, FrameParser::Frame& f, int64_t deadline, bool signals, int* passed_fd = nullptr) {
+// Polls, yielding the CPU, at least until `spin_until` (CLOCK_MONOTONIC ns) before it sleeps.
+Read read_frame(Conn& c, FrameParser::Frame& f, int64_t deadline, bool signals, int* passed_fd = nullptr,
+                int64_t spin_until = 0) {
   if (c.rbuf.empty()) c.rbuf.resize(64 << 10);
   for (;;) {
     if (c.parser.next(f)) return Read::kFrame;
@@ -126,8 +130,9 @@ Read read_frame(Conn& c, FrameParser::Frame& f, int64_t deadline, bool signals, 
     pollfd p{c.fd, POLLIN, 0};
     int timeout = deadline < 0 ? -1 : static_cast<int>(left_ms(deadline));
     int r = 0;
-    if (g_spin_ns > 0 && timeout != 0) {
-      int64_t until = now_ns() + g_spin_ns;
+    if ((g_spin_ns > 0 || spin_until > 0) && timeout != 0) {
+      int64_t until = std::max(now_ns() + g_spin_ns, spin_until);
+      if (deadline >= 0) until = std::min(until, deadline);
       while ((r = poll(&p, 1, 0)) == 0 && now_ns() < until) sched_yield();  // let the daemon have the CPU
     }
     if (r == 0) r = poll(&p, 1, timeout);
@@ -156,6 +161,17 @@ Read read_frame(Conn& c, FrameParser::Frame& f, int64_t deadline, bool signals, 
   }
 }
 
+// Says once on stderr why this process cannot use its node's daemon; *get calls fail with EPROTO from then on.
+void incompatible(const char* why) {
+  if (g_incompatible.exchange(EPROTO)) return;
+  int saved = errno;
+  std::string_view a = "dipc: the node's dipcd cannot be used by this program: ", b = why,
+                   c = "; calls on distributed keys fail with EPROTO\n";
+  for (std::string_view m : {a, b, c})
+    if (write(STDERR_FILENO, m.data(), m.size()) < 0) break;
+  errno = saved;
+}
+
 // Maps the daemon's control page unless this very memfd is already mapped. An older mapping (a previous daemon's)
 // stays mapped: other threads may still be reading it.
 bool map_control(int memfd) {
@@ -166,10 +182,15 @@ bool map_control(int memfd) {
   void* p = mmap(nullptr, sizeof(ipc::ControlPage), PROT_READ, MAP_SHARED, memfd, 0);
   if (p == MAP_FAILED) return false;
   auto* page = static_cast<const ipc::ControlPage*>(p);
-  if (page->magic != ipc::kControlMagic || page->version != 1) {
+  ipc::ControlCheck check = page->check();
+  if (check != ipc::ControlCheck::kOk) {
     munmap(p, sizeof(ipc::ControlPage));
+    incompatible(check == ipc::ControlCheck::kOtherByteOrder ? "its control page is in the other byte order"
+                 : check == ipc::ControlCheck::kOtherVersion ? "its control page is of another version"
+                                                              : "its control page has a bad magic number");
     return false;
   }
+  g_incompatible.store(0);
   g_control_ino.store(ino);
   g_control.store(page, std::memory_order_release);
   return true;
@@ -213,11 +234,16 @@ bool open_conn(Conn& c) {
   if (send_all(c.fd, req, sent) != 0) return false;
   FrameParser::Frame f;
   int memfd = -1;
-  Read r = read_frame(c, f, now_ns() + kHelloNs, false, &memfd);
+  int64_t deadline = now_ns() + kHelloNs;
+  Read r = read_frame(c, f, deadline, false, &memfd, deadline);  // answered at once: poll, never sleep
   ipc::HelloResp hr;
   bool ok = r == Read::kFrame && f.header.kind == FrameKind::kResponse && f.header.op == ipc::kHello &&
-            f.header.id == id && f.header.status == 0 && ipc::decode_body(f.payload, hr) &&
-            hr.version == ipc::kProtocolVersion && memfd >= 0 && map_control(memfd);
+            f.header.id == id && f.header.status == 0 && ipc::decode_body(f.payload, hr);
+  if (ok && hr.version != ipc::kProtocolVersion) {
+    incompatible("it speaks another protocol version");
+    ok = false;
+  }
+  ok = ok && memfd >= 0 && map_control(memfd);
   if (memfd >= 0) close(memfd);
   return ok;
 }
@@ -252,9 +278,17 @@ Bytes frame(FrameKind kind, uint16_t op, uint64_t id, const Bytes& body) {
 bool await(Conn& c, uint16_t op, uint64_t id, const Wait& w, Reply& out) {
   int stopped = 0;  // EINTR or EAGAIN once cancelled
   int64_t deadline = w.deadline_ns;
+  // A call that may block sleeps only once the home registered its wait (kBlocked): until then it polls, so a
+  // program seen sleeping in semop/msgrcv/msgsnd is a registered waiter, as with the kernel.
+  int64_t register_by = w.interruptible ? now_ns() + kRegisterNs : 0;
   FrameParser::Frame f;
   for (;;) {
-    Read r = read_frame(c, f, deadline, w.interruptible && !stopped);
+    Read r = read_frame(c, f, deadline, w.interruptible && !stopped, nullptr, register_by);
+    if (r == Read::kFrame && f.header.kind == FrameKind::kOneWay && f.header.op == ipc::kBlocked &&
+        f.header.id == id) {
+      register_by = 0;
+      continue;
+    }
     if (r == Read::kFrame) break;
     if (r == Read::kBroken) return false;
     if (r == Read::kTimeout && stopped) {  // no answer to the cancel: give up on this connection
@@ -288,6 +322,8 @@ int64_t now_ns() {
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return static_cast<int64_t>(ts.tv_sec) * kSecond + ts.tv_nsec;
 }
+
+int daemon_incompatible() { return g_incompatible.load(std::memory_order_relaxed); }
 
 const ipc::ControlPage* control() {
   const ipc::ControlPage* p = g_control.load(std::memory_order_acquire);

@@ -14,6 +14,10 @@ namespace dipc::preload {
 // The control page, or nullptr while no daemon answers. Without a page, tries to connect on the calling thread (at
 // most one attempt per second in the whole process).
 const ipc::ControlPage* control();
+// Non-zero (EPROTO) once a daemon answered but cannot be used: its control page is of another byte order or
+// version, or it speaks another protocol version (said once on stderr). *get calls then fail with this errno
+// instead of going to the kernel, since the node's policy cannot be read.
+int daemon_incompatible();
 
 // How a request may end before its answer.
 struct Wait {

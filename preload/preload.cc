@@ -2,6 +2,7 @@
 // daemon's control page decides) and calls on distributed ids (bit 30) go to the node's dipcd; everything else goes
 // straight to the kernel. Nothing throws out of here: errors are errno and -1, as the kernel's.
 #include <dlfcn.h>
+#include <sys/syscall.h>
 #include <sys/ipc.h>
 #include <sys/msg.h>
 #include <sys/sem.h>
@@ -10,6 +11,7 @@
 
 #include <cerrno>
 #include <cstdarg>
+#include <algorithm>
 #include <cstring>
 #include <new>
 #include <optional>
@@ -18,6 +20,7 @@
 #include "ipc/ids.h"
 #include "ipc/protocol.h"
 #include "preload/client.h"
+#include "preload/seccomp.h"
 #include "preload/shm.h"
 
 namespace ipc = dipc::ipc;
@@ -55,8 +58,50 @@ void lookup(F& f, const char* name) {
   f = reinterpret_cast<F>(dlsym(RTLD_NEXT, name));
 }
 
+// Under the seccomp filter (seccomp.h) the kernel is asked with raw system calls the filter lets through; libc's
+// wrappers would trap back into the preload.
+namespace raw {
+using dipc::preload::kernel_syscall;
+int semget(key_t k, int n, int f) { return static_cast<int>(kernel_syscall(SYS_semget, k, n, f)); }
+int semop(int id, struct sembuf* s, size_t n) {
+  return static_cast<int>(kernel_syscall(SYS_semop, id, reinterpret_cast<long>(s), static_cast<long>(n)));
+}
+int semtimedop(int id, struct sembuf* s, size_t n, const struct timespec* t) {
+  return static_cast<int>(kernel_syscall(SYS_semtimedop, id, reinterpret_cast<long>(s), static_cast<long>(n),
+                                         reinterpret_cast<long>(t)));
+}
+int semctl(int id, int num, int cmd, ...) {
+  va_list ap;
+  va_start(ap, cmd);
+  unsigned long arg = va_arg(ap, unsigned long);  // union semun travels as one register
+  va_end(ap);
+  return static_cast<int>(kernel_syscall(SYS_semctl, id, num, cmd, static_cast<long>(arg)));
+}
+int msgget(key_t k, int f) { return static_cast<int>(kernel_syscall(SYS_msgget, k, f)); }
+int msgsnd(int id, const void* p, size_t n, int f) {
+  return static_cast<int>(kernel_syscall(SYS_msgsnd, id, reinterpret_cast<long>(p), static_cast<long>(n), f));
+}
+ssize_t msgrcv(int id, void* p, size_t n, long t, int f) {
+  return kernel_syscall(SYS_msgrcv, id, reinterpret_cast<long>(p), static_cast<long>(n), t, f);
+}
+int msgctl(int id, int cmd, struct msqid_ds* b) {
+  return static_cast<int>(kernel_syscall(SYS_msgctl, id, cmd, reinterpret_cast<long>(b)));
+}
+int shmget(key_t k, size_t n, int f) { return static_cast<int>(kernel_syscall(SYS_shmget, k, static_cast<long>(n), f)); }
+void* shmat(int id, const void* a, int f) {
+  return reinterpret_cast<void*>(kernel_syscall(SYS_shmat, id, reinterpret_cast<long>(a), f));
+}
+int shmdt(const void* a) { return static_cast<int>(kernel_syscall(SYS_shmdt, reinterpret_cast<long>(a))); }
+int shmctl(int id, int cmd, struct shmid_ds* b) {
+  return static_cast<int>(kernel_syscall(SYS_shmctl, id, cmd, reinterpret_cast<long>(b)));
+}
+}  // namespace raw
+
 const Real& real() {
   static const Real r = [] {
+    if (dipc::preload::seccomp_active())
+      return Real{raw::semget, raw::semop,   raw::semtimedop, raw::semctl, raw::msgget, raw::msgsnd,
+                  raw::msgrcv, raw::msgctl, raw::shmget,     raw::shmat,  raw::shmdt,  raw::shmctl};
     Real t{};
     lookup(t.semget, "semget");
     lookup(t.semop, "semop");
@@ -114,7 +159,13 @@ bool decodes(ByteView b, T& v) {
 
 std::optional<int> dipc_get(uint16_t op, key_t key, int nsems, int flg, uint64_t size = 0) {
   const ipc::ControlPage* cp = dipc::preload::control();
-  if (!cp || !cp->distributes(key, flg, IPC_DIPC)) return std::nullopt;
+  if (!cp) {
+    // A daemon this program cannot use (another byte order or version) is an error, never a reason to create or
+    // find the key in the local kernel instead.
+    if (int e = dipc::preload::daemon_incompatible()) return fail(e);
+    return std::nullopt;
+  }
+  if (!cp->distributes(key, flg, IPC_DIPC)) return std::nullopt;
   ipc::IdResp id;
   auto r = daemon_call(op, ipc::encode_body(ipc::GetReq{key, nsems, flg, size}), {},
                        [&](ByteView b) { return decodes(b, id) && ipc::is_dipc_id(id.id); });
@@ -130,6 +181,98 @@ void put_perm(struct ipc_perm& out, const ipc::Perm& p) {
   out.cgid = p.cgid;
   out.mode = p.mode;
   out.__seq = p.seq;
+}
+
+// IPC_STAT buffers, zeroed first: nothing uninitialised reaches the program.
+void put_stat(struct semid_ds& out, const ipc::SemStat& st) {
+  std::memset(&out, 0, sizeof out);
+  put_perm(out.sem_perm, st.perm);
+  out.sem_otime = st.otime;
+  out.sem_ctime = st.ctime;
+  out.sem_nsems = st.nsems;
+}
+
+void put_stat(struct msqid_ds& out, const ipc::MsgStat& st) {
+  std::memset(&out, 0, sizeof out);
+  put_perm(out.msg_perm, st.perm);
+  out.msg_stime = st.stime;
+  out.msg_rtime = st.rtime;
+  out.msg_ctime = st.ctime;
+  out.__msg_cbytes = st.cbytes;
+  out.msg_qnum = st.qnum;
+  out.msg_qbytes = st.qbytes;
+  out.msg_lspid = st.lspid;
+  out.msg_lrpid = st.lrpid;
+}
+
+void put_stat(struct shmid_ds& out, const ipc::ShmStat& st) {
+  std::memset(&out, 0, sizeof out);
+  put_perm(out.shm_perm, st.perm);
+  out.shm_segsz = st.segsz;
+  out.shm_atime = st.atime;
+  out.shm_dtime = st.dtime;
+  out.shm_ctime = st.ctime;
+  out.shm_cpid = st.cpid;
+  out.shm_lpid = st.lpid;
+  out.shm_nattch = st.nattch;
+}
+
+// ---- *_STAT, *_STAT_ANY and *_INFO: the kernel's tables and the cluster's distributed objects ----
+// Indices below ipc::kStatIndexBase are the kernel's; distributed objects have theirs above (protocol.h). *_INFO
+// asks the kernel, then adds the cluster's objects to the counts and to the highest index.
+
+std::optional<ipc::IpcInfoResp> dipc_info(ipc::ObjType t) {
+  ipc::IpcInfoResp r;
+  Reply rep;
+  if (!dipc::preload::call(ipc::kIpcInfo, ipc::encode_body(ipc::IpcInfoReq{t}), rep, {},
+                           [&](ByteView b) { return decodes(b, r); }) ||
+      rep.status)
+    return std::nullopt;
+  return r;
+}
+
+
+// *_STAT on a distributed index: the object's id, its stat in `out`. nullopt: no daemon (the kernel answers).
+template <typename Resp, typename Buf>
+std::optional<int> dipc_stat(ipc::ObjType t, int index, bool any, Buf* out) {
+  Resp resp;
+  int32_t id = 0;
+  Reply rep;
+  auto accept = [&](ByteView b) {
+    dipc::Decoder d(b);
+    id = d.i32();
+    return resp.decode(d) && d.done() && ipc::is_dipc_id(id);
+  };
+  if (!dipc::preload::call(ipc::kIpcStat, ipc::encode_body(ipc::IpcStatReq{t, index, any}), rep, {}, accept))
+    return std::nullopt;
+  if (rep.status) return fail(rep.status);
+  if (!out) return fail(EFAULT);
+  put_stat(*out, resp.stat);
+  return id;
+}
+
+// IPC_INFO / *_INFO: the kernel's answer first (an error is the call's), then the cluster's objects, added to the
+// counts by add(IpcInfoResp) and to the highest index.
+template <typename Kernel, typename Add>
+int table_info(ipc::ObjType t, Kernel call_kernel, Add add) {
+  int k = call_kernel();
+  if (k < 0) return k;
+  return guarded([&] {
+    auto d = dipc_info(t);
+    if (!d) return k;
+    add(*d);
+    return std::max(k, d->max_index);
+  });
+}
+
+// *_STAT / *_STAT_ANY at an index: the kernel's below kStatIndexBase, the cluster's from there on.
+template <typename Resp, typename Buf, typename Kernel>
+int table_stat(ipc::ObjType t, int index, bool any, Buf* buf, Kernel call_kernel) {
+  if (index < ipc::kStatIndexBase) return call_kernel();
+  return guarded([&] {
+    auto r = dipc_stat<Resp>(t, index, any, buf);
+    return r ? *r : call_kernel();
+  });
 }
 
 // ---- semaphores ----
@@ -217,11 +360,7 @@ std::optional<int> dipc_semctl(int id, int semnum, int cmd, semun arg) {
   switch (cmd) {
     case IPC_STAT:
       if (!arg.buf) return fail(EFAULT);
-      std::memset(arg.buf, 0, sizeof *arg.buf);
-      put_perm(arg.buf->sem_perm, resp.stat.perm);
-      arg.buf->sem_otime = resp.stat.otime;
-      arg.buf->sem_ctime = resp.stat.ctime;
-      arg.buf->sem_nsems = resp.stat.nsems;
+      put_stat(*arg.buf, resp.stat);
       return 0;
     case GETALL:
       if (!arg.array) return fail(EFAULT);
@@ -260,6 +399,8 @@ std::optional<int> dipc_msgsnd(int id, const void* msgp, size_t msgsz, int flg) 
 
 std::optional<ssize_t> dipc_msgrcv(int id, void* msgp, size_t msgsz, long msgtyp, int flg) {
   if (static_cast<ssize_t>(msgsz) < 0) return fail(EINVAL);
+  // MSG_COPY: never waits, never MSG_EXCEPT; checked before the buffer and the queue, as do_msgrcv() does.
+  if ((flg & MSG_COPY) && ((flg & MSG_EXCEPT) || !(flg & IPC_NOWAIT))) return fail(EINVAL);
   if (!msgp) return fail(EFAULT);
   Wait w;
   w.interruptible = !(flg & IPC_NOWAIT);
@@ -293,16 +434,7 @@ std::optional<int> dipc_msgctl(int id, int cmd, struct msqid_ds* buf) {
   if (r->status) return fail(r->status);
   if (cmd == IPC_STAT) {
     if (!buf) return fail(EFAULT);
-    std::memset(buf, 0, sizeof *buf);
-    put_perm(buf->msg_perm, resp.stat.perm);
-    buf->msg_stime = resp.stat.stime;
-    buf->msg_rtime = resp.stat.rtime;
-    buf->msg_ctime = resp.stat.ctime;
-    buf->__msg_cbytes = resp.stat.cbytes;
-    buf->msg_qnum = resp.stat.qnum;
-    buf->msg_qbytes = resp.stat.qbytes;
-    buf->msg_lspid = resp.stat.lspid;
-    buf->msg_lrpid = resp.stat.lrpid;
+    put_stat(*buf, resp.stat);
   }
   return 0;
 }
@@ -339,15 +471,7 @@ std::optional<int> dipc_shmctl(int id, int cmd, struct shmid_ds* buf) {
   if (r->status) return fail(r->status);
   if (cmd == IPC_STAT) {
     if (!buf) return fail(EFAULT);
-    std::memset(buf, 0, sizeof *buf);
-    put_perm(buf->shm_perm, resp.stat.perm);
-    buf->shm_segsz = resp.stat.segsz;
-    buf->shm_atime = resp.stat.atime;
-    buf->shm_dtime = resp.stat.dtime;
-    buf->shm_ctime = resp.stat.ctime;
-    buf->shm_cpid = resp.stat.cpid;
-    buf->shm_lpid = resp.stat.lpid;
-    buf->shm_nattch = resp.stat.nattch;
+    put_stat(*buf, resp.stat);
   }
   return 0;
 }
@@ -400,12 +524,20 @@ int semctl(int semid, int semnum, int cmd, ...) {
     default:
       break;
   }
-  // IPC_INFO, SEM_INFO, SEM_STAT and SEM_STAT_ANY are about the kernel's tables, not one object.
-  bool one_object = cmd != IPC_INFO && cmd != SEM_INFO && cmd != SEM_STAT && cmd != SEM_STAT_ANY;
-  if (!one_object || !ipc::is_dipc_id(semid)) return kernel(&Real::semctl, semid, semnum, cmd, arg);
+  // IPC_INFO, SEM_INFO, SEM_STAT and SEM_STAT_ANY are about the tables: the kernel's and the cluster's.
+  auto k = [&] { return kernel(&Real::semctl, semid, semnum, cmd, arg); };
+  if (cmd == IPC_INFO || cmd == SEM_INFO)
+    return table_info(ipc::ObjType::kSem, k, [&](const ipc::IpcInfoResp& d) {
+      if (cmd != SEM_INFO) return;
+      arg.info->semusz += static_cast<int>(d.count);
+      arg.info->semaem += static_cast<int>(d.a);
+    });
+  if (cmd == SEM_STAT || cmd == SEM_STAT_ANY)
+    return table_stat<ipc::SemCtlResp>(ipc::ObjType::kSem, semid, cmd == SEM_STAT_ANY, arg.buf, k);
+  if (!ipc::is_dipc_id(semid)) return k();
   return guarded([&] {
     auto r = dipc_semctl(semid, semnum, cmd, arg);
-    return r ? *r : kernel(&Real::semctl, semid, semnum, cmd, arg);
+    return r ? *r : k();
   });
 }
 
@@ -433,12 +565,22 @@ ssize_t msgrcv(int msqid, void* msgp, size_t msgsz, long msgtyp, int msgflg) {
 }
 
 int msgctl(int msqid, int cmd, struct msqid_ds* buf) {
-  // IPC_INFO, MSG_INFO, MSG_STAT and MSG_STAT_ANY are about the kernel's tables, not one object.
-  bool one_object = cmd != IPC_INFO && cmd != MSG_INFO && cmd != MSG_STAT && cmd != MSG_STAT_ANY;
-  if (!one_object || !ipc::is_dipc_id(msqid)) return kernel(&Real::msgctl, msqid, cmd, buf);
+  // IPC_INFO, MSG_INFO, MSG_STAT and MSG_STAT_ANY are about the tables: the kernel's and the cluster's.
+  auto k = [&] { return kernel(&Real::msgctl, msqid, cmd, buf); };
+  if (cmd == IPC_INFO || cmd == MSG_INFO)
+    return table_info(ipc::ObjType::kMsg, k, [&](const ipc::IpcInfoResp& d) {
+      if (cmd != MSG_INFO) return;
+      auto* info = reinterpret_cast<struct msginfo*>(buf);
+      info->msgpool += static_cast<int>(d.count);
+      info->msgmap += static_cast<int>(d.a);
+      info->msgtql += static_cast<int>(d.b);
+    });
+  if (cmd == MSG_STAT || cmd == MSG_STAT_ANY)
+    return table_stat<ipc::MsgCtlResp>(ipc::ObjType::kMsg, msqid, cmd == MSG_STAT_ANY, buf, k);
+  if (!ipc::is_dipc_id(msqid)) return k();
   return guarded([&] {
     auto r = dipc_msgctl(msqid, cmd, buf);
-    return r ? *r : kernel(&Real::msgctl, msqid, cmd, buf);
+    return r ? *r : k();
   });
 }
 
@@ -465,12 +607,21 @@ int shmdt(const void* shmaddr) {
 }
 
 int shmctl(int shmid, int cmd, struct shmid_ds* buf) {
-  // IPC_INFO, SHM_INFO, SHM_STAT and SHM_STAT_ANY are about the kernel's tables, not one object.
-  bool one_object = cmd != IPC_INFO && cmd != SHM_INFO && cmd != SHM_STAT && cmd != SHM_STAT_ANY;
-  if (!one_object || !ipc::is_dipc_id(shmid)) return kernel(&Real::shmctl, shmid, cmd, buf);
+  // IPC_INFO, SHM_INFO, SHM_STAT and SHM_STAT_ANY are about the tables: the kernel's and the cluster's.
+  auto k = [&] { return kernel(&Real::shmctl, shmid, cmd, buf); };
+  if (cmd == IPC_INFO || cmd == SHM_INFO)
+    return table_info(ipc::ObjType::kShm, k, [&](const ipc::IpcInfoResp& d) {
+      if (cmd != SHM_INFO) return;
+      auto* info = reinterpret_cast<struct shm_info*>(buf);
+      info->used_ids += static_cast<int>(d.count);
+      info->shm_tot += d.a;
+    });
+  if (cmd == SHM_STAT || cmd == SHM_STAT_ANY)
+    return table_stat<ipc::ShmCtlResp>(ipc::ObjType::kShm, shmid, cmd == SHM_STAT_ANY, buf, k);
+  if (!ipc::is_dipc_id(shmid)) return k();
   return guarded([&] {
     auto r = dipc_shmctl(shmid, cmd, buf);
-    return r ? *r : kernel(&Real::shmctl, shmid, cmd, buf);
+    return r ? *r : k();
   });
 }
 

@@ -109,6 +109,7 @@ struct State {
   std::mutex mu;  // serializes attaches, detaches and their round trips; held across fork() (the atfork handlers)
   std::vector<std::unique_ptr<ShmConn>> conns;
   std::vector<Attach> attaches;
+  int fork_pipe[2] = {-1, -1};  // during fork(): the child says on it that its inherited attaches are counted
 };
 
 State& state() {
@@ -157,6 +158,19 @@ int make_uffd() {
     }
     g_no_features.store(true);
   }
+}
+
+// Says once per process why shmat fails when this process cannot have a working userfaultfd: without one dipcd
+// cannot resolve the segment's faults, so the attach fails rather than handing out memory nobody keeps coherent.
+std::atomic<bool> g_told_no_uffd{false};
+void tell_no_uffd(const char* step, int e) {
+  if (g_told_no_uffd.exchange(true)) return;
+  std::string msg = std::string("dipc: shmat of a distributed shared memory segment fails: ") + step + ": " +
+                    strerrorname_np(e) + " (" + strerror(e) +
+                    "); dipc resolves its page faults through userfaultfd with missing and write-protect faults "
+                    "(Linux >= 5.7), which this process cannot use (an older kernel, qemu-user, or a seccomp "
+                    "filter that refuses the userfaultfd system call)\n";
+  warn(msg);
 }
 
 // Faults on a missing page go to dipcd; so do writes to a write-protected page, unless the attach is read-only.
@@ -315,7 +329,11 @@ Bytes attach_body(int id, uintptr_t addr, size_t len, int flg) {
 
 // The child inherits the mappings but not their userfaultfd registrations (the kernel drops them without
 // UFFD_FEATURE_EVENT_FORK), nor may it speak on its parent's connections. Before fork() returns in it, it hands dipcd
-// a userfaultfd of its own for every inherited attach; dipcd counts them in shm_nattch, as Linux does.
+// a userfaultfd of its own for every inherited attach; dipcd counts them in shm_nattch, as Linux does. fork() returns
+// in the parent only once the child is done (fork_pipe), as Linux counts the child's attaches before fork()
+// returns: a parent that detaches at once must not destroy a removed segment its child still has attached.
+// An attach that cannot be registered all the same is unmapped in the child (an access faults with SIGSEGV): the
+// child never computes on a view that is not kept coherent.
 void reattach_in_child(State& s) {
   for (auto& c : s.conns) c->drop();  // our copies only: the parent's connections and attaches are untouched
   s.conns.clear();
@@ -327,27 +345,64 @@ void reattach_in_child(State& s) {
   }
   c->attaches = s.attaches.size();
   size_t bad = 0;
-  for (Attach& at : s.attaches) {
+  std::vector<bool> failed_ones(s.attaches.size());
+  for (size_t i = 0; i < s.attaches.size(); ++i) {
+    Attach& at = s.attaches[i];
     at.conn = c;
     int uffd = make_uffd();
     if (uffd < 0 || !register_range(uffd, at.addr, at.len, at.flg)) {
       if (uffd >= 0) close(uffd);
       ++bad;
+      failed_ones[i] = true;
       continue;
     }
     Answer ans;
-    if (roundtrip(*c, ipc::kShmAttached, attach_body(at.id, at.addr, at.len, at.flg), uffd, ans) != 0 || ans.status)
+    if (roundtrip(*c, ipc::kShmAttached, attach_body(at.id, at.addr, at.len, at.flg), uffd, ans) != 0 || ans.status) {
       ++bad;
+      failed_ones[i] = true;
+    }
     close(uffd);
   }
-  if (bad)
-    warn("dipc: fork: " + std::to_string(bad) + " of " + std::to_string(s.attaches.size()) +
-         " inherited shared memory attaches could not be registered with dipcd; the child's view of them is not "
-         "kept coherent\n");
+  if (!bad) return;
+  std::vector<Attach> kept;
+  for (size_t i = 0; i < s.attaches.size(); ++i) {
+    const Attach& at = s.attaches[i];
+    if (!failed_ones[i])
+      kept.push_back(at);
+    else  // the address range stays reserved, so nothing else lands where the program still points
+      mmap(reinterpret_cast<void*>(at.addr), at.len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+  }
+  s.attaches = std::move(kept);
+  c->attaches = s.attaches.size();
+  warn("dipc: fork: " + std::to_string(bad) + " inherited shared memory attaches could not be registered with dipcd; "
+       "the child has them no more (an access faults)\n");
 }
 
-void atfork_prepare() { state().mu.lock(); }
-void atfork_parent() { state().mu.unlock(); }
+void atfork_prepare() {
+  State& s = state();
+  s.mu.lock();
+  if (!s.attaches.empty() && pipe2(s.fork_pipe, O_CLOEXEC) != 0) s.fork_pipe[0] = s.fork_pipe[1] = -1;
+}
+
+// Waits (bounded) until the child registered its inherited attaches, or died.
+void atfork_parent() {
+  State& s = state();
+  if (s.fork_pipe[0] >= 0) {
+    int saved = errno;
+    close(s.fork_pipe[1]);
+    int64_t deadline = now_ns() + 2 * kReplyNs;
+    pollfd p{s.fork_pipe[0], POLLIN, 0};
+    for (int64_t left; (left = deadline - now_ns()) > 0;) {
+      int r = poll(&p, 1, static_cast<int>(left / 1'000'000 + 1));
+      if (r > 0 || (r < 0 && errno != EINTR)) break;
+    }
+    close(s.fork_pipe[0]);
+    s.fork_pipe[0] = s.fork_pipe[1] = -1;
+    errno = saved;
+  }
+  s.mu.unlock();
+}
+
 void atfork_child() {
   State& s = state();
   int saved = errno;
@@ -355,6 +410,11 @@ void atfork_child() {
     reattach_in_child(s);
   } catch (...) {
     warn("dipc: fork: out of memory while registering inherited shared memory attaches with dipcd\n");
+  }
+  if (s.fork_pipe[0] >= 0) {
+    close(s.fork_pipe[0]);
+    close(s.fork_pipe[1]);  // the parent sees the end of the pipe: done
+    s.fork_pipe[0] = s.fork_pipe[1] = -1;
   }
   errno = saved;
   s.mu.unlock();
@@ -458,9 +518,17 @@ std::optional<void*> attach(int id, const void* addr, int flg) {
 
   // From here on dipcd resolves the mapping's faults: nothing touches it before dipcd has the userfaultfd.
   int uffd = make_uffd();
-  if (uffd < 0) return failed(errno);
+  if (uffd < 0) {
+    int err = errno;
+    tell_no_uffd("userfaultfd", err);
+    return failed(err);
+  }
   undo.fd = uffd;
-  if (!register_range(uffd, reinterpret_cast<uintptr_t>(p), len, flg)) return failed(errno);
+  if (!register_range(uffd, reinterpret_cast<uintptr_t>(p), len, flg)) {
+    int err = errno;
+    tell_no_uffd("UFFDIO_REGISTER", err);
+    return failed(err);
+  }
   Answer done;
   auto pa = reinterpret_cast<uintptr_t>(p);
   e = roundtrip(*c, ipc::kShmAttached, attach_body(id, pa, len, flg), uffd, done);

@@ -14,6 +14,7 @@
 // `srun --nodes=1 --ntasks=1 -w HOST --export=ALL,...`; --ssh (the default when -H is given otherwise):
 // `ssh -o BatchMode=yes HOST 'cd CWD && exec env ... PROG ARGS'` ($DIPC_SSH, split on spaces, replaces "ssh":
 // DIPC_SSH="ssh -F CONFIG"); --local (the default without -H): here.
+#include <elf.h>
 #include <fcntl.h>
 #include <glob.h>
 #include <limits.h>
@@ -94,6 +95,43 @@ bool is_file(const std::string& p) { return access(p.c_str(), F_OK) == 0; }
 std::string real(const std::string& p) {
   char buf[PATH_MAX];
   return realpath(p.c_str(), buf) ? std::string(buf) : p;
+}
+
+// A statically linked ELF executable (no program interpreter): no LD_PRELOAD library reaches it. Searched in PATH
+// as execvp would. False for anything else, or what cannot be read.
+bool is_static_elf(const std::string& prog) {
+  std::string path = prog;
+  if (prog.find('/') == std::string::npos) {
+    const char* p = getenv("PATH");
+    std::string dirs = p ? p : "/usr/bin:/bin";
+    for (size_t b = 0; b <= dirs.size();) {
+      size_t e = dirs.find(':', b);
+      if (e == std::string::npos) e = dirs.size();
+      std::string cand = dirs.substr(b, e - b) + "/" + prog;
+      if (access(cand.c_str(), X_OK) == 0) {
+        path = cand;
+        break;
+      }
+      b = e + 1;
+    }
+  }
+  FILE* f = fopen(path.c_str(), "rb");
+  if (!f) return false;
+  Elf64_Ehdr eh{};
+  bool elf = fread(&eh, sizeof eh, 1, f) == 1 && memcmp(eh.e_ident, ELFMAG, SELFMAG) == 0 &&
+             eh.e_ident[EI_CLASS] == ELFCLASS64 && eh.e_phentsize == sizeof(Elf64_Phdr);
+  bool interp = false;
+  for (int i = 0; elf && i < eh.e_phnum; ++i) {
+    Elf64_Phdr ph{};
+    if (fseek(f, static_cast<long>(eh.e_phoff + static_cast<uint64_t>(i) * sizeof ph), SEEK_SET) != 0 ||
+        fread(&ph, sizeof ph, 1, f) != 1) {
+      elf = false;
+      break;
+    }
+    if (ph.p_type == PT_INTERP) interp = true;
+  }
+  fclose(f);
+  return elf && !interp;
 }
 
 // $DIPC_LIB (an explicit override), then <bin>/../lib/libdipc.so, then <bin>/../lib/<multiarch>/libdipc.so.
@@ -234,7 +272,7 @@ int main(int argc, char** argv) {
   }
 
   std::string sim_dir;
-  bool ssh = false, slurm = false, local = false, no_preload = false;
+  bool ssh = false, slurm = false, local = false, no_preload = false, seccomp = false;
   double timeout_s = 0;
   std::vector<Context> ctxs(segs.size());
   {
@@ -246,6 +284,8 @@ int main(int argc, char** argv) {
     app.add_option("--timeout", timeout_s, "kill everything after SECS seconds and exit 124")
         ->check(CLI::NonNegativeNumber);
     app.add_flag("--no-preload", no_preload, "do not set LD_PRELOAD=libdipc.so");
+    app.add_flag("--seccomp", seccomp,
+                 "also intercept raw SysV system calls (DIPC_SECCOMP=1: a seccomp filter; README, Raw system calls)");
     app.footer(std::string(usage_text) +
         "\nEach process gets DIPC_RANK, DIPC_SIZE, DIPC_APP, DIPC_NODE and LD_PRELOAD=libdipc.so ($DIPC_LIB, else found\n"
         "next to dipc-launch); its output lines are prefixed [node:rank]. Exit status: the first failing rank's\n"
@@ -257,6 +297,7 @@ int main(int argc, char** argv) {
     }
   }
   if (static_cast<int>(ssh) + slurm + local + !sim_dir.empty() > 1) fail("choose one of --sim, --ssh, --slurm, --local");
+  if (seccomp && no_preload) fail("--seccomp needs the preload (it installs the filter)");
 
   // The back-end.
   enum class Backend { kSim, kSsh, kSlurm, kLocal } backend;
@@ -352,10 +393,15 @@ int main(int argc, char** argv) {
     p.rank = rank;
     p.app = slots[static_cast<size_t>(rank)].app;
     p.host = slots[static_cast<size_t>(rank)].host;
-    const auto& prog = ctxs[p.app].argv;
+    auto prog = ctxs[p.app].argv;
+    // --seccomp and a static binary: dipc-exec carries its SysV system calls (README, Raw system calls); a dynamic
+    // one gets the preload's own filter (DIPC_SECCOMP=1), which must not be set for dipc-exec (its trap would win).
+    bool static_prog = seccomp && !prog.empty() && is_static_elf(prog[0]);
+    if (static_prog) prog.insert(prog.begin(), exe_dir() + "/dipc-exec");
     std::vector<std::string> env = {"DIPC_RANK=" + std::to_string(rank), "DIPC_SIZE=" + std::to_string(size),
                                     "DIPC_APP=" + std::to_string(p.app), "DIPC_NODE=" + p.host};
     if (!lib.empty()) env.push_back("LD_PRELOAD=" + lib);
+    if (seccomp && !static_prog) env.push_back("DIPC_SECCOMP=1");
     std::vector<std::string> cmd;
     switch (backend) {
       case Backend::kSim:  // dipc-sim sets DIPC_SOCKET for the node

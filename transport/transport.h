@@ -41,7 +41,8 @@
 //
 // ATOMICS. fetch_add and compare_swap act on an 8-byte aligned uint64_t in the TARGET's native byte order (as RDMA
 // atomics do: the NIC adds in the responder's order). No cross-node protocol may rely on them between nodes of
-// different byte order.
+// different byte order. Checked (heterogeneous-cluster issue): none does; dsm/ and ipc/ use two-sided messages with
+// big-endian bodies and one-sided read/write of opaque pages.
 #pragma once
 
 #include <array>

@@ -33,26 +33,32 @@ class ShmDifferential : public ::testing::Test {
   static std::unique_ptr<SimCluster> cluster_;
 
   // Runs one seed both ways; returns the kernel transcript after asserting the dipc one equals it.
-  std::vector<std::string> run_seed(int seed) {
+  // raw: every call a raw system call (SHMDIFF_RAW=1), which dipc sees through its seccomp path (DIPC_SECCOMP=1).
+  std::vector<std::string> run_seed(int seed, bool raw = false) {
     SimCluster& c = *cluster_;
+    std::vector<std::string> kenv, denv;
+    if (raw) {
+      kenv = {"SHMDIFF_RAW=1"};
+      denv = {"SHMDIFF_RAW=1", "DIPC_SECCOMP=1"};
+    }
     std::string prog = SimCluster::prog("shmdiff"), s = std::to_string(seed), steps = std::to_string(kSteps);
 
-    auto ks = c.run(1, {prog, "setup", "kernel", s}, 30, /*preload=*/false);
+    auto ks = c.run(1, {prog, "setup", "kernel", s}, 30, /*preload=*/false, kenv);
     EXPECT_EQ(ks.status, 0) << ks.err;
     auto kids = parse_ids(ks.out);
     EXPECT_EQ(kids.size(), kSlots) << ks.out;
     std::vector<std::string> kargv = {prog, "run", "kernel", s, steps};
     kargv.insert(kargv.end(), kids.begin(), kids.end());
-    auto k = c.run(1, kargv, 120, /*preload=*/false);
+    auto k = c.run(1, kargv, 120, /*preload=*/false, kenv);
     EXPECT_EQ(k.status, 0) << k.err;
 
-    auto ds = c.run(2, {prog, "setup", "dipc", s}, 30);
+    auto ds = c.run(2, {prog, "setup", "dipc", s}, 30, denv);
     EXPECT_EQ(ds.status, 0) << ds.err;
     auto dids = parse_ids(ds.out);
     EXPECT_EQ(dids.size(), kSlots) << ds.out;
     std::vector<std::string> dargv = {prog, "run", "dipc", s, steps};
     dargv.insert(dargv.end(), dids.begin(), dids.end());
-    auto d = c.run(1, dargv, 120);
+    auto d = c.run(1, dargv, 120, denv);
     EXPECT_EQ(d.status, 0) << d.err;
 
     auto kl = lines(k.out), dl = lines(d.out);
@@ -101,6 +107,7 @@ TEST_F(ShmDifferential, SegmentsHomedOnAnotherNodeBehaveExactlyAsTheKernelsOwn) 
       if (has(l, ": private ") && has(l, "-> ok")) seen["IPC_PRIVATE"]++;
       if (has(l, ": read att")) seen["read"]++;
       if (has(l, ": write att") && result == "ok") seen["write"]++;
+      if (has(l, ": shminfo -> ok") && !has(l, " found=0")) seen["SHM_STAT scan finds"]++;
       // Removed ids: EINVAL (or EIDRM) once the segment is gone.
       if ((has(l, " stale") && (has(l, "-1 EINVAL") || has(l, "-1 EIDRM"))) ||
           (has(l, ": shmrm ") && has(l, "-> 0 stat=-1 EINVAL")))
@@ -113,11 +120,21 @@ TEST_F(ShmDifferential, SegmentsHomedOnAnotherNodeBehaveExactlyAsTheKernelsOwn) 
        {"shmat ok", "shmat null ok", "shmat at an address", "shmat SHM_RND", "shmat SHM_REMAP",
         "SHM_REMAP over an attach", "SHM_REMAP over a removed segment's last attach", "SHM_RDONLY",
         "write to SHM_RDONLY faults", "shmdt ok", "shmdt EINVAL", "IPC_STAT ok", "SHM_DEST", "SHM_LOCKED", "IPC_SET ok",
-        "IPC_RMID ok", "shmget creates anew", "shmget existing", "IPC_PRIVATE", "read", "write", "removed id refused"})
+        "IPC_RMID ok", "shmget creates anew", "shmget existing", "IPC_PRIVATE", "read", "write", "removed id refused",
+        "SHM_STAT scan finds"})
     EXPECT_GT(seen[what], 2) << what;
   EXPECT_GT(seen["shmat ok"], 50);
   EXPECT_GT(seen["shmdt ok"], 30);
   EXPECT_GT(seen["IPC_STAT ok"], 100);
+}
+
+TEST_F(ShmDifferential, RawSystemCallsBehaveExactlyAsTheKernelsOwn) {
+  // The same sequences made of raw system calls, seen by dipc through its seccomp filter and SIGSYS handler.
+  for (int seed : {11, 12}) {
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    run_seed(seed, /*raw=*/true);
+    if (HasFailure()) return;
+  }
 }
 
 TEST_F(ShmDifferential, DivergenceIsDetected) {

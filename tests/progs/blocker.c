@@ -8,6 +8,7 @@
  *            msgrcv          msgrcv(ID, any type) with no message there
  *            msgsnd          msgsnd(ID, type 9, "zz") on a queue with no room
  *
+ * With $BLOCKER_GO set to a path, waits (polling, yielding the CPU: never sleeping) until that file exists first.
  * Prints "blocking" before the call, then "result=0" or "result=-1 ERRNO_NAME" and "handler_ran=N".
  * Exit 0 whatever the call returned (the caller checks the lines); 2 on bad usage.
  */
@@ -20,6 +21,8 @@
 #include <sys/ipc.h>
 #include <sys/msg.h>
 #include <sys/sem.h>
+#include <sched.h>
+#include <unistd.h>
 
 static volatile sig_atomic_t handled;
 static void on_usr1(int sig) {
@@ -47,6 +50,11 @@ int main(int argc, char **argv) {
   }
   int id = atoi(argv[3]);
   long r;
+  const char *go = getenv("BLOCKER_GO");
+  if (go) {
+    printf("ready\n");
+    while (access(go, F_OK) != 0) sched_yield();
+  }
   printf("blocking\n");
   errno = 0;
   if (!strcmp(argv[2], "sem")) {

@@ -9,6 +9,8 @@
  *   difftest run kernel|dipc SEED STEPS S0 S1 S2 M0 M1 M2
  *       the sequence, starting from those ids; removes whatever is left at the end (not printed).
  *
+ * With DIFFTEST_RAW=1 every SysV call is a raw system call (syscall(SYS_semop, ...)), as Go programs and some test
+ * suites make them: under dipc they reach it only through the preload's seccomp path (DIPC_SECCOMP=1).
  * "kernel" uses keys without IPC_DIPC (run it without the preload); "dipc" ORs IPC_DIPC into every *get.
  * Exit 0 when the sequence ran (whatever the calls returned), 2 on bad usage, 1 on a setup failure.
  */
@@ -26,6 +28,26 @@
 #include <dipc/dipc.h>
 
 #include "transcript.h"
+
+/* DIFFTEST_RAW=1: raw system calls instead of libc's wrappers (a macro naming itself calls the real function). */
+#include <stdarg.h>
+#include <sys/syscall.h>
+static int use_raw;
+static long raw_semctl(int id, int num, int cmd, ...) {
+  va_list ap;
+  va_start(ap, cmd);
+  unsigned long arg = va_arg(ap, unsigned long);
+  va_end(ap);
+  return syscall(SYS_semctl, id, num, cmd, arg);
+}
+#define semget(k, n, f) (use_raw ? (int)syscall(SYS_semget, k, n, f) : semget(k, n, f))
+#define semop(i, s, n) (use_raw ? (int)syscall(SYS_semop, i, s, n) : semop(i, s, n))
+#define semtimedop(i, s, n, t) (use_raw ? (int)syscall(SYS_semtimedop, i, s, n, t) : semtimedop(i, s, n, t))
+#define semctl(...) (use_raw ? (int)raw_semctl(__VA_ARGS__, 0UL) : semctl(__VA_ARGS__))
+#define msgget(k, f) (use_raw ? (int)syscall(SYS_msgget, k, f) : msgget(k, f))
+#define msgsnd(i, p, n, f) (use_raw ? (int)syscall(SYS_msgsnd, i, p, n, f) : msgsnd(i, p, n, f))
+#define msgrcv(i, p, n, t, f) (use_raw ? (ssize_t)syscall(SYS_msgrcv, i, p, n, t, f) : msgrcv(i, p, n, t, f))
+#define msgctl(i, c, b) (use_raw ? (int)syscall(SYS_msgctl, i, c, b) : msgctl(i, c, b))
 
 #define NSLOT 3
 #define MAXPRIV 64
@@ -73,6 +95,78 @@ static void print_msgstat(int id, key_t want_key) {
          ds.msg_stime ? "set" : "0", ds.msg_rtime ? "set" : "0", pidclass(ds.msg_lspid), pidclass(ds.msg_lrpid));
 }
 
+/* A scan's findings, sorted (indices and ids differ between the kernel and dipc; what is found must not). */
+static int cmpstr(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+static void print_sorted(char **found, int n) {
+  qsort(found, (size_t)n, sizeof *found, cmpstr);
+  for (int i = 0; i < n; i++) {
+    printf(" {%s}", found[i]);
+    free(found[i]);
+  }
+}
+static const char *keyclass(key_t k) {
+  static char buf[32];
+  if (k == IPC_PRIVATE) return "private";
+  if (k >= base && k < base + 16) snprintf(buf, sizeof buf, "base+%d", (int)(k - base));
+  else return "OTHER";
+  return buf;
+}
+
+static void scan_sems(int any) {
+  struct seminfo si;
+  memset(&si, 0, sizeof si);
+  int maxidx = semctl(0, 0, SEM_INFO, &si);
+  printf("seminfo -> %s semusz=%d semaem=%d", maxidx < 0 ? res(-1) : "ok", si.semusz, si.semaem);
+  struct seminfo li;
+  memset(&li, 0, sizeof li);
+  long r = semctl(0, 0, IPC_INFO, &li);
+  printf(" ipcinfo=%s semmsl=%d semopm=%d semmni=%d", r < 0 ? res(-1) : "ok", li.semmsl, li.semopm, li.semmni);
+  char *found[256];
+  int n = 0;
+  for (int i = 0; i <= maxidx && n < 256; i++) {
+    struct semid_ds ds;
+    memset(&ds, 0, sizeof ds);
+    int id = semctl(i, 0, any ? SEM_STAT_ANY : SEM_STAT, &ds);
+    if (id < 0 && errno == EINVAL) continue;
+    char buf[160];
+    if (id < 0) snprintf(buf, sizeof buf, "%s", res(-1));
+    else snprintf(buf, sizeof buf, "key=%s mode=%o nsems=%lu otime=%s getval=%s", keyclass(ds.sem_perm.__key),
+                  ds.sem_perm.mode & 0777, (unsigned long)ds.sem_nsems, ds.sem_otime ? "set" : "0",
+                  res(semctl(id, 0, GETVAL)));
+    found[n++] = strdup(buf);
+  }
+  printf(" %s found=%d", any ? "semstatany" : "semstat", n);
+  print_sorted(found, n);
+}
+
+static void scan_msgs(int any) {
+  struct msginfo mi;
+  memset(&mi, 0, sizeof mi);
+  int maxidx = msgctl(0, MSG_INFO, (struct msqid_ds *)&mi);
+  printf("msginfo -> %s msgpool=%d msgmap=%d msgtql=%d", maxidx < 0 ? res(-1) : "ok", mi.msgpool, mi.msgmap,
+         mi.msgtql);
+  struct msginfo li;
+  memset(&li, 0, sizeof li);
+  long r = msgctl(0, IPC_INFO, (struct msqid_ds *)&li);
+  printf(" ipcinfo=%s msgmax=%d msgmnb=%d msgmni=%d", r < 0 ? res(-1) : "ok", li.msgmax, li.msgmnb, li.msgmni);
+  char *found[256];
+  int n = 0;
+  for (int i = 0; i <= maxidx && n < 256; i++) {
+    struct msqid_ds ds;
+    memset(&ds, 0, sizeof ds);
+    int id = msgctl(i, any ? MSG_STAT_ANY : MSG_STAT, &ds);
+    if (id < 0 && errno == EINVAL) continue;
+    char buf[160];
+    if (id < 0) snprintf(buf, sizeof buf, "%s", res(-1));
+    else snprintf(buf, sizeof buf, "key=%s mode=%o qnum=%lu cbytes=%lu qbytes=%lu lspid=%s", keyclass(ds.msg_perm.__key),
+                  ds.msg_perm.mode & 0777, (unsigned long)ds.msg_qnum, (unsigned long)ds.__msg_cbytes,
+                  (unsigned long)ds.msg_qbytes, pidclass(ds.msg_lspid));
+    found[n++] = strdup(buf);
+  }
+  printf(" %s found=%d", any ? "msgstatany" : "msgstat", n);
+  print_sorted(found, n);
+}
+
 static int setup(void) {
   int ids[2 * NSLOT];
   for (int s = 0; s < NSLOT; s++) {
@@ -109,7 +203,7 @@ static int run(int steps, char **idv) {
   int priv[MAXPRIV], npriv = 0;
   static struct sembuf sops[600];
   for (int step = 0; step < steps; step++) {
-    int s = rnd(NSLOT), what = rnd(22);
+    int s = rnd(NSLOT), what = rnd(25);
     int sid = sems[s], mid = msgs[s];
     errno = 0;
     printf("%d: ", step);
@@ -273,6 +367,24 @@ static int run(int steps, char **idv) {
         printf("\n");
         break;
       }
+      case 22: { /* MSG_COPY: the message at an index, left queued; EINVAL without IPC_NOWAIT or with MSG_EXCEPT */
+        struct msgbuf_big m;
+        memset(&m, 0, sizeof m);
+        long idx = rnd(6) - 1;
+        int fl = MSG_COPY | (rnd(6) ? IPC_NOWAIT : 0) | (rnd(8) == 0 ? MSG_EXCEPT : 0) | (rnd(4) == 0 ? MSG_NOERROR : 0);
+        size_t max = rnd(10) == 0 ? (size_t)-1 : (size_t)rnd(64);
+        ssize_t r = msgrcv(mid, &m, max, idx, fl);
+        printf("msgcopy slot%d idx=%ld max=%ld fl=%o -> %s", s, idx, (long)max, fl, res(r));
+        if (r >= 0) printf(" type=%ld text=%.*s", m.mtype, (int)r, m.text);
+        print_msgstat(mid, msg_key(s));
+        printf("\n");
+        break;
+      }
+      case 23: case 24: /* *_INFO counts and a *_STAT / *_STAT_ANY scan over every index, as ipcs does */
+        if (what == 23) scan_sems(rnd(2));
+        else scan_msgs(rnd(2));
+        printf("\n");
+        break;
       default: { /* a private queue, used from its id */
         int q = msgget(IPC_PRIVATE, IPC_CREAT | 0600 | dflag);
         printf("private msg -> %s", q >= 0 ? "ok" : res(q));
@@ -306,6 +418,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   setvbuf(stdout, NULL, _IOLBF, 0);
+  use_raw = getenv("DIFFTEST_RAW") && !strcmp(getenv("DIFFTEST_RAW"), "1");
   dflag = strcmp(argv[2], "dipc") == 0 ? IPC_DIPC : 0;
   unsigned long long seed = strtoull(argv[3], NULL, 0);
   base = (key_t)(0x44000000 + (seed % 4096) * 16);

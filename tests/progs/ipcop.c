@@ -7,6 +7,10 @@
  *   setval:ID:N:V  getval:ID:N  getncnt:ID:N  getzcnt:ID:N  getpid:ID:N  getall:ID  setall:ID:V,V,...
  *   semstat:ID  semset:ID:MODE  semrm:ID
  *   msgsnd:ID:TYPE:TEXT:FLAGS  msgrcv:ID:TYPE:MAXSIZE:FLAGS  msgstat:ID  msgqbytes:ID:N  msgrm:ID
+ *   (FLAGS also: copy = MSG_COPY, huge = SHM_HUGETLB)
+ *   shmget:KEY:SIZE:FLAGS  shmrm:ID
+ *   scan:sem|msg|shm[:any]   *_INFO, then *_STAT (or *_STAT_ANY) on every index up to the highest, as ipcs does:
+ *                            "scan=FOUND used=COUNT keys=K,K,..." (the keys of the objects found, in index order)
  *   hold                     prints "held" and waits for a signal forever (to be killed)
  *   sigusr1 | sigusr1-restart   installs a SIGUSR1 handler (without / with SA_RESTART)
  *   print:TEXT               prints TEXT
@@ -23,10 +27,17 @@
 #include <sys/ipc.h>
 #include <sys/msg.h>
 #include <sys/sem.h>
+#include <sys/shm.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <dipc/dipc.h>
+
+union semun { /* semctl(2): the caller defines it */
+  int val;
+  struct semid_ds *buf;
+  unsigned short *array;
+};
 
 static int last_id = -1;
 
@@ -48,6 +59,8 @@ static int flags(const char *s) {
     else if (!strcmp(tok, "undo")) f |= SEM_UNDO;
     else if (!strcmp(tok, "noerror")) f |= MSG_NOERROR;
     else if (!strcmp(tok, "except")) f |= MSG_EXCEPT;
+    else if (!strcmp(tok, "copy")) f |= MSG_COPY;
+    else if (!strcmp(tok, "huge")) f |= SHM_HUGETLB;
     else f |= (int)strtol(tok, NULL, 0);
   }
   return f;
@@ -73,6 +86,51 @@ static size_t sops_parse(char *spec, struct sembuf *sops, size_t max) {
 }
 
 static void on_usr1(int sig) { (void)sig; }
+
+static void scan(const char *what, int any) {
+  int maxidx, used = -1;
+  if (!strcmp(what, "sem")) {
+    struct seminfo si;
+    maxidx = semctl(0, 0, SEM_INFO, &si);
+    used = si.semusz;
+  } else if (!strcmp(what, "msg")) {
+    struct msginfo mi;
+    maxidx = msgctl(0, MSG_INFO, (struct msqid_ds *)&mi);
+    used = mi.msgpool;
+  } else {
+    struct shm_info hi;
+    maxidx = shmctl(0, SHM_INFO, (struct shmid_ds *)&hi);
+    used = hi.used_ids;
+  }
+  if (maxidx < 0) {
+    report("scan", maxidx);
+    return;
+  }
+  char keys[4096] = "";
+  int found = 0;
+  for (int i = 0; i <= maxidx; i++) {
+    int id;
+    key_t key;
+    if (!strcmp(what, "sem")) {
+      struct semid_ds ds;
+      id = semctl(i, 0, any ? SEM_STAT_ANY : SEM_STAT, &ds);
+      key = ds.sem_perm.__key;
+    } else if (!strcmp(what, "msg")) {
+      struct msqid_ds ds;
+      id = msgctl(i, any ? MSG_STAT_ANY : MSG_STAT, &ds);
+      key = ds.msg_perm.__key;
+    } else {
+      struct shmid_ds ds;
+      id = shmctl(i, any ? SHM_STAT_ANY : SHM_STAT, &ds);
+      key = ds.shm_perm.__key;
+    }
+    if (id < 0) continue;
+    found++;
+    size_t l = strlen(keys);
+    snprintf(keys + l, sizeof keys - l, "%s%#x", l ? "," : "", (unsigned)key);
+  }
+  printf("scan=%d used=%d keys=%s\n", found, used, keys);
+}
 
 int main(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
@@ -108,7 +166,8 @@ int main(int argc, char **argv) {
         report(name, semop((int)num(a[1]), sops, k));
       }
     } else if (!strcmp(name, "setval")) {
-      report(name, semctl((int)num(a[1]), (int)num(a[2]), SETVAL, (int)num(a[3])));
+      union semun arg = {.val = (int)num(a[3])}; /* semctl(2): a union, not a plain int (64-bit big-endian) */
+      report(name, semctl((int)num(a[1]), (int)num(a[2]), SETVAL, arg));
     } else if (!strcmp(name, "getval")) {
       report(name, semctl((int)num(a[1]), (int)num(a[2]), GETVAL));
     } else if (!strcmp(name, "getncnt")) {
@@ -177,6 +236,14 @@ int main(int argc, char **argv) {
       report(name, r);
     } else if (!strcmp(name, "msgrm")) {
       report(name, msgctl((int)num(a[1]), IPC_RMID, NULL));
+    } else if (!strcmp(name, "shmget")) {
+      int r = shmget((key_t)num(a[1]), (size_t)num(a[2]), flags(a[3]));
+      if (r >= 0) last_id = r;
+      report(name, r);
+    } else if (!strcmp(name, "shmrm")) {
+      report(name, shmctl((int)num(a[1]), IPC_RMID, NULL));
+    } else if (!strcmp(name, "scan")) {
+      scan(a[1], a[2] && !strcmp(a[2], "any"));
     } else if (!strcmp(name, "hold")) {
       printf("held\n");
       fflush(stdout);

@@ -36,6 +36,15 @@
 
 #include "transcript.h"
 
+/* SHMDIFF_RAW=1: raw system calls instead of libc's wrappers (difftest.c does the same; a macro naming itself calls
+ * the real function). Under dipc they are seen through the preload's seccomp path (DIPC_SECCOMP=1). */
+#include <sys/syscall.h>
+static int use_raw;
+#define shmget(k, n, f) (use_raw ? (int)syscall(SYS_shmget, k, n, f) : shmget(k, n, f))
+#define shmat(i, a, f) (use_raw ? (void *)syscall(SYS_shmat, i, a, f) : shmat(i, a, f))
+#define shmdt(a) (use_raw ? (int)syscall(SYS_shmdt, a) : shmdt(a))
+#define shmctl(i, c, b) (use_raw ? (int)syscall(SYS_shmctl, i, c, b) : shmctl(i, c, b))
+
 #ifndef MAP_FIXED_NOREPLACE
 #define MAP_FIXED_NOREPLACE 0x100000
 #endif
@@ -77,6 +86,40 @@ static void print_shmstat(int id, key_t want_key) {
 }
 
 /* FNV-1a of a byte range */
+static int cmpstr(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+/* What a scan finds, sorted: indices and ids differ between the kernel and dipc, what is found must not. */
+static void scan_shm(int any) {
+  struct shm_info si;
+  memset(&si, 0, sizeof si);
+  int maxidx = shmctl(0, SHM_INFO, (struct shmid_ds *)&si);
+  printf("shminfo -> %s used=%d tot=%lu", maxidx < 0 ? res(-1) : "ok", si.used_ids, (unsigned long)si.shm_tot);
+  struct shminfo li;
+  memset(&li, 0, sizeof li);
+  long r = shmctl(0, IPC_INFO, (struct shmid_ds *)&li);
+  printf(" ipcinfo=%s shmmax=%lu shmmni=%lu shmall=%lu", r < 0 ? res(-1) : "ok", li.shmmax, li.shmmni, li.shmall);
+  char *found[128];
+  int n = 0;
+  for (int i = 0; i <= maxidx && n < 128; i++) {
+    struct shmid_ds ds;
+    memset(&ds, 0, sizeof ds);
+    int id = shmctl(i, any ? SHM_STAT_ANY : SHM_STAT, &ds);
+    if (id < 0 && errno == EINVAL) continue;
+    char buf[160];
+    key_t k = ds.shm_perm.__key;
+    if (id < 0) snprintf(buf, sizeof buf, "%s", res(-1));
+    else snprintf(buf, sizeof buf, "key=%s mode=%o size=%lu nattch=%lu cpid=%s", k == IPC_PRIVATE ? "private"
+                  : k >= base && k < base + 16 ? "base" : "OTHER", ds.shm_perm.mode & 01777,
+                  (unsigned long)ds.shm_segsz, (unsigned long)ds.shm_nattch, pidclass(ds.shm_cpid));
+    found[n++] = strdup(buf);
+  }
+  printf(" %s found=%d", any ? "shmstatany" : "shmstat", n);
+  qsort(found, (size_t)n, sizeof *found, cmpstr);
+  for (int i = 0; i < n; i++) {
+    printf(" {%s}", found[i]);
+    free(found[i]);
+  }
+}
+
 static unsigned long long sum(const unsigned char *p, size_t n) {
   unsigned long long h = 0xcbf29ce484222325ULL;
   for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ULL;
@@ -285,7 +328,7 @@ static int run(int steps, char **idv) {
   sigaction(SIGSEGV, &sa, NULL);
 
   for (int step = 0; step < steps; step++) {
-    int s = rnd(NSLOT), what = rnd(20);
+    int s = rnd(NSLOT), what = rnd(21);
     errno = 0;
     printf("%d: ", step);
     switch (what) {
@@ -494,6 +537,10 @@ static int run(int steps, char **idv) {
         }
         break;
       }
+      case 20: /* SHM_INFO, IPC_INFO and a SHM_STAT / SHM_STAT_ANY scan over every index, as ipcs does */
+        scan_shm(rnd(2));
+        printf("\n");
+        break;
       default: { /* commands no kernel knows, a NULL IPC_STAT buffer */
         struct target t = pick_target(s);
         int v = rnd(3);
@@ -516,6 +563,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   setvbuf(stdout, NULL, _IOLBF, 0);
+  use_raw = getenv("SHMDIFF_RAW") && !strcmp(getenv("SHMDIFF_RAW"), "1");
   signal(SIGALRM, on_alarm);
   alarm(100);
   pg = sysconf(_SC_PAGESIZE);

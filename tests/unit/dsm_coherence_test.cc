@@ -118,6 +118,42 @@ TEST(DsmGeometry, BlockSize) {
   EXPECT_EQ(block_count(1 << 20, 3000), 0u);
 }
 
+TEST(DsmGeometry, SegmentLayoutIsPageAlignedOnEveryNodeAndTheHomesBlockGivesTheHomesLayout) {
+  auto g = segment_geometry(100, 4096);  // a small segment: one 4 KiB block
+  EXPECT_EQ(g.mapped, 4096u);
+  EXPECT_EQ(g.block, 4096u);
+  EXPECT_EQ(g.nblocks, 1u);
+  g = segment_geometry(3 * 4096 + 1, 8192);  // whole blocks
+  EXPECT_EQ(g.mapped, 2u * 8192);
+  EXPECT_EQ(g.block, 8192u);
+  EXPECT_EQ(g.nblocks, 2u);
+  g = segment_geometry(100, 65536);  // a 64 KiB unit: a node with 64 KiB pages maps it too
+  EXPECT_EQ(g.mapped, 65536u);
+  EXPECT_EQ(g.block, 65536u);
+  EXPECT_TRUE(fits_page(g, 65536));
+  g = segment_geometry(100, uint64_t{1} << 30);  // "whole segment" blocks: capped, never below the largest page
+  EXPECT_EQ(g.mapped, kLargestPage);
+  EXPECT_EQ(g.block, kLargestPage);
+  g = segment_geometry(3 << 20, uint64_t{1} << 30);
+  EXPECT_EQ(g.mapped, 3u << 20);
+  EXPECT_EQ(g.block, 4u << 20);
+  EXPECT_EQ(g.nblocks, 1u);
+  // A 4 KiB-block segment cannot be mapped by a node with 64 KiB pages: told, never mapped misaligned.
+  EXPECT_FALSE(fits_page(segment_geometry(100, 4096), 65536));
+  EXPECT_FALSE(fits_page(segment_geometry(1 << 20, 4096), 65536));
+  EXPECT_TRUE(fits_page(segment_geometry(1 << 20, 4096), 4096));
+  // Another node recomputes the layout from the home's block and gets the home's layout.
+  for (uint64_t size : {uint64_t{1}, uint64_t{4095}, uint64_t{65537}, uint64_t{3} << 20, uint64_t{12345678}})
+    for (uint64_t cfg : {uint64_t{4096}, uint64_t{16384}, uint64_t{65536}, uint64_t{1} << 20, uint64_t{1} << 30}) {
+      Geometry home = segment_geometry(size, cfg), other = segment_geometry(size, home.block);
+      EXPECT_EQ(other.mapped, home.mapped) << size << " " << cfg;
+      EXPECT_EQ(other.block, home.block) << size << " " << cfg;
+      EXPECT_GE(home.mapped, size);
+    }
+  EXPECT_EQ(segment_geometry(100, 2048).block, 0u);   // below the smallest page
+  EXPECT_EQ(segment_geometry(100, 12288).block, 0u);  // not a power of two
+}
+
 TEST(DsmNodeSet, Basics) {
   NodeSet s;
   EXPECT_TRUE(s.empty());

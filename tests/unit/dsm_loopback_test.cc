@@ -59,7 +59,7 @@ class DsmOverLoopback : public ::testing::Test {
     }
     ASSERT_TRUE(pump([&] { return nodes_[0]->tr->peer_up(2) && nodes_[1]->tr->peer_up(1); }));
     for (auto& n : nodes_) {
-      auto s = n->dsm->open(kSeg, 1, size);
+      auto s = n->dsm->open(kSeg, 1, size, 4096);  // the home's block size, as ShmAtResp carries it
       ASSERT_TRUE(s) << s.status().str();
       n->len = (*s)->mapped_size();
       void* p = mmap(nullptr, n->len, PROT_READ | PROT_WRITE, MAP_SHARED, (*s)->view_fd(), 0);

@@ -1,0 +1,25 @@
+# Shared by the cross toolchain files (cmake/toolchain-*.cmake): Debian's cross compiler for DIPC_TRIPLET, and a
+# sysroot of that architecture's Debian packages made by scripts/cross/sysroot.sh (DIPC_SYSROOT). Programs built here run under qemu-user with QEMU_LD_PREFIX=<sysroot>.
+set(CMAKE_SYSTEM_NAME Linux)
+set(CMAKE_C_COMPILER ${DIPC_TRIPLET}-gcc)
+set(CMAKE_CXX_COMPILER ${DIPC_TRIPLET}-g++)
+# try_compile projects read this file again with another CMAKE_BINARY_DIR and without the cache: the environment
+# carries the sysroot to them.
+if(DIPC_SYSROOT)
+  set(ENV{DIPC_SYSROOT} ${DIPC_SYSROOT})
+elseif(DEFINED ENV{DIPC_SYSROOT})
+  set(DIPC_SYSROOT $ENV{DIPC_SYSROOT})
+else()
+  message(FATAL_ERROR "cross build: pass -DDIPC_SYSROOT=<dir made by scripts/cross/sysroot.sh>")
+endif()
+set(CMAKE_SYSROOT ${DIPC_SYSROOT})
+set(CMAKE_LIBRARY_ARCHITECTURE ${DIPC_MULTIARCH})
+set(CMAKE_FIND_ROOT_PATH ${DIPC_SYSROOT})
+set(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)
+set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY ONLY)
+set(CMAKE_FIND_ROOT_PATH_MODE_INCLUDE ONLY)
+set(CMAKE_FIND_ROOT_PATH_MODE_PACKAGE ONLY)
+set(ENV{PKG_CONFIG_SYSROOT_DIR} ${DIPC_SYSROOT})
+set(ENV{PKG_CONFIG_LIBDIR} "${DIPC_SYSROOT}/usr/lib/${DIPC_MULTIARCH}/pkgconfig:${DIPC_SYSROOT}/usr/share/pkgconfig")
+set(ENV{PKG_CONFIG_PATH} "")
+set(CMAKE_CROSSCOMPILING_EMULATOR ${DIPC_QEMU};-L;${DIPC_SYSROOT})

@@ -1,0 +1,271 @@
+// SysV fidelity on a cluster with policy = "all" (issue 9): IPC_PRIVATE objects are distributed, MSG_COPY, *_STAT
+// scans and *_INFO over the cluster's objects, limits read when they are checked, SHM_HUGETLB. Every node is its own
+// IPC namespace when root, so whatever a process finds of an object homed elsewhere crossed the network through dipc.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+
+#include <algorithm>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tests/harness/sim_cluster.h"
+#include "tests/integration/output.h"
+
+namespace dipc::test {
+namespace {
+
+bool is_dipc_id(const std::string& s) {
+  if (s.empty() || s[0] == '-') return false;
+  return (std::stol(s) & (1L << 30)) != 0;
+}
+
+// "N used=U keys=K,K,..." from ipcop scan, with the keys sorted (index order differs between the kernel and dipc).
+std::string scan_result(const std::string& out) {
+  std::string v = field(out, "scan");
+  size_t k = v.find("keys=");
+  if (k == std::string::npos) return v;
+  std::vector<std::string> keys;
+  std::string rest = v.substr(k + 5);
+  for (size_t p = 0; p < rest.size();) {
+    size_t e = rest.find(',', p);
+    if (e == std::string::npos) e = rest.size();
+    keys.push_back(rest.substr(p, e - p));
+    p = e + 1;
+  }
+  std::sort(keys.begin(), keys.end());
+  std::string joined;
+  for (const auto& x : keys) joined += (joined.empty() ? "" : ",") + x;
+  return v.substr(0, k + 5) + joined;
+}
+
+class PolicyAll : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    SimCluster::Options o;
+    o.nodes = 3;
+    o.policy = "all";
+    cluster_ = std::make_unique<SimCluster>(o);
+  }
+  static void TearDownTestSuite() { cluster_.reset(); }
+  static std::unique_ptr<SimCluster> cluster_;
+  SimCluster& c() { return *cluster_; }
+
+  // ipcop commands on a node, under the preload (or, with preload = false, against the node's kernel alone).
+  std::string op(int node, std::vector<std::string> cmds, bool preload = true) {
+    cmds.insert(cmds.begin(), SimCluster::prog("ipcop"));
+    auto r = c().run(node, cmds, 30, preload);
+    EXPECT_EQ(r.status, 0) << r.err;
+    return r.out;
+  }
+  // A shell command on a node without the preload (a sysctl of the node's IPC namespace).
+  void sh(int node, const std::string& cmd) {
+    auto r = c().run(node, {"/bin/sh", "-c", cmd}, 10, false);
+    ASSERT_EQ(r.status, 0) << cmd << ": " << r.err;
+  }
+};
+std::unique_ptr<SimCluster> PolicyAll::cluster_;
+
+TEST_F(PolicyAll, PrivateObjectsAreDistributed) {
+  // The common pattern: a private object made by one process, used by others through its id. Under "all" the id is
+  // a dipc id and names the object on every node.
+  std::string sem = field(op(1, {"semget:0:2:creat+0600"}), "semget");
+  ASSERT_TRUE(is_dipc_id(sem)) << sem;
+  EXPECT_EQ(field(op(2, {"setval:" + sem + ":1:5"}), "setval"), "0");
+  EXPECT_EQ(field(op(1, {"getval:" + sem + ":1"}), "getval"), "5");
+  std::string q = field(op(1, {"msgget:0:creat+0600", "msgsnd:@:3:private:0"}), "msgget");
+  ASSERT_TRUE(is_dipc_id(q)) << q;
+  EXPECT_EQ(field(op(3, {"msgrcv:" + q + ":0:100:nowait"}), "msgrcv"), "7 type=3 text=private");
+  std::string shm = field(op(2, {"shmget:0:4096:creat+0600"}), "shmget");
+  EXPECT_TRUE(is_dipc_id(shm)) << shm;
+  op(1, {"semrm:" + sem, "msgrm:" + q, "shmrm:" + shm});
+}
+
+TEST_F(PolicyAll, MsgCopyReadsAtAnIndexAndLeavesTheQueue) {
+  std::string q = field(op(2, {"msgget:0:creat+0600", "msgsnd:@:4:first:0", "msgsnd:@:9:second:0"}), "msgget");
+  ASSERT_TRUE(is_dipc_id(q)) << q;
+  auto out = op(1, {"msgrcv:" + q + ":1:100:nowait+copy", "msgrcv:" + q + ":0:100:nowait+copy",
+                    "msgrcv:" + q + ":2:100:nowait+copy", "msgstat:" + q});
+  auto r = fields(out, "msgrcv");
+  ASSERT_EQ(r.size(), 3u) << out;
+  EXPECT_EQ(r[0], "6 type=9 text=second");
+  EXPECT_EQ(r[1], "5 type=4 text=first");
+  EXPECT_EQ(r[2], "-1 ENOMSG");  // past the end
+  EXPECT_EQ(field(out, "msgstat").substr(0, 8), "0 qnum=2");
+  // Without IPC_NOWAIT, or with MSG_EXCEPT: EINVAL; a message longer than the buffer: E2BIG.
+  out = op(1, {"msgrcv:" + q + ":0:100:copy", "msgrcv:" + q + ":0:100:nowait+copy+except",
+               "msgrcv:" + q + ":0:2:nowait+copy", "msgrm:" + q});
+  r = fields(out, "msgrcv");
+  ASSERT_EQ(r.size(), 3u) << out;
+  EXPECT_EQ(r[0], "-1 EINVAL");
+  EXPECT_EQ(r[1], "-1 EINVAL");
+  EXPECT_EQ(r[2], "-1 E2BIG");
+}
+
+TEST_F(PolicyAll, StatScansFindTheObjectsOfEveryNode) {
+  // Objects homed on node2 and node3 and a private one on node1: a scan on node1, as ipcs does it without /proc,
+  // finds all three, and the *_INFO count includes them.
+  for (std::string t : {"sem", "msg", "shm"}) {
+    SCOPED_TRACE(t);
+    auto make = [&](int node, const std::string& key) {
+      std::string cmd = t == "sem" ? "semget:" + key + ":1:creat+0600"
+                        : t == "msg" ? "msgget:" + key + ":creat+0600"
+                                     : "shmget:" + key + ":8192:creat+0600";
+      std::string id = field(op(node, {cmd}), t + "get");
+      EXPECT_TRUE(is_dipc_id(id)) << id;
+      return id;
+    };
+    std::string a = make(2, "0x5a0001"), b = make(3, "0x5a0002"), p = make(1, "0");
+    for (std::string any : {"", ":any"}) {
+      std::string out = op(1, {"scan:" + t + any});
+      EXPECT_EQ(scan_result(out), "3 used=3 keys=0,0x5a0001,0x5a0002") << out;
+    }
+    // The kernel of node1 alone knows none of them.
+    if (c().namespaced()) {
+      EXPECT_EQ(scan_result(op(1, {"scan:" + t}, false)), "0 used=0 keys=");
+    }
+    std::string rm = t == "sem" ? "semrm:" : t == "msg" ? "msgrm:" : "shmrm:";
+    op(2, {rm + a});
+    EXPECT_EQ(scan_result(op(1, {"scan:" + t})), "2 used=2 keys=0,0x5a0002");
+    op(1, {rm + b, rm + p});
+  }
+}
+
+TEST_F(PolicyAll, LimitsLoweredAtRunTimeApplyToTheNextCreate) {
+  if (!c().namespaced()) GTEST_SKIP() << "needs root: the sysctls are those of a node's own IPC namespace";
+  // The home is the creating node; its kernel's limits are read when they are checked, as the kernel does.
+  sh(1, "echo 0 > /proc/sys/kernel/msgmni");
+  EXPECT_EQ(field(op(1, {"msgget:0x5b0001:creat+0600"}, false), "msgget"), "-1 ENOSPC");  // the kernel
+  EXPECT_EQ(field(op(1, {"msgget:0x5b0001:creat+0600"}), "msgget"), "-1 ENOSPC");         // dipc
+  sh(1, "echo 32000 > /proc/sys/kernel/msgmni");
+  std::string q = field(op(1, {"msgget:0x5b0001:creat+0600"}), "msgget");
+  EXPECT_TRUE(is_dipc_id(q)) << q;
+  sh(1, "echo 4096 > /proc/sys/kernel/shmmax");
+  EXPECT_EQ(field(op(1, {"shmget:0x5b0002:8192:creat+0600"}, false), "shmget"), "-1 EINVAL");
+  EXPECT_EQ(field(op(1, {"shmget:0x5b0002:8192:creat+0600"}), "shmget"), "-1 EINVAL");
+  sh(1, "echo 2048 > /proc/sys/kernel/msgmax");
+  EXPECT_EQ(field(op(1, {"msgsnd:" + q + ":1:" + std::string(3000, 'x') + ":nowait"}), "msgsnd"), "-1 EINVAL");
+  sh(1, "echo 18446744073692774399 > /proc/sys/kernel/shmmax; echo 8192 > /proc/sys/kernel/msgmax");
+  std::string s = field(op(1, {"shmget:0x5b0002:8192:creat+0600"}), "shmget");
+  EXPECT_TRUE(is_dipc_id(s)) << s;
+  op(1, {"msgrm:" + q, "shmrm:" + s});
+}
+
+TEST_F(PolicyAll, ShmHugetlbIsCheckedAsTheKernelChecksIt) {
+  // Root with no huge pages reserved: the kernel's answer (ENOMEM on a machine without free huge pages) is dipc's.
+  // An unprivileged user outside vm.hugetlb_shm_group: EPERM from both.
+  for (bool nobody : {false, true}) {
+    SCOPED_TRACE(nobody ? "nobody" : "root");
+    std::vector<std::string> pre;
+    if (nobody) pre = {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"};
+    auto run = [&](bool preload) {
+      std::vector<std::string> argv = pre;
+      argv.push_back(SimCluster::prog("ipcop"));
+      argv.push_back("shmget:0:4096:creat+huge+0600");
+      argv.push_back("shmrm:@");
+      auto r = c().run(1, argv, 30, preload);
+      EXPECT_EQ(r.status, 0) << r.err;
+      return field(r.out, "shmget");
+    };
+    std::string k = run(false), d = run(true);
+    if (k.substr(0, 2) != "-1") {
+      EXPECT_TRUE(is_dipc_id(d)) << d;
+    } else {
+      EXPECT_EQ(d, k);
+    }
+  }
+}
+
+// Busy processes, one more than there are CPUs, killed and reaped at the end of the scope.
+struct CpuLoad {
+  std::vector<pid_t> pids;
+  CpuLoad() {
+    long n = sysconf(_SC_NPROCESSORS_ONLN) + 1;
+    for (long i = 0; i < n; ++i) {
+      pid_t p = fork();
+      if (p == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        for (volatile unsigned long x = 0;;) x = x + 1ul;
+      }
+      if (p > 0) pids.push_back(p);
+    }
+  }
+  ~CpuLoad() {
+    for (pid_t p : pids) ::kill(p, SIGKILL);
+    for (pid_t p : pids) waitpid(p, nullptr, 0);
+  }
+};
+
+TEST_F(PolicyAll, ACallerSeenSleepingIsRegisteredAtTheHome) {
+  // A process on the home node removes the object the moment it sees a caller on another node sleeping in
+  // semop/msgrcv (state S): the sleeper must get EIDRM, as with the kernel, never EINVAL (its request not yet at
+  // the home). With the CPU loaded, over many rounds.
+  CpuLoad load;
+  constexpr int kRounds = 60;
+  int eidrm = 0;
+  for (int round = 0; round < kRounds; ++round) {
+    bool sem = round % 2 == 0;
+    std::string id = field(op(2, {sem ? "semget:0:2:creat+0600" : "msgget:0:creat+0600"}), sem ? "semget" : "msgget");
+    ASSERT_TRUE(is_dipc_id(id)) << id;
+    std::string go = c().dir() + "/go." + std::to_string(round);
+    // DIPC_SPIN_US=0: no answer polling to hide a sleep before the wait is registered.
+    auto b = c().spawn(1, {SimCluster::prog("blocker"), "none", sem ? "sem" : "msgrcv", id},
+                       {"BLOCKER_GO=" + go, "DIPC_SPIN_US=0"});
+    ASSERT_TRUE(c().wait_output(b, "ready", 30));
+    auto w = c().spawn(2, {SimCluster::prog("rmwatch"), sem ? "sem" : "msg", id, std::to_string(b.pid)});
+    ASSERT_TRUE(c().wait_output(w, "watching", 30));
+    std::ofstream(go).put('\n');
+    auto wr = c().wait(w, 60);
+    auto br = c().wait(b, 60);
+    EXPECT_EQ(field(wr.out, "rm"), "0") << "round " << round;
+    EXPECT_EQ(field(br.out, "result"), "-1 EIDRM") << "round " << round;
+    eidrm += field(br.out, "result") == "-1 EIDRM";
+  }
+  EXPECT_EQ(eidrm, kRounds);
+}
+
+TEST_F(PolicyAll, ForkUnderLoadKeepsEveryInheritedAttach) {
+  // Many attaches, all of removed segments that the parent detaches the moment fork() returns: only the child's
+  // inherited attaches keep them alive, so fork() must have had them counted at the home before it returned (as
+  // the kernel counts them in dup_mmap()); the child reads and writes every one. With the CPU loaded.
+  CpuLoad load;
+  auto r = c().run(1, {SimCluster::prog("forkshm"), "30", "8"}, 240);
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(field(r.out, "rounds"), "30 bad=0") << r.err;
+  EXPECT_EQ(r.err.find("could not be registered"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("not kept coherent"), std::string::npos) << r.err;
+}
+
+TEST_F(PolicyAll, StaticBinariesRunDistributedUnderDipcLaunchSeccomp) {
+  // A statically linked program, which no LD_PRELOAD library reaches, run on two nodes by dipc-launch --seccomp
+  // (under dipc-exec): the ranks share one queue homed on a node, the receiver blocking until the sender sends.
+  std::string prog = SimCluster::prog("ipcop-static");
+  auto r = c().run(1,
+                   {SimCluster::bin("dipc-launch"), "--sim", c().dir(), "--seccomp", "--timeout", "60", "-H", "node1",
+                    prog, "msgget:0x5c0001:creat+0666", "msgsnd:@:5:static:0", ":", "-H", "node2", prog,
+                    "msgget:0x5c0001:creat+0666", "msgrcv:@:0:100:0", "msgrm:@"},
+                   90, false);
+  EXPECT_EQ(r.status, 0) << r.out << r.err;
+  EXPECT_EQ(field(r.out, "msgrcv"), "6 type=5 text=static") << r.out << r.err;
+  auto ids = fields(r.out, "msgget");
+  ASSERT_EQ(ids.size(), 2u) << r.out;
+  EXPECT_EQ(ids[0], ids[1]);
+  EXPECT_TRUE(is_dipc_id(ids[0])) << ids[0];
+  // Without --seccomp the same binary reaches each node's kernel: two different queues (when nodes are isolated).
+  if (c().namespaced()) {
+    auto k = c().run(1,
+                     {SimCluster::bin("dipc-launch"), "--sim", c().dir(), "--timeout", "60", "-H", "node1", prog,
+                      "msgget:0x5c0002:creat+0666", "msgrm:@", ":", "-H", "node2", prog, "msgget:0x5c0002:0666"},
+                     90, false);
+    EXPECT_EQ(field(k.out, "msgget"), "-1 ENOENT") << k.out << k.err;
+  }
+}
+
+}  // namespace
+}  // namespace dipc::test
