@@ -216,10 +216,11 @@ TEST(EventLoop, WithoutEpollPwait2TimersKeepTheMicrosecondAndFdsAreServed) {
         int p[2];
         if (pipe(p) != 0) _exit(4);
         int got = 0;
-        loop.add(p[0], EPOLLIN, [&](uint32_t) {
-          char c;
-          if (read(p[0], &c, 1) == 1) ++got;
-        });
+        if (!loop.add(p[0], EPOLLIN, [&](uint32_t) {
+              char c;
+              if (read(p[0], &c, 1) == 1) ++got;
+            }))
+          _exit(6);
         std::thread th([&] {
           if (write(p[1], "x", 1) != 1) _exit(5);
           loop.post([&] { loop.add_timer(5, [&] { loop.stop(); }); });
