@@ -11,6 +11,7 @@
 #   DIPC_BENCH_CPUS=0         pins every process of the run (daemons, benchmark, partners) to those CPUs
 #   DIPC_BENCH_BUSY_POLL_US=50  the daemons poll that long before sleeping ([cluster] busy_poll_us)
 #   DIPC_BENCH_SCHED=nice:-5  the daemons' scheduling ([cluster] sched, see README)
+#   DIPC_BENCH_TRANSPORT=verbs  the cluster uses the verbs transport (softroce VM: docs/PERFORMANCE.md)
 set -euo pipefail
 if [ -n "${DIPC_BENCH_CPUS:-}" ] && [ -z "${DIPC_BENCH_PINNED:-}" ]; then
   DIPC_BENCH_PINNED=1 exec taskset -c "$DIPC_BENCH_CPUS" "$0" "$@"
@@ -31,7 +32,7 @@ cleanup() {
   rm -rf "$dir"
 }
 trap cleanup EXIT
-up_flags=(--log-level warn --busy-poll-us "${DIPC_BENCH_BUSY_POLL_US:-0}")
+up_flags=(--log-level warn --busy-poll-us "${DIPC_BENCH_BUSY_POLL_US:-0}" --transport "${DIPC_BENCH_TRANSPORT:-tcp}")
 [ -n "${DIPC_BENCH_SCHED:-}" ] && up_flags+=(--sched "$DIPC_BENCH_SCHED")
 "$bin/dipc-sim" up -n 2 --dir "$dir" "${up_flags[@]}" >/dev/null
 peer_addr=$("$bin/dipc-sim" exec --dir "$dir" node2 -- sh -c 'echo "$DIPC_NODE_ADDR"')

@@ -51,6 +51,8 @@ up_flags=(--log-level warn)
 [ -n "${DIPC_SHM_BLOCK:-}" ] && up_flags+=(--dsm-block "$DIPC_SHM_BLOCK")
 [ -n "${DIPC_SHM_BUSY_POLL_US:-}" ] && up_flags+=(--busy-poll-us "$DIPC_SHM_BUSY_POLL_US")
 [ -n "${DIPC_BENCH_SCHED:-}" ] && up_flags+=(--sched "$DIPC_BENCH_SCHED")
+# DIPC_BENCH_TRANSPORT=verbs: the clusters use the verbs transport (one Soft-RoCE device per node in the softroce VM).
+[ -n "${DIPC_BENCH_TRANSPORT:-}" ] && up_flags+=(--transport "$DIPC_BENCH_TRANSPORT")
 if [ "${DIPC_SHM_BENCH_KERNEL_SHM:-}" = 1 ]; then up_flags+=(--loopback); export DIPC_SHM_BENCH_KERNEL_SHM; fi
 
 work=$(mktemp -d /tmp/dipc-shm-bench.XXXXXX)

@@ -20,6 +20,7 @@
 #include "common/unix_socket.h"
 #include "daemon/client_server.h"
 #include "daemon/sched.h"
+#include "daemon/placement.h"
 #include "daemon/transports.h"
 #include "dsm/segment.h"
 #include "ipc/service.h"
@@ -126,6 +127,9 @@ int main(int argc, char** argv) {
     DIPC_LOG_ERROR("transport {} failed to start: {}", (*tr)->name(), s.str());
     return 1;
   }
+  // The loop thread (this one) and the frames memory go to the NUMA node of the RDMA device (no-op on one node).
+  if (std::string(tr->get()->name()) == "verbs")
+    service.set_placement(dipc::daemon::place_near_rdma_device(dipc::daemon::rdma_device(cfg)));
   dipc::ClientServer clients(loop, service, cfg);
   if (auto s = clients.listen(cfg.socket); !s) {
     std::string holder = s.code() == EADDRINUSE ? dipc::unix_holder(cfg.socket) : "";

@@ -4,16 +4,25 @@
 #include <sys/resource.h>
 
 #include "common/config.h"
+#include "common/log.h"
 #include "transport/tcp/tcp_transport.h"
+#include "transport/verbs/verbs_transport.h"
 
 namespace dipc::daemon {
 
-Result<std::unique_ptr<transport::Transport>> make_transport(const Config& cfg, EventLoop& loop, const ClusterKey& key,
-                                                             std::string* error) {
-  // The verbs provider arrives with the RDMA issue; until then "auto" means tcp.
-  if (cfg.transport == "verbs") {
-    if (error) *error = "no usable RDMA device (the verbs transport is not built in)";
-    return Status::err(ENODEV);
+Result<std::unique_ptr<transport::Transport>> make_transport(const Config& cfg, EventLoop& loop,
+                                                             const ClusterKey& key, std::string* error) {
+  if (cfg.transport == "verbs" ||
+      (cfg.transport == "auto" && cfg.nodes.size() > 1 && transport::verbs_usable(cfg.me().address))) {
+    transport::VerbsOptions vopt;
+    if (Status s = transport::parse_verbs_options(cfg, vopt, error); !s) return s;
+    auto t = transport::make_verbs_transport(cfg, loop, key, vopt);
+    if (t || cfg.transport == "verbs") {
+      if (!t && error) *error = "no usable RDMA device with an active port behind " + cfg.me().address;
+      return t;
+    }
+    // "auto": verbs when this node's address has an RDMA device with an active port behind it, else tcp.
+    DIPC_LOG_WARN("transport auto: verbs not usable ({}); using tcp", t.status().str());
   }
   transport::TcpOptions opt;
   if (Status s = transport::parse_tcp_options(cfg, opt, error); !s) return s;
@@ -34,6 +43,11 @@ uint64_t memlock_limit() {
   rlimit rl{};
   if (getrlimit(RLIMIT_MEMLOCK, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return UINT64_MAX;
   return rl.rlim_cur;
+}
+
+std::string rdma_device(const Config& cfg) {
+  transport::VerbsDeviceInfo info;
+  return transport::verbs_usable(cfg.me().address, &info) ? info.device : std::string();
 }
 
 }  // namespace dipc::daemon

@@ -32,4 +32,7 @@ Status check_memlock(const transport::Capabilities& caps, const char* provider, 
 // The current soft RLIMIT_MEMLOCK in bytes (UINT64_MAX: unlimited).
 uint64_t memlock_limit();
 
+// The RDMA device behind this node's address ("" when none): where the verbs transport runs.
+std::string rdma_device(const Config& cfg);
+
 }  // namespace dipc::daemon

@@ -931,11 +931,13 @@ std::string Service::status_text() const {
   std::ostringstream os;
   os << "node " << cfg_.me().name << " (id " << cfg_.self << ", " << cfg_.me().address << ":" << cfg_.me().port
      << ", transport " << (tr_ ? tr_->name() : "none") << ")\n";
+  if (!placement_.empty()) os << "placement: " << placement_ << "\n";
   os << "peers:\n";
   for (const auto& n : cfg_.nodes) {
     if (n.id == cfg_.self) continue;
+    std::string via = tr_ ? tr_->peer_info(n.id) : std::string();
     os << "  " << n.name << " (id " << n.id << ", " << n.address << ":" << n.port << ") "
-       << (tr_ && tr_->peer_up(n.id) ? "up" : "down") << "\n";
+       << (via.empty() ? "" : "via " + via + " ") << (tr_ && tr_->peer_up(n.id) ? "up" : "down") << "\n";
   }
   os << "semaphore sets hosted: " << sems_.by_id.size() << "\n";
   char line[160];

@@ -59,6 +59,8 @@ class Service : public transport::Handler {
   void process_exited(int32_t pid);
 
   std::string status_text() const;
+  // A line `dipc status` shows about where the daemon runs (NUMA placement near its RDMA device).
+  void set_placement(std::string text) { placement_ = std::move(text); }
   // `dipc ipcs`: the objects of this node and of every connected peer (asked with kObjList in parallel). Peers that
   // fail or do not answer within kObjListTimeoutMs are listed in `unreachable`; `done` runs exactly once.
   static constexpr int64_t kObjListTimeoutMs = 3000;
@@ -77,6 +79,7 @@ class Service : public transport::Handler {
   void on_peer(transport::NodeId peer, bool up) override;
 
  private:
+  std::string placement_;
   struct Pending {
     ObjType type;
     int32_t id;

@@ -4,6 +4,8 @@ set -euo pipefail
 pkgs=(cmake ninja-build g++ clang pkgconf libtomlplusplus-dev libsodium-dev libcli11-dev libspdlog-dev libfmt-dev
       libgtest-dev libgmock-dev libbenchmark-dev libibverbs-dev librdmacm-dev libhwloc-dev libclang-rt-14-dev iproute2 util-linux
       procps python3 openssh-client openssh-server
+      # the Soft-RoCE VM the verbs tests run in (../shared/softroce/vm-run) and RDMA tools for the benches
+      qemu-system-x86 busybox-static cpio kmod xz-utils zstd ibverbs-utils ibverbs-providers perftest rdmacm-utils
       g++-s390x-linux-gnu g++-i686-linux-gnu qemu-user-static debian-archive-keyring)
 missing=()
 for p in "${pkgs[@]}"; do

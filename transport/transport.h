@@ -171,6 +171,8 @@ class Transport {
   // Closes every link; outstanding operations complete with ECONNRESET. No upcalls after it returns.
   virtual void stop() = 0;
   virtual bool peer_up(NodeId peer) const = 0;
+  // What `dipc status` shows about the link to `peer` (verbs: device, port, GID index, MTU); "" when nothing.
+  virtual std::string peer_info(NodeId /*peer*/) const { return {}; }
 
   // ---- two-sided ----
   // Errors returned at once: EINVAL (unknown peer or self), EMSGSIZE (> max_message), kNoResources, ECONNRESET

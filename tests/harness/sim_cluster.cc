@@ -233,6 +233,12 @@ SimCluster::SimCluster(Options o) : nodes_(o.nodes) {
   std::vector<std::string> argv = {bin("dipc-sim"), "up",       "-n",       std::to_string(o.nodes), "--dir",
                                    dir_,            "--policy", o.policy,   "--log-level",           o.log_level};
   if (o.loopback) argv.push_back("--loopback");
+  std::string transport = o.transport;
+  if (const char* t = getenv("DIPC_SIM_TRANSPORT"); transport.empty() && t && *t) transport = t;
+  if (!transport.empty()) {
+    argv.push_back("--transport");
+    argv.push_back(transport);
+  }
   argv.insert(argv.end(), o.up_args.begin(), o.up_args.end());
   std::istringstream envs(o.extra_env);
   for (std::string e; envs >> e;) {

@@ -28,6 +28,8 @@ class SimCluster {
     std::string log_level = "info";
     int up_timeout_s = 120;       // bound on `dipc-sim up`
     std::vector<std::string> up_args = {};  // more `dipc-sim up` arguments: {"--dsm-block", "65536"}
+    // tcp | verbs | auto; empty: $DIPC_SIM_TRANSPORT, else tcp (the `verbs` ctest label runs suites with verbs)
+    std::string transport = {};
   };
   explicit SimCluster(Options o);  // throws std::runtime_error with dipc-sim's output (log tails) on failure
   SimCluster(const SimCluster&) = delete;

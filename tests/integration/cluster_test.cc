@@ -471,6 +471,28 @@ TEST_F(DipcSwitch, OffMakesNewGetCallsLocalAndOnRestoresDistribution) {
   c().run(1, {"ipcrm", "-Q", "0x7e570020"}, 10, false);
 }
 
+// A daemon killed and started again: a cluster of its own (two nodes).
+class Restart : public ClusterTest {
+ protected:
+  void SetUp() override { cluster_ = std::make_unique<SimCluster>(nodes_opt(2)); }
+  void TearDown() override { cluster_.reset(); }
+  SimCluster& c() override { return *cluster_; }
+  std::unique_ptr<SimCluster> cluster_;
+};
+
+TEST_F(Restart, AKilledDaemonComesBackAndReachesTheObjectsOfTheOthers) {
+  std::string q = new_queue(1);
+  const char* tr = getenv("DIPC_SIM_TRANSPORT");
+  std::string want = tr && std::string(tr) == "verbs" ? "via verbs " : "via tcp ";
+  EXPECT_NE(status(1).find(want), std::string::npos) << status(1);  // dipc status names each peer's transport
+  ASSERT_TRUE(c().kill_daemon(2)) << c().last_error();
+  ASSERT_TRUE(c().start_daemon(2)) << c().last_error();  // returns once the daemon answers and its peers are up
+  EXPECT_EQ(peer_state(status(1), 2), "up");
+  EXPECT_EQ(field(op(2, {"msgsnd:" + q + ":1:back:0"}), "msgsnd"), "0");
+  EXPECT_EQ(field(op(1, {"msgrcv:" + q + ":0:10:0"}), "msgrcv"), "4 type=1 text=back");
+  EXPECT_EQ(field(op(1, {"msgrm:" + q}), "msgrm"), "0");
+}
+
 // A node configured with another secret: a cluster of its own, since the node is replaced.
 class WrongSecret : public ClusterTest {
  protected:

@@ -287,6 +287,8 @@ class TcpTransport final : public Transport {
     for (auto& [id, p] : peers_) fail_all(p, ECONNRESET);
   }
 
+  std::string peer_info(NodeId) const override { return "tcp"; }
+
   bool peer_up(NodeId peer) const override {
     auto it = peers_.find(peer);
     return it != peers_.end() && it->second.link;
@@ -789,9 +791,9 @@ class TcpTransport final : public Transport {
       ++from_src;
       strangers_ += stranger;
       ++unauthenticated_;
-      Link& nl = add_link(fd, false, 0, LinkState::kHandshake, addr_str(ss));
-      nl.source = src;
-      nl.stranger = stranger;
+      Link* nl = add_link(fd, false, 0, LinkState::kHandshake, addr_str(ss));
+      nl->source = src;
+      nl->stranger = stranger;
     }
   }
 

@@ -1,0 +1,62 @@
+// The verbs transport: libibverbs + librdmacm, one reliable-connected queue pair per peer, connected with rdma_cm to
+// the peer's [[node]] address and port (RoCE: the GID is chosen from the address; InfiniBand: IPoIB addresses). The
+// node with the lower id dials, like tcp; a lost link is redialled with bounded back-off. Links authenticate with the
+// cluster key (verbs_wire.h) before anything else flows.
+//
+// Two-sided: SEND/RECV into pre-posted receive buffers with credit-based flow control (a sender never posts more
+// SENDs than the receiver has buffers for, so no RNR retries), small messages inline. One-sided: RDMA READ/WRITE
+// between registered regions, ATOMIC fetch-add and compare-swap. Everything issued to a peer leaves in issue order
+// from one queue onto the one queue pair, so a WRITE lands before a SEND issued after it (RC ordering).
+// Completions: one completion channel whose fd is on the EventLoop; each link has its own CQ on it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "transport/transport.h"
+
+namespace dipc {
+class EventLoop;
+class ClusterKey;
+struct Config;
+}  // namespace dipc
+
+namespace dipc::transport {
+
+struct VerbsOptions {
+  int64_t connect_timeout_ms = 10000;   // operations wait this long for a peer that is down, then EHOSTUNREACH
+  int64_t handshake_timeout_ms = 5000;  // address/route resolution + connect + authentication
+  int64_t reconnect_min_ms = 50;        // redial back-off starts here and doubles ...
+  int64_t reconnect_max_ms = 2000;      // ... up to this
+  uint32_t credits = 32;                // receive buffers per link for data messages (the peer's send credits)
+  uint32_t buffer_size = 8192;          // bytes per receive/send buffer; longer messages are fragmented
+  size_t max_queued_bytes = 64u << 20;  // per peer: operations beyond this return kNoResources
+  int64_t heartbeat_ms = 1000;          // an idle link is probed (zero-length RDMA WRITE) this often; a dead peer
+                                        // shows as a retry-exceeded completion within a few seconds
+  int max_unauthenticated = 16;         // connection requests still in the handshake; more are rejected
+};
+
+// Reads [transport.verbs] (keys: the fields above, e.g. `credits = 64`); EINVAL with `error` naming a bad setting.
+Status parse_verbs_options(const Config& cfg, VerbsOptions& opt, std::string* error);
+
+// What `dipc status` shows for a verbs link.
+struct VerbsDeviceInfo {
+  std::string device;  // e.g. "rxe0", "mlx5_0"
+  int port = 0;
+  int gid_index = -1;
+  int mtu = 0;         // active path MTU in bytes
+  int numa_node = -1;  // of the device (-1: unknown)
+};
+
+// Is there an RDMA device with an active port behind `address` (a local address)? Fills `info` when there is.
+bool verbs_usable(const std::string& address, VerbsDeviceInfo* info = nullptr);
+// The first IPv4 address of this machine (127.0.0.1 aside) with an active RDMA port behind it; "" when none.
+std::string verbs_local_address();
+
+// Errors: ENODEV when no RDMA device is bound to this node's address or its port is not active.
+Result<std::unique_ptr<Transport>> make_verbs_transport(const Config& cfg, EventLoop& loop, const ClusterKey& key,
+                                                        const VerbsOptions& opt = VerbsOptions());
+
+}  // namespace dipc::transport
