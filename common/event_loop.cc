@@ -209,9 +209,11 @@ void EventLoop::run_once(int timeout_ms) {
   int64_t poll_end = std::max(busy_poll_us_ > 0 ? now + busy_poll_us_ : 0, poll_until_us_);
   if (timeout_us >= 0) poll_end = std::min(poll_end, now + timeout_us);
   bool polled = false;  // a poller handled completions: no sleeping this iteration
-  // Poll only while another CPU is idle: with every CPU busy, each yield gives the CPU away for a time slice and
-  // the poll costs more than the wake-up it saves (docs/PERFORMANCE.md, "Wake-ups").
-  if (poll_end > now && timeout_us != 0 && spare_cpu()) {
+  // The answer poll (poll_until_us_) runs only while another CPU is idle: with every CPU busy, each yield gives the
+  // CPU away for a time slice and the poll costs more than the wake-up it saves (docs/PERFORMANCE.md, "Wake-ups").
+  // busy_poll_us is the operator's explicit choice of CPU for latency (and drives the providers' pollers): kept.
+  const bool busy = busy_poll_us_ > 0;
+  if (poll_end > now && timeout_us != 0 && (busy || spare_cpu())) {
     unsigned spins = 0;
     do {
       n = epoll_wait(epfd_.get(), evs, 64, 0);
@@ -221,7 +223,7 @@ void EventLoop::run_once(int timeout_ms) {
         break;
       }
       sched_yield();  // poll politely: whoever must run to produce the answer may need this CPU
-    } while (now_us() < poll_end && (++spins % 16 != 0 || spare_cpu()));
+    } while (now_us() < poll_end && (busy || ++spins % 16 != 0 || spare_cpu()));
   }
   if (poll_until_us_ && now_us() >= poll_until_us_) poll_until_us_ = 0;
   if (n == 0 && !polled) n = wait(evs, 64, timeout_us);
