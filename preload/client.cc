@@ -398,7 +398,7 @@ void call(uint16_t op, const Bytes& body, Reply& out, const Wait& wait, const Ac
         out = Reply{EIO, {}};
         return;
       }
-      timespec step{0, std::min(kReconnectStepNs, give_up - now)};
+      timespec step{0, static_cast<long>(std::min(kReconnectStepNs, give_up - now))};  // < 1 s: fits a 32-bit long
       while (clock_nanosleep(CLOCK_MONOTONIC, 0, &step, &step) == EINTR) {
       }
     }

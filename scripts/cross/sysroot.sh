@@ -11,7 +11,9 @@ mirror=${DIPC_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # Runtime libraries and their -dev packages: what dipcd, libdipc.so, the examples and the unit tests need.
 pkgs=(libsodium23 libsodium-dev libtomlplusplus3 libtomlplusplus-dev libspdlog1.10 libspdlog-dev libfmt9 libfmt-dev
       libcli11-dev libgtest-dev libgmock-dev googletest libc6 libc6-dev libstdc++6 libgcc-s1 libstdc++-12-dev
-      libgcc-12-dev linux-libc-dev)
+      libgcc-12-dev linux-libc-dev
+      libibverbs1 libibverbs-dev librdmacm1 librdmacm-dev libnl-3-200 libnl-route-3-200 libnl-3-dev libnl-route-3-dev
+      libhwloc15 libhwloc-dev libudev1)
 stamp="$dir/.dipc-sysroot-$arch"
 want="${pkgs[*]}"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
