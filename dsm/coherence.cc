@@ -51,12 +51,13 @@ const char* msg_type_name(MsgType t) {
     case MsgType::kInvalidate: return "Invalidate";
     case MsgType::kGrant: return "Grant";
     case MsgType::kLeaveDone: return "LeaveDone";
+    case MsgType::kNoGrant: return "NoGrant";
   }
   return "?";
 }
 
 static bool valid_type(uint16_t t) {
-  return (t >= 1 && t <= 6) || (t >= 16 && t <= 19);
+  return (t >= 1 && t <= 6) || (t >= 16 && t <= 20);
 }
 
 void Msg::encode(Encoder& e) const {
@@ -67,6 +68,7 @@ void Msg::encode(Encoder& e) const {
   e.u8(static_cast<uint8_t>(access));
   e.u8(static_cast<uint8_t>(mode));
   e.u16(node);
+  e.u16(count);
 }
 
 bool Msg::decode(Decoder& d) {
@@ -77,7 +79,8 @@ bool Msg::decode(Decoder& d) {
   uint8_t acc = d.u8();
   uint8_t md = d.u8();
   uint16_t nd = d.u16();
-  if (!d.done() || !valid_type(t) || acc > 1 || md > 3 || nd > kMaxNodeId) return false;
+  uint16_t cnt = d.u16();
+  if (!d.done() || !valid_type(t) || acc > 1 || md > 3 || nd > kMaxNodeId || cnt == 0 || cnt > kMaxCount) return false;
   type = static_cast<MsgType>(t);
   segment = seg;
   block = blk;
@@ -85,6 +88,7 @@ bool Msg::decode(Decoder& d) {
   access = static_cast<Access>(acc);
   mode = static_cast<FetchMode>(md);
   node = nd;
+  count = cnt;
   return true;
 }
 
@@ -94,6 +98,7 @@ std::string Msg::str() const {
   if (type == MsgType::kGrant) s += access == Access::kWrite ? " W" : " R";
   if (type == MsgType::kFetch) s += " mode=" + std::to_string(static_cast<int>(mode));
   if (type == MsgType::kGrant || type == MsgType::kFetch) s += " node=" + std::to_string(node);
+  if (count != 1) s += " count=" + std::to_string(count);
   return s + ")";
 }
 
@@ -190,7 +195,19 @@ void HomeDirectory::on_message(const Msg& m, int64_t now, std::vector<Msg>& out)
         ++bad_;
         return;
       }
-      enqueue(b, Request{m.type == MsgType::kReadReq ? Kind::kRead : Kind::kWrite, m.from}, now, out);
+      if (m.type == MsgType::kWriteReq) {
+        enqueue(b, Request{Kind::kWrite, m.from}, now, out);
+        return;
+      } else {
+        // The window never reaches past the segment; a read the home can grant at once needs no transaction.
+        uint32_t n = std::min<uint32_t>(m.count, static_cast<uint32_t>(blocks_.size()) - b);
+        if (active_.count(b) == 0 && read_grantable(b, m.from, now)) {
+          read_ahead(b, n, m.from, now, out);
+        } else {
+          enqueue(b, Request{Kind::kRead, m.from}, now, out);
+          if (n > 1) read_ahead(b + 1, n - 1, m.from, now, out);
+        }
+      }
       return;
     case MsgType::kFetchAck:
     case MsgType::kInvAck: {
@@ -367,16 +384,82 @@ void HomeDirectory::after_acks(uint32_t b, Txn& t, int64_t now, std::vector<Msg>
   Msg g = msg(MsgType::kGrant, r, b, t.id);
   if (t.req.kind == Kind::kWrite) {
     g.access = Access::kWrite;
+    // In place when the requester's frame is current (it maps a copy, or it is the owner); else the owner's frame;
+    // kNoNode (zero-fill) for a block never written.
+    t.source = (k.copyset.has(r) || k.owner == r) ? r : k.owner;
+  } else if (k.exclusive && k.owner == r) {
+    g.access = Access::kWrite;  // defensive: it already has it
+    t.source = r;
   } else {
-    g.access = (k.exclusive && k.owner == r) ? Access::kWrite : Access::kRead;  // defensive: it already has it
+    g.access = Access::kRead;
+    t.source = read_source(k, r);
+    if (!read_needs_done(t.source, r)) {  // recorded now: the requester sends no Done
+      g.txn = 0;
+      g.node = t.source;
+      record_read_copy(k, r, now);
+      out.push_back(g);
+      t.phase = Phase::kIdle;
+      return;
+    }
   }
-  // In place when the requester's frame is current (it maps a copy, or it is the owner); else the owner's frame;
-  // kNoNode (zero-fill) for a block never written.
-  t.source = (k.copyset.has(r) || k.owner == r) ? r : k.owner;
   g.node = t.source;
   out.push_back(g);
   t.phase = Phase::kDone;
-  (void)now;
+}
+
+NodeId HomeDirectory::read_source(const Block& k, NodeId r) const {
+  if (k.copyset.has(r) || k.owner == r) return r;
+  if (k.owner == kNoNode) return kNoNode;
+  // The home's frame is current when it owns the block or maps a read copy (the block is not exclusive here).
+  if (k.owner == home_ || k.copyset.has(home_)) return home_;
+  return k.owner;
+}
+
+void HomeDirectory::record_read_copy(Block& k, NodeId r, int64_t now) {
+  if (k.owner == kNoNode) k.owner = home_;  // never written: the home's frame holds its zeros
+  k.copyset.add(r);
+  // The quantum counts from the grant here, not from the install (the home learns nothing of it).
+  k.hold_until = std::max(k.hold_until, now + quantum_);
+}
+
+bool HomeDirectory::read_grantable(uint32_t b, NodeId r, int64_t now) const {
+  const Block& k = blocks_[b];
+  if (k.exclusive && !(k.owner == home_ && r != home_ && now >= k.hold_until)) return false;
+  return !read_needs_done(k.exclusive ? home_ : read_source(k, r), r);
+}
+
+// The home's own downgrades first, then one grant per run of consecutive blocks with the same source, then the
+// refusal of the rest.
+void HomeDirectory::read_ahead(uint32_t first, uint32_t n, NodeId r, int64_t now, std::vector<Msg>& out) {
+  uint32_t b = first, end = first + n;
+  std::vector<Msg> runs;
+  for (; b < end; ++b) {
+    if (active_.count(b) || !read_grantable(b, r, now)) break;
+    Block& k = blocks_[b];
+    if (k.exclusive) {  // the home's own writable copy: write-protect it, its frame gets the data (no ack)
+      Msg f = msg(MsgType::kFetch, home_, b, 0);
+      f.mode = FetchMode::kDowngrade;
+      f.node = r;
+      out.push_back(f);
+      k.exclusive = false;
+    }
+    NodeId src = read_source(k, r);
+    record_read_copy(k, r, now);
+    if (!runs.empty() && runs.back().node == src && runs.back().count < Msg::kMaxCount) {
+      ++runs.back().count;
+    } else {
+      Msg g = msg(MsgType::kGrant, r, b, 0);
+      g.access = Access::kRead;
+      g.node = src;
+      runs.push_back(g);
+    }
+  }
+  out.insert(out.end(), runs.begin(), runs.end());
+  if (b < end) {
+    Msg no = msg(MsgType::kNoGrant, r, b, 0);
+    no.count = static_cast<uint16_t>(end - b);
+    out.push_back(no);
+  }
 }
 
 void HomeDirectory::finish(uint32_t b, Txn& t, int64_t now, std::vector<Msg>& out) {
@@ -491,7 +574,7 @@ std::string HomeDirectory::check() const {
       NodeSet only;
       only.add(k.owner);
       if (!(k.copyset == only)) return where + "exclusive but copyset is not {owner}";
-    } else if (!k.copyset.empty() && !k.copyset.has(k.owner)) {
+    } else if (!k.copyset.empty() && !k.copyset.has(k.owner) && k.owner != home_) {
       return where + "owner " + std::to_string(k.owner) + " outside a non-empty copyset";
     }
     if (k.owner == kNoNode && !k.copyset.empty()) return where + "copies of a never-written block without owner";
@@ -502,8 +585,12 @@ std::string HomeDirectory::check() const {
 // ---------------------------------------------------------------------------------------------------------------
 // NodeCache
 
-NodeCache::NodeCache(uint64_t segment, uint32_t nblocks, NodeId self, NodeId home)
-    : segment_(segment), self_(self), home_(home), blocks_(nblocks) {}
+NodeCache::NodeCache(uint64_t segment, uint32_t nblocks, NodeId self, NodeId home, uint32_t readahead_max)
+    : segment_(segment),
+      self_(self),
+      home_(home),
+      blocks_(nblocks),
+      ra_max_(std::clamp<uint32_t>(readahead_max, 1, Msg::kMaxCount)) {}
 
 const char* NodeCache::state_name(State s) {
   switch (s) {
@@ -561,10 +648,28 @@ NodeCache::Fault NodeCache::on_fault(uint32_t b, Access a, std::vector<Msg>& out
   }
   // One request per block at a time. A write fault behind an outstanding read request is retried when the read
   // grant wakes it, and then asks for the upgrade.
-  if (k.pending) return Fault::kParked;
+  if (k.pending) {
+    if (k.prefetch) k.wanted = true;
+    return Fault::kParked;
+  }
   k.pending = true;
   k.pending_access = a;
-  out.push_back(msg(a == Access::kRead ? MsgType::kReadReq : MsgType::kWriteReq, b, 0));
+  Msg req = msg(a == Access::kRead ? MsgType::kReadReq : MsgType::kWriteReq, b, 0);
+  if (a == Access::kRead && ra_max_ > 1) {
+    ra_window_ = b == ra_next_ ? std::min(ra_window_ * 2, ra_max_) : 1;
+    uint32_t n = 1;
+    for (; n < ra_window_ && b + n < blocks_.size(); ++n) {
+      Block& x = blocks_[b + n];
+      if (x.have != Have::kInvalid || x.pending || x.filling || x.writing_back) break;
+      x.pending = true;
+      x.pending_access = Access::kRead;
+      x.prefetch = true;
+      x.wanted = false;
+    }
+    req.count = static_cast<uint16_t>(n);
+    ra_next_ = b + n;
+  }
+  out.push_back(req);
   return Fault::kParked;
 }
 
@@ -577,7 +682,33 @@ void NodeCache::install(uint32_t b, int64_t now, std::vector<Msg>& out, std::vec
   k.installed_at = now;
   local.push_back(LocalAction{LocalAction::kInstall, b, w, kNoNode});
   local.push_back(LocalAction{LocalAction::kWake, b, false, kNoNode});
-  out.push_back(msg(MsgType::kDone, b, k.grant_txn));
+  if (k.grant_txn) out.push_back(msg(MsgType::kDone, b, k.grant_txn));  // txn 0: the home recorded the copy
+}
+
+void NodeCache::grant(uint32_t b, const Msg& m, int64_t now, std::vector<Msg>& out, std::vector<LocalAction>& local) {
+  Block& k = blocks_[b];
+  if (k.filling && m.txn != 0 && m.txn == k.grant_txn) {  // re-grant: the first source was lost; copy from the new one
+    if (m.node == self_) {
+      install(b, now, out, local);
+    } else {
+      local.push_back(LocalAction{LocalAction::kFetchData, b, false, m.node});
+    }
+    return;
+  }
+  if (!k.pending || k.filling) {
+    ++bad_;
+    return;
+  }
+  if (k.prefetch) ++prefetched_;
+  k.prefetch = k.wanted = false;
+  k.filling = true;
+  k.grant_access = m.access;
+  k.grant_txn = m.txn;
+  if (m.node == self_) {
+    install(b, now, out, local);  // the local frame is current: no copy
+  } else {
+    local.push_back(LocalAction{LocalAction::kFetchData, b, false, m.node});
+  }
 }
 
 void NodeCache::on_message(const Msg& m, int64_t now, std::vector<Msg>& out, std::vector<LocalAction>& local) {
@@ -602,7 +733,7 @@ void NodeCache::on_message(const Msg& m, int64_t now, std::vector<Msg>& out, std
     parked_while_leaving_.clear();
     return;
   }
-  if (m.block >= blocks_.size()) {
+  if (m.block >= blocks_.size() || m.count > blocks_.size() - m.block) {
     ++bad_;
     return;
   }
@@ -610,28 +741,39 @@ void NodeCache::on_message(const Msg& m, int64_t now, std::vector<Msg>& out, std
   Block& k = blocks_[b];
   switch (m.type) {
     case MsgType::kGrant:
-      if (k.filling && m.txn == k.grant_txn) {  // re-grant: the first source was lost; copy from the new one
-        if (m.node == self_) {
-          install(b, now, out, local);
-        } else {
-          local.push_back(LocalAction{LocalAction::kFetchData, b, false, m.node});
-        }
-        return;
-      }
-      if (!k.pending || k.filling) {
+      if (m.count > 1 && (m.txn != 0 || m.access != Access::kRead)) {  // a run is read copies without Done only
         ++bad_;
         return;
       }
-      k.filling = true;
-      k.grant_access = m.access;
-      k.grant_txn = m.txn;
-      if (m.node == self_) {
-        install(b, now, out, local);  // the local frame is current: no copy
-      } else {
-        local.push_back(LocalAction{LocalAction::kFetchData, b, false, m.node});
+      for (uint32_t i = 0; i < m.count; ++i) grant(b + i, m, now, out, local);
+      return;
+    case MsgType::kNoGrant:
+      for (uint32_t x = b; x < b + m.count; ++x) {
+        Block& p = blocks_[x];
+        if (!p.pending || !p.prefetch || p.filling) {
+          ++bad_;
+          continue;
+        }
+        p.prefetch = false;
+        if (!p.wanted) {
+          p.pending = false;
+        } else if (leaving_) {  // asked again after LeaveDone
+          p.pending = p.wanted = false;
+          parked_while_leaving_.insert(x);
+        } else {  // a local access waits for it: ask for it alone now
+          p.wanted = false;
+          out.push_back(msg(MsgType::kReadReq, x, 0));
+        }
       }
       return;
     case MsgType::kInvalidate:
+      if (k.filling && k.grant_txn == 0 && !k.inv_deferred) {
+        // A read copy granted without Done is still being copied: acknowledged once the copy landed (so the source
+        // frame is not reused before), and then not installed (on_data_ready).
+        k.inv_deferred = true;
+        k.inv_txn = m.txn;
+        return;
+      }
       if (k.filling) ++bad_;
       if (k.have != Have::kInvalid) {
         if (k.have == Have::kExclusive) ++bad_;  // the home fetches from an exclusive owner; unmap anyway
@@ -649,7 +791,8 @@ void NodeCache::on_message(const Msg& m, int64_t now, std::vector<Msg>& out, std
           } else {
             ++bad_;
           }
-          out.push_back(msg(MsgType::kFetchAck, b, m.txn));
+          // txn 0: the home downgrades its own copy for a read-ahead grant; nobody waits for an acknowledgement.
+          if (m.txn != 0 || self_ != home_) out.push_back(msg(MsgType::kFetchAck, b, m.txn));
           return;
         case FetchMode::kInvalidate:
           if (k.have == Have::kInvalid) ++bad_;
@@ -686,6 +829,13 @@ void NodeCache::on_message(const Msg& m, int64_t now, std::vector<Msg>& out, std
 void NodeCache::on_data_ready(uint32_t b, int64_t now, std::vector<Msg>& out, std::vector<LocalAction>& local) {
   if (b >= blocks_.size() || !blocks_[b].filling) {
     ++bad_;
+    return;
+  }
+  Block& k = blocks_[b];
+  if (k.inv_deferred) {  // invalidated meanwhile: not installed; the parked accesses fault again
+    k.inv_deferred = k.filling = k.pending = false;
+    out.push_back(msg(MsgType::kInvAck, b, k.inv_txn));
+    local.push_back(LocalAction{LocalAction::kWake, b, false, kNoNode});
     return;
   }
   install(b, now, out, local);

@@ -20,6 +20,9 @@
 //  - set Msg::from on receipt from the authenticated transport peer (it is not encoded);
 //  - carry out `local` actions in order, synchronously, BEFORE sending `out`: an invalidation has taken effect in
 //    every local process before the acknowledgement leaves (so before the remote writer is granted);
+//  - a Fetch the HomeDirectory sends the home node itself with txn 0 (the home's writable copy downgraded for a
+//    read-ahead grant; nobody acknowledges it) is given to the home's NodeCache and its local actions carried out at
+//    once, before any message that follows it in `out` leaves (the grant after it copies the home's frame);
 //  - the asynchronous actions (kFetchData, kWriteBack) report completion by calling on_data_ready() /
 //    on_writeback_done(); the state machine sends nothing that depends on them before that.
 #pragma once
@@ -83,6 +86,7 @@ enum class MsgType : uint16_t {
   kInvalidate = 17,  // to a copy holder
   kGrant = 18,     // to the requester: access, and the node whose frame holds the data
   kLeaveDone = 19,   // the node may drop its frames
+  kNoGrant = 20,     // read-ahead: the blocks [block, block+count) of a ReadReq's window are not granted now
 };
 // Which side handles a message type: true for HomeDirectory, false for NodeCache.
 bool for_directory(MsgType t);
@@ -95,7 +99,15 @@ enum class FetchMode : uint8_t {
   kWriteBack = 3,   // the node leaves: unmap, write the frame into the home's frame, then acknowledge
 };
 
-// One protocol message. Fixed 22-byte body: type u16, segment u64, block u32, txn u32, access u8, mode u8, node u16.
+// One protocol message. Fixed 24-byte body: type u16, segment u64, block u32, txn u32, access u8, mode u8, node u16,
+// count u16.
+//
+// Read-ahead and batching: a ReadReq with count n > 1 asks for the faulting block and, as read copies, the next n-1
+// blocks (the node's read-ahead window). The home grants those of them it can grant at once (no transaction on the
+// block, not held exclusively by another node, the data in the home's frame or never written) as read Grants of
+// count >= 1 (one message, and with a push one write, per run of consecutive blocks), and answers the first block it
+// cannot grant and every one after it with one NoGrant. A read Grant with txn 0 needs no Done: the home recorded the
+// copy in the copyset when it granted it (the source is the home's frame, the requester's own, or a zero fill).
 struct Msg {
   NodeId to = 0;    // not encoded: transport addressing
   NodeId from = 0;  // not encoded: the receiver sets it from the authenticated peer
@@ -107,8 +119,10 @@ struct Msg {
   FetchMode mode = FetchMode::kNone;    // Fetch
   NodeId node = kNoNode;                // Grant: data source (kNoNode: zero-fill; the receiver itself: in place);
                                         // Fetch: the requester (informational)
+  uint16_t count = 1;                   // ReadReq: the read-ahead window; Grant, NoGrant: blocks from `block` on
 
-  static constexpr size_t kEncodedSize = 22;
+  static constexpr size_t kEncodedSize = 24;
+  static constexpr uint16_t kMaxCount = 1024;
   void encode(Encoder& e) const;
   // Strict: the whole input is one message with valid enum values and node ids; `to`/`from` are left untouched.
   bool decode(Decoder& d);
@@ -220,6 +234,17 @@ class HomeDirectory {
   void finish(uint32_t b, Txn& t, int64_t now, std::vector<Msg>& out);
   void leave_step_done(NodeId node, std::vector<Msg>& out);
   Msg msg(MsgType type, NodeId to, uint32_t b, uint32_t txn) const;
+  // The frame a read copy for `r` is taken from: r's own if current, the home's if current, else the owner's.
+  NodeId read_source(const Block& k, NodeId r) const;
+  // Whether a read grant from `source` needs the requester's Done (a copy from a third node's frame: if that node is
+  // lost mid-copy the home grants again), else the copy is recorded at once.
+  bool read_needs_done(NodeId source, NodeId r) const { return source != kNoNode && source != r && source != home_; }
+  void record_read_copy(Block& k, NodeId r, int64_t now);
+  // Whether a read of block b by r can be granted at once, without a transaction: nothing but the home's own
+  // writable copy (past its quantum) stands in the way, and the data comes from the home's or r's frame or is zero.
+  bool read_grantable(uint32_t b, NodeId r, int64_t now) const;
+  // Grants what it can of the read-ahead window [first, first+n) to `r` at once (see Msg).
+  void read_ahead(uint32_t first, uint32_t n, NodeId r, int64_t now, std::vector<Msg>& out);
 
   uint64_t segment_;
   NodeId home_;
@@ -247,7 +272,9 @@ class NodeCache {
     kParked,   // park the access until a kWake of this block
   };
 
-  NodeCache(uint64_t segment, uint32_t nblocks, NodeId self, NodeId home);
+  // readahead_max: the largest read-ahead window in blocks (1: none). The window starts at 1 block, doubles on
+  // every read miss at the block right after the previous window, and falls back to 1 on any other read miss.
+  NodeCache(uint64_t segment, uint32_t nblocks, NodeId self, NodeId home, uint32_t readahead_max = 1);
 
   // A local access faulted on `block`. Sends a request unless one is already outstanding.
   Fault on_fault(uint32_t block, Access a, std::vector<Msg>& out);
@@ -268,6 +295,8 @@ class NodeCache {
   bool leaving() const { return leaving_; }
   NodeId self() const { return self_; }
   uint64_t bad_messages() const { return bad_; }
+  uint32_t readahead_window() const { return ra_window_; }
+  uint64_t prefetched() const { return prefetched_; }  // blocks granted through read-ahead
 
  private:
   enum class Have : uint8_t { kInvalid, kShared, kExclusive };
@@ -280,10 +309,15 @@ class NodeCache {
     uint32_t grant_txn = 0;
     bool writing_back = false;
     uint32_t wb_txn = 0;
+    bool prefetch = false;         // the request is a read-ahead (no local access asked for it)
+    bool wanted = false;           // a local access faulted on it while the read-ahead was outstanding
+    bool inv_deferred = false;     // invalidated while filling a grant without Done: acknowledged once filled
+    uint32_t inv_txn = 0;
     int64_t installed_at = 0;
   };
   Msg msg(MsgType type, uint32_t b, uint32_t txn) const;
   void install(uint32_t b, int64_t now, std::vector<Msg>& out, std::vector<LocalAction>& local);
+  void grant(uint32_t b, const Msg& m, int64_t now, std::vector<Msg>& out, std::vector<LocalAction>& local);
 
   uint64_t segment_;
   NodeId self_;
@@ -292,6 +326,10 @@ class NodeCache {
   bool leaving_ = false;
   std::set<uint32_t> parked_while_leaving_;
   uint64_t bad_ = 0;
+  uint32_t ra_max_ = 1;
+  uint32_t ra_window_ = 1;
+  uint32_t ra_next_ = std::numeric_limits<uint32_t>::max();  // the block after the last window asked for
+  uint64_t prefetched_ = 0;
 };
 
 }  // namespace dipc::dsm

@@ -56,7 +56,7 @@ Segment::Segment(Manager& m, uint64_t id, NodeId home, uint64_t size, const Geom
       mapped_(g.mapped),
       block_(g.block),
       nblocks_(g.nblocks),
-      cache_(id, nblocks_, m.self(), home) {
+      cache_(id, nblocks_, m.self(), home, readahead_blocks()) {
   chunk_ = m.transport()->caps().pins_memory ? std::max(kPinChunk, block_) : mapped_;
   chunks_.resize((mapped_ + chunk_ - 1) / chunk_);
   if (home == m.self()) dir_ = std::make_unique<HomeDirectory>(id, nblocks_, home, m.quantum_us());
@@ -239,7 +239,9 @@ void Segment::on_msg(const Msg& m) {
     arm_timer();
     return;
   }
+  uint64_t before = cache_.prefetched();
   cache_.on_message(m, now, out, local);
+  m_.stats().prefetched += cache_.prefetched() - before;
   run(out, local);
 }
 
@@ -282,7 +284,7 @@ void Segment::reset_copies() {
   for (uint32_t b = 0; b < nblocks_; ++b)
     if (in_view(b)) drop_view(b);
   std::fill(flags_.begin(), flags_.end(), uint8_t{0});
-  cache_ = NodeCache(id_, nblocks_, m_.self(), home_);
+  cache_ = NodeCache(id_, nblocks_, m_.self(), home_, readahead_blocks());
   m_.awaiting_ -= awaiting_.size();
   awaiting_.clear();
   std::vector<uint32_t> blocks;
@@ -295,19 +297,51 @@ void Segment::reset_copies() {
 // one-sided write, then sends the grant naming the requester itself, which installs in place. The transport
 // delivers the write before the grant (same peer, issue order), so the requester saves a round trip. Until the
 // requester's frames descriptor is known (asked once, in the background), the grant goes out as is.
+//
+// A Fetch the directory sends the home itself with txn 0 downgrades the home's writable copy for a read-ahead grant
+// that follows it in `out`: it is carried out here, at once (its block has no transaction, so nothing queued for the
+// local cache concerns it), so the frame holds the data before the push copies it. A grant of a run of blocks is
+// pushed with one write per frames chunk it spans.
 void Segment::send_dir(std::vector<Msg>& out) {
   std::vector<Msg> rest;
   rest.reserve(out.size());
-  for (Msg& g : out)
-    if (g.type != MsgType::kGrant || g.node != m_.self() || g.to == m_.self() || !push(g)) rest.push_back(g);
+  for (Msg& g : out) {
+    if (g.type == MsgType::kFetch && g.to == m_.self() && g.txn == 0) {
+      std::vector<Msg> o;
+      std::vector<LocalAction> l;
+      cache_.on_message(g, Manager::now_us(), o, l);
+      run(o, l);
+      continue;
+    }
+    if (g.type != MsgType::kGrant || g.node != m_.self() || g.to == m_.self()) {
+      rest.push_back(g);
+      continue;
+    }
+    // Split at chunk boundaries (blocks never straddle one).
+    uint32_t b = g.block, end = g.block + g.count;
+    while (b < end) {
+      uint32_t per_chunk = static_cast<uint32_t>(std::max<uint64_t>(1, chunk_ / block_));
+      uint32_t stop = std::min(end, (b / per_chunk + 1) * per_chunk);
+      Msg part = g;
+      part.block = b;
+      part.count = static_cast<uint16_t>(stop - b);
+      if (!push(part)) rest.push_back(part);
+      b = stop;
+    }
+  }
   out.clear();
   m_.send(rest);
+}
+
+uint32_t Segment::readahead_blocks() const {
+  return static_cast<uint32_t>(std::clamp<uint64_t>(kReadAheadBytes / block_, 1, Msg::kMaxCount));
 }
 
 // The grant travels as write_notify's message: the transport delivers it after the block landed (RDMA
 // WRITE_WITH_IMM). Refused for lack of resources: the grant goes out unpushed, behind what is queued already.
 bool Segment::push(Msg& g) {
-  uint64_t off = block_off(g.block), len = block_len(g.block), coff = 0;
+  uint64_t off = block_off(g.block), len = block_off(g.block + g.count - 1) + block_len(g.block + g.count - 1) - off;
+  uint64_t coff = 0;
   const transport::RemoteKey* k = m_.cached_region(id_, g.to, off, len, coff);
   if (!k) {
     m_.region_of(id_, g.to, off, [](Status, const transport::RemoteKey&, uint64_t) {});
@@ -322,7 +356,7 @@ bool Segment::push(Msg& g) {
   uint64_t src_off = off - off / chunk_ * chunk_;
   Status s = m_.transport()->write_notify(**local, src_off, *k, off - coff, len, kOpMsg, e.take(), [](Status) {});
   if (!s) return false;
-  ++m_.stats().pushes;
+  m_.stats().pushes += g.count;
   ++m_.stats().messages_out;
   return true;
 }
@@ -719,6 +753,7 @@ std::string Manager::status_text() const {
   for (const auto& [id, s] : segs_) os << s->status_line();
   os << "pages fetched " << stats_.remote_fetches << "\n";
   os << "pages pushed " << stats_.pushes << "\n";
+  os << "pages prefetched " << stats_.prefetched << "\n";
   os << "dsm faults " << stats_.faults << " zero-fills " << stats_.zero_fills << " invalidations "
      << stats_.invalidations << " downgrades " << stats_.downgrades << " messages out " << stats_.messages_out
      << " in " << stats_.messages_in << "\n";

@@ -44,11 +44,14 @@ inline constexpr uint16_t kOpRegion = 121;  // request {segment u64, offset u64}
 static_assert(transport::ops::kDsm.contains(kOpMsg) && transport::ops::kDsm.contains(kOpRegion));
 // Registration unit of the frames when the provider pins memory (a power of two, so blocks never straddle chunks).
 inline constexpr uint64_t kPinChunk = 2u << 20;
+// The largest read-ahead window of a node (NodeCache): a sequential reader gets up to this many bytes per round trip.
+inline constexpr uint64_t kReadAheadBytes = 256u << 10;
 
 struct Stats {
   uint64_t faults = 0;          // uffd fault events handled
   uint64_t remote_fetches = 0;  // blocks copied from another node's frames (pulled by this node)
   uint64_t pushes = 0;          // blocks this home wrote into a requester's frame with its grant
+  uint64_t prefetched = 0;      // blocks this node got through read-ahead (granted before any access asked)
   uint64_t zero_fills = 0;
   uint64_t invalidations = 0;   // local copies dropped
   uint64_t downgrades = 0;
@@ -111,6 +114,7 @@ class Segment {
   uint64_t block_len(uint32_t b) const;
   // Pushes a block the home holds into `g.to`'s frame with the grant as write_notify's message. False: not pushed.
   bool push(Msg& g);
+  uint32_t readahead_blocks() const;  // the read-ahead window cap in blocks (kReadAheadBytes)
 
   Manager& m_;
   uint64_t id_;
