@@ -17,7 +17,8 @@
 #     upgrade with R reader nodes; Jacobi with 3 and 4 processes, native (one node) and dipc (one per node)
 #   If the 2-node cluster cannot start, the native parts (STREAM native, uffd, Jacobi native) run on this host.
 #
-# Knobs: DIPC_SHM_ROUNDS (5), DIPC_SHM_ITERS (500 per round), DIPC_SHM_SWEEPS (100 per round), DIPC_SHM_TOUCH_MIB
+# Knobs: DIPC_SHM_PARTS (a regex of part names to run, e.g. 'tcp4k|readmiss|upgrade1|tcpbulk|seqread'; default all),
+# DIPC_SHM_ROUNDS (5), DIPC_SHM_ITERS (500 per round), DIPC_SHM_SWEEPS (100 per round), DIPC_SHM_TOUCH_MIB
 # (32), DIPC_SHM_STREAM_N (8388608 doubles per array), DIPC_SHM_PASSES (30), DIPC_SHM_JACOBI_N (1024),
 # DIPC_SHM_PART_TIMEOUT (600 s per part), DIPC_BENCH_SPINNERS (busy loops per node), DIPC_BENCH_SCHED (the daemons'
 # [cluster] sched), DIPC_BENCH_OUT (output directory), DIPC_BENCH_CPUS=0 pins every process (as bench/run.sh).
@@ -106,6 +107,7 @@ round=0
 part() {
   local name=$1 rc
   shift
+  if [ -n "${DIPC_SHM_PARTS:-}" ] && ! [[ $name =~ ^(${DIPC_SHM_PARTS})$ ]]; then return 0; fi
   echo "--- $name${round:+ (round $round)}"
   "$@" 2>&1 | sed -u "s/^@/@$round /" | tee -a "$log" | grep -v '^@'
   rc=${PIPESTATUS[0]}

@@ -15,6 +15,7 @@
 //       a process on node2 stores into a page read-shared by R reader processes (node1, node3, ...) and itself:
 //       the time of that store.
 //   shm_bench seqread [--mib M] / tcpbulk [--mib M]   (dipc / raw TCP; 2 nodes)
+//   shm_bench memory [--mib M]   (dipc; 2 nodes): each dipcd's memory with an M MiB segment touched on both nodes
 //       sequential first touch on node2 of M MiB written on node1, and the same bytes by one TCP stream.
 //   shm_bench jacobi  --mode native|dipc [--n N] [--sweeps S] [--nodes node1,node2]
 //       Jacobi relaxation on an N x N grid, two grids in one segment, rows split across the processes, one SysV
@@ -26,6 +27,7 @@
 // A dipc part whose segment id is not a dipc id (bit 30, DIPC_ID_BIT) reports "unavailable" and exits with 3: the
 // preload did not make the segment distributed (without dipc shm the kernel reads IPC_DIPC as SHM_NORESERVE).
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <netinet/in.h>
@@ -41,6 +43,7 @@
 #include <sys/sem.h>
 #include <sys/shm.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -918,6 +921,99 @@ int run_seqread(const Args& args) {
   return rc;
 }
 
+// ---- 2f. memory of a touched segment -----------------------------------------------------------------------------
+// memory: node1 (the home) writes every page of a MIB-MiB segment, a process on node2 reads every page; while both
+// still have it attached, each node's dipcd is measured: VmRSS and RssShmem from /proc/PID/status, and the bytes
+// allocated in its view and frames memfds (st_blocks of /proc/PID/fd/N). The daemons' pids come from the cluster
+// directory (DIPC_SIM_DIR/nodeK.dipcd.pid).
+
+int memory_reader(int shmid, size_t pages) {
+  volatile long* p = static_cast<volatile long*>(attach(shmid));
+  for (size_t i = 0; i < pages; ++i)
+    if (p[i * (kPage / sizeof(long))] != static_cast<long>(i + 1)) {
+      say("error incoherent page " + std::to_string(i));
+      return 1;
+    }
+  say("ready");
+  next_command();  // stays attached until the parent has measured (or gives up)
+  return 0;
+}
+
+struct DaemonMemory {
+  double rss_mib = -1, shmem_mib = -1, view_mib = 0, frames_mib = 0;
+};
+
+DaemonMemory daemon_memory(int node) {
+  DaemonMemory m;
+  FILE* f = fopen((g_dir + "/node" + std::to_string(node) + ".dipcd.pid").c_str(), "r");
+  long pid = 0;
+  if (!f) return m;
+  if (fscanf(f, "%ld", &pid) != 1) pid = 0;
+  fclose(f);
+  if (pid <= 0) return m;
+  std::string proc = "/proc/" + std::to_string(pid);
+  if (FILE* st = fopen((proc + "/status").c_str(), "r")) {
+    char line[256];
+    long kb = 0;
+    while (fgets(line, sizeof line, st)) {
+      if (sscanf(line, "VmRSS: %ld kB", &kb) == 1) m.rss_mib = static_cast<double>(kb) / 1024;
+      if (sscanf(line, "RssShmem: %ld kB", &kb) == 1) m.shmem_mib = static_cast<double>(kb) / 1024;
+    }
+    fclose(st);
+  }
+  if (DIR* d = opendir((proc + "/fd").c_str())) {
+    while (dirent* e = readdir(d)) {
+      std::string fd = proc + "/fd/" + e->d_name;
+      char target[256];
+      ssize_t n = readlink(fd.c_str(), target, sizeof target - 1);
+      if (n <= 0) continue;
+      target[n] = 0;
+      struct stat sb;
+      if (stat(fd.c_str(), &sb) != 0) continue;
+      double mib = static_cast<double>(sb.st_blocks) * 512 / 1048576;
+      if (strstr(target, "dipc-shm-view")) m.view_mib += mib;
+      if (strstr(target, "dipc-shm-frames")) m.frames_mib += mib;
+    }
+    closedir(d);
+  }
+  return m;
+}
+
+int run_memory(const Args& args) {
+  size_t mib = static_cast<size_t>(args.num("--mib", 1024));
+  size_t pages = mib * 1048576 / kPage;
+  if (g_dir.empty()) unavailable("memory", "needs DIPC_SIM_DIR (run bench/run_shm.sh or bench/memory.sh)");
+  int shmid = shmget(IPC_PRIVATE, pages * kPage, dipc_shm_flag() | IPC_CREAT | 0600);
+  if (shmid < 0) unavailable("memory", strerror(errno));
+  if (!dipc_shm_id_ok(shmid)) {
+    shmctl(shmid, IPC_RMID, nullptr);
+    unavailable("memory", "shmget returned a kernel id (no dipc shm in the preload)");
+  }
+  volatile long* p = static_cast<volatile long*>(attach(shmid));
+  for (size_t i = 0; i < pages; ++i) p[i * (kPage / sizeof(long))] = static_cast<long>(i + 1);
+  Child r = spawn(g_peer, true, {"memory-reader", std::to_string(shmid), std::to_string(pages)});
+  int rc = 1;
+  if (wait_ready(r)) {
+    printf("memory of a %zu MiB segment written on node1 and read on %s (MiB):\n", mib, g_peer.c_str());
+    for (int node = 1; node <= 2; ++node) {
+      DaemonMemory m = daemon_memory(node);
+      printf("  node%d dipcd: VmRSS %.1f  RssShmem %.1f  view memfd %.1f  frames memfd %.1f  (view+frames %.2fx "
+             "the segment)\n",
+             node, m.rss_mib, m.shmem_mib, m.view_mib, m.frames_mib,
+             (m.view_mib + m.frames_mib) / static_cast<double>(mib));
+      printf("@memory_node%d_rss_mib %.1f\n@memory_node%d_shmem_mib %.1f\n@memory_node%d_view_mib %.1f\n"
+             "@memory_node%d_frames_mib %.1f\n",
+             node, m.rss_mib, node, m.shmem_mib, node, m.view_mib, node, m.frames_mib);
+    }
+    printf("@memory_touched_mib %zu\n", mib);
+    rc = 0;
+  }
+  shmdt(const_cast<long*>(p));
+  shmctl(shmid, IPC_RMID, nullptr);
+  reap(r);
+  return rc;
+}
+
 int tcp_bulk_sink(int port, size_t bytes) {
   int s = accept_one(port);
   if (s < 0) return 1;
@@ -1099,6 +1195,7 @@ int main(int argc, char** argv) {
   if (cmd == "tcp-echo") return tcp_echo(static_cast<int>(arg(2)));
   if (cmd == "tcp-bulk-sink") return tcp_bulk_sink(static_cast<int>(arg(2)), static_cast<size_t>(arg(3)));
   if (cmd == "seqread-reader") return seqread_reader(static_cast<int>(arg(2)), static_cast<size_t>(arg(3)));
+  if (cmd == "memory-reader") return memory_reader(static_cast<int>(arg(2)), static_cast<size_t>(arg(3)));
   if (cmd == "readmiss-reader")
     return readmiss_reader(static_cast<int>(arg(2)), static_cast<int>(arg(3)), static_cast<size_t>(arg(4)),
                            static_cast<size_t>(arg(5)));
@@ -1120,6 +1217,7 @@ int main(int argc, char** argv) {
   if (cmd == "tcp") return run_tcp(args);
   if (cmd == "tcpbulk") return run_tcpbulk(args);
   if (cmd == "seqread") return run_seqread(args);
+  if (cmd == "memory") return run_memory(args);
   if (cmd == "readmiss") return run_readmiss(args);
   if (cmd == "upgrade") return run_upgrade(args);
   if (cmd == "jacobi") return run_jacobi(args);

@@ -305,12 +305,16 @@ void Segment::reset_copies() {
 void Segment::send_dir(std::vector<Msg>& out) {
   std::vector<Msg> rest;
   rest.reserve(out.size());
-  for (Msg& g : out) {
+  std::vector<Msg> o;
+  std::vector<LocalAction> l;
+  for (size_t i = 0; i < out.size(); ++i) {
+    Msg& g = out[i];
     if (g.type == MsgType::kFetch && g.to == m_.self() && g.txn == 0) {
-      std::vector<Msg> o;
-      std::vector<LocalAction> l;
       cache_.on_message(g, Manager::now_us(), o, l);
-      run(o, l);
+      bool more = i + 1 < out.size() && out[i + 1].type == MsgType::kFetch && out[i + 1].to == m_.self() &&
+                  out[i + 1].txn == 0;
+      if (!more) run(o, l);  // the run of downgrades together (one write-protect and one copy per run)
+      if (!more) o.clear(), l.clear();
       continue;
     }
     if (g.type != MsgType::kGrant || g.node != m_.self() || g.to == m_.self()) {
@@ -363,6 +367,8 @@ bool Segment::push(Msg& g) {
 
 // Local actions first, then the messages (an invalidation has taken effect in every local process before its
 // acknowledgement leaves), then installs whose data was ready at once (zero fill).
+// The read copies of a granted run arrive as Install/Wake pairs of consecutive blocks: they are installed together
+// (one write-protect per attach and one copy into the view for the run), then woken block by block.
 void Segment::run(std::vector<Msg>& out, std::vector<LocalAction>& local) {
   std::vector<uint32_t> ready;
   for (size_t i = 0; i < local.size(); ++i) {
@@ -372,6 +378,30 @@ void Segment::run(std::vector<Msg>& out, std::vector<LocalAction>& local) {
       ++m_.stats().zero_fills;
       ready.push_back(a.block);
       continue;
+    }
+    if (a.kind == LocalAction::kWriteProtect) {
+      size_t j = i;
+      while (j + 1 < local.size() && local[j + 1].kind == LocalAction::kWriteProtect &&
+             local[j + 1].block == local[j].block + 1)
+        ++j;
+      if (j > i) {
+        downgrade_run(a.block, static_cast<uint32_t>(j - i + 1));
+        i = j;
+        continue;
+      }
+    }
+    if (a.kind == LocalAction::kInstall && !a.writable) {
+      size_t j = i;
+      while (j + 2 < local.size() && local[j + 1].kind == LocalAction::kWake &&
+             local[j + 1].block == local[j].block && local[j + 2].kind == LocalAction::kInstall &&
+             !local[j + 2].writable && local[j + 2].block == local[j].block + 1)
+        j += 2;
+      if (j > i) {
+        install_run(a.block, static_cast<uint32_t>((j - i) / 2 + 1));
+        for (size_t k = i; k <= j; k += 2) wake(local[k].block);
+        i = j + (j + 1 < local.size() && local[j + 1].kind == LocalAction::kWake && local[j + 1].block == local[j].block);
+        continue;
+      }
     }
     apply(a);
   }
@@ -437,6 +467,65 @@ void Segment::apply(const LocalAction& a) {
     }
     case LocalAction::kLeft:
       return;
+  }
+}
+
+void Segment::install_run(uint32_t first, uint32_t n) {
+  for (uint32_t b = first; b < first + n; ++b)
+    if (awaiting_.erase(b) && --m_.awaiting_ == 0) m_.loop().stop_polling();
+  // Protection first, then the data, as for one block.
+  bool all_protected = true;
+  for (uint32_t b = first; b < first + n; ++b) {
+    all_protected = all_protected && (flags_[b] & kProtected);
+    flags_[b] |= kProtected;
+  }
+  uint64_t off = block_off(first), len = block_off(first + n - 1) + block_len(first + n - 1) - off;
+  if (!all_protected) {
+    for (auto& [aid, a] : attaches_) {
+      if (a.rdonly) continue;
+      uffdio_writeprotect w{{a.addr + off, len}, UFFDIO_WRITEPROTECT_MODE_WP};
+      if (ioctl(a.fd, UFFDIO_WRITEPROTECT, &w) != 0 && errno != ENOENT)
+        DIPC_LOG_WARN("dsm: write-protect blocks {}..{}: {}", first, first + n - 1, strerror(errno));
+    }
+  }
+  for (uint32_t b = first; b < first + n;) {
+    if (in_view(b)) {
+      ++b;
+      continue;
+    }
+    uint32_t e = b;
+    while (e < first + n && !in_view(e)) ++e;
+    uint64_t o = block_off(b), l = block_off(e - 1) + block_len(e - 1) - o;
+    ssize_t w = pwrite(view_fd_.get(), frames_ + o, l, static_cast<off_t>(o));
+    if (w != static_cast<ssize_t>(l)) DIPC_LOG_ERROR("dsm: fill blocks {}..{}: {}", b, e - 1, strerror(errno));
+    for (uint32_t x = b; x < e; ++x) flags_[x] |= kInView;
+    b = e;
+  }
+}
+
+void Segment::downgrade_run(uint32_t first, uint32_t n) {
+  m_.stats().downgrades += n;
+  uint64_t off = block_off(first), len = block_off(first + n - 1) + block_len(first + n - 1) - off;
+  for (auto& [aid, a] : attaches_) {
+    if (a.rdonly) continue;
+    uffdio_writeprotect w{{a.addr + off, len}, UFFDIO_WRITEPROTECT_MODE_WP};
+    if (ioctl(a.fd, UFFDIO_WRITEPROTECT, &w) != 0 && errno != ENOENT)
+      DIPC_LOG_WARN("dsm: write-protect blocks {}..{}: {}", first, first + n - 1, strerror(errno));
+  }
+  for (uint32_t b = first; b < first + n; ++b) flags_[b] |= kProtected;
+  // Then V -> F for the dirty blocks, one copy per run of them.
+  for (uint32_t b = first; b < first + n;) {
+    if (!(flags_[b] & kDirty)) {
+      ++b;
+      continue;
+    }
+    uint32_t e = b;
+    while (e < first + n && (flags_[e] & kDirty)) ++e;
+    uint64_t o = block_off(b), l = block_off(e - 1) + block_len(e - 1) - o;
+    ssize_t r = pread(view_fd_.get(), frames_ + o, l, static_cast<off_t>(o));
+    if (r != static_cast<ssize_t>(l)) DIPC_LOG_ERROR("dsm: save blocks {}..{}: {}", b, e - 1, strerror(errno));
+    for (uint32_t x = b; x < e; ++x) flags_[x] &= static_cast<uint8_t>(~kDirty);
+    b = e;
   }
 }
 

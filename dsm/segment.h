@@ -106,6 +106,8 @@ class Segment {
   void write_protect_all(uint32_t block, bool wp);
   void save_view(uint32_t block);  // V -> F for a block present in V
   void fill_view(uint32_t block);  // F -> V
+  void install_run(uint32_t first, uint32_t n);  // kInstall read-only of blocks first..first+n-1, together
+  void downgrade_run(uint32_t first, uint32_t n);  // kWriteProtect of blocks first..first+n-1, together
   void drop_view(uint32_t block);  // punch V: unmaps from every local process
   void wake(uint32_t block);
   void arm_timer();
