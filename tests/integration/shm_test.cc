@@ -127,6 +127,29 @@ TEST_F(Shm, MessagePassingLitmusWriterOnOneNodeReaderOnAnother) {
   EXPECT_EQ(fields(out, "r"), (std::vector<std::string>{rounds, rounds}));
 }
 
+TEST_F(Shm, ReadAheadCopiesAreCoherentAndInvalidatedLikeAnyOther) {
+  // node2 reads pages 0..31 in order: its read-ahead windows grow to 32 pages, so pages 32..62 arrive as copies no
+  // access asked for. node1 then writes them: those copies must be invalidated, and node2 reads the new values.
+  const std::string k = key(17);
+  constexpr int kPages = 64;
+  std::string id = create(1, k, kPages * kPage);
+  std::vector<std::string> w1{"at:" + id}, r2{"at:" + id}, w3{"at:" + id}, r4{"at:" + id};
+  for (int i = 0; i < kPages; ++i) w1.push_back("w:" + std::to_string(i * kPage) + ":" + std::to_string(i + 1));
+  for (int i = 0; i < 32; ++i) r2.push_back("r:" + std::to_string(i * kPage));
+  for (int i = 32; i < 63; ++i) w3.push_back("w:" + std::to_string(i * kPage) + ":" + std::to_string(1000 + i));
+  for (int i = 0; i < kPages; ++i) r4.push_back("r:" + std::to_string(i * kPage));
+  tool(1, w1);
+  std::vector<std::string> got = fields(tool(2, r2), "r");
+  ASSERT_EQ(got.size(), 32u);
+  for (int i = 0; i < 32; ++i) EXPECT_EQ(got[static_cast<size_t>(i)], std::to_string(i + 1)) << "page " << i;
+  tool(1, w3);
+  got = fields(tool(2, r4), "r");
+  ASSERT_EQ(got.size(), static_cast<size_t>(kPages));
+  for (int i = 0; i < kPages; ++i)
+    EXPECT_EQ(got[static_cast<size_t>(i)], std::to_string(i >= 32 && i < 63 ? 1000 + i : i + 1)) << "page " << i;
+  tool(1, {"rm:" + id});
+}
+
 TEST_F(Shm, AtomicFetchAddFromTwoProcessesOnEachOfThreeNodesSumsExactly) {
   const std::string k = key(2);
   constexpr int kIters = 20000, kProcs = 6;
