@@ -968,9 +968,30 @@ class TcpTransport final : public Transport {
       case FrameKind::kRma:
         return serve(l, p, h, body);
       case FrameKind::kRmaReply:
+        if (hold_replies_) return held_.push_back(HeldReply{l.id, h, Bytes(body.begin(), body.end())});
         return on_rma_reply(l, p, h, body);
     }
   }
+
+ public:
+  // tcp_test_hold_rma_replies(): parks kRmaReply frames while on; the parked ones are applied from the loop.
+  void hold_rma_replies(bool on) {
+    hold_replies_ = on;
+    if (on || held_.empty()) return;
+    std::weak_ptr<int> alive = alive_;
+    loop_.defer([this, alive] {
+      if (alive.expired()) return;
+      std::deque<HeldReply> q;
+      q.swap(held_);
+      for (HeldReply& r : q) {
+        auto it = links_.find(r.link);
+        if (it == links_.end() || it->second->state != LinkState::kUp) continue;
+        on_rma_reply(*it->second, peers_.at(it->second->peer), r.h, r.body);
+      }
+    });
+  }
+
+ private:
 
   void serve(Link& l, Peer& p, const FrameHeader& h, ByteView body) {
     RmaReq r;
@@ -1032,9 +1053,22 @@ class TcpTransport final : public Transport {
   std::vector<std::unique_ptr<Link>> dead_;
   std::unordered_map<NodeId, Peer> peers_;
   std::unordered_map<uint32_t, LocalRegion> regions_;
+  struct HeldReply {
+    uint64_t link;
+    FrameHeader h;
+    Bytes body;
+  };
+  bool hold_replies_ = false;  // test hook: kRmaReply frames are parked in held_
+  std::deque<HeldReply> held_;
 };
 
 }  // namespace
+
+bool tcp_test_hold_rma_replies(Transport& t, bool on) {
+  auto* tcp = dynamic_cast<TcpTransport*>(&t);
+  if (tcp) tcp->hold_rma_replies(on);
+  return tcp != nullptr;
+}
 
 Status parse_tcp_options(const Config& cfg, TcpOptions& o, std::string* error) {
   SectionReader r(cfg, "tcp");
