@@ -25,6 +25,7 @@
 #include "common/log.h"
 #include "common/unique_fd.h"
 #include "transport/conn.h"
+#include "transport/pending.h"
 #include "transport/tcp/tcp_wire.h"
 
 namespace dipc::transport {
@@ -115,9 +116,7 @@ struct Peer {
   conn::Backoff backoff{0, 0};
   std::string last_error;  // last failure logged, so a repeated one is logged once
   bool flush_deferred = false;  // a flush is scheduled for the end of the loop iteration
-  std::deque<PendingFn> waiting;  // pending_add(): retries waiting for queue space, FIFO
-  bool retrying = false;          // waiting.front() is running: admit() lets it through
-  bool retry_deferred = false;
+  PendingQueue waiting;  // pending_add(): retries waiting for queue space, FIFO (transport/pending.h)
 };
 
 const char* kind_name(FrameKind k) {
@@ -335,7 +334,7 @@ class TcpTransport final : public Transport {
   Status pending_add(NodeId peer, PendingFn fn) override {
     Peer* p = find(peer);
     if (!p || !fn) return Status::err(EINVAL);
-    p->waiting.push_back(std::move(fn));
+    p->waiting.add(std::move(fn));
     schedule_retry(*p);
     return Status::ok();
   }
@@ -424,31 +423,14 @@ class TcpTransport final : public Transport {
 
   // Runs the peer's pending_add() retries once its queue has room again (or the link is gone: they then fail).
   void schedule_retry(Peer& p) {
-    if (p.waiting.empty() || p.retry_deferred) return;
     if (p.link && p.out_bytes > opt_.max_queued_bytes / 2) return;  // flush() calls again as the queue drains
-    p.retry_deferred = true;
+    if (!p.waiting.want_run()) return;
     NodeId id = p.id;
     std::weak_ptr<int> alive = alive_;
     loop_.defer([this, id, alive] {
       if (alive.expired()) return;
-      Peer* q = find(id);
-      if (!q) return;
-      q->retry_deferred = false;
-      run_retries(*q);
+      if (Peer* q = find(id)) q->waiting.run();
     });
-  }
-  void run_retries(Peer& p) {
-    while (!p.waiting.empty()) {
-      PendingFn fn = std::move(p.waiting.front());
-      p.waiting.pop_front();
-      p.retrying = true;
-      Status s = fn();
-      p.retrying = false;
-      if (s.retryable()) {  // still no room: first in line again
-        p.waiting.push_front(std::move(fn));
-        return;
-      }
-    }
   }
 
   void cancel(EventLoop::TimerId& t) {
@@ -462,7 +444,7 @@ class TcpTransport final : public Transport {
     if (!p) return Status::err(EINVAL);  // unknown node, or ourselves (upper layers short-circuit local work)
     if (!running_) return Status::err(ECONNRESET);
     if (bytes > kMaxPayload) return Status::err(EMSGSIZE);
-    if (!p->waiting.empty() && !p->retrying) return Status::err(kNoResources);  // keep issue order behind retries
+    if (p->waiting.blocks_new()) return Status::err(kNoResources);  // keep issue order behind retries
     if (p->out_bytes + bytes > opt_.max_queued_bytes) return Status::err(kNoResources);
     return Status::ok();
   }

@@ -27,6 +27,7 @@
 #include "common/frame.h"
 #include "common/log.h"
 #include "transport/conn.h"
+#include "transport/pending.h"
 #include "transport/verbs/verbs_wire.h"
 
 namespace dipc::transport {
@@ -217,8 +218,7 @@ struct Peer {
   std::optional<conn::Backoff> backoff;
   uint64_t incarnation = 0;  // of the peer's transport, learnt at the handshake: its keys carry it
   std::string last_error;
-  std::deque<PendingFn> waiting;  // pending_add(): retries waiting for queue space, FIFO
-  bool retrying = false, retry_deferred = false;
+  PendingQueue waiting;  // pending_add(): retries waiting for queue space, FIFO (transport/pending.h)
 };
 
 struct Region {
@@ -423,7 +423,7 @@ class VerbsTransport final : public Transport {
   Status pending_add(NodeId peer, PendingFn fn) override {
     Peer* p = find(peer);
     if (!p || !fn) return Status::err(EINVAL);
-    p->waiting.push_back(std::move(fn));
+    p->waiting.add(std::move(fn));
     schedule_retry(*p);
     return Status::ok();
   }
@@ -538,34 +538,20 @@ class VerbsTransport final : public Transport {
     if (!p) return Status::err(EINVAL);
     if (!running_) return Status::err(ECONNRESET);
     if (bytes > kMaxPayload) return Status::err(EMSGSIZE);
-    if (!p->waiting.empty() && !p->retrying) return Status::err(kNoResources);  // keep issue order behind retries
+    if (p->waiting.blocks_new()) return Status::err(kNoResources);  // keep issue order behind retries
     if (p->out_bytes + bytes > opt_.max_queued_bytes) return Status::err(kNoResources);
     return Status::ok();
   }
 
   // Runs the peer's pending_add() retries once its queue has room again (or the link is gone: they then fail).
   void schedule_retry(Peer& p) {
-    if (p.waiting.empty() || p.retry_deferred) return;
     if (p.link && p.out_bytes > opt_.max_queued_bytes / 2) return;  // pump() calls again as the queue drains
-    p.retry_deferred = true;
+    if (!p.waiting.want_run()) return;
     NodeId id = p.id;
     std::weak_ptr<int> alive = alive_;
     loop_.defer([this, id, alive] {
       if (alive.expired()) return;
-      Peer* q = find(id);
-      if (!q) return;
-      q->retry_deferred = false;
-      while (!q->waiting.empty()) {
-        PendingFn fn = std::move(q->waiting.front());
-        q->waiting.pop_front();
-        q->retrying = true;
-        Status st = fn();
-        q->retrying = false;
-        if (st.retryable()) {  // still no room: first in line again
-          q->waiting.push_front(std::move(fn));
-          return;
-        }
-      }
+      if (Peer* q = find(id)) q->waiting.run();
     });
   }
 
