@@ -274,7 +274,7 @@ class LoopbackTransport final : public Transport {
     std::deque<Op> q;
     std::map<uint64_t, ReplyCb> requests;         // by request id
     std::unordered_map<uint64_t, uint64_t> open;  // our reply tokens -> the peer's request id
-    PendingQueue waiting;  // pending_add(): retries, FIFO (transport/pending.h)
+    PendingQueue waiting;                         // pending_add(): retries, FIFO (transport/pending.h)
     bool pump_deferred = false;
     EventLoop::TimerId pump_timer = 0, connect_timer = 0;
   };

@@ -116,7 +116,7 @@ struct Peer {
   conn::Backoff backoff{0, 0};
   std::string last_error;  // last failure logged, so a repeated one is logged once
   bool flush_deferred = false;  // a flush is scheduled for the end of the loop iteration
-  PendingQueue waiting;  // pending_add(): retries waiting for queue space, FIFO (transport/pending.h)
+  PendingQueue waiting;         // pending_add(): retries waiting for queue space, FIFO (transport/pending.h)
 };
 
 const char* kind_name(FrameKind k) {
@@ -974,7 +974,6 @@ class TcpTransport final : public Transport {
   }
 
  private:
-
   void serve(Link& l, Peer& p, const FrameHeader& h, ByteView body) {
     RmaReq r;
     if (!decode_rma(h.op, body, r)) return close_link(l, fmt::format("malformed rma request (op {})", h.op), true);
