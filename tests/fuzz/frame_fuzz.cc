@@ -84,7 +84,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const dipc::ClusterKey key = dipc::ClusterKey::from_secret(dipc::ByteView(
       reinterpret_cast<const uint8_t*>("fuzzing secret, 32 bytes long.."), 31));
   for (auto role : {conn::Handshake::Role::kAcceptor, conn::Handshake::Role::kDialer}) {
-    conn::Handshake hs(key, 2, role, 1, [](conn::NodeId n) { return n >= 1 && n <= 3 && n != 2; });
+    conn::Handshake hs(key, 2, role, 1, [](conn::NodeId n) { return n >= 1 && n <= 3 && n != 2; },
+                       dipc::LinkSecurity::kMac);
     if (role == conn::Handshake::Role::kDialer) (void)hs.start();
     for (size_t off = 0; off + 2 <= size;) {
       uint16_t op = data[off] % 6;
