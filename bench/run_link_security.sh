@@ -10,11 +10,12 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 build=$(cd "${1:-$top/build}" && pwd)
 reps=${2:-10}
 out=$(mktemp /tmp/dipc-linksec.XXXXXX.json)
-trap 'rm -f "$out"' EXIT
+trap 'rm -f "$out" "$out.log"' EXIT
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
-"$build/bench/transport_bench" --benchmark_filter='^BM_(Request/tcp[a-z_]*/64|WriteNotify/tcp[a-z_]*/4096)$' \
+"$build/bin/transport_bench" --benchmark_filter='^BM_(Request/tcp[a-z_]*/64|WriteNotify/tcp[a-z_]*/4096)/' \
   --benchmark_repetitions="$reps" --benchmark_enable_random_interleaving=true --benchmark_min_time=0.2 \
-  --benchmark_report_aggregates_only=false --benchmark_out="$out" --benchmark_out_format=json >/dev/null
+  --benchmark_report_aggregates_only=false --benchmark_out="$out" --benchmark_out_format=json >/dev/null 2>"$out.log" ||
+  { tail -n 20 "$out.log"; exit 1; }
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 python3 - "$out" "$load_start" "$load_end" <<'PY'
 import json, statistics, sys
@@ -26,9 +27,9 @@ for b in runs:
 print(f"load average: start {sys.argv[2]}, end {sys.argv[3]}; {len(next(iter(p50.values())))} repetitions")
 print(f"{'benchmark':28s} {'setting':8s} {'p50 (median)':>13s} {'ratio to none':>14s} {'spread':>13s}")
 for op, arg in (("BM_Request", 64), ("BM_WriteNotify", 4096)):
-    base = p50[f"{op}/tcp_none/{arg}"]
+    base = p50[f"{op}/tcp_none/{arg}/real_time"]
     for setting, prov in (("none", "tcp_none"), ("mac", "tcp"), ("encrypt", "tcp_encrypt")):
-        cur = p50[f"{op}/{prov}/{arg}"]
+        cur = p50[f"{op}/{prov}/{arg}/real_time"]
         ratios = [cur[r] / base[r] for r in cur if r in base and base[r] > 0]
         print(f"{op + '/' + str(arg):28s} {setting:8s} {statistics.median(cur.values()):11.2f}us "
               f"{statistics.median(ratios):13.3f}x {min(ratios):6.3f}..{max(ratios):.3f}")
