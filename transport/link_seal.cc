@@ -6,6 +6,13 @@
 
 namespace dipc::transport {
 
+namespace {
+// libsodium's AEAD wants non-null message pointers even for 0 bytes (an empty vector's data() may be null).
+uint8_t g_empty[1];
+uint8_t* or_empty(uint8_t* p) { return p ? p : g_empty; }
+const uint8_t* or_empty(const uint8_t* p) { return p ? p : g_empty; }
+}  // namespace
+
 FrameSeal::FrameSeal(LinkSecurity mode, const SessionKey& key) : mode_(mode), key_(key) {
   static_assert(crypto_aead_chacha20poly1305_ietf_NPUBBYTES == 12);
   static_assert(crypto_aead_chacha20poly1305_ietf_ABYTES == kSealTagSize);
@@ -57,8 +64,8 @@ void FrameSeal::seal(const uint8_t* header, std::span<const ByteView> parts, Byt
       cipher->resize(len);
       uint8_t n[12];
       nonce(n);
-      crypto_aead_chacha20poly1305_ietf_encrypt_detached(cipher->data(), tag, nullptr, m, len, header,
-                                                         kFrameHeaderSize, nullptr, n, key_.data());
+      crypto_aead_chacha20poly1305_ietf_encrypt_detached(or_empty(cipher->data()), tag, nullptr, or_empty(m), len,
+                                                         header, kFrameHeaderSize, nullptr, n, key_.data());
       break;
     }
   }
@@ -76,8 +83,9 @@ bool FrameSeal::open(const uint8_t* header, std::span<uint8_t> payload, const ui
   } else if (mode_ == LinkSecurity::kEncrypt) {
     uint8_t n[12];
     nonce(n);
-    ok = crypto_aead_chacha20poly1305_ietf_decrypt_detached(payload.data(), nullptr, payload.data(), payload.size(),
-                                                            tag, header, kFrameHeaderSize, n, key_.data()) == 0;
+    uint8_t* p = or_empty(payload.data());
+    ok = crypto_aead_chacha20poly1305_ietf_decrypt_detached(p, nullptr, p, payload.size(), tag, header,
+                                                            kFrameHeaderSize, n, key_.data()) == 0;
   }
   if (!ok) {
     failed_ = true;
