@@ -300,6 +300,37 @@ TEST_P(LinkTamper, AnInjectedFrameIsRefused) {
   expect_recovers(conns);
 }
 
+// Nodes with different settings never link (so "none" on one node cannot strip "mac" from the others); both log
+// the two settings.
+TEST(LinkSecurityMismatch, NodesWithDifferentSettingsNeverLink) {
+  uint16_t p1 = free_port(), p2 = free_port();
+  Config cfg[2];
+  EventLoop loop[2];
+  Node n[2];
+  ClusterKey key = ClusterKey::from_secret(text("a cluster secret for the relay test"));
+  Relay relay(p2);  // only to count node 1's attempts
+  cfg[0].nodes = {{1, "n1", "127.0.0.1", p1}, {2, "n2", "127.0.0.1", relay.port()}};
+  cfg[1].nodes = {{1, "n1", "127.0.0.1", p1}, {2, "n2", "127.0.0.1", p2}};
+  cfg[0].link_security = LinkSecurity::kNone;
+  cfg[1].link_security = LinkSecurity::kMac;
+  for (int i = 0; i < 2; ++i) {
+    cfg[i].self = static_cast<uint16_t>(i + 1);
+    TcpOptions o;
+    o.reconnect_min_ms = 20;
+    n[i].tr = make_tcp_transport(cfg[i], loop[i], key, o);
+    ASSERT_TRUE(n[i].tr->set_handler(ops::kTest, &n[i]));
+    ASSERT_TRUE(n[i].tr->start());
+  }
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (relay.connections() < 3 && std::chrono::steady_clock::now() < deadline) {  // two refusals, a third try
+    for (auto& l : loop) l.run_once(1);
+    relay.step();
+    ASSERT_FALSE(n[0].up || n[1].up) << "nodes with different link_security linked";
+  }
+  EXPECT_GE(relay.connections(), 3) << "node 1 stopped retrying";
+  for (auto& x : n) x.tr->stop();
+}
+
 INSTANTIATE_TEST_SUITE_P(LinkSecurity, LinkTamper,
                          ::testing::Values(LinkSecurity::kMac, LinkSecurity::kEncrypt, LinkSecurity::kNone),
                          [](const auto& p) { return std::string(link_security_name(p.param)); });
