@@ -12,13 +12,27 @@ namespace dipc::daemon {
 
 Result<std::unique_ptr<transport::Transport>> make_transport(const Config& cfg, EventLoop& loop,
                                                              const ClusterKey& key, std::string* error) {
-  if (cfg.transport == "verbs" ||
-      (cfg.transport == "auto" && cfg.nodes.size() > 1 && transport::verbs_usable(cfg.me().address))) {
+  // link_security (README "Security"): verbs applies no per-frame seal (one-sided RDMA cannot carry one), so
+  // "encrypt" needs tcp and "auto" then picks it; "mac" on verbs authenticates each connection at its handshake only.
+  bool encrypt = cfg.link_security == LinkSecurity::kEncrypt;
+  if (cfg.transport == "verbs" && encrypt) {
+    if (error)
+      *error = "link_security = \"encrypt\" needs transport = \"tcp\": verbs moves memory by one-sided RDMA, "
+               "which cannot be encrypted or carry a MAC (see README, Security)";
+    return Status::err(EINVAL);
+  }
+  if (cfg.transport == "auto" && encrypt && cfg.nodes.size() > 1)
+    DIPC_LOG_INFO("transport auto: link_security \"encrypt\" needs tcp; not considering verbs");
+  if (cfg.transport == "verbs" || (cfg.transport == "auto" && !encrypt && cfg.nodes.size() > 1 &&
+                                   transport::verbs_usable(cfg.me().address))) {
     transport::VerbsOptions vopt;
     if (Status s = transport::parse_verbs_options(cfg, vopt, error); !s) return s;
     auto t = transport::make_verbs_transport(cfg, loop, key, vopt);
     if (t || cfg.transport == "verbs") {
       if (!t && error) *error = "no usable RDMA device with an active port behind " + cfg.me().address;
+      if (t && cfg.link_security == LinkSecurity::kMac)
+        DIPC_LOG_WARN("transport verbs: link_security \"mac\" authenticates each connection at its handshake; "
+                      "frames after it carry no MAC on verbs (see README, Security): use a fabric you trust");
       return t;
     }
     // "auto": verbs when this node's address has an RDMA device with an active port behind it, else tcp.

@@ -89,11 +89,13 @@ class Env {
 
 class TcpEnv : public Env {
  public:
-  TcpEnv() {
+  // `sec`: [cluster] link_security ("mac", the default; "encrypt" and "none" have instances of their own).
+  explicit TcpEnv(LinkSecurity sec = LinkSecurity::kMac) {
     uint16_t p1 = free_port(), p2 = free_port();
     for (int i = 0; i < 2; ++i) {
       cfg_[i].nodes = {{1, "n1", "127.0.0.1", p1}, {2, "n2", "127.0.0.1", p2}};
       cfg_[i].self = static_cast<uint16_t>(i + 1);
+      cfg_[i].link_security = sec;
     }
   }
   std::unique_ptr<Transport> make(NodeId self) override {
@@ -599,6 +601,8 @@ void PrintTo(const Param& p, std::ostream* os) { *os << p.name; }
 #ifndef DIPC_TRANSPORT_TEST_VERBS
 const Param kProviders[] = {
     {"tcp", [] { return std::unique_ptr<Env>(new TcpEnv()); }},
+    {"tcp_encrypt", [] { return std::unique_ptr<Env>(new TcpEnv(LinkSecurity::kEncrypt)); }},
+    {"tcp_none", [] { return std::unique_ptr<Env>(new TcpEnv(LinkSecurity::kNone)); }},
     {"loopback", [] { return std::unique_ptr<Env>(new LoopbackEnv()); }},
 };
 #else

@@ -6,10 +6,12 @@
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sodium.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -25,6 +27,7 @@
 #include "common/log.h"
 #include "common/unique_fd.h"
 #include "transport/conn.h"
+#include "transport/link_seal.h"
 #include "transport/pending.h"
 #include "transport/tcp/tcp_wire.h"
 
@@ -36,10 +39,12 @@ using namespace tcp;
 
 constexpr size_t kReadChunk = 64u << 10;  // recv() size when no large frame is pending
 constexpr size_t kIovMax = 64;            // iovecs per sendmsg()
+constexpr size_t kMsgParts = 4;           // iovecs of one OutMsg: head, body, ext, tag
 
 enum class LinkState : uint8_t { kConnecting, kHandshake, kUp, kClosed };
 
-// One frame waiting to be written: header (+ fixed fields), an owned payload and a borrowed one.
+// One frame waiting to be written: header (+ fixed fields), an owned payload and a borrowed one, and once sealed
+// for the link it leaves on (link_seal.h) its tag.
 struct OutMsg {
   Bytes head;
   Bytes body;
@@ -48,7 +53,10 @@ struct OutMsg {
   uint64_t id = 0;            // request / RMA frame id to fail if it expires unsent (0: none)
   uint32_t region = 0;        // the local region `ext` points into (an RMA write's source; 0: none)
   int64_t deadline = 0;       // queued while the peer is down: fails with EHOSTUNREACH at this time
-  size_t size() const { return head.size() + body.size() + ext.size(); }
+  bool sealed = false;        // its sequence number is taken: it must leave, in order, on the current link
+  uint8_t tag_len = 0;
+  std::array<uint8_t, kSealTagSize> tag{};
+  size_t size() const { return head.size() + body.size() + ext.size() + tag_len; }
 };
 
 // An empty kHello frame on an authenticated link: the link's heartbeat (TcpOptions::heartbeat_ms). Its op is outside
@@ -70,6 +78,7 @@ struct Link {
   LinkState state = LinkState::kConnecting;
   std::string who;  // for logs
   std::unique_ptr<conn::Handshake> hs;  // transport/conn.h: the challenge-response, I/O-free
+  std::unique_ptr<FrameSeal> seal_tx, seal_rx;  // once authenticated: this connection's per-direction frame seals
   FrameReader rx;
   Bytes hs_out;  // handshake frames, written before anything queued for the peer
   size_t hs_off = 0;
@@ -77,6 +86,7 @@ struct Link {
   EventLoop::TimerId hs_timer = 0;
   int64_t last_rx_ms = 0;  // when the link last brought bytes (heartbeat deadline)
   std::string source;      // acceptor, until authenticated: the remote host, counted in handshakes_by_source_
+  size_t rx_seal_overhead() const { return seal_rx ? seal_rx->overhead() : 0; }
   bool stranger = false;   // acceptor, until authenticated: not from a configured node's address
 };
 
@@ -534,6 +544,36 @@ class TcpTransport final : public Transport {
     loop_.modify(l.fd.get(), EPOLLIN | (want ? EPOLLOUT : 0u));
   }
 
+  // Gives a queued frame the link's next sequence number and its tag (link_seal.h), just before its first byte is
+  // written: frames queued while the peer was down are sealed for the link they leave on. Under "mac" a borrowed
+  // payload (an RMA write's source) is copied first, so the bytes sent are the bytes authenticated even if the
+  // region changes before they leave; under "encrypt" the payload becomes its ciphertext.
+  void seal(Link& l, Peer& p, OutMsg& m) {
+    m.sealed = true;
+    size_t extra = l.seal_tx->overhead();
+    if (!extra) return;
+    size_t before = m.size();
+    uint8_t* len = m.head.data() + 20;  // the header's length field (common/frame.h) counts the tag
+    uint32_t n = (uint32_t{len[0]} << 24 | uint32_t{len[1]} << 16 | uint32_t{len[2]} << 8 | len[3]) +
+                 static_cast<uint32_t>(extra);
+    for (int i = 0; i < 4; ++i) len[i] = static_cast<uint8_t>(n >> (24 - 8 * i));
+    if (!m.ext.empty()) {
+      m.body.insert(m.body.end(), m.ext.begin(), m.ext.end());
+      m.ext = {};
+      m.ext_volatile = false;
+    }
+    m.region = 0;
+    ByteView parts[2] = {ByteView(m.head).subspan(kFrameHeaderSize), ByteView(m.body)};
+    Bytes cipher;
+    l.seal_tx->seal(m.head.data(), parts, &cipher, m.tag.data());
+    if (l.seal_tx->mode() == LinkSecurity::kEncrypt) {
+      m.head.resize(kFrameHeaderSize);
+      m.body = std::move(cipher);
+    }
+    m.tag_len = static_cast<uint8_t>(extra);
+    p.out_bytes += m.size() - before;
+  }
+
   // Writes handshake bytes, then (once authenticated) the peer's queue, until done or the socket is full.
   void flush(Link& l) {
     while (l.hs_off < l.hs_out.size()) {
@@ -550,8 +590,9 @@ class TcpTransport final : public Transport {
     while (!p.out.empty()) {
       iovec iov[kIovMax];
       size_t n = 0, skip = p.out_off;
-      for (auto it = p.out.begin(); it != p.out.end() && n + 3 <= kIovMax; ++it) {
-        for (ByteView part : {ByteView(it->head), ByteView(it->body), it->ext}) {
+      for (auto it = p.out.begin(); it != p.out.end() && n + kMsgParts <= kIovMax; ++it) {
+        if (!it->sealed) seal(l, p, *it);
+        for (ByteView part : {ByteView(it->head), ByteView(it->body), it->ext, ByteView(it->tag.data(), it->tag_len)}) {
           if (skip >= part.size()) {
             skip -= part.size();
             continue;
@@ -691,7 +732,7 @@ class TcpTransport final : public Transport {
     l.who = std::move(who);
     l.hs = std::make_unique<conn::Handshake>(
         key_, cfg_.self, dialer ? conn::Handshake::Role::kDialer : conn::Handshake::Role::kAcceptor, peer,
-        [this](NodeId n) { return cfg_.node(n) != nullptr; });
+        [this](NodeId n) { return cfg_.node(n) != nullptr; }, cfg_.link_security);
     uint64_t id = l.id;
     links_.emplace(id, std::move(owned));
     l.hs_timer = loop_.add_timer(opt_.handshake_timeout_ms, [this, id] {
@@ -827,20 +868,50 @@ class TcpTransport final : public Transport {
     for (;;) {
       FrameHeader h;
       ByteView payload;
-      switch (l.rx.next(l.state == LinkState::kUp ? kMaxPayload : conn::kMaxHelloPayload, h, payload)) {
+      size_t max = l.state == LinkState::kUp ? kMaxPayload + l.rx_seal_overhead() : conn::kMaxHelloPayload;
+      switch (l.rx.next(static_cast<uint32_t>(max), h, payload)) {
         case FrameReader::Next::kMore:
           return true;
         case FrameReader::Next::kError:
           close_link(l, l.rx.error(), true);
           return false;
         case FrameReader::Next::kFrame:
-          if (l.state == LinkState::kUp)
+          if (l.state == LinkState::kUp) {
+            if (!unseal(l, h, payload)) return false;
             on_frame(l, h, payload);
-          else
+          } else {
             on_hello(l, h, payload);
+          }
           if (l.state == LinkState::kClosed) return false;
       }
     }
+  }
+
+  // Checks (and under "encrypt" decrypts in place) a frame received on an authenticated link and strips its tag.
+  // False: the link is closed: a frame that is not the next one the peer sealed means someone on the path forged,
+  // altered, replayed, dropped or reordered bytes; nothing of it reaches a handler.
+  bool unseal(Link& l, FrameHeader& h, ByteView& payload) {
+    size_t extra = l.seal_rx->overhead();
+    if (!extra) return true;
+    if (payload.size() < extra) {
+      close_link(l, "frame shorter than its authentication tag", true);
+      return false;
+    }
+    uint8_t hdr[kFrameHeaderSize];
+    encode_frame_header(h, hdr);  // the received header (the decoding is lossless), as the tag covers it
+    size_t n = payload.size() - extra;
+    // The payload views the reassembly buffer, which this connection owns: decrypted where it lies.
+    std::span<uint8_t> body(const_cast<uint8_t*>(payload.data()), n);
+    if (!l.seal_rx->open(hdr, body, payload.data() + n)) {
+      close_link(l, fmt::format("frame {} ({} op {}) failed authentication under link_security \"{}\": forged, "
+                                "altered, replayed or reordered on the path; dropping the connection",
+                                l.seal_rx->seq(), kind_name(h.kind), h.op, link_security_name(l.seal_rx->mode())),
+                 true);
+      return false;
+    }
+    h.length = static_cast<uint32_t>(n);
+    payload = ByteView(body.data(), n);
+    return true;
   }
 
   void on_hello(Link& l, const FrameHeader& h, ByteView body) {
@@ -848,7 +919,12 @@ class TcpTransport final : public Transport {
       return close_link(l, fmt::format("{} frame before authentication", kind_name(h.kind)), true);
     std::vector<conn::HelloMsg> out;
     conn::Handshake::Result r = l.hs->on_message(h.op, body, out);
-    if (r == conn::Handshake::Result::kFailed) return close_link(l, l.hs->error(), true);
+    if (r == conn::Handshake::Result::kFailed) {
+      // An answer that tells the peer why (our server hello, naming our link_security) leaves first if it can.
+      for (const auto& m : out) append_frame(l.hs_out, FrameHeader{FrameKind::kHello, m.op, 0, 0, 0}, m.payload);
+      if (!out.empty()) flush(l);
+      return close_link(l, l.hs->error(), true);
+    }
     if (!l.dialer && !l.peer && l.hs->peer()) {
       l.peer = l.hs->peer();
       l.who = fmt::format("node {} from {}", l.peer, l.who);
@@ -863,6 +939,10 @@ class TcpTransport final : public Transport {
     if (p.link) close_link(*p.link, "replaced by a new authenticated connection (peer restarted?)", true);
     if (l.state == LinkState::kClosed || !running_) return;
     if (!l.dialer) handshake_done(l);
+    conn::LinkKeys keys = l.hs->keys();
+    l.seal_tx = std::make_unique<FrameSeal>(cfg_.link_security, keys.tx);
+    l.seal_rx = std::make_unique<FrameSeal>(cfg_.link_security, keys.rx);
+    sodium_memzero(&keys, sizeof keys);
     l.state = LinkState::kUp;
     l.last_rx_ms = EventLoop::now_ms();
     cancel(l.hs_timer);

@@ -1007,7 +1007,8 @@ class VerbsTransport final : public Transport {
         return;
       case RDMA_CM_EVENT_ROUTE_RESOLVED: {
         if (Status s = setup_qp(l); !s) return close_link(l, fmt::format("queue pair set-up: {}", s.str()), true);
-        l.hs = std::make_unique<conn::Handshake>(key_, cfg_.self, conn::Handshake::Role::kDialer, l.peer, known());
+        l.hs = std::make_unique<conn::Handshake>(key_, cfg_.self, conn::Handshake::Role::kDialer, l.peer, known(),
+                                                cfg_.link_security);
         conn::HelloMsg hello = l.hs->start();
         Bytes pd = encode_conn(incarnation_, hello.payload);
         rdma_conn_param cp = conn_param(pd);
@@ -1044,7 +1045,8 @@ class VerbsTransport final : public Transport {
     ByteView hello;
     if (!decode_conn(pdata, inc, hello)) return reject("malformed hello (not a dipc peer)");
     if (unauthenticated_ >= opt_.max_unauthenticated) return reject("too many handshakes in progress");
-    auto hs = std::make_unique<conn::Handshake>(key_, cfg_.self, conn::Handshake::Role::kAcceptor, 0, known());
+    auto hs = std::make_unique<conn::Handshake>(key_, cfg_.self, conn::Handshake::Role::kAcceptor, 0, known(),
+                                                 cfg_.link_security);
     std::vector<conn::HelloMsg> out;
     if (hs->on_message(conn::kClientHello, hello, out) == conn::Handshake::Result::kFailed || out.size() != 1)
       return reject(hs->error());
