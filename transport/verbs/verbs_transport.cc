@@ -385,6 +385,14 @@ class VerbsTransport final : public Transport {
     std::string s = fmt::format("verbs {} port {}", i.device, i.port);
     if (i.gid_index >= 0) s += fmt::format(" gid {} mtu {}", i.gid_index, i.mtu);
     if (i.numa_node >= 0) s += fmt::format(" numa {}", i.numa_node);
+    // What is in flight, when anything is (a stalled link shows here).
+    if (it != peers_.end() && it->second.link) {
+      const Peer& p = it->second;
+      const Link& l = *p.link;
+      if (!p.out.empty() || !p.outstanding.empty() || !p.waiting.empty() || l.sq_used)
+        s += fmt::format(" (queued {} outstanding {} pending {} credits {} owed {} posted {})", p.out.size(),
+                         p.outstanding.size(), p.waiting.size(), l.credits, l.to_return, l.sq_used);
+    }
     return s;
   }
 
