@@ -66,6 +66,9 @@ class MultiTransport final : public Transport {
   ~MultiTransport() override {
     upcalls_ = false;
     for (auto& [id, p] : peers_) cancel(p);
+    // The providers first: they may still call the adapters and hello handlers (declared after them) as they go.
+    child_[kFast].reset();
+    child_[kFallback].reset();
   }
 
   const char* name() const override { return "auto"; }
