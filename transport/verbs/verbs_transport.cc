@@ -1055,8 +1055,15 @@ class VerbsTransport final : public Transport {
         return;                                                                     // came first)
       case RDMA_CM_EVENT_REJECTED:
         return close_link(l, "connection rejected (no dipcd over verbs there, or authentication failed)", true);
-      case RDMA_CM_EVENT_DISCONNECTED:
-        return close_link(l, "disconnected by the peer", true);
+      case RDMA_CM_EVENT_DISCONNECTED: {
+        // Completions that landed before the disconnect keep their own status (a remote access error is EINVAL,
+        // not ECONNRESET): handle them first; one of them may close the link already.
+        uint64_t lid = l.id;
+        if (l.cq) drain_cq(lid);
+        auto it = links_.find(lid);
+        if (it == links_.end()) return;
+        return close_link(*it->second, "disconnected by the peer", true);
+      }
       case RDMA_CM_EVENT_DEVICE_REMOVAL:
         return close_link(l, "RDMA device removed", true);
       case RDMA_CM_EVENT_TIMEWAIT_EXIT:
