@@ -128,7 +128,9 @@ int main(int argc, char** argv) {
     return 1;
   }
   // The loop thread (this one) and the frames memory go to the NUMA node of the RDMA device (no-op on one node).
-  if (std::string(tr->get()->name()) == "verbs")
+  // ("auto" runs verbs beside tcp exactly when its capabilities say it pins memory.)
+  if (std::string(tr->get()->name()) == "verbs" ||
+      (std::string(tr->get()->name()) == "auto" && tr->get()->caps().pins_memory))
     service.set_placement(dipc::daemon::place_near_rdma_device(dipc::daemon::rdma_device(cfg)));
   dipc::ClientServer clients(loop, service, cfg);
   if (auto s = clients.listen(cfg.socket); !s) {

@@ -18,6 +18,7 @@
 #include "common/config.h"
 #include "common/event_loop.h"
 #include "transport/loopback/loopback_transport.h"
+#include "transport/multi/multi_transport.h"
 #include "transport/tcp/tcp_transport.h"
 #include "transport/transport.h"
 #include "transport/verbs/verbs_transport.h"
@@ -136,6 +137,53 @@ class LoopbackEnv : public Env {
  private:
   EventLoop loop_;
   LoopbackFabric fabric_{loop_, {1, 2}};
+};
+
+// transport = "auto" (transport/multi) on one loop: each node runs tcp and, unless `fast` is off, a loopback
+// provider standing in for verbs. With both fast the link must use loopback (constrain/pause/lose_link act on it);
+// with node 2 tcp-only it must use tcp. Either way the composite must behave as one conforming provider.
+class MultiEnv : public Env {
+ public:
+  explicit MultiEnv(bool fast2) : fast2_(fast2) {
+    uint16_t p1 = free_port(), p2 = free_port();
+    for (int i = 0; i < 2; ++i) {
+      cfg_[i].nodes = {{1, "n1", "127.0.0.1", p1}, {2, "n2", "127.0.0.1", p2}};
+      cfg_[i].self = static_cast<uint16_t>(i + 1);
+    }
+  }
+  std::unique_ptr<Transport> make(NodeId self) override {
+    TcpOptions o;
+    o.connect_timeout_ms = 300;
+    o.reconnect_min_ms = 20;
+    o.max_queued_bytes = queued_;
+    std::unique_ptr<Transport> fast = self == 1 || fast2_ ? fabric_.make(self) : nullptr;
+    return make_multi_transport(loop_, {static_cast<NodeId>(3 - self)}, std::move(fast),
+                                make_tcp_transport(cfg_[self - 1], loop_, key_, o), 300);
+  }
+  void run_once() override { loop_.run_once(1); }
+  void lose_link(Node& b) override {
+    if (fast2_)
+      fabric_.set_link(1, 2, false);
+    else
+      b.tr->stop();
+  }
+  void constrain() override {
+    fabric_.set_max_outstanding(8);
+    queued_ = 2 * TcpEnv::kMaxPayloadForTest;
+  }
+  bool pause(bool on) override {
+    if (!fast2_) return false;
+    fabric_.pause(1, 2, on);
+    return true;
+  }
+
+ private:
+  bool fast2_;
+  Config cfg_[2];
+  EventLoop loop_;
+  LoopbackFabric fabric_{loop_, {1, 2}};
+  ClusterKey key_ = ClusterKey::from_secret(ByteView(reinterpret_cast<const uint8_t*>("0123456789abcdef0123"), 20));
+  size_t queued_ = 64u << 20;
 };
 
 // Two nodes on this machine's RDMA device (in the softroce VM: rxe0 on vm0), both on its first address with an
@@ -604,6 +652,8 @@ const Param kProviders[] = {
     {"tcp_encrypt", [] { return std::unique_ptr<Env>(new TcpEnv(LinkSecurity::kEncrypt)); }},
     {"tcp_none", [] { return std::unique_ptr<Env>(new TcpEnv(LinkSecurity::kNone)); }},
     {"loopback", [] { return std::unique_ptr<Env>(new LoopbackEnv()); }},
+    {"auto_both_fast", [] { return std::unique_ptr<Env>(new MultiEnv(true)); }},
+    {"auto_one_tcp_only", [] { return std::unique_ptr<Env>(new MultiEnv(false)); }},
 };
 #else
 const Param kProviders[] = {
