@@ -42,11 +42,13 @@ def load(side, r):
         d = json.load(open(os.path.join(out, f"{side}{r}", "ipc.json")))
     except OSError:
         return {}
-    p50 = {}
-    for bm in d["benchmarks"]:
-        p50.setdefault(bm["name"], []).append(bm.get("p50_us"))
     res = {l: p["median"] for p in d["pairs"] for l in labels if p["label"] == l}
-    res["p50"] = {k: statistics.median([x for x in v if x is not None]) for k, v in p50.items() if any(v)}
+    for field in ("p50_us", "p99_us"):
+        per = {}
+        for bm in d["benchmarks"]:
+            if bm.get(field) is not None:
+                per.setdefault(bm["name"], []).append(bm[field])
+        res[field] = {k: statistics.median(v) for k, v in per.items()}
     return res
 runs = {s: [load(s, r) for r in range(rounds)] for s in "AB"}
 for l in labels:
@@ -57,10 +59,11 @@ for l in labels:
     q = [b[l] / a[l] for a, b in zip(runs["A"], runs["B"]) if a.get(l) and b.get(l)]
     if q:
         print(f"  B / A: median {statistics.median(q):.2f} (min {min(q):.2f}, max {max(q):.2f}, {len(q)} pairs)")
-print("\np50 us per run (A | B):")
-names = sorted({n for s in "AB" for x in runs[s] for n in x.get("p50", {})})
-for n in names:
-    fa = " ".join(f"{x['p50'][n]:.0f}" if n in x.get("p50", {}) else "-" for x in runs["A"])
-    fb = " ".join(f"{x['p50'][n]:.0f}" if n in x.get("p50", {}) else "-" for x in runs["B"])
-    print(f"  {n:24s} {fa} | {fb}")
+for field in ("p50_us", "p99_us"):
+    print(f"\n{field} per run (A | B):")
+    names = sorted({n for s in "AB" for x in runs[s] for n in x.get(field, {})})
+    for n in names:
+        fa = " ".join(f"{x[field][n]:.0f}" if n in x.get(field, {}) else "-" for x in runs["A"])
+        fb = " ".join(f"{x[field][n]:.0f}" if n in x.get(field, {}) else "-" for x in runs["B"])
+        print(f"  {n:24s} {fa} | {fb}")
 PY
