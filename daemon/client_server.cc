@@ -242,6 +242,9 @@ void ClientServer::on_readable(Conn& c, uint32_t events) {
         if (!conns_.count(id)) return;
         if (c.parser.failed()) return close_conn(id, c.parser.error().c_str());
         if (!account(c)) return;
+        // A short read drained the socket: no second recvmsg just to see EAGAIN (one system call per request
+        // less). Anything that arrives later, or queued behind a descriptor, makes the socket readable again.
+        if (static_cast<size_t>(n) < sizeof buf) return;
         continue;
       }
       if (n == 0) return close_conn(id, nullptr);
