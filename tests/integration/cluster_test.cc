@@ -326,6 +326,38 @@ TEST_F(Cluster, ASignalBeforeTheHomeRegisteredABlockingCallStillInterruptsIt) {
   EXPECT_EQ(field(out, "getncnt"), "0");
 }
 
+// A semop of increments only never sleeps in the kernel, so a signal never interrupts it: a handler runs and the
+// call still completes. It waits for a remote home's answer like any call; it must not turn into a cancel.
+TEST_F(Cluster, ASignalDuringARemoteIncrementRunsItsHandlerAndTheIncrementCompletes) {
+  std::string id = new_sem(1, 1);
+  pid_t home = static_cast<pid_t>(std::stol("0" + slurp(c().dir() + "/node1.dipcd.pid")));
+  ASSERT_GT(home, 0);
+  ASSERT_EQ(::kill(home, SIGSTOP), 0);
+  struct Resume {
+    pid_t pid;
+    ~Resume() { ::kill(pid, SIGCONT); }
+  } resume{home};
+  auto b = c().spawn(2, {SimCluster::prog("blocker"), "norestart", "semv", id});
+  ASSERT_TRUE(c().wait_output(b, "blocking"));
+  // In the call: asleep waiting for the stopped home's answer.
+  auto asleep = [&] {
+    std::string st = slurp("/proc/" + std::to_string(b.pid) + "/stat");
+    size_t at = st.rfind(')');
+    return at != std::string::npos && st.compare(at + 1, 3, " S ") == 0;
+  };
+  auto deadline = Clock::now() + std::chrono::seconds(20);
+  bool in = false;
+  while (!(in = asleep()) && Clock::now() < deadline) sched_yield();
+  ASSERT_TRUE(in) << c().output(b);
+  c().kill(b, SIGUSR1);
+  ::kill(home, SIGCONT);
+  auto r = c().wait(b);
+  EXPECT_EQ(field(r.out, "result"), "0") << r.out << r.err;
+  EXPECT_EQ(field(r.out, "handler_ran"), "1");
+  std::string out = op(3, {"getall:" + id, "semrm:" + id});
+  EXPECT_EQ(field(out, "getall"), "0 1");  // the call's status, then the value: applied once
+}
+
 TEST_F(Cluster, SemtimedopTimesOutWithEagainAndLeavesNoWaiter) {
   std::string id = new_sem(2, 1);
   std::string out = op(1, {"timedop:" + id + ":200:0/-1/0", "getncnt:" + id + ":0", "semrm:" + id});
