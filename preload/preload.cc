@@ -314,7 +314,9 @@ std::optional<int> dipc_semop(int id, struct sembuf* user_sops, size_t nsops, co
   bool may_block = false;
   for (const struct sembuf& op : sops) {
     q.sops.push_back(ipc::SemBuf{op.sem_num, op.sem_op, op.sem_flg});
-    if (!(op.sem_flg & IPC_NOWAIT)) may_block = true;
+    // Only a decrement or a wait-for-zero can sleep (semop(2)); a call of increments is answered at once, so it
+    // sleeps for its answer at once, with no registration to poll for (and, as in the kernel, no EINTR).
+    if (op.sem_op <= 0 && !(op.sem_flg & IPC_NOWAIT)) may_block = true;
   }
   w.interruptible = may_block;
   if (!may_block) w.deadline_ns = -1;
