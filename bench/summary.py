@@ -121,6 +121,8 @@ def ipc(args):
                   3.0 if loaded else None),
         make_pair("semaphore ping-pong / native SysV, one node",
                   per_round(e, "BM_DipcSemPingPong", "BM_NativeSemPingPong")),
+        make_pair("semaphore ping-pong, both processes on the home node / native SysV",
+                  per_round(e, "BM_DipcHomeSemPingPong", "BM_NativeSemPingPong"), 1.5),
         make_pair("message round trip / native SysV, one node",
                   per_round(e, "BM_DipcMsgRoundTrip", "BM_NativeMsgRoundTrip")),
         make_pair("message streaming rate / native SysV, one node",
