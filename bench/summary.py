@@ -123,6 +123,8 @@ def ipc(args):
                   per_round(e, "BM_DipcSemPingPong", "BM_NativeSemPingPong")),
         make_pair("semaphore ping-pong, both processes on the home node / native SysV",
                   per_round(e, "BM_DipcHomeSemPingPong", "BM_NativeSemPingPong"), 1.5),
+        make_pair("shmget + shmat + shmdt, segment homed on this node / native SysV",
+                  per_round(e, "BM_DipcShmAttach", "BM_NativeShmAttach"), 3.0),
         make_pair("message round trip / native SysV, one node",
                   per_round(e, "BM_DipcMsgRoundTrip", "BM_NativeMsgRoundTrip")),
         make_pair("message streaming rate / native SysV, one node",

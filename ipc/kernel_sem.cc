@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -79,7 +80,17 @@ bool task_sleeps_in_semtimedop(pid_t tid) {
   long nr = -1;
   bool ok = fscanf(f, "%ld", &nr) == 1;  // "running" for a task that is not in a system call
   fclose(f);
-  return ok && nr == kSemtimedop;
+  if (!ok || nr != kSemtimedop) return false;
+  // In semtimedop() but maybe preempted before it queued itself: only asleep (S) is queued.
+  snprintf(path, sizeof path, "/proc/self/task/%d/stat", static_cast<int>(tid));
+  f = fopen(path, "re");
+  if (!f) return false;
+  char buf[512];
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = 0;
+  const char* e = strrchr(buf, ')');
+  return e && e[1] == ' ' && e[2] == 'S';
 }
 
 }  // namespace
@@ -99,6 +110,35 @@ struct KernelSemSet::Worker {
 uint64_t KernelSemSet::ipc_namespace() {
   struct stat st;
   return ::stat("/proc/self/ns/ipc", &st) == 0 ? static_cast<uint64_t>(st.st_ino) : 0;
+}
+
+bool KernelSemSet::supported() {
+  if (!kSupported) return false;
+  static const bool ok = [] {
+    int kid = semget(IPC_PRIVATE, 1, IPC_CREAT | 0600);
+    if (kid < 0) return false;
+    std::atomic<pid_t> tid{0};
+    std::thread t([&tid, kid] {
+      tid = static_cast<pid_t>(syscall(SYS_gettid));
+      struct sembuf b {};
+      b.sem_op = -1;
+      (void)syscall(kSemtimedop, kid, &b, 1, nullptr);  // until the set is removed
+    });
+    bool seen = false;
+    for (auto end = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+         !seen && std::chrono::steady_clock::now() < end;) {
+      pid_t t_id = tid;
+      if (t_id && task_sleeps_in_semtimedop(t_id))
+        seen = true;
+      else
+        std::this_thread::sleep_for(std::chrono::microseconds(200));  // polling a bounded probe
+    }
+    SemArg a{};
+    semctl(kid, 0, IPC_RMID, a);
+    t.join();
+    return seen;
+  }();
+  return ok;
 }
 
 std::unique_ptr<KernelSemSet> KernelSemSet::create(EventLoop& loop, const Creds& c, int nsems, uint16_t mode) {

@@ -36,6 +36,9 @@ class KernelSemSet {
   // object's) and mode. nullptr (errno set) when this daemon cannot: not root and not that user, semtimedop() not a
   // system call of its own on this architecture, or the kernel's limits.
   static std::unique_ptr<KernelSemSet> create(EventLoop& loop, const Creds& c, int nsems, uint16_t mode);
+  // Whether this daemon can tell a worker asleep in semtimedop() (/proc/self/task/TID/syscall): tried once with a
+  // scratch set; false under qemu-user (it shows the host's system call numbers) or without that file.
+  static bool supported();
   // The daemon's IPC namespace (st_ino of /proc/self/ns/ipc); 0 if unknown.
   static uint64_t ipc_namespace();
   // Removes the kernel set (every waiter, local or remote, gets EIDRM) and joins the workers.

@@ -13,7 +13,9 @@
 namespace dipc::ipc {
 
 void Service::set_kernel_sems(bool enabled, std::string state_file) {
-  kernel_sems_ = enabled;
+  kernel_sems_ = enabled && KernelSemSet::supported();
+  if (enabled && !kernel_sems_)
+    DIPC_LOG_INFO("semaphore sets stay in dipcd: this system cannot show a thread asleep in semtimedop()");
   ksem_registry_ = KernelSemRegistry(std::move(state_file));
   if (int n = ksem_registry_.remove_stale())
     DIPC_LOG_INFO("removed {} kernel semaphore sets a previous start of this daemon left", n);

@@ -321,7 +321,11 @@ int kernel_id(int id) {
   q.cmd = ipc::kSemCtlKernel;
   ipc::SemKernelResp resp;
   Reply r;
-  dipc::preload::call(ipc::kSemCtl, ipc::encode_body(q), r, {}, [&](ByteView b) { return decodes(b, resp); });
+  // Asked from inside semop: like the operation itself, it polls rather than sleeps for the answer, so a process
+  // seen sleeping in semop is a registered waiter (issue 9 item 3), never one still asking for the kernel id.
+  Wait w;
+  w.interruptible = true;
+  dipc::preload::call(ipc::kSemCtl, ipc::encode_body(q), r, w, [&](ByteView b) { return decodes(b, resp); });
   if (r.status || r.unknown_id()) return -1;  // the normal path gives the answer
   int kid = resp.kid >= 0 && resp.ns_ino != 0 && resp.ns_ino == own_namespace() ? resp.kid : -1;
   slot(id).store((static_cast<uint64_t>(static_cast<uint32_t>(id)) << 32) | static_cast<uint32_t>(kid + 1),
