@@ -2,6 +2,7 @@
 
 #include <poll.h>
 #include <sched.h>
+#include <signal.h>
 #include <pthread.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -130,8 +131,15 @@ enum class Read { kFrame, kTimeout, kSignal, kBroken };
 // Waits for the next whole frame. `deadline` < 0: no limit. EINTR from poll ends the wait only when `signals`.
 // A descriptor passed with SCM_RIGHTS goes to *passed_fd when asked for (the first one), else it is closed.
 // Polls, yielding the CPU, at least until `spin_until` (CLOCK_MONOTONIC ns) before it sleeps.
+// `unblocked`: the caller blocked signals (SignalGate) and they are let in only inside ppoll with this mask.
 Read read_frame(Conn& c, FrameParser::Frame& f, int64_t deadline, bool signals, int* passed_fd = nullptr,
-                int64_t spin_until = 0) {
+                int64_t spin_until = 0, const sigset_t* unblocked = nullptr) {
+  const timespec zero{0, 0};
+  auto wait_in = [&](pollfd* p, int timeout_ms) {
+    if (!unblocked) return poll(p, 1, timeout_ms);
+    timespec ts{timeout_ms / 1000, (timeout_ms % 1000) * 1000000L};
+    return ppoll(p, 1, timeout_ms < 0 ? nullptr : timeout_ms == 0 ? &zero : &ts, unblocked);
+  };
   if (c.rbuf.empty()) c.rbuf.resize(64 << 10);
   for (;;) {
     if (c.parser.next(f)) return Read::kFrame;
@@ -144,12 +152,12 @@ Read read_frame(Conn& c, FrameParser::Frame& f, int64_t deadline, bool signals, 
     int64_t until = std::max(g_spin_ns > 0 && spare_cpu() ? now_ns() + g_spin_ns : 0, spin_until);
     if (until > 0 && timeout != 0) {
       if (deadline >= 0) until = std::min(until, deadline);
-      for (unsigned i = 1; (r = poll(&p, 1, 0)) == 0 && now_ns() < until; ++i) {
+      for (unsigned i = 1; (r = wait_in(&p, 0)) == 0 && now_ns() < until; ++i) {
         if (i % 16 == 0 && now_ns() >= spin_until && !spare_cpu()) break;
         sched_yield();  // let the daemon have the CPU
       }
     }
-    if (r == 0) r = poll(&p, 1, timeout);
+    if (r == 0) r = wait_in(&p, timeout);
     if (r < 0 && errno == EINTR) {
       if (signals) return Read::kSignal;
       continue;
@@ -313,7 +321,7 @@ Bytes frame(FrameKind kind, uint16_t op, uint64_t id, const Bytes& body) {
 
 // Waits for the answer to request `id`, cancelling it on a signal or at the deadline. Returns false on a broken
 // connection or protocol error (the caller closes it).
-bool await(Conn& c, uint16_t op, uint64_t id, const Wait& w, Reply& out) {
+bool await(Conn& c, uint16_t op, uint64_t id, const Wait& w, Reply& out, const sigset_t* unblocked) {
   int stopped = 0;  // EINTR or EAGAIN once cancelled
   int64_t deadline = w.deadline_ns;
   // A call that may block sleeps only once the home registered its wait (kBlocked): until then it polls, so a
@@ -321,7 +329,7 @@ bool await(Conn& c, uint16_t op, uint64_t id, const Wait& w, Reply& out) {
   int64_t register_by = w.interruptible ? now_ns() + kRegisterNs : 0;
   FrameParser::Frame f;
   for (;;) {
-    Read r = read_frame(c, f, deadline, w.interruptible && !stopped, nullptr, register_by);
+    Read r = read_frame(c, f, deadline, w.interruptible && !stopped, nullptr, register_by, unblocked);
     if (r == Read::kFrame && f.header.kind == FrameKind::kOneWay && f.header.op == ipc::kBlocked &&
         f.header.id == id) {
       register_by = 0;
@@ -381,8 +389,37 @@ void say_no_daemon() {
 }
 }  // namespace
 
+// An interruptible call (one that may block) keeps signals blocked from the moment its request leaves until it
+// returns, and lets them in only while it waits in ppoll: a signal that arrives once the call has started then
+// always interrupts it (EINTR, the call withdrawn at its home) as the kernel's pending-signal check before it sleeps
+// does, even while the program still polls for "blocked" instead of sleeping. A handler never runs half-way through
+// the exchange with the daemon.
+class SignalGate {
+ public:
+  void block() {
+    if (blocked_) return;
+    sigset_t all;
+    sigfillset(&all);
+    blocked_ = pthread_sigmask(SIG_BLOCK, &all, &old_) == 0;
+  }
+  void restore() {
+    if (!blocked_) return;
+    int saved = errno;
+    pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+    errno = saved;
+    blocked_ = false;
+  }
+  const sigset_t* unblocked() const { return blocked_ ? &old_ : nullptr; }
+  ~SignalGate() { restore(); }
+
+ private:
+  sigset_t old_{};
+  bool blocked_ = false;
+};
+
 void call(uint16_t op, const Bytes& body, Reply& out, const Wait& wait, const Accept& accept) {
   // A call from a signal handler that interrupted another call on this thread gets a connection of its own.
+  SignalGate gate;
   Conn tmp;
   Conn& c = t_conn.busy ? tmp : t_conn;
   Bytes req;
@@ -404,9 +441,11 @@ void call(uint16_t op, const Bytes& body, Reply& out, const Wait& wait, const Ac
     }
     id = c.next_id++;
     req = frame(FrameKind::kRequest, op, id, body);
+    if (wait.interruptible) gate.block();
     size_t sent;
     int e = send_all(c.fd, req, sent);
     if (e == 0) break;
+    gate.restore();
     c.reset();
     // The daemon closed the connection before reading anything (it restarted): the request is safe to resend.
     if (attempt == 0 && sent == 0 && (e == EPIPE || e == ECONNRESET)) continue;
@@ -418,7 +457,7 @@ void call(uint16_t op, const Bytes& body, Reply& out, const Wait& wait, const Ac
     explicit Busy(Conn& cc) : c(cc) { c.busy = true; }
     ~Busy() { c.busy = false; }
   } busy(c);
-  bool ok = await(c, op, id, wait, out) && (out.status || !accept || accept(out.body));
+  bool ok = await(c, op, id, wait, out, gate.unblocked()) && (out.status || !accept || accept(out.body));
   if (!ok) {
     c.reset();
     out = Reply{EIO, {}};

@@ -292,6 +292,40 @@ TEST_F(Cluster, SignalInterruptsBlockedRemoteCallsWithEintrAndNothingIsHalfAppli
   }
 }
 
+// The window the test above can hit under load: the home has not registered the call yet (its daemon is stopped),
+// so the program still polls for "blocked" instead of sleeping. A signal then must still interrupt the call, as the
+// kernel's check for a pending signal before it sleeps does.
+TEST_F(Cluster, ASignalBeforeTheHomeRegisteredABlockingCallStillInterruptsIt) {
+  std::string id = new_sem(1, 2);
+  pid_t home = static_cast<pid_t>(std::stol("0" + slurp(c().dir() + "/node1.dipcd.pid")));
+  ASSERT_GT(home, 0);
+  ASSERT_EQ(::kill(home, SIGSTOP), 0);
+  struct Resume {
+    pid_t pid;
+    ~Resume() { ::kill(pid, SIGCONT); }
+  } resume{home};
+  auto b = c().spawn(2, {SimCluster::prog("blocker"), "norestart", "sem", id});
+  ASSERT_TRUE(c().wait_output(b, "blocking"));
+  // In the call: from the moment its request leaves, the preload holds signals blocked except inside its polls.
+  auto in_call = [&] {
+    std::string st = slurp("/proc/" + std::to_string(b.pid) + "/status");
+    size_t at = st.find("SigBlk:\t");
+    return at != std::string::npos && st.compare(at + 8, 16, "0000000000000000") != 0;
+  };
+  auto deadline = Clock::now() + std::chrono::seconds(20);
+  bool in = false;
+  while (!(in = in_call()) && Clock::now() < deadline) sched_yield();
+  ASSERT_TRUE(in) << c().output(b);
+  c().kill(b, SIGUSR1);
+  ::kill(home, SIGCONT);
+  auto r = c().wait(b);
+  EXPECT_EQ(field(r.out, "result"), "-1 EINTR") << r.out << r.err;
+  EXPECT_EQ(field(r.out, "handler_ran"), "1");
+  std::string out = op(3, {"getall:" + id, "getncnt:" + id + ":1", "semrm:" + id});
+  EXPECT_EQ(field(out, "getall"), "0 0 0");  // the call's status, then both values: nothing applied
+  EXPECT_EQ(field(out, "getncnt"), "0");
+}
+
 TEST_F(Cluster, SemtimedopTimesOutWithEagainAndLeavesNoWaiter) {
   std::string id = new_sem(2, 1);
   std::string out = op(1, {"timedop:" + id + ":200:0/-1/0", "getncnt:" + id + ":0", "semrm:" + id});

@@ -1,0 +1,187 @@
+// Shared memory bookkeeping: the attaches of this node's programs (per client connection) and, at the home, the
+// segment's ShmSeg (attach counts, IPC_RMID, destruction once the last attach is gone).
+#include "ipc/service.h"
+
+#include <fcntl.h>
+#include <sys/ipc.h>
+#include <sys/shm.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <string>
+
+#include "ipc/service_internal.h"
+
+namespace dipc::ipc {
+
+using namespace service_detail;
+
+// ---------------------------------------------------------------------------------------------------------------
+// Shared memory: the home keeps the segment's bookkeeping (ShmSeg); every node that attaches it keeps a DSM
+// segment (dsm::Manager) whose view the local processes map.
+
+void Service::client_shmat(const Creds& c, ByteView body, FdReplyFn reply) {
+  ShmAtReq req;
+  if (!decode_body(body, req)) return reply(EINVAL, {}, -1);
+  uint16_t home = id_node(req.id);
+  if (!is_dipc_id(req.id) || !cfg_.node(home)) return reply(EINVAL, unknown_id(), -1);
+  Creds cc = c;
+  cc.node = cfg_.self;
+  Encoder e;
+  HomeHeader{cc, 0}.encode(e);
+  req.encode(e);
+  call(home, kShmAt, e.take(), [this, req, home, reply](int st, ByteView b) {
+    ShmAtResp r;
+    if (st) return reply(st, Bytes(b.begin(), b.end()), -1);
+    if (!decode_body(b, r) || r.mapped == 0 || r.block == 0) return reply(EIO, {}, -1);
+    auto seg = dsm_.open(static_cast<uint32_t>(req.id), home, r.size, r.block);
+    if (!seg) return reply(seg.status().code() == EINVAL ? EINVAL : ENOMEM, {}, -1);
+    if ((*seg)->mapped_size() != r.mapped || (*seg)->block_size() != r.block) return reply(EIO, {}, -1);
+    // A read-only attach gets a read-only descriptor: the program cannot map it writable.
+    std::string path = "/proc/self/fd/" + std::to_string((*seg)->view_fd());
+    int fd = (req.flg & SHM_RDONLY) ? open(path.c_str(), O_RDONLY | O_CLOEXEC)
+                                    : fcntl((*seg)->view_fd(), F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) return reply(EMFILE, {}, -1);
+    r.mapped = (*seg)->mapped_size();
+    reply(0, encode_body(r), fd);
+  });
+}
+
+void Service::client_shm_attached(const Creds& c, uint64_t conn, ByteView body, int uffd, ReplyFn reply) {
+  ShmAttachReq req;
+  if (!decode_body(body, req)) {
+    close(uffd);
+    return reply(EINVAL, {});
+  }
+  dsm::Segment* seg = dsm_.find(static_cast<uint32_t>(req.id));
+  if (!seg) {
+    close(uffd);
+    return reply(EINVAL, {});
+  }
+  uint64_t aid = next_attach_++;
+  if (Status st = seg->add_attach(aid, uffd, req.addr, req.len, req.flg & SHM_RDONLY); !st) return reply(st.code(), {});
+  Creds cc = c;
+  cc.node = cfg_.self;
+  attaches_[conn].push_back(LocalAttach{aid, req.id, req.addr, cc});
+  Encoder e;
+  HomeHeader{cc, 0}.encode(e);
+  req.encode(e);
+  call(id_node(req.id), kShmAttached, e.take(), [this, conn, aid, id = req.id, reply](int st, ByteView) {
+    if (st) {
+      if (dsm::Segment* s = dsm_.find(static_cast<uint32_t>(id))) s->remove_attach(aid);
+      auto it = attaches_.find(conn);
+      if (it != attaches_.end()) std::erase_if(it->second, [aid](const LocalAttach& a) { return a.attach == aid; });
+    }
+    reply(st, {});
+  });
+}
+
+void Service::shm_detach_at_home(const Creds& c, int32_t id, ReplyFn reply) {
+  Encoder e;
+  HomeHeader{c, 0}.encode(e);
+  ShmAttachReq{id, 0, 0, 0}.encode(e);
+  call(id_node(id), kShmDt, e.take(), [reply](int st, ByteView) { reply(st, {}); });
+}
+
+void Service::client_shmdt(const Creds& c, uint64_t conn, ByteView body, ReplyFn reply) {
+  ShmAttachReq req;
+  if (!decode_body(body, req)) return reply(EINVAL, {});
+  auto it = attaches_.find(conn);
+  if (it == attaches_.end()) return reply(EINVAL, {});
+  auto a = std::find_if(it->second.begin(), it->second.end(),
+                        [&](const LocalAttach& x) { return x.id == req.id && x.addr == req.addr; });
+  if (a == it->second.end()) return reply(EINVAL, {});
+  if (dsm::Segment* s = dsm_.find(static_cast<uint32_t>(a->id))) s->remove_attach(a->attach);
+  Creds cc = c;
+  cc.node = cfg_.self;
+  int32_t id = a->id;
+  it->second.erase(a);
+  if (it->second.empty()) attaches_.erase(it);
+  shm_detach_at_home(cc, id, std::move(reply));
+}
+
+void Service::client_conn_closed(uint64_t conn) {
+  auto it = attaches_.find(conn);
+  if (it == attaches_.end()) return;
+  std::vector<LocalAttach> list = std::move(it->second);
+  attaches_.erase(it);
+  for (const auto& a : list) {
+    if (dsm::Segment* s = dsm_.find(static_cast<uint32_t>(a.id))) s->remove_attach(a.attach);
+    shm_detach_at_home(a.creds, a.id, [](int, Bytes) {});
+  }
+}
+
+ShmSeg* Service::find_shm(int32_t id) {
+  auto it = shms_.by_id.find(id);
+  return it == shms_.by_id.end() ? nullptr : it->second.get();
+}
+
+void Service::home_shmat(const HomeHeader& h, ByteView body, ReplyFn& reply) {
+  ShmAtReq r;
+  if (!decode_body(body, r)) return reply(EINVAL, {});
+  ShmSeg* s = find_shm(r.id);
+  if (!s) return reply(EINVAL, unknown_id());
+  if (int e = s->attach_check(h.creds, r.flg)) return reply(e, {});
+  dsm::Segment* seg = dsm_.find(static_cast<uint32_t>(r.id));
+  reply(0, encode_body(ShmAtResp{s->size(), seg ? seg->mapped_size() : 0, seg ? seg->block_size() : 0}));
+}
+
+void Service::home_shm_attach(uint16_t op, const HomeHeader& h, ByteView body, ReplyFn& reply) {
+  ShmAttachReq r;
+  if (!decode_body(body, r)) return reply(EINVAL, {});
+  ShmSeg* s = find_shm(r.id);
+  if (!s) return reply(EINVAL, {});
+  if (op == kShmAttached) {
+    // The attach's rights are checked again here: kShmAt granted a mode, this names the mode actually mapped.
+    if (int e = s->attach_check(h.creds, r.flg)) return reply(e, {});
+    s->attached(h.creds.pid, now_s());
+  } else {
+    s->detached(h.creds.pid, now_s());
+    shm_destroy_if_gone(r.id);
+  }
+  reply(0, {});
+}
+
+void Service::home_shmctl(const HomeHeader& h, ByteView body, ReplyFn& reply) {
+  ShmCtlReq r;
+  if (!decode_body(body, r)) return reply(EINVAL, {});
+  ShmSeg* s = find_shm(r.id);
+  if (!s) return reply(EINVAL, unknown_id());
+  int e = 0;
+  switch (r.cmd) {
+    case IPC_STAT: {
+      ShmCtlResp resp;
+      e = s->stat(h.creds, resp.stat);
+      return e ? reply(e, {}) : reply(0, encode_body(resp));
+    }
+    case IPC_SET:
+      return reply(s->set(r.uid, r.gid, r.mode, h.creds, now_s()), {});
+    case IPC_RMID: {
+      int32_t key = s->perm().key;
+      bool was_removed = s->removed();
+      e = s->rmid(h.creds);
+      if (!e && !was_removed && key != IPC_PRIVATE)
+        notify(referee_for(key), kKeyUnbind, encode_body(KeyReq{ObjType::kShm, key, 0, r.id}));
+      reply(e, {});
+      if (!e) shm_destroy_if_gone(r.id);
+      return;
+    }
+    case SHM_LOCK:
+    case SHM_UNLOCK:
+      return reply(s->lock(h.creds, r.cmd == SHM_LOCK, now_s()), {});
+    default:
+      return reply(EINVAL, {});
+  }
+}
+
+void Service::shm_destroy_if_gone(int32_t id) {
+  auto it = shms_.by_id.find(id);
+  if (it == shms_.by_id.end() || !it->second->gone()) return;
+  shm_pages_ -= (it->second->size() + dsm_.page_size() - 1) / dsm_.page_size();
+  shms_.by_id.erase(it);
+  shms_.free.push_back(id_slot(id));
+  for (uint16_t n : node_ids_)
+    if (n == cfg_.self || tr_->peer_up(n)) notify(n, kShmDestroy, encode_body(ShmDestroyMsg{id}));
+}
+
+}  // namespace dipc::ipc
