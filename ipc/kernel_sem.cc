@@ -198,6 +198,20 @@ int KernelSemSet::ctl(int semnum, int cmd, int val) {
   return r < 0 ? -errno : r;
 }
 
+int KernelSemSet::getpid_of(int semnum) {
+  int v = ctl(semnum, GETPID);
+  if (v >= 0 && v == getpid()) return remote_pid_[static_cast<size_t>(semnum)].load();
+  return v;
+}
+
+void KernelSemSet::set_remote_pid(const std::vector<struct sembuf>& sops, int32_t pid) {
+  for (const auto& b : sops) remote_pid_[b.sem_num].store(pid);
+}
+
+void KernelSemSet::set_remote_pid_all(int32_t pid) {
+  for (int i = 0; i < nsems_; ++i) remote_pid_[static_cast<size_t>(i)].store(pid);
+}
+
 int KernelSemSet::getall(std::vector<uint16_t>& out) {
   out.assign(static_cast<size_t>(nsems_), 0);
   SemArg a{};
@@ -218,7 +232,8 @@ int KernelSemSet::try_op(const std::vector<struct sembuf>& sops) {
   return semop(kid_, ops.data(), ops.size()) == 0 ? 0 : errno;
 }
 
-bool KernelSemSet::start_wait(uint64_t token, std::vector<struct sembuf> sops, std::function<void()> registered,
+bool KernelSemSet::start_wait(uint64_t token, std::vector<struct sembuf> sops, int32_t pid,
+                              std::function<void()> registered,
                               std::function<void(int)> done) {
   if (workers_.size() >= kMaxWorkers) return false;
   auto w = std::make_shared<Worker>();
@@ -229,8 +244,9 @@ bool KernelSemSet::start_wait(uint64_t token, std::vector<struct sembuf> sops, s
   int kid = kid_;
   EventLoop* loop = &loop_;
   auto cell = alive_;
+  std::atomic<int32_t>* pids = remote_pid_.get();  // lives until the destructor joined this worker
   try {
-    w->thread = std::thread([w, kid, loop, cell] {
+    w->thread = std::thread([w, kid, loop, cell, pids, pid] {
       w->tid = static_cast<pid_t>(syscall(SYS_gettid));
       int r = 0;
       for (;;) {
@@ -239,6 +255,7 @@ bool KernelSemSet::start_wait(uint64_t token, std::vector<struct sembuf> sops, s
           break;
         }
         if (syscall(kSemtimedop, kid, w->sops.data(), w->sops.size(), nullptr) == 0) {
+          for (const auto& b : w->sops) pids[b.sem_num].store(pid);  // before anyone can read GETPID through dipcd
           r = 0;
           break;
         }
@@ -310,6 +327,27 @@ int KernelSemSet::check_undo(const ProcKey& p, const std::vector<struct sembuf>&
   return 0;
 }
 
+int KernelSemSet::first_failure(const ProcKey& p, const std::vector<struct sembuf>& sops, int semaem, int semvmx) {
+  std::vector<uint16_t> vals;
+  if (int e = getall(vals)) return e;
+  std::vector<int> v(vals.begin(), vals.end());
+  std::vector<int> adj(static_cast<size_t>(nsems_), 0);
+  if (auto it = undo_.find(p); it != undo_.end()) adj = it->second;
+  for (const auto& s : sops) {
+    int& x = v[s.sem_num];
+    int res = x + s.sem_op;
+    if ((s.sem_op == 0 && x != 0) || res < 0) return EAGAIN;
+    if (res > semvmx) return ERANGE;
+    if (s.sem_flg & SEM_UNDO) {
+      int u = adj[s.sem_num] - s.sem_op;
+      if (u < -semaem - 1 || u > semaem) return ERANGE;
+      adj[s.sem_num] = u;
+    }
+    x = res;
+  }
+  return 0;
+}
+
 void KernelSemSet::add_undo(const ProcKey& p, const std::vector<struct sembuf>& undo_ops) {
   if (undo_ops.empty()) return;
   auto [it, inserted] = undo_.try_emplace(p, static_cast<size_t>(nsems_), 0);
@@ -343,7 +381,11 @@ void KernelSemSet::apply_undo(const ProcKey& p, int semvmx) {
       b.sem_num = static_cast<unsigned short>(i);
       b.sem_op = static_cast<short>(target - val);
       b.sem_flg = IPC_NOWAIT;
-      if (semop(kid_, &b, 1) == 0 || (errno != EAGAIN && errno != ERANGE)) break;
+      if (semop(kid_, &b, 1) == 0) {
+        remote_pid_[static_cast<size_t>(i)].store(p.pid);
+        break;
+      }
+      if (errno != EAGAIN && errno != ERANGE) break;
     }
   }
 }

@@ -54,6 +54,12 @@ class KernelSemSet {
   int set(uint32_t uid, uint32_t gid, uint16_t mode);
   // semctl() on the kernel set for GETVAL, GETPID, GETNCNT, GETZCNT, SETVAL: the value, or -errno.
   int ctl(int semnum, int cmd, int val = 0);
+  // GETPID as the caller expects it: the kernel's sempid, or, where that is dipcd itself (an operation, SETVAL or
+  // undo dipcd made for a process of another node), that process's pid on its node.
+  int getpid_of(int semnum);
+  // The semaphores `sops` names were last changed by dipcd for `pid` (of another node).
+  void set_remote_pid(const std::vector<struct sembuf>& sops, int32_t pid);
+  void set_remote_pid_all(int32_t pid);
   int getall(std::vector<uint16_t>& out);
   int setall(const std::vector<uint16_t>& vals);
 
@@ -64,7 +70,7 @@ class KernelSemSet {
   // Starts a worker that sleeps in semtimedop() with the caller's flags. `registered` runs (loop thread) once the
   // worker sleeps in the kernel, `done` with 0 or the errno when it returns (ECANCELED after cancel()). false: too
   // many workers busy.
-  bool start_wait(uint64_t token, std::vector<struct sembuf> sops, std::function<void()> registered,
+  bool start_wait(uint64_t token, std::vector<struct sembuf> sops, int32_t pid, std::function<void()> registered,
                   std::function<void(int)> done);
   // Interrupts the worker of `token` (repeating the signal until it returns); false if there is none.
   bool cancel(uint64_t token);
@@ -72,6 +78,9 @@ class KernelSemSet {
   // SEM_UNDO of processes of other nodes, as the kernel keeps semadj: check (ERANGE past semaem), record, clear
   // (SETVAL, SETALL: -1 = all), apply at exit (clamped to [0, semvmx], as exit_sem()).
   int check_undo(const ProcKey& p, const std::vector<struct sembuf>& undo_ops, int semaem) const;
+  // perform_atomic_semop()'s order for one caller over the current values (sops with their SEM_UNDO flags): EAGAIN
+  // when an op blocks before any ERANGE (overflow or adjustment range), ERANGE, or 0.
+  int first_failure(const ProcKey& p, const std::vector<struct sembuf>& sops, int semaem, int semvmx);
   void add_undo(const ProcKey& p, const std::vector<struct sembuf>& undo_ops);
   void clear_undo(int semnum);
   void apply_undo(const ProcKey& p, int semvmx);
@@ -79,7 +88,8 @@ class KernelSemSet {
 
  private:
   struct Worker;
-  KernelSemSet(EventLoop& loop, int kid, int nsems) : loop_(loop), kid_(kid), nsems_(nsems) {}
+  KernelSemSet(EventLoop& loop, int kid, int nsems)
+      : loop_(loop), kid_(kid), nsems_(nsems), remote_pid_(new std::atomic<int32_t>[static_cast<size_t>(nsems)]()) {}
   void watch(uint64_t token);
   void finish(uint64_t token);
 
@@ -87,6 +97,7 @@ class KernelSemSet {
   std::shared_ptr<KernelSemSet*> alive_ = std::make_shared<KernelSemSet*>(this);  // null once destroyed
   int kid_;
   int nsems_;
+  std::unique_ptr<std::atomic<int32_t>[]> remote_pid_;  // per semaphore; written by workers too
   std::map<uint64_t, std::shared_ptr<Worker>> workers_;
   std::map<ProcKey, std::vector<int>> undo_;
 };

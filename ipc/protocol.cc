@@ -457,10 +457,12 @@ bool IpcInfoResp::decode(Decoder& d) {
 void SemKernelResp::encode(Encoder& e) const {
   e.i32(kid);
   e.u64(ns_ino);
+  e.i32(daemon_pid);
 }
 bool SemKernelResp::decode(Decoder& d) {
   kid = d.i32();
   ns_ino = d.u64();
+  daemon_pid = d.i32();
   return d.ok();
 }
 

@@ -127,6 +127,7 @@ struct SemCtlReq {
 struct SemKernelResp {
   int32_t kid = -1;     // the kernel set's id, -1: operate through the daemon
   uint64_t ns_ino = 0;  // st_ino of the daemon's /proc/self/ns/ipc: the kernel id means something only there
+  int32_t daemon_pid = 0;  // a kernel GETPID of this pid: ask dipcd (the last operation came from another node)
   void encode(Encoder& e) const;
   bool decode(Decoder& d);
 };

@@ -3,6 +3,7 @@
 // the kernel set, blocking ones in a worker), IPC_STAT/IPC_SET/IPC_RMID, the *_STAT scans, and the kernel id.
 #include <sys/ipc.h>
 #include <sys/sem.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <ctime>
@@ -72,10 +73,16 @@ void Service::ksem_semop(const HomeHeader& h, const SemOpReq& r, SemSet& s, Kern
     if (!(o.flg & IPC_NOWAIT)) all_nowait = false;
   }
   ProcKey pk{h.creds.node, h.creds.pid};
-  if (!undo_ops.empty())
-    if (int e = k.check_undo(pk, undo_ops, limits(LimitFiles::kSem, true).semaem)) return reply(e, {});
+  if (!undo_ops.empty() && k.check_undo(pk, undo_ops, limits(LimitFiles::kSem, true).semaem)) {
+    // An adjustment out of range is ERANGE, unless an earlier op blocks first (the kernel then waits or says EAGAIN).
+    std::vector<struct sembuf> with_undo;
+    for (const auto& o : r.sops) with_undo.push_back(sembuf{o.num, o.op, o.flg});
+    const Limits& lim = limits(LimitFiles::kSem, true);
+    if (k.first_failure(pk, with_undo, lim.semaem, lim.semvmx) != EAGAIN) return reply(ERANGE, {});
+  }
   int e = k.try_op(ops);
   if (e == 0) {
+    k.set_remote_pid(ops, pk.pid);
     k.add_undo(pk, undo_ops);
     return reply(0, {});
   }
@@ -92,7 +99,7 @@ void Service::ksem_semop(const HomeHeader& h, const SemOpReq& r, SemSet& s, Kern
     pending_.erase(it);
     fn(err, {});
   };
-  if (!k.start_wait(token, std::move(ops), [this, token] { note_blocked(token); }, done)) {
+  if (!k.start_wait(token, std::move(ops), pk.pid, [this, token] { note_blocked(token); }, done)) {
     DIPC_LOG_WARN("semaphore set {}: {} blocked operations of other nodes already wait; refusing one with ENOMEM",
                   id, KernelSemSet::kMaxWorkers);
     done(ENOMEM);
@@ -112,7 +119,8 @@ void Service::ksem_semctl(const HomeHeader& h, const SemCtlReq& r, SemSet& s, Ke
   };
   switch (r.cmd) {
     case kSemCtlKernel:  // the kernel id means something only to programs of this node
-      return reply(0, encode_body(SemKernelResp{c.node == cfg_.self ? k.kid() : -1, KernelSemSet::ipc_namespace()}));
+      return reply(0, encode_body(SemKernelResp{c.node == cfg_.self ? k.kid() : -1, KernelSemSet::ipc_namespace(),
+                                                static_cast<int32_t>(getpid())}));
     case kSemCtlUndoClear:
       if ((e = ipc_check(s.perm(), c, 0222))) return reply(e, {});
       k.clear_undo(r.semnum);
@@ -136,7 +144,7 @@ void Service::ksem_semctl(const HomeHeader& h, const SemCtlReq& r, SemSet& s, Ke
     case GETNCNT:
     case GETZCNT:
       if (!(e = check_semnum(0444))) {
-        int v = k.ctl(r.semnum, r.cmd);
+        int v = r.cmd == GETPID ? k.getpid_of(r.semnum) : k.ctl(r.semnum, r.cmd);
         if (v < 0)
           e = -v;
         else
@@ -154,10 +162,12 @@ void Service::ksem_semctl(const HomeHeader& h, const SemCtlReq& r, SemSet& s, Ke
         e = EINVAL;
       else if (!(e = ipc_check(s.perm(), c, 0222))) {
         int v = k.ctl(r.semnum, SETVAL, r.val);
-        if (v < 0)
+        if (v < 0) {
           e = -v;
-        else
+        } else {
           k.clear_undo(r.semnum);
+          k.set_remote_pid(std::vector<struct sembuf>{sembuf{static_cast<unsigned short>(r.semnum), 0, 0}}, c.pid);
+        }
       }
       break;
     }
@@ -170,7 +180,10 @@ void Service::ksem_semctl(const HomeHeader& h, const SemCtlReq& r, SemSet& s, Ke
       }
       for (uint16_t v : r.vals)
         if (v > lim.semvmx) e = ERANGE;
-      if (!e && !(e = k.setall(r.vals))) k.clear_undo(-1);
+      if (!e && !(e = k.setall(r.vals))) {
+        k.clear_undo(-1);
+        k.set_remote_pid_all(c.pid);
+      }
       break;
     }
     default:

@@ -310,10 +310,14 @@ uint64_t own_namespace() {
   return ns;
 }
 
+std::atomic<int> daemon_pid{0};  // dipcd's pid as the kernel records it in sempid
+
 std::atomic<uint64_t>& slot(int id) { return table[static_cast<uint32_t>(id) % kEntries]; }
 
-// The kernel id behind a distributed set, or -1: call dipcd.
-int kernel_id(int id) {
+constexpr int kInterrupted = -2;
+// The kernel id behind a distributed set; -1: call dipcd; kInterrupted (only with `interruptible`): a signal handler
+// ran while the id was asked, so the semop must act as if interrupted before it slept.
+int kernel_id(int id, bool interruptible = false) {
   uint64_t e = slot(id).load(std::memory_order_acquire);
   if (e != 0 && static_cast<uint32_t>(e >> 32) == static_cast<uint32_t>(id)) return static_cast<int>(static_cast<uint32_t>(e)) - 1;
   ipc::SemCtlReq q;
@@ -324,10 +328,12 @@ int kernel_id(int id) {
   // Asked from inside semop: like the operation itself, it polls rather than sleeps for the answer, so a process
   // seen sleeping in semop is a registered waiter (issue 9 item 3), never one still asking for the kernel id.
   Wait w;
-  w.interruptible = true;
+  w.interruptible = interruptible;
   dipc::preload::call(ipc::kSemCtl, ipc::encode_body(q), r, w, [&](ByteView b) { return decodes(b, resp); });
+  if (r.interrupted) return kInterrupted;
   if (r.status || r.unknown_id()) return -1;  // the normal path gives the answer
   int kid = resp.kid >= 0 && resp.ns_ino != 0 && resp.ns_ino == own_namespace() ? resp.kid : -1;
+  if (kid >= 0) daemon_pid.store(resp.daemon_pid, std::memory_order_relaxed);
   slot(id).store((static_cast<uint64_t>(static_cast<uint32_t>(id)) << 32) | static_cast<uint32_t>(kid + 1),
                  std::memory_order_release);
   return kid;
@@ -347,7 +353,11 @@ bool hidden(int kid, const struct semid_ds* user_buf) {
 }
 }  // namespace ksem
 
-std::optional<int> dipc_semop(int id, struct sembuf* user_sops, size_t nsops, const struct timespec* user_timeout) {
+// interrupted: a signal handler already ran in this call (ksem::kInterrupted): the operation is tried without
+// waiting, and where it would have to wait the call fails with EINTR, as the kernel's check for a pending signal
+// before it sleeps.
+std::optional<int> dipc_semop(int id, struct sembuf* user_sops, size_t nsops, const struct timespec* user_timeout,
+                              bool interrupted = false) {
   // The kernel's order of checks (do_semtimedop): nsops (EINVAL, E2BIG past semopm), the sops (EFAULT), the timeout
   // (EFAULT, EINVAL), then the set. semopm is the home's: a copy that fails is E2BIG only past the node's semopm.
   if (nsops < 1) return fail(EINVAL);
@@ -369,8 +379,14 @@ std::optional<int> dipc_semop(int id, struct sembuf* user_sops, size_t nsops, co
   q.sops.reserve(nsops);
   bool may_block = false;
   for (const struct sembuf& op : sops) {
-    q.sops.push_back(ipc::SemBuf{op.sem_num, op.sem_op, op.sem_flg});
     if (!(op.sem_flg & IPC_NOWAIT)) may_block = true;
+    q.sops.push_back(ipc::SemBuf{op.sem_num, op.sem_op,
+                                 static_cast<int16_t>(interrupted ? op.sem_flg | IPC_NOWAIT : op.sem_flg)});
+  }
+  if (interrupted && may_block) {
+    auto r = daemon_call(ipc::kSemOp, ipc::encode_body(q), {}, [](ByteView b) { return b.empty(); });
+    if (!r) return std::nullopt;
+    return r->status == EAGAIN ? fail(EINTR) : r->status ? fail(r->status) : 0;
   }
   w.interruptible = may_block;
   if (!may_block) w.deadline_ns = -1;
@@ -575,8 +591,9 @@ int semget(key_t key, int nsems, int semflg) {
 int semtimedop(int semid, struct sembuf* sops, size_t nsops, const struct timespec* timeout) {
   if (!ipc::is_dipc_id(semid)) return kernel(&Real::semtimedop, semid, sops, nsops, timeout);
   return guarded([&] {
-    if (int kid = ksem::kernel_id(semid); kid >= 0) return kernel(&Real::semtimedop, kid, sops, nsops, timeout);
-    auto r = dipc_semop(semid, sops, nsops, timeout);
+    int kid = ksem::kernel_id(semid, true);
+    if (kid >= 0) return kernel(&Real::semtimedop, kid, sops, nsops, timeout);
+    auto r = dipc_semop(semid, sops, nsops, timeout, kid == ksem::kInterrupted);
     return r ? *r : kernel(&Real::semtimedop, semid, sops, nsops, timeout);
   });
 }
@@ -584,8 +601,9 @@ int semtimedop(int semid, struct sembuf* sops, size_t nsops, const struct timesp
 int semop(int semid, struct sembuf* sops, size_t nsops) {
   if (!ipc::is_dipc_id(semid)) return kernel(&Real::semop, semid, sops, nsops);
   return guarded([&] {
-    if (int kid = ksem::kernel_id(semid); kid >= 0) return kernel(&Real::semop, kid, sops, nsops);
-    auto r = dipc_semop(semid, sops, nsops, nullptr);
+    int kid = ksem::kernel_id(semid, true);
+    if (kid >= 0) return kernel(&Real::semop, kid, sops, nsops);
+    auto r = dipc_semop(semid, sops, nsops, nullptr, kid == ksem::kInterrupted);
     return r ? *r : kernel(&Real::semop, semid, sops, nsops);
   });
 }
@@ -643,6 +661,8 @@ int semctl(int semid, int semnum, int cmd, ...) {
       case SETALL:
         if (int kid = ksem::kernel_id(semid); kid >= 0) {
           int r = kernel(&Real::semctl, kid, semnum, cmd, arg);
+          // dipcd made the last change for a process of another node: it knows that process's pid.
+          if (cmd == GETPID && r > 0 && r == ksem::daemon_pid.load(std::memory_order_relaxed)) break;
           if (r == 0 && (cmd == SETVAL || cmd == SETALL)) {
             // dipcd forgets the SEM_UNDO adjustments of other nodes' processes, as the kernel did for local ones.
             int saved = errno;
