@@ -376,6 +376,7 @@ bool await(Conn& c, uint16_t op, uint64_t id, const Wait& w, Reply& out, const s
   // Errors carry no body, except the unknown-id marker.
   if (out.status && !out.body.empty() && !out.unknown_id()) return false;
   if (stopped && out.status == ECANCELED) out.status = stopped;
+  out.interrupted = stopped == EINTR;
   return true;
 }
 
