@@ -1,7 +1,9 @@
 // Distributed semaphores and message queues against their baselines, measured in the same run:
 //   - raw TCP request/response round trip between the same two nodes (the floor for any remote call),
 //   - dipc: semaphore ping-pong, message round trip and message streaming between two nodes,
-//   - native kernel SysV: the same patterns between two processes of one node, for scale.
+//   - native kernel SysV: the same patterns between two processes of one node, for scale,
+//   - dipc with both processes on the set's home node (issue 9: within 1.5x of the native ping-pong),
+//   - shmget + shmat + shmdt of an existing 64 KiB segment homed on this node, dipc and native (issue 9: 3x).
 // Run through bench/run.sh, which starts a simulated 2-node cluster, runs this binary with repetitions in random
 // interleaved order (each repetition round runs every benchmark once, so dipc and its baseline alternate) and
 // prints the median of the per-round ratios with their spread.
@@ -24,6 +26,7 @@
 #include <sys/ipc.h>
 #include <sys/msg.h>
 #include <sys/sem.h>
+#include <sys/shm.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -231,9 +234,9 @@ void BM_RawTcpRoundTrip(benchmark::State& state) {
   stop_partner(p);
 }
 
-void sem_pingpong(benchmark::State& state, bool remote) {
-  const char* name = remote ? "BM_DipcSemPingPong" : "BM_NativeSemPingPong";
-  int semid = semget(IPC_PRIVATE, 2, (remote ? IPC_DIPC : 0) | 0600);
+// dipc: a distributed set (homed on node 1, this node); remote: the partner runs on node 2, else it is a child here.
+void sem_pingpong(benchmark::State& state, const char* name, bool dipc, bool remote) {
+  int semid = semget(IPC_PRIVATE, 2, (dipc ? IPC_DIPC : 0) | 0600);
   if (semid < 0) die("semget");
   Partner p = start_partner(remote, "sem", semid);
   {
@@ -248,8 +251,9 @@ void sem_pingpong(benchmark::State& state, bool remote) {
   semctl(semid, 0, IPC_RMID);
   stop_partner(p);
 }
-void BM_DipcSemPingPong(benchmark::State& s) { sem_pingpong(s, true); }
-void BM_NativeSemPingPong(benchmark::State& s) { sem_pingpong(s, false); }
+void BM_DipcSemPingPong(benchmark::State& s) { sem_pingpong(s, "BM_DipcSemPingPong", true, true); }
+void BM_NativeSemPingPong(benchmark::State& s) { sem_pingpong(s, "BM_NativeSemPingPong", false, false); }
+void BM_DipcHomeSemPingPong(benchmark::State& s) { sem_pingpong(s, "BM_DipcHomeSemPingPong", true, false); }
 
 void msg_roundtrip(benchmark::State& state, bool remote) {
   const char* name = remote ? "BM_DipcMsgRoundTrip" : "BM_NativeMsgRoundTrip";
@@ -300,6 +304,29 @@ void msg_stream(benchmark::State& state, bool remote) {
 void BM_DipcMsgStream(benchmark::State& s) { msg_stream(s, true); }
 void BM_NativeMsgStream(benchmark::State& s) { msg_stream(s, false); }
 
+// shmget of the existing key, shmat, shmdt: what a program that attaches a segment for a while pays each time.
+void shm_attach(benchmark::State& state, const char* name, bool dipc) {
+  key_t key = 0x5b000000 | (getpid() & 0xffff);
+  constexpr size_t kSize = 64 << 10;
+  int shmid = shmget(key, kSize, IPC_CREAT | IPC_EXCL | (dipc ? IPC_DIPC : 0) | 0600);
+  if (shmid < 0) die("shmget");
+  {
+    Recorder rec(state, name);
+    for (auto _ : state) {
+      int64_t t0 = dipc_bench::now_ns();
+      int id = shmget(key, kSize, dipc ? IPC_DIPC : 0);
+      if (id < 0) die("shmget (existing)");
+      void* p = shmat(id, nullptr, 0);
+      if (p == reinterpret_cast<void*>(-1)) die("shmat");
+      if (shmdt(p) < 0) die("shmdt");
+      rec.add(dipc_bench::now_ns() - t0);
+    }
+  }
+  shmctl(shmid, IPC_RMID, nullptr);
+}
+void BM_DipcShmAttach(benchmark::State& s) { shm_attach(s, "BM_DipcShmAttach", true); }
+void BM_NativeShmAttach(benchmark::State& s) { shm_attach(s, "BM_NativeShmAttach", false); }
+
 // Fixed iteration counts: one function call is one repetition (no probing runs), so the CDF lines count reps.
 void register_all() {
   const char* e = getenv("DIPC_BENCH_ITERS");
@@ -311,6 +338,9 @@ void register_all() {
   benchmark::RegisterBenchmark("BM_DipcMsgRoundTrip", BM_DipcMsgRoundTrip)->UseRealTime()->Iterations(iters);
   benchmark::RegisterBenchmark("BM_DipcMsgStream", BM_DipcMsgStream)->UseRealTime()->Iterations(batches);
   benchmark::RegisterBenchmark("BM_NativeSemPingPong", BM_NativeSemPingPong)->UseRealTime()->Iterations(iters);
+  benchmark::RegisterBenchmark("BM_DipcHomeSemPingPong", BM_DipcHomeSemPingPong)->UseRealTime()->Iterations(iters);
+  benchmark::RegisterBenchmark("BM_DipcShmAttach", BM_DipcShmAttach)->UseRealTime()->Iterations(batches);
+  benchmark::RegisterBenchmark("BM_NativeShmAttach", BM_NativeShmAttach)->UseRealTime()->Iterations(batches);
   benchmark::RegisterBenchmark("BM_NativeMsgRoundTrip", BM_NativeMsgRoundTrip)->UseRealTime()->Iterations(iters);
   benchmark::RegisterBenchmark("BM_NativeMsgStream", BM_NativeMsgStream)->UseRealTime()->Iterations(batches);
 }

@@ -12,6 +12,7 @@
 #   DIPC_BENCH_BUSY_POLL_US=50  the daemons poll that long before sleeping ([cluster] busy_poll_us)
 #   DIPC_BENCH_SCHED=nice:-5  the daemons' scheduling ([cluster] sched, see README)
 #   DIPC_BENCH_TRANSPORT=verbs  the cluster uses the verbs transport (softroce VM: docs/PERFORMANCE.md)
+#   DIPC_BENCH_LINK_SECURITY=none  the cluster's [cluster] link_security (mac, the default; encrypt; none)
 set -euo pipefail
 if [ -n "${DIPC_BENCH_CPUS:-}" ] && [ -z "${DIPC_BENCH_PINNED:-}" ]; then
   DIPC_BENCH_PINNED=1 exec taskset -c "$DIPC_BENCH_CPUS" "$0" "$@"
@@ -32,7 +33,8 @@ cleanup() {
   rm -rf "$dir"
 }
 trap cleanup EXIT
-up_flags=(--log-level warn --busy-poll-us "${DIPC_BENCH_BUSY_POLL_US:-0}" --transport "${DIPC_BENCH_TRANSPORT:-tcp}")
+up_flags=(--log-level warn --busy-poll-us "${DIPC_BENCH_BUSY_POLL_US:-0}" --transport "${DIPC_BENCH_TRANSPORT:-tcp}"
+  --link-security "${DIPC_BENCH_LINK_SECURITY:-mac}")
 [ -n "${DIPC_BENCH_SCHED:-}" ] && up_flags+=(--sched "$DIPC_BENCH_SCHED")
 "$bin/dipc-sim" up -n 2 --dir "$dir" "${up_flags[@]}" >/dev/null
 peer_addr=$("$bin/dipc-sim" exec --dir "$dir" node2 -- sh -c 'echo "$DIPC_NODE_ADDR"')

@@ -5,7 +5,8 @@
 # Measures, in this order: perftest (ib_read_lat -s 4096, ib_send_lat -s 64) between two processes on the VM's rxe0;
 # bench/transport_bench (tcp and verbs providers, perftest style); bench/run.sh (semaphore ping-pong and message
 # round trip) with transport tcp, then verbs; bench/run_shm.sh (read miss, Jacobi) with tcp, then verbs, scaled
-# down (DIPC_SHM_* knobs) to fit the emulation. Prints each part's output; run_verbs.sh itself computes nothing.
+# down (DIPC_SHM_* knobs, DIPC_BENCH_ITERS=300) to fit the emulation. Prints each part's output; run_verbs.sh itself
+# computes nothing. ib_send_lat's t_typical is half a round trip: compare a semaphore round trip with twice it.
 set -uo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 build=$(cd "${1:-$top/build}" && pwd) || exit 2
@@ -34,7 +35,7 @@ echo "=== transport_bench"
 "$build/bin/transport_bench" --benchmark_min_time=0.5 2>&1 | grep -v "^\[20"
 for t in tcp verbs; do
   echo "=== bench/run.sh transport=$t"
-  DIPC_BENCH_TRANSPORT=$t "$top/bench/run.sh" "$build" --benchmark_min_time=0.5 2>&1 | tail -n 8
+  DIPC_BENCH_TRANSPORT=$t DIPC_BENCH_ITERS=${DIPC_BENCH_ITERS:-300} "$top/bench/run.sh" "$build" 2>&1 | tail -n 12
 done
 for t in tcp verbs; do
   echo "=== bench/run_shm.sh transport=$t"

@@ -5,7 +5,8 @@
 //   write_lat ~ BM_WriteNotify (one-sided write + the message that follows it, as dsm/ pushes a block)
 //   write_bw  ~ BM_WriteBw  (16 writes in flight)
 // Providers: tcp over 127.0.0.1, verbs over the first local address with an active RDMA port (skipped if none).
-// Run: bench/run_transport.sh (in the softroce VM: see docs/PERFORMANCE.md).
+// tcp runs [cluster] link_security "mac" (the default); tcp_none and tcp_encrypt run the 64 B round trip and the
+// 4 KiB push under the other two settings, for the cost of the per-frame seal (bench/run_link_security.sh).
 #include <arpa/inet.h>
 #include <benchmark/benchmark.h>
 #include <netinet/in.h>
@@ -70,11 +71,12 @@ struct Pair {
   MemRegion reg[2];
   bool ok = false;
 
-  Pair(const Factory& make, const std::string& addr) {
+  Pair(const Factory& make, const std::string& addr, LinkSecurity sec) {
     uint16_t p1 = free_port(), p2 = free_port();
     for (int i = 0; i < 2; ++i) {
       n[i].cfg.nodes = {{1, "n1", addr, p1}, {2, "n2", addr, p2}};
       n[i].cfg.self = static_cast<uint16_t>(i + 1);
+      n[i].cfg.link_security = sec;
       n[i].tr = make(n[i].cfg, n[i].loop, key);
       if (!n[i].tr || !n[i].tr->set_handler(ops::kTest, &n[i]) || !n[i].tr->start()) return;
       mem[i].assign(4u << 20, static_cast<uint8_t>(i));
@@ -185,11 +187,16 @@ int main(int argc, char** argv) {
     const char* name;
     Factory make;
     std::string addr;
+    dipc::LinkSecurity sec = dipc::LinkSecurity::kMac;
+    bool all = true;  // every benchmark, or only the round trip and the push (the link_security comparison)
+  };
+  Factory tcp = [](const dipc::Config& c, dipc::EventLoop& l, const dipc::ClusterKey& k) {
+    return make_tcp_transport(c, l, k);
   };
   std::vector<Provider> providers = {
-      {"tcp", [](const dipc::Config& c, dipc::EventLoop& l, const dipc::ClusterKey& k) {
-         return make_tcp_transport(c, l, k);
-       }, "127.0.0.1"}};
+      {"tcp", tcp, "127.0.0.1"},
+      {"tcp_none", tcp, "127.0.0.1", dipc::LinkSecurity::kNone, false},
+      {"tcp_encrypt", tcp, "127.0.0.1", dipc::LinkSecurity::kEncrypt, false}};
   if (std::string a = rdma_address(); !a.empty())
     providers.push_back({"verbs", [](const dipc::Config& c, dipc::EventLoop& l, const dipc::ClusterKey& k) {
                            auto t = make_verbs_transport(c, l, k);
@@ -197,13 +204,19 @@ int main(int argc, char** argv) {
                          }, a});
   std::vector<std::unique_ptr<Pair>> pairs;
   for (auto& pr : providers) {
-    auto p = std::make_unique<Pair>(pr.make, pr.addr);
+    auto p = std::make_unique<Pair>(pr.make, pr.addr, pr.sec);
     if (!p->ok) {
       fprintf(stderr, "transport_bench: %s: the two nodes did not connect; skipped\n", pr.name);
       continue;
     }
     Pair* raw = p.get();
     std::string n = pr.name;
+    if (!pr.all) {
+      benchmark::RegisterBenchmark(("BM_Request/" + n).c_str(), bm_request, raw)->Arg(64)->UseRealTime();
+      benchmark::RegisterBenchmark(("BM_WriteNotify/" + n).c_str(), bm_write_notify, raw)->Arg(4096)->UseRealTime();
+      pairs.push_back(std::move(p));
+      continue;
+    }
     benchmark::RegisterBenchmark(("BM_Request/" + n).c_str(), bm_request, raw)->Arg(64)->Arg(4096)->UseRealTime();
     benchmark::RegisterBenchmark(("BM_Read/" + n).c_str(), bm_read, raw)->Arg(64)->Arg(4096)->Arg(65536)->UseRealTime();
     benchmark::RegisterBenchmark(("BM_WriteNotify/" + n).c_str(), bm_write_notify, raw)->Arg(4096)->UseRealTime();

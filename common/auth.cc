@@ -48,28 +48,46 @@ Nonce ClusterKey::random_nonce() const {
   return n;
 }
 
-Mac ClusterKey::prove(char role, const Nonce& mine, const Nonce& theirs, uint16_t my_node,
-                      uint16_t their_node) const {
+Mac ClusterKey::prove(char role, const Nonce& mine, const Nonce& theirs, uint16_t my_node, uint16_t their_node,
+                      uint8_t link_mode) const {
   Encoder e;
   e.u8(static_cast<uint8_t>(role));
   e.raw(mine);
   e.raw(theirs);
   e.u16(my_node);
   e.u16(their_node);
+  e.u8(link_mode);
   Mac m;
   crypto_auth_hmacsha256(m.data(), e.buf().data(), e.buf().size(), key_.data());
   return m;
 }
 
 bool ClusterKey::verify(char role, const Nonce& theirs, const Nonce& mine, uint16_t their_node, uint16_t my_node,
-                        const Mac& mac) const {
+                        uint8_t link_mode, const Mac& mac) const {
   Encoder e;
   e.u8(static_cast<uint8_t>(role));
   e.raw(theirs);
   e.raw(mine);
   e.u16(their_node);
   e.u16(my_node);
+  e.u8(link_mode);
   return crypto_auth_hmacsha256_verify(mac.data(), e.buf().data(), e.buf().size(), key_.data()) == 0;
+}
+
+SessionKey ClusterKey::session_key(char dir, const Nonce& dialer_nonce, const Nonce& acceptor_nonce, uint16_t dialer,
+                                   uint16_t acceptor, uint8_t link_mode) const {
+  static const char kContext[] = "dipc link key v1";
+  Encoder e;
+  e.raw(ByteView(reinterpret_cast<const uint8_t*>(kContext), sizeof kContext));
+  e.u8(static_cast<uint8_t>(dir));
+  e.raw(dialer_nonce);
+  e.raw(acceptor_nonce);
+  e.u16(dialer);
+  e.u16(acceptor);
+  e.u8(link_mode);
+  SessionKey k;
+  crypto_generichash(k.data(), k.size(), e.buf().data(), e.buf().size(), key_.data(), key_.size());
+  return k;
 }
 
 Status write_new_secret(const std::string& path) {

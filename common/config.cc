@@ -140,6 +140,15 @@ Result<Config> parse_config(const std::string& text, std::string* error) {
     if (!parse_sched(c.sched, nullptr))
       return fail("cluster.sched must be \"auto\", \"other\", \"nice:N\" (-20..19), \"fifo:P\" or \"rr:P\" (1..99)");
     if (!parse_bind(c.bind, nullptr)) return fail("cluster.bind must be \"none\", \"core:N\" or \"pu:N\"");
+    std::string sec = cl["link_security"].value_or(std::string(link_security_name(c.link_security)));
+    if (sec == "none")
+      c.link_security = LinkSecurity::kNone;
+    else if (sec == "mac")
+      c.link_security = LinkSecurity::kMac;
+    else if (sec == "encrypt")
+      c.link_security = LinkSecurity::kEncrypt;
+    else
+      return fail("cluster.link_security must be \"mac\", \"encrypt\" or \"none\"");
     if (c.transport != "auto" && c.transport != "tcp" && c.transport != "verbs")
       return fail("cluster.transport must be \"auto\", \"tcp\" or \"verbs\"");
   }

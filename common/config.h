@@ -12,6 +12,8 @@
 //                                      # "other" (unchanged), "nice:N" (-20..19), "fifo:P" / "rr:P" (1..99);
 //                                      # raising needs CAP_SYS_NICE (root has it; systemd: AmbientCapabilities)
 //   bind = "none"                      # pin the daemon with hwloc: "none", "core:N", "pu:N" (logical indexes)
+//   link_security = "mac"              # node-to-node frames after the handshake: "mac" (authenticated, sequence-
+//                                      # numbered), "encrypt" (and encrypted; tcp only), "none"; same on every node
 //
 //   [[node]]                           # one table per node
 //   id = 1                             # 1..255, unique
@@ -66,6 +68,17 @@ struct KeyRange {
 // The default coherence unit: 4 KiB, or this node's page size where pages are larger.
 uint32_t default_block_size();
 
+// [cluster] link_security: what protects node-to-node frames after the handshake (transport/link_seal.h).
+enum class LinkSecurity : uint8_t { kNone = 0, kMac = 1, kEncrypt = 2 };
+inline const char* link_security_name(LinkSecurity s) {
+  switch (s) {
+    case LinkSecurity::kNone: return "none";
+    case LinkSecurity::kMac: return "mac";
+    case LinkSecurity::kEncrypt: return "encrypt";
+  }
+  return "?";
+}
+
 struct Config {
   std::vector<NodeConf> nodes;
   uint16_t self = 0;  // id of this node
@@ -77,6 +90,7 @@ struct Config {
   uint32_t answer_poll_us = 200;
   std::string sched = "auto";
   std::string bind = "none";
+  LinkSecurity link_security = LinkSecurity::kMac;
   Distribute distribute = Distribute::kFlag;
   std::vector<KeyRange> ranges;
   bool distribute_private = true;  // [policy] private: under "all", IPC_PRIVATE is distributed too

@@ -6,7 +6,8 @@
 namespace dipc {
 
 // True when fewer tasks are runnable in the whole system (the "R" of /proc/loadavg's "R/T", the caller included)
-// than CPUs this thread may run on. A few microseconds (reads /proc/loadavg); false when it cannot tell.
+// than CPUs this thread may run on; false when it cannot tell. Reads /proc/loadavg at most once a millisecond per
+// process (a few microseconds), and answers from that reading in between.
 bool spare_cpu();
 
 }  // namespace dipc

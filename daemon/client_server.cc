@@ -61,9 +61,10 @@ ClientServer::ClientServer(EventLoop& loop, ipc::Service& service, const Config&
   }
   // A call now waits, registered at its home: the program may sleep (kBlocked, ipc/protocol.h).
   service_.set_blocked_hook([this](uint64_t token) {
-    for (auto& [cid, c] : conns_)
-      for (auto& [fid, t] : c->inflight)
-        if (t == token) return send_frame(cid, FrameHeader{FrameKind::kOneWay, ipc::kBlocked, fid, 0, 0}, {});
+    auto it = tokens_.find(token);
+    if (it == tokens_.end()) return;
+    auto [cid, fid] = it->second;
+    send_frame(cid, FrameHeader{FrameKind::kOneWay, ipc::kBlocked, fid, 0, 0}, {});
   });
 }
 
@@ -241,6 +242,9 @@ void ClientServer::on_readable(Conn& c, uint32_t events) {
         if (!conns_.count(id)) return;
         if (c.parser.failed()) return close_conn(id, c.parser.error().c_str());
         if (!account(c)) return;
+        // A short read drained the socket: no second recvmsg just to see EAGAIN (one system call per request
+        // less). Anything that arrives later, or queued behind a descriptor, makes the socket readable again.
+        if (static_cast<size_t>(n) < sizeof buf) return;
         continue;
       }
       if (n == 0) return close_conn(id, nullptr);
@@ -308,11 +312,13 @@ void ClientServer::on_frame(Conn& c, FrameParser::Frame& f) {
   c.inflight[h.id] = token;
   uint64_t frame_id = h.id;
   uint16_t op = h.op;
+  tokens_[token] = {conn_id, frame_id};
   auto answered = std::make_shared<bool>(false);  // the answer may come long after this returns
   try {
     service_.client_request(c.creds, h.op, f.payload, token,
-                            [this, conn_id, frame_id, op, answered](int st, Bytes body) {
+                            [this, conn_id, frame_id, op, token, answered](int st, Bytes body) {
                               *answered = true;
+                              tokens_.erase(token);
                               auto it = conns_.find(conn_id);
                               if (it == conns_.end()) return;
                               it->second->inflight.erase(frame_id);
@@ -321,6 +327,7 @@ void ClientServer::on_frame(Conn& c, FrameParser::Frame& f) {
   } catch (const std::bad_alloc&) {  // the program gets ENOMEM; the daemon goes on
     DIPC_LOG_WARN("client pid {}: out of memory serving operation {}", c.creds.pid, op);
     if (!*answered) {
+      tokens_.erase(token);
       c.inflight.erase(frame_id);
       send_frame(conn_id, FrameHeader{FrameKind::kResponse, op, frame_id, ENOMEM, 0}, {});
     }
@@ -414,7 +421,10 @@ void ClientServer::close_conn(uint64_t conn_id, const char* why) {
   for (int fd : c->fds) close(fd);
   service_.client_conn_closed(conn_id);
   // Calls still blocked on its behalf are withdrawn; nothing is half-applied.
-  for (auto& [fid, token] : c->inflight) service_.client_cancel(token);
+  for (auto& [fid, token] : c->inflight) {
+    tokens_.erase(token);
+    service_.client_cancel(token);
+  }
 }
 
 std::string ClientServer::status_text() const {

@@ -77,6 +77,8 @@ class ClientServer {
   uint64_t next_conn_ = 1;
   uint64_t next_token_ = 1;
   std::unordered_map<uint64_t, std::unique_ptr<Conn>> conns_;
+  // Service token -> (connection, frame id) of every request in flight: kBlocked finds its call without a scan.
+  std::unordered_map<uint64_t, std::pair<uint64_t, uint64_t>> tokens_;
   std::unordered_map<int, uint64_t> fd_conn_;
   std::unordered_map<int32_t, int> pidfds_;  // pid -> pidfd
   std::unordered_map<uint32_t, UserUse> users_;

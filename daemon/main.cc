@@ -31,10 +31,15 @@ namespace {
 // This start's incarnation: one more than the last one recorded in $STATE_DIRECTORY (systemd) or /var/lib/dipc,
 // per node name. Without a writable state directory, the clock's seconds stand in (and we say so): two starts
 // 32 seconds apart could then share an incarnation.
-uint32_t next_incarnation(const std::string& node) {
+std::string state_dir() {
   const char* env = getenv("STATE_DIRECTORY");
   std::string dir = env && *env ? std::string(env).substr(0, std::string(env).find(':')) : "/var/lib/dipc";
   mkdir(dir.c_str(), 0755);
+  return dir;
+}
+
+uint32_t next_incarnation(const std::string& node) {
+  std::string dir = state_dir();
   std::string path = dir + "/incarnation." + node;
   uint32_t last = 0;
   if (FILE* f = fopen(path.c_str(), "r")) {
@@ -121,6 +126,10 @@ int main(int argc, char** argv) {
   dipc::dsm::Manager dsm(loop, tr->get(), cfg.self, cfg.block_size, cfg.quantum_us, cfg.answer_poll_us);
   dipc::ipc::Service service(cfg, loop, tr->get(), dsm, dipc::ipc::Limits::read_proc());
   service.set_incarnation(next_incarnation(cfg.me().name));
+  // Semaphore sets homed here are kernel sets local programs operate on directly (DIPC_KERNEL_SEMS=0: every call
+  // through dipcd); the sets a crashed start left are removed before any id is handed out.
+  const char* ks = getenv("DIPC_KERNEL_SEMS");
+  service.set_kernel_sems(!(ks && std::string(ks) == "0"), state_dir() + "/kernel-sems." + cfg.me().name);
   if (auto s = (*tr)->set_handler(dipc::transport::ops::kDsm, &dsm); !s) return 1;
   if (auto s = (*tr)->set_handler(dipc::transport::ops::kIpc, &service); !s) return 1;
   if (auto s = (*tr)->start(); !s) {
@@ -128,7 +137,9 @@ int main(int argc, char** argv) {
     return 1;
   }
   // The loop thread (this one) and the frames memory go to the NUMA node of the RDMA device (no-op on one node).
-  if (std::string(tr->get()->name()) == "verbs")
+  // ("auto" runs verbs beside tcp exactly when its capabilities say it pins memory.)
+  if (std::string(tr->get()->name()) == "verbs" ||
+      (std::string(tr->get()->name()) == "auto" && tr->get()->caps().pins_memory))
     service.set_placement(dipc::daemon::place_near_rdma_device(dipc::daemon::rdma_device(cfg)));
   dipc::ClientServer clients(loop, service, cfg);
   if (auto s = clients.listen(cfg.socket); !s) {

@@ -3,8 +3,12 @@
 #include <fmt/format.h>
 #include <sys/resource.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "common/config.h"
 #include "common/log.h"
+#include "transport/multi/multi_transport.h"
 #include "transport/tcp/tcp_transport.h"
 #include "transport/verbs/verbs_transport.h"
 
@@ -12,21 +16,55 @@ namespace dipc::daemon {
 
 Result<std::unique_ptr<transport::Transport>> make_transport(const Config& cfg, EventLoop& loop,
                                                              const ClusterKey& key, std::string* error) {
-  if (cfg.transport == "verbs" ||
-      (cfg.transport == "auto" && cfg.nodes.size() > 1 && transport::verbs_usable(cfg.me().address))) {
-    transport::VerbsOptions vopt;
-    if (Status s = transport::parse_verbs_options(cfg, vopt, error); !s) return s;
-    auto t = transport::make_verbs_transport(cfg, loop, key, vopt);
-    if (t || cfg.transport == "verbs") {
-      if (!t && error) *error = "no usable RDMA device with an active port behind " + cfg.me().address;
-      return t;
-    }
-    // "auto": verbs when this node's address has an RDMA device with an active port behind it, else tcp.
-    DIPC_LOG_WARN("transport auto: verbs not usable ({}); using tcp", t.status().str());
+  // link_security (README "Security"): verbs applies no per-frame seal (one-sided RDMA cannot carry one), so
+  // "encrypt" needs tcp and "auto" then uses tcp to every peer; "mac" on verbs authenticates each connection at its
+  // handshake only.
+  bool encrypt = cfg.link_security == LinkSecurity::kEncrypt;
+  constexpr const char* kNoMacOnVerbs =
+      "link_security \"mac\" authenticates each verbs connection at its handshake; frames after it carry no MAC "
+      "on verbs (see README, Security): use a fabric you trust";
+  if (cfg.transport == "verbs" && encrypt) {
+    if (error)
+      *error = "link_security = \"encrypt\" needs transport = \"tcp\": verbs moves memory by one-sided RDMA, "
+               "which cannot be encrypted or carry a MAC (see README, Security)";
+    return Status::err(EINVAL);
   }
   transport::TcpOptions opt;
   if (Status s = transport::parse_tcp_options(cfg, opt, error); !s) return s;
-  return transport::make_tcp_transport(cfg, loop, key, opt);
+  if (cfg.transport == "verbs") {
+    transport::VerbsOptions vopt;
+    if (Status s = transport::parse_verbs_options(cfg, vopt, error); !s) return s;
+    auto t = transport::make_verbs_transport(cfg, loop, key, vopt);
+    if (!t && error) *error = "no usable RDMA device with an active port behind " + cfg.me().address;
+    if (t && cfg.link_security == LinkSecurity::kMac) DIPC_LOG_WARN("transport verbs: {}", kNoMacOnVerbs);
+    return t;
+  }
+  if (cfg.transport != "auto" || cfg.nodes.size() < 2) return transport::make_tcp_transport(cfg, loop, key, opt);
+  if (encrypt) {
+    DIPC_LOG_INFO("transport auto: link_security \"encrypt\" needs tcp; tcp to every peer");
+    return transport::make_tcp_transport(cfg, loop, key, opt);
+  }
+  // "auto": per peer (transport/multi): verbs to the peers that have RDMA too, tcp to the others. Every node runs
+  // tcp; verbs beside it when this node's address has an RDMA device with an active port behind it.
+  transport::VerbsOptions vopt;
+  if (Status s = transport::parse_verbs_options(cfg, vopt, error); !s) return s;
+  std::unique_ptr<transport::Transport> fast;
+  if (transport::verbs_usable(cfg.me().address)) {
+    auto v = transport::make_verbs_transport(cfg, loop, key, vopt);
+    if (v) {
+      fast = std::move(*v);
+      if (cfg.link_security == LinkSecurity::kMac) DIPC_LOG_WARN("transport auto: {}", kNoMacOnVerbs);
+    } else
+      DIPC_LOG_WARN("transport auto: verbs not usable ({}); tcp to every peer", v.status().str());
+  } else {
+    DIPC_LOG_INFO("transport auto: no RDMA device behind {}; tcp to every peer", cfg.me().address);
+  }
+  std::vector<transport::NodeId> peers;
+  for (const auto& n : cfg.nodes)
+    if (n.id != cfg.self) peers.push_back(n.id);
+  return transport::make_multi_transport(loop, std::move(peers), std::move(fast),
+                                         transport::make_tcp_transport(cfg, loop, key, opt),
+                                         std::max(opt.connect_timeout_ms, vopt.connect_timeout_ms));
 }
 
 Status check_memlock(const transport::Capabilities& caps, const char* provider, uint64_t limit, std::string* error) {

@@ -17,8 +17,8 @@ struct Config;
 
 namespace dipc::daemon {
 
-// Builds the transport the configuration asks for ("tcp", "verbs", or "auto": verbs when a device is usable, else
-// tcp); each provider reads its own [transport.<name>] section. Errors: ENODEV when "verbs" is asked for and no
+// Builds the transport the configuration asks for ("tcp", "verbs", or "auto": per peer, verbs when both nodes have a
+// usable RDMA device, else tcp: transport/multi); each provider reads its own [transport.<name>] section. Errors: ENODEV when "verbs" is asked for and no
 // RDMA device is usable; EINVAL with `error` naming the setting for a bad [transport.<name>] value.
 Result<std::unique_ptr<transport::Transport>> make_transport(const Config& cfg, EventLoop& loop, const ClusterKey& key,
                                                              std::string* error);

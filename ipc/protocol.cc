@@ -435,12 +435,34 @@ void IpcInfoResp::encode(Encoder& e) const {
   e.u32(count);
   e.u64(a);
   e.u64(b);
+  e.u64(ns_ino);
+  e.u32(static_cast<uint32_t>(hidden.size()));
+  for (int32_t k : hidden) e.i32(k);
+  e.u64(hidden_sems);
 }
 bool IpcInfoResp::decode(Decoder& d) {
   max_index = d.i32();
   count = d.u32();
   a = d.u64();
   b = d.u64();
+  ns_ino = d.u64();
+  uint32_t n = d.count(kMaxObjEntries, 4);
+  hidden.clear();
+  hidden.resize(n);
+  for (auto& k : hidden) k = d.i32();
+  hidden_sems = d.u64();
+  return d.ok();
+}
+
+void SemKernelResp::encode(Encoder& e) const {
+  e.i32(kid);
+  e.u64(ns_ino);
+  e.i32(daemon_pid);
+}
+bool SemKernelResp::decode(Decoder& d) {
+  kid = d.i32();
+  ns_ino = d.u64();
+  daemon_pid = d.i32();
   return d.ok();
 }
 

@@ -22,7 +22,7 @@
 
 namespace dipc::ipc {
 
-inline constexpr uint32_t kProtocolVersion = 2;  // 2: ShmAtResp carries the block size
+inline constexpr uint32_t kProtocolVersion = 3;  // 2: ShmAtResp carries the block size; 3: kernel-backed sets
 inline constexpr uint32_t kMaxSops = 32768;   // hard decode bound; the home enforces semopm
 inline constexpr uint32_t kMaxSems = 65536;   // hard decode bound; the home enforces semmsl
 inline constexpr uint32_t kMaxMsgText = 1u << 20;
@@ -71,6 +71,13 @@ inline constexpr uint8_t kUnknownIdMarker = 0xff;
 
 // semctl command the preload uses to learn nsems before GETALL/SETALL copy arrays (no Linux command has this value).
 inline constexpr int32_t kSemCtlNsems = 0x44490001;
+// A set homed on the caller's node may be backed by a kernel set in the home dipcd's IPC namespace, which local
+// programs operate on directly (docs/ARCHITECTURE.md, "Semaphores homed here"). kSemCtlKernel -> SemKernelResp:
+// the kernel id (-1: none, or a caller of another node) and the daemon's IPC namespace. kSemCtlUndoClear (semnum,
+// -1: all): after a program's own SETVAL/SETALL on the kernel set, the home forgets the SEM_UNDO adjustments it
+// keeps for processes of other nodes on those semaphores, as the kernel's SETVAL does for local ones.
+inline constexpr int32_t kSemCtlKernel = 0x44490002;
+inline constexpr int32_t kSemCtlUndoClear = 0x44490003;
 
 struct HelloReq {
   uint32_t version = kProtocolVersion;
@@ -114,6 +121,13 @@ struct SemCtlReq {
   std::vector<uint16_t> vals;    // SETALL
   uint32_t uid = 0, gid = 0;     // IPC_SET
   uint16_t mode = 0;
+  void encode(Encoder& e) const;
+  bool decode(Decoder& d);
+};
+struct SemKernelResp {
+  int32_t kid = -1;     // the kernel set's id, -1: operate through the daemon
+  uint64_t ns_ino = 0;  // st_ino of the daemon's /proc/self/ns/ipc: the kernel id means something only there
+  int32_t daemon_pid = 0;  // a kernel GETPID of this pid: ask dipcd (the last operation came from another node)
   void encode(Encoder& e) const;
   bool decode(Decoder& d);
 };
@@ -269,6 +283,11 @@ struct IpcInfoResp {
   int32_t max_index = -1;  // the highest index of a distributed object, -1 without any
   uint32_t count = 0;      // objects
   uint64_t a = 0, b = 0;   // sums of ObjEntry a, b: sem: nsems; msg: qnum, cbytes; shm: pages of segsz, nattch
+  // Kernel sets that back distributed sets homed on the asking node (sem only), with their semaphores and the
+  // daemon's IPC namespace: the preload hides them from the kernel's *_STAT scan and *_INFO counts.
+  uint64_t ns_ino = 0;
+  std::vector<int32_t> hidden;
+  uint64_t hidden_sems = 0;
   void encode(Encoder& e) const;
   bool decode(Decoder& d);
 };

@@ -59,6 +59,14 @@ class SemSet {
   int stat(const Creds& c, SemStat& out) const;
   int set(uint32_t uid, uint32_t gid, uint16_t mode, const Creds& c, int64_t now);
   int check_rmid(const Creds& c) const;
+  // A set backed by a kernel set (kernel_sem.h): the kernel's owner, mode and times are the truth.
+  void sync(uint32_t uid, uint32_t gid, uint16_t mode, int64_t otime, int64_t ctime) {
+    perm_.uid = uid;
+    perm_.gid = gid;
+    perm_.mode = static_cast<uint16_t>((perm_.mode & ~0777) | (mode & 0777));
+    otime_ = otime;
+    ctime_ = ctime;
+  }
 
   // exit_sem(): applies and forgets proc's SEM_UNDO adjustments.
   void apply_undo(const ProcKey& proc, int64_t now);

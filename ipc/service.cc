@@ -28,7 +28,10 @@ Service::Service(const Config& cfg, EventLoop& loop, transport::Transport* tr, d
   std::sort(node_ids_.begin(), node_ids_.end());
 }
 
-Service::~Service() = default;
+Service::~Service() {
+  for (const auto& [id, k] : ksems_) ksem_registry_.remove(k->kid());
+  ksems_.clear();  // removes the kernel sets: their waiters get EIDRM
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Plumbing: the same handlers serve local calls (direct) and remote ones (through the transport).
@@ -120,6 +123,7 @@ void Service::dispatch_message(uint16_t from, uint16_t op, ByteView body) {
       ProcExitMsg m;
       if (!decode_body(body, m)) return;
       ProcKey pk{from, m.pid};
+      for (auto& [id, k] : ksems_) k->apply_undo(pk, limits(LimitFiles::kSem).semvmx);
       for (auto& [id, s] : sems_.by_id) {
         if (!s->has_undo(pk)) continue;
         s->apply_undo(pk, now_s());

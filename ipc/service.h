@@ -21,6 +21,7 @@
 #include "common/event_loop.h"
 #include "dsm/segment.h"
 #include "ipc/ids.h"
+#include "ipc/kernel_sem.h"
 #include "ipc/msg_queue.h"
 #include "ipc/protocol.h"
 #include "ipc/sem_set.h"
@@ -70,6 +71,9 @@ class Service : public transport::Handler {
   std::pair<uint32_t, uint32_t> peer_counts() const;
   // This daemon start's incarnation (ipc/ids.h), set before the transport starts.
   void set_incarnation(uint32_t inc) { incarnation_ = inc & kIncarnationMask; }
+  // Semaphore sets homed here are backed by kernel sets (kernel_sem.h) unless `enabled` is false; `state_file`
+  // keeps their kernel ids, and those a previous start left are removed now (service_ksem.cc).
+  void set_kernel_sems(bool enabled, std::string state_file);
   size_t objects() const { return sems_.by_id.size() + msgs_.by_id.size() + shms_.by_id.size(); }
   dsm::Manager& dsm() { return dsm_; }
 
@@ -146,6 +150,15 @@ class Service : public transport::Handler {
   // service_wait.cc: a request queued at this home is registered; tell its origin
   void note_blocked(uint64_t token);
   void on_blocked_note(uint16_t from, ByteView body);
+  // service_ksem.cc: semaphore sets homed here backed by a kernel set
+  KernelSemSet* find_ksem(int32_t id);
+  void ksem_create(const Creds& c, int32_t id, int nsems, uint16_t mode);
+  // Refreshes the SemSet's owner, mode and times from the kernel set; false (and the object removed) when the
+  // kernel set was removed behind dipcd's back.
+  bool ksem_sync(int32_t id, SemSet& s, KernelSemSet& k);
+  void ksem_semop(const HomeHeader& h, const SemOpReq& r, SemSet& s, KernelSemSet& k, ReplyFn& reply);
+  void ksem_semctl(const HomeHeader& h, const SemCtlReq& r, SemSet& s, KernelSemSet& k, ReplyFn& reply);
+  void ksem_hidden(IpcInfoResp& r) const;
   void shm_detach_at_home(const Creds& c, int32_t id, ReplyFn reply);
   void home_cancel(uint64_t token);
   void remove_object(ObjType type, int32_t id);
@@ -187,6 +200,9 @@ class Service : public transport::Handler {
   std::map<std::pair<uint8_t, int32_t>, Reservation> keys_;     // referee: (type, key) -> state
   std::vector<uint16_t> node_ids_;                              // sorted
   uint32_t incarnation_ = 0;
+  bool kernel_sems_ = false;
+  KernelSemRegistry ksem_registry_;
+  std::unordered_map<int32_t, std::unique_ptr<KernelSemSet>> ksems_;
 };
 
 }  // namespace dipc::ipc

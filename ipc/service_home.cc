@@ -63,6 +63,7 @@ int Service::create_local(ObjType type, const Creds& c, int32_t key, int32_t nse
     p.seq = static_cast<uint16_t>(id_seq(id));
     sems_.by_id[id] = std::make_unique<SemSet>(p, nsems, lim_, now);
     used_sems_ += nsems;
+    ksem_create(c, id, nsems, p.mode);
   } else if (type == ObjType::kMsg) {
     if (int e = alloc(msgs_)) return e;
     p.seq = static_cast<uint16_t>(id_seq(id));
@@ -151,6 +152,7 @@ void Service::home_semop(const HomeHeader& h, ByteView body, ReplyFn& reply) {
   if (static_cast<int>(r.sops.size()) > limits(LimitFiles::kSem, true).semopm) return reply(E2BIG, {});
   SemSet* s = find_sem(r.id);
   if (!s) return reply(EINVAL, unknown_id());
+  if (KernelSemSet* k = find_ksem(r.id)) return ksem_semop(h, r, *s, *k, reply);
   Outcome o = s->semop(h.token, r.sops, ProcKey{h.creds.node, h.creds.pid}, h.creds, now_s());
   if (o.kind == Outcome::kBlocked) {
     pending_[h.token] = Pending{ObjType::kSem, r.id, std::move(reply)};
@@ -165,6 +167,9 @@ void Service::home_semctl(const HomeHeader& h, ByteView body, ReplyFn& reply) {
   if (!decode_body(body, r)) return reply(EINVAL, {});
   SemSet* s = find_sem(r.id);
   if (!s) return reply(EINVAL, unknown_id());
+  if (KernelSemSet* k = find_ksem(r.id)) return ksem_semctl(h, r, *s, *k, reply);
+  if (r.cmd == kSemCtlKernel) return reply(0, encode_body(SemKernelResp{-1, 0}));
+  if (r.cmd == kSemCtlUndoClear) return reply(0, {});
   const Creds& c = h.creds;
   SemCtlResp resp;
   int e = 0;
@@ -304,6 +309,8 @@ void Service::home_cancel(uint64_t token) {
   auto it = pending_.find(token);
   if (it == pending_.end()) return;  // already answered: the caller gets that answer
   if (it->second.type == ObjType::kSem) {
+    // A worker asleep in the kernel set: interrupted; its answer (ECANCELED, or what it got first) follows.
+    if (KernelSemSet* k = find_ksem(it->second.id); k && k->cancel(token)) return;
     if (SemSet* s = find_sem(it->second.id)) s->cancel(token);
   } else if (MsgQueue* q = find_msg(it->second.id)) {
     q->cancel(token);
@@ -321,6 +328,10 @@ void Service::remove_object(ObjType type, int32_t id) {
     waiters = it->second->remove_waiters();
     key = it->second->perm().key;
     used_sems_ -= it->second->nsems();
+    if (auto k = ksems_.find(id); k != ksems_.end()) {
+      ksem_registry_.remove(k->second->kid());
+      ksems_.erase(k);  // IPC_RMID on the kernel set: local waiters and workers get EIDRM
+    }
     sems_.by_id.erase(it);
     sems_.free.push_back(id_slot(id));
   } else {

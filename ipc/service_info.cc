@@ -33,6 +33,7 @@ void Service::client_ipc_info(const HomeHeader& h, uint16_t op, ByteView body, R
         r.b += e.b;
         r.max_index = std::max(r.max_index, stat_index(id_slot(e.id), node_rank(e.home), n));
       }
+      if (req.type == ObjType::kSem) ksem_hidden(r);
       reply(0, encode_body(r));
     });
   }
@@ -62,7 +63,9 @@ void Service::home_stat_slot(const HomeHeader& h, ByteView body, ReplyFn& reply)
   int err = EINVAL;
   if (req.type == ObjType::kSem) {
     int32_t id = id_of(sems_);
-    if (SemSet* s = find_sem(id)) {
+    SemSet* s = find_sem(id);
+    if (KernelSemSet* k = s ? find_ksem(id) : nullptr; k && !ksem_sync(id, *s, *k)) s = nullptr;
+    if (s) {
       SemCtlResp r;
       if (!(err = s->stat(c, r.stat))) {
         IdResp{id}.encode(e);

@@ -35,6 +35,13 @@ constexpr int64_t kRetryNs = kSecond;            // while no daemon answers: one
 constexpr int64_t kHelloNs = 5 * kSecond;        // the daemon answers kHello at once
 constexpr int64_t kCancelGraceNs = 30 * kSecond;  // after kCancel, the request's answer must come within this
 constexpr int64_t kRegisterNs = 10 * kSecond;     // a call that may block polls at most this long for kBlocked
+// ... and for the first kRegisterHotNs of that poll it keeps its CPU (no sched_yield): a registration takes one round
+// trip to the home (100-300 us here), well inside a time slice, while a yield under load puts the caller behind
+// every runnable task: it was then runnable, not sleeping, when the answer came, got no wake-up and waited 7-15 ms
+// for its turn (docs/PERFORMANCE.md, "Wake-ups"). Only when the daemon runs under a real-time policy (the default
+// `sched = "auto"` with the right to it): a daemon under the normal policy would wait behind the polling caller
+// until its slice ends (measured 1.75x slower), so then the poll yields from the start as before.
+constexpr int64_t kRegisterHotNs = 1'000'000;
 constexpr size_t kMaxConns = 256;
 constexpr int64_t kReconnectStepNs = 50'000'000;  // between connection attempts while a call waits for a daemon
 
@@ -67,6 +74,7 @@ struct Conn {
   gid_t egid = 0;
   uint64_t next_id = 1;
   bool busy = false;
+  bool daemon_rt = false;  // the daemon runs SCHED_FIFO/RR: it preempts a caller polling without yielding
   FrameParser parser;
   Bytes rbuf;
 
@@ -86,6 +94,7 @@ struct Conn {
     slot = -1;
     next_id = 1;
     busy = false;
+    daemon_rt = false;
     parser = FrameParser();
   }
   void adopt(int new_fd) {
@@ -130,10 +139,11 @@ enum class Read { kFrame, kTimeout, kSignal, kBroken };
 
 // Waits for the next whole frame. `deadline` < 0: no limit. EINTR from poll ends the wait only when `signals`.
 // A descriptor passed with SCM_RIGHTS goes to *passed_fd when asked for (the first one), else it is closed.
-// Polls, yielding the CPU, at least until `spin_until` (CLOCK_MONOTONIC ns) before it sleeps.
+// Polls at least until `spin_until` (CLOCK_MONOTONIC ns) before it sleeps: without yielding the CPU until
+// `hot_until`, yielding it between polls after that.
 // `unblocked`: the caller blocked signals (SignalGate) and they are let in only inside ppoll with this mask.
 Read read_frame(Conn& c, FrameParser::Frame& f, int64_t deadline, bool signals, int* passed_fd = nullptr,
-                int64_t spin_until = 0, const sigset_t* unblocked = nullptr) {
+                int64_t spin_until = 0, int64_t hot_until = 0, const sigset_t* unblocked = nullptr) {
   const timespec zero{0, 0};
   auto wait_in = [&](pollfd* p, int timeout_ms) {
     if (!unblocked) return poll(p, 1, timeout_ms);
@@ -152,8 +162,11 @@ Read read_frame(Conn& c, FrameParser::Frame& f, int64_t deadline, bool signals, 
     int64_t until = std::max(g_spin_ns > 0 && spare_cpu() ? now_ns() + g_spin_ns : 0, spin_until);
     if (until > 0 && timeout != 0) {
       if (deadline >= 0) until = std::min(until, deadline);
-      for (unsigned i = 1; (r = wait_in(&p, 0)) == 0 && now_ns() < until; ++i) {
-        if (i % 16 == 0 && now_ns() >= spin_until && !spare_cpu()) break;
+      for (unsigned i = 1; (r = wait_in(&p, 0)) == 0;) {
+        int64_t now = now_ns();
+        if (now >= until) break;
+        if (now < hot_until) continue;
+        if (i++ % 16 == 0 && now >= spin_until && !spare_cpu()) break;
         sched_yield();  // let the daemon have the CPU
       }
     }
@@ -272,6 +285,12 @@ bool open_conn(Conn& c) {
   int fd = connect_socket();
   if (fd < 0) return false;
   c.adopt(fd);
+  ucred uc{};
+  socklen_t uclen = sizeof uc;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &uclen) == 0) {
+    int policy = sched_getscheduler(uc.pid);
+    c.daemon_rt = policy == SCHED_FIFO || policy == SCHED_RR;
+  }
   Bytes req;
   uint64_t id = c.next_id++;
   append_frame(req, FrameHeader{FrameKind::kRequest, ipc::kHello, id, 0, 0}, ipc::encode_body(ipc::HelloReq{}));
@@ -326,13 +345,16 @@ bool await(Conn& c, uint16_t op, uint64_t id, const Wait& w, Reply& out, const s
   int64_t deadline = w.deadline_ns;
   // A call that may block sleeps only once the home registered its wait (kBlocked): until then it polls, so a
   // program seen sleeping in semop/msgrcv/msgsnd is a registered waiter, as with the kernel.
-  int64_t register_by = w.interruptible ? now_ns() + kRegisterNs : 0;
+  int64_t start = w.interruptible ? now_ns() : 0;
+  int64_t register_by = w.interruptible ? start + kRegisterNs : 0;
+  int64_t hot_until = w.interruptible && c.daemon_rt ? start + kRegisterHotNs : 0;
   FrameParser::Frame f;
   for (;;) {
-    Read r = read_frame(c, f, deadline, w.interruptible && !stopped, nullptr, register_by, unblocked);
+    Read r = read_frame(c, f, deadline, w.interruptible && !stopped, nullptr, register_by, hot_until, unblocked);
     if (r == Read::kFrame && f.header.kind == FrameKind::kOneWay && f.header.op == ipc::kBlocked &&
         f.header.id == id) {
       register_by = 0;
+      hot_until = 0;
       continue;
     }
     if (r == Read::kFrame) break;
@@ -354,6 +376,7 @@ bool await(Conn& c, uint16_t op, uint64_t id, const Wait& w, Reply& out, const s
   // Errors carry no body, except the unknown-id marker.
   if (out.status && !out.body.empty() && !out.unknown_id()) return false;
   if (stopped && out.status == ECANCELED) out.status = stopped;
+  out.interrupted = stopped == EINTR;
   return true;
 }
 

@@ -28,6 +28,7 @@ struct Wait {
 struct Reply {
   int status = 0;  // errno of the call; EINTR / EAGAIN when cancelled by a signal / the deadline; EIO: broken link
   Bytes body;
+  bool interrupted = false;  // a signal handler ran while an interruptible call waited (its answer came anyway)
   bool unknown_id() const;  // EINVAL with kUnknownIdMarker: the kernel should answer instead
 };
 

@@ -7,11 +7,13 @@
 #include <sys/msg.h>
 #include <sys/sem.h>
 #include <sys/shm.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include <cerrno>
 #include <cstdarg>
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <new>
 #include <optional>
@@ -291,7 +293,71 @@ int table_stat(ipc::ObjType t, int index, bool any, Buf* buf, Kernel call_kernel
 
 // ---- semaphores ----
 
-std::optional<int> dipc_semop(int id, struct sembuf* user_sops, size_t nsops, const struct timespec* user_timeout) {
+// A set homed on this node is backed by a kernel set in its dipcd's IPC namespace (ipc/kernel_sem.h): when this
+// program shares that namespace, its semop/semtimedop and its GETVAL/GETALL/GETNCNT/GETZCNT/GETPID/SETVAL/SETALL go
+// to the kernel set directly, at the kernel's speed, and the kernel checks its permissions. The kernel id is asked
+// once per set (kSemCtlKernel) and kept in a small lock-free table (the seccomp SIGSYS path runs here too); it is
+// used for nothing but the kernel call. IPC_STAT, IPC_SET and IPC_RMID stay with dipcd, which keeps both in step.
+namespace ksem {
+constexpr size_t kEntries = 1024;
+std::atomic<uint64_t> table[kEntries];  // (dipc id << 32) | (kernel id + 1); kernel id + 1 == 0: none
+
+uint64_t own_namespace() {
+  static const uint64_t ns = [] {
+    struct stat st;
+    return ::stat("/proc/self/ns/ipc", &st) == 0 ? static_cast<uint64_t>(st.st_ino) : 0;
+  }();
+  return ns;
+}
+
+std::atomic<int> daemon_pid{0};  // dipcd's pid as the kernel records it in sempid
+
+std::atomic<uint64_t>& slot(int id) { return table[static_cast<uint32_t>(id) % kEntries]; }
+
+constexpr int kInterrupted = -2;
+// The kernel id behind a distributed set; -1: call dipcd; kInterrupted (only with `interruptible`): a signal handler
+// ran while the id was asked, so the semop must act as if interrupted before it slept.
+int kernel_id(int id, bool interruptible = false) {
+  uint64_t e = slot(id).load(std::memory_order_acquire);
+  if (e != 0 && static_cast<uint32_t>(e >> 32) == static_cast<uint32_t>(id)) return static_cast<int>(static_cast<uint32_t>(e)) - 1;
+  ipc::SemCtlReq q;
+  q.id = id;
+  q.cmd = ipc::kSemCtlKernel;
+  ipc::SemKernelResp resp;
+  Reply r;
+  // Asked from inside semop: like the operation itself, it polls rather than sleeps for the answer, so a process
+  // seen sleeping in semop is a registered waiter (issue 9 item 3), never one still asking for the kernel id.
+  Wait w;
+  w.interruptible = interruptible;
+  dipc::preload::call(ipc::kSemCtl, ipc::encode_body(q), r, w, [&](ByteView b) { return decodes(b, resp); });
+  if (r.interrupted) return kInterrupted;
+  if (r.status || r.unknown_id()) return -1;  // the normal path gives the answer
+  int kid = resp.kid >= 0 && resp.ns_ino != 0 && resp.ns_ino == own_namespace() ? resp.kid : -1;
+  if (kid >= 0) daemon_pid.store(resp.daemon_pid, std::memory_order_relaxed);
+  slot(id).store((static_cast<uint64_t>(static_cast<uint32_t>(id)) << 32) | static_cast<uint32_t>(kid + 1),
+                 std::memory_order_release);
+  return kid;
+}
+
+void forget(int id) {
+  uint64_t e = slot(id).load(std::memory_order_acquire);
+  if (static_cast<uint32_t>(e >> 32) == static_cast<uint32_t>(id)) slot(id).compare_exchange_strong(e, 0);
+}
+
+// Whether a kernel set found by a *_STAT scan backs a distributed set homed here (dipcd hides those).
+bool hidden(int kid, const struct semid_ds* user_buf) {
+  struct semid_ds ds;
+  if (!dipc::preload::copy_in(&ds, user_buf, sizeof ds) || ds.sem_perm.__key != IPC_PRIVATE) return false;
+  auto d = dipc_info(ipc::ObjType::kSem);
+  return d && d->ns_ino == own_namespace() && std::find(d->hidden.begin(), d->hidden.end(), kid) != d->hidden.end();
+}
+}  // namespace ksem
+
+// interrupted: a signal handler already ran in this call (ksem::kInterrupted): the operation is tried without
+// waiting, and where it would have to wait the call fails with EINTR, as the kernel's check for a pending signal
+// before it sleeps.
+std::optional<int> dipc_semop(int id, struct sembuf* user_sops, size_t nsops, const struct timespec* user_timeout,
+                              bool interrupted = false) {
   // The kernel's order of checks (do_semtimedop): nsops (EINVAL, E2BIG past semopm), the sops (EFAULT), the timeout
   // (EFAULT, EINVAL), then the set. semopm is the home's: a copy that fails is E2BIG only past the node's semopm.
   if (nsops < 1) return fail(EINVAL);
@@ -313,8 +379,16 @@ std::optional<int> dipc_semop(int id, struct sembuf* user_sops, size_t nsops, co
   q.sops.reserve(nsops);
   bool may_block = false;
   for (const struct sembuf& op : sops) {
-    q.sops.push_back(ipc::SemBuf{op.sem_num, op.sem_op, op.sem_flg});
-    if (!(op.sem_flg & IPC_NOWAIT)) may_block = true;
+    // Only a decrement or a wait-for-zero can sleep (semop(2)); a call of increments is answered at once, so it
+    // sleeps for its answer at once, with no registration to poll for (and, as in the kernel, no EINTR).
+    if (op.sem_op <= 0 && !(op.sem_flg & IPC_NOWAIT)) may_block = true;
+    q.sops.push_back(ipc::SemBuf{op.sem_num, op.sem_op,
+                                 static_cast<int16_t>(interrupted ? op.sem_flg | IPC_NOWAIT : op.sem_flg)});
+  }
+  if (interrupted && may_block) {
+    auto r = daemon_call(ipc::kSemOp, ipc::encode_body(q), {}, [](ByteView b) { return b.empty(); });
+    if (!r) return std::nullopt;
+    return r->status == EAGAIN ? fail(EINTR) : r->status ? fail(r->status) : 0;
   }
   w.interruptible = may_block;
   if (!may_block) w.deadline_ns = -1;
@@ -519,7 +593,9 @@ int semget(key_t key, int nsems, int semflg) {
 int semtimedop(int semid, struct sembuf* sops, size_t nsops, const struct timespec* timeout) {
   if (!ipc::is_dipc_id(semid)) return kernel(&Real::semtimedop, semid, sops, nsops, timeout);
   return guarded([&] {
-    auto r = dipc_semop(semid, sops, nsops, timeout);
+    int kid = ksem::kernel_id(semid, true);
+    if (kid >= 0) return kernel(&Real::semtimedop, kid, sops, nsops, timeout);
+    auto r = dipc_semop(semid, sops, nsops, timeout, kid == ksem::kInterrupted);
     return r ? *r : kernel(&Real::semtimedop, semid, sops, nsops, timeout);
   });
 }
@@ -527,7 +603,9 @@ int semtimedop(int semid, struct sembuf* sops, size_t nsops, const struct timesp
 int semop(int semid, struct sembuf* sops, size_t nsops) {
   if (!ipc::is_dipc_id(semid)) return kernel(&Real::semop, semid, sops, nsops);
   return guarded([&] {
-    auto r = dipc_semop(semid, sops, nsops, nullptr);
+    int kid = ksem::kernel_id(semid, true);
+    if (kid >= 0) return kernel(&Real::semop, kid, sops, nsops);
+    auto r = dipc_semop(semid, sops, nsops, nullptr, kid == ksem::kInterrupted);
     return r ? *r : kernel(&Real::semop, semid, sops, nsops);
   });
 }
@@ -560,12 +638,52 @@ int semctl(int semid, int semnum, int cmd, ...) {
       if (cmd != SEM_INFO) return;
       arg.info->semusz += static_cast<int>(d.count);
       arg.info->semaem += static_cast<int>(d.a);
+      if (d.ns_ino == ksem::own_namespace()) {  // the kernel's counts include the sets behind ours
+        arg.info->semusz -= static_cast<int>(d.hidden.size());
+        arg.info->semaem -= static_cast<int>(d.hidden_sems);
+      }
     });
-  if (cmd == SEM_STAT || cmd == SEM_STAT_ANY)
-    return table_stat<ipc::SemCtlResp>(ipc::ObjType::kSem, semid, cmd == SEM_STAT_ANY, arg.buf, k);
+  if (cmd == SEM_STAT || cmd == SEM_STAT_ANY) {
+    auto k_visible = [&] {
+      int r = k();
+      if (r < 0) return r;
+      return guarded([&] { return ksem::hidden(r, arg.buf) ? fail(EINVAL) : r; });
+    };
+    return table_stat<ipc::SemCtlResp>(ipc::ObjType::kSem, semid, cmd == SEM_STAT_ANY, arg.buf, k_visible);
+  }
   if (!ipc::is_dipc_id(semid)) return k();
   return guarded([&] {
+    switch (cmd) {
+      case GETVAL:
+      case GETPID:
+      case GETNCNT:
+      case GETZCNT:
+      case GETALL:
+      case SETVAL:
+      case SETALL:
+        if (int kid = ksem::kernel_id(semid); kid >= 0) {
+          int r = kernel(&Real::semctl, kid, semnum, cmd, arg);
+          // dipcd made the last change for a process of another node: it knows that process's pid.
+          if (cmd == GETPID && r > 0 && r == ksem::daemon_pid.load(std::memory_order_relaxed)) break;
+          if (r == 0 && (cmd == SETVAL || cmd == SETALL)) {
+            // dipcd forgets the SEM_UNDO adjustments of other nodes' processes, as the kernel did for local ones.
+            int saved = errno;
+            ipc::SemCtlReq q;
+            q.id = semid;
+            q.semnum = cmd == SETVAL ? semnum : -1;
+            q.cmd = ipc::kSemCtlUndoClear;
+            Reply rep;
+            dipc::preload::call(ipc::kSemCtl, ipc::encode_body(q), rep, {}, [](ByteView) { return true; });
+            errno = saved;
+          }
+          return r;
+        }
+        break;
+      default:
+        break;
+    }
     auto r = dipc_semctl(semid, semnum, cmd, arg);
+    if (cmd == IPC_RMID && r && *r == 0) ksem::forget(semid);
     return r ? *r : k();
   });
 }

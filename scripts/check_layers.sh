@@ -26,10 +26,10 @@ check() {
 }
 api=(common/ transport/transport.h transport/ops.h dipc/)
 check common common/ dipc/
-check transport/loopback "${api[@]}" transport/loopback/
-check transport/tcp "${api[@]}" transport/conn.h transport/tcp/
-check transport/verbs "${api[@]}" transport/conn.h transport/verbs/
-check transport "${api[@]}" transport/conn.h
+check transport/loopback "${api[@]}" transport/pending.h transport/loopback/
+check transport/tcp "${api[@]}" transport/conn.h transport/link_seal.h transport/pending.h transport/tcp/
+check transport/verbs "${api[@]}" transport/conn.h transport/link_seal.h transport/pending.h transport/verbs/
+check transport "${api[@]}" transport/conn.h transport/link_seal.h transport/pending.h
 check dsm "${api[@]}" dsm/
 check ipc "${api[@]}" dsm/ ipc/
 exit $status

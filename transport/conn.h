@@ -7,12 +7,16 @@
 //    connect timeout;
 //  - Outstanding: completions awaiting an answer, failed all at once (in issue order) when the link is lost;
 //  - Handshake: the mutual challenge-response (common/auth.h) before anything else flows:
-//      dialer   -> acceptor  kClientHello {u16 node, nonce_c}
-//      acceptor -> dialer    kServerHello {u16 node, nonce_s, prove('S', nonce_s, nonce_c, acceptor, dialer)}
-//      dialer   -> acceptor  kClientProof {prove('C', nonce_c, nonce_s, dialer, acceptor)}
+//      dialer   -> acceptor  kClientHello {u16 node, nonce_c, u8 mode_c}
+//      acceptor -> dialer    kServerHello {u16 node, nonce_s, u8 mode_s, prove('S', nonce_s, nonce_c, acceptor,
+//                                          dialer, mode_s)}
+//      dialer   -> acceptor  kClientProof {prove('C', nonce_c, nonce_s, dialer, acceptor, mode_c)}
 //      acceptor -> dialer    kHelloOk     {}
-//    Each message is (op, payload), at most kMaxHelloPayload bytes; the provider frames it. A peer that fails it
-//    never gets past it, so it never learns a key or reaches a handler.
+//    mode is [cluster] link_security. Both sides must run the same: the acceptor that reads another mode in the
+//    hello still answers its server hello (so the dialer can name both settings in its log) and fails; the dialer
+//    fails on a proven server hello with another mode. Each message is (op, payload), at most kMaxHelloPayload
+//    bytes; the provider frames it. A peer that fails it never gets past it, so it never learns a key or reaches a
+//    handler. Once done, keys() gives the connection's two session keys (common/auth.h, transport/link_seal.h).
 #pragma once
 
 #include <array>
@@ -26,6 +30,7 @@
 #include <vector>
 
 #include "common/auth.h"
+#include "common/config.h"
 #include "common/wire.h"
 
 namespace dipc::transport::conn {
@@ -116,6 +121,12 @@ class Outstanding {
 enum HelloOp : uint16_t { kClientHello = 1, kServerHello = 2, kClientProof = 3, kHelloOk = 4 };
 inline constexpr uint32_t kMaxHelloPayload = 128;
 
+// One connection's session keys, as this side sees them.
+struct LinkKeys {
+  SessionKey tx;  // frames we send
+  SessionKey rx;  // frames we receive
+};
+
 struct HelloMsg {
   uint16_t op = 0;
   Bytes payload;
@@ -128,17 +139,22 @@ class Handshake {
   // Is `node` a configured node other than ourselves?
   using KnownFn = std::function<bool(NodeId)>;
 
-  // Dialer: `peer` is the node dialled. Acceptor: `peer` is ignored (learnt from the client hello).
-  Handshake(const ClusterKey& key, NodeId self, Role role, NodeId peer, KnownFn known);
+  // Dialer: `peer` is the node dialled. Acceptor: `peer` is ignored (learnt from the client hello). `mode`: this
+  // node's [cluster] link_security, which the peer must share.
+  Handshake(const ClusterKey& key, NodeId self, Role role, NodeId peer, KnownFn known, LinkSecurity mode);
 
   // Dialer only, once the transport is connected: the client hello to send.
   HelloMsg start();
   // A handshake message from the other side; `out` gets what to send (possibly nothing). kFailed: close the
-  // connection and log error(); kDone: authenticated (the acceptor may still have to send `out`, the final ok).
+  // connection and log error() (after sending `out` if the provider can: the acceptor's answer to a hello with
+  // another link_security); kDone: authenticated (the acceptor may still have to send `out`, the final ok).
   Result on_message(uint16_t op, ByteView payload, std::vector<HelloMsg>& out);
 
   NodeId peer() const { return peer_; }
   bool done() const { return state_ == State::kDone; }
+  LinkSecurity mode() const { return mode_; }
+  // The session keys; only once done().
+  LinkKeys keys() const;
   const std::string& error() const { return error_; }
 
  private:
@@ -150,6 +166,7 @@ class Handshake {
   Role role_;
   NodeId peer_;
   KnownFn known_;
+  LinkSecurity mode_;
   State state_;
   Nonce mine_{}, theirs_{};
   std::string error_;

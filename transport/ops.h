@@ -17,9 +17,11 @@ struct OpRange {
 namespace ops {
 inline constexpr OpRange kIpc{1, 119};       // ipc/: forwarded client calls, referee, home (ipc/protocol.h, Op)
 inline constexpr OpRange kDsm{120, 129};     // dsm/: coherence messages and frames keys (dsm/segment.h)
+inline constexpr OpRange kMulti{130, 130};   // transport/multi: the per-peer transport choice (its hello)
 inline constexpr OpRange kTest{1000, 1099};  // conformance tests and transport benches only
 
 static_assert(!kTest.overlaps(kIpc) && !kIpc.overlaps(kDsm) && !kTest.overlaps(kDsm));
+static_assert(!kMulti.overlaps(kIpc) && !kMulti.overlaps(kDsm) && !kMulti.overlaps(kTest));
 }  // namespace ops
 
 }  // namespace dipc::transport

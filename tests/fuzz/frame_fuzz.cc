@@ -1,6 +1,8 @@
 // libFuzzer target: arbitrary bytes through the frame parser, every protocol body decoder, the TCP transport's
 // handshake decoders, its zero-copy frame reader and its one-sided (RMA) frames, decoded and served on a small
-// region. Nothing may crash, hang or read or write out of bounds; ASan and UBSan check that.
+// region, and the per-frame seal of an authenticated link (transport/link_seal.h): no input opens under a key it was
+// not sealed with, and what is sealed opens once, unchanged, and never after one byte changed. Nothing may crash,
+// hang or read or write out of bounds; ASan and UBSan check that.
 #include <cstddef>
 #include <algorithm>
 #include <cstdint>
@@ -12,6 +14,7 @@
 #include "dsm/coherence.h"
 #include "ipc/protocol.h"
 #include "transport/conn.h"
+#include "transport/link_seal.h"
 #include "transport/tcp/tcp_wire.h"
 
 namespace {
@@ -84,7 +87,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const dipc::ClusterKey key = dipc::ClusterKey::from_secret(dipc::ByteView(
       reinterpret_cast<const uint8_t*>("fuzzing secret, 32 bytes long.."), 31));
   for (auto role : {conn::Handshake::Role::kAcceptor, conn::Handshake::Role::kDialer}) {
-    conn::Handshake hs(key, 2, role, 1, [](conn::NodeId n) { return n >= 1 && n <= 3 && n != 2; });
+    conn::Handshake hs(key, 2, role, 1, [](conn::NodeId n) { return n >= 1 && n <= 3 && n != 2; },
+                       dipc::LinkSecurity::kMac);
     if (role == conn::Handshake::Role::kDialer) (void)hs.start();
     for (size_t off = 0; off + 2 <= size;) {
       uint16_t op = data[off] % 6;
@@ -107,6 +111,45 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     dipc::FrameHeader h;
     dipc::ByteView payload;
     while (reader.next(conn::kMaxHelloPayload + 4096, h, payload) == tcp::FrameReader::Next::kFrame) {
+      // ... each frame opened as an authenticated link would (the tag after the payload): never accepted ...
+      if (payload.size() < dipc::transport::kSealTagSize) continue;
+      uint8_t hdr[dipc::kFrameHeaderSize];
+      dipc::encode_frame_header(h, hdr);
+      size_t n = payload.size() - dipc::transport::kSealTagSize;
+      for (auto mode : {dipc::LinkSecurity::kMac, dipc::LinkSecurity::kEncrypt}) {
+        dipc::Bytes copy(payload.begin(), payload.begin() + static_cast<ptrdiff_t>(n));
+        dipc::transport::FrameSeal rx(mode, dipc::SessionKey{});
+        if (rx.open(hdr, copy, payload.data() + n)) __builtin_trap();  // a forged tag
+      }
+    }
+  }
+  // ... a frame sealed from the input: opens once and unchanged, and not after any one byte is flipped.
+  if (size >= 2) {
+    for (auto mode : {dipc::LinkSecurity::kMac, dipc::LinkSecurity::kEncrypt}) {
+      dipc::SessionKey k{};
+      k[0] = data[0];
+      dipc::transport::FrameSeal tx(mode, k), rx(mode, k), rx2(mode, k);
+      dipc::ByteView parts[2] = {b.subspan(0, size / 3), b.subspan(size / 3)};
+      uint8_t hdr[dipc::kFrameHeaderSize];
+      dipc::encode_frame_header(
+          dipc::FrameHeader{dipc::FrameKind::kRequest, 1, 1, 0,
+                            static_cast<uint32_t>(size + dipc::transport::kSealTagSize)},
+          hdr);
+      dipc::Bytes cipher;
+      uint8_t tag[dipc::transport::kSealTagSize];
+      tx.seal(hdr, parts, &cipher, tag);
+      dipc::Bytes wire = mode == dipc::LinkSecurity::kEncrypt ? cipher : dipc::Bytes(data, data + size);
+      dipc::Bytes ok = wire;
+      if (!rx.open(hdr, ok, tag) || ok != dipc::Bytes(data, data + size)) __builtin_trap();
+      if (rx.open(hdr, wire, tag)) __builtin_trap();  // replayed
+      size_t at = data[1] % (size + dipc::kFrameHeaderSize + dipc::transport::kSealTagSize);
+      if (at < dipc::kFrameHeaderSize)
+        hdr[at] ^= 1;
+      else if (at < dipc::kFrameHeaderSize + size)
+        wire[at - dipc::kFrameHeaderSize] ^= 1;
+      else
+        tag[at - dipc::kFrameHeaderSize - size] ^= 1;
+      if (rx2.open(hdr, wire, tag)) __builtin_trap();  // altered
     }
   }
   // ... and one-sided frames served on a 4 KiB region: every op must stay inside it.

@@ -5,6 +5,7 @@
  *            restart         SIGUSR1 handler with SA_RESTART (SysV IPC calls must still fail with EINTR)
  *   WHAT     sem             semop {0,+1},{1,-1} atomically on set ID: blocks while semaphore 1 is 0; were it half
  *                            applied, semaphore 0 would be 1 afterwards
+ *            semv            semop {0,+1} on set ID: an increment, which never sleeps (nor fails with EINTR)
  *            msgrcv          msgrcv(ID, any type) with no message there
  *            msgsnd          msgsnd(ID, type 9, "zz") on a queue with no room
  *
@@ -32,7 +33,7 @@ static void on_usr1(int sig) {
 
 int main(int argc, char **argv) {
   if (argc != 4) {
-    fprintf(stderr, "usage: blocker none|norestart|restart sem|msgrcv|msgsnd ID\n");
+    fprintf(stderr, "usage: blocker none|norestart|restart sem|semv|msgrcv|msgsnd ID\n");
     return 2;
   }
   setvbuf(stdout, NULL, _IOLBF, 0);
@@ -60,6 +61,9 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[2], "sem")) {
     struct sembuf ops[2] = {{0, 1, 0}, {1, -1, 0}};
     r = semop(id, ops, 2);
+  } else if (!strcmp(argv[2], "semv")) {
+    struct sembuf v = {0, 1, 0};
+    r = semop(id, &v, 1);
   } else if (!strcmp(argv[2], "msgrcv")) {
     struct { long mtype; char text[64]; } m;
     r = msgrcv(id, &m, sizeof m.text, 0, 0);

@@ -166,12 +166,42 @@ TEST(Auth, BothSidesProveTheSameSecretAndNothingElse) {
   ClusterKey k1 = ClusterKey::from_secret(s1), k1b = ClusterKey::from_secret(s1), k2 = ClusterKey::from_secret(s2);
   Nonce nc = k1.random_nonce(), ns = k1.random_nonce();
   EXPECT_NE(nc, ns);
-  Mac server = k1.prove('S', ns, nc, 2, 1);
-  EXPECT_TRUE(k1b.verify('S', ns, nc, 2, 1, server));
-  EXPECT_FALSE(k2.verify('S', ns, nc, 2, 1, server));   // wrong secret
-  EXPECT_FALSE(k1b.verify('C', ns, nc, 2, 1, server));  // reflected as the other role
-  EXPECT_FALSE(k1b.verify('S', ns, nc, 3, 1, server));  // another node's identity
-  EXPECT_FALSE(k1b.verify('S', nc, ns, 2, 1, server));  // nonces swapped
+  Mac server = k1.prove('S', ns, nc, 2, 1, 1);
+  EXPECT_TRUE(k1b.verify('S', ns, nc, 2, 1, 1, server));
+  EXPECT_FALSE(k2.verify('S', ns, nc, 2, 1, 1, server));   // wrong secret
+  EXPECT_FALSE(k1b.verify('C', ns, nc, 2, 1, 1, server));  // reflected as the other role
+  EXPECT_FALSE(k1b.verify('S', ns, nc, 3, 1, 1, server));  // another node's identity
+  EXPECT_FALSE(k1b.verify('S', nc, ns, 2, 1, 1, server));  // nonces swapped
+  EXPECT_FALSE(k1b.verify('S', ns, nc, 2, 1, 0, server));  // another link_security (a downgrade)
+}
+
+TEST(Auth, SessionKeysDifferPerDirectionConnectionAndSetting) {
+  ClusterKey k = ClusterKey::from_secret(Bytes(32, 7)), other = ClusterKey::from_secret(Bytes(32, 8));
+  Nonce nc = k.random_nonce(), ns = k.random_nonce(), nc2 = k.random_nonce();
+  SessionKey d = k.session_key('D', nc, ns, 1, 2, 1);
+  EXPECT_EQ(d, ClusterKey::from_secret(Bytes(32, 7)).session_key('D', nc, ns, 1, 2, 1));  // both ends derive it
+  EXPECT_NE(d, k.session_key('A', nc, ns, 1, 2, 1));      // the other direction
+  EXPECT_NE(d, k.session_key('D', nc2, ns, 1, 2, 1));     // another connection (fresh nonce)
+  EXPECT_NE(d, k.session_key('D', nc, ns, 1, 2, 2));      // another setting
+  EXPECT_NE(d, k.session_key('D', nc, ns, 1, 3, 1));      // another pair of nodes
+  EXPECT_NE(d, other.session_key('D', nc, ns, 1, 2, 1));  // another cluster secret
+}
+
+TEST(Config, LinkSecurityParsedAndRangeChecked) {
+  std::string err;
+  auto def = parse_config("[cluster]\n", &err);
+  ASSERT_TRUE(def) << err;
+  EXPECT_EQ(def->link_security, LinkSecurity::kMac);  // the default
+  for (auto [text, want] : {std::pair{"none", LinkSecurity::kNone}, std::pair{"mac", LinkSecurity::kMac},
+                            std::pair{"encrypt", LinkSecurity::kEncrypt}}) {
+    auto c = parse_config(std::string("[cluster]\nlink_security = \"") + text + "\"\n", &err);
+    ASSERT_TRUE(c) << err;
+    EXPECT_EQ(c->link_security, want);
+    EXPECT_STREQ(link_security_name(want), text);
+  }
+  auto bad = parse_config("[cluster]\nlink_security = \"hmac\"\n", &err);
+  EXPECT_FALSE(bad);
+  EXPECT_NE(err.find("cluster.link_security"), std::string::npos) << err;
 }
 
 TEST(Auth, SecretFileRoundTrip) {

@@ -6,7 +6,9 @@
 #include <vector>
 
 #include "common/auth.h"
+#include "common/frame.h"
 #include "transport/conn.h"
+#include "transport/link_seal.h"
 
 namespace dipc::transport::conn {
 namespace {
@@ -21,9 +23,10 @@ bool known(NodeId n) { return n >= 1 && n <= 3; }
 struct Pair {
   Handshake d, a;
   Handshake::Result dr = Handshake::Result::kContinue, ar = Handshake::Result::kContinue;
-  Pair(const ClusterKey& kd, const ClusterKey& ka, NodeId dialer, NodeId acceptor)
-      : d(kd, dialer, Handshake::Role::kDialer, acceptor, known),
-        a(ka, acceptor, Handshake::Role::kAcceptor, 0, known) {}
+  Pair(const ClusterKey& kd, const ClusterKey& ka, NodeId dialer, NodeId acceptor,
+       LinkSecurity md = LinkSecurity::kMac, LinkSecurity ma = LinkSecurity::kMac)
+      : d(kd, dialer, Handshake::Role::kDialer, acceptor, known, md),
+        a(ka, acceptor, Handshake::Role::kAcceptor, 0, known, ma) {}
   void run(const std::function<void(HelloMsg&)>& tamper = {}) {
     std::vector<HelloMsg> to_a{d.start()}, to_d;
     for (int i = 0; i < 4 && (!to_a.empty() || !to_d.empty()); ++i) {
@@ -119,13 +122,160 @@ TEST(Conn, ATamperedProofOrAnOutOfOrderMessageFails) {
     if (m.op == kClientProof) m.payload[0] ^= 1;
   });
   EXPECT_EQ(p.ar, Handshake::Result::kFailed);
-  Handshake a(k, 2, Handshake::Role::kAcceptor, 0, known);
+  Handshake a(k, 2, Handshake::Role::kAcceptor, 0, known, LinkSecurity::kMac);
   std::vector<HelloMsg> out;
   EXPECT_EQ(a.on_message(kClientProof, Bytes(32, 0), out), Handshake::Result::kFailed);
-  Handshake b(k, 2, Handshake::Role::kAcceptor, 0, known);
+  Handshake b(k, 2, Handshake::Role::kAcceptor, 0, known, LinkSecurity::kMac);
   EXPECT_EQ(b.on_message(kClientHello, Bytes(3, 0), out), Handshake::Result::kFailed);  // malformed
   EXPECT_TRUE(out.empty());
 }
+
+TEST(Conn, ALinkSecurityMismatchFailsOnBothSidesNamingBothSettings) {
+  auto k = key_of("a cluster secret of some length");
+  Pair p(k, k, 1, 2, LinkSecurity::kNone, LinkSecurity::kMac);
+  p.run();
+  EXPECT_EQ(p.ar, Handshake::Result::kFailed);
+  EXPECT_EQ(p.dr, Handshake::Result::kFailed);  // the acceptor still answered, so the dialer can say why
+  for (const std::string& e : {p.a.error(), p.d.error()}) {
+    EXPECT_NE(e.find("link_security mismatch"), std::string::npos) << e;
+    EXPECT_NE(e.find("\"none\""), std::string::npos) << e;
+    EXPECT_NE(e.find("\"mac\""), std::string::npos) << e;
+  }
+  // A man in the middle who rewrites the dialer's setting (a downgrade) only breaks the handshake.
+  Pair down(k, k, 1, 2);
+  down.run([](HelloMsg& m) {
+    if (m.op == kClientHello) m.payload.back() = static_cast<uint8_t>(LinkSecurity::kNone);
+  });
+  EXPECT_EQ(down.ar, Handshake::Result::kFailed);
+  EXPECT_FALSE(down.d.done());
+}
+
+TEST(Conn, EachDirectionAndEachConnectionHasItsOwnKey) {
+  auto k = key_of("a cluster secret of some length");
+  Pair p(k, k, 1, 2), q(k, k, 1, 2);
+  p.run();
+  q.run();
+  ASSERT_TRUE(p.d.done() && p.a.done() && q.d.done());
+  LinkKeys d = p.d.keys(), a = p.a.keys();
+  EXPECT_EQ(d.tx, a.rx);  // what one sends the other opens
+  EXPECT_EQ(d.rx, a.tx);
+  EXPECT_NE(d.tx, d.rx);            // never one key for both directions
+  EXPECT_NE(d.tx, q.d.keys().tx);  // nor for two connections
+}
+
+// ---- link_seal.h: per-frame integrity on an authenticated link ------------------------------------------------
+
+struct Sealed {
+  Bytes header, fields, body, wire;  // wire: the payload as it travels (plain or ciphertext)
+  std::array<uint8_t, kSealTagSize> tag{};
+};
+
+// Seals one frame whose payload is `fields` ‖ `body` (two pieces, as the tcp transport hands them).
+Sealed seal_frame(FrameSeal& s, uint64_t id, const std::string& fields, const std::string& body) {
+  Sealed f;
+  f.fields.assign(fields.begin(), fields.end());
+  f.body.assign(body.begin(), body.end());
+  f.header.resize(kFrameHeaderSize);
+  uint32_t len = static_cast<uint32_t>(f.fields.size() + f.body.size() + s.overhead());
+  encode_frame_header(FrameHeader{FrameKind::kRequest, 7, id, 0, len}, f.header.data());
+  ByteView parts[2] = {f.fields, f.body};
+  Bytes cipher;
+  s.seal(f.header.data(), parts, &cipher, f.tag.data());
+  f.wire = f.fields;
+  f.wire.insert(f.wire.end(), f.body.begin(), f.body.end());
+  if (s.mode() == LinkSecurity::kEncrypt) {
+    EXPECT_EQ(cipher.size(), f.wire.size());
+    EXPECT_NE(cipher, f.wire);  // the payload does not travel in the clear
+    f.wire = cipher;
+  }
+  return f;
+}
+
+bool open_frame(FrameSeal& s, Sealed f, Bytes* plain = nullptr) {
+  bool ok = s.open(f.header.data(), f.wire, f.tag.data());
+  if (plain) *plain = f.wire;
+  return ok;
+}
+
+class Seal : public ::testing::TestWithParam<LinkSecurity> {
+ protected:
+  SessionKey key(uint8_t v) {
+    SessionKey k;
+    k.fill(v);
+    return k;
+  }
+};
+
+TEST_P(Seal, FramesRoundTripInOrder) {
+  FrameSeal tx(GetParam(), key(1)), rx(GetParam(), key(1));
+  for (uint64_t i = 0; i < 5; ++i) {
+    std::string body(i * 1000, static_cast<char>('a' + i));
+    Sealed f = seal_frame(tx, i, "fields", body);
+    Bytes plain;
+    ASSERT_TRUE(open_frame(rx, f, &plain)) << i;
+    EXPECT_EQ(std::string(plain.begin(), plain.end()), "fields" + body);
+  }
+  EXPECT_EQ(rx.seq(), 5u);
+}
+
+TEST_P(Seal, AnyAlteredByteIsRejected) {
+  if (GetParam() == LinkSecurity::kNone) GTEST_SKIP() << "\"none\" checks nothing, by definition";
+  FrameSeal tx(GetParam(), key(1));
+  Sealed f = seal_frame(tx, 1, "fields", std::string(100, 'x'));
+  for (int where = 0; where < 3; ++where) {
+    Bytes& part = where == 0 ? f.header : f.wire;
+    for (size_t i : {size_t{0}, part.size() / 2, part.size() - 1}) {
+      FrameSeal rx(GetParam(), key(1));
+      Sealed bad = f;
+      if (where == 2)
+        bad.tag[i % kSealTagSize] ^= 0x20;
+      else
+        (where == 0 ? bad.header : bad.wire)[i] ^= 0x20;
+      EXPECT_FALSE(open_frame(rx, bad)) << "part " << where << " byte " << i;
+      EXPECT_FALSE(open_frame(rx, f)) << "a failed seal stays failed";
+    }
+  }
+}
+
+TEST_P(Seal, ReplayedReorderedDroppedOrReflectedFramesAreRejected) {
+  if (GetParam() == LinkSecurity::kNone) GTEST_SKIP() << "\"none\" checks nothing, by definition";
+  FrameSeal tx(GetParam(), key(1));
+  Sealed f0 = seal_frame(tx, 1, "a", "first"), f1 = seal_frame(tx, 2, "b", "second"),
+         f2 = seal_frame(tx, 3, "c", "third");
+  {
+    FrameSeal rx(GetParam(), key(1));  // replay
+    EXPECT_TRUE(open_frame(rx, f0));
+    EXPECT_FALSE(open_frame(rx, f0));
+  }
+  {
+    FrameSeal rx(GetParam(), key(1));  // reorder
+    EXPECT_FALSE(open_frame(rx, f1));
+  }
+  {
+    FrameSeal rx(GetParam(), key(1));  // drop
+    EXPECT_TRUE(open_frame(rx, f0));
+    EXPECT_FALSE(open_frame(rx, f2));
+  }
+  {
+    FrameSeal rx(GetParam(), key(2));  // the other direction's key (a reflected frame), or another connection's
+    EXPECT_FALSE(open_frame(rx, f0));
+  }
+  {
+    FrameSeal rx(GetParam() == LinkSecurity::kMac ? LinkSecurity::kEncrypt : LinkSecurity::kMac, key(1));
+    EXPECT_FALSE(open_frame(rx, f0));  // the other mode never accepts this mode's frames
+  }
+}
+
+TEST(Seal, NoneAddsNothing) {
+  FrameSeal s(LinkSecurity::kNone, SessionKey{});
+  EXPECT_EQ(s.overhead(), 0u);
+  FrameSeal m(LinkSecurity::kMac, SessionKey{});
+  EXPECT_EQ(m.overhead(), kSealTagSize);
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, Seal,
+                         ::testing::Values(LinkSecurity::kNone, LinkSecurity::kMac, LinkSecurity::kEncrypt),
+                         [](const auto& p) { return std::string(link_security_name(p.param)); });
 
 }  // namespace
 }  // namespace dipc::transport::conn

@@ -18,6 +18,7 @@
 #include "common/config.h"
 #include "common/event_loop.h"
 #include "transport/loopback/loopback_transport.h"
+#include "transport/multi/multi_transport.h"
 #include "transport/tcp/tcp_transport.h"
 #include "transport/transport.h"
 #include "transport/verbs/verbs_transport.h"
@@ -79,16 +80,23 @@ class Env {
   virtual void constrain() {}
   // Stops node 2 from draining what node 1 sends (loopback only; tcp drains on its own).
   virtual bool pause(bool) { return false; }
+  // Keeps node 1's one-sided reads in flight until released: loopback holds what node 1 sends (pause), tcp parks the
+  // read replies that come back to node 1 (tcp_test_hold_rma_replies). False where the provider cannot.
+  virtual bool hold_reads(Node&, bool on) { return pause(on); }
+  // While reads are held, requests and their answers still flow (only the read replies are held back).
+  virtual bool requests_flow_while_reads_held() const { return false; }
   virtual size_t big_message() const { return 1u << 20; }
 };
 
 class TcpEnv : public Env {
  public:
-  TcpEnv() {
+  // `sec`: [cluster] link_security ("mac", the default; "encrypt" and "none" have instances of their own).
+  explicit TcpEnv(LinkSecurity sec = LinkSecurity::kMac) {
     uint16_t p1 = free_port(), p2 = free_port();
     for (int i = 0; i < 2; ++i) {
       cfg_[i].nodes = {{1, "n1", "127.0.0.1", p1}, {2, "n2", "127.0.0.1", p2}};
       cfg_[i].self = static_cast<uint16_t>(i + 1);
+      cfg_[i].link_security = sec;
     }
   }
   std::unique_ptr<Transport> make(NodeId self) override {
@@ -103,6 +111,8 @@ class TcpEnv : public Env {
   }
   void lose_link(Node& b) override { b.tr->stop(); }
   void constrain() override { queued_ = 2 * kMaxPayloadForTest; }
+  bool hold_reads(Node& a, bool on) override { return tcp_test_hold_rma_replies(*a.tr, on); }
+  bool requests_flow_while_reads_held() const override { return true; }
   static constexpr size_t kMaxPayloadForTest = (4u << 20) + 4096;
 
  private:
@@ -127,6 +137,53 @@ class LoopbackEnv : public Env {
  private:
   EventLoop loop_;
   LoopbackFabric fabric_{loop_, {1, 2}};
+};
+
+// transport = "auto" (transport/multi) on one loop: each node runs tcp and, unless `fast` is off, a loopback
+// provider standing in for verbs. With both fast the link must use loopback (constrain/pause/lose_link act on it);
+// with node 2 tcp-only it must use tcp. Either way the composite must behave as one conforming provider.
+class MultiEnv : public Env {
+ public:
+  explicit MultiEnv(bool fast2) : fast2_(fast2) {
+    uint16_t p1 = free_port(), p2 = free_port();
+    for (int i = 0; i < 2; ++i) {
+      cfg_[i].nodes = {{1, "n1", "127.0.0.1", p1}, {2, "n2", "127.0.0.1", p2}};
+      cfg_[i].self = static_cast<uint16_t>(i + 1);
+    }
+  }
+  std::unique_ptr<Transport> make(NodeId self) override {
+    TcpOptions o;
+    o.connect_timeout_ms = 300;
+    o.reconnect_min_ms = 20;
+    o.max_queued_bytes = queued_;
+    std::unique_ptr<Transport> fast = self == 1 || fast2_ ? fabric_.make(self) : nullptr;
+    return make_multi_transport(loop_, {static_cast<NodeId>(3 - self)}, std::move(fast),
+                                make_tcp_transport(cfg_[self - 1], loop_, key_, o), 300);
+  }
+  void run_once() override { loop_.run_once(1); }
+  void lose_link(Node& b) override {
+    if (fast2_)
+      fabric_.set_link(1, 2, false);
+    else
+      b.tr->stop();
+  }
+  void constrain() override {
+    fabric_.set_max_outstanding(8);
+    queued_ = 2 * TcpEnv::kMaxPayloadForTest;
+  }
+  bool pause(bool on) override {
+    if (!fast2_) return false;
+    fabric_.pause(1, 2, on);
+    return true;
+  }
+
+ private:
+  bool fast2_;
+  Config cfg_[2];
+  EventLoop loop_;
+  LoopbackFabric fabric_{loop_, {1, 2}};
+  ClusterKey key_ = ClusterKey::from_secret(ByteView(reinterpret_cast<const uint8_t*>("0123456789abcdef0123"), 20));
+  size_t queued_ = 64u << 20;
 };
 
 // Two nodes on this machine's RDMA device (in the softroce VM: rxe0 on vm0), both on its first address with an
@@ -410,16 +467,27 @@ TEST_P(TransportConformance, DeregisterWaitsForOrCancelsOperationsInFlight) {
   auto local = std::make_unique<std::vector<uint8_t>>(remote.size(), 0);
   auto l = a().tr->register_region(local->data(), local->size());
   ASSERT_TRUE(l);
-  env_->pause(true);
+  bool held = env_->hold_reads(a(), true);
   Status got = Status::err(EINPROGRESS);
   ASSERT_TRUE(a().tr->read(r->remote, 0, *l, 0, remote.size(), [&](Status st) { got = st; }));
-  for (int i = 0; i < 5; ++i) env_->run_once();  // tcp: the request is on its way
+  if (held && env_->requests_flow_while_reads_held()) {
+    // The stream is ordered: once an echo issued after the read is answered, the peer has served the read and its
+    // reply has reached node 1, where it is held back. The read's bytes are on their way into the region.
+    bool echoed = false;
+    ASSERT_TRUE(a().tr->request(2, kOpEcho, Bytes{1}, [&](Status, ByteView) { echoed = true; }));
+    ASSERT_TRUE(pump([&] { return echoed; }));
+  } else {
+    for (int i = 0; i < 5; ++i) env_->run_once();
+  }
+  if (held) {
+    ASSERT_EQ(got.code(), EINPROGRESS) << "the read was not in flight when the region was deregistered";
+  }
   bool done = false;
   a().tr->deregister_region(l->id, [&] { done = true; });
   ASSERT_TRUE(pump([&] { return done; }));
   // From here the memory is the caller's again: overwrite it; no completion may write into it any more.
   std::fill(local->begin(), local->end(), 0x77);
-  env_->pause(false);
+  env_->hold_reads(a(), false);
   ASSERT_TRUE(pump([&] { return got.code() != EINPROGRESS; }));
   EXPECT_TRUE(got.code() == ECANCELED || got.is_ok()) << got.str();
   for (int i = 0; i < 20; ++i) env_->run_once();
@@ -581,7 +649,11 @@ void PrintTo(const Param& p, std::ostream* os) { *os << p.name; }
 #ifndef DIPC_TRANSPORT_TEST_VERBS
 const Param kProviders[] = {
     {"tcp", [] { return std::unique_ptr<Env>(new TcpEnv()); }},
+    {"tcp_encrypt", [] { return std::unique_ptr<Env>(new TcpEnv(LinkSecurity::kEncrypt)); }},
+    {"tcp_none", [] { return std::unique_ptr<Env>(new TcpEnv(LinkSecurity::kNone)); }},
     {"loopback", [] { return std::unique_ptr<Env>(new LoopbackEnv()); }},
+    {"auto_both_fast", [] { return std::unique_ptr<Env>(new MultiEnv(true)); }},
+    {"auto_one_tcp_only", [] { return std::unique_ptr<Env>(new MultiEnv(false)); }},
 };
 #else
 const Param kProviders[] = {

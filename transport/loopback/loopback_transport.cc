@@ -9,6 +9,7 @@
 
 #include "common/event_loop.h"
 #include "common/log.h"
+#include "transport/pending.h"
 
 namespace dipc::transport {
 
@@ -127,7 +128,7 @@ class LoopbackTransport final : public Transport {
   Status pending_add(NodeId peer, PendingFn fn) override {
     Peer* p = find(peer);
     if (!p || !fn) return Status::err(EINVAL);
-    p->waiting.push_back(std::move(fn));
+    p->waiting.add(std::move(fn));
     schedule_retry(*p);
     return Status::ok();
   }
@@ -273,8 +274,8 @@ class LoopbackTransport final : public Transport {
     std::deque<Op> q;
     std::map<uint64_t, ReplyCb> requests;         // by request id
     std::unordered_map<uint64_t, uint64_t> open;  // our reply tokens -> the peer's request id
-    std::deque<PendingFn> waiting;
-    bool retrying = false, retry_deferred = false, pump_deferred = false;
+    PendingQueue waiting;                         // pending_add(): retries, FIFO (transport/pending.h)
+    bool pump_deferred = false;
     EventLoop::TimerId pump_timer = 0, connect_timer = 0;
   };
 
@@ -304,7 +305,7 @@ class LoopbackTransport final : public Transport {
     if (!p) return Status::err(EINVAL);
     if (!running_) return Status::err(ECONNRESET);
     if (bytes > f_.opt_.max_message) return Status::err(EMSGSIZE);
-    if (!p->waiting.empty() && !p->retrying) return Status::err(kNoResources);
+    if (p->waiting.blocks_new()) return Status::err(kNoResources);
     if (p->q.size() >= f_.opt_.max_outstanding) return Status::err(kNoResources);
     return Status::ok();
   }
@@ -437,27 +438,13 @@ class LoopbackTransport final : public Transport {
   }
 
   void schedule_retry(Peer& p) {
-    if (p.waiting.empty() || p.retry_deferred) return;
     if (p.up && p.q.size() >= f_.opt_.max_outstanding / 2 + 1) return;  // pump() calls again as the queue drains
-    p.retry_deferred = true;
+    if (!p.waiting.want_run()) return;
     std::weak_ptr<int> alive = alive_;
     NodeId id = p.id;
     f_.loop_.defer([this, alive, id] {
       if (alive.expired()) return;
-      Peer* q = find(id);
-      if (!q) return;
-      q->retry_deferred = false;
-      while (!q->waiting.empty()) {
-        PendingFn fn = std::move(q->waiting.front());
-        q->waiting.pop_front();
-        q->retrying = true;
-        Status s = fn();
-        q->retrying = false;
-        if (s.retryable()) {
-          q->waiting.push_front(std::move(fn));
-          return;
-        }
-      }
+      if (Peer* q = find(id)) q->waiting.run();
     });
   }
 

@@ -6,10 +6,12 @@
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sodium.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -25,6 +27,8 @@
 #include "common/log.h"
 #include "common/unique_fd.h"
 #include "transport/conn.h"
+#include "transport/link_seal.h"
+#include "transport/pending.h"
 #include "transport/tcp/tcp_wire.h"
 
 namespace dipc::transport {
@@ -35,10 +39,12 @@ using namespace tcp;
 
 constexpr size_t kReadChunk = 64u << 10;  // recv() size when no large frame is pending
 constexpr size_t kIovMax = 64;            // iovecs per sendmsg()
+constexpr size_t kMsgParts = 4;           // iovecs of one OutMsg: head, body, ext, tag
 
 enum class LinkState : uint8_t { kConnecting, kHandshake, kUp, kClosed };
 
-// One frame waiting to be written: header (+ fixed fields), an owned payload and a borrowed one.
+// One frame waiting to be written: header (+ fixed fields), an owned payload and a borrowed one, and once sealed
+// for the link it leaves on (link_seal.h) its tag.
 struct OutMsg {
   Bytes head;
   Bytes body;
@@ -47,7 +53,10 @@ struct OutMsg {
   uint64_t id = 0;            // request / RMA frame id to fail if it expires unsent (0: none)
   uint32_t region = 0;        // the local region `ext` points into (an RMA write's source; 0: none)
   int64_t deadline = 0;       // queued while the peer is down: fails with EHOSTUNREACH at this time
-  size_t size() const { return head.size() + body.size() + ext.size(); }
+  bool sealed = false;        // its sequence number is taken: it must leave, in order, on the current link
+  uint8_t tag_len = 0;
+  std::array<uint8_t, kSealTagSize> tag{};
+  size_t size() const { return head.size() + body.size() + ext.size() + tag_len; }
 };
 
 // An empty kHello frame on an authenticated link: the link's heartbeat (TcpOptions::heartbeat_ms). Its op is outside
@@ -69,6 +78,7 @@ struct Link {
   LinkState state = LinkState::kConnecting;
   std::string who;  // for logs
   std::unique_ptr<conn::Handshake> hs;  // transport/conn.h: the challenge-response, I/O-free
+  std::unique_ptr<FrameSeal> seal_tx, seal_rx;  // once authenticated: this connection's per-direction frame seals
   FrameReader rx;
   Bytes hs_out;  // handshake frames, written before anything queued for the peer
   size_t hs_off = 0;
@@ -76,6 +86,7 @@ struct Link {
   EventLoop::TimerId hs_timer = 0;
   int64_t last_rx_ms = 0;  // when the link last brought bytes (heartbeat deadline)
   std::string source;      // acceptor, until authenticated: the remote host, counted in handshakes_by_source_
+  size_t rx_seal_overhead() const { return seal_rx ? seal_rx->overhead() : 0; }
   bool stranger = false;   // acceptor, until authenticated: not from a configured node's address
 };
 
@@ -115,9 +126,7 @@ struct Peer {
   conn::Backoff backoff{0, 0};
   std::string last_error;  // last failure logged, so a repeated one is logged once
   bool flush_deferred = false;  // a flush is scheduled for the end of the loop iteration
-  std::deque<PendingFn> waiting;  // pending_add(): retries waiting for queue space, FIFO
-  bool retrying = false;          // waiting.front() is running: admit() lets it through
-  bool retry_deferred = false;
+  PendingQueue waiting;         // pending_add(): retries waiting for queue space, FIFO (transport/pending.h)
 };
 
 const char* kind_name(FrameKind k) {
@@ -335,7 +344,7 @@ class TcpTransport final : public Transport {
   Status pending_add(NodeId peer, PendingFn fn) override {
     Peer* p = find(peer);
     if (!p || !fn) return Status::err(EINVAL);
-    p->waiting.push_back(std::move(fn));
+    p->waiting.add(std::move(fn));
     schedule_retry(*p);
     return Status::ok();
   }
@@ -424,31 +433,14 @@ class TcpTransport final : public Transport {
 
   // Runs the peer's pending_add() retries once its queue has room again (or the link is gone: they then fail).
   void schedule_retry(Peer& p) {
-    if (p.waiting.empty() || p.retry_deferred) return;
     if (p.link && p.out_bytes > opt_.max_queued_bytes / 2) return;  // flush() calls again as the queue drains
-    p.retry_deferred = true;
+    if (!p.waiting.want_run()) return;
     NodeId id = p.id;
     std::weak_ptr<int> alive = alive_;
     loop_.defer([this, id, alive] {
       if (alive.expired()) return;
-      Peer* q = find(id);
-      if (!q) return;
-      q->retry_deferred = false;
-      run_retries(*q);
+      if (Peer* q = find(id)) q->waiting.run();
     });
-  }
-  void run_retries(Peer& p) {
-    while (!p.waiting.empty()) {
-      PendingFn fn = std::move(p.waiting.front());
-      p.waiting.pop_front();
-      p.retrying = true;
-      Status s = fn();
-      p.retrying = false;
-      if (s.retryable()) {  // still no room: first in line again
-        p.waiting.push_front(std::move(fn));
-        return;
-      }
-    }
   }
 
   void cancel(EventLoop::TimerId& t) {
@@ -462,7 +454,7 @@ class TcpTransport final : public Transport {
     if (!p) return Status::err(EINVAL);  // unknown node, or ourselves (upper layers short-circuit local work)
     if (!running_) return Status::err(ECONNRESET);
     if (bytes > kMaxPayload) return Status::err(EMSGSIZE);
-    if (!p->waiting.empty() && !p->retrying) return Status::err(kNoResources);  // keep issue order behind retries
+    if (p->waiting.blocks_new()) return Status::err(kNoResources);  // keep issue order behind retries
     if (p->out_bytes + bytes > opt_.max_queued_bytes) return Status::err(kNoResources);
     return Status::ok();
   }
@@ -552,6 +544,36 @@ class TcpTransport final : public Transport {
     loop_.modify(l.fd.get(), EPOLLIN | (want ? EPOLLOUT : 0u));
   }
 
+  // Gives a queued frame the link's next sequence number and its tag (link_seal.h), just before its first byte is
+  // written: frames queued while the peer was down are sealed for the link they leave on. Under "mac" a borrowed
+  // payload (an RMA write's source) is copied first, so the bytes sent are the bytes authenticated even if the
+  // region changes before they leave; under "encrypt" the payload becomes its ciphertext.
+  void seal(Link& l, Peer& p, OutMsg& m) {
+    m.sealed = true;
+    size_t extra = l.seal_tx->overhead();
+    if (!extra) return;
+    size_t before = m.size();
+    uint8_t* len = m.head.data() + 20;  // the header's length field (common/frame.h) counts the tag
+    uint32_t n = (uint32_t{len[0]} << 24 | uint32_t{len[1]} << 16 | uint32_t{len[2]} << 8 | len[3]) +
+                 static_cast<uint32_t>(extra);
+    for (int i = 0; i < 4; ++i) len[i] = static_cast<uint8_t>(n >> (24 - 8 * i));
+    if (!m.ext.empty()) {
+      m.body.insert(m.body.end(), m.ext.begin(), m.ext.end());
+      m.ext = {};
+      m.ext_volatile = false;
+    }
+    m.region = 0;
+    ByteView parts[2] = {ByteView(m.head).subspan(kFrameHeaderSize), ByteView(m.body)};
+    Bytes cipher;
+    l.seal_tx->seal(m.head.data(), parts, &cipher, m.tag.data());
+    if (l.seal_tx->mode() == LinkSecurity::kEncrypt) {
+      m.head.resize(kFrameHeaderSize);
+      m.body = std::move(cipher);
+    }
+    m.tag_len = static_cast<uint8_t>(extra);
+    p.out_bytes += m.size() - before;
+  }
+
   // Writes handshake bytes, then (once authenticated) the peer's queue, until done or the socket is full.
   void flush(Link& l) {
     while (l.hs_off < l.hs_out.size()) {
@@ -568,8 +590,9 @@ class TcpTransport final : public Transport {
     while (!p.out.empty()) {
       iovec iov[kIovMax];
       size_t n = 0, skip = p.out_off;
-      for (auto it = p.out.begin(); it != p.out.end() && n + 3 <= kIovMax; ++it) {
-        for (ByteView part : {ByteView(it->head), ByteView(it->body), it->ext}) {
+      for (auto it = p.out.begin(); it != p.out.end() && n + kMsgParts <= kIovMax; ++it) {
+        if (!it->sealed) seal(l, p, *it);
+        for (ByteView part : {ByteView(it->head), ByteView(it->body), it->ext, ByteView(it->tag.data(), it->tag_len)}) {
           if (skip >= part.size()) {
             skip -= part.size();
             continue;
@@ -709,7 +732,7 @@ class TcpTransport final : public Transport {
     l.who = std::move(who);
     l.hs = std::make_unique<conn::Handshake>(
         key_, cfg_.self, dialer ? conn::Handshake::Role::kDialer : conn::Handshake::Role::kAcceptor, peer,
-        [this](NodeId n) { return cfg_.node(n) != nullptr; });
+        [this](NodeId n) { return cfg_.node(n) != nullptr; }, cfg_.link_security);
     uint64_t id = l.id;
     links_.emplace(id, std::move(owned));
     l.hs_timer = loop_.add_timer(opt_.handshake_timeout_ms, [this, id] {
@@ -845,20 +868,50 @@ class TcpTransport final : public Transport {
     for (;;) {
       FrameHeader h;
       ByteView payload;
-      switch (l.rx.next(l.state == LinkState::kUp ? kMaxPayload : conn::kMaxHelloPayload, h, payload)) {
+      size_t max = l.state == LinkState::kUp ? kMaxPayload + l.rx_seal_overhead() : conn::kMaxHelloPayload;
+      switch (l.rx.next(static_cast<uint32_t>(max), h, payload)) {
         case FrameReader::Next::kMore:
           return true;
         case FrameReader::Next::kError:
           close_link(l, l.rx.error(), true);
           return false;
         case FrameReader::Next::kFrame:
-          if (l.state == LinkState::kUp)
+          if (l.state == LinkState::kUp) {
+            if (!unseal(l, h, payload)) return false;
             on_frame(l, h, payload);
-          else
+          } else {
             on_hello(l, h, payload);
+          }
           if (l.state == LinkState::kClosed) return false;
       }
     }
+  }
+
+  // Checks (and under "encrypt" decrypts in place) a frame received on an authenticated link and strips its tag.
+  // False: the link is closed: a frame that is not the next one the peer sealed means someone on the path forged,
+  // altered, replayed, dropped or reordered bytes; nothing of it reaches a handler.
+  bool unseal(Link& l, FrameHeader& h, ByteView& payload) {
+    size_t extra = l.seal_rx->overhead();
+    if (!extra) return true;
+    if (payload.size() < extra) {
+      close_link(l, "frame shorter than its authentication tag", true);
+      return false;
+    }
+    uint8_t hdr[kFrameHeaderSize];
+    encode_frame_header(h, hdr);  // the received header (the decoding is lossless), as the tag covers it
+    size_t n = payload.size() - extra;
+    // The payload views the reassembly buffer, which this connection owns: decrypted where it lies.
+    std::span<uint8_t> body(const_cast<uint8_t*>(payload.data()), n);
+    if (!l.seal_rx->open(hdr, body, payload.data() + n)) {
+      close_link(l, fmt::format("frame {} ({} op {}) failed authentication under link_security \"{}\": forged, "
+                                "altered, replayed or reordered on the path; dropping the connection",
+                                l.seal_rx->seq(), kind_name(h.kind), h.op, link_security_name(l.seal_rx->mode())),
+                 true);
+      return false;
+    }
+    h.length = static_cast<uint32_t>(n);
+    payload = ByteView(body.data(), n);
+    return true;
   }
 
   void on_hello(Link& l, const FrameHeader& h, ByteView body) {
@@ -866,7 +919,12 @@ class TcpTransport final : public Transport {
       return close_link(l, fmt::format("{} frame before authentication", kind_name(h.kind)), true);
     std::vector<conn::HelloMsg> out;
     conn::Handshake::Result r = l.hs->on_message(h.op, body, out);
-    if (r == conn::Handshake::Result::kFailed) return close_link(l, l.hs->error(), true);
+    if (r == conn::Handshake::Result::kFailed) {
+      // An answer that tells the peer why (our server hello, naming our link_security) leaves first if it can.
+      for (const auto& m : out) append_frame(l.hs_out, FrameHeader{FrameKind::kHello, m.op, 0, 0, 0}, m.payload);
+      if (!out.empty()) flush(l);
+      return close_link(l, l.hs->error(), true);
+    }
     if (!l.dialer && !l.peer && l.hs->peer()) {
       l.peer = l.hs->peer();
       l.who = fmt::format("node {} from {}", l.peer, l.who);
@@ -881,6 +939,10 @@ class TcpTransport final : public Transport {
     if (p.link) close_link(*p.link, "replaced by a new authenticated connection (peer restarted?)", true);
     if (l.state == LinkState::kClosed || !running_) return;
     if (!l.dialer) handshake_done(l);
+    conn::LinkKeys keys = l.hs->keys();
+    l.seal_tx = std::make_unique<FrameSeal>(cfg_.link_security, keys.tx);
+    l.seal_rx = std::make_unique<FrameSeal>(cfg_.link_security, keys.rx);
+    sodium_memzero(&keys, sizeof keys);
     l.state = LinkState::kUp;
     l.last_rx_ms = EventLoop::now_ms();
     cancel(l.hs_timer);
@@ -968,10 +1030,30 @@ class TcpTransport final : public Transport {
       case FrameKind::kRma:
         return serve(l, p, h, body);
       case FrameKind::kRmaReply:
+        if (hold_replies_) return held_.push_back(HeldReply{l.id, h, Bytes(body.begin(), body.end())});
         return on_rma_reply(l, p, h, body);
     }
   }
 
+ public:
+  // tcp_test_hold_rma_replies(): parks kRmaReply frames while on; the parked ones are applied from the loop.
+  void hold_rma_replies(bool on) {
+    hold_replies_ = on;
+    if (on || held_.empty()) return;
+    std::weak_ptr<int> alive = alive_;
+    loop_.defer([this, alive] {
+      if (alive.expired()) return;
+      std::deque<HeldReply> q;
+      q.swap(held_);
+      for (HeldReply& r : q) {
+        auto it = links_.find(r.link);
+        if (it == links_.end() || it->second->state != LinkState::kUp) continue;
+        on_rma_reply(*it->second, peers_.at(it->second->peer), r.h, r.body);
+      }
+    });
+  }
+
+ private:
   void serve(Link& l, Peer& p, const FrameHeader& h, ByteView body) {
     RmaReq r;
     if (!decode_rma(h.op, body, r)) return close_link(l, fmt::format("malformed rma request (op {})", h.op), true);
@@ -1032,9 +1114,22 @@ class TcpTransport final : public Transport {
   std::vector<std::unique_ptr<Link>> dead_;
   std::unordered_map<NodeId, Peer> peers_;
   std::unordered_map<uint32_t, LocalRegion> regions_;
+  struct HeldReply {
+    uint64_t link;
+    FrameHeader h;
+    Bytes body;
+  };
+  bool hold_replies_ = false;  // test hook: kRmaReply frames are parked in held_
+  std::deque<HeldReply> held_;
 };
 
 }  // namespace
+
+bool tcp_test_hold_rma_replies(Transport& t, bool on) {
+  auto* tcp = dynamic_cast<TcpTransport*>(&t);
+  if (tcp) tcp->hold_rma_replies(on);
+  return tcp != nullptr;
+}
 
 Status parse_tcp_options(const Config& cfg, TcpOptions& o, std::string* error) {
   SectionReader r(cfg, "tcp");

@@ -50,4 +50,10 @@ Status parse_tcp_options(const Config& cfg, TcpOptions& opt, std::string* error)
 std::unique_ptr<Transport> make_tcp_transport(const Config& cfg, EventLoop& loop, const ClusterKey& key,
                                               const TcpOptions& opt = TcpOptions());
 
+// Test hook (the conformance suite's "deregister with operations in flight"): while `on`, replies to one-sided
+// operations that arrive on `t`'s links are parked instead of applied, so an operation stays in flight as long as a
+// test needs; turning it off applies the parked replies in arrival order from the loop (those of a link closed
+// meanwhile are dropped: their operations already failed). False when `t` is not a tcp transport.
+bool tcp_test_hold_rma_replies(Transport& t, bool on);
+
 }  // namespace dipc::transport

@@ -27,6 +27,7 @@
 #include "common/frame.h"
 #include "common/log.h"
 #include "transport/conn.h"
+#include "transport/pending.h"
 #include "transport/verbs/verbs_wire.h"
 
 namespace dipc::transport {
@@ -190,7 +191,8 @@ struct Link {
   MsgHeader rx_head{};
   Bytes rx_body;
   size_t rx_left = 0;
-  int64_t last_tx_ms = 0;
+  int64_t last_send_ms = 0;  // the last SEND posted (what the peer's liveness check sees)
+  int64_t last_rx_ms = 0;    // the last message received (the peer's liveness)
   VerbsDeviceInfo info;
 
   ~Link() {
@@ -217,8 +219,7 @@ struct Peer {
   std::optional<conn::Backoff> backoff;
   uint64_t incarnation = 0;  // of the peer's transport, learnt at the handshake: its keys carry it
   std::string last_error;
-  std::deque<PendingFn> waiting;  // pending_add(): retries waiting for queue space, FIFO
-  bool retrying = false, retry_deferred = false;
+  PendingQueue waiting;  // pending_add(): retries waiting for queue space, FIFO (transport/pending.h)
 };
 
 struct Region {
@@ -384,6 +385,14 @@ class VerbsTransport final : public Transport {
     std::string s = fmt::format("verbs {} port {}", i.device, i.port);
     if (i.gid_index >= 0) s += fmt::format(" gid {} mtu {}", i.gid_index, i.mtu);
     if (i.numa_node >= 0) s += fmt::format(" numa {}", i.numa_node);
+    // What is in flight, when anything is (a stalled link shows here).
+    if (it != peers_.end() && it->second.link) {
+      const Peer& p = it->second;
+      const Link& l = *p.link;
+      if (!p.out.empty() || !p.outstanding.empty() || !p.waiting.empty() || l.sq_used)
+        s += fmt::format(" (queued {} outstanding {} pending {} credits {} owed {} posted {})", p.out.size(),
+                         p.outstanding.size(), p.waiting.size(), l.credits, l.to_return, l.sq_used);
+    }
     return s;
   }
 
@@ -423,7 +432,7 @@ class VerbsTransport final : public Transport {
   Status pending_add(NodeId peer, PendingFn fn) override {
     Peer* p = find(peer);
     if (!p || !fn) return Status::err(EINVAL);
-    p->waiting.push_back(std::move(fn));
+    p->waiting.add(std::move(fn));
     schedule_retry(*p);
     return Status::ok();
   }
@@ -538,34 +547,20 @@ class VerbsTransport final : public Transport {
     if (!p) return Status::err(EINVAL);
     if (!running_) return Status::err(ECONNRESET);
     if (bytes > kMaxPayload) return Status::err(EMSGSIZE);
-    if (!p->waiting.empty() && !p->retrying) return Status::err(kNoResources);  // keep issue order behind retries
+    if (p->waiting.blocks_new()) return Status::err(kNoResources);  // keep issue order behind retries
     if (p->out_bytes + bytes > opt_.max_queued_bytes) return Status::err(kNoResources);
     return Status::ok();
   }
 
   // Runs the peer's pending_add() retries once its queue has room again (or the link is gone: they then fail).
   void schedule_retry(Peer& p) {
-    if (p.waiting.empty() || p.retry_deferred) return;
     if (p.link && p.out_bytes > opt_.max_queued_bytes / 2) return;  // pump() calls again as the queue drains
-    p.retry_deferred = true;
+    if (!p.waiting.want_run()) return;
     NodeId id = p.id;
     std::weak_ptr<int> alive = alive_;
     loop_.defer([this, id, alive] {
       if (alive.expired()) return;
-      Peer* q = find(id);
-      if (!q) return;
-      q->retry_deferred = false;
-      while (!q->waiting.empty()) {
-        PendingFn fn = std::move(q->waiting.front());
-        q->waiting.pop_front();
-        q->retrying = true;
-        Status st = fn();
-        q->retrying = false;
-        if (st.retryable()) {  // still no room: first in line again
-          q->waiting.push_front(std::move(fn));
-          return;
-        }
-      }
+      if (Peer* q = find(id)) q->waiting.run();
     });
   }
 
@@ -714,7 +709,7 @@ class VerbsTransport final : public Transport {
       return false;
     }
     ++l.sq_used;
-    l.last_tx_ms = EventLoop::now_ms();
+    l.last_send_ms = EventLoop::now_ms();
     return true;
   }
 
@@ -759,19 +754,29 @@ class VerbsTransport final : public Transport {
       return false;
     }
     ++l.sq_used;
-    l.last_tx_ms = EventLoop::now_ms();
     return true;
   }
 
-  // Probes idle links with a credit-only message (it needs no credit: the peer re-posts the spare buffer at once):
-  // a dead peer's queue pair stops acknowledging, and the send completes with a retry-exceeded error, which closes
-  // the link (a few seconds: the RC ack timeout times the retry count).
+  // Liveness, as tcp does it: a link that sent no message for heartbeat_ms sends a credit-only one (it needs no
+  // credit: the peer re-posts the spare buffer at once), so a live peer brings a message at least that often (one-
+  // sided operations do not count: the peer's CPU sees none). A link that brought none for dead_peer_ms is closed.
+  // The RC retry timeout alone is not enough: on Soft-RoCE a link whose carrier went down (a cut cable) never
+  // completes its posted work requests with an error, and an idle link posts nothing that could fail.
   void heartbeat() {
     beat_timer_ = loop_.add_timer(opt_.heartbeat_ms, [this] { heartbeat(); });
     reap();
     int64_t now = EventLoop::now_ms();
-    for (auto& [id, l] : links_)
-      if (l->state == LinkState::kUp && now - l->last_tx_ms >= opt_.heartbeat_ms) send_credit(*l);
+    std::vector<Link*> silent;
+    for (auto& [id, l] : links_) {
+      if (l->state != LinkState::kUp) continue;
+      if (opt_.dead_peer_ms > 0 && now - l->last_rx_ms >= opt_.dead_peer_ms) {
+        silent.push_back(l.get());
+        continue;
+      }
+      if (now - l->last_send_ms >= opt_.heartbeat_ms) send_credit(*l);
+    }
+    for (Link* l : silent)
+      close_link(*l, fmt::format("no message for {} ms (peer dead, hung or cut off)", now - l->last_rx_ms), true);
   }
 
   // ---- failure ------------------------------------------------------------------------------------------------
@@ -1021,7 +1026,8 @@ class VerbsTransport final : public Transport {
         return;
       case RDMA_CM_EVENT_ROUTE_RESOLVED: {
         if (Status s = setup_qp(l); !s) return close_link(l, fmt::format("queue pair set-up: {}", s.str()), true);
-        l.hs = std::make_unique<conn::Handshake>(key_, cfg_.self, conn::Handshake::Role::kDialer, l.peer, known());
+        l.hs = std::make_unique<conn::Handshake>(key_, cfg_.self, conn::Handshake::Role::kDialer, l.peer, known(),
+                                                cfg_.link_security);
         conn::HelloMsg hello = l.hs->start();
         Bytes pd = encode_conn(incarnation_, hello.payload);
         rdma_conn_param cp = conn_param(pd);
@@ -1036,8 +1042,15 @@ class VerbsTransport final : public Transport {
         return;                                                                     // came first)
       case RDMA_CM_EVENT_REJECTED:
         return close_link(l, "connection rejected (no dipcd over verbs there, or authentication failed)", true);
-      case RDMA_CM_EVENT_DISCONNECTED:
-        return close_link(l, "disconnected by the peer", true);
+      case RDMA_CM_EVENT_DISCONNECTED: {
+        // Completions that landed before the disconnect keep their own status (a remote access error is EINVAL,
+        // not ECONNRESET): handle them first; one of them may close the link already.
+        uint64_t lid = l.id;
+        if (l.cq) drain_cq(lid);
+        auto it = links_.find(lid);
+        if (it == links_.end()) return;
+        return close_link(*it->second, "disconnected by the peer", true);
+      }
       case RDMA_CM_EVENT_DEVICE_REMOVAL:
         return close_link(l, "RDMA device removed", true);
       case RDMA_CM_EVENT_TIMEWAIT_EXIT:
@@ -1058,7 +1071,8 @@ class VerbsTransport final : public Transport {
     ByteView hello;
     if (!decode_conn(pdata, inc, hello)) return reject("malformed hello (not a dipc peer)");
     if (unauthenticated_ >= opt_.max_unauthenticated) return reject("too many handshakes in progress");
-    auto hs = std::make_unique<conn::Handshake>(key_, cfg_.self, conn::Handshake::Role::kAcceptor, 0, known());
+    auto hs = std::make_unique<conn::Handshake>(key_, cfg_.self, conn::Handshake::Role::kAcceptor, 0, known(),
+                                                 cfg_.link_security);
     std::vector<conn::HelloMsg> out;
     if (hs->on_message(conn::kClientHello, hello, out) == conn::Handshake::Result::kFailed || out.size() != 1)
       return reject(hs->error());
@@ -1119,6 +1133,7 @@ class VerbsTransport final : public Transport {
     if (!l.dialer) --unauthenticated_;
     if (!set_remote_access(l, true)) return close_link(l, "cannot grant remote access", true);
     l.state = LinkState::kUp;
+    l.last_rx_ms = EventLoop::now_ms();
     cancel(l.hs_timer);
     if (p.dialing == &l) p.dialing = nullptr;
     p.link = &l;
@@ -1261,6 +1276,7 @@ class VerbsTransport final : public Transport {
     if (!decode_header(buf, h)) return close_link(l, "malformed message header", true);
     ByteView payload = buf.subspan(kMsgHeaderSize);
     l.credits += h.credits;
+    l.last_rx_ms = EventLoop::now_ms();
     handle(l, h, payload);
     // Re-post the buffer once the upcall returned (it viewed the buffer); the link may have closed meanwhile.
     auto it = links_.find(lid);
@@ -1396,11 +1412,16 @@ Status parse_verbs_options(const Config& cfg, VerbsOptions& o, std::string* erro
             r.get("credits", o.credits, 2, 4096) && r.get("buffer_size", o.buffer_size, 256, 1 << 20) &&
             r.get("max_queued_bytes", o.max_queued_bytes, int64_t{2} * kMaxPayload, int64_t{1} << 40) &&
             r.get("heartbeat_ms", o.heartbeat_ms, 0, 3600 * 1000) &&
+            r.get("dead_peer_ms", o.dead_peer_ms, 0, 3600 * 1000) &&
             r.get("max_unauthenticated", o.max_unauthenticated, 1, 65535) && r.finish();
   std::string err = r.error();
   if (ok && o.reconnect_max_ms < o.reconnect_min_ms) {
     ok = false;
     err = "transport.verbs.reconnect_max_ms must not be below reconnect_min_ms";
+  }
+  if (ok && o.dead_peer_ms > 0 && o.heartbeat_ms > 0 && o.dead_peer_ms < 2 * o.heartbeat_ms) {
+    ok = false;
+    err = "transport.verbs.dead_peer_ms must be at least twice heartbeat_ms (or 0)";
   }
   if (!ok && error) *error = err;
   return ok ? Status::ok() : Status::err(EINVAL);

@@ -33,8 +33,9 @@ struct VerbsOptions {
   uint32_t credits = 32;                // receive buffers per link for data messages (the peer's send credits)
   uint32_t buffer_size = 8192;          // bytes per receive/send buffer; longer messages are fragmented
   size_t max_queued_bytes = 64u << 20;  // per peer: operations beyond this return kNoResources
-  int64_t heartbeat_ms = 1000;          // an idle link is probed (zero-length RDMA WRITE) this often; a dead peer
-                                        // shows as a retry-exceeded completion within a few seconds
+  int64_t heartbeat_ms = 1000;          // a link that sent no message for this long sends a credit-only one ...
+  int64_t dead_peer_ms = 5000;          // ... so a link that brings no message for this long is lost (closed): a
+                                        // cut link, a dead or hung peer. 0: rely on the RC retry timeout only
   int max_unauthenticated = 16;         // connection requests still in the handshake; more are rejected
 };
 

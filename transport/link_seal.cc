@@ -1,0 +1,98 @@
+#include "transport/link_seal.h"
+
+#include <sodium.h>
+
+#include <cstring>
+
+namespace dipc::transport {
+
+namespace {
+// libsodium's AEAD wants non-null message pointers even for 0 bytes (an empty vector's data() may be null).
+uint8_t g_empty[1];
+uint8_t* or_empty(uint8_t* p) { return p ? p : g_empty; }
+const uint8_t* or_empty(const uint8_t* p) { return p ? p : g_empty; }
+}  // namespace
+
+FrameSeal::FrameSeal(LinkSecurity mode, const SessionKey& key) : mode_(mode), key_(key) {
+  static_assert(crypto_aead_chacha20poly1305_ietf_NPUBBYTES == 12);
+  static_assert(crypto_aead_chacha20poly1305_ietf_ABYTES == kSealTagSize);
+  static_assert(crypto_onetimeauth_BYTES == kSealTagSize);
+  static_assert(sizeof(SessionKey) == crypto_aead_chacha20poly1305_ietf_KEYBYTES);
+}
+
+FrameSeal::~FrameSeal() { sodium_memzero(key_.data(), key_.size()); }
+
+void FrameSeal::nonce(uint8_t out[12]) const {
+  std::memset(out, 0, 4);
+  for (int i = 0; i < 8; ++i) out[4 + i] = static_cast<uint8_t>(seq_ >> (56 - 8 * i));
+}
+
+void FrameSeal::mac(const uint8_t* header, std::span<const ByteView> parts, uint8_t* tag) const {
+  uint8_t n[12];
+  nonce(n);
+  uint8_t otk[crypto_onetimeauth_KEYBYTES];
+  crypto_stream_chacha20_ietf(otk, sizeof otk, n, key_.data());
+  crypto_onetimeauth_state st;
+  crypto_onetimeauth_init(&st, otk);
+  crypto_onetimeauth_update(&st, header, kFrameHeaderSize);
+  for (ByteView p : parts)
+    if (!p.empty()) crypto_onetimeauth_update(&st, p.data(), p.size());
+  crypto_onetimeauth_final(&st, tag);
+  sodium_memzero(otk, sizeof otk);
+  sodium_memzero(&st, sizeof st);
+}
+
+void FrameSeal::seal(const uint8_t* header, std::span<const ByteView> parts, Bytes* cipher, uint8_t* tag) {
+  switch (mode_) {
+    case LinkSecurity::kNone:
+      break;
+    case LinkSecurity::kMac:
+      mac(header, parts, tag);
+      break;
+    case LinkSecurity::kEncrypt: {
+      size_t len = 0;
+      for (ByteView p : parts) len += p.size();
+      Bytes plain;
+      const uint8_t* m = nullptr;
+      if (parts.size() == 1) {
+        m = parts[0].data();
+      } else {
+        plain.reserve(len);
+        for (ByteView p : parts) plain.insert(plain.end(), p.begin(), p.end());
+        m = plain.data();
+      }
+      cipher->resize(len);
+      uint8_t n[12];
+      nonce(n);
+      crypto_aead_chacha20poly1305_ietf_encrypt_detached(or_empty(cipher->data()), tag, nullptr, or_empty(m), len,
+                                                         header, kFrameHeaderSize, nullptr, n, key_.data());
+      break;
+    }
+  }
+  ++seq_;
+}
+
+bool FrameSeal::open(const uint8_t* header, std::span<uint8_t> payload, const uint8_t* tag) {
+  if (failed_) return false;
+  bool ok = true;
+  if (mode_ == LinkSecurity::kMac) {
+    uint8_t want[kSealTagSize];
+    ByteView part(payload.data(), payload.size());
+    mac(header, std::span<const ByteView>(&part, 1), want);
+    ok = crypto_verify_16(want, tag) == 0;
+  } else if (mode_ == LinkSecurity::kEncrypt) {
+    uint8_t n[12];
+    nonce(n);
+    uint8_t* p = or_empty(payload.data());
+    ok = crypto_aead_chacha20poly1305_ietf_decrypt_detached(p, nullptr, p, payload.size(), tag, header,
+                                                            kFrameHeaderSize, n, key_.data()) == 0;
+  }
+  if (!ok) {
+    failed_ = true;
+    return false;
+  }
+  ++seq_;
+  return true;
+}
+
+}  // namespace dipc::transport
