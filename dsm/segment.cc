@@ -17,6 +17,13 @@
 
 #include "common/log.h"
 
+// At log level debug, every coherence message in and out, fault, local action and copy of a node is logged (the
+// arguments are built only then): a coherence bug is read off the daemons' logs.
+#define DSM_TRACE(...)                                                      \
+  do {                                                                      \
+    if (spdlog::should_log(spdlog::level::debug)) spdlog::debug(__VA_ARGS__); \
+  } while (0)
+
 namespace dipc::dsm {
 
 namespace {
@@ -208,6 +215,7 @@ void Segment::on_uffd(uint64_t attach) {
 void Segment::handle_fault(uint64_t attach, uint64_t addr, bool write) {
   ++m_.stats().faults;
   const Attach& a = attaches_.at(attach);
+  DSM_TRACE("dsm: seg {} fault attach {} off {:#x} {}", id_, attach, addr - a.addr, write ? "W" : "R");
   if (addr < a.addr || addr >= a.addr + a.len) return;
   uint32_t b = static_cast<uint32_t>((addr - a.addr) / block_);
   std::vector<Msg> out;
@@ -229,6 +237,7 @@ void Segment::handle_fault(uint64_t attach, uint64_t addr, bool write) {
 }
 
 void Segment::on_msg(const Msg& m) {
+  DSM_TRACE("dsm: seg {} in {} from {}", id_, m.str(), m.from);
   std::vector<Msg> out;
   std::vector<LocalAction> local;
   int64_t now = Manager::now_us();
@@ -361,6 +370,7 @@ bool Segment::push(Msg& g) {
   Status s = m_.transport()->write_notify(**local, src_off, *k, off - coff, len, kOpMsg, e.take(), [](Status) {});
   if (!s) return false;
   m_.stats().pushes += g.count;
+  DSM_TRACE("dsm: seg {} pushed {} to {}", id_, pushed.str(), g.to);
   ++m_.stats().messages_out;
   return true;
 }
@@ -416,6 +426,8 @@ void Segment::run(std::vector<Msg>& out, std::vector<LocalAction>& local) {
 
 void Segment::apply(const LocalAction& a) {
   const uint32_t b = a.block;
+  DSM_TRACE("dsm: seg {} local {} b={} w={} node={} flags={:#x}", id_, static_cast<int>(a.kind), b, a.writable, a.node,
+                 flags_[b]);
   switch (a.kind) {
     case LocalAction::kFetchData:
       fetch(b, a.node);
@@ -554,6 +566,7 @@ void Segment::fetch(uint32_t b, NodeId from) {
 }
 
 void Segment::fetched(uint32_t b, Status st) {
+  DSM_TRACE("dsm: seg {} fetched b={} {}", id_, b, st.str());
   if (!st) {
     DIPC_LOG_WARN("dsm: segment {} block {}: copy failed: {}", id_, b, st.str());
     return;
@@ -596,11 +609,16 @@ void Segment::fill_view(uint32_t b) {
   flags_[b] |= kInView;
 }
 
+// The punch also forgets the block's write protection (kProtected): uffd-wp is not reliably kept across it. The
+// kernel turns a protected pte into a uffd-wp marker when it unmaps the page, but when a process faults the page
+// back in while the punch runs (a spinning reader of the block), the truncation that follows zaps that pte again
+// dropping the marker (ZAP_FLAG_DROP_MARKER): the next fill would then map writable, and the process's writes to a
+// read copy would land in V unseen (a stale value on every other node). The next read-only install protects anew.
 void Segment::drop_view(uint32_t b) {
   if (fallocate(view_fd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(block_off(b)),
                 static_cast<off_t>(block_len(b))) != 0)
     DIPC_LOG_ERROR("dsm: punch block {}: {}", b, strerror(errno));
-  flags_[b] &= static_cast<uint8_t>(~kInView);
+  flags_[b] &= static_cast<uint8_t>(~(kInView | kProtected));
 }
 
 void Segment::wake(uint32_t b) {
@@ -700,6 +718,7 @@ void Manager::destroy(uint64_t id) {
 
 void Manager::send(std::vector<Msg>& out) {
   for (Msg& m : out) {
+    DSM_TRACE("dsm: out {} to {}", m.str(), m.to);
     ++stats_.messages_out;
     if (m.to == self_) {
       m.from = self_;

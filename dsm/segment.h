@@ -129,8 +129,8 @@ class Segment {
   std::shared_ptr<void> frames_map_;          // unmaps F when the last deregistration completed
   NodeCache cache_;
   std::unique_ptr<HomeDirectory> dir_;  // on the home node only
-  // Per block: kInView: its pages are in V's page cache; kProtected: write-protected in every attach (uffd-wp
-  // survives a punch, so a block read again needs no new ioctl); kDirty: was writable since V was last copied to F.
+  // Per block: kInView: its pages are in V's page cache; kProtected: write-protected in every attach since the
+  // last punch (a punch may drop uffd-wp, drop_view); kDirty: was writable since V was last copied to F.
   enum : uint8_t { kInView = 1, kProtected = 2, kDirty = 4 };
   std::vector<uint8_t> flags_;
   bool in_view(uint32_t b) const { return flags_[b] & kInView; }
