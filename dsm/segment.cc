@@ -19,8 +19,8 @@
 
 // At log level debug, every coherence message in and out, fault, local action and copy of a node is logged (the
 // arguments are built only then): a coherence bug is read off the daemons' logs.
-#define DSM_TRACE(...)                                                      \
-  do {                                                                      \
+#define DSM_TRACE(...)                                                        \
+  do {                                                                        \
     if (spdlog::should_log(spdlog::level::debug)) spdlog::debug(__VA_ARGS__); \
   } while (0)
 
@@ -427,7 +427,7 @@ void Segment::run(std::vector<Msg>& out, std::vector<LocalAction>& local) {
 void Segment::apply(const LocalAction& a) {
   const uint32_t b = a.block;
   DSM_TRACE("dsm: seg {} local {} b={} w={} node={} flags={:#x}", id_, static_cast<int>(a.kind), b, a.writable, a.node,
-                 flags_[b]);
+            flags_[b]);
   switch (a.kind) {
     case LocalAction::kFetchData:
       fetch(b, a.node);

@@ -207,7 +207,7 @@ TEST_F(DsmOverLoopback, AReadCopyIsWriteProtectedAgainAfterThePunchDroppedItsPro
   ASSERT_TRUE(access([&] { n(1).view[0] = 2; }));  // node 2's copy is invalidated: V punched
   uffdio_writeprotect clear{{reinterpret_cast<uint64_t>(n(2).view), 4096}, 0};
   ASSERT_EQ(ioctl(n(2).uffd, UFFDIO_WRITEPROTECT, &clear), 0) << strerror(errno);  // the marker dropped
-  ASSERT_TRUE(access([&] { got = n(2).view[0]; }));  // a read copy again
+  ASSERT_TRUE(access([&] { got = n(2).view[0]; }));                                // a read copy again
   ASSERT_EQ(got, 2);
   ASSERT_TRUE(access([&] { n(2).view[0] = 3; }));  // must fault and take the block from node 1
   ASSERT_TRUE(access([&] { got = n(1).view[0]; }));
