@@ -294,6 +294,24 @@ TEST_F(PolicyAll, StaticBinariesRunDistributedUnderDipcLaunchSeccomp) {
   EXPECT_FALSE(k.empty() || k[0] == '-' || is_dipc_id(k)) << k;
 }
 
+TEST_F(PolicyAll, AReattachIsCheckedAsTheFirstAttachWasAsTheKernelChecksIt) {
+  // The preload keeps a segment's view descriptor after a detach, so that attaching it again costs less: the rights
+  // must still be checked at every attach (an owner who took write permission away gets EACCES), and an id whose
+  // segment is gone must not reach the old memory. The same calls against the kernel give the same lines.
+  std::vector<std::string> argv = {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                   SimCluster::prog("ipcop"), "shmget:0x5c0004:4096:creat+excl+0600",
+                                   "shmat:@:0", "shmdt", "shmat:@:0", "shmdt", "shmset:@:0400", "shmat:@:0",
+                                   "shmat:@:rdonly", "shmnattch:@", "shmdt", "shmset:@:0600", "shmat:@:0", "shmdt",
+                                   "shmrm:@", "shmat:@:0", "shmnattch:@"};
+  auto k = c().run(1, argv, 30, false), d = c().run(1, argv, 30, true);
+  ASSERT_EQ(k.status, 0) << k.err;
+  ASSERT_EQ(d.status, 0) << d.err;
+  EXPECT_EQ(fields(k.out, "shmat"), (std::vector<std::string>{"0", "0", "-1 EACCES", "0", "0", "-1 EINVAL"})) << k.out;
+  EXPECT_EQ(fields(d.out, "shmat"), fields(k.out, "shmat")) << d.out << d.err;
+  EXPECT_EQ(fields(d.out, "shmnattch"), fields(k.out, "shmnattch")) << d.out << d.err;
+  EXPECT_EQ(fields(d.out, "shmrm"), std::vector<std::string>{"0"}) << d.out << d.err;
+}
+
 TEST_F(PolicyAll, StaticBinariesReachSegmentsAndTheirShmatFailsLoudly) {
   // A static binary under dipc-exec (dipc-launch --seccomp) on two nodes: shmget and shmctl reach the one distributed
   // segment from both; shmat of it cannot be carried (dipc-exec would have to map memory into the program), so it

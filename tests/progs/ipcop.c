@@ -9,7 +9,7 @@
  *   msgsnd:ID:TYPE:TEXT:FLAGS  msgrcv:ID:TYPE:MAXSIZE:FLAGS  msgstat:ID  msgqbytes:ID:N  msgrm:ID
  *   (FLAGS also: copy = MSG_COPY, huge = SHM_HUGETLB)
  *   shmget:KEY:SIZE:FLAGS  shmrm:ID  shmat:ID:FLAGS (FLAGS: rdonly = SHM_RDONLY)  shmdt (the last shmat's address)
- *   shmnattch:ID             shm_nattch of IPC_STAT
+ *   shmnattch:ID             shm_nattch of IPC_STAT       shmset:ID:MODE   IPC_SET of the mode
  *   scan:sem|msg|shm[:any]   *_INFO, then *_STAT (or *_STAT_ANY) on every index up to the highest, as ipcs does:
  *                            "scan=FOUND used=COUNT keys=K,K,..." (the keys of the objects found, in index order)
  *   hold                     prints "held" and waits for a signal forever (to be killed)
@@ -252,6 +252,14 @@ int main(int argc, char **argv) {
       report(name, p == (void *)-1 ? -1 : 0);
     } else if (!strcmp(name, "shmdt")) {
       report(name, shmdt(last_addr));
+    } else if (!strcmp(name, "shmset")) {
+      struct shmid_ds ds;
+      int r = shmctl((int)num(a[1]), IPC_STAT, &ds);
+      if (r == 0) {
+        ds.shm_perm.mode = (unsigned short)num(a[2]);
+        r = shmctl((int)num(a[1]), IPC_SET, &ds);
+      }
+      report(name, r);
     } else if (!strcmp(name, "shmnattch")) {
       struct shmid_ds ds;
       int r = shmctl((int)num(a[1]), IPC_STAT, &ds);
