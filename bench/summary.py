@@ -127,6 +127,8 @@ def ipc(args):
                   per_round(e, "BM_DipcShmAttach", "BM_NativeShmAttach"), 3.0),
         make_pair("message round trip / native SysV, one node",
                   per_round(e, "BM_DipcMsgRoundTrip", "BM_NativeMsgRoundTrip")),
+        make_pair("message round trip, both processes on the home node / native SysV",
+                  per_round(e, "BM_DipcHomeMsgRoundTrip", "BM_NativeMsgRoundTrip")),
         make_pair("message streaming rate / native SysV, one node",
                   per_round(e, "BM_DipcMsgStream", "BM_NativeMsgStream", field="items_per_second"),
                   higher_is_better=True),

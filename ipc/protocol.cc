@@ -86,12 +86,19 @@ void ShmAttachReq::encode(Encoder& e) const {
   e.u64(addr);
   e.u64(len);
   e.i32(flg);
+  e.u64(view_ino);
 }
 bool ShmAttachReq::decode(Decoder& d) {
   id = d.i32();
   addr = d.u64();
   len = d.u64();
   flg = d.i32();
+  view_ino = d.u64();
+  return d.ok();
+}
+void ShmDtResp::encode(Encoder& e) const { e.u8(removed); }
+bool ShmDtResp::decode(Decoder& d) {
+  removed = d.u8();
   return d.ok();
 }
 void ShmCtlReq::encode(Encoder& e) const {

@@ -22,7 +22,8 @@
 
 namespace dipc::ipc {
 
-inline constexpr uint32_t kProtocolVersion = 3;  // 2: ShmAtResp carries the block size; 3: kernel-backed sets
+inline constexpr uint32_t kProtocolVersion = 4;  // 2: ShmAtResp carries the block size; 3: kernel-backed sets;
+                                                  // 4: ShmAttachReq.view_ino, kShmDt answers ShmDtResp
 inline constexpr uint32_t kMaxSops = 32768;   // hard decode bound; the home enforces semopm
 inline constexpr uint32_t kMaxSems = 65536;   // hard decode bound; the home enforces semmsl
 inline constexpr uint32_t kMaxMsgText = 1u << 20;
@@ -39,8 +40,10 @@ enum Op : uint16_t {
   kMsgCtl = 8,
   kShmGet = 9,       // GetReq (size) -> IdResp
   kShmAt = 10,       // ShmAtReq -> ShmAtResp; the node's view memfd comes with the response (SCM_RIGHTS)
-  kShmAttached = 11, // ShmAttachReq, with the process's userfaultfd (SCM_RIGHTS) -> empty; counts in shm_nattch
-  kShmDt = 12,       // ShmAttachReq (addr, len unused) -> empty
+  kShmAttached = 11, // ShmAttachReq, with the process's userfaultfd (SCM_RIGHTS) -> empty; counts in shm_nattch.
+                     // With view_ino set (a re-attach through a view memfd the process kept): ESTALE when that is
+                     // not this node's view of the segment any more
+  kShmDt = 12,       // ShmAttachReq (addr, len unused) -> ShmDtResp
   kShmCtl = 13,      // ShmCtlReq -> ShmCtlResp (IPC_STAT) or empty
   kIpcInfo = 14,     // IpcInfoReq -> IpcInfoResp: the cluster's distributed objects of a type, for *_INFO
   kIpcStat = 15,     // IpcStatReq (a *_STAT index) -> IdResp + the type's CtlResp (stat filled)
@@ -204,6 +207,12 @@ struct ShmAttachReq {  // kShmAttached / kShmDt
   uint64_t addr = 0;
   uint64_t len = 0;
   int32_t flg = 0;
+  uint64_t view_ino = 0;  // kShmAttached: the inode of the view memfd mapped, when it was kept from an earlier attach
+  void encode(Encoder& e) const;
+  bool decode(Decoder& d);
+};
+struct ShmDtResp {  // kShmDt's answer
+  uint8_t removed = 0;  // the segment is marked for destruction (SHM_DEST) or gone: a kept view memfd is dropped
   void encode(Encoder& e) const;
   bool decode(Decoder& d);
 };

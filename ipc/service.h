@@ -123,6 +123,8 @@ class Service : public transport::Handler {
   int create_local(ObjType type, const Creds& c, int32_t key, int32_t nsems, int32_t flg, int32_t& id,
                    uint64_t size = 0);
   uint16_t referee_for(int32_t key) const;
+  // Forgets `key` as the key of home object `id` (IPC_RMID: the key is private from now on).
+  void home_key_drop(ObjType type, int32_t key, int32_t id);
   void referee_acquire(uint16_t from, const KeyReq& req, std::function<void(int, Bytes)> reply);
   void referee_update(uint16_t from, uint16_t op, const KeyReq& req);
   void referee_run_queue(int32_t key, ObjType type);
@@ -201,6 +203,9 @@ class Service : public transport::Handler {
   std::unordered_map<uint64_t, Pending> pending_;               // home: blocked requests by token
   std::unordered_map<uint64_t, uint16_t> inflight_;             // origin: token -> home node
   std::map<std::pair<uint8_t, int32_t>, Reservation> keys_;     // referee: (type, key) -> state
+  // home: (type, key) -> id of the live objects created here under a key (not IPC_PRIVATE, not removed). A *get of
+  // such a key made on this node is answered here, without the referee (service_origin.cc, do_get).
+  std::map<std::pair<uint8_t, int32_t>, int32_t> home_keys_;
   std::vector<uint16_t> node_ids_;                              // sorted
   uint32_t incarnation_ = 0;
   bool kernel_sems_ = false;

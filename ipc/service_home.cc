@@ -80,7 +80,14 @@ int Service::create_local(ObjType type, const Creds& c, int32_t key, int32_t nse
     shms_.by_id[id] = std::make_unique<ShmSeg>(p, size, c.pid, now);
     shm_pages_ += pages;
   }
+  if (key != IPC_PRIVATE) home_keys_[{static_cast<uint8_t>(type), key}] = id;
   return 0;
+}
+
+void Service::home_key_drop(ObjType type, int32_t key, int32_t id) {
+  if (key == IPC_PRIVATE) return;
+  auto it = home_keys_.find({static_cast<uint8_t>(type), key});
+  if (it != home_keys_.end() && it->second == id) home_keys_.erase(it);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -342,6 +349,7 @@ void Service::remove_object(ObjType type, int32_t id) {
     pending_.erase(p);
     fn(EIDRM, {});
   }
+  home_key_drop(type, key, id);
   if (key != IPC_PRIVATE) notify(referee_for(key), kKeyUnbind, encode_body(KeyReq{type, key, 0, id}));
 }
 

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <sys/ipc.h>
 #include <sys/shm.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -54,6 +55,11 @@ void Service::client_shm_attached(const Creds& c, uint64_t conn, ByteView body, 
     return reply(EINVAL, {});
   }
   dsm::Segment* seg = dsm_.find(static_cast<uint32_t>(req.id));
+  struct stat vst {};
+  if (req.view_ino && (!seg || fstat(seg->view_fd(), &vst) != 0 || static_cast<uint64_t>(vst.st_ino) != req.view_ino)) {
+    close(uffd);  // the program mapped a view it kept, and this node's view of the segment is another one (or none)
+    return reply(ESTALE, {});
+  }
   if (!seg) {
     close(uffd);
     return reply(EINVAL, {});
@@ -80,7 +86,7 @@ void Service::shm_detach_at_home(const Creds& c, int32_t id, ReplyFn reply) {
   Encoder e;
   HomeHeader{c, 0}.encode(e);
   ShmAttachReq{id, 0, 0, 0}.encode(e);
-  call(id_node(id), kShmDt, e.take(), [reply](int st, ByteView) { reply(st, {}); });
+  call(id_node(id), kShmDt, e.take(), [reply](int st, ByteView b) { reply(st, Bytes(b.begin(), b.end())); });
 }
 
 void Service::client_shmdt(const Creds& c, uint64_t conn, ByteView body, ReplyFn reply) {
@@ -137,7 +143,9 @@ void Service::home_shm_attach(uint16_t op, const HomeHeader& h, ByteView body, R
     s->attached(h.creds.pid, now_s());
   } else {
     s->detached(h.creds.pid, now_s());
+    ShmDtResp resp{static_cast<uint8_t>(s->removed() ? 1 : 0)};
     shm_destroy_if_gone(r.id);
+    return reply(0, encode_body(resp));
   }
   reply(0, {});
 }
@@ -160,6 +168,7 @@ void Service::home_shmctl(const HomeHeader& h, ByteView body, ReplyFn& reply) {
       int32_t key = s->perm().key;
       bool was_removed = s->removed();
       e = s->rmid(h.creds);
+      if (!e && !was_removed) home_key_drop(ObjType::kShm, key, r.id);
       if (!e && !was_removed && key != IPC_PRIVATE)
         notify(referee_for(key), kKeyUnbind, encode_body(KeyReq{ObjType::kShm, key, 0, r.id}));
       reply(e, {});
@@ -177,6 +186,7 @@ void Service::home_shmctl(const HomeHeader& h, ByteView body, ReplyFn& reply) {
 void Service::shm_destroy_if_gone(int32_t id) {
   auto it = shms_.by_id.find(id);
   if (it == shms_.by_id.end() || !it->second->gone()) return;
+  home_key_drop(ObjType::kShm, it->second->perm().key, id);
   shm_pages_ -= (it->second->size() + dsm_.page_size() - 1) / dsm_.page_size();
   shms_.by_id.erase(it);
   shms_.free.push_back(id_slot(id));

@@ -386,6 +386,8 @@ bool Reply::unknown_id() const {
   return status == EINVAL && body.size() == 1 && body[0] == ipc::kUnknownIdMarker;
 }
 
+int64_t answer_spin_ns() { return g_spin_ns; }
+
 int64_t now_ns() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -65,6 +65,9 @@ class CallGate {
 };
 
 int64_t now_ns();
+// DIPC_SPIN_US in nanoseconds: how long a program polls for its daemon's answer before it sleeps, when a CPU is
+// spare (common/spare_cpu.h).
+int64_t answer_spin_ns();
 
 // A blocking, close-on-exec connection to the node's dipcd ($DIPC_SOCKET, default "@dipc"; '@' = abstract), or -1.
 // The listener must be root, the caller's effective uid or $DIPC_DAEMON_UID (SO_PEERCRED); else -1 and a line on

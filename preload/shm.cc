@@ -4,12 +4,14 @@
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/shm.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -32,6 +34,7 @@
 
 #include "common/fd_passing.h"
 #include "common/frame.h"
+#include "common/spare_cpu.h"
 #include "ipc/protocol.h"
 #include "preload/client.h"
 
@@ -83,6 +86,19 @@ struct ShmConn {
   FrameParser parser;
   std::deque<int> fds;  // descriptors received and not yet claimed by their kShmAt response
   size_t attaches = 0;
+  // The view memfds of segments attached through this connection, kept after their attach so that the next attach
+  // of the segment in the same mode is one round trip (kShmAttached, which checks the rights at the home, with the
+  // inode so that dipcd refuses a view that is no longer the segment's: ESTALE). Dropped when a detach learns that
+  // the segment is removed, and the oldest beyond kKeptViews, so a removed segment's memory is not held for long.
+  struct View {
+    int id = 0;
+    bool rdonly = false;
+    int fd = -1;
+    uint64_t dev = 0, ino = 0;
+    size_t mapped = 0;
+  };
+  std::deque<View> views;
+  bool watched = false;  // in the watcher's poll set (it watches every open connection)
 
   ShmConn() = default;
   ShmConn(const ShmConn&) = delete;
@@ -95,9 +111,20 @@ struct ShmConn {
     fd = -1;
     for (int f : fds) close(f);
     fds.clear();
+    drop_views(0, true);
     parser = FrameParser();
   }
+
+  // Forgets the kept views of segment `id` (all with `all`).
+  void drop_views(int id, bool all = false) {
+    std::erase_if(views, [&](const View& v) {
+      if (!all && v.id != id) return false;
+      close(v.fd);
+      return true;
+    });
+  }
 };
+constexpr size_t kKeptViews = 8;
 
 struct Attach {
   uintptr_t addr = 0;
@@ -263,8 +290,10 @@ void* watch(void*) {
     p.push_back(pollfd{g_wake_fd.load(), POLLIN, 0});
     {
       std::lock_guard lock(s.mu);
-      for (auto& c : s.conns)
-        if (c->fd >= 0 && c->attaches > 0) p.push_back(pollfd{c->fd, POLLRDHUP, 0});
+      for (auto& c : s.conns) {
+        c->watched = c->fd >= 0;
+        if (c->fd >= 0) p.push_back(pollfd{c->fd, POLLRDHUP, 0});
+      }
     }
     if (poll(p.data(), p.size(), -1) < 0) continue;  // EINTR
     if (p[0].revents & POLLIN) {
@@ -276,17 +305,18 @@ void* watch(void*) {
       std::lock_guard lock(s.mu);
       for (auto& c : s.conns) {
         pollfd again{c->fd, POLLRDHUP, 0};  // the same connection still, and still closed by dipcd
-        if (c->fd == p[i].fd && c->attaches > 0 && poll(&again, 1, 0) == 1 &&
-            (again.revents & (POLLHUP | POLLRDHUP | POLLERR)))
-          lost(*c, "dipcd closed the connection (the daemon died?)");
+        if (c->fd == p[i].fd && poll(&again, 1, 0) == 1 && (again.revents & (POLLHUP | POLLRDHUP | POLLERR)))
+          lost(*c, "dipcd closed the connection (the daemon died?)");  // without attaches: only closed
       }
     }
   }
   return nullptr;
 }
 
-// Starts this process's watcher if needed, and makes it look at the connections again.
-void watch_conns() {
+// Starts this process's watcher if needed, and makes it look at the connections again. Attaches through a
+// connection the watcher already watches need no wake-up (it costs the watcher's wake-up on every attach).
+void watch_conns(const ShmConn* c = nullptr) {
+  if (c && c->watched && g_watcher_pid.load() == getpid()) return;
   pid_t me = getpid();
   if (g_watcher_pid.load() != me) {
     int old = g_wake_fd.exchange(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -354,7 +384,13 @@ Got await_response(ShmConn& c, uint16_t op, uint64_t id, FrameParser::Frame& f, 
     int64_t left = deadline - now_ns();
     if (left <= 0) return Got::kTimeout;
     pollfd p{c.fd, POLLIN, 0};
-    int r = poll(&p, 1, static_cast<int>(std::min<int64_t>((left + 999'999) / 1'000'000, INT_MAX)));
+    int r = 0;
+    // dipcd answers within microseconds when the segment's home is this node: poll a while, yielding the CPU, rather
+    // than sleep, when a CPU is spare (as client.cc does for the other calls).
+    if (int64_t spin = answer_spin_ns(); spin > 0 && spare_cpu())
+      for (int64_t until = std::min(now_ns() + spin, deadline); (r = poll(&p, 1, 0)) == 0 && now_ns() < until;)
+        sched_yield();
+    if (r == 0) r = poll(&p, 1, static_cast<int>(std::min<int64_t>((left + 999'999) / 1'000'000, INT_MAX)));
     if (r < 0 && errno == EINTR) continue;
     if (r < 0) return Got::kBroken;
     if (r == 0) continue;
@@ -393,8 +429,8 @@ int roundtrip(ShmConn& c, uint16_t op, const Bytes& body, int pass_fd, Answer& o
   return 0;
 }
 
-Bytes attach_body(int id, uintptr_t addr, size_t len, int flg) {
-  return ipc::encode_body(ipc::ShmAttachReq{id, addr, len, flg});
+Bytes attach_body(int id, uintptr_t addr, size_t len, int flg, uint64_t view_ino = 0) {
+  return ipc::encode_body(ipc::ShmAttachReq{id, addr, len, flg, view_ino});
 }
 
 // ---- fork ----
@@ -503,7 +539,10 @@ void detached(const Attach& at) noexcept {
   --at.conn->attaches;
   try {
     Answer ans;
-    roundtrip(*at.conn, ipc::kShmDt, attach_body(at.id, at.addr, 0, 0), -1, ans);
+    ipc::ShmDtResp r;
+    if (roundtrip(*at.conn, ipc::kShmDt, attach_body(at.id, at.addr, 0, 0), -1, ans) != 0 || ans.status ||
+        !ipc::decode_body(ans.body, r) || r.removed)
+      at.conn->drop_views(at.id);
   } catch (...) {
   }
 }
@@ -520,6 +559,86 @@ struct Undo {
     errno = saved;
   }
 };
+
+// Registers the mapping `p` of `view` with dipcd as an attach: a userfaultfd of its own, registered over it, goes to
+// dipcd with kShmAttached, which checks the rights at the home and counts the attach (with `kept`, dipcd also checks
+// that the view is still this node's view of the segment: ESTALE otherwise). Returns p, the attach recorded and the
+// view kept for the next attach; or MAP_FAILED with errno, the mapping gone and the view's descriptor the caller's.
+void* register_attach(ShmConn& c, int id, void* p, int flg, const ShmConn::View& view, bool kept) {
+  struct Unmap {
+    void* p;
+    size_t len;
+    int uffd = -1;
+    ~Unmap() {
+      int saved = errno;
+      if (p) munmap(p, len);
+      if (uffd >= 0) close(uffd);
+      errno = saved;
+    }
+  } undo{p, view.mapped};
+  // From here on dipcd resolves the mapping's faults: nothing touches it before dipcd has the userfaultfd.
+  int uffd = make_uffd();
+  if (uffd < 0) {
+    int err = errno;
+    tell_no_uffd("userfaultfd", err);
+    return failed(err);
+  }
+  undo.uffd = uffd;  // dipcd keeps its own copy
+  auto pa = reinterpret_cast<uintptr_t>(p);
+  if (!register_range(uffd, pa, view.mapped, flg)) {
+    int err = errno;
+    tell_no_uffd("UFFDIO_REGISTER", err);
+    return failed(err);
+  }
+  Answer done;
+  int e = roundtrip(c, ipc::kShmAttached, attach_body(id, pa, view.mapped, flg, kept ? view.ino : 0), uffd, done);
+  if (e == ETIMEDOUT && !send_request(c, ipc::kShmDt, attach_body(id, pa, 0, 0), -1))
+    lost(c, "cannot send to dipcd");  // dipcd may still count the attach when it answers: take it back
+  if (e) return failed(EIO);
+  if (done.status) return failed(done.status);
+  undo.p = nullptr;  // the mapping stays
+
+  State& s = state();
+  s.attaches.push_back(Attach{pa, view.mapped, id, flg, &c});  // reserved by attach(): cannot fail
+  ++c.attaches;
+  watch_conns(&c);
+  try {
+    std::erase_if(c.views, [&](const ShmConn::View& v) {
+      if (v.id != view.id || v.rdonly != view.rdonly) return false;
+      close(v.fd);
+      return true;
+    });
+    c.views.push_back(view);
+    if (c.views.size() > kKeptViews) {
+      close(c.views.front().fd);
+      c.views.pop_front();
+    }
+  } catch (...) {
+    close(view.fd);  // not kept: the next attach takes the full path
+  }
+  return p;
+}
+
+// Maps a view kept from an earlier attach and registers the attach; ESTALE (nothing mapped, the view dropped) when
+// dipcd says that view is not the segment's any more.
+void* attach_mapped(ShmConn& c, int id, uintptr_t a, bool fixed, int flg, ShmConn::View view) {
+  int prot = PROT_READ | ((flg & SHM_RDONLY) ? 0 : PROT_WRITE) | ((flg & SHM_EXEC) ? PROT_EXEC : 0);
+  int mflags = ((flg & SHM_RDONLY) ? MAP_PRIVATE : MAP_SHARED) | (fixed ? MAP_FIXED_NOREPLACE : 0);
+  void* p = mmap(reinterpret_cast<void*>(a), view.mapped, prot, mflags, view.fd, 0);
+  if (p == MAP_FAILED || (fixed && reinterpret_cast<uintptr_t>(p) != a)) {
+    int err = p == MAP_FAILED ? (errno == EEXIST ? EINVAL : errno) : EINVAL;
+    if (p != MAP_FAILED) munmap(p, view.mapped);
+    c.views.push_back(view);  // the view is fine; the address was not
+    return failed(err);
+  }
+  void* r = register_attach(c, id, p, flg, view, true);
+  if (r == MAP_FAILED) {
+    int err = errno;
+    close(view.fd);
+    errno = err;
+  }
+  return r;
+}
 
 std::optional<void*> attach(int id, const void* addr, int flg) {
   // Linux's checks before it looks the segment up (do_shmat).
@@ -542,6 +661,27 @@ std::optional<void*> attach(int id, const void* addr, int flg) {
   ShmConn* c = conn_for_caller(s);
   if (!c) return failed(EIO);  // a distributed id with no daemon: never the kernel (README, "What differs")
 
+  // A view kept from an earlier attach of the segment in this mode saves the kShmAt round trip; SHM_REMAP, which
+  // may replace other attaches on its way, always takes the full path.
+  const bool rdonly = (flg & SHM_RDONLY) != 0;
+  ShmConn::View kept;
+  if (!(flg & SHM_REMAP))
+    for (auto it = c->views.begin(); it != c->views.end(); ++it) {
+      struct stat st {};
+      if (it->id != id || it->rdonly != rdonly) continue;
+      if (fstat(it->fd, &st) == 0 && st.st_dev == it->dev && st.st_ino == it->ino) {
+        kept = *it;
+        c->views.erase(it);  // back at the end (most recent) once the attach worked
+      } else {
+        c->views.erase(it);  // the program closed or reused the descriptor: not ours any more
+      }
+      break;
+    }
+  if (kept.fd >= 0) {
+    void* r = attach_mapped(*c, id, a, fixed, flg, kept);
+    if (r != MAP_FAILED || errno != ESTALE) return r;
+  }
+
   Answer at;
   Undo undo;
   int e = roundtrip(*c, ipc::kShmAt, ipc::encode_body(ipc::ShmAtReq{id, flg}), -1, at);
@@ -559,6 +699,8 @@ std::optional<void*> attach(int id, const void* addr, int flg) {
       r.mapped > SIZE_MAX / 2)
     return failed(EIO);
   const auto len = static_cast<size_t>(r.mapped);
+  struct stat vst {};
+  if (fstat(at.fd, &vst) != 0) return failed(EIO);
 
   int prot = PROT_READ | ((flg & SHM_RDONLY) ? 0 : PROT_WRITE) | ((flg & SHM_EXEC) ? PROT_EXEC : 0);
   // A read-only attach gets an O_RDONLY memfd, and the kernel registers a MAP_SHARED mapping with a userfaultfd
@@ -586,35 +728,16 @@ std::optional<void*> attach(int id, const void* addr, int flg) {
     replaced.list.assign(gone, s.attaches.end());
     s.attaches.erase(gone, s.attaches.end());
   }
-  close(at.fd);
-  undo.fd = -1;
-
-  // From here on dipcd resolves the mapping's faults: nothing touches it before dipcd has the userfaultfd.
-  int uffd = make_uffd();
-  if (uffd < 0) {
+  undo.fd = -1;  // kept below once the attach worked; closed with it otherwise
+  ShmConn::View view{id, rdonly, at.fd, static_cast<uint64_t>(vst.st_dev), static_cast<uint64_t>(vst.st_ino), len};
+  undo.map = nullptr;  // register_attach() owns the mapping now
+  void* done = register_attach(*c, id, p, flg, view, false);
+  if (done == MAP_FAILED) {
     int err = errno;
-    tell_no_uffd("userfaultfd", err);
-    return failed(err);
+    close(view.fd);
+    errno = err;
   }
-  undo.fd = uffd;
-  if (!register_range(uffd, reinterpret_cast<uintptr_t>(p), len, flg)) {
-    int err = errno;
-    tell_no_uffd("UFFDIO_REGISTER", err);
-    return failed(err);
-  }
-  Answer done;
-  auto pa = reinterpret_cast<uintptr_t>(p);
-  e = roundtrip(*c, ipc::kShmAttached, attach_body(id, pa, len, flg), uffd, done);
-  if (e == ETIMEDOUT && !send_request(*c, ipc::kShmDt, attach_body(id, pa, 0, 0), -1))
-    lost(*c, "cannot send to dipcd");  // dipcd may still count the attach when it answers: take it back
-  if (e) return failed(EIO);
-  if (done.status) return failed(done.status);
-  undo.map = nullptr;  // the uffd goes (dipcd keeps its own copy); the mapping stays
-
-  s.attaches.push_back(Attach{pa, len, id, flg, c});
-  ++c->attaches;
-  watch_conns();
-  return p;
+  return done;
 }
 
 std::optional<int> detach(const void* addr) {

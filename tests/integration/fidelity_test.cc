@@ -165,11 +165,35 @@ TEST_F(PolicyAll, LimitsLoweredAtRunTimeApplyToTheNextCreate) {
   op(1, {"msgrm:" + q, "shmrm:" + s});
 }
 
+// vm.nr_hugepages raised by `more` for the scope (it is the host's: the simulated nodes share it), restored after.
+struct HugePages {
+  long before = -1;
+  explicit HugePages(long more) {
+    FILE* f = fopen("/proc/sys/vm/nr_hugepages", "r");
+    if (!f) return;
+    if (fscanf(f, "%ld", &before) != 1) before = -1;
+    fclose(f);
+    if (before >= 0 && more) set(before + more);
+  }
+  ~HugePages() {
+    if (before >= 0) set(before);
+  }
+  static bool set(long n) {
+    FILE* f = fopen("/proc/sys/vm/nr_hugepages", "w");
+    if (!f) return false;
+    bool ok = fprintf(f, "%ld\n", n) > 0;
+    return fclose(f) == 0 && ok;
+  }
+};
+
 TEST_F(PolicyAll, ShmHugetlbIsCheckedAsTheKernelChecksIt) {
-  // Root with no huge pages reserved: the kernel's answer (ENOMEM on a machine without free huge pages) is dipc's.
-  // An unprivileged user outside vm.hugetlb_shm_group: EPERM from both.
+  // Root: the kernel's answer (ENOMEM on a machine without free huge pages, an id with a free one) is dipc's. An
+  // unprivileged user outside vm.hugetlb_shm_group: EPERM from both. With huge pages when the test may add two
+  // (root on the host: the kernel may grant fewer, and then both answer ENOMEM again).
+  for (long more : {0L, 2L})
   for (bool nobody : {false, true}) {
-    SCOPED_TRACE(nobody ? "nobody" : "root");
+    SCOPED_TRACE(std::string(nobody ? "nobody" : "root") + ", huge pages added: " + std::to_string(more));
+    HugePages pages(more);
     std::vector<std::string> pre;
     if (nobody) pre = {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"};
     auto run = [&](bool preload) {
@@ -268,6 +292,53 @@ TEST_F(PolicyAll, StaticBinariesRunDistributedUnderDipcLaunchSeccomp) {
   // Without dipc-exec the same binary ignores the preload and reaches the node's kernel: a kernel id.
   std::string k = field(c().run(1, {prog, "msgget:0x5c0002:creat+0666", "msgrm:@"}, 30).out, "msgget");
   EXPECT_FALSE(k.empty() || k[0] == '-' || is_dipc_id(k)) << k;
+}
+
+TEST_F(PolicyAll, AReattachIsCheckedAsTheFirstAttachWasAsTheKernelChecksIt) {
+  // The preload keeps a segment's view descriptor after a detach, so that attaching it again costs less: the rights
+  // must still be checked at every attach (an owner who took write permission away gets EACCES), and an id whose
+  // segment is gone must not reach the old memory. The same calls against the kernel give the same lines.
+  std::vector<std::string> argv = {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                   SimCluster::prog("ipcop"), "shmget:0x5c0004:4096:creat+excl+0600",
+                                   "shmat:@:0", "shmdt", "shmat:@:0", "shmdt", "shmset:@:0400", "shmat:@:0",
+                                   "shmat:@:rdonly", "shmnattch:@", "shmdt", "shmset:@:0600", "shmat:@:0", "shmdt",
+                                   "shmrm:@", "shmat:@:0", "shmnattch:@"};
+  auto k = c().run(1, argv, 30, false), d = c().run(1, argv, 30, true);
+  ASSERT_EQ(k.status, 0) << k.err;
+  ASSERT_EQ(d.status, 0) << d.err;
+  EXPECT_EQ(fields(k.out, "shmat"), (std::vector<std::string>{"0", "0", "-1 EACCES", "0", "0", "-1 EINVAL"})) << k.out;
+  EXPECT_EQ(fields(d.out, "shmat"), fields(k.out, "shmat")) << d.out << d.err;
+  EXPECT_EQ(fields(d.out, "shmnattch"), fields(k.out, "shmnattch")) << d.out << d.err;
+  EXPECT_EQ(fields(d.out, "shmrm"), std::vector<std::string>{"0"}) << d.out << d.err;
+}
+
+TEST_F(PolicyAll, StaticBinariesReachSegmentsAndTheirShmatFailsLoudly) {
+  // A static binary under dipc-exec (dipc-launch --seccomp) on two nodes: shmget and shmctl reach the one distributed
+  // segment from both; shmat of it cannot be carried (dipc-exec would have to map memory into the program), so it
+  // fails with ENOSYS and a line on stderr, and never attaches a kernel segment in its place (shm_nattch stays 0).
+  std::string prog = SimCluster::prog("ipcop-static");
+  auto r = c().run(1,
+                   {SimCluster::bin("dipc-launch"), "--sim", c().dir(), "--seccomp", "--timeout", "60", "-H", "node1",
+                    prog, "shmget:0x5c0003:4096:creat+0666", "shmat:@:0", "shmnattch:@", ":", "-H", "node2", prog,
+                    "shmget:0x5c0003:4096:creat+0666", "shmat:@:rdonly", "shmnattch:@"},
+                   90, false);
+  EXPECT_EQ(r.status, 0) << r.out << r.err;
+  auto ids = fields(r.out, "shmget");
+  ASSERT_EQ(ids.size(), 2u) << r.out;
+  EXPECT_EQ(ids[0], ids[1]);
+  EXPECT_TRUE(is_dipc_id(ids[0])) << ids[0];
+  EXPECT_EQ(fields(r.out, "shmat"), (std::vector<std::string>{"-1 ENOSYS", "-1 ENOSYS"})) << r.out;
+  EXPECT_EQ(fields(r.out, "shmnattch"), (std::vector<std::string>{"0", "0"})) << r.out;
+  EXPECT_NE(r.err.find("shmat of a distributed segment is not supported in a static binary"), std::string::npos)
+      << r.err;
+  // The same segment from a dynamically linked program on node2: attached through the preload.
+  auto d = c().run(2, {SimCluster::prog("ipcop"), "shmget:0x5c0003:4096:0666", "shmat:@:0", "shmnattch:@", "shmdt",
+                       "shmrm:@"},
+                   30);
+  EXPECT_EQ(field(d.out, "shmget"), ids[0]) << d.out << d.err;
+  EXPECT_EQ(field(d.out, "shmat"), "0") << d.out << d.err;
+  EXPECT_EQ(field(d.out, "shmnattch"), "1") << d.out << d.err;
+  EXPECT_EQ(field(d.out, "shmrm"), "0") << d.out << d.err;
 }
 
 }  // namespace

@@ -8,7 +8,8 @@
  *   semstat:ID  semset:ID:MODE  semrm:ID
  *   msgsnd:ID:TYPE:TEXT:FLAGS  msgrcv:ID:TYPE:MAXSIZE:FLAGS  msgstat:ID  msgqbytes:ID:N  msgrm:ID
  *   (FLAGS also: copy = MSG_COPY, huge = SHM_HUGETLB)
- *   shmget:KEY:SIZE:FLAGS  shmrm:ID
+ *   shmget:KEY:SIZE:FLAGS  shmrm:ID  shmat:ID:FLAGS (FLAGS: rdonly = SHM_RDONLY)  shmdt (the last shmat's address)
+ *   shmnattch:ID             shm_nattch of IPC_STAT       shmset:ID:MODE   IPC_SET of the mode
  *   scan:sem|msg|shm[:any]   *_INFO, then *_STAT (or *_STAT_ANY) on every index up to the highest, as ipcs does:
  *                            "scan=FOUND used=COUNT keys=K,K,..." (the keys of the objects found, in index order)
  *   hold                     prints "held" and waits for a signal forever (to be killed)
@@ -41,6 +42,7 @@ union semun { /* semctl(2): the caller defines it */
 };
 
 static int last_id = -1;
+static void *last_addr = NULL; /* the last shmat's address */
 
 static long num(const char *s) {
   if (strcmp(s, "@") == 0) return last_id;
@@ -62,6 +64,7 @@ static int flags(const char *s) {
     else if (!strcmp(tok, "except")) f |= MSG_EXCEPT;
     else if (!strcmp(tok, "copy")) f |= MSG_COPY;
     else if (!strcmp(tok, "huge")) f |= SHM_HUGETLB;
+    else if (!strcmp(tok, "rdonly")) f |= SHM_RDONLY;
     else f |= (int)strtol(tok, NULL, 0);
   }
   return f;
@@ -243,6 +246,24 @@ int main(int argc, char **argv) {
       report(name, r);
     } else if (!strcmp(name, "shmrm")) {
       report(name, shmctl((int)num(a[1]), IPC_RMID, NULL));
+    } else if (!strcmp(name, "shmat")) {
+      void *p = shmat((int)num(a[1]), NULL, flags(a[2]));
+      if (p != (void *)-1) last_addr = p;
+      report(name, p == (void *)-1 ? -1 : 0);
+    } else if (!strcmp(name, "shmdt")) {
+      report(name, shmdt(last_addr));
+    } else if (!strcmp(name, "shmset")) {
+      struct shmid_ds ds;
+      int r = shmctl((int)num(a[1]), IPC_STAT, &ds);
+      if (r == 0) {
+        ds.shm_perm.mode = (unsigned short)num(a[2]);
+        r = shmctl((int)num(a[1]), IPC_SET, &ds);
+      }
+      report(name, r);
+    } else if (!strcmp(name, "shmnattch")) {
+      struct shmid_ds ds;
+      int r = shmctl((int)num(a[1]), IPC_STAT, &ds);
+      report(name, r < 0 ? r : (int)ds.shm_nattch);
     } else if (!strcmp(name, "scan")) {
       scan(a[1], a[2] && !strcmp(a[2], "any"));
     } else if (!strcmp(name, "hold")) {
