@@ -69,10 +69,6 @@ TEST(Faults, AProducerWhoseDaemonDiesGetsEioAndNothingGoesToTheKernel) {
   EXPECT_EQ(fields(out, "msgrcv"), (std::vector<std::string>{"6 type=1 text=before", "-1 ENOMSG"})) << out;
 }
 
-pid_t daemon_pid(SimCluster& c, int node) {
-  return static_cast<pid_t>(std::stol(slurp(c.dir() + "/node" + std::to_string(node) + ".dipcd.pid")));
-}
-
 // Issue 8 item 12: a daemon that is stopped (SIGSTOP: its kernel still acknowledges TCP data and keepalives) is
 // declared lost like a dead one, so calls on its objects fail with EIO instead of waiting forever; once it runs
 // again the link comes back and its objects are served.
@@ -80,7 +76,7 @@ TEST(Faults, AStoppedHomeIsDeclaredLostAndCallsOnItFailWithEio) {
   SimCluster c(SimCluster::Options{.nodes = 3});
   std::string q = field(ipcop(c, 3, {"msgget:0:creat+dipc+0666", "msgsnd:@:1:kept:nowait"}), "msgget");
   ASSERT_TRUE(!q.empty() && q[0] != '-') << q;
-  pid_t home = daemon_pid(c, 3);
+  pid_t home = c.daemon_pid(3);
   // A caller blocked at the home when it stops, and one that calls afterwards.
   auto blocked = c.spawn(1, {SimCluster::prog("ipcop"), "msgrcv:" + q + ":7:100:0"});
   ASSERT_EQ(::kill(home, SIGSTOP), 0);
@@ -137,7 +133,7 @@ TEST(Faults, IdsFromBeforeARestartNameNothingAndKeysSurviveRestarts) {
 // key inventories. IPC_CREAT calls parked at the other nodes while the referee is down reach it the moment their
 // link comes up, racing its inventory requests; each must find the live object, never make a second one.
 TEST(Faults, ARestartedRefereeNeverLetsIpcCreatMakeASecondObject) {
-  SimCluster c(three_nodes());
+  SimCluster c(SimCluster::Options{.nodes = 3});
   // Keys refereed by node1 (key mod 3 == 0), homed on node2 and on node3.
   std::vector<std::string> keys, cmds;
   std::map<std::string, std::string> id_of;

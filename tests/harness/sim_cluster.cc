@@ -369,6 +369,11 @@ void SimCluster::set_node_config(int node, const std::string& toml) {
   if (!f) throw std::runtime_error("cannot write " + path);
 }
 
+pid_t SimCluster::daemon_pid(int node) const {
+  std::string pid = slurp(dir_ + "/node" + std::to_string(node) + ".dipcd.pid");
+  return pid.empty() ? -1 : static_cast<pid_t>(std::stol(pid));
+}
+
 std::string SimCluster::daemon_log(int node) const { return slurp(dir_ + "/node" + std::to_string(node) + ".log"); }
 
 SimCluster::Result SimCluster::dipc(int node, std::vector<std::string> args, int timeout_s) {

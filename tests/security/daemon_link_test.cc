@@ -37,18 +37,11 @@ Entry node_value(const std::string& toml, const std::string& node, const std::st
   return e;
 }
 
-pid_t daemon_pid(SimCluster& c, int node) {
-  return static_cast<pid_t>(std::stol(slurp(c.dir() + "/node" + std::to_string(node) + ".dipcd.pid")));
-}
-
 class DaemonLinkTamper : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(DaemonLinkTamper, AFlippedByteInAForwardedCallDropsOnlyThatConnection) {
   const bool sealed = GetParam() != "none";
-  SimCluster::Options o;
-  o.nodes = 3;
-  o.up_args = {"--link-security", GetParam()};
-  SimCluster c(o);
+  SimCluster c(SimCluster::Options{.nodes = 3, .up_args = {"--link-security", GetParam()}});
 
   // The relay runs on node2 (node2 dials node3: the lower id dials) and forwards to node3's real address.
   std::string toml = c.config();
@@ -66,7 +59,7 @@ TEST_P(DaemonLinkTamper, AFlippedByteInAForwardedCallDropsOnlyThatConnection) {
   ASSERT_TRUE(c.kill_daemon(2)) << c.last_error();
   ASSERT_TRUE(c.start_daemon(2)) << c.last_error() << c.output(relay);
   ASSERT_TRUE(c.wait_output(relay, "conn=1")) << "node2 does not reach node3 through the relay";
-  pid_t d2 = daemon_pid(c, 2), d3 = daemon_pid(c, 3);
+  pid_t d2 = c.daemon_pid(2), d3 = c.daemon_pid(3);
 
   // A queue homed on node3; node2's program sends to it, through the relay.
   auto r = c.run(3, {SimCluster::prog("ipcop"), "msgget:0:creat+dipc+0666"});
@@ -98,8 +91,8 @@ TEST_P(DaemonLinkTamper, AFlippedByteInAForwardedCallDropsOnlyThatConnection) {
   r = c.run(3, {SimCluster::prog("ipcop"), "msgrcv:" + q + ":0:100:nowait", "msgrcv:" + q + ":0:100:nowait"});
   EXPECT_EQ(fields(r.out, "msgrcv"), (std::vector<std::string>{"14 type=1 text=grant-uid=1000", "-1 ENOMSG"}))
       << r.out << r.err;
-  EXPECT_EQ(daemon_pid(c, 2), d2);
-  EXPECT_EQ(daemon_pid(c, 3), d3);
+  EXPECT_EQ(c.daemon_pid(2), d2);
+  EXPECT_EQ(c.daemon_pid(3), d3);
 }
 
 INSTANTIATE_TEST_SUITE_P(LinkSecurity, DaemonLinkTamper, ::testing::Values("mac", "none"),
