@@ -22,24 +22,16 @@
 #include <vector>
 
 #include "common/frame.h"
+#include "tests/security/send_all.h"
 
 namespace {
+
+using dipc::test::send_all;
 
 struct Conn {
   int a = -1, b = -1;           // the dialer's side, the target's side
   std::vector<uint8_t> a2b;     // the dialer's bytes not yet a whole frame
 };
-
-bool send_all(int fd, const uint8_t* p, size_t n) {
-  while (n) {
-    ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return false;
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
-  return true;
-}
 
 }  // namespace
 
