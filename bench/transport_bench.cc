@@ -197,11 +197,15 @@ int main(int argc, char** argv) {
       {"tcp", tcp, "127.0.0.1"},
       {"tcp_none", tcp, "127.0.0.1", dipc::LinkSecurity::kNone, false},
       {"tcp_encrypt", tcp, "127.0.0.1", dipc::LinkSecurity::kEncrypt, false}};
-  if (std::string a = rdma_address(); !a.empty())
-    providers.push_back({"verbs", [](const dipc::Config& c, dipc::EventLoop& l, const dipc::ClusterKey& k) {
-                           auto t = make_verbs_transport(c, l, k);
-                           return t ? std::move(*t) : std::unique_ptr<Transport>();
-                         }, a});
+  if (std::string a = rdma_address(); !a.empty()) {
+    Factory verbs = [](const dipc::Config& c, dipc::EventLoop& l, const dipc::ClusterKey& k) {
+      auto t = make_verbs_transport(c, l, k);
+      return t ? std::move(*t) : std::unique_ptr<Transport>();
+    };
+    providers.push_back({"verbs", verbs, a});
+    providers.push_back({"verbs_none", verbs, a, dipc::LinkSecurity::kNone, false});
+    providers.push_back({"verbs_encrypt", verbs, a, dipc::LinkSecurity::kEncrypt, false});
+  }
   std::vector<std::unique_ptr<Pair>> pairs;
   for (auto& pr : providers) {
     auto p = std::make_unique<Pair>(pr.make, pr.addr, pr.sec);

@@ -135,6 +135,8 @@ Result<Config> parse_config(const std::string& text, std::string* error) {
     if (!get_int(cl["busy_poll_us"], c.busy_poll_us, 0, 1000000)) return fail("cluster.busy_poll_us out of range");
     if (!get_int(cl["answer_poll_us"], c.answer_poll_us, 0, 100000))
       return fail("cluster.answer_poll_us out of range");
+    if (!get_int(cl["rebuild_wait_ms"], c.rebuild_wait_ms, 0, 600000))
+      return fail("cluster.rebuild_wait_ms out of range");
     c.sched = cl["sched"].value_or(c.sched);
     c.bind = cl["bind"].value_or(c.bind);
     if (!parse_sched(c.sched, nullptr))

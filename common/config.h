@@ -14,6 +14,8 @@
 //   bind = "none"                      # pin the daemon with hwloc: "none", "core:N", "pu:N" (logical indexes)
 //   link_security = "mac"              # node-to-node frames after the handshake: "mac" (authenticated, sequence-
 //                                      # numbered), "encrypt" (and encrypted; tcp only), "none"; same on every node
+//   rebuild_wait_ms = 10000            # a (re)started daemon answers no key lookup it referees until every peer has
+//                                      # sent its key inventory, or is lost, or this long has passed (ipc/service.h)
 //
 //   [[node]]                           # one table per node
 //   id = 1                             # 1..255, unique
@@ -91,6 +93,7 @@ struct Config {
   std::string sched = "auto";
   std::string bind = "none";
   LinkSecurity link_security = LinkSecurity::kMac;
+  uint32_t rebuild_wait_ms = 10000;
   Distribute distribute = Distribute::kFlag;
   std::vector<KeyRange> ranges;
   bool distribute_private = true;  // [policy] private: under "all", IPC_PRIVATE is distributed too

@@ -16,17 +16,17 @@ namespace dipc::daemon {
 
 Result<std::unique_ptr<transport::Transport>> make_transport(const Config& cfg, EventLoop& loop,
                                                              const ClusterKey& key, std::string* error) {
-  // link_security (README "Security"): verbs applies no per-frame seal (one-sided RDMA cannot carry one), so
-  // "encrypt" needs tcp and "auto" then uses tcp to every peer; "mac" on verbs authenticates each connection at its
-  // handshake only.
+  // link_security (README "Security", docs/ARCHITECTURE.md "Link security on verbs"): verbs seals every message
+  // but moves shared-memory blocks by one-sided RDMA, which carries no MAC and cannot be encrypted, so "encrypt"
+  // needs tcp and "auto" then uses tcp to every peer.
   bool encrypt = cfg.link_security == LinkSecurity::kEncrypt;
   constexpr const char* kNoMacOnVerbs =
-      "link_security \"mac\" authenticates each verbs connection at its handshake; frames after it carry no MAC "
-      "on verbs (see README, Security): use a fabric you trust";
+      "link_security \"mac\" authenticates every verbs message, but not the shared-memory blocks moved by "
+      "one-sided RDMA (see README, Security): use a fabric you trust";
   if (cfg.transport == "verbs" && encrypt) {
     if (error)
-      *error = "link_security = \"encrypt\" needs transport = \"tcp\": verbs moves memory by one-sided RDMA, "
-               "which cannot be encrypted or carry a MAC (see README, Security)";
+      *error = "link_security = \"encrypt\" needs transport = \"tcp\": verbs moves shared-memory blocks by "
+               "one-sided RDMA, which cannot be encrypted or carry a MAC (see README, Security)";
     return Status::err(EINVAL);
   }
   transport::TcpOptions opt;

@@ -26,9 +26,23 @@ Service::Service(const Config& cfg, EventLoop& loop, transport::Transport* tr, d
     : cfg_(cfg), loop_(loop), tr_(tr), lim_(lim), dsm_(dsm) {
   for (const auto& n : cfg_.nodes) node_ids_.push_back(n.id);
   std::sort(node_ids_.begin(), node_ids_.end());
+  for (uint16_t n : node_ids_)
+    if (n != cfg_.self) rebuilding_.insert(n);
+  if (cfg_.rebuild_wait_ms == 0) rebuilding_.clear();
+  if (!rebuilding_.empty())
+    rebuild_timer_ = loop_.add_timer(cfg_.rebuild_wait_ms, [this] {
+      rebuild_timer_ = 0;
+      std::string late;
+      for (uint16_t n : rebuilding_) late += (late.empty() ? "" : ", ") + std::to_string(n);
+      DIPC_LOG_WARN("no key inventory from node(s) {} after {} ms: serving keys without them (a key of theirs may "
+                    "now be created again)", late, cfg_.rebuild_wait_ms);
+      rebuilding_.clear();
+      rebuild_finish();
+    });
 }
 
 Service::~Service() {
+  if (rebuild_timer_) loop_.cancel_timer(rebuild_timer_);
   for (const auto& [id, k] : ksems_) ksem_registry_.remove(k->kid());
   ksems_.clear();  // removes the kernel sets: their waiters get EIDRM
 }
@@ -139,6 +153,7 @@ void Service::dispatch_message(uint16_t from, uint16_t op, ByteView body) {
 void Service::on_peer(transport::NodeId peer, bool up) {
   DIPC_LOG_INFO("link to node {} {}", peer, up ? "up" : "down");  // dsm::Manager saw it first (daemon/ order)
   if (up) return resync_with(peer);
+  rebuild_done(peer, "is lost");
   // Creations the lost node had reserved will never be bound.
   for (auto it = keys_.begin(); it != keys_.end();) {
     if (!it->second.bound && it->second.node == peer) {
@@ -267,7 +282,13 @@ std::string Service::status_text() const {
     os << line;
   }
   os << dsm_.status_text();
-  os << "keys refereed: " << keys_.size() << "\n";
+  os << "keys refereed: " << keys_.size();
+  if (!rebuilding_.empty()) {
+    os << " (rebuilding: waiting for the key inventory of node";
+    for (uint16_t n : rebuilding_) os << " " << n;
+    os << ")";
+  }
+  os << "\n";
   os << "blocked calls waiting here: " << pending_.size() << "\n";
   return os.str();
 }

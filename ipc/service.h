@@ -13,6 +13,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -128,6 +129,11 @@ class Service : public transport::Handler {
   void referee_acquire(uint16_t from, const KeyReq& req, std::function<void(int, Bytes)> reply);
   void referee_update(uint16_t from, uint16_t op, const KeyReq& req);
   void referee_run_queue(int32_t key, ObjType type);
+  // A (re)started referee knows no key until the homes have told it theirs: it parks every key lookup until each
+  // configured peer has answered its key inventory (resync_with) or is lost, or cfg_.rebuild_wait_ms has passed,
+  // so a restarted referee never lets an IPC_CREAT make a second object under a key that lives on.
+  void rebuild_done(uint16_t peer, const char* why);
+  void rebuild_finish();
   // A peer's link came up: learn the keys of the objects it hosts that we referee (a restarted referee rebuilds its
   // map), forget bindings to it that it no longer has (a restarted home's stale ids), and end the local attaches of
   // its segments that it no longer has (their processes get SIGBUS: the data is gone with the home).
@@ -207,6 +213,9 @@ class Service : public transport::Handler {
   // such a key made on this node is answered here, without the referee (service_origin.cc, do_get).
   std::map<std::pair<uint8_t, int32_t>, int32_t> home_keys_;
   std::vector<uint16_t> node_ids_;                              // sorted
+  std::set<uint16_t> rebuilding_;   // referee: peers whose key inventory this start still waits for
+  std::vector<Acquire> parked_;     // referee: key lookups that wait for it
+  EventLoop::TimerId rebuild_timer_ = 0;
   uint32_t incarnation_ = 0;
   bool kernel_sems_ = false;
   KernelSemRegistry ksem_registry_;

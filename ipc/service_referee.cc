@@ -24,6 +24,10 @@ uint16_t Service::referee_for(int32_t key) const { return node_ids_[static_cast<
 // Referee: one authority per key serialises creation.
 
 void Service::referee_acquire(uint16_t from, const KeyReq& req, std::function<void(int, Bytes)> reply) {
+  if (!rebuilding_.empty()) {  // this start does not know the live keys yet
+    parked_.push_back(Acquire{from, req, std::move(reply)});
+    return;
+  }
   auto k = std::make_pair(static_cast<uint8_t>(req.type), req.key);
   auto it = keys_.find(k);
   if (it == keys_.end()) {
@@ -64,6 +68,22 @@ void Service::referee_update(uint16_t from, uint16_t op, const KeyReq& req) {
   for (auto& a : waiting) referee_acquire(a.from, a.req, std::move(a.reply));
 }
 
+void Service::rebuild_done(uint16_t peer, const char* why) {
+  if (!rebuilding_.erase(peer)) return;
+  DIPC_LOG_DEBUG("key map rebuild: node {} {}, {} to go", peer, why, rebuilding_.size());
+  if (!rebuilding_.empty()) return;
+  if (rebuild_timer_) loop_.cancel_timer(rebuild_timer_);
+  rebuild_timer_ = 0;
+  DIPC_LOG_INFO("key map rebuilt from every peer: {} keys, {} lookups were waiting", keys_.size(), parked_.size());
+  rebuild_finish();
+}
+
+void Service::rebuild_finish() {
+  std::vector<Acquire> parked;
+  parked.swap(parked_);
+  for (auto& a : parked) referee_acquire(a.from, a.req, std::move(a.reply));
+}
+
 void Service::resync_with(uint16_t peer) {
   // Bindings to the peer's objects as they are now: those the answer does not confirm are dropped (bindings made
   // while the answer is on its way are left alone).
@@ -74,6 +94,8 @@ void Service::resync_with(uint16_t peer) {
     ObjListResp resp;
     if (!st || !decode_body(b, resp)) {  // the link went down again: the next up retries
       DIPC_LOG_DEBUG("key resync with node {}: {}", peer, st.str());
+      // Answered, but with an error or garbage: it cannot tell us more (a lost link ends the wait in on_peer).
+      if (tr_->peer_up(peer)) rebuild_done(peer, "answered no key inventory");
       return;
     }
     size_t learnt = 0, dropped = 0;
@@ -105,6 +127,7 @@ void Service::resync_with(uint16_t peer) {
       }
     }
     if (learnt || dropped) DIPC_LOG_INFO("keys of node {}: {} learnt, {} dropped", peer, learnt, dropped);
+    rebuild_done(peer, "sent its key inventory");
     std::set<int32_t> segs;
     for (const ObjEntry& e : resp.entries)
       if (e.type == ObjType::kShm) segs.insert(e.id);

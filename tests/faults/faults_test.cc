@@ -5,6 +5,8 @@
 #include <signal.h>
 #include <sys/types.h>
 
+#include <cstdio>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -67,10 +69,6 @@ TEST(Faults, AProducerWhoseDaemonDiesGetsEioAndNothingGoesToTheKernel) {
   EXPECT_EQ(fields(out, "msgrcv"), (std::vector<std::string>{"6 type=1 text=before", "-1 ENOMSG"})) << out;
 }
 
-pid_t daemon_pid(SimCluster& c, int node) {
-  return static_cast<pid_t>(std::stol(slurp(c.dir() + "/node" + std::to_string(node) + ".dipcd.pid")));
-}
-
 // Issue 8 item 12: a daemon that is stopped (SIGSTOP: its kernel still acknowledges TCP data and keepalives) is
 // declared lost like a dead one, so calls on its objects fail with EIO instead of waiting forever; once it runs
 // again the link comes back and its objects are served.
@@ -78,7 +76,7 @@ TEST(Faults, AStoppedHomeIsDeclaredLostAndCallsOnItFailWithEio) {
   SimCluster c(SimCluster::Options{.nodes = 3});
   std::string q = field(ipcop(c, 3, {"msgget:0:creat+dipc+0666", "msgsnd:@:1:kept:nowait"}), "msgget");
   ASSERT_TRUE(!q.empty() && q[0] != '-') << q;
-  pid_t home = daemon_pid(c, 3);
+  pid_t home = c.daemon_pid(3);
   // A caller blocked at the home when it stops, and one that calls afterwards.
   auto blocked = c.spawn(1, {SimCluster::prog("ipcop"), "msgrcv:" + q + ":7:100:0"});
   ASSERT_EQ(::kill(home, SIGSTOP), 0);
@@ -129,6 +127,54 @@ TEST(Faults, IdsFromBeforeARestartNameNothingAndKeysSurviveRestarts) {
   EXPECT_EQ(found, q2) << c.daemon_log(1);
   out = ipcop(c, 3, {"msgget:0x5304:creat+excl+dipc+0666", "msgget:0x5304:creat+dipc+0666"});
   EXPECT_EQ(fields(out, "msgget"), (std::vector<std::string>{"-1 EEXIST", q2})) << out;
+}
+
+// Issue 8 item 11, the referee-restart window: a restarted referee knows no key until the homes have sent their
+// key inventories. IPC_CREAT calls parked at the other nodes while the referee is down reach it the moment their
+// link comes up, racing its inventory requests; each must find the live object, never make a second one.
+TEST(Faults, ARestartedRefereeNeverLetsIpcCreatMakeASecondObject) {
+  SimCluster c(SimCluster::Options{.nodes = 3});
+  // Keys refereed by node1 (key mod 3 == 0), homed on node2 and on node3.
+  std::vector<std::string> keys, cmds;
+  std::map<std::string, std::string> id_of;
+  for (int i = 0; i < 6; ++i) {
+    char key[16];
+    std::snprintf(key, sizeof key, "%#x", 0x5400 + 3 * i);
+    keys.push_back(key);
+    cmds.push_back(std::string("msgget:") + key + ":creat+dipc+0666");
+    std::string id = field(ipcop(c, i % 2 ? 3 : 2, {cmds.back()}), "msgget");
+    ASSERT_TRUE(!id.empty() && id[0] != '-') << id;
+    id_of[key] = id;
+  }
+  constexpr int kTrials = 8;
+  for (int t = 0; t < kTrials; ++t) {
+    ASSERT_TRUE(c.kill_daemon(1)) << c.last_error();
+    // Issued while the referee is down: their daemons hold them until the link is up (connect_timeout_ms), then
+    // send them at once. Each racer asks in a different order.
+    std::vector<std::string> rev(cmds.rbegin(), cmds.rend());
+    std::vector<std::string> a = cmds, b = t % 2 ? rev : cmds;
+    a.insert(a.begin(), SimCluster::prog("ipcop"));
+    b.insert(b.begin(), SimCluster::prog("ipcop"));
+    auto r2 = c.spawn(2, a);
+    auto r3 = c.spawn(3, b);
+    ASSERT_TRUE(c.start_daemon(1)) << c.last_error();
+    for (auto* p : {&r2, &r3}) {
+      auto r = c.wait(*p, 60);
+      ASSERT_EQ(r.status, 0) << r.err;
+      std::vector<std::string> got = fields(r.out, "msgget");
+      ASSERT_EQ(got.size(), keys.size()) << r.out << r.err;
+      for (size_t i = 0; i < keys.size(); ++i) {
+        const std::string& key = p == &r3 && t % 2 ? keys[keys.size() - 1 - i] : keys[i];
+        EXPECT_EQ(got[i], id_of[key]) << "trial " << t << ": IPC_CREAT of key " << key
+                                      << " made a second object beside the live one\n"
+                                      << c.daemon_log(1);
+      }
+    }
+    if (HasFailure()) break;
+  }
+  // And the cluster holds exactly one queue per key.
+  std::string scan = ipcop(c, 1, {"scan:msg"});
+  EXPECT_EQ(field(scan, "scan").substr(0, 2), "6 ") << scan;
 }
 
 // Issue 8 item 10: a process whose node's dipcd dies does not go on computing on its private copy of a segment: its

@@ -359,6 +359,21 @@ bool SimCluster::start_daemon(int node) {
   return r.status == 0;
 }
 
+std::string SimCluster::config() const { return slurp(dir_ + "/cluster.toml"); }
+
+void SimCluster::set_node_config(int node, const std::string& toml) {
+  std::string path = dir_ + "/node" + std::to_string(node) + ".toml";
+  std::ofstream f(path, std::ios::trunc);
+  f << toml;
+  f.close();
+  if (!f) throw std::runtime_error("cannot write " + path);
+}
+
+pid_t SimCluster::daemon_pid(int node) const {
+  std::string pid = slurp(dir_ + "/node" + std::to_string(node) + ".dipcd.pid");
+  return pid.empty() ? -1 : static_cast<pid_t>(std::stol(pid));
+}
+
 std::string SimCluster::daemon_log(int node) const { return slurp(dir_ + "/node" + std::to_string(node) + ".log"); }
 
 SimCluster::Result SimCluster::dipc(int node, std::vector<std::string> args, int timeout_s) {

@@ -91,6 +91,12 @@ class SimCluster {
   bool kill_daemon(int node);
   bool start_daemon(int node);
   std::string daemon_log(int node) const;
+  // The pid of node k's running dipcd (dipc-sim's nodeK.dipcd.pid); -1 when there is none.
+  pid_t daemon_pid(int node) const;
+  // The cluster's configuration (cluster.toml), and a node's own one: from its next daemon start on, node k reads
+  // `toml` instead (dipc-sim's DIR/nodeK.toml), e.g. with another address for one peer.
+  std::string config() const;
+  void set_node_config(int node, const std::string& toml);
   const std::string& last_error() const { return last_error_; }
 
   // Paths in the build tree: a binary of bin/ (dipcd, dipc, dipc-launch, dipc-sim, ...) or a test program.

@@ -23,9 +23,12 @@
 #include "common/frame.h"
 #include "transport/tcp/tcp_transport.h"
 #include "transport/transport.h"
+#include "tests/security/send_all.h"
 
 namespace dipc::transport {
 namespace {
+
+using dipc::test::send_all;
 
 constexpr uint16_t kOpEcho = ops::kTest.first;         // answered with the request's body
 constexpr uint16_t kOpPrivileged = ops::kTest.first + 1;  // what the attacker wants executed
@@ -110,16 +113,6 @@ class Relay {
       c.a2b.erase(c.a2b.begin(), c.a2b.begin() + static_cast<ptrdiff_t>(frame.size()));
       if (edit_) frame = edit_(h, std::move(frame));
       if (!send_all(to, frame.data(), frame.size())) return false;
-    }
-    return true;
-  }
-  static bool send_all(int fd, const uint8_t* p, size_t n) {
-    while (n) {
-      ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-      if (w < 0 && errno == EINTR) continue;
-      if (w <= 0) return false;
-      p += w;
-      n -= static_cast<size_t>(w);
     }
     return true;
   }

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "common/config.h"
@@ -65,6 +66,12 @@ class ServiceOverLoopback : public ::testing::Test {
       loop_.run_once(1);
     }
     return true;
+  }
+  // Runs the loop until `done` holds or `d` has passed; whether it held.
+  bool pump_for(std::chrono::milliseconds d, const std::function<bool()>& done) {
+    auto deadline = std::chrono::steady_clock::now() + d;
+    while (!done() && std::chrono::steady_clock::now() < deadline) loop_.run_once(1);
+    return done();
   }
   std::shared_ptr<Answer> call(int node, uint16_t op, Bytes body) {
     auto a = std::make_shared<Answer>();
@@ -142,6 +149,44 @@ TEST_F(ServiceOverLoopback, ACallBlockedAtAHomeWhoseLinkIsLostFailsInsteadOfHang
   snd.mtype = 1;
   snd.text = Bytes{1};
   EXPECT_EQ(wait(call(2, kMsgSnd, encode_body(snd)))->status, 0);  // and the link works again
+}
+
+// Node 1 (the referee of keys k with k mod 3 == 0) restarts while its link to node 2, the home of such a key, is
+// cut: node 3's IPC_CREAT of the key waits until node 2's inventory arrived, and then finds the live queue.
+TEST_F(ServiceOverLoopback, ARestartedRefereeAnswersNoKeyLookupBeforeTheHomesInventory) {
+  GetReq g;
+  g.key = 0x5400;  // refereed by node 1
+  g.flg = IPC_CREAT | IPC_DIPC | 0600;
+  auto created = wait(call(2, kMsgGet, encode_body(g)));
+  ASSERT_EQ(created->status, 0);
+  IdResp id;
+  ASSERT_TRUE(decode_body(created->body, id));
+
+  Node& n1 = *nodes_[0];
+  n1.tr->stop();
+  n1.svc.reset();
+  n1.dsm.reset();
+  fabric_.set_link(1, 2, false);
+  n1.tr = fabric_.make(1);
+  n1.dsm = std::make_unique<dsm::Manager>(loop_, n1.tr.get(), 1, 4096, 0);
+  n1.svc = std::make_unique<Service>(n1.cfg, loop_, n1.tr.get(), *n1.dsm, Limits{});
+  ASSERT_TRUE(n1.tr->set_handler(transport::ops::kDsm, n1.dsm.get()));
+  ASSERT_TRUE(n1.tr->set_handler(transport::ops::kIpc, n1.svc.get()));
+  ASSERT_TRUE(n1.tr->start());
+  ASSERT_TRUE(pump([&] { return n1.svc->peer_counts().second == 1; }));  // node 3 only
+
+  auto again = call(3, kMsgGet, encode_body(g));
+  // Bounded look for a wrong early answer: 300 ms of loop iterations, far beyond node 3's round trip to node 1.
+  EXPECT_FALSE(pump_for(std::chrono::milliseconds(300), [&] { return again->done; }))
+      << "a restarted referee answered before the key's home sent its inventory";
+  EXPECT_NE(n1.svc->status_text().find("rebuilding: waiting for the key inventory of node 2"), std::string::npos)
+      << n1.svc->status_text();
+  fabric_.set_link(1, 2, true);
+  wait(again);
+  ASSERT_EQ(again->status, 0);
+  IdResp found;
+  ASSERT_TRUE(decode_body(again->body, found));
+  EXPECT_EQ(found.id, id.id) << "IPC_CREAT made a second queue under the key";
 }
 
 }  // namespace

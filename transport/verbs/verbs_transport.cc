@@ -27,6 +27,7 @@
 #include "common/frame.h"
 #include "common/log.h"
 #include "transport/conn.h"
+#include "transport/link_seal.h"
 #include "transport/pending.h"
 #include "transport/verbs/verbs_wire.h"
 
@@ -35,6 +36,7 @@ namespace dipc::transport {
 namespace {
 
 using namespace verbs;
+static_assert(kMsgHeaderSize == kFrameHeaderSize, "a verbs header is sealed as a frame header (link_seal.h)");
 
 // ---- owners of libibverbs / librdmacm objects ---------------------------------------------------------------------
 
@@ -185,6 +187,9 @@ struct Link {
   uint32_t max_inline = 0;
   bool fence_next = false;  // the next work request carries IBV_SEND_FENCE
   std::unique_ptr<conn::Handshake> hs;
+  // Once authenticated: this connection's per-direction seals (transport/link_seal.h). Every SEND after the
+  // handshake carries a tag over its header and payload (payload encrypted under "encrypt"), counted per direction.
+  std::unique_ptr<FrameSeal> seal_tx, seal_rx;
   uint64_t peer_incarnation = 0;
   EventLoop::TimerId hs_timer = 0;
   // Reassembly of a fragmented message.
@@ -304,7 +309,7 @@ class VerbsTransport final : public Transport {
     c.native_rma = true;
     c.atomics = atomics_;
     c.pins_memory = true;  // no on-demand paging used: registration pins
-    c.max_inline = max_inline_ > kMsgHeaderSize ? max_inline_ - kMsgHeaderSize : 0;
+    c.max_inline = max_inline_ > kMsgHeaderSize + seal_size() ? max_inline_ - kMsgHeaderSize - seal_size() : 0;
     c.max_message = kMaxPayload;
     return c;
   }
@@ -663,7 +668,7 @@ class VerbsTransport final : public Transport {
 
   // Posts what it can of message `o` (one SEND per fragment, each using one credit); true when all is posted.
   bool post_fragments(Link& l, Op& o) {
-    const size_t room = opt_.buffer_size - kMsgHeaderSize;
+    const size_t room = opt_.buffer_size - kMsgHeaderSize - seal_size();
     while (!o.started || o.off < o.body.size()) {
       if (!l.credits || l.free_send.empty() || l.sq_used >= l.sq_max) return false;
       uint32_t slot = l.free_send.back();
@@ -673,7 +678,7 @@ class VerbsTransport final : public Transport {
       h.credits = take_credits(l);
       encode_header(h, buf);
       if (n) std::memcpy(buf + kMsgHeaderSize, o.body.data() + o.off, n);
-      if (!post_send(l, slot, kMsgHeaderSize + n)) return false;
+      if (!post_send(l, slot, kMsgHeaderSize + seal(l, buf, n))) return false;
       l.free_send.pop_back();
       --l.credits;
       o.off += n;
@@ -717,10 +722,37 @@ class VerbsTransport final : public Transport {
   void send_credit(Link& l) {
     if (l.free_send.empty() || l.sq_used >= l.sq_max) return;  // retried at the next completion
     uint32_t slot = l.free_send.back();
-    encode_header(MsgHeader{MsgKind::kCredit, 0, take_credits(l), 0, 0, 0},
-                  l.send_buf.data() + size_t(slot) * opt_.buffer_size);
-    if (post_send(l, slot, kMsgHeaderSize)) l.free_send.pop_back();
+    uint8_t* buf = l.send_buf.data() + size_t(slot) * opt_.buffer_size;
+    encode_header(MsgHeader{MsgKind::kCredit, 0, take_credits(l), 0, 0, 0}, buf);
+    if (post_send(l, slot, kMsgHeaderSize + seal(l, buf, 0))) l.free_send.pop_back();
   }
+
+  // Bytes a SEND after the handshake carries beyond header and payload.
+  size_t seal_size() const { return cfg_.link_security == LinkSecurity::kNone ? 0 : kSealTagSize; }
+
+  // Seals the message in `buf` (header, then `n` payload bytes) on an authenticated link: the tag goes after the
+  // payload (encrypt: the payload is replaced by its ciphertext). Returns the bytes after the header to post.
+  size_t seal(Link& l, uint8_t* buf, size_t n) {
+    if (!l.seal_tx) return n;  // handshake messages
+    ByteView part(buf + kMsgHeaderSize, n);
+    if (l.seal_tx->mode() == LinkSecurity::kEncrypt) {
+      Bytes cipher;
+      l.seal_tx->seal(buf, std::span<const ByteView>(&part, 1), &cipher, buf + kMsgHeaderSize + n);
+      if (n) std::memcpy(buf + kMsgHeaderSize, cipher.data(), n);
+    } else if (l.seal_tx->mode() == LinkSecurity::kMac) {
+      l.seal_tx->seal(buf, std::span<const ByteView>(&part, 1), nullptr, buf + kMsgHeaderSize + n);
+    }
+    if (corrupt_next_send_ && n) {  // verbs_test_corrupt_next_send()
+      corrupt_next_send_ = false;
+      buf[kMsgHeaderSize] ^= 1;
+    }
+    return n + l.seal_tx->overhead();
+  }
+
+ public:
+  void corrupt_next_send() { corrupt_next_send_ = true; }
+
+ private:
 
   // False when the link closed.
   bool post_rma(Link& l, Peer& p, Op& o) {
@@ -1132,6 +1164,9 @@ class VerbsTransport final : public Transport {
     if (l.state == LinkState::kClosed || !running_) return;
     if (!l.dialer) --unauthenticated_;
     if (!set_remote_access(l, true)) return close_link(l, "cannot grant remote access", true);
+    conn::LinkKeys keys = l.hs->keys();
+    l.seal_tx = std::make_unique<FrameSeal>(cfg_.link_security, keys.tx);
+    l.seal_rx = std::make_unique<FrameSeal>(cfg_.link_security, keys.rx);
     l.state = LinkState::kUp;
     l.last_rx_ms = EventLoop::now_ms();
     cancel(l.hs_timer);
@@ -1271,7 +1306,20 @@ class VerbsTransport final : public Transport {
 
   void on_recv(Link& l, uint32_t slot, uint32_t len) {
     uint64_t lid = l.id;
-    ByteView buf(l.recv_buf.data() + size_t(slot) * opt_.buffer_size, len);
+    uint8_t* raw = l.recv_buf.data() + size_t(slot) * opt_.buffer_size;
+    if (l.seal_rx && l.seal_rx->overhead()) {
+      // Authenticated link: nothing of a message reaches the decoder before its tag checks out (decrypted in place
+      // under "encrypt": the receive buffer is ours until re-posted).
+      size_t extra = l.seal_rx->overhead();
+      if (len < kMsgHeaderSize + extra) return close_link(l, "message shorter than its authentication tag", true);
+      len -= static_cast<uint32_t>(extra);
+      if (!l.seal_rx->open(raw, std::span<uint8_t>(raw + kMsgHeaderSize, len - kMsgHeaderSize), raw + len))
+        return close_link(l, fmt::format("message {} failed authentication under link_security \"{}\": forged, "
+                                         "altered, replayed or reordered on the path; dropping the connection",
+                                         l.seal_rx->seq(), link_security_name(l.seal_rx->mode())),
+                          true);
+    }
+    ByteView buf(raw, len);
     MsgHeader h;
     if (!decode_header(buf, h)) return close_link(l, "malformed message header", true);
     ByteView payload = buf.subspan(kMsgHeaderSize);
@@ -1305,7 +1353,8 @@ class VerbsTransport final : public Transport {
     if (h.kind == MsgKind::kHello) return close_link(l, "handshake message on an authenticated link", true);
     if (h.length > kMaxPayload) return close_link(l, fmt::format("message of {} bytes", h.length), true);
     if (payload.size() < h.length) {  // first fragment
-      if (payload.size() != opt_.buffer_size - kMsgHeaderSize) return close_link(l, "short first fragment", true);
+      if (payload.size() != opt_.buffer_size - kMsgHeaderSize - (l.seal_rx ? l.seal_rx->overhead() : 0))
+        return close_link(l, "short first fragment", true);
       l.rx_head = h;
       l.rx_body.assign(payload.begin(), payload.end());
       l.rx_left = h.length - payload.size();
@@ -1356,6 +1405,7 @@ class VerbsTransport final : public Transport {
   HandlerTable handlers_;
   bool upcalls_ = false;
   bool running_ = false;
+  bool corrupt_next_send_ = false;
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);
   uint32_t max_inline_ = 0;
   uint64_t incarnation_ = 0;  // random: remote keys name it (verbs_wire.h)
@@ -1439,6 +1489,12 @@ std::string verbs_local_address() {
   }
   freeifaddrs(ifs);
   return r;
+}
+
+bool verbs_test_corrupt_next_send(Transport& t) {
+  auto* v = dynamic_cast<VerbsTransport*>(&t);
+  if (v) v->corrupt_next_send();
+  return v != nullptr;
 }
 
 Result<std::unique_ptr<Transport>> make_verbs_transport(const Config& cfg, EventLoop& loop, const ClusterKey& key,

@@ -60,4 +60,9 @@ std::string verbs_local_address();
 Result<std::unique_ptr<Transport>> make_verbs_transport(const Config& cfg, EventLoop& loop, const ClusterKey& key,
                                                         const VerbsOptions& opt = VerbsOptions());
 
+// Test hook (the conformance suite's tamper test): the next message with a payload that `t` sends on an
+// authenticated link gets one payload byte flipped after it was sealed, as a man in the middle on the fabric would
+// alter it. False when `t` is not a verbs transport.
+bool verbs_test_corrupt_next_send(Transport& t);
+
 }  // namespace dipc::transport
