@@ -21,7 +21,7 @@ rc=0
 run_ctest() {  # build dir, ctest args...
   local b=$1
   shift
-  (cd "$b" && ctest --output-on-failure --timeout 600 -j1 "$@") || rc=1
+  (cd "$b" && ctest --output-on-failure -j "$jobs" "$@") || rc=1
 }
 
 reports() {  # report dir, preset: prints the reports and fails when there is any
