@@ -51,10 +51,11 @@ for preset in "${presets[@]}"; do
       nice cmake --build "$b" -j "$jobs" --target dipc_integration_tests dipc_faults_tests
       # The preload library is instrumented: the runtime goes first into every process (dipc-sim exec --preload keeps
       # it ahead of libdipc.so), also into uninstrumented ones (sh, env). Leak checks stay with the unit tests: in
-      # the namespace suites they would report the shell's and the other uninstrumented programs' own. SIGBUS is left
-      # to the program: the faults suite asserts that a process dies of it (a block whose home is gone).
+      # the namespace suites they would report the shell's and the other uninstrumented programs' own. SIGBUS and
+      # SIGSEGV are left to the program: the suites assert that a process dies of them (a block whose home is gone,
+      # a write through an SHM_RDONLY attach).
       LD_PRELOAD=$(gcc -print-file-name=libasan.so) \
-        ASAN_OPTIONS="detect_leaks=0:verify_asan_link_order=0:handle_sigbus=0:log_path=$rep/asan" \
+        ASAN_OPTIONS="detect_leaks=0:verify_asan_link_order=0:handle_sigbus=0:handle_segv=0:log_path=$rep/asan" \
         run_ctest "$b" -R '^(Cluster|Shm)\.|^Faults\.'
       ;;
     tsan)
