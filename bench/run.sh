@@ -33,8 +33,10 @@ cleanup() {
   rm -rf "$dir"
 }
 trap cleanup EXIT
-up_flags=(--log-level warn --busy-poll-us "${DIPC_BENCH_BUSY_POLL_US:-0}" --transport "${DIPC_BENCH_TRANSPORT:-tcp}"
-  --link-security "${DIPC_BENCH_LINK_SECURITY:-mac}")
+up_flags=(--log-level warn --busy-poll-us "${DIPC_BENCH_BUSY_POLL_US:-0}" --transport "${DIPC_BENCH_TRANSPORT:-tcp}")
+# Only when asked (dipc-sim's default is mac): a build from before per-frame integrity (bench/run_ab.sh against an
+# old commit) has no such option.
+[ -n "${DIPC_BENCH_LINK_SECURITY:-}" ] && up_flags+=(--link-security "$DIPC_BENCH_LINK_SECURITY")
 [ -n "${DIPC_BENCH_SCHED:-}" ] && up_flags+=(--sched "$DIPC_BENCH_SCHED")
 "$bin/dipc-sim" up -n 2 --dir "$dir" "${up_flags[@]}" >/dev/null
 peer_addr=$("$bin/dipc-sim" exec --dir "$dir" node2 -- sh -c 'echo "$DIPC_NODE_ADDR"')

@@ -48,8 +48,8 @@ inline constexpr int64_t kNever = std::numeric_limits<int64_t>::max();
 // Page sizes. A block is write-protected, punched out and filled as a whole in every process that maps it, so it
 // must be a whole number of pages on every node that attaches the segment, whatever that node's page size: 4 KiB
 // (x86, s390x, most arm64), 16 KiB or 64 KiB (ppc64el, some arm64 kernels).
-inline constexpr uint64_t kSmallestPage = 4 * 1024;  // the smallest page of any Linux port: the smallest block
-inline constexpr uint64_t kLargestPage = 64 * 1024;  // the largest base page of the Linux ports dipc runs on
+inline constexpr uint64_t kSmallestPage = uint64_t{4} * 1024;  // the smallest page of any Linux port: the smallest block
+inline constexpr uint64_t kLargestPage = uint64_t{64} * 1024;  // the largest base page of the Linux ports dipc runs on
 
 // Coherence unit: a power of two, at least kSmallestPage, at most the segment rounded up to a power of two.
 bool valid_block_size(uint64_t segment_bytes, uint64_t block_size);

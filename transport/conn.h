@@ -3,9 +3,6 @@
 // timers; these decide.
 //  - dials(): which side of a pair connects (the lower id dials, so two nodes never race two links);
 //  - Backoff: redial delays, doubling from a minimum to a maximum, reset once a link is up;
-//  - DeadlineQueue: operations issued while a peer is not connected, failed in issue order once they waited the
-//    connect timeout;
-//  - Outstanding: completions awaiting an answer, failed all at once (in issue order) when the link is lost;
 //  - Handshake: the mutual challenge-response (common/auth.h) before anything else flows:
 //      dialer   -> acceptor  kClientHello {u16 node, nonce_c, u8 mode_c}
 //      acceptor -> dialer    kServerHello {u16 node, nonce_s, u8 mode_s, prove('S', nonce_s, nonce_c, acceptor,
@@ -21,10 +18,7 @@
 
 #include <array>
 #include <cstdint>
-#include <deque>
 #include <functional>
-#include <map>
-#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -53,69 +47,6 @@ class Backoff {
 
  private:
   int64_t min_, max_, cur_ = 0;
-};
-
-// Items that wait for a connection, each with a deadline; FIFO (deadlines are issue time + a constant, so they
-// are non-decreasing).
-template <typename T>
-class DeadlineQueue {
- public:
-  void push(int64_t deadline, T item) { q_.emplace_back(deadline, std::move(item)); }
-  // The items whose deadline passed, oldest first.
-  std::vector<T> expire(int64_t now) {
-    std::vector<T> out;
-    while (!q_.empty() && q_.front().first <= now) {
-      out.push_back(std::move(q_.front().second));
-      q_.pop_front();
-    }
-    return out;
-  }
-  // Everything, oldest first (the link came up: send them; or the transport stops: fail them).
-  std::vector<T> take_all() {
-    std::vector<T> out;
-    for (auto& [d, t] : q_) out.push_back(std::move(t));
-    q_.clear();
-    return out;
-  }
-  std::optional<int64_t> next_deadline() const {
-    if (q_.empty()) return std::nullopt;
-    return q_.front().first;
-  }
-  size_t size() const { return q_.size(); }
-  bool empty() const { return q_.empty(); }
-
- private:
-  std::deque<std::pair<int64_t, T>> q_;
-};
-
-// Completions by id, issued in increasing id order.
-template <typename Cb>
-class Outstanding {
- public:
-  uint64_t add(Cb cb) {
-    uint64_t id = next_++;
-    m_.emplace(id, std::move(cb));
-    return id;
-  }
-  std::optional<Cb> take(uint64_t id) {
-    auto it = m_.find(id);
-    if (it == m_.end()) return std::nullopt;
-    Cb cb = std::move(it->second);
-    m_.erase(it);
-    return cb;
-  }
-  // Removes every entry and hands each to `fail`, in issue order; entries added by `fail` itself are kept.
-  template <typename F>
-  void fail_all(F&& fail) {
-    std::map<uint64_t, Cb> all;
-    all.swap(m_);
-    for (auto& [id, cb] : all) fail(cb);
-  }
-  size_t size() const { return m_.size(); }
-
- private:
-  uint64_t next_ = 1;
-  std::map<uint64_t, Cb> m_;
 };
 
 enum HelloOp : uint16_t { kClientHello = 1, kServerHello = 2, kClientProof = 3, kHelloOk = 4 };

@@ -57,32 +57,6 @@ TEST(Conn, BackoffDoublesUpToItsMaximumAndResets) {
   EXPECT_EQ(b.next(), 50);
 }
 
-TEST(Conn, DeadlineQueueExpiresInIssueOrder) {
-  DeadlineQueue<int> q;
-  q.push(10, 1);
-  q.push(20, 2);
-  q.push(20, 3);
-  EXPECT_EQ(q.next_deadline(), 10);
-  EXPECT_TRUE(q.expire(9).empty());
-  EXPECT_EQ(q.expire(20), (std::vector<int>{1, 2, 3}));
-  EXPECT_FALSE(q.next_deadline());
-  q.push(30, 4);
-  EXPECT_EQ(q.take_all(), (std::vector<int>{4}));
-}
-
-TEST(Conn, OutstandingFailsEveryEntryOnceInIssueOrder) {
-  Outstanding<int> o;
-  uint64_t a = o.add(1);
-  o.add(2);
-  o.add(3);
-  EXPECT_EQ(o.take(a), 1);
-  EXPECT_FALSE(o.take(a));
-  std::vector<int> failed;
-  o.fail_all([&](int v) { failed.push_back(v); });
-  EXPECT_EQ(failed, (std::vector<int>{2, 3}));
-  EXPECT_EQ(o.size(), 0u);
-}
-
 TEST(Conn, SameSecretAuthenticatesBothSides) {
   auto k = key_of("a cluster secret of some length");
   Pair p(k, k, 1, 2);

@@ -1133,10 +1133,10 @@ bool tcp_test_hold_rma_replies(Transport& t, bool on) {
 
 Status parse_tcp_options(const Config& cfg, TcpOptions& o, std::string* error) {
   SectionReader r(cfg, "tcp");
-  bool ok = r.get("connect_timeout_ms", o.connect_timeout_ms, 1, 3600 * 1000) &&
-            r.get("handshake_timeout_ms", o.handshake_timeout_ms, 1, 600 * 1000) &&
-            r.get("reconnect_min_ms", o.reconnect_min_ms, 1, 600 * 1000) &&
-            r.get("reconnect_max_ms", o.reconnect_max_ms, 1, 600 * 1000) &&
+  bool ok = r.get("connect_timeout_ms", o.connect_timeout_ms, 1, int64_t{3600} * 1000) &&
+            r.get("handshake_timeout_ms", o.handshake_timeout_ms, 1, int64_t{600} * 1000) &&
+            r.get("reconnect_min_ms", o.reconnect_min_ms, 1, int64_t{600} * 1000) &&
+            r.get("reconnect_max_ms", o.reconnect_max_ms, 1, int64_t{600} * 1000) &&
             r.get("max_queued_bytes", o.max_queued_bytes, int64_t{2} * kMaxPayload, int64_t{1} << 40) &&
             r.get("max_read_per_event", o.max_read_per_event, 4096, int64_t{1} << 30) &&
             r.get("max_unauthenticated", o.max_unauthenticated, 1, 65535) &&

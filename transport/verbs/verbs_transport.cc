@@ -1455,14 +1455,14 @@ bool verbs_usable(const std::string& address, VerbsDeviceInfo* info) {
 
 Status parse_verbs_options(const Config& cfg, VerbsOptions& o, std::string* error) {
   SectionReader r(cfg, "verbs");
-  bool ok = r.get("connect_timeout_ms", o.connect_timeout_ms, 1, 3600 * 1000) &&
-            r.get("handshake_timeout_ms", o.handshake_timeout_ms, 1, 600 * 1000) &&
-            r.get("reconnect_min_ms", o.reconnect_min_ms, 1, 600 * 1000) &&
-            r.get("reconnect_max_ms", o.reconnect_max_ms, 1, 600 * 1000) &&
+  bool ok = r.get("connect_timeout_ms", o.connect_timeout_ms, 1, int64_t{3600} * 1000) &&
+            r.get("handshake_timeout_ms", o.handshake_timeout_ms, 1, int64_t{600} * 1000) &&
+            r.get("reconnect_min_ms", o.reconnect_min_ms, 1, int64_t{600} * 1000) &&
+            r.get("reconnect_max_ms", o.reconnect_max_ms, 1, int64_t{600} * 1000) &&
             r.get("credits", o.credits, 2, 4096) && r.get("buffer_size", o.buffer_size, 256, 1 << 20) &&
             r.get("max_queued_bytes", o.max_queued_bytes, int64_t{2} * kMaxPayload, int64_t{1} << 40) &&
-            r.get("heartbeat_ms", o.heartbeat_ms, 0, 3600 * 1000) &&
-            r.get("dead_peer_ms", o.dead_peer_ms, 0, 3600 * 1000) &&
+            r.get("heartbeat_ms", o.heartbeat_ms, 0, int64_t{3600} * 1000) &&
+            r.get("dead_peer_ms", o.dead_peer_ms, 0, int64_t{3600} * 1000) &&
             r.get("max_unauthenticated", o.max_unauthenticated, 1, 65535) && r.finish();
   std::string err = r.error();
   if (ok && o.reconnect_max_ms < o.reconnect_min_ms) {
