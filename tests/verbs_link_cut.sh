@@ -36,7 +36,12 @@ restart_with() {  # TOML lines appended to the cluster file (empty: the file as 
   for k in 1 2; do "$bin/dipc-sim" kill-daemon --dir "$dir" "node$k" >/dev/null; done
   [ -f "$dir/cluster.toml.orig" ] || cp "$dir/cluster.toml" "$dir/cluster.toml.orig"
   { cat "$dir/cluster.toml.orig"; printf '%s' "$1"; } >"$dir/cluster.toml"
-  for k in 1 2; do "$bin/dipc-sim" start-daemon --dir "$dir" "node$k" >/dev/null; done
+  # Both at once: start-daemon waits (bounded) until its daemon reached every peer.
+  local p1 p2
+  "$bin/dipc-sim" start-daemon --dir "$dir" node1 >/dev/null & p1=$!
+  "$bin/dipc-sim" start-daemon --dir "$dir" node2 >/dev/null & p2=$!
+  wait "$p1" || fail "node1's daemon did not start"
+  wait "$p2" || fail "node2's daemon did not start"
   wait_state 1 2 up 60 || fail "node1 does not see node2 up after a restart"
   wait_state 2 1 up 60 || fail "node2 does not see node1 up after a restart"
 }
