@@ -412,6 +412,8 @@ void say_no_daemon() {
 }
 }  // namespace
 
+namespace {
+
 // An interruptible call (one that may block) keeps signals blocked from the moment its request leaves until it
 // returns, and lets them in only while it waits in ppoll: a signal that arrives once the call has started then
 // always interrupts it (EINTR, the call withdrawn at its home) as the kernel's pending-signal check before it sleeps
@@ -440,11 +442,51 @@ class SignalGate {
   bool blocked_ = false;
 };
 
-void call(uint16_t op, const Bytes& body, Reply& out, const Wait& wait, const Accept& accept) {
-  // A call from a signal handler that interrupted another call on this thread gets a connection of its own.
+// The mask a CallGate of this thread let signals in with, while one is closed.
+thread_local const sigset_t* t_gate_unblocked = nullptr;
+
+}  // namespace
+
+CallGate::CallGate() {
+  if (t_gate_unblocked) return;  // an outer gate of this thread already holds them
+  sigset_t all;
+  sigfillset(&all);
+  blocked_ = pthread_sigmask(SIG_BLOCK, &all, &old_) == 0;
+  if (blocked_) t_gate_unblocked = &old_;
+}
+
+void CallGate::release() {
+  if (!blocked_) return;
+  blocked_ = false;
+  t_gate_unblocked = nullptr;
+  int saved = errno;
+  pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+  errno = saved;
+}
+
+bool CallGate::signal_pending() const {
+  if (!blocked_) return false;
+  sigset_t pending;
+  if (sigpending(&pending) != 0) return false;
+  for (int s = 1; s < NSIG; ++s) {
+    if (sigismember(&pending, s) != 1 || sigismember(&old_, s) == 1) continue;
+    struct sigaction sa {};
+    // Only a handler interrupts a call; an ignored signal never does, a fatal one ends the process at release().
+    if (sigaction(s, nullptr, &sa) == 0 && sa.sa_handler != SIG_DFL && sa.sa_handler != SIG_IGN) return true;
+  }
+  return false;
+}
+
+namespace {
+
+void call_impl(uint16_t op, const Bytes& body, Reply& out, const Wait& wait, const Accept& accept) {
+  // A call from a signal handler that interrupted another call on this thread gets a connection of its own, and
+  // its own signal gate (the handler's mask is not the outer call's).
+  const bool nested = t_conn.busy;
+  const sigset_t* outer = nested ? nullptr : t_gate_unblocked;
   SignalGate gate;
   Conn tmp;
-  Conn& c = t_conn.busy ? tmp : t_conn;
+  Conn& c = nested ? tmp : t_conn;
   Bytes req;
   uint64_t id = 0;
   int64_t give_up = -1;
@@ -464,7 +506,7 @@ void call(uint16_t op, const Bytes& body, Reply& out, const Wait& wait, const Ac
     }
     id = c.next_id++;
     req = frame(FrameKind::kRequest, op, id, body);
-    if (wait.interruptible) gate.block();
+    if (wait.interruptible && !outer) gate.block();
     size_t sent;
     int e = send_all(c.fd, req, sent);
     if (e == 0) break;
@@ -480,11 +522,18 @@ void call(uint16_t op, const Bytes& body, Reply& out, const Wait& wait, const Ac
     explicit Busy(Conn& cc) : c(cc) { c.busy = true; }
     ~Busy() { c.busy = false; }
   } busy(c);
-  bool ok = await(c, op, id, wait, out, gate.unblocked()) && (out.status || !accept || accept(out.body));
+  bool ok = await(c, op, id, wait, out, outer ? outer : gate.unblocked()) &&
+            (out.status || !accept || accept(out.body));
   if (!ok) {
     c.reset();
     out = Reply{EIO, {}};
   }
+}
+
+}  // namespace
+
+void call(uint16_t op, const Bytes& body, Reply& out, const Wait& wait, const Accept& accept) {
+  call_impl(op, body, out, wait, accept);
 }
 
 }  // namespace dipc::preload

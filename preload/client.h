@@ -3,6 +3,8 @@
 // The daemon's control page (ipc/control.h) arrives with the kHello response and is mapped once per process.
 #pragma once
 
+#include <signal.h>
+
 #include <cstdint>
 #include <functional>
 
@@ -40,6 +42,27 @@ using Accept = std::function<bool(ByteView body)>;
 // A cancelled request still gets its answer: the result if the operation
 // completed first (returned as is), else ECANCELED (returned as EINTR or EAGAIN).
 void call(uint16_t op, const Bytes& body, Reply& out, const Wait& wait = {}, const Accept& accept = {});
+
+// One system call made of several requests (semop: the set's kernel id, then the operation): signals stay blocked
+// from the first request to the last answer and are let in only while a request waits (ppoll), so a signal that
+// arrives anywhere in the call interrupts it, as the kernel's check before it sleeps does, instead of running its
+// handler between two requests and leaving the second one asleep. Nested: a call() from a handler that runs inside
+// another call's wait ignores it. Not for a call that goes on into a kernel system call: release() first.
+class CallGate {
+ public:
+  CallGate();
+  ~CallGate() { release(); }
+  CallGate(const CallGate&) = delete;
+  CallGate& operator=(const CallGate&) = delete;
+  // Signals let in again (a pending one's handler runs now).
+  void release();
+  // A signal with a handler arrived since the gate closed and waits to be delivered.
+  bool signal_pending() const;
+
+ private:
+  sigset_t old_{};
+  bool blocked_ = false;
+};
 
 int64_t now_ns();
 

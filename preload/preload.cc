@@ -317,9 +317,16 @@ std::atomic<uint64_t>& slot(int id) { return table[static_cast<uint32_t>(id) % k
 constexpr int kInterrupted = -2;
 // The kernel id behind a distributed set; -1: call dipcd; kInterrupted (only with `interruptible`): a signal handler
 // ran while the id was asked, so the semop must act as if interrupted before it slept.
-int kernel_id(int id, bool interruptible = false) {
+// The kernel id if this process already knows it (nothing asked): true and *kid (-1: none).
+bool cached(int id, int* kid) {
   uint64_t e = slot(id).load(std::memory_order_acquire);
-  if (e != 0 && static_cast<uint32_t>(e >> 32) == static_cast<uint32_t>(id)) return static_cast<int>(static_cast<uint32_t>(e)) - 1;
+  if (e == 0 || static_cast<uint32_t>(e >> 32) != static_cast<uint32_t>(id)) return false;
+  *kid = static_cast<int>(static_cast<uint32_t>(e)) - 1;
+  return true;
+}
+
+int kernel_id(int id, bool interruptible = false) {
+  if (int kid; cached(id, &kid)) return kid;
   ipc::SemCtlReq q;
   q.id = id;
   q.cmd = ipc::kSemCtlKernel;
@@ -395,6 +402,28 @@ std::optional<int> dipc_semop(int id, struct sembuf* user_sops, size_t nsops, co
   auto r = daemon_call(ipc::kSemOp, ipc::encode_body(q), w, [](ByteView b) { return b.empty(); });
   if (!r) return std::nullopt;
   return r->status ? fail(r->status) : 0;
+}
+
+// semop/semtimedop on a distributed set. A set whose kernel id this process knows goes straight to the kernel. Else
+// the kernel id is asked first, and the asking and the operation are one call to the program: signals stay blocked
+// across both (CallGate), so a signal that arrives between them interrupts the operation (EINTR where it would
+// sleep) instead of running its handler and leaving the operation asleep. `kernel_call(id)`: the kernel's semop.
+template <class KernelCall>
+int dipc_semop_call(int semid, struct sembuf* sops, size_t nsops, const struct timespec* timeout,
+                    KernelCall kernel_call) {
+  if (int kid; ksem::cached(semid, &kid) && kid >= 0) return kernel_call(kid);
+  dipc::preload::CallGate gate;
+  int kid = ksem::kernel_id(semid, true);
+  bool interrupted = kid == ksem::kInterrupted || gate.signal_pending();
+  if (kid >= 0 && !interrupted) {
+    gate.release();
+    return kernel_call(kid);
+  }
+  // Interrupted before it could sleep: tried without waiting at the home (a kernel set there too), EINTR if it
+  // would have to wait.
+  auto r = dipc_semop(semid, sops, nsops, timeout, interrupted);
+  gate.release();
+  return r ? *r : kernel_call(semid);
 }
 
 // nsems of a distributed set, for SETALL. nullopt: the kernel answers; else 0 or -1 with errno.
@@ -593,20 +622,14 @@ int semget(key_t key, int nsems, int semflg) {
 int semtimedop(int semid, struct sembuf* sops, size_t nsops, const struct timespec* timeout) {
   if (!ipc::is_dipc_id(semid)) return kernel(&Real::semtimedop, semid, sops, nsops, timeout);
   return guarded([&] {
-    int kid = ksem::kernel_id(semid, true);
-    if (kid >= 0) return kernel(&Real::semtimedop, kid, sops, nsops, timeout);
-    auto r = dipc_semop(semid, sops, nsops, timeout, kid == ksem::kInterrupted);
-    return r ? *r : kernel(&Real::semtimedop, semid, sops, nsops, timeout);
+    return dipc_semop_call(semid, sops, nsops, timeout, [&](int id) { return kernel(&Real::semtimedop, id, sops, nsops, timeout); });
   });
 }
 
 int semop(int semid, struct sembuf* sops, size_t nsops) {
   if (!ipc::is_dipc_id(semid)) return kernel(&Real::semop, semid, sops, nsops);
   return guarded([&] {
-    int kid = ksem::kernel_id(semid, true);
-    if (kid >= 0) return kernel(&Real::semop, kid, sops, nsops);
-    auto r = dipc_semop(semid, sops, nsops, nullptr, kid == ksem::kInterrupted);
-    return r ? *r : kernel(&Real::semop, semid, sops, nsops);
+    return dipc_semop_call(semid, sops, nsops, nullptr, [&](int id) { return kernel(&Real::semop, id, sops, nsops); });
   });
 }
 

@@ -14,12 +14,6 @@
 namespace dipc::test {
 namespace {
 
-SimCluster::Options three_nodes() {
-  SimCluster::Options o;
-  o.nodes = 3;
-  return o;
-}
-
 std::string ipcop(SimCluster& c, int node, std::vector<std::string> cmds, std::vector<std::string> env = {}) {
   cmds.insert(cmds.begin(), SimCluster::prog("ipcop"));
   auto r = c.run(node, cmds, 30, env);
@@ -39,7 +33,7 @@ std::string kernel_queues(SimCluster& c, int node) {
 // Issue 8 item 9: a producer whose daemon is killed under it gets errors; nothing it "sends" lands in a kernel
 // queue nobody reads, and a key the policy distributes is never created in the kernel either.
 TEST(Faults, AProducerWhoseDaemonDiesGetsEioAndNothingGoesToTheKernel) {
-  SimCluster c(three_nodes());
+  SimCluster c(SimCluster::Options{.nodes = 3});
   if (!c.namespaced()) GTEST_SKIP() << "needs root: the kernel queue is only observable in a node's own IPC namespace";
   std::string q = field(ipcop(c, 1, {"msgget:0:creat+dipc+0666"}), "msgget");
   ASSERT_TRUE(!q.empty() && q[0] != '-') << q;
@@ -81,7 +75,7 @@ pid_t daemon_pid(SimCluster& c, int node) {
 // declared lost like a dead one, so calls on its objects fail with EIO instead of waiting forever; once it runs
 // again the link comes back and its objects are served.
 TEST(Faults, AStoppedHomeIsDeclaredLostAndCallsOnItFailWithEio) {
-  SimCluster c(three_nodes());
+  SimCluster c(SimCluster::Options{.nodes = 3});
   std::string q = field(ipcop(c, 3, {"msgget:0:creat+dipc+0666", "msgsnd:@:1:kept:nowait"}), "msgget");
   ASSERT_TRUE(!q.empty() && q[0] != '-') << q;
   pid_t home = daemon_pid(c, 3);
@@ -106,7 +100,7 @@ TEST(Faults, AStoppedHomeIsDeclaredLostAndCallsOnItFailWithEio) {
 // the restart never names the new object; after a referee restarts, it knows the live keys again (IPC_EXCL is
 // refused, no second object is made with the same key).
 TEST(Faults, IdsFromBeforeARestartNameNothingAndKeysSurviveRestarts) {
-  SimCluster c(three_nodes());
+  SimCluster c(SimCluster::Options{.nodes = 3});
   // Key 0x5301 is refereed by node1 (key mod 3 == 0); its queue lives on node3.
   std::string old_q = field(ipcop(c, 3, {"msgget:0x5301:creat+dipc+0600", "msgsnd:@:1:before:nowait"}), "msgget");
   ASSERT_TRUE(!old_q.empty() && old_q[0] != '-') << old_q;
@@ -140,7 +134,7 @@ TEST(Faults, IdsFromBeforeARestartNameNothingAndKeysSurviveRestarts) {
 // Issue 8 item 10: a process whose node's dipcd dies does not go on computing on its private copy of a segment: its
 // next access raises SIGBUS (it spins reading a word here; before, it read a stale copy until its timeout).
 TEST(Faults, AProcessWhoseDaemonDiesGetsSigbusInsteadOfAStaleCopy) {
-  SimCluster c(three_nodes());
+  SimCluster c(SimCluster::Options{.nodes = 3});
   auto r = c.run(1, {SimCluster::prog("shm_tool"), "get:0:4096:creat+dipc+0666", "at", "w:0:5"}, 30);
   std::string id = field(r.out, "get");
   ASSERT_TRUE(!id.empty() && id[0] != '-') << r.out << r.err;
@@ -155,7 +149,7 @@ TEST(Faults, AProcessWhoseDaemonDiesGetsSigbusInsteadOfAStaleCopy) {
 // Issue 8 item 10: a process waiting on a block of a segment whose home died does not wait forever: when the home
 // comes back without the segment (it lived in the dead daemon's memory), the process gets SIGBUS.
 TEST(Faults, FaultsWaitingOnADeadHomeEndWithSigbusWhenItRestarts) {
-  SimCluster c(three_nodes());
+  SimCluster c(SimCluster::Options{.nodes = 3});
   auto r = c.run(3, {SimCluster::prog("shm_tool"), "get:0:4096:creat+dipc+0666", "at", "w:0:5"}, 30);
   std::string id = field(r.out, "get");
   ASSERT_TRUE(!id.empty() && id[0] != '-') << r.out << r.err;

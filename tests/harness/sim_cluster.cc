@@ -230,6 +230,9 @@ SimCluster::SimCluster(Options o) : nodes_(o.nodes) {
   if (!mkdtemp(tmpl)) throw std::runtime_error("mkdtemp: " + std::string(strerror(errno)));
   top_ = tmpl;
   dir_ = top_ + "/cluster";
+  // DIPC_SIM_LOG_LEVEL=debug: every test's daemons log at that level (to debug a failing test; their logs are in
+  // the failure output of tests that print daemon_log()).
+  if (const char* l = getenv("DIPC_SIM_LOG_LEVEL"); l && *l && o.log_level == "info") o.log_level = l;
   std::vector<std::string> argv = {bin("dipc-sim"), "up",       "-n",       std::to_string(o.nodes), "--dir",
                                    dir_,            "--policy", o.policy,   "--log-level",           o.log_level};
   if (o.loopback) argv.push_back("--loopback");

@@ -18,16 +18,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "dipc_socket_addr.h"
+
 static int connect_daemon(void) {
-  const char *name = getenv("DIPC_SOCKET");
-  if (!name || !*name) name = "@dipc";
   struct sockaddr_un a;
-  memset(&a, 0, sizeof a);
-  a.sun_family = AF_UNIX;
-  size_t n = strlen(name);
-  memcpy(a.sun_path, name, n);
-  if (name[0] == '@') a.sun_path[0] = '\0';
-  socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + (name[0] == '@' ? 0 : 1));
+  socklen_t len = dipc_socket_addr(&a);
+  if (!len) return -1;
   int fd = socket(AF_UNIX, SOCK_STREAM, 0);
   if (fd < 0) return -1;
   struct timeval tv = {5, 0};

@@ -17,12 +17,6 @@
 namespace dipc::test {
 namespace {
 
-SimCluster::Options three_nodes() {
-  SimCluster::Options o;
-  o.nodes = 3;
-  return o;
-}
-
 // argv run as nobody:nogroup with no supplementary groups and no capabilities.
 std::vector<std::string> as_nobody(std::vector<std::string> argv) {
   std::vector<std::string> v = {"setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"};
@@ -58,7 +52,7 @@ class Security : public ::testing::Test {
 // Issue 8 item 1: a client that connects as nobody, keeps the socket and execs a setuid-root program is never
 // credited with root's rights: identity is what the kernel pinned at connect.
 TEST_F(Security, ExecOfASetuidProgramAfterConnectNeverGrantsRootsRights) {
-  SimCluster c(three_nodes());
+  SimCluster c(SimCluster::Options{.nodes = 3});
   std::string q = field(ipcop(c, 1, {"msgget:0:creat+dipc+0600"}), "msgget");
   ASSERT_TRUE(!q.empty() && q[0] != '-') << q;
   TempDir d;
@@ -76,7 +70,7 @@ TEST_F(Security, ExecOfASetuidProgramAfterConnectNeverGrantsRootsRights) {
 // Issue 8 item 2: a local user who binds the daemon's socket name while the daemon is down sees no program's call
 // (the preload checks who listens and says so), and dipcd refuses to start beside it, saying why.
 TEST_F(Security, ASquatterOnTheDaemonSocketGetsNoCallsAndDipcdRefusesToStartBesideIt) {
-  SimCluster c(three_nodes());
+  SimCluster c(SimCluster::Options{.nodes = 3});
   if (!c.namespaced()) GTEST_SKIP() << "needs a network namespace per node for a socket name of its own";
   ASSERT_TRUE(c.kill_daemon(2)) << c.last_error();
   auto squatter = c.spawn(2, as_nobody({SimCluster::prog("squat")}), false);
@@ -102,7 +96,7 @@ TEST_F(Security, ASquatterOnTheDaemonSocketGetsNoCallsAndDipcdRefusesToStartBesi
 // Issue 8 item 5: no request kills the daemon. An 8 TiB segment (the kernel accepts it, with overcommit) is refused
 // with ENOMEM, and the daemon goes on serving.
 TEST_F(Security, AnEightTebibyteSegmentIsRefusedWithEnomemAndTheDaemonLives) {
-  SimCluster c(three_nodes());
+  SimCluster c(SimCluster::Options{.nodes = 3});
   auto r = c.run(2, as_nobody({SimCluster::prog("shm_tool"), "get:0:0x80000000000:creat+dipc+0600",
                                "get:0:0x8000000000000:creat+dipc+0600", "get:0:4096:creat+dipc+0600", "rm"}),
                  60);
@@ -119,7 +113,7 @@ TEST_F(Security, AnEightTebibyteSegmentIsRefusedWithEnomemAndTheDaemonLives) {
 // Issue 8 item 3: a user allowed only SHM_RDONLY on root's 0644 segment cannot turn the descriptor dipcd hands out
 // into a writable one, nor register a writable attach, nor feed dipcd a descriptor that is not a userfaultfd.
 TEST_F(Security, AReadOnlyAttachCannotBeTurnedIntoAWritableOne) {
-  SimCluster c(three_nodes());
+  SimCluster c(SimCluster::Options{.nodes = 3});
   auto r = c.run(1, {SimCluster::prog("shm_tool"), "get:0:8192:creat+dipc+0644", "at", "wstr:0:root"}, 30);
   std::string id = field(r.out, "get");
   ASSERT_TRUE(!id.empty() && id[0] != '-') << r.out << r.err;
@@ -147,7 +141,7 @@ std::string daemon_pid(SimCluster& c, int node) {
 // Issue 8 item 8: partially received frames a local user leaves in the daemon are bounded per user (64 MiB), and the
 // other users are served meanwhile.
 TEST_F(Security, PartialFramesAUserLeavesInTheDaemonAreBoundedPerUser) {
-  SimCluster c(three_nodes());
+  SimCluster c(SimCluster::Options{.nodes = 3});
   auto hog = c.spawn(1, as_nobody({SimCluster::prog("hog"), "128", "1024", "64"}), false);
   ASSERT_TRUE(c.wait_output(hog, "held", 60)) << c.output(hog);
   std::string kept = field(c.output(hog), "kept");
@@ -161,7 +155,7 @@ TEST_F(Security, PartialFramesAUserLeavesInTheDaemonAreBoundedPerUser) {
 // Issue 8 item 7: at its descriptor limit the daemon closes new local connections at once (the program's calls fail
 // with EIO, no hang), and serves again when descriptors are freed.
 TEST_F(Security, AtItsDescriptorLimitTheDaemonShedsNewClientsAndRecovers) {
-  SimCluster c(three_nodes());
+  SimCluster c(SimCluster::Options{.nodes = 3});
   std::string pid = daemon_pid(c, 1);
   ASSERT_FALSE(pid.empty());
   auto lim = c.run(1, {"prlimit", "--pid", pid, "--nofile=64:64"}, 10, false);
@@ -183,7 +177,7 @@ TEST_F(Security, AtItsDescriptorLimitTheDaemonShedsNewClientsAndRecovers) {
 // The fuzzing bar of issue 8: a daemon fed fuzzed client frames over its Unix socket (mutated requests of every
 // client operation, lying lengths, wrong descriptors) by an unprivileged program stays up and serves everyone.
 TEST_F(Security, ADaemonFedFuzzedClientFramesStaysUp) {
-  SimCluster c(three_nodes());
+  SimCluster c(SimCluster::Options{.nodes = 3});
   std::string q = field(ipcop(c, 2, {"msgget:0:creat+dipc+0666"}), "msgget");  // something to aim at on node2
   ASSERT_TRUE(!q.empty() && q[0] != '-') << q;
   for (int seed : {1, 2, 3}) {
@@ -199,7 +193,7 @@ TEST_F(Security, ADaemonFedFuzzedClientFramesStaysUp) {
 // them) from an address not in the configuration cannot keep a restarting node from linking: configured nodes'
 // addresses have handshake slots of their own.
 TEST_F(Security, IdleConnectionsFromAStrangerDoNotKeepARestartingPeerOut) {
-  SimCluster c(three_nodes());
+  SimCluster c(SimCluster::Options{.nodes = 3});
   if (!c.namespaced()) GTEST_SKIP() << "needs a network namespace per node for a stranger's address";
   std::string addr3 = slurp(c.dir() + "/nodes");
   // "NAME HOLDER SOCKET ADDRESS" lines: node3's address, and a stranger's in the same subnet.
