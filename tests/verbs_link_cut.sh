@@ -3,9 +3,10 @@
 # with --kernel trixie-backports: one rxe device per simulated node). Two nodes, node2's port on the simulated
 # switch set down (`ip link set down`: the carrier of node2's veth goes) while both daemons have SENDs posted (the
 # heartbeat posts one per heartbeat_ms on an idle link; nothing else acknowledges them).
-#   1. dead_peer_ms = 0 (the silence detector off): what the RC queue pair itself does with the posted work.
-#      Asserts that node1 declares node2 lost within 60 s, through a completion error (the retries of the posted
-#      SEND exhausted: ack timeout 1.07 s x 8 tries, about 9 s), and prints how long it took.
+#   1. dead_peer_ms = 0 (the silence detector off): what the RC queue pair itself does with the posted work within
+#      30 s (the retries of a posted SEND are exhausted after ack timeout 1.07 s x 8 tries, about 9 s, on a device
+#      that reports it); printed, not asserted: it is the device's behaviour (on rxe 7.3: nothing, see
+#      docs/ARCHITECTURE.md "The verbs provider"). The link must come back up once the carrier is back.
 #   2. The defaults (heartbeat_ms 1000, dead_peer_ms 5000): node1 declares node2 lost within dead_peer_ms plus one
 #      heartbeat plus 2 s of slack for polling `dipc status` under emulation.
 #   3. The link restored: both come back up (bounded).
@@ -52,11 +53,13 @@ restart_with $'\n[transport.verbs]\nheartbeat_ms = 1000\ndead_peer_ms = 0\n'
 lines=$(wc -l <"$dir/node1.log")
 t0=$(now_ms)
 cut down
-wait_state 1 2 down 60 || fail "with dead_peer_ms = 0, node1 never declared node2 lost (60 s): the posted work never failed"
-echo "   node1 declared node2 lost after $(($(now_ms) - t0)) ms; node1's log:"
-tail -n +"$((lines + 1))" "$dir/node1.log" | grep -i "verbs" | sed 's/^/     /' | head -n 5
-tail -n +"$((lines + 1))" "$dir/node1.log" | grep -q "completion error" ||
-  fail "node2 was declared lost, but not through a completion error"
+if wait_state 1 2 down 30; then
+  echo "   node1 declared node2 lost after $(($(now_ms) - t0)) ms (the queue pair failed its work):"
+  tail -n +"$((lines + 1))" "$dir/node1.log" | grep -i "verbs" | sed 's/^/     /' | head -n 5
+else
+  echo "   in 30 s (3x the RC retry budget of about 9 s) no posted work failed: node2 still $(state 1 2) at node1;"
+  echo "   without the heartbeat's silence detector a cut carrier goes unnoticed on this device"
+fi
 cut up
 wait_state 1 2 up 90 || fail "node1 does not see node2 up again after the link came back"
 
