@@ -82,9 +82,12 @@ record() { if [ -n "$3" ]; then echo "$1 $2 $3" >>"$log"; echo "    $2 = $3"; el
 
 # perf ROUND KEY TOOL ARGS...: perftest server on V's node2, client on node1 (rdma_cm picks each node's rxe device
 # by address); records t_typical (us).
+port=18515
 perf() {
   local r=$1 key=$2 tool=$3 out
   shift 3
+  port=$((port + 1))  # a port of its own: a server of an earlier part still exiting cannot hold it
+  set -- -p "$port" "$@"
   sim exec --dir "$work/V" node2 -- timeout 90 "$tool" -R "$@" >"$work/perf-server.out" 2>&1 &
   local srv=$!
   local t0
@@ -123,7 +126,7 @@ pingpong() {  # ROUND CLUSTER
   local out=$work/sem.json
   rm -f "$out"
   DIPC_BENCH_ITERS=$iters on "$2" node1 --preload "$(bindir "$2")/ipc_bench" \
-    --benchmark_filter='^BM_DipcSemPingPong$' --benchmark_out="$out" --benchmark_out_format=json >/dev/null 2>&1
+    --benchmark_filter='^BM_DipcSemPingPong/' --benchmark_out="$out" --benchmark_out_format=json >/dev/null 2>&1
   record "$1" "sem_$2" "$(python3 -c 'import json,sys
 try: print(json.load(open(sys.argv[1]))["benchmarks"][0]["p50_us"])
 except Exception: pass' "$out")"
@@ -137,7 +140,7 @@ jacobi() {  # ROUND CLUSTER
 transport() {  # ROUND: the transport alone, on the VM's own rxe0 (both nodes in one process)
   local out=$work/tb.json
   rm -f "$out"
-  timeout -k 10 "$tmo" "$build/bin/transport_bench" --benchmark_filter='^BM_(Read/verbs/4096|Request/verbs/64)$' \
+  timeout -k 10 "$tmo" "$build/bin/transport_bench" --benchmark_filter='^BM_(Read/verbs/4096|Request/verbs/64)/' \
     --benchmark_min_time=0.3 --benchmark_out="$out" --benchmark_out_format=json >/dev/null 2>&1
   python3 -c 'import json,sys
 try:
