@@ -149,6 +149,9 @@ class Service : public transport::Handler {
   uint32_t node_rank(uint16_t node) const;
   // service_wait.cc: a request queued at this home is registered; tell its origin
   void note_blocked(uint64_t token);
+  // A call its object says must wait is parked (pending_) until the object answers it, and its origin is told it
+  // waits; false: o is an answer to give now.
+  bool park_if_blocked(const Outcome& o, ObjType type, int32_t id, uint64_t token, ReplyFn& reply);
   void on_blocked_note(uint16_t from, ByteView body);
   // service_ksem.cc: semaphore sets homed here backed by a kernel set
   KernelSemSet* find_ksem(int32_t id);

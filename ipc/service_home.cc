@@ -145,6 +145,13 @@ void Service::home_open(const HomeHeader& h, ByteView body, ReplyFn& reply) {
   reply(0, encode_body(IdResp{r.id}));
 }
 
+bool Service::park_if_blocked(const Outcome& o, ObjType type, int32_t id, uint64_t token, ReplyFn& reply) {
+  if (o.kind != Outcome::kBlocked) return false;
+  pending_[token] = Pending{type, id, std::move(reply)};
+  note_blocked(token);
+  return true;
+}
+
 void Service::home_semop(const HomeHeader& h, ByteView body, ReplyFn& reply) {
   SemOpReq r;
   if (!decode_body(body, r)) return reply(EINVAL, {});
@@ -154,11 +161,7 @@ void Service::home_semop(const HomeHeader& h, ByteView body, ReplyFn& reply) {
   if (!s) return reply(EINVAL, unknown_id());
   if (KernelSemSet* k = find_ksem(r.id)) return ksem_semop(h, r, *s, *k, reply);
   Outcome o = s->semop(h.token, r.sops, ProcKey{h.creds.node, h.creds.pid}, h.creds, now_s());
-  if (o.kind == Outcome::kBlocked) {
-    pending_[h.token] = Pending{ObjType::kSem, r.id, std::move(reply)};
-    note_blocked(h.token);
-  } else
-    reply(o.kind == Outcome::kDone ? 0 : o.err, {});
+  if (!park_if_blocked(o, ObjType::kSem, r.id, h.token, reply)) reply(o.kind == Outcome::kDone ? 0 : o.err, {});
   drain(*s);
 }
 
@@ -228,11 +231,7 @@ void Service::home_msgsnd(const HomeHeader& h, ByteView body, ReplyFn& reply) {
   if (!q) return reply(EINVAL, unknown_id());
   q->set_limits(lim_);
   Outcome o = q->send(h.token, r.mtype, std::move(r.text), r.flg, ProcKey{h.creds.node, h.creds.pid}, h.creds, now_s());
-  if (o.kind == Outcome::kBlocked) {
-    pending_[h.token] = Pending{ObjType::kMsg, r.id, std::move(reply)};
-    note_blocked(h.token);
-  } else
-    reply(o.kind == Outcome::kDone ? 0 : o.err, {});
+  if (!park_if_blocked(o, ObjType::kMsg, r.id, h.token, reply)) reply(o.kind == Outcome::kDone ? 0 : o.err, {});
   drain(*q);
 }
 
@@ -246,13 +245,8 @@ void Service::home_msgrcv(const HomeHeader& h, ByteView body, ReplyFn& reply) {
   if (r.flg & MSG_COPY) q->set_limits(limits(LimitFiles::kMsgMax, true));
   Message m;
   Outcome o = q->recv(h.token, r.msgtyp, r.maxsize, r.flg, ProcKey{h.creds.node, h.creds.pid}, h.creds, now_s(), m);
-  if (o.kind == Outcome::kBlocked) {
-    pending_[h.token] = Pending{ObjType::kMsg, r.id, std::move(reply)};
-    note_blocked(h.token);
-  } else if (o.kind == Outcome::kDone)
-    reply(0, encode_body(MsgRcvResp{m.mtype, std::move(m.text)}));
-  else
-    reply(o.err, {});
+  if (!park_if_blocked(o, ObjType::kMsg, r.id, h.token, reply))
+    o.kind == Outcome::kDone ? reply(0, encode_body(MsgRcvResp{m.mtype, std::move(m.text)})) : reply(o.err, {});
   drain(*q);
 }
 
