@@ -5,7 +5,7 @@
 # A voluntary switch is a sleep (the process blocked and someone must wake it); a nonvoluntary one is preemption,
 # or a sched_yield() that found another task to run.
 #   usage: bench/wakeups.sh [BUILD_DIR]      DIPC_WAKEUPS_N=2000 operations; DIPC_WAKEUPS_SPIN_US: DIPC_SPIN_US
-#   DIPC_BENCH_SCHED, DIPC_BENCH_BUSY_POLL_US as bench/run.sh
+#   DIPC_BENCH_SCHED, DIPC_BENCH_BUSY_POLL_US, DIPC_BENCH_TRANSPORT (tcp, verbs: in the softroce VM) as bench/run.sh
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 build=$(cd "${1:-$top/build}" && pwd)
@@ -13,7 +13,7 @@ bin=$build/bin
 n=${DIPC_WAKEUPS_N:-2000}
 dir=$(mktemp -d /tmp/dipc-wakeups.XXXXXX)
 trap '"$bin/dipc-sim" down --dir "$dir" >/dev/null 2>&1 || true; rm -rf "$dir"' EXIT
-up_flags=(--log-level warn --busy-poll-us "${DIPC_BENCH_BUSY_POLL_US:-0}")
+up_flags=(--log-level warn --busy-poll-us "${DIPC_BENCH_BUSY_POLL_US:-0}" --transport "${DIPC_BENCH_TRANSPORT:-tcp}")
 [ -n "${DIPC_BENCH_SCHED:-}" ] && up_flags+=(--sched "$DIPC_BENCH_SCHED")
 "$bin/dipc-sim" up -n 2 --dir "$dir" "${up_flags[@]}" >/dev/null
 env_spin=()

@@ -184,6 +184,12 @@ struct Link {
   uint32_t credits = 0;    // SENDs we may still post (data messages)
   uint32_t to_return = 0;  // receive buffers re-posted since we last told the peer
   uint32_t sq_used = 0, sq_max = 0;
+  // Selective signalling: an inline SEND is posted unsignalled (no completion, so no completion event and no wake-up
+  // for it), except every sig_every-th work request. Send-queue completions of an RC queue pair come in posting
+  // order, so a signalled completion also retires the unsignalled requests posted before it: sig_batches holds,
+  // per signalled request in flight, how many send-queue entries its completion frees.
+  uint32_t unsignalled = 0, sig_every = 1;
+  std::deque<uint32_t> sig_batches;
   uint32_t max_inline = 0;
   bool fence_next = false;  // the next work request carries IBV_SEND_FENCE
   std::unique_ptr<conn::Handshake> hs;
@@ -678,8 +684,7 @@ class VerbsTransport final : public Transport {
       h.credits = take_credits(l);
       encode_header(h, buf);
       if (n) std::memcpy(buf + kMsgHeaderSize, o.body.data() + o.off, n);
-      if (!post_send(l, slot, kMsgHeaderSize + seal(l, buf, n))) return false;
-      l.free_send.pop_back();
+      if (!post_send(l, kMsgHeaderSize + seal(l, buf, n))) return false;
       --l.credits;
       o.off += n;
       o.started = true;
@@ -699,7 +704,13 @@ class VerbsTransport final : public Transport {
     return c;
   }
 
-  bool post_send(Link& l, uint32_t slot, size_t n) {
+  // Posts the SEND of the first n bytes of send buffer free_send.back(). A signalled SEND holds that buffer until
+  // its completion; an inline one is copied at posting, so its buffer stays free and, but for every sig_every-th
+  // request, it is posted unsignalled.
+  bool post_send(Link& l, size_t n) {
+    uint32_t slot = l.free_send.back();
+    const bool inl = n <= l.max_inline;
+    const bool signalled = !inl || l.unsignalled + 1 >= l.sig_every;
     ibv_sge sge{reinterpret_cast<uint64_t>(l.send_buf.data() + size_t(slot) * opt_.buffer_size),
                 static_cast<uint32_t>(n), l.send_mr->lkey};
     ibv_send_wr wr{};
@@ -708,12 +719,19 @@ class VerbsTransport final : public Transport {
     wr.sg_list = &sge;
     wr.num_sge = 1;
     wr.opcode = IBV_WR_SEND;
-    wr.send_flags = IBV_SEND_SIGNALED | (n <= l.max_inline ? IBV_SEND_INLINE : 0) | take_fence(l);
+    wr.send_flags = (signalled ? IBV_SEND_SIGNALED : 0) | (inl ? IBV_SEND_INLINE : 0) | take_fence(l);
     if (int e = ibv_post_send(l.cm->qp, &wr, &bad); e != 0) {
       close_link(l, fmt::format("ibv_post_send: {}", strerror(e)), true);
       return false;
     }
     ++l.sq_used;
+    if (signalled) {
+      l.free_send.pop_back();
+      l.sig_batches.push_back(l.unsignalled + 1);
+      l.unsignalled = 0;
+    } else {
+      ++l.unsignalled;
+    }
     l.last_send_ms = EventLoop::now_ms();
     return true;
   }
@@ -721,10 +739,9 @@ class VerbsTransport final : public Transport {
   // A credit-only message: uses one of the spare receive buffers at the peer, never a credit.
   void send_credit(Link& l) {
     if (l.free_send.empty() || l.sq_used >= l.sq_max) return;  // retried at the next completion
-    uint32_t slot = l.free_send.back();
-    uint8_t* buf = l.send_buf.data() + size_t(slot) * opt_.buffer_size;
+    uint8_t* buf = l.send_buf.data() + size_t(l.free_send.back()) * opt_.buffer_size;
     encode_header(MsgHeader{MsgKind::kCredit, 0, take_credits(l), 0, 0, 0}, buf);
-    if (post_send(l, slot, kMsgHeaderSize + seal(l, buf, 0))) l.free_send.pop_back();
+    (void)post_send(l, kMsgHeaderSize + seal(l, buf, 0));
   }
 
   // Bytes a SEND after the handshake carries beyond header and payload.
@@ -786,6 +803,8 @@ class VerbsTransport final : public Transport {
       return false;
     }
     ++l.sq_used;
+    l.sig_batches.push_back(l.unsignalled + 1);
+    l.unsignalled = 0;
     return true;
   }
 
@@ -940,6 +959,7 @@ class VerbsTransport final : public Transport {
       if (rdma_create_qp(l.cm.get(), pd_.get(), &qa) != 0) return Status::err(errno);
     }
     l.sq_max = sends;
+    l.sig_every = std::max(1u, sends / 4);
     // No remote access before authentication: until link_up() the queue pair serves SEND/RECV only.
     if (!set_remote_access(l, false)) return Status::err(EIO);
     l.max_inline = qa.cap.max_inline_data;
@@ -1152,10 +1172,7 @@ class VerbsTransport final : public Transport {
     uint8_t* buf = l.send_buf.data() + size_t(slot) * opt_.buffer_size;
     encode_header(MsgHeader{MsgKind::kHello, op, take_credits(l), 0, 0, static_cast<uint32_t>(body.size())}, buf);
     if (!body.empty()) std::memcpy(buf + kMsgHeaderSize, body.data(), body.size());
-    if (post_send(l, slot, kMsgHeaderSize + body.size())) {
-      l.free_send.pop_back();
-      --l.credits;
-    }
+    if (post_send(l, kMsgHeaderSize + body.size())) --l.credits;
   }
 
   void link_up(Link& l) {
@@ -1264,7 +1281,10 @@ class VerbsTransport final : public Transport {
 
   void on_completion(Link& l, const ibv_wc& wc) {
     WrType t = wr_type(wc.wr_id);
-    if (t != kWrRecv && l.sq_used) --l.sq_used;
+    if (t != kWrRecv && !l.sig_batches.empty()) {
+      l.sq_used -= std::min(l.sq_used, l.sig_batches.front());
+      l.sig_batches.pop_front();
+    }
     if (wc.status != IBV_WC_SUCCESS) {
       // A key the owner no longer knows, or out of its bounds: that operation fails with EINVAL; the RC queue pair
       // is in error now, so the link goes and everything else fails with ECONNRESET.
