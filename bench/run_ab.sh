@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Before/after of the semaphore and message figures: runs bench/run.sh on build A and build B alternately
 # (A B A B ..., DIPC_AB_ROUNDS pairs, each a short run.sh with DIPC_BENCH_PAIRS rounds), and prints per build the
-# per-run dipc / raw TCP ratios (ping-pong, message round trip, each against its own run's raw TCP), then the
-# median of the B / A quotients of consecutive runs with its spread, and the load average.
+# per-run dipc / raw TCP ratios (ping-pong, message round trip, each against its own run's raw TCP) and the message
+# ratios against native SysV (round trip remote and on the home node, streaming rate) where the filter ran them,
+# then the median of the B / A quotients of consecutive runs with its spread, and the load average.
 #   usage: bench/run_ab.sh BUILD_A BUILD_B [extra Google Benchmark flags]
 #   DIPC_AB_ROUNDS=4  pairs of runs;  DIPC_BENCH_PAIRS=2, DIPC_BENCH_ITERS=1000 per run (see bench/run.sh)
-#   default filter: Raw|DipcSem|DipcMsgRound; any env of run.sh (spinners, sched, ...) applies to both builds
+#   default filter: Raw|DipcSem|DipcMsgRound ('Raw|NativeMsg|HomeMsg|DipcMsg' for the queues); any env of run.sh
+#   (spinners, sched, ...) applies to both builds
 #   DIPC_AB_ENV_A / DIPC_AB_ENV_B="VAR=V ..."  extra environment of one side only (e.g. DIPC_SPIN_US=0): A and B
 #   may then be the same build
 set -euo pipefail
@@ -36,7 +38,10 @@ echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 python3 - "$out" "$rounds" <<'PY'
 import json, os, statistics, sys
 out, rounds = sys.argv[1], int(sys.argv[2])
-labels = ["semaphore ping-pong / raw TCP 64 B RTT", "message round trip / raw TCP 64 B RTT"]
+labels = ["semaphore ping-pong / raw TCP 64 B RTT", "message round trip / raw TCP 64 B RTT",
+          "message round trip / native SysV, one node",
+          "message round trip, both processes on the home node / native SysV",
+          "message streaming rate / native SysV, one node"]
 def load(side, r):
     try:
         d = json.load(open(os.path.join(out, f"{side}{r}", "ipc.json")))

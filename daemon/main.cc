@@ -130,6 +130,9 @@ int main(int argc, char** argv) {
   // through dipcd); the sets a crashed start left are removed before any id is handed out.
   const char* ks = getenv("DIPC_KERNEL_SEMS");
   service.set_kernel_sems(!(ks && std::string(ks) == "0"), state_dir() + "/kernel-sems." + cfg.me().name);
+  // Message queues the same way (DIPC_KERNEL_MSGS=0: every msgsnd/msgrcv through dipcd).
+  const char* km = getenv("DIPC_KERNEL_MSGS");
+  service.set_kernel_msgs(!(km && std::string(km) == "0"), state_dir() + "/kernel-msgs." + cfg.me().name);
   if (auto s = (*tr)->set_handler(dipc::transport::ops::kDsm, &dsm); !s) return 1;
   if (auto s = (*tr)->set_handler(dipc::transport::ops::kIpc, &service); !s) return 1;
   if (auto s = (*tr)->start(); !s) {

@@ -26,10 +26,6 @@ union SemArg {
   unsigned short* array;
 };
 
-// A worker is interrupted with this signal; its handler does nothing, so semtimedop() returns EINTR.
-int cancel_signal() { return SIGRTMIN + 3; }
-void on_cancel_signal(int) {}
-
 #if defined(SYS_semtimedop) && defined(SYS_setresuid) && defined(SYS_setresgid) && !defined(__i386__)
 constexpr bool kSupported = true;
 constexpr long kSemtimedop = SYS_semtimedop;
@@ -38,105 +34,24 @@ constexpr bool kSupported = false;
 constexpr long kSemtimedop = -1;
 #endif
 
-// semget(IPC_PRIVATE) as the caller: the loop thread takes the caller's effective ids for the call only (the raw
-// system calls change this thread's credentials alone, not the daemon's other threads').
-int create_as(const Creds& c, int nsems, uint16_t mode) {
-  uid_t ru, eu, su;
-  gid_t rg, eg, sg;
-  if (getresuid(&ru, &eu, &su) != 0 || getresgid(&rg, &eg, &sg) != 0) return -1;
-  bool switch_ids = eu != c.uid || eg != c.gid;
-  if (switch_ids) {
-    if (eu != 0) {
-      errno = EPERM;
-      return -1;
-    }
-    if (syscall(SYS_setresgid, -1, c.gid, -1) != 0) return -1;
-    if (syscall(SYS_setresuid, -1, c.uid, -1) != 0) {
-      int e = errno;
-      (void)syscall(SYS_setresgid, -1, eg, -1);
-      errno = e;
-      return -1;
-    }
-  }
-  int kid = semget(IPC_PRIVATE, nsems, IPC_CREAT | (mode & 0777));
-  int e = errno;
-  if (switch_ids) {
-    // Back to root: the saved uid is still 0, so this cannot fail; if it ever did, the daemon must not go on.
-    if (syscall(SYS_setresuid, -1, eu, -1) != 0 || syscall(SYS_setresgid, -1, eg, -1) != 0) {
-      DIPC_LOG_ERROR("cannot restore the daemon's credentials after creating a kernel semaphore set: {}",
-                     strerror(errno));
-      abort();
-    }
-  }
-  errno = e;
-  return kid;
-}
-
-bool task_sleeps_in_semtimedop(pid_t tid) {
-  char path[64];
-  snprintf(path, sizeof path, "/proc/self/task/%d/syscall", static_cast<int>(tid));
-  FILE* f = fopen(path, "re");
-  if (!f) return false;
-  long nr = -1;
-  bool ok = fscanf(f, "%ld", &nr) == 1;  // "running" for a task that is not in a system call
-  fclose(f);
-  if (!ok || nr != kSemtimedop) return false;
-  // In semtimedop() but maybe preempted before it queued itself: only asleep (S) is queued.
-  snprintf(path, sizeof path, "/proc/self/task/%d/stat", static_cast<int>(tid));
-  f = fopen(path, "re");
-  if (!f) return false;
-  char buf[512];
-  size_t n = fread(buf, 1, sizeof buf - 1, f);
-  fclose(f);
-  buf[n] = 0;
-  const char* e = strrchr(buf, ')');
-  return e && e[1] == ' ' && e[2] == 'S';
-}
-
 }  // namespace
-
-struct KernelSemSet::Worker {
-  uint64_t token = 0;
-  std::vector<struct sembuf> sops;
-  std::function<void()> registered;
-  std::function<void(int)> done;
-  std::atomic<pid_t> tid{0};
-  std::atomic<bool> cancel{false};
-  std::atomic<bool> finished{false};
-  int result = 0;
-  std::thread thread;
-};
-
-uint64_t KernelSemSet::ipc_namespace() {
-  struct stat st;
-  return ::stat("/proc/self/ns/ipc", &st) == 0 ? static_cast<uint64_t>(st.st_ino) : 0;
-}
 
 bool KernelSemSet::supported() {
   if (!kSupported) return false;
   static const bool ok = [] {
     int kid = semget(IPC_PRIVATE, 1, IPC_CREAT | 0600);
     if (kid < 0) return false;
-    std::atomic<pid_t> tid{0};
-    std::thread t([&tid, kid] {
-      tid = static_cast<pid_t>(syscall(SYS_gettid));
-      struct sembuf b {};
-      b.sem_op = -1;
-      (void)syscall(kSemtimedop, kid, &b, 1, nullptr);  // until the set is removed
-    });
-    bool seen = false;
-    for (auto end = std::chrono::steady_clock::now() + std::chrono::seconds(2);
-         !seen && std::chrono::steady_clock::now() < end;) {
-      pid_t t_id = tid;
-      if (t_id && task_sleeps_in_semtimedop(t_id))
-        seen = true;
-      else
-        std::this_thread::sleep_for(std::chrono::microseconds(200));  // polling a bounded probe
-    }
-    SemArg a{};
-    semctl(kid, 0, IPC_RMID, a);
-    t.join();
-    return seen;
+    return kernel_sleep_visible(
+        kSemtimedop,
+        [kid] {
+          struct sembuf b {};
+          b.sem_op = -1;
+          (void)syscall(kSemtimedop, kid, &b, 1, nullptr);  // until the set is removed
+        },
+        [kid] {
+          SemArg a{};
+          semctl(kid, 0, IPC_RMID, a);
+        });
   }();
   return ok;
 }
@@ -146,32 +61,14 @@ std::unique_ptr<KernelSemSet> KernelSemSet::create(EventLoop& loop, const Creds&
     errno = ENOSYS;
     return nullptr;
   }
-  static std::once_flag once;
-  std::call_once(once, [] {
-    struct sigaction sa {};
-    sa.sa_handler = on_cancel_signal;  // no SA_RESTART: the worker's semtimedop() returns EINTR
-    sigemptyset(&sa.sa_mask);
-    sigaction(cancel_signal(), &sa, nullptr);
-  });
-  int kid = create_as(c, nsems, mode);
+  int kid = kernel_create_as(c, [&] { return semget(IPC_PRIVATE, nsems, IPC_CREAT | (mode & 0777)); });
   if (kid < 0) return nullptr;
   return std::unique_ptr<KernelSemSet>(new KernelSemSet(loop, kid, nsems));
 }
 
 KernelSemSet::~KernelSemSet() {
-  *alive_ = nullptr;
   SemArg a{};
-  semctl(kid_, 0, IPC_RMID, a);  // every waiter, the workers too, returns EIDRM
-  for (auto& [token, w] : workers_) {
-    w->cancel = true;
-    // A worker that had not yet gone to sleep finds the set gone (EINVAL -> EIDRM) or the flag set.
-    while (!w->finished) {
-      if (pid_t t = w->tid) syscall(SYS_tgkill, getpid(), t, cancel_signal());
-      std::this_thread::sleep_for(std::chrono::microseconds(200));  // bounded by the worker's next check
-    }
-    w->thread.join();
-  }
-  // Completions already posted still run: they find the set gone and answer their caller only.
+  semctl(kid_, 0, IPC_RMID, a);  // every waiter, the workers too, returns EIDRM; waits_ joins them
 }
 
 int KernelSemSet::stat(struct semid_ds& out) const {
@@ -233,87 +130,18 @@ int KernelSemSet::try_op(const std::vector<struct sembuf>& sops) {
 }
 
 bool KernelSemSet::start_wait(uint64_t token, std::vector<struct sembuf> sops, int32_t pid,
-                              std::function<void()> registered,
-                              std::function<void(int)> done) {
-  if (workers_.size() >= kMaxWorkers) return false;
-  auto w = std::make_shared<Worker>();
-  w->token = token;
-  w->sops = std::move(sops);
-  w->registered = std::move(registered);
-  w->done = std::move(done);
+                              std::function<void()> registered, std::function<void(int)> done) {
   int kid = kid_;
-  EventLoop* loop = &loop_;
-  auto cell = alive_;
-  std::atomic<int32_t>* pids = remote_pid_.get();  // lives until the destructor joined this worker
-  try {
-    w->thread = std::thread([w, kid, loop, cell, pids, pid] {
-      w->tid = static_cast<pid_t>(syscall(SYS_gettid));
-      int r = 0;
-      for (;;) {
-        if (w->cancel) {
-          r = ECANCELED;
-          break;
-        }
-        if (syscall(kSemtimedop, kid, w->sops.data(), w->sops.size(), nullptr) == 0) {
-          for (const auto& b : w->sops) pids[b.sem_num].store(pid);  // before anyone can read GETPID through dipcd
-          r = 0;
-          break;
-        }
-        r = errno;
-        if (r == EINTR) continue;  // the flag decides
-        if (r == EINVAL) r = EIDRM;  // removed before this worker slept: the request came first
-        break;
-      }
-      w->result = r;
-      w->finished = true;
-      loop->post([w, cell] {
-        if (*cell) (*cell)->finish(w->token);
-        w->done(w->result);
-      });
-    });
-  } catch (const std::system_error&) {
-    return false;
-  }
-  workers_.emplace(token, w);
-  watch(token);
-  return true;
-}
-
-// "Blocked means registered": the caller is told it waits only once the worker sleeps in semtimedop(), so GETNCNT
-// counts it and an IPC_RMID that follows gives it EIDRM. Polled from the loop while the worker starts.
-void KernelSemSet::watch(uint64_t token) {
-  auto it = workers_.find(token);
-  if (it == workers_.end() || it->second->finished) return;
-  Worker& w = *it->second;
-  if (pid_t t = w.tid; t && task_sleeps_in_semtimedop(t)) {
-    if (w.registered) w.registered();
-    return;
-  }
-  auto cell = alive_;
-  loop_.add_timer_us(50, [cell, token] {
-    if (*cell) (*cell)->watch(token);
-  });
-}
-
-bool KernelSemSet::cancel(uint64_t token) {
-  auto it = workers_.find(token);
-  if (it == workers_.end()) return false;
-  Worker& w = *it->second;
-  w.cancel = true;
-  if (pid_t t = w.tid) syscall(SYS_tgkill, getpid(), t, cancel_signal());
-  // The signal may land before the worker enters the kernel: repeat until it returns.
-  auto cell = alive_;
-  loop_.add_timer(1, [cell, token] {
-    if (*cell) (*cell)->cancel(token);
-  });
-  return true;
-}
-
-void KernelSemSet::finish(uint64_t token) {
-  auto it = workers_.find(token);
-  if (it == workers_.end()) return;
-  it->second->thread.join();  // it posted this as its last step
-  workers_.erase(it);
+  std::atomic<int32_t>* pids = remote_pid_.get();  // lives until waits_ joined this worker
+  auto call = [kid, pids, pid, sops = std::move(sops)]() mutable {
+    if (syscall(kSemtimedop, kid, sops.data(), sops.size(), nullptr) == 0) {
+      for (const auto& b : sops) pids[b.sem_num].store(pid);  // before anyone can read GETPID through dipcd
+      return 0;
+    }
+    int r = errno;
+    return r == EINVAL ? EIDRM : r;  // removed before this worker slept: the request came first
+  };
+  return waits_.start(token, kSemtimedop, std::move(call), std::move(registered), std::move(done));
 }
 
 int KernelSemSet::check_undo(const ProcKey& p, const std::vector<struct sembuf>& undo_ops, int semaem) const {
@@ -387,56 +215,6 @@ void KernelSemSet::apply_undo(const ProcKey& p, int semvmx) {
       }
       if (errno != EAGAIN && errno != ERANGE) break;
     }
-  }
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-
-int KernelSemRegistry::remove_stale() {
-  if (path_.empty()) return 0;
-  uint64_t ns = KernelSemSet::ipc_namespace();
-  int removed = 0;
-  if (FILE* f = fopen(path_.c_str(), "re")) {
-    unsigned long long file_ns = 0;
-    int kid = 0;
-    while (fscanf(f, "%llu %d", &file_ns, &kid) == 2) {
-      struct semid_ds ds {};
-      SemArg a{};
-      a.buf = &ds;
-      // Only in the namespace it was made in, and only a private set (a backing set's key is IPC_PRIVATE).
-      if (file_ns != ns || semctl(kid, 0, IPC_STAT, a) != 0 || ds.sem_perm.__key != IPC_PRIVATE) continue;
-      SemArg none{};
-      if (semctl(kid, 0, IPC_RMID, none) == 0) ++removed;
-    }
-    fclose(f);
-  }
-  kids_.clear();
-  write();
-  return removed;
-}
-
-void KernelSemRegistry::add(int kid) {
-  kids_.push_back(kid);
-  write();
-}
-
-void KernelSemRegistry::remove(int kid) {
-  std::erase(kids_, kid);
-  write();
-}
-
-void KernelSemRegistry::write() {
-  if (path_.empty()) return;
-  std::string tmp = path_ + ".tmp";
-  FILE* f = fopen(tmp.c_str(), "we");
-  if (!f) return;
-  auto ns = static_cast<unsigned long long>(KernelSemSet::ipc_namespace());
-  bool ok = true;
-  for (int k : kids_) ok = fprintf(f, "%llu %d\n", ns, k) > 0 && ok;
-  ok = fclose(f) == 0 && ok;
-  if (!ok || rename(tmp.c_str(), path_.c_str()) != 0) {
-    DIPC_LOG_WARN("cannot record kernel semaphore sets in {}: {}", path_, strerror(errno));
-    unlink(tmp.c_str());
   }
 }
 

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "common/event_loop.h"
+#include "ipc/kernel_object.h"
 #include "ipc/types.h"
 
 namespace dipc::ipc {
@@ -40,7 +41,7 @@ class KernelSemSet {
   // scratch set; false under qemu-user (it shows the host's system call numbers) or without that file.
   static bool supported();
   // The daemon's IPC namespace (st_ino of /proc/self/ns/ipc); 0 if unknown.
-  static uint64_t ipc_namespace();
+  static uint64_t ipc_namespace() { return kernel_ipc_namespace(); }
   // Removes the kernel set (every waiter, local or remote, gets EIDRM) and joins the workers.
   ~KernelSemSet();
   KernelSemSet(const KernelSemSet&) = delete;
@@ -66,14 +67,14 @@ class KernelSemSet {
   // A remote caller's operation (SEM_UNDO already taken out). try_op: one nonblocking attempt (every op gets
   // IPC_NOWAIT): 0, EAGAIN, or the kernel's error.
   int try_op(const std::vector<struct sembuf>& sops);
-  static constexpr size_t kMaxWorkers = 256;
+  static constexpr size_t kMaxWorkers = KernelWaits::kMaxWorkers;
   // Starts a worker that sleeps in semtimedop() with the caller's flags. `registered` runs (loop thread) once the
   // worker sleeps in the kernel, `done` with 0 or the errno when it returns (ECANCELED after cancel()). false: too
   // many workers busy.
   bool start_wait(uint64_t token, std::vector<struct sembuf> sops, int32_t pid, std::function<void()> registered,
                   std::function<void(int)> done);
   // Interrupts the worker of `token` (repeating the signal until it returns); false if there is none.
-  bool cancel(uint64_t token);
+  bool cancel(uint64_t token) { return waits_.cancel(token); }
 
   // SEM_UNDO of processes of other nodes, as the kernel keeps semadj: check (ERANGE past semaem), record, clear
   // (SETVAL, SETALL: -1 = all), apply at exit (clamped to [0, semvmx], as exit_sem()).
@@ -87,36 +88,17 @@ class KernelSemSet {
   bool has_undo(const ProcKey& p) const { return undo_.count(p) != 0; }
 
  private:
-  struct Worker;
   KernelSemSet(EventLoop& loop, int kid, int nsems)
-      : loop_(loop), kid_(kid), nsems_(nsems), remote_pid_(new std::atomic<int32_t>[static_cast<size_t>(nsems)]()) {}
-  void watch(uint64_t token);
-  void finish(uint64_t token);
+      : kid_(kid), nsems_(nsems), remote_pid_(new std::atomic<int32_t>[static_cast<size_t>(nsems)]()), waits_(loop) {}
 
-  EventLoop& loop_;
-  std::shared_ptr<KernelSemSet*> alive_ = std::make_shared<KernelSemSet*>(this);  // null once destroyed
   int kid_;
   int nsems_;
   std::unique_ptr<std::atomic<int32_t>[]> remote_pid_;  // per semaphore; written by workers too
-  std::map<uint64_t, std::shared_ptr<Worker>> workers_;
   std::map<ProcKey, std::vector<int>> undo_;
+  KernelWaits waits_;  // last: destroyed (its workers joined) before remote_pid_
 };
 
-// The kernel ids of the sets a daemon made, kept in its state directory, one "namespace-inode kid" per line, so the
-// next start removes those of a crashed incarnation before anything can use them.
-class KernelSemRegistry {
- public:
-  explicit KernelSemRegistry(std::string path = {}) : path_(std::move(path)) {}
-  // Removes the sets listed by a previous start that still exist in this IPC namespace as private sets; clears
-  // the list. Returns how many were removed.
-  int remove_stale();
-  void add(int kid);
-  void remove(int kid);
-
- private:
-  void write();
-  std::string path_;
-  std::vector<int> kids_;
-};
+// The kernel ids of the sets a daemon made (kernel_object.h).
+using KernelSemRegistry = KernelIdRegistry;
 
 }  // namespace dipc::ipc

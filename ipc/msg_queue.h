@@ -48,6 +48,12 @@ class MsgQueue {
   int stat(const Creds& c, MsgStat& out) const;
   int set(uint32_t uid, uint32_t gid, uint16_t mode, uint64_t qbytes, const Creds& c, int64_t now);
   int check_rmid(const Creds& c) const;
+  // A queue backed by a kernel queue (kernel_msg.h): the owner and mode as the kernel queue has them now.
+  void sync(uint32_t uid, uint32_t gid, uint16_t mode) {
+    perm_.uid = uid;
+    perm_.gid = gid;
+    perm_.mode = static_cast<uint16_t>((perm_.mode & ~0777) | (mode & 0777));
+  }
   size_t pending_receivers() const { return receivers_.size(); }
   size_t pending_senders() const { return senders_.size(); }
 

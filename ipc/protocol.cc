@@ -445,7 +445,8 @@ void IpcInfoResp::encode(Encoder& e) const {
   e.u64(ns_ino);
   e.u32(static_cast<uint32_t>(hidden.size()));
   for (int32_t k : hidden) e.i32(k);
-  e.u64(hidden_sems);
+  e.u64(hidden_a);
+  e.u64(hidden_b);
 }
 bool IpcInfoResp::decode(Decoder& d) {
   max_index = d.i32();
@@ -457,7 +458,8 @@ bool IpcInfoResp::decode(Decoder& d) {
   hidden.clear();
   hidden.resize(n);
   for (auto& k : hidden) k = d.i32();
-  hidden_sems = d.u64();
+  hidden_a = d.u64();
+  hidden_b = d.u64();
   return d.ok();
 }
 

@@ -22,8 +22,9 @@
 
 namespace dipc::ipc {
 
-inline constexpr uint32_t kProtocolVersion = 4;  // 2: ShmAtResp carries the block size; 3: kernel-backed sets;
-                                                  // 4: ShmAttachReq.view_ino, kShmDt answers ShmDtResp
+inline constexpr uint32_t kProtocolVersion = 5;  // 2: ShmAtResp carries the block size; 3: kernel-backed sets;
+                                                  // 4: ShmAttachReq.view_ino, kShmDt answers ShmDtResp;
+                                                  // 5: kernel-backed queues (kMsgCtlKernel, IpcInfoResp.hidden_b)
 inline constexpr uint32_t kMaxSops = 32768;   // hard decode bound; the home enforces semopm
 inline constexpr uint32_t kMaxSems = 65536;   // hard decode bound; the home enforces semmsl
 inline constexpr uint32_t kMaxMsgText = 1u << 20;
@@ -81,6 +82,9 @@ inline constexpr int32_t kSemCtlNsems = 0x44490001;
 // keeps for processes of other nodes on those semaphores, as the kernel's SETVAL does for local ones.
 inline constexpr int32_t kSemCtlKernel = 0x44490002;
 inline constexpr int32_t kSemCtlUndoClear = 0x44490003;
+// The same for a message queue (docs/ARCHITECTURE.md, "Message queues homed here"): msgctl pseudo-command ->
+// SemKernelResp (the kernel queue's id).
+inline constexpr int32_t kMsgCtlKernel = 0x44490004;
 
 struct HelloReq {
   uint32_t version = kProtocolVersion;
@@ -127,13 +131,14 @@ struct SemCtlReq {
   void encode(Encoder& e) const;
   bool decode(Decoder& d);
 };
-struct SemKernelResp {
-  int32_t kid = -1;     // the kernel set's id, -1: operate through the daemon
+struct SemKernelResp {     // kSemCtlKernel and kMsgCtlKernel
+  int32_t kid = -1;     // the kernel set's (queue's) id, -1: operate through the daemon
   uint64_t ns_ino = 0;  // st_ino of the daemon's /proc/self/ns/ipc: the kernel id means something only there
   int32_t daemon_pid = 0;  // a kernel GETPID of this pid: ask dipcd (the last operation came from another node)
   void encode(Encoder& e) const;
   bool decode(Decoder& d);
 };
+using KernelIdResp = SemKernelResp;
 struct SemCtlResp {
   int32_t ret = 0;              // GETVAL/GETPID/GETNCNT/GETZCNT value
   std::vector<uint16_t> vals;   // GETALL
@@ -292,11 +297,13 @@ struct IpcInfoResp {
   int32_t max_index = -1;  // the highest index of a distributed object, -1 without any
   uint32_t count = 0;      // objects
   uint64_t a = 0, b = 0;   // sums of ObjEntry a, b: sem: nsems; msg: qnum, cbytes; shm: pages of segsz, nattch
-  // Kernel sets that back distributed sets homed on the asking node (sem only), with their semaphores and the
-  // daemon's IPC namespace: the preload hides them from the kernel's *_STAT scan and *_INFO counts.
+  // Kernel sets (queues) that back distributed sets (queues) homed on the asking node, with their semaphores
+  // (messages, bytes) and the daemon's IPC namespace: the preload hides them from the kernel's *_STAT scan and
+  // *_INFO counts.
   uint64_t ns_ino = 0;
   std::vector<int32_t> hidden;
-  uint64_t hidden_sems = 0;
+  uint64_t hidden_a = 0;  // sem: semaphores; msg: messages
+  uint64_t hidden_b = 0;  // msg: bytes
   void encode(Encoder& e) const;
   bool decode(Decoder& d);
 };

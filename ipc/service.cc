@@ -45,6 +45,8 @@ Service::~Service() {
   if (rebuild_timer_) loop_.cancel_timer(rebuild_timer_);
   for (const auto& [id, k] : ksems_) ksem_registry_.remove(k->kid());
   ksems_.clear();  // removes the kernel sets: their waiters get EIDRM
+  for (const auto& [id, k] : kmsgs_) kmsg_registry_.remove(k->kid());
+  kmsgs_.clear();
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -187,7 +189,10 @@ std::vector<ObjEntry> Service::local_objects() const {
     out.push_back(ObjEntry{t, id, p.key, p.uid, p.gid, p.cuid, p.cgid, p.mode, cfg_.self, a, b});
   };
   for (const auto& [id, s] : sems_.by_id) entry(ObjType::kSem, id, s->perm(), static_cast<uint64_t>(s->nsems()), 0);
-  for (const auto& [id, q] : msgs_.by_id) entry(ObjType::kMsg, id, q->perm(), q->qnum(), q->cbytes());
+  for (const auto& [id, q] : msgs_.by_id) {
+    auto [qnum, cbytes] = msg_counts(id, *q);
+    entry(ObjType::kMsg, id, q->perm(), qnum, cbytes);
+  }
   for (const auto& [id, g] : shms_.by_id) entry(ObjType::kShm, id, g->perm(), g->size(), g->nattch());
   return out;
 }
@@ -269,8 +274,9 @@ std::string Service::status_text() const {
   }
   os << "message queues hosted: " << msgs_.by_id.size() << "\n";
   for (const auto& [id, q] : msgs_.by_id) {
-    snprintf(line, sizeof line, "  msqid %-11d key 0x%08x messages %-6zu mode %03o owner %u\n", id,
-             static_cast<unsigned>(q->perm().key), q->qnum(), q->perm().mode & 0777, q->perm().uid);
+    snprintf(line, sizeof line, "  msqid %-11d key 0x%08x messages %-6llu mode %03o owner %u%s\n", id,
+             static_cast<unsigned>(q->perm().key), static_cast<unsigned long long>(msg_counts(id, *q).first),
+             q->perm().mode & 0777, q->perm().uid, kmsgs_.count(id) ? " (kernel queue)" : "");
     os << line;
   }
   os << "shared memory segments hosted: " << shms_.by_id.size() << "\n";

@@ -22,6 +22,7 @@
 #include "common/event_loop.h"
 #include "dsm/segment.h"
 #include "ipc/ids.h"
+#include "ipc/kernel_msg.h"
 #include "ipc/kernel_sem.h"
 #include "ipc/msg_queue.h"
 #include "ipc/protocol.h"
@@ -75,6 +76,9 @@ class Service : public transport::Handler {
   // Semaphore sets homed here are backed by kernel sets (kernel_sem.h) unless `enabled` is false; `state_file`
   // keeps their kernel ids, and those a previous start left are removed now (service_ksem.cc).
   void set_kernel_sems(bool enabled, std::string state_file);
+  // Message queues homed here are backed by kernel queues (kernel_msg.h) unless `enabled` is false; as above
+  // (service_kmsg.cc).
+  void set_kernel_msgs(bool enabled, std::string state_file);
   size_t objects() const { return sems_.by_id.size() + msgs_.by_id.size() + shms_.by_id.size(); }
   dsm::Manager& dsm() { return dsm_; }
 
@@ -170,6 +174,21 @@ class Service : public transport::Handler {
   void ksem_semop(const HomeHeader& h, const SemOpReq& r, SemSet& s, KernelSemSet& k, ReplyFn& reply);
   void ksem_semctl(const HomeHeader& h, const SemCtlReq& r, SemSet& s, KernelSemSet& k, ReplyFn& reply);
   void ksem_hidden(IpcInfoResp& r) const;
+  // service_kmsg.cc: message queues homed here backed by a kernel queue
+  KernelMsgQueue* find_kmsg(int32_t id);
+  void kmsg_create(const Creds& c, int32_t id, uint16_t mode);
+  // Refreshes the MsgQueue's owner and mode from the kernel queue (its stat in `ds`); false (and the object removed)
+  // when the kernel queue was removed behind dipcd's back.
+  bool kmsg_sync(int32_t id, MsgQueue& q, KernelMsgQueue& k, struct msqid_ds& ds);
+  void kmsg_msgsnd(const HomeHeader& h, MsgSndReq& r, MsgQueue& q, KernelMsgQueue& k, ReplyFn& reply);
+  void kmsg_msgrcv(const HomeHeader& h, const MsgRcvReq& r, MsgQueue& q, KernelMsgQueue& k, ReplyFn& reply);
+  void kmsg_msgctl(const HomeHeader& h, const MsgCtlReq& r, MsgQueue& q, KernelMsgQueue& k, ReplyFn& reply);
+  // IPC_STAT (and MSG_STAT) of a kernel-backed queue for `c`: 0 or the errno; the object removed when the kernel
+  // queue is gone (EINVAL).
+  int kmsg_stat(int32_t id, MsgQueue& q, KernelMsgQueue& k, const Creds& c, MsgStat& out);
+  void kmsg_hidden(IpcInfoResp& r) const;
+  // Messages and bytes of a queue homed here, wherever they are kept.
+  std::pair<uint64_t, uint64_t> msg_counts(int32_t id, const MsgQueue& q) const;
   void shm_detach_at_home(const Creds& c, int32_t id, ReplyFn reply);
   void home_cancel(uint64_t token);
   void remove_object(ObjType type, int32_t id);
@@ -220,6 +239,9 @@ class Service : public transport::Handler {
   bool kernel_sems_ = false;
   KernelSemRegistry ksem_registry_;
   std::unordered_map<int32_t, std::unique_ptr<KernelSemSet>> ksems_;
+  bool kernel_msgs_ = false;
+  KernelMsgRegistry kmsg_registry_{{}, ObjType::kMsg};
+  std::unordered_map<int32_t, std::unique_ptr<KernelMsgQueue>> kmsgs_;
 };
 
 }  // namespace dipc::ipc

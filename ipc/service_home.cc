@@ -68,6 +68,7 @@ int Service::create_local(ObjType type, const Creds& c, int32_t key, int32_t nse
     if (int e = alloc(msgs_)) return e;
     p.seq = static_cast<uint16_t>(id_seq(id));
     msgs_.by_id[id] = std::make_unique<MsgQueue>(p, lim_, now);
+    kmsg_create(c, id, p.mode);
   } else {
     if (int e = alloc(shms_)) return e;
     // The home's frames are the segment's backing store.
@@ -236,6 +237,7 @@ void Service::home_msgsnd(const HomeHeader& h, ByteView body, ReplyFn& reply) {
   if (r.mtype < 1) return reply(EINVAL, {});
   MsgQueue* q = find_msg(r.id);
   if (!q) return reply(EINVAL, unknown_id());
+  if (KernelMsgQueue* k = find_kmsg(r.id)) return kmsg_msgsnd(h, r, *q, *k, reply);
   q->set_limits(lim_);
   Outcome o = q->send(h.token, r.mtype, std::move(r.text), r.flg, ProcKey{h.creds.node, h.creds.pid}, h.creds, now_s());
   if (!park_if_blocked(o, ObjType::kMsg, r.id, h.token, reply)) reply(o.kind == Outcome::kDone ? 0 : o.err, {});
@@ -249,6 +251,7 @@ void Service::home_msgrcv(const HomeHeader& h, ByteView body, ReplyFn& reply) {
   if ((r.flg & MSG_COPY) && ((r.flg & MSG_EXCEPT) || !(r.flg & IPC_NOWAIT))) return reply(EINVAL, {});
   MsgQueue* q = find_msg(r.id);
   if (!q) return reply(EINVAL, unknown_id());
+  if (KernelMsgQueue* k = find_kmsg(r.id)) return kmsg_msgrcv(h, r, *q, *k, reply);
   if (r.flg & MSG_COPY) q->set_limits(limits(LimitFiles::kMsgMax, true));
   Message m;
   Outcome o = q->recv(h.token, r.msgtyp, r.maxsize, r.flg, ProcKey{h.creds.node, h.creds.pid}, h.creds, now_s(), m);
@@ -262,6 +265,8 @@ void Service::home_msgctl(const HomeHeader& h, ByteView body, ReplyFn& reply) {
   if (!decode_body(body, r)) return reply(EINVAL, {});
   MsgQueue* q = find_msg(r.id);
   if (!q) return reply(EINVAL, unknown_id());
+  if (KernelMsgQueue* k = find_kmsg(r.id)) return kmsg_msgctl(h, r, *q, *k, reply);
+  if (r.cmd == kMsgCtlKernel) return reply(0, encode_body(KernelIdResp{-1, 0}));
   MsgCtlResp resp;
   int e = 0;
   switch (r.cmd) {
@@ -313,8 +318,10 @@ void Service::home_cancel(uint64_t token) {
     // A worker asleep in the kernel set: interrupted; its answer (ECANCELED, or what it got first) follows.
     if (KernelSemSet* k = find_ksem(it->second.id); k && k->cancel(token)) return;
     if (SemSet* s = find_sem(it->second.id)) s->cancel(token);
-  } else if (MsgQueue* q = find_msg(it->second.id)) {
-    q->cancel(token);
+  } else {
+    // A worker asleep in the kernel queue: as for the sets above.
+    if (KernelMsgQueue* k = find_kmsg(it->second.id); k && k->cancel(token)) return;
+    if (MsgQueue* q = find_msg(it->second.id)) q->cancel(token);
   }
   ReplyFn fn = std::move(it->second.reply);
   pending_.erase(it);
@@ -339,6 +346,10 @@ void Service::remove_object(ObjType type, int32_t id) {
     auto it = msgs_.by_id.find(id);
     waiters = it->second->remove_waiters();
     key = it->second->perm().key;
+    if (auto k = kmsgs_.find(id); k != kmsgs_.end()) {
+      kmsg_registry_.remove(k->second->kid());
+      kmsgs_.erase(k);  // IPC_RMID on the kernel queue: local waiters and workers get EIDRM
+    }
     msgs_.by_id.erase(it);
     msgs_.free.push_back(id_slot(id));
   }

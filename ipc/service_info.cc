@@ -34,6 +34,7 @@ void Service::client_ipc_info(const HomeHeader& h, uint16_t op, ByteView body, R
         r.max_index = std::max(r.max_index, stat_index(id_slot(e.id), node_rank(e.home), n));
       }
       if (req.type == ObjType::kSem) ksem_hidden(r);
+      if (req.type == ObjType::kMsg) kmsg_hidden(r);
       reply(0, encode_body(r));
     });
   }
@@ -76,7 +77,8 @@ void Service::home_stat_slot(const HomeHeader& h, ByteView body, ReplyFn& reply)
     int32_t id = id_of(msgs_);
     if (MsgQueue* q = find_msg(id)) {
       MsgCtlResp r;
-      if (!(err = q->stat(c, r.stat))) {
+      KernelMsgQueue* k = find_kmsg(id);
+      if (!(err = k ? kmsg_stat(id, *q, *k, c, r.stat) : q->stat(c, r.stat))) {
         IdResp{id}.encode(e);
         r.encode(e);
       }

@@ -200,7 +200,7 @@ void Service::ksem_hidden(IpcInfoResp& r) const {
   r.ns_ino = KernelSemSet::ipc_namespace();
   for (const auto& [id, k] : ksems_) {
     r.hidden.push_back(k->kid());
-    r.hidden_sems += static_cast<uint64_t>(k->nsems());
+    r.hidden_a += static_cast<uint64_t>(k->nsems());
   }
 }
 

@@ -293,15 +293,12 @@ int table_stat(ipc::ObjType t, int index, bool any, Buf* buf, Kernel call_kernel
 
 // ---- semaphores ----
 
-// A set homed on this node is backed by a kernel set in its dipcd's IPC namespace (ipc/kernel_sem.h): when this
-// program shares that namespace, its semop/semtimedop and its GETVAL/GETALL/GETNCNT/GETZCNT/GETPID/SETVAL/SETALL go
-// to the kernel set directly, at the kernel's speed, and the kernel checks its permissions. The kernel id is asked
-// once per set (kSemCtlKernel) and kept in a small lock-free table (the seccomp SIGSYS path runs here too); it is
-// used for nothing but the kernel call. IPC_STAT, IPC_SET and IPC_RMID stay with dipcd, which keeps both in step.
-namespace ksem {
-constexpr size_t kEntries = 1024;
-std::atomic<uint64_t> table[kEntries];  // (dipc id << 32) | (kernel id + 1); kernel id + 1 == 0: none
-
+// A set (queue) homed on this node is backed by a kernel set (queue) in its dipcd's IPC namespace
+// (ipc/kernel_sem.h, ipc/kernel_msg.h): when this program shares that namespace, its semop/semtimedop and its
+// GETVAL/GETALL/GETNCNT/GETZCNT/GETPID/SETVAL/SETALL (its msgsnd/msgrcv) go to the kernel object directly, at the
+// kernel's speed, and the kernel checks its permissions. The kernel id is asked once per object (kSemCtlKernel,
+// kMsgCtlKernel) and kept in a small lock-free table (the seccomp SIGSYS path runs here too); it is used for nothing
+// but the kernel call. IPC_STAT, IPC_SET and IPC_RMID stay with dipcd, which keeps both in step.
 uint64_t own_namespace() {
   static const uint64_t ns = [] {
     struct stat st;
@@ -310,57 +307,105 @@ uint64_t own_namespace() {
   return ns;
 }
 
-std::atomic<int> daemon_pid{0};  // dipcd's pid as the kernel records it in sempid
+// `Req`: the type's ctl request (SemCtlReq, MsgCtlReq), sent as `op` with the pseudo-command `cmd`.
+template <typename Req, uint16_t op, int32_t cmd>
+class KernelIds {
+ public:
+  static constexpr int kInterrupted = -2;
+  std::atomic<int> daemon_pid{0};  // dipcd's pid as the kernel records it (sempid, msg_lspid, msg_lrpid)
 
-std::atomic<uint64_t>& slot(int id) { return table[static_cast<uint32_t>(id) % kEntries]; }
+  // The kernel id if this process already knows it (nothing asked): true and *kid (-1: none).
+  bool cached(int id, int* kid) {
+    uint64_t e = slot(id).load(std::memory_order_acquire);
+    if (e == 0 || static_cast<uint32_t>(e >> 32) != static_cast<uint32_t>(id)) return false;
+    *kid = static_cast<int>(static_cast<uint32_t>(e)) - 1;
+    return true;
+  }
 
-constexpr int kInterrupted = -2;
-// The kernel id behind a distributed set; -1: call dipcd; kInterrupted (only with `interruptible`): a signal handler
-// ran while the id was asked, so the semop must act as if interrupted before it slept.
-// The kernel id if this process already knows it (nothing asked): true and *kid (-1: none).
-bool cached(int id, int* kid) {
-  uint64_t e = slot(id).load(std::memory_order_acquire);
-  if (e == 0 || static_cast<uint32_t>(e >> 32) != static_cast<uint32_t>(id)) return false;
-  *kid = static_cast<int>(static_cast<uint32_t>(e)) - 1;
-  return true;
-}
+  // The kernel id behind a distributed object; -1: call dipcd; kInterrupted (only with `interruptible`): a signal
+  // handler ran while the id was asked, so the call must act as if interrupted before it slept.
+  int kernel_id(int id, bool interruptible = false) {
+    if (int kid; cached(id, &kid)) return kid;
+    Req q;
+    q.id = id;
+    q.cmd = cmd;
+    ipc::KernelIdResp resp;
+    Reply r;
+    // Asked from inside semop/msgsnd/msgrcv: like the operation itself, it polls rather than sleeps for the answer,
+    // so a process seen sleeping in one is a registered waiter (issue 9 item 3), never one still asking for the id.
+    Wait w;
+    w.interruptible = interruptible;
+    dipc::preload::call(op, ipc::encode_body(q), r, w, [&](ByteView b) { return decodes(b, resp); });
+    if (r.interrupted) return kInterrupted;
+    if (r.status || r.unknown_id()) return -1;  // the normal path gives the answer
+    int kid = resp.kid >= 0 && resp.ns_ino != 0 && resp.ns_ino == own_namespace() ? resp.kid : -1;
+    if (kid >= 0) daemon_pid.store(resp.daemon_pid, std::memory_order_relaxed);
+    slot(id).store((static_cast<uint64_t>(static_cast<uint32_t>(id)) << 32) | static_cast<uint32_t>(kid + 1),
+                   std::memory_order_release);
+    return kid;
+  }
 
-int kernel_id(int id, bool interruptible = false) {
-  if (int kid; cached(id, &kid)) return kid;
-  ipc::SemCtlReq q;
-  q.id = id;
-  q.cmd = ipc::kSemCtlKernel;
-  ipc::SemKernelResp resp;
-  Reply r;
-  // Asked from inside semop: like the operation itself, it polls rather than sleeps for the answer, so a process
-  // seen sleeping in semop is a registered waiter (issue 9 item 3), never one still asking for the kernel id.
-  Wait w;
-  w.interruptible = interruptible;
-  dipc::preload::call(ipc::kSemCtl, ipc::encode_body(q), r, w, [&](ByteView b) { return decodes(b, resp); });
-  if (r.interrupted) return kInterrupted;
-  if (r.status || r.unknown_id()) return -1;  // the normal path gives the answer
-  int kid = resp.kid >= 0 && resp.ns_ino != 0 && resp.ns_ino == own_namespace() ? resp.kid : -1;
-  if (kid >= 0) daemon_pid.store(resp.daemon_pid, std::memory_order_relaxed);
-  slot(id).store((static_cast<uint64_t>(static_cast<uint32_t>(id)) << 32) | static_cast<uint32_t>(kid + 1),
-                 std::memory_order_release);
-  return kid;
-}
+  void forget(int id) {
+    uint64_t e = slot(id).load(std::memory_order_acquire);
+    if (static_cast<uint32_t>(e >> 32) == static_cast<uint32_t>(id)) slot(id).compare_exchange_strong(e, 0);
+  }
 
-void forget(int id) {
-  uint64_t e = slot(id).load(std::memory_order_acquire);
-  if (static_cast<uint32_t>(e >> 32) == static_cast<uint32_t>(id)) slot(id).compare_exchange_strong(e, 0);
-}
+ private:
+  static constexpr size_t kEntries = 1024;
+  std::atomic<uint64_t>& slot(int id) { return table_[static_cast<uint32_t>(id) % kEntries]; }
+  std::atomic<uint64_t> table_[kEntries] = {};  // (dipc id << 32) | (kernel id + 1); kernel id + 1 == 0: none
+};
 
-// Whether a kernel set found by a *_STAT scan backs a distributed set homed here (dipcd hides those).
-bool hidden(int kid, const struct semid_ds* user_buf) {
-  struct semid_ds ds;
-  if (!dipc::preload::copy_in(&ds, user_buf, sizeof ds) || ds.sem_perm.__key != IPC_PRIVATE) return false;
-  auto d = dipc_info(ipc::ObjType::kSem);
+KernelIds<ipc::SemCtlReq, ipc::kSemCtl, ipc::kSemCtlKernel> ksem;
+KernelIds<ipc::MsgCtlReq, ipc::kMsgCtl, ipc::kMsgCtlKernel> kmsg;
+
+// Whether a private kernel object of type `t` found by a *_STAT scan backs a distributed one homed here (dipcd hides
+// those).
+bool hidden(ipc::ObjType t, int kid, int32_t key) {
+  if (key != IPC_PRIVATE) return false;
+  auto d = dipc_info(t);
   return d && d->ns_ino == own_namespace() && std::find(d->hidden.begin(), d->hidden.end(), kid) != d->hidden.end();
 }
-}  // namespace ksem
 
-// interrupted: a signal handler already ran in this call (ksem::kInterrupted): the operation is tried without
+// The kernel's *_STAT at an index of its own (`call_kernel`), with the kernel objects behind distributed ones homed
+// here left out (EINVAL, as an unused index); `key_of` reads the key from the buffer the kernel filled.
+template <typename Ds, typename Kernel, typename Key>
+int visible_stat(ipc::ObjType t, const Ds* buf, Kernel call_kernel, Key key_of) {
+  int r = call_kernel();
+  if (r < 0) return r;
+  return guarded([&] {
+    Ds ds;
+    if (!dipc::preload::copy_in(&ds, buf, sizeof ds)) return r;
+    return hidden(t, r, key_of(ds)) ? fail(EINVAL) : r;
+  });
+}
+
+// A call on a distributed object backed by a kernel object (`ids`): an object whose kernel id this process knows
+// goes straight to the kernel. Else the kernel id is asked first, and the asking and the operation are one call to
+// the program: signals stay blocked across both (CallGate), so a signal that arrives between them interrupts the
+// operation (EINTR where it would sleep) instead of running its handler and leaving the operation asleep.
+// `kernel_call(id)`: the kernel's call; `via_daemon(interrupted)`: the call through dipcd (nullopt: the kernel's),
+// with `interrupted`: tried without waiting, EINTR where it would have to wait.
+template <class Ids, class KernelCall, class DaemonCall>
+auto kernel_first(Ids& ids, int id, KernelCall kernel_call, DaemonCall via_daemon) -> decltype(kernel_call(0)) {
+  if (int kid; ids.cached(id, &kid)) {
+    if (kid >= 0) return kernel_call(kid);
+    auto r = via_daemon(false);  // no kernel object here: the call through dipcd alone, as before
+    return r ? *r : kernel_call(id);
+  }
+  dipc::preload::CallGate gate;
+  int kid = ids.kernel_id(id, true);
+  bool interrupted = kid == Ids::kInterrupted || gate.signal_pending();
+  if (kid >= 0 && !interrupted) {
+    gate.release();
+    return kernel_call(kid);
+  }
+  auto r = via_daemon(interrupted);
+  gate.release();
+  return r ? *r : kernel_call(id);
+}
+
+// interrupted: a signal handler already ran in this call (KernelIds::kInterrupted): the operation is tried without
 // waiting, and where it would have to wait the call fails with EINTR, as the kernel's check for a pending signal
 // before it sleeps.
 std::optional<int> dipc_semop(int id, struct sembuf* user_sops, size_t nsops, const struct timespec* user_timeout,
@@ -404,26 +449,12 @@ std::optional<int> dipc_semop(int id, struct sembuf* user_sops, size_t nsops, co
   return r->status ? fail(r->status) : 0;
 }
 
-// semop/semtimedop on a distributed set. A set whose kernel id this process knows goes straight to the kernel. Else
-// the kernel id is asked first, and the asking and the operation are one call to the program: signals stay blocked
-// across both (CallGate), so a signal that arrives between them interrupts the operation (EINTR where it would
-// sleep) instead of running its handler and leaving the operation asleep. `kernel_call(id)`: the kernel's semop.
+// semop/semtimedop on a distributed set (kernel_first). `kernel_call(id)`: the kernel's semop.
 template <class KernelCall>
 int dipc_semop_call(int semid, struct sembuf* sops, size_t nsops, const struct timespec* timeout,
                     KernelCall kernel_call) {
-  if (int kid; ksem::cached(semid, &kid) && kid >= 0) return kernel_call(kid);
-  dipc::preload::CallGate gate;
-  int kid = ksem::kernel_id(semid, true);
-  bool interrupted = kid == ksem::kInterrupted || gate.signal_pending();
-  if (kid >= 0 && !interrupted) {
-    gate.release();
-    return kernel_call(kid);
-  }
-  // Interrupted before it could sleep: tried without waiting at the home (a kernel set there too), EINTR if it
-  // would have to wait.
-  auto r = dipc_semop(semid, sops, nsops, timeout, interrupted);
-  gate.release();
-  return r ? *r : kernel_call(semid);
+  return kernel_first(ksem, semid, kernel_call,
+                      [&](bool interrupted) { return dipc_semop(semid, sops, nsops, timeout, interrupted); });
 }
 
 // nsems of a distributed set, for SETALL. nullopt: the kernel answers; else 0 or -1 with errno.
@@ -661,16 +692,14 @@ int semctl(int semid, int semnum, int cmd, ...) {
       if (cmd != SEM_INFO) return;
       arg.info->semusz += static_cast<int>(d.count);
       arg.info->semaem += static_cast<int>(d.a);
-      if (d.ns_ino == ksem::own_namespace()) {  // the kernel's counts include the sets behind ours
+      if (d.ns_ino == own_namespace()) {  // the kernel's counts include the sets behind ours
         arg.info->semusz -= static_cast<int>(d.hidden.size());
-        arg.info->semaem -= static_cast<int>(d.hidden_sems);
+        arg.info->semaem -= static_cast<int>(d.hidden_a);
       }
     });
   if (cmd == SEM_STAT || cmd == SEM_STAT_ANY) {
     auto k_visible = [&] {
-      int r = k();
-      if (r < 0) return r;
-      return guarded([&] { return ksem::hidden(r, arg.buf) ? fail(EINVAL) : r; });
+      return visible_stat(ipc::ObjType::kSem, arg.buf, k, [](const semid_ds& ds) { return ds.sem_perm.__key; });
     };
     return table_stat<ipc::SemCtlResp>(ipc::ObjType::kSem, semid, cmd == SEM_STAT_ANY, arg.buf, k_visible);
   }
@@ -684,10 +713,10 @@ int semctl(int semid, int semnum, int cmd, ...) {
       case GETALL:
       case SETVAL:
       case SETALL:
-        if (int kid = ksem::kernel_id(semid); kid >= 0) {
+        if (int kid = ksem.kernel_id(semid); kid >= 0) {
           int r = kernel(&Real::semctl, kid, semnum, cmd, arg);
           // dipcd made the last change for a process of another node: it knows that process's pid.
-          if (cmd == GETPID && r > 0 && r == ksem::daemon_pid.load(std::memory_order_relaxed)) break;
+          if (cmd == GETPID && r > 0 && r == ksem.daemon_pid.load(std::memory_order_relaxed)) break;
           if (r == 0 && (cmd == SETVAL || cmd == SETALL)) {
             // dipcd forgets the SEM_UNDO adjustments of other nodes' processes, as the kernel did for local ones.
             int saved = errno;
@@ -706,7 +735,7 @@ int semctl(int semid, int semnum, int cmd, ...) {
         break;
     }
     auto r = dipc_semctl(semid, semnum, cmd, arg);
-    if (cmd == IPC_RMID && r && *r == 0) ksem::forget(semid);
+    if (cmd == IPC_RMID && r && *r == 0) ksem.forget(semid);
     return r ? *r : k();
   });
 }
@@ -721,16 +750,29 @@ int msgget(key_t key, int msgflg) {
 int msgsnd(int msqid, const void* msgp, size_t msgsz, int msgflg) {
   if (!ipc::is_dipc_id(msqid)) return kernel(&Real::msgsnd, msqid, msgp, msgsz, msgflg);
   return guarded([&] {
-    auto r = dipc_msgsnd(msqid, msgp, msgsz, msgflg);
-    return r ? *r : kernel(&Real::msgsnd, msqid, msgp, msgsz, msgflg);
+    return kernel_first(
+        kmsg, msqid, [&](int id) { return kernel(&Real::msgsnd, id, msgp, msgsz, msgflg); },
+        [&](bool interrupted) -> std::optional<int> {
+          if (!interrupted || (msgflg & IPC_NOWAIT)) return dipc_msgsnd(msqid, msgp, msgsz, msgflg);
+          // Interrupted before it could sleep: sent if there is room, else EINTR.
+          auto r = dipc_msgsnd(msqid, msgp, msgsz, msgflg | IPC_NOWAIT);
+          return r && *r < 0 && errno == EAGAIN ? fail(EINTR) : r;
+        });
   });
 }
 
 ssize_t msgrcv(int msqid, void* msgp, size_t msgsz, long msgtyp, int msgflg) {
   if (!ipc::is_dipc_id(msqid)) return kernel(&Real::msgrcv, msqid, msgp, msgsz, msgtyp, msgflg);
   return guarded([&] {
-    auto r = dipc_msgrcv(msqid, msgp, msgsz, msgtyp, msgflg);
-    return r ? *r : kernel(&Real::msgrcv, msqid, msgp, msgsz, msgtyp, msgflg);
+    return kernel_first(
+        kmsg, msqid, [&](int id) { return kernel(&Real::msgrcv, id, msgp, msgsz, msgtyp, msgflg); },
+        [&](bool interrupted) -> std::optional<ssize_t> {
+          // MSG_COPY never waits (without IPC_NOWAIT it is EINVAL, which must stay so).
+          if (!interrupted || (msgflg & (IPC_NOWAIT | MSG_COPY))) return dipc_msgrcv(msqid, msgp, msgsz, msgtyp, msgflg);
+          // Interrupted before it could sleep: a message if there is one, else EINTR.
+          auto r = dipc_msgrcv(msqid, msgp, msgsz, msgtyp, msgflg | IPC_NOWAIT);
+          return r && *r < 0 && errno == ENOMSG ? fail(EINTR) : r;
+        });
   });
 }
 
@@ -744,12 +786,22 @@ int msgctl(int msqid, int cmd, struct msqid_ds* buf) {
       info->msgpool += static_cast<int>(d.count);
       info->msgmap += static_cast<int>(d.a);
       info->msgtql += static_cast<int>(d.b);
+      if (d.ns_ino == own_namespace()) {  // the kernel's counts include the queues behind ours
+        info->msgpool -= static_cast<int>(d.hidden.size());
+        info->msgmap -= static_cast<int>(d.hidden_a);
+        info->msgtql -= static_cast<int>(d.hidden_b);
+      }
     });
-  if (cmd == MSG_STAT || cmd == MSG_STAT_ANY)
-    return table_stat<ipc::MsgCtlResp>(ipc::ObjType::kMsg, msqid, cmd == MSG_STAT_ANY, buf, k);
+  if (cmd == MSG_STAT || cmd == MSG_STAT_ANY) {
+    auto k_visible = [&] {
+      return visible_stat(ipc::ObjType::kMsg, buf, k, [](const msqid_ds& ds) { return ds.msg_perm.__key; });
+    };
+    return table_stat<ipc::MsgCtlResp>(ipc::ObjType::kMsg, msqid, cmd == MSG_STAT_ANY, buf, k_visible);
+  }
   if (!ipc::is_dipc_id(msqid)) return k();
   return guarded([&] {
     auto r = dipc_msgctl(msqid, cmd, buf);
+    if (cmd == IPC_RMID && r && *r == 0) kmsg.forget(msqid);
     return r ? *r : k();
   });
 }

@@ -400,14 +400,91 @@ TEST_F(PolicyAll, SemaphoresHomedHereAreKernelSetsTheHomesProgramsUseDirectly) {
   EXPECT_EQ(field(op(1, {"getval:" + id + ":0"}), "getval"), "-1 EINVAL");
 }
 
+// The kernel id of the private kernel queue on `node` with mode `mode` ("" if none), from the node's
+// /proc/sysvipc/msg (key, msqid, perms, ...), read without the preload.
+std::string kernel_queue(SimCluster& c, int node, const std::string& mode) {
+  auto r = c.run(node, {"/bin/sh", "-c", "awk '$1 == 0 && $3 == " + mode + " {print $2}' /proc/sysvipc/msg"}, 10, false);
+  std::string out = r.out;
+  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+  return out;
+}
+
+// Waits (bounded) until process `pid` sleeps (state S): for a dipc call, registered at its home.
+bool sleeping(pid_t pid) {
+  for (auto end = std::chrono::steady_clock::now() + std::chrono::seconds(30); std::chrono::steady_clock::now() < end;) {
+    std::string st = slurp("/proc/" + std::to_string(pid) + "/stat");
+    size_t e = st.rfind(')');
+    if (e != std::string::npos && e + 2 < st.size() && st[e + 2] == 'S') return true;
+    sched_yield();
+  }
+  return false;
+}
+
+TEST_F(PolicyAll, QueuesHomedHereAreKernelQueuesTheHomesProgramsUseDirectly) {
+  // A queue homed on node1 is a kernel queue in node1's IPC namespace: node1's programs call msgsnd/msgrcv on it
+  // (issue 9 item 9: the kernel's speed), node2's go through dipcd; both see one queue, the kernel checks node1's
+  // programs against the queue's owner and mode, and node2's as themselves.
+  if (!c().namespaced()) GTEST_SKIP() << "needs an IPC namespace per node (root)";
+  std::string id = field(op(1, {"msgget:0x5a1002:creat+0640"}), "msgget");
+  ASSERT_TRUE(is_dipc_id(id)) << id;
+  std::string kid = kernel_queue(c(), 1, "640");
+  ASSERT_FALSE(kid.empty()) << "no kernel queue of mode 640 on node1";
+  ASSERT_EQ(kid.find('\n'), std::string::npos) << kid;
+  // node2's message lands in the kernel queue; msg_lspid is the sender's pid on its node.
+  auto out2 = op(2, {"pid", "msgsnd:" + id + ":5:remote:0"});
+  EXPECT_EQ(field(out2, "msgsnd"), "0");
+  EXPECT_EQ(field(op(1, {"msgrcv:" + kid + ":0:100:nowait+copy"}, false), "msgrcv"), "6 type=5 text=remote");
+  EXPECT_EQ(field(op(1, {"msgpids:" + id}), "msgpids"), "0 lspid=" + field(out2, "pid") + " lrpid=0");
+  // node1's programs use the kernel queue itself.
+  auto out1 = op(1, {"pid", "msgrcv:" + id + ":0:100:nowait", "msgsnd:" + id + ":7:local:0"});
+  EXPECT_EQ(field(out1, "msgrcv"), "6 type=5 text=remote");
+  EXPECT_EQ(field(op(1, {"msgstat:" + kid}, false), "msgstat").substr(0, 17), "0 qnum=1 cbytes=5");
+  std::string pid1 = field(out1, "pid");
+  EXPECT_EQ(field(op(2, {"msgpids:" + id}), "msgpids"), "0 lspid=" + pid1 + " lrpid=" + pid1);
+  EXPECT_EQ(field(op(2, {"msgrcv:" + id + ":0:100:nowait"}), "msgrcv"), "5 type=7 text=local");
+
+  // A receiver of node2 that must wait sleeps in the kernel queue; node1's msgsnd wakes it.
+  auto b = c().spawn(2, {SimCluster::prog("blocker"), "none", "msgrcv", id});
+  ASSERT_TRUE(c().wait_output(b, "blocking", 30));
+  ASSERT_TRUE(sleeping(b.pid));
+  EXPECT_EQ(field(op(1, {"msgsnd:" + id + ":3:wake:0"}), "msgsnd"), "0");
+  EXPECT_EQ(field(c().wait(b, 30).out, "result"), "4");
+
+  // Mode 0640, owner root: nobody on node1 may neither read nor write, as the kernel says (EACCES).
+  auto nobody = c().run(1, {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", SimCluster::prog("ipcop"),
+                            "msgsnd:" + id + ":1:x:nowait", "msgrcv:" + id + ":0:10:nowait"});
+  EXPECT_EQ(field(nobody.out, "msgsnd"), "-1 EACCES") << nobody.out << nobody.err;
+  EXPECT_EQ(field(nobody.out, "msgrcv"), "-1 EACCES") << nobody.out << nobody.err;
+
+  // A receiver of node2 waiting as nobody loses its right when the owner takes it away (IPC_SET): the kernel wakes
+  // it and checks it again, as nobody, as it would a local receiver: EACCES (never dipcd's root rights).
+  std::string open_id = field(op(1, {"msgget:0x5a1003:creat+0666"}), "msgget");
+  auto nb = c().spawn(2, {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", SimCluster::prog("blocker"),
+                          "none", "msgrcv", open_id});
+  ASSERT_TRUE(c().wait_output(nb, "blocking", 30));
+  ASSERT_TRUE(sleeping(nb.pid));
+  EXPECT_EQ(field(op(1, {"msgset:" + open_id + ":0600"}), "msgset"), "0");
+  EXPECT_EQ(field(c().wait(nb, 30).out, "result"), "-1 EACCES");
+
+  // IPC_RMID through dipc removes the kernel queue.
+  EXPECT_EQ(field(op(1, {"msgrm:" + id, "msgrm:" + open_id}), "msgrm"), "0");
+  EXPECT_EQ(kernel_queue(c(), 1, "640"), "");
+  EXPECT_EQ(field(op(1, {"msgsnd:" + id + ":1:x:nowait"}), "msgsnd"), "-1 EINVAL");
+}
+
 TEST_F(PolicyAll, AKernelSetLeftByACrashedDaemonIsRemovedAtItsNextStart) {
-  // dipcd killed with SIGKILL leaves its kernel sets behind; the next start removes them before it hands out any
-  // id, so a process holding the old kernel id finds nothing (EINVAL), never a set of the new incarnation.
+  // dipcd killed with SIGKILL leaves its kernel sets and queues behind; the next start removes them before it hands
+  // out any id, so a process holding the old kernel id finds nothing (EINVAL), never an object of the new
+  // incarnation.
   if (!c().namespaced()) GTEST_SKIP() << "needs an IPC namespace per node (root)";
   std::string id = field(op(3, {"semget:0:3:creat+0604"}), "semget");
   ASSERT_TRUE(is_dipc_id(id)) << id;
   std::string kid = kernel_set(c(), 3, 3, "604");
   ASSERT_FALSE(kid.empty());
+  std::string qid = field(op(3, {"msgget:0:creat+0602"}), "msgget");
+  ASSERT_TRUE(is_dipc_id(qid)) << qid;
+  std::string kqid = kernel_queue(c(), 3, "602");
+  ASSERT_FALSE(kqid.empty());
   std::string pid = slurp(c().dir() + "/node3.dipcd.pid");
   ASSERT_FALSE(pid.empty());
   pid_t p = std::stoi(pid);
@@ -425,6 +502,9 @@ TEST_F(PolicyAll, AKernelSetLeftByACrashedDaemonIsRemovedAtItsNextStart) {
   EXPECT_EQ(kernel_set(c(), 3, 3, "604"), "");
   EXPECT_EQ(field(op(3, {"getval:" + kid + ":0"}, false), "getval"), "-1 EINVAL");
   EXPECT_EQ(field(op(3, {"getval:" + id + ":0"}), "getval"), "-1 EINVAL");
+  EXPECT_EQ(kernel_queue(c(), 3, "602"), "");
+  EXPECT_EQ(field(op(3, {"msgsnd:" + kqid + ":1:x:nowait"}, false), "msgsnd"), "-1 EINVAL");
+  EXPECT_EQ(field(op(3, {"msgsnd:" + qid + ":1:x:nowait"}), "msgsnd"), "-1 EINVAL");
 }
 
 }  // namespace

@@ -7,6 +7,8 @@
  *   setval:ID:N:V  getval:ID:N  getncnt:ID:N  getzcnt:ID:N  getpid:ID:N  getall:ID  setall:ID:V,V,...
  *   semstat:ID  semset:ID:MODE  semrm:ID
  *   msgsnd:ID:TYPE:TEXT:FLAGS  msgrcv:ID:TYPE:MAXSIZE:FLAGS  msgstat:ID  msgqbytes:ID:N  msgrm:ID
+ *   msgset:ID:MODE (IPC_SET of the mode)  msgpids:ID ("msgpids=0 lspid=P lrpid=P" of IPC_STAT)
+ *   pid                      prints "pid=N", this process's pid
  *   (FLAGS also: copy = MSG_COPY, huge = SHM_HUGETLB)
  *   shmget:KEY:SIZE:FLAGS  shmrm:ID  shmat:ID:FLAGS (FLAGS: rdonly = SHM_RDONLY)  shmdt (the last shmat's address)
  *   shmnattch:ID             shm_nattch of IPC_STAT       shmset:ID:MODE   IPC_SET of the mode
@@ -238,6 +240,21 @@ int main(int argc, char **argv) {
         r = msgctl((int)num(a[1]), IPC_SET, &ds);
       }
       report(name, r);
+    } else if (!strcmp(name, "msgset")) {
+      struct msqid_ds ds;
+      int r = msgctl((int)num(a[1]), IPC_STAT, &ds);
+      if (r == 0) {
+        ds.msg_perm.mode = (unsigned short)num(a[2]);
+        r = msgctl((int)num(a[1]), IPC_SET, &ds);
+      }
+      report(name, r);
+    } else if (!strcmp(name, "msgpids")) {
+      struct msqid_ds ds;
+      int r = msgctl((int)num(a[1]), IPC_STAT, &ds);
+      if (r < 0) report(name, r);
+      else printf("msgpids=0 lspid=%d lrpid=%d\n", (int)ds.msg_lspid, (int)ds.msg_lrpid);
+    } else if (!strcmp(name, "pid")) {
+      printf("pid=%d\n", (int)getpid());
     } else if (!strcmp(name, "msgrm")) {
       report(name, msgctl((int)num(a[1]), IPC_RMID, NULL));
     } else if (!strcmp(name, "shmget")) {
