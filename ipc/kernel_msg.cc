@@ -98,7 +98,10 @@ int KernelMsgQueue::stat(struct msqid_ds& out) const {
   if (msgctl(kid_, IPC_STAT, &out) != 0) return errno;
   pid_t self = getpid();
   if (out.msg_lspid == self) out.msg_lspid = remote_pid_[0].load();
-  if (out.msg_lrpid == self) out.msg_lrpid = remote_pid_[1].load();
+  // A message the kernel handed straight to a waiting receiver (pipelined_send()) records that receiver's thread
+  // id: a worker's, here.
+  if (out.msg_lrpid == self || (out.msg_lrpid != 0 && out.msg_lrpid == remote_pid_[2].load()))
+    out.msg_lrpid = remote_pid_[1].load();
   return 0;
 }
 
@@ -165,6 +168,7 @@ bool KernelMsgQueue::start_recv(uint64_t token, const Creds& c, size_t maxsize, 
     long n = syscall(kMsgrcv, kid, b.data(), maxsize, static_cast<long>(msgtyp), flg);
     if (n >= 0) {
       take_message(b.data(), static_cast<size_t>(n), *got);
+      pids[2].store(static_cast<int32_t>(syscall(SYS_gettid)));
       pids[1].store(c.pid);
       return 0;
     }

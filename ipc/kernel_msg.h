@@ -68,8 +68,9 @@ class KernelMsgQueue {
   KernelMsgQueue(EventLoop& loop, int kid) : kid_(kid), waits_(loop) {}
 
   int kid_;
-  // The pid (on its node) of the last sender / receiver dipcd acted for; written by workers too.
-  std::unique_ptr<std::atomic<int32_t>[]> remote_pid_{new std::atomic<int32_t>[2]()};
+  // The pid (on its node) of the last sender / receiver dipcd acted for, and the thread id of the last worker that
+  // received; written by workers too.
+  std::unique_ptr<std::atomic<int32_t>[]> remote_pid_{new std::atomic<int32_t>[3]()};
   KernelWaits waits_;  // last: destroyed (its workers joined) before remote_pid_
 };
 
