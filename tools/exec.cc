@@ -275,7 +275,9 @@ bool ours(const seccomp_notif& q, bool& may_block) {
     case SYS_semctl:  // SEM_STAT at every index: the preload hides the kernel sets behind distributed ones
       if (static_cast<int>(a[2]) == SEM_STAT || static_cast<int>(a[2]) == SEM_STAT_ANY) return true;
       return table(static_cast<int>(a[2]), SEM_INFO, SEM_STAT, SEM_STAT_ANY);
-    case SYS_msgctl: return table(static_cast<int>(a[1]), MSG_INFO, MSG_STAT, MSG_STAT_ANY);
+    case SYS_msgctl:  // MSG_STAT at every index: the same for the kernel queues behind distributed queues
+      if (static_cast<int>(a[1]) == MSG_STAT || static_cast<int>(a[1]) == MSG_STAT_ANY) return true;
+      return table(static_cast<int>(a[1]), MSG_INFO, MSG_STAT, MSG_STAT_ANY);
     case SYS_shmctl: return table(static_cast<int>(a[1]), SHM_INFO, SHM_STAT, SHM_STAT_ANY);
     case SYS_shmat: return is_dipc_id(id);
     default: return false;

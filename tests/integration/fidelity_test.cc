@@ -127,10 +127,11 @@ TEST_F(PolicyAll, StatScansFindTheObjectsOfEveryNode) {
       std::string out = op(1, {"scan:" + t + any});
       EXPECT_EQ(scan_result(out), "3 used=3 keys=0,0x5a0001,0x5a0002") << out;
     }
-    // The kernel of node1 alone knows none of them, but for the kernel set behind the semaphore set homed there
-    // (docs/ARCHITECTURE.md, "Semaphores homed here"), which the preload's scan hides.
+    // The kernel of node1 alone knows none of them, but for the kernel set (queue) behind the semaphore set (message
+    // queue) homed there (docs/ARCHITECTURE.md, "Semaphores homed here", "Message queues homed here"), which the
+    // preload's scan hides.
     if (c().namespaced()) {
-      EXPECT_EQ(scan_result(op(1, {"scan:" + t}, false)), t == "sem" ? "1 used=1 keys=0" : "0 used=0 keys=");
+      EXPECT_EQ(scan_result(op(1, {"scan:" + t}, false)), t == "shm" ? "0 used=0 keys=" : "1 used=1 keys=0");
     }
     std::string rm = t == "sem" ? "semrm:" : t == "msg" ? "msgrm:" : "shmrm:";
     op(2, {rm + a});
