@@ -438,6 +438,27 @@ TEST_P(TransportConformance, WriteNotifyDeliversItsMessageAfterTheData) {
   }
 }
 
+TEST_P(TransportConformance, AWriteNotifyCompletesOnceAndItsSourceRegionCanBeDeregistered) {
+  // The writer may learn late that the write completed (verbs posts it unsignalled, so the writer's daemon is not
+  // woken for it): its callback still runs once, with success, and deregistering the source waits for it.
+  std::vector<uint8_t> frame(4096, 0), block(4096, 0x5a);
+  auto r = b().tr->register_region(frame.data(), frame.size());
+  auto l = a().tr->register_region(block.data(), block.size());
+  ASSERT_TRUE(r && l);
+  std::vector<Status> got;
+  for (int i = 0; i < 3; ++i)
+    ASSERT_TRUE(a().tr->write_notify(*l, 0, r->remote, 0, block.size(), kOpMsg, Bytes{1},
+                                     [&](Status st) { got.push_back(st); }));
+  ASSERT_TRUE(pump([&] { return b().messages.size() == 3; }));
+  EXPECT_EQ(frame[4095], 0x5a);
+  bool done = false;
+  a().tr->deregister_region(l->id, [&] { done = true; });
+  ASSERT_TRUE(pump([&] { return done && got.size() == 3; }));
+  for (const Status& st : got) EXPECT_TRUE(st) << st.str();
+  for (int i = 0; i < 20; ++i) env_->run_once();
+  EXPECT_EQ(got.size(), 3u) << "a write_notify completed twice";
+}
+
 TEST_P(TransportConformance, AFenceOrdersOneSidedOperationsEvenWhenTheFabricReorders) {
   if (auto* lb = dynamic_cast<LoopbackEnv*>(env_.get())) lb->fabric().set_reorder(true);
   std::vector<uint8_t> cell(8, 0), one(8, 1), two(8, 2);
