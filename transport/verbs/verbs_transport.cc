@@ -1332,6 +1332,7 @@ class VerbsTransport final : public Transport {
       auto it = links_.find(lid);
       if (it == links_.end()) return total;
       Link& l = *it->second;
+      if (!l.cq) return total;  // a link still resolving its address has no CQ yet (the poller sees every link)
       int n = ibv_poll_cq(l.cq.get(), 32, wc);
       if (n <= 0) return total;
       total += n;
