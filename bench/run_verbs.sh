@@ -29,7 +29,8 @@
 # At the end: per figure the median over the rounds of the per-round ratio, with min..max, and the load averages
 # (the host's, sampled outside, and the VM's). ib_send_lat's t_typical is half a round trip: a semaphore round trip
 # is compared with twice it. Absolute times under emulation mean nothing; ratios of one run do. Measured length
-# (2026-12-01, host load 4-10): see docs/PERFORMANCE.md, "Fourth session".
+# (2026-12-01, host load 5-7): clusters 4 min, a round of 5 sides with 50 iterations 10 min (docs/PERFORMANCE.md,
+# "Fourth session"); fewer sides (DIPC_VERBS_SIDES) or iterations keep it short.
 set -uo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 build=$(cd "${1:-$top/build}" && pwd) || exit 2
