@@ -57,19 +57,23 @@ Status EventLoop::add(int fd, uint32_t events, FdCallback cb) {
   return Status::ok();
 }
 
-EventLoop::PollerId EventLoop::add_poller(Poller p) {
+EventLoop::PollerId EventLoop::add_poller(Poller p, Poller arm) {
   PollerId id = next_poller_++;
   pollers_.emplace(id, std::move(p));
+  if (arm) arms_.emplace(id, std::move(arm));
   return id;
 }
 
-void EventLoop::remove_poller(PollerId id) { pollers_.erase(id); }
+void EventLoop::remove_poller(PollerId id) {
+  pollers_.erase(id);
+  arms_.erase(id);
+}
 
-int EventLoop::run_pollers() {
+int EventLoop::run_pollers(std::map<PollerId, Poller>& which) {
   int n = 0;
   for (PollerId id = 1; id < next_poller_; ++id) {  // by id: a poller may remove itself or another
-    auto it = pollers_.find(id);
-    if (it == pollers_.end()) continue;
+    auto it = which.find(id);
+    if (it == which.end()) continue;
     Poller p = it->second;
     n += p();
   }
@@ -218,7 +222,7 @@ void EventLoop::run_once(int timeout_ms) {
     do {
       n = epoll_wait(epfd_.get(), evs, 64, 0);
       if (n != 0) break;
-      if (!pollers_.empty() && run_pollers() > 0) {
+      if (!pollers_.empty() && run_pollers(pollers_) > 0) {
         polled = true;
         break;
       }
@@ -226,6 +230,8 @@ void EventLoop::run_once(int timeout_ms) {
     } while (now_us() < poll_end && (busy || ++spins % 16 != 0 || spare_cpu()));
   }
   if (poll_until_us_ && now_us() >= poll_until_us_) poll_until_us_ = 0;
+  // About to sleep: providers re-enable the wake-ups they let lapse while polled (and may find work doing so).
+  if (n == 0 && !polled && timeout_us != 0 && !arms_.empty() && run_pollers(arms_) > 0) polled = true;
   if (n == 0 && !polled) n = wait(evs, 64, timeout_us);
   in_iteration_ = true;
   for (int i = 0; i < n; ++i) {

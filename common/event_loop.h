@@ -59,11 +59,15 @@ class EventLoop {
   bool stopped() const { return stop_; }
   // While the loop polls (busy_poll_us, poll_until_us) it calls every poller instead of only spinning on epoll, and
   // stops polling as soon as one handled something. Providers with completion queues register one (verbs polls its
-  // CQ); their completion channel fd stays on epoll for when the loop sleeps.
-  PollerId add_poller(Poller p);
+  // CQ); their completion channel fd stays on epoll for when the loop sleeps. `arm`, if given, runs every time
+  // before the loop sleeps: a provider that lets its wake-up event lapse while it is polled (verbs under
+  // busy_poll_us: no ibv_req_notify_cq per completion) re-enables it there and polls once more, returning how many
+  // completions it handled (> 0: the loop does not sleep this time).
+  PollerId add_poller(Poller p, Poller arm = {});
   void remove_poller(PollerId id);
   // Before blocking, poll without sleeping for this long: trades a little CPU for wake-up latency (0: off).
   void set_busy_poll_us(int us) { busy_poll_us_ = us; }
+  int busy_poll_us() const { return busy_poll_us_; }
   // Poll (instead of sleeping) until this CLOCK_MONOTONIC microsecond at the latest, once: an answer is expected.
   void poll_until_us(int64_t deadline_us) { poll_until_us_ = std::max(poll_until_us_, deadline_us); }
   void stop_polling() { poll_until_us_ = 0; }
@@ -77,7 +81,7 @@ class EventLoop {
   static void force_epoll_wait_fallback();
 
  private:
-  int run_pollers();
+  int run_pollers(std::map<PollerId, Poller>& which);
   int wait(::epoll_event* evs, int max, int64_t timeout_us);
   int wait_fallback(::epoll_event* evs, int max, int64_t timeout_us);
 
@@ -86,6 +90,7 @@ class EventLoop {
   UniqueFd timerfd_;  // the epoll_wait fallback's microsecond timer, made on first use
   bool timerfd_armed_ = false;
   std::map<PollerId, Poller> pollers_;
+  std::map<PollerId, Poller> arms_;  // the pollers' `arm` hooks, by the same id
   PollerId next_poller_ = 1;
   bool stop_ = false;
   int busy_poll_us_ = 0;

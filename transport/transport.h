@@ -204,6 +204,8 @@ class Transport {
   [[nodiscard]] virtual Status write(const MemRegion& src, uint64_t src_off, const RemoteKey& dst, uint64_t dst_off,
                                      size_t len, RmaCb cb) = 0;
   // write(), then the one-way message (op, msg) delivered to the target's handler after the data is visible there.
+  // `cb` may run well after the message was delivered (verbs posts the WRITE unsignalled and runs it when a later
+  // completion retires it, within about heartbeat_ms): a caller that must know the data landed waits for the target.
   [[nodiscard]] virtual Status write_notify(const MemRegion& src, uint64_t src_off, const RemoteKey& dst,
                                             uint64_t dst_off, size_t len, uint16_t op, Bytes msg, RmaCb cb) = 0;
   // See ORDERING. Errors: EINVAL (unknown peer), kNoResources.

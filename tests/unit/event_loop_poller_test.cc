@@ -32,6 +32,43 @@ TEST(EventLoopPoller, ABusyPollingLoopCallsThePollerAndStopsSpinningWhenItHandle
   EXPECT_EQ(calls, 3);  // removed: never called again; a loop that does not poll never calls it either
 }
 
+TEST(EventLoopPoller, ALoopArmsItsPollersBeforeItSleepsAndStaysAwakeWhenArmingFoundWork) {
+  EventLoop loop;
+  int polls = 0, arms = 0, found = 0;
+  bool fired = false;
+  auto id = loop.add_poller(
+      [&] {
+        ++polls;
+        return 0;
+      },
+      [&] {
+        ++arms;
+        return found;
+      });
+  loop.set_busy_poll_us(2000);
+  loop.add_timer(30, [&] { fired = true; });
+  // Nothing to find: the loop polls 2 ms, arms once, then sleeps until the timer.
+  loop.run_once(-1);
+  EXPECT_GT(polls, 0);
+  EXPECT_EQ(arms, 1);
+  if (!fired) loop.run_once(-1);  // (the timer's own iteration when the poll ended right at it)
+  EXPECT_TRUE(fired);
+  // Arming finds a completion: the loop does not sleep on the far timer, it returns to poll again.
+  found = 1;
+  fired = false;
+  loop.add_timer(5000, [&] { fired = true; });
+  int64_t t0 = EventLoop::now_ms();
+  loop.run_once(-1);
+  EXPECT_FALSE(fired);
+  EXPECT_LT(EventLoop::now_ms() - t0, 2000);
+  EXPECT_GE(arms, 2);
+  // No sleep ahead (timeout 0): no arming either.
+  int before = arms;
+  loop.run_once(0);
+  EXPECT_EQ(arms, before);
+  loop.remove_poller(id);
+}
+
 TEST(EventLoopPoller, AddReportsEpollErrorsAsAStatus) {
   EventLoop loop;
   EXPECT_EQ(loop.add(-1, EPOLLIN, [](uint32_t) {}).code(), EBADF);

@@ -74,6 +74,8 @@ class Env {
   virtual ~Env() = default;
   virtual std::unique_ptr<Transport> make(NodeId self) = 0;
   virtual void run_once() = 0;
+  // Makes the nodes' loops busy-poll (EventLoop::set_busy_poll_us, dipcd's busy_poll_us).
+  virtual void busy_poll(int us) = 0;
   // Takes the link between the nodes down for good (until restart): tcp stops node 2, loopback cuts the link.
   virtual void lose_link(Node& b) = 0;
   // Makes "no resources" reachable with a handful of operations.
@@ -113,6 +115,9 @@ class TcpEnv : public Env {
   void run_once() override {
     for (auto& l : loop_) l.run_once(1);
   }
+  void busy_poll(int us) override {
+    for (auto& l : loop_) l.set_busy_poll_us(us);
+  }
   void lose_link(Node& b) override { b.tr->stop(); }
   void constrain() override { queued_ = 2 * kMaxPayloadForTest; }
   bool hold_reads(Node& a, bool on) override { return tcp_test_hold_rma_replies(*a.tr, on); }
@@ -130,6 +135,7 @@ class LoopbackEnv : public Env {
  public:
   std::unique_ptr<Transport> make(NodeId self) override { return fabric_.make(self); }
   void run_once() override { loop_.run_once(1); }
+  void busy_poll(int us) override { loop_.set_busy_poll_us(us); }
   void lose_link(Node&) override { fabric_.set_link(1, 2, false); }
   void constrain() override { fabric_.set_max_outstanding(8); }
   bool pause(bool on) override {
@@ -165,6 +171,7 @@ class MultiEnv : public Env {
                                 make_tcp_transport(cfg_[self - 1], loop_, key_, o), 300);
   }
   void run_once() override { loop_.run_once(1); }
+  void busy_poll(int us) override { loop_.set_busy_poll_us(us); }
   void lose_link(Node& b) override {
     if (fast2_)
       fabric_.set_link(1, 2, false);
@@ -216,6 +223,9 @@ class VerbsEnv : public Env {
   }
   void run_once() override {
     for (auto& l : loop_) l.run_once(1);
+  }
+  void busy_poll(int us) override {
+    for (auto& l : loop_) l.set_busy_poll_us(us);
   }
   void lose_link(Node& b) override { b.tr->stop(); }
   // Messages travel as 8 KiB fragments under credit flow control: a smaller limit and smaller messages reach "no
@@ -438,6 +448,27 @@ TEST_P(TransportConformance, WriteNotifyDeliversItsMessageAfterTheData) {
   }
 }
 
+TEST_P(TransportConformance, AWriteNotifyCompletesOnceAndItsSourceRegionCanBeDeregistered) {
+  // The writer may learn late that the write completed (verbs posts it unsignalled, so the writer's daemon is not
+  // woken for it): its callback still runs once, with success, and deregistering the source waits for it.
+  std::vector<uint8_t> frame(4096, 0), block(4096, 0x5a);
+  auto r = b().tr->register_region(frame.data(), frame.size());
+  auto l = a().tr->register_region(block.data(), block.size());
+  ASSERT_TRUE(r && l);
+  std::vector<Status> got;
+  for (int i = 0; i < 3; ++i)
+    ASSERT_TRUE(a().tr->write_notify(*l, 0, r->remote, 0, block.size(), kOpMsg, Bytes{1},
+                                     [&](Status st) { got.push_back(st); }));
+  ASSERT_TRUE(pump([&] { return b().messages.size() == 3; }));
+  EXPECT_EQ(frame[4095], 0x5a);
+  bool done = false;
+  a().tr->deregister_region(l->id, [&] { done = true; });
+  ASSERT_TRUE(pump([&] { return done && got.size() == 3; }));
+  for (const Status& st : got) EXPECT_TRUE(st) << st.str();
+  for (int i = 0; i < 20; ++i) env_->run_once();
+  EXPECT_EQ(got.size(), 3u) << "a write_notify completed twice";
+}
+
 TEST_P(TransportConformance, AFenceOrdersOneSidedOperationsEvenWhenTheFabricReorders) {
   if (auto* lb = dynamic_cast<LoopbackEnv*>(env_.get())) lb->fabric().set_reorder(true);
   std::vector<uint8_t> cell(8, 0), one(8, 1), two(8, 2);
@@ -511,6 +542,28 @@ TEST_P(TransportConformance, DeregisterWaitsForOrCancelsOperationsInFlight) {
   ASSERT_TRUE(a().tr->read(r->remote, 0, *l2, 0, 8, [&](Status st) { err = st.code(); }));
   ASSERT_TRUE(pump([&] { return err != 0; }));
   EXPECT_EQ(err, EINVAL);
+}
+
+TEST_P(TransportConformance, BusyPollingLoopsConnectAndServeRequests) {
+  // dipcd's busy_poll_us: the loop calls the providers' pollers from before the links exist (verbs polled a link
+  // that had no CQ yet and crashed) and, while polling, may leave its wake-up events unarmed (verbs' CQs).
+  TearDown();
+  nodes_.clear();
+  env_ = GetParam().make();
+  env_->busy_poll(500);
+  for (int i = 0; i < 2; ++i) nodes_.push_back(std::make_unique<Node>());
+  start(a(), 1);
+  start(b(), 2);
+  ASSERT_TRUE(pump([&] { return a().up && b().up; }));
+  for (int i = 0; i < 20; ++i) {
+    bool answered = false;
+    ASSERT_TRUE(a().tr->request(2, kOpEcho, Bytes{static_cast<uint8_t>(i)}, [&](Status st, ByteView body) {
+      EXPECT_TRUE(st);
+      EXPECT_EQ(body.size(), 1u);
+      answered = true;
+    }));
+    ASSERT_TRUE(pump([&] { return answered; })) << "request " << i;
+  }
 }
 
 TEST_P(TransportConformance, BackPressureRefusesRetryablyAndLosesNothing) {

@@ -153,6 +153,7 @@ struct Op {
   uint32_t rkey = 0;
   uint32_t len = 0;
   uint64_t a = 0, b = 0;     // atomics: add / expected, desired
+  bool quiet = false;        // may be posted unsignalled (write_notify's WRITE): completed by a later completion
   uint32_t region = 0;       // local region the operation uses (deregistration waits for it)
   uint64_t key_incarnation = 0;  // the remote key's owner incarnation
   int64_t deadline = 0;      // queued while the peer is down: fails with EHOSTUNREACH at this time
@@ -184,14 +185,22 @@ struct Link {
   uint32_t credits = 0;    // SENDs we may still post (data messages)
   uint32_t to_return = 0;  // receive buffers re-posted since we last told the peer
   uint32_t sq_used = 0, sq_max = 0;
-  // Selective signalling: an inline SEND is posted unsignalled (no completion, so no completion event and no wake-up
-  // for it), except every sig_every-th work request. Send-queue completions of an RC queue pair come in posting
-  // order, so a signalled completion also retires the unsignalled requests posted before it: sig_batches holds,
-  // per signalled request in flight, how many send-queue entries its completion frees.
+  // Selective signalling: an inline SEND, and the WRITE of a write_notify, is posted unsignalled (no completion, so
+  // no completion event and no wake-up for it), except every sig_every-th work request. Send-queue completions of an
+  // RC queue pair come in posting order, so a signalled completion also retires the unsignalled requests posted
+  // before it: sig_batches holds, per signalled request in flight, how many send-queue entries its completion frees
+  // and the unsignalled WRITEs it completes (their callbacks run then; `quiet` collects them until the next
+  // signalled request; flush_quiet() posts one when nothing else would come soon).
+  struct SigBatch {
+    uint32_t entries = 0;
+    std::vector<uint64_t> quiet;  // outstanding-operation keys
+  };
   uint32_t unsignalled = 0, sig_every = 1;
-  std::deque<uint32_t> sig_batches;
+  std::deque<SigBatch> sig_batches;
+  std::vector<uint64_t> quiet;
   uint32_t max_inline = 0;
   bool fence_next = false;  // the next work request carries IBV_SEND_FENCE
+  bool armed = false;       // the CQ raises a completion event for its next completion (ibv_req_notify_cq)
   std::unique_ptr<conn::Handshake> hs;
   // Once authenticated: this connection's per-direction seals (transport/link_seal.h). Every SEND after the
   // handshake carries a tag over its header and payload (payload encrypted under "encrypt"), counted per direction.
@@ -356,7 +365,9 @@ class VerbsTransport final : public Transport {
       return s;
     }
     // While the loop busy-polls (busy_poll_us, an awaited answer), it polls the CQs directly: no event, no wake-up.
-    poller_ = loop_.add_poller([this] { return poll_all(); });
+    // Under busy_poll_us a CQ is not re-armed per event either (two system calls per completion): arm_all() re-arms
+    // it before the loop sleeps.
+    poller_ = loop_.add_poller([this] { return poll_all(); }, [this] { return arm_all(); });
     upcalls_ = true;
     running_ = true;
     for (auto& [id, p] : peers_)
@@ -500,6 +511,13 @@ class VerbsTransport final : public Transport {
       }
       for (uint64_t seq : cancelled) complete(p, seq, ECANCELED, 0);
     }
+    // Unsignalled WRITEs from it complete only with a later completion: ask for one now (a failed post closes its
+    // link, failing them).
+    if (auto r = regions_.find(id); r != regions_.end() && r->second.inflight) {
+      std::vector<Link*> all;
+      for (auto& [lid, l] : links_) all.push_back(l.get());
+      for (Link* l : all) flush_quiet(*l);
+    }
     release_region(id, 0);  // frees it now if nothing uses it
   }
 
@@ -517,9 +535,12 @@ class VerbsTransport final : public Transport {
   // later SEND's completion (InfiniBand ordering rules), so the message never overtakes the data.
   Status write_notify(const MemRegion& src, uint64_t src_off, const RemoteKey& dst, uint64_t dst_off, size_t len,
                       uint16_t op, Bytes msg, RmaCb cb) override {
+    // The WRITE goes unsignalled: the receiver acts on the message, so nobody waits for the writer's completion and
+    // the writer's daemon is not woken for it (its callback runs when a later completion retires it).
     Peer* p = nullptr;
     if (Status s = admit(dst.node(), msg.size() + len, p); !s) return s;
-    if (Status s = write(src, src_off, dst, dst_off, len, std::move(cb)); !s) return s;
+    if (Status s = rma(dst, dst_off, &src, src_off, len, IBV_WR_RDMA_WRITE, 0, 0, std::move(cb), {}, true); !s)
+      return s;
     enqueue(*p, make_msg_op(MsgHeader{MsgKind::kOneWay, op, 0, 0, 0, 0}, std::move(msg)));
     return Status::ok();
   }
@@ -594,7 +615,8 @@ class VerbsTransport final : public Transport {
   }
 
   [[nodiscard]] Status rma(const RemoteKey& r, uint64_t offset, const MemRegion* local, uint64_t local_off,
-                           size_t len, ibv_wr_opcode opcode, uint64_t a, uint64_t b, RmaCb cb, AtomicCb acb) {
+                           size_t len, ibv_wr_opcode opcode, uint64_t a, uint64_t b, RmaCb cb, AtomicCb acb,
+                           bool quiet = false) {
     bool atomic = opcode == IBV_WR_ATOMIC_FETCH_AND_ADD || opcode == IBV_WR_ATOMIC_CMP_AND_SWP;
     if (atomic && !atomics_) return Status::err(ENOTSUP);
     uint64_t raddr = 0, inc = 0;
@@ -620,6 +642,7 @@ class VerbsTransport final : public Transport {
     o.len = static_cast<uint32_t>(len);
     o.a = a;
     o.b = b;
+    o.quiet = quiet;
     if (reg) {
       o.local = reg->base + local_off;
       o.lkey = reg->mr->lkey;
@@ -707,10 +730,10 @@ class VerbsTransport final : public Transport {
   // Posts the SEND of the first n bytes of send buffer free_send.back(). A signalled SEND holds that buffer until
   // its completion; an inline one is copied at posting, so its buffer stays free and, but for every sig_every-th
   // request, it is posted unsignalled.
-  bool post_send(Link& l, size_t n) {
+  bool post_send(Link& l, size_t n, bool force_signal = false) {
     uint32_t slot = l.free_send.back();
     const bool inl = n <= l.max_inline;
-    const bool signalled = !inl || l.unsignalled + 1 >= l.sig_every;
+    const bool signalled = force_signal || !inl || l.unsignalled + 1 >= l.sig_every;
     ibv_sge sge{reinterpret_cast<uint64_t>(l.send_buf.data() + size_t(slot) * opt_.buffer_size),
                 static_cast<uint32_t>(n), l.send_mr->lkey};
     ibv_send_wr wr{};
@@ -727,8 +750,7 @@ class VerbsTransport final : public Transport {
     ++l.sq_used;
     if (signalled) {
       l.free_send.pop_back();
-      l.sig_batches.push_back(l.unsignalled + 1);
-      l.unsignalled = 0;
+      signalled_posted(l);
     } else {
       ++l.unsignalled;
     }
@@ -736,12 +758,26 @@ class VerbsTransport final : public Transport {
     return true;
   }
 
-  // A credit-only message: uses one of the spare receive buffers at the peer, never a credit.
-  void send_credit(Link& l) {
+  // A signalled work request was posted: its completion retires the unsignalled ones before it.
+  static void signalled_posted(Link& l) {
+    l.sig_batches.push_back(Link::SigBatch{l.unsignalled + 1, std::move(l.quiet)});
+    l.quiet.clear();
+    l.unsignalled = 0;
+  }
+
+  // A credit-only message: uses one of the spare receive buffers at the peer, never a credit. `signal`: with a
+  // completion, so the unsignalled WRITEs before it complete.
+  void send_credit(Link& l, bool signal = false) {
     if (l.free_send.empty() || l.sq_used >= l.sq_max) return;  // retried at the next completion
     uint8_t* buf = l.send_buf.data() + size_t(l.free_send.back()) * opt_.buffer_size;
     encode_header(MsgHeader{MsgKind::kCredit, 0, take_credits(l), 0, 0, 0}, buf);
-    (void)post_send(l, kMsgHeaderSize + seal(l, buf, 0));
+    (void)post_send(l, kMsgHeaderSize + seal(l, buf, 0), signal);
+  }
+
+  // Completes the link's unsignalled WRITEs soon: a signalled credit message retires them (deregistration waits for
+  // them; the heartbeat bounds how late their callbacks run).
+  void flush_quiet(Link& l) {
+    if (l.state == LinkState::kUp && !l.quiet.empty()) send_credit(l, true);
   }
 
   // Bytes a SEND after the handshake carries beyond header and payload.
@@ -778,7 +814,8 @@ class VerbsTransport final : public Transport {
     ibv_send_wr* bad = nullptr;
     wr.wr_id = make_wr(l.id, kWrRma, o.seq);
     wr.opcode = o.opcode;
-    wr.send_flags = IBV_SEND_SIGNALED | take_fence(l);
+    const bool signalled = !o.quiet || l.unsignalled + 1 >= l.sig_every;
+    wr.send_flags = (signalled ? IBV_SEND_SIGNALED : 0) | take_fence(l);
     bool atomic = o.opcode == IBV_WR_ATOMIC_FETCH_AND_ADD || o.opcode == IBV_WR_ATOMIC_CMP_AND_SWP;
     if (atomic) {
       if (l.free_atomic.empty()) return true;  // cannot happen: one slot per send queue entry
@@ -803,8 +840,12 @@ class VerbsTransport final : public Transport {
       return false;
     }
     ++l.sq_used;
-    l.sig_batches.push_back(l.unsignalled + 1);
-    l.unsignalled = 0;
+    if (signalled) {
+      signalled_posted(l);
+    } else {
+      ++l.unsignalled;
+      l.quiet.push_back(o.seq);
+    }
     return true;
   }
 
@@ -817,15 +858,18 @@ class VerbsTransport final : public Transport {
     beat_timer_ = loop_.add_timer(opt_.heartbeat_ms, [this] { heartbeat(); });
     reap();
     int64_t now = EventLoop::now_ms();
-    std::vector<Link*> silent;
+    std::vector<Link*> silent, beat;
     for (auto& [id, l] : links_) {
       if (l->state != LinkState::kUp) continue;
       if (opt_.dead_peer_ms > 0 && now - l->last_rx_ms >= opt_.dead_peer_ms) {
         silent.push_back(l.get());
         continue;
       }
-      if (now - l->last_send_ms >= opt_.heartbeat_ms) send_credit(*l);
+      // Also a link with unsignalled WRITEs not completed yet: the signalled credit message completes them.
+      if (now - l->last_send_ms >= opt_.heartbeat_ms || !l->quiet.empty()) beat.push_back(l.get());
     }
+    for (Link* l : beat)  // a failed post closes its link (moved out of links_): not while iterating it
+      if (l->state == LinkState::kUp) send_credit(*l, !l->quiet.empty());
     for (Link* l : silent)
       close_link(*l, fmt::format("no message for {} ms (peer dead, hung or cut off)", now - l->last_rx_ms), true);
   }
@@ -945,6 +989,7 @@ class VerbsTransport final : public Transport {
     if (!l.cq) return Status::err(errno);
     cq_link_[l.cq.get()] = l.id;
     if (ibv_req_notify_cq(l.cq.get(), 0) != 0) return Status::err(errno);
+    l.armed = true;
     ibv_qp_init_attr qa{};
     qa.send_cq = l.cq.get();
     qa.recv_cq = l.cq.get();
@@ -1232,9 +1277,11 @@ class VerbsTransport final : public Transport {
   // ---- completions ----------------------------------------------------------------------------------------------
 
   // Reads every completion event, re-arms each CQ before draining it (a completion after the drain raises a new
-  // event), and handles the completions.
+  // event), and handles the completions. A busy-polling loop (busy_poll_us) polls the CQ itself until it sleeps:
+  // the CQ is left unarmed until then (arm_all()), so completions meanwhile raise no event to read.
   void on_cq_events() {
     reap();
+    const bool polled = loop_.busy_poll_us() > 0;
     for (;;) {
       ibv_cq* cq = nullptr;
       void* ctx = nullptr;
@@ -1243,9 +1290,28 @@ class VerbsTransport final : public Transport {
       auto it = cq_link_.find(cq);
       if (it == cq_link_.end()) continue;
       uint64_t lid = it->second;
-      ibv_req_notify_cq(cq, 0);
+      auto l = links_.find(lid);
+      if (l == links_.end()) continue;
+      l->second->armed = !polled;
+      if (!polled) ibv_req_notify_cq(cq, 0);
       drain_cq(lid);
     }
+  }
+
+  // The loop is about to sleep: every unarmed CQ is armed, then drained once more (a completion that came between
+  // the last poll and the arming raises no event). How many completions were handled.
+  int arm_all() {
+    reap();
+    std::vector<uint64_t> ids;
+    for (auto& [id, l] : links_) {
+      if (l->armed || !l->cq) continue;
+      ibv_req_notify_cq(l->cq.get(), 0);
+      l->armed = true;
+      ids.push_back(id);
+    }
+    int n = 0;
+    for (uint64_t id : ids) n += drain_cq(id);
+    return n;
   }
 
   // Every link's CQ, without waiting for an event (the EventLoop poller); how many completions were handled.
@@ -1266,6 +1332,7 @@ class VerbsTransport final : public Transport {
       auto it = links_.find(lid);
       if (it == links_.end()) return total;
       Link& l = *it->second;
+      if (!l.cq) return total;  // a link still resolving its address has no CQ yet (the poller sees every link)
       int n = ibv_poll_cq(l.cq.get(), 32, wc);
       if (n <= 0) return total;
       total += n;
@@ -1281,8 +1348,10 @@ class VerbsTransport final : public Transport {
 
   void on_completion(Link& l, const ibv_wc& wc) {
     WrType t = wr_type(wc.wr_id);
+    std::vector<uint64_t> retired;  // unsignalled WRITEs this completion retires
     if (t != kWrRecv && !l.sig_batches.empty()) {
-      l.sq_used -= std::min(l.sq_used, l.sig_batches.front());
+      l.sq_used -= std::min(l.sq_used, l.sig_batches.front().entries);
+      retired = std::move(l.sig_batches.front().quiet);
       l.sig_batches.pop_front();
     }
     if (wc.status != IBV_WC_SUCCESS) {
@@ -1299,8 +1368,16 @@ class VerbsTransport final : public Transport {
       std::string why = fmt::format("completion error: {} (vendor error {:#x})", ibv_wc_status_str(wc.status),
                                     wc.vendor_err);
       if (t == kWrRecv && l.state != LinkState::kUp) why += " during authentication";
-      return close_link(l, why, true);
+      return close_link(l, why, true);  // the retired ones are still outstanding: they fail with the link
     }
+    // Before this request's own completion: they were posted before it. (A callback may close the link: the rest
+    // then failed with it, and complete() finds nothing.)
+    uint64_t lid = l.id;
+    for (uint64_t seq : retired) {
+      if (links_.find(lid) == links_.end()) return;
+      on_rma_done(l, seq);
+    }
+    if (links_.find(lid) == links_.end()) return;
     switch (t) {
       case kWrSend:
         l.free_send.push_back(static_cast<uint32_t>(wr_value(wc.wr_id)));
