@@ -585,12 +585,25 @@ std::string HomeDirectory::check() const {
 // ---------------------------------------------------------------------------------------------------------------
 // NodeCache
 
-NodeCache::NodeCache(uint64_t segment, uint32_t nblocks, NodeId self, NodeId home, uint32_t readahead_max)
+NodeCache::NodeCache(uint64_t segment, uint32_t nblocks, NodeId self, NodeId home, uint32_t readahead_max,
+                     uint32_t readahead_depth)
     : segment_(segment),
       self_(self),
       home_(home),
       blocks_(nblocks),
-      ra_max_(std::clamp<uint32_t>(readahead_max, 1, Msg::kMaxCount)) {}
+      ra_max_(std::clamp<uint32_t>(readahead_max, 1, Msg::kMaxCount)),
+      ra_depth_(std::clamp<uint32_t>(readahead_depth, 1, 8)) {}
+
+bool NodeCache::readahead_mark(uint32_t b) const {
+  return std::find(ra_marks_.begin(), ra_marks_.end(), b) != ra_marks_.end();
+}
+
+bool NodeCache::take_mark(uint32_t b) {
+  auto it = std::find(ra_marks_.begin(), ra_marks_.end(), b);
+  if (it == ra_marks_.end()) return false;
+  ra_marks_.erase(it);
+  return true;
+}
 
 const char* NodeCache::state_name(State s) {
   switch (s) {
@@ -641,7 +654,10 @@ NodeCache::Fault NodeCache::on_fault(uint32_t b, Access a, std::vector<Msg>& out
     return Fault::kParked;
   }
   Block& k = blocks_[b];
-  if (a == Access::kRead ? k.have != Have::kInvalid : k.have == Have::kExclusive) return Fault::kProceed;
+  if (a == Access::kRead ? k.have != Have::kInvalid : k.have == Have::kExclusive) {
+    if (a == Access::kRead && take_mark(b)) read_ahead_next(out);
+    return Fault::kProceed;
+  }
   if (leaving_) {
     parked_while_leaving_.insert(b);
     return Fault::kParked;
@@ -649,7 +665,7 @@ NodeCache::Fault NodeCache::on_fault(uint32_t b, Access a, std::vector<Msg>& out
   // One request per block at a time. A write fault behind an outstanding read request is retried when the read
   // grant wakes it, and then asks for the upgrade.
   if (k.pending) {
-    if (k.prefetch) k.wanted = true;
+    if (k.prefetch) k.wanted = true;  // the mark: its grant asks for the next window (grant())
     return Fault::kParked;
   }
   k.pending = true;
@@ -668,9 +684,32 @@ NodeCache::Fault NodeCache::on_fault(uint32_t b, Access a, std::vector<Msg>& out
     }
     req.count = static_cast<uint16_t>(n);
     ra_next_ = b + n;
+    ra_marks_.clear();  // a new run starts here (or the reader outran the windows ahead of it)
+    if (n > 1) ra_marks_.push_back(b + 1);
   }
   out.push_back(req);
   return Fault::kParked;
+}
+
+void NodeCache::read_ahead_next(std::vector<Msg>& out) {
+  while (!leaving_ && ra_marks_.size() < ra_depth_ && ra_next_ < blocks_.size()) {
+    uint32_t w = std::min(ra_window_ * 2, ra_max_), first = ra_next_, n = 0;
+    for (; n < w && first + n < blocks_.size(); ++n) {
+      Block& x = blocks_[first + n];
+      if (x.have != Have::kInvalid || x.pending || x.filling || x.writing_back) break;
+      x.pending = true;
+      x.pending_access = Access::kRead;
+      x.prefetch = true;
+      x.wanted = false;
+    }
+    if (n == 0) return;  // the next block is held or asked for already: a miss past it starts over
+    ra_window_ = w;
+    ra_next_ = first + n;
+    ra_marks_.push_back(first);
+    Msg req = msg(MsgType::kReadReq, first, 0);
+    req.count = static_cast<uint16_t>(n);
+    out.push_back(req);
+  }
 }
 
 void NodeCache::install(uint32_t b, int64_t now, std::vector<Msg>& out, std::vector<LocalAction>& local) {
@@ -700,7 +739,9 @@ void NodeCache::grant(uint32_t b, const Msg& m, int64_t now, std::vector<Msg>& o
     return;
   }
   if (k.prefetch) ++prefetched_;
+  bool mark_reached = k.wanted && take_mark(b);  // the reader waits on the mark already: no fault will tell
   k.prefetch = k.wanted = false;
+  if (mark_reached) read_ahead_next(out);
   k.filling = true;
   k.grant_access = m.access;
   k.grant_txn = m.txn;

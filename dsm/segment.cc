@@ -63,7 +63,7 @@ Segment::Segment(Manager& m, uint64_t id, NodeId home, uint64_t size, const Geom
       mapped_(g.mapped),
       block_(g.block),
       nblocks_(g.nblocks),
-      cache_(id, nblocks_, m.self(), home, readahead_blocks()) {
+      cache_(id, nblocks_, m.self(), home, readahead_blocks(), kReadAheadWindows) {
   chunk_ = m.transport()->caps().pins_memory ? std::max(kPinChunk, block_) : mapped_;
   chunks_.resize((mapped_ + chunk_ - 1) / chunk_);
   if (home == m.self()) dir_ = std::make_unique<HomeDirectory>(id, nblocks_, home, m.quantum_us());
@@ -221,8 +221,12 @@ void Segment::handle_fault(uint64_t attach, uint64_t addr, bool write) {
   std::vector<Msg> out;
   NodeCache::Fault f = cache_.on_fault(b, write ? Access::kWrite : Access::kRead, out);
   if (f == NodeCache::Fault::kProceed) {
-    // The block allows the access already (the fault raced with an install): make sure, then let it retry.
-    if (!in_view(b)) fill_view(b);
+    // The block allows the access already (the fault raced with an install, or it is the read-ahead mark): make
+    // sure, then let it retry. A read copy is protected first (an attach added since its install is not yet).
+    if (!in_view(b)) {
+      if (!cache_.writable(b)) write_protect_all(b, true);
+      fill_view(b);
+    }
     parked_[b].insert(attach);
     wake(b);
   } else {
@@ -293,7 +297,7 @@ void Segment::reset_copies() {
   for (uint32_t b = 0; b < nblocks_; ++b)
     if (in_view(b)) drop_view(b);
   std::fill(flags_.begin(), flags_.end(), uint8_t{0});
-  cache_ = NodeCache(id_, nblocks_, m_.self(), home_, readahead_blocks());
+  cache_ = NodeCache(id_, nblocks_, m_.self(), home_, readahead_blocks(), kReadAheadWindows);
   m_.awaiting_ -= awaiting_.size();
   awaiting_.clear();
   std::vector<uint32_t> blocks;
@@ -436,7 +440,7 @@ void Segment::apply(const LocalAction& a) {
       if (awaiting_.erase(b) && --m_.awaiting_ == 0) m_.loop().stop_polling();
       // Protection first, then the data: no local process ever sees the block with more access than granted.
       write_protect_all(b, !a.writable);
-      if (!in_view(b)) fill_view(b);
+      if (!in_view(b) && (a.writable || !lazy(b))) fill_view(b);
       if (a.writable) flags_[b] |= kDirty;
       return;
     case LocalAction::kWriteProtect:
@@ -451,6 +455,7 @@ void Segment::apply(const LocalAction& a) {
         save_view(b);
       }
       if (in_view(b)) drop_view(b);  // a block never written here: F already holds what V holds
+      else flags_[b] &= static_cast<uint8_t>(~kProtected);  // (a lazy mark) protected anew at its next install
       return;
     case LocalAction::kWake:
       wake(b);
@@ -501,12 +506,12 @@ void Segment::install_run(uint32_t first, uint32_t n) {
     }
   }
   for (uint32_t b = first; b < first + n;) {
-    if (in_view(b)) {
+    if (in_view(b) || lazy(b)) {
       ++b;
       continue;
     }
     uint32_t e = b;
-    while (e < first + n && !in_view(e)) ++e;
+    while (e < first + n && !in_view(e) && !lazy(e)) ++e;
     uint64_t o = block_off(b), l = block_off(e - 1) + block_len(e - 1) - o;
     ssize_t w = pwrite(view_fd_.get(), frames_ + o, l, static_cast<off_t>(o));
     if (w != static_cast<ssize_t>(l)) DIPC_LOG_ERROR("dsm: fill blocks {}..{}: {}", b, e - 1, strerror(errno));
@@ -514,6 +519,10 @@ void Segment::install_run(uint32_t first, uint32_t n) {
     b = e;
   }
 }
+
+// The read-ahead mark (NodeCache::readahead_mark) is installed but left out of V while no access waits on it: the
+// reader's first touch faults (a minor round trip through this daemon, no message) and asks for the next window.
+bool Segment::lazy(uint32_t b) const { return cache_.readahead_mark(b) && parked_.find(b) == parked_.end(); }
 
 void Segment::downgrade_run(uint32_t first, uint32_t n) {
   m_.stats().downgrades += n;

@@ -44,8 +44,10 @@ inline constexpr uint16_t kOpRegion = 121;  // request {segment u64, offset u64}
 static_assert(transport::ops::kDsm.contains(kOpMsg) && transport::ops::kDsm.contains(kOpRegion));
 // Registration unit of the frames when the provider pins memory (a power of two, so blocks never straddle chunks).
 inline constexpr uint64_t kPinChunk = 2u << 20;
-// The largest read-ahead window of a node (NodeCache): a sequential reader gets up to this many bytes per round trip.
-inline constexpr uint64_t kReadAheadBytes = 256u << 10;
+// The largest read-ahead window of a node (NodeCache): a sequential reader gets up to this many bytes per round trip,
+// with kReadAheadWindows windows ahead of it (NodeCache's readahead_depth).
+inline constexpr uint64_t kReadAheadBytes = 1u << 20;
+inline constexpr uint32_t kReadAheadWindows = 2;
 
 struct Stats {
   uint64_t faults = 0;          // uffd fault events handled
@@ -75,6 +77,7 @@ class Segment {
   uint64_t block_size() const { return block_; }
   int view_fd() const { return view_fd_.get(); }
   size_t attaches() const { return attaches_.size(); }
+  const NodeCache& cache() const { return cache_; }
 
   // A local process mapped the view at [addr, addr+len) and registered `uffd` (ownership passes here) for it.
   Status add_attach(uint64_t attach, int uffd, uint64_t addr, uint64_t len, bool rdonly);
@@ -109,6 +112,7 @@ class Segment {
   void install_run(uint32_t first, uint32_t n);  // kInstall read-only of blocks first..first+n-1, together
   void downgrade_run(uint32_t first, uint32_t n);  // kWriteProtect of blocks first..first+n-1, together
   void drop_view(uint32_t block);  // punch V: unmaps from every local process
+  bool lazy(uint32_t block) const;  // a read-only install leaves it out of V (the read-ahead mark)
   void wake(uint32_t block);
   void arm_timer();
   void reset_copies();
