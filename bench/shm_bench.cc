@@ -99,6 +99,17 @@ bool kernel_shm_selftest() {
 int dipc_shm_flag() { return kernel_shm_selftest() ? 0 : IPC_DIPC; }
 bool dipc_shm_id_ok(int id) { return kernel_shm_selftest() ? id >= 0 : is_dipc_id(id); }
 
+// A new dipc segment of `bytes`; the part is reported unavailable when shm is not distributed here.
+int dipc_segment(const char* part, size_t bytes) {
+  int shmid = shmget(IPC_PRIVATE, bytes, dipc_shm_flag() | IPC_CREAT | 0600);
+  if (shmid < 0) unavailable(part, strerror(errno));
+  if (!dipc_shm_id_ok(shmid)) {
+    shmctl(shmid, IPC_RMID, nullptr);
+    unavailable(part, "shmget returned a kernel id (no dipc shm in the preload)");
+  }
+  return shmid;
+}
+
 // ---- statistics ----------------------------------------------------------------------------------------------
 
 using Stats = dipc_bench::Latency;
@@ -729,12 +740,7 @@ int run_readmiss(const Args& args) {
   size_t iters = static_cast<size_t>(args.num("--iters", 2000));
   size_t warm = 50;
   std::string reader_node = args.get("--reader", g_peer);
-  int shmid = shmget(IPC_PRIVATE, 2 * kPage, dipc_shm_flag() | IPC_CREAT | 0600);
-  if (shmid < 0) unavailable("readmiss", strerror(errno));
-  if (!dipc_shm_id_ok(shmid)) {
-    shmctl(shmid, IPC_RMID, nullptr);
-    unavailable("readmiss", "shmget returned a kernel id (no dipc shm in the preload)");
-  }
+  int shmid = dipc_segment("readmiss", 2 * kPage);
   int semid = semget(IPC_PRIVATE, 2, IPC_DIPC | IPC_CREAT | 0600);
   if (semid < 0 || !is_dipc_id(semid)) die("dipc semget");
   volatile long* w = reinterpret_cast<volatile long*>(static_cast<char*>(attach(shmid)) + kPage);
@@ -820,12 +826,7 @@ int run_upgrade(const Args& args) {
   std::vector<std::string> reader_nodes = {"node1"};
   for (int k = 2; k <= readers; ++k) reader_nodes.push_back("node" + std::to_string(k + 1));
   std::string key = "upgrade" + std::to_string(readers);
-  int shmid = shmget(IPC_PRIVATE, 2 * kPage, dipc_shm_flag() | IPC_CREAT | 0600);
-  if (shmid < 0) unavailable(key.c_str(), strerror(errno));
-  if (!dipc_shm_id_ok(shmid)) {
-    shmctl(shmid, IPC_RMID, nullptr);
-    unavailable(key.c_str(), "shmget returned a kernel id (no dipc shm in the preload)");
-  }
+  int shmid = dipc_segment(key.c_str(), 2 * kPage);
   int semid = semget(IPC_PRIVATE, readers + 1, IPC_DIPC | IPC_CREAT | 0600);
   if (semid < 0 || !is_dipc_id(semid)) die("dipc semget");
   std::vector<Child> rs;
@@ -888,17 +889,23 @@ int seqread_reader(int shmid, size_t pages) {
   return 0;
 }
 
+// A dipc segment of `pages` pages created and attached here, every page written with its index + 1 (what the
+// readers of seqread and memory check).
+struct Filled {
+  int shmid;
+  volatile long* p;
+};
+Filled filled_dipc_segment(const char* part, size_t pages) {
+  int shmid = dipc_segment(part, pages * kPage);
+  volatile long* p = static_cast<volatile long*>(attach(shmid));
+  for (size_t i = 0; i < pages; ++i) p[i * (kPage / sizeof(long))] = static_cast<long>(i + 1);
+  return {shmid, p};
+}
+
 int run_seqread(const Args& args) {
   size_t mib = static_cast<size_t>(args.num("--mib", 64));
   size_t pages = mib * 1048576 / kPage;
-  int shmid = shmget(IPC_PRIVATE, pages * kPage, dipc_shm_flag() | IPC_CREAT | 0600);
-  if (shmid < 0) unavailable("seqread", strerror(errno));
-  if (!dipc_shm_id_ok(shmid)) {
-    shmctl(shmid, IPC_RMID, nullptr);
-    unavailable("seqread", "shmget returned a kernel id (no dipc shm in the preload)");
-  }
-  volatile long* p = static_cast<volatile long*>(attach(shmid));
-  for (size_t i = 0; i < pages; ++i) p[i * (kPage / sizeof(long))] = static_cast<long>(i + 1);
+  auto [shmid, p] = filled_dipc_segment("seqread", pages);
   Child r = spawn(g_peer, true, {"seqread-reader", std::to_string(shmid), std::to_string(pages)});
   int rc = 1;
   std::string l;
@@ -983,14 +990,7 @@ int run_memory(const Args& args) {
   size_t mib = static_cast<size_t>(args.num("--mib", 1024));
   size_t pages = mib * 1048576 / kPage;
   if (g_dir.empty()) unavailable("memory", "needs DIPC_SIM_DIR (run bench/run_shm.sh or bench/memory.sh)");
-  int shmid = shmget(IPC_PRIVATE, pages * kPage, dipc_shm_flag() | IPC_CREAT | 0600);
-  if (shmid < 0) unavailable("memory", strerror(errno));
-  if (!dipc_shm_id_ok(shmid)) {
-    shmctl(shmid, IPC_RMID, nullptr);
-    unavailable("memory", "shmget returned a kernel id (no dipc shm in the preload)");
-  }
-  volatile long* p = static_cast<volatile long*>(attach(shmid));
-  for (size_t i = 0; i < pages; ++i) p[i * (kPage / sizeof(long))] = static_cast<long>(i + 1);
+  auto [shmid, p] = filled_dipc_segment("memory", pages);
   Child r = spawn(g_peer, true, {"memory-reader", std::to_string(shmid), std::to_string(pages)});
   int rc = 1;
   if (wait_ready(r)) {

@@ -326,8 +326,11 @@ void Segment::send_dir(std::vector<Msg>& out) {
       cache_.on_message(g, Manager::now_us(), o, l);
       bool more = i + 1 < out.size() && out[i + 1].type == MsgType::kFetch && out[i + 1].to == m_.self() &&
                   out[i + 1].txn == 0;
-      if (!more) run(o, l);  // the run of downgrades together (one write-protect and one copy per run)
-      if (!more) o.clear(), l.clear();
+      if (!more) {  // the run of downgrades together (one write-protect and one copy per run)
+        run(o, l);
+        o.clear();
+        l.clear();
+      }
       continue;
     }
     if (g.type != MsgType::kGrant || g.node != m_.self() || g.to == m_.self()) {

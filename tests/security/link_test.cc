@@ -23,12 +23,12 @@
 #include "common/frame.h"
 #include "transport/tcp/tcp_transport.h"
 #include "transport/transport.h"
-#include "tests/security/send_all.h"
+#include "tests/security/relay.h"
 
 namespace dipc::transport {
 namespace {
 
-using dipc::test::send_all;
+using dipc::test::relay_step;
 
 constexpr uint16_t kOpEcho = ops::kTest.first;         // answered with the request's body
 constexpr uint16_t kOpPrivileged = ops::kTest.first + 1;  // what the attacker wants executed
@@ -99,22 +99,9 @@ class Relay {
     Bytes a2b;   // node 1's bytes not yet a whole frame
   };
   bool pump(Conn& c, int from, int to, bool frames) {
-    uint8_t buf[65536];
-    ssize_t n = recv(from, buf, sizeof buf, MSG_DONTWAIT);
-    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) return false;
-    if (n < 0) return true;
-    if (!frames) return send_all(to, buf, static_cast<size_t>(n));
-    c.a2b.insert(c.a2b.end(), buf, buf + n);
-    while (c.a2b.size() >= kFrameHeaderSize) {
-      FrameHeader h;
-      if (decode_frame_header(c.a2b.data(), h)) return false;
-      if (c.a2b.size() < kFrameHeaderSize + h.length) break;
-      Bytes frame(c.a2b.begin(), c.a2b.begin() + static_cast<ptrdiff_t>(kFrameHeaderSize + h.length));
-      c.a2b.erase(c.a2b.begin(), c.a2b.begin() + static_cast<ptrdiff_t>(frame.size()));
+    return relay_step(from, to, frames ? &c.a2b : nullptr, [&](const FrameHeader& h, Bytes& frame) {
       if (edit_) frame = edit_(h, std::move(frame));
-      if (!send_all(to, frame.data(), frame.size())) return false;
-    }
-    return true;
+    });
   }
   void drop(Conn& c) {
     if (c.a >= 0) close(c.a);

@@ -22,11 +22,11 @@
 #include <vector>
 
 #include "common/frame.h"
-#include "tests/security/send_all.h"
+#include "tests/security/relay.h"
 
 namespace {
 
-using dipc::test::send_all;
+using dipc::test::relay_step;
 
 struct Conn {
   int a = -1, b = -1;           // the dialer's side, the target's side
@@ -67,34 +67,19 @@ int main(int argc, char** argv) {
     if (c.b >= 0) close(c.b);
     c.a = c.b = -1;
   };
-  // Moves one read's worth from `from` to `to`; false when the connection is over.
+  // Moves one read's worth from one side to the other; false when the connection is over.
   auto pump = [&](Conn& c, bool dialer_side) {
-    int from = dialer_side ? c.a : c.b, to = dialer_side ? c.b : c.a;
-    uint8_t buf[65536];
-    ssize_t n = recv(from, buf, sizeof buf, MSG_DONTWAIT);
-    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) return false;
-    if (n < 0) return true;
-    if (!dialer_side) return send_all(to, buf, static_cast<size_t>(n));
-    c.a2b.insert(c.a2b.end(), buf, buf + n);
-    while (c.a2b.size() >= dipc::kFrameHeaderSize) {
-      dipc::FrameHeader h;
-      if (dipc::decode_frame_header(c.a2b.data(), h)) return false;
-      size_t whole = dipc::kFrameHeaderSize + h.length;
-      if (c.a2b.size() < whole) break;
-      if (!tampered) {
-        auto at = std::search(c.a2b.begin() + dipc::kFrameHeaderSize, c.a2b.begin() + static_cast<ptrdiff_t>(whole),
-                              marker.begin(), marker.end());
-        if (at != c.a2b.begin() + static_cast<ptrdiff_t>(whole)) {
-          std::copy(replacement.begin(), replacement.end(), at);
-          tampered = true;
-          std::printf("tampered=%u\n", h.op);
-          std::fflush(stdout);
-        }
-      }
-      if (!send_all(to, c.a2b.data(), whole)) return false;
-      c.a2b.erase(c.a2b.begin(), c.a2b.begin() + static_cast<ptrdiff_t>(whole));
-    }
-    return true;
+    if (!dialer_side) return relay_step(c.b, c.a, nullptr, [](const dipc::FrameHeader&, std::vector<uint8_t>&) {});
+    return relay_step(c.a, c.b, &c.a2b, [&](const dipc::FrameHeader& h, std::vector<uint8_t>& frame) {
+      if (tampered) return;
+      auto body = frame.begin() + dipc::kFrameHeaderSize;
+      auto at = std::search(body, frame.end(), marker.begin(), marker.end());
+      if (at == frame.end()) return;
+      std::copy(replacement.begin(), replacement.end(), at);
+      tampered = true;
+      std::printf("tampered=%u\n", h.op);
+      std::fflush(stdout);
+    });
   };
 
   for (;;) {
