@@ -80,7 +80,7 @@ bool Msg::decode(Decoder& d) {
   uint8_t md = d.u8();
   uint16_t nd = d.u16();
   uint16_t cnt = d.u16();
-  if (!d.done() || !valid_type(t) || acc > 1 || md > 3 || nd > kMaxNodeId || cnt == 0 || cnt > kMaxCount) return false;
+  if (!d.done() || !valid_type(t) || acc > 1 || md > 4 || nd > kMaxNodeId || cnt == 0 || cnt > kMaxCount) return false;
   type = static_cast<MsgType>(t);
   segment = seg;
   block = blk;
@@ -96,6 +96,7 @@ std::string Msg::str() const {
   std::string s = std::string(msg_type_name(type)) + "(" + std::to_string(from) + "->" + std::to_string(to) +
                   " seg=" + std::to_string(segment) + " b=" + std::to_string(block) + " txn=" + std::to_string(txn);
   if (type == MsgType::kGrant) s += access == Access::kWrite ? " W" : " R";
+  if (type == MsgType::kGrant && mode == FetchMode::kPushed) s += " pushed";
   if (type == MsgType::kFetch) s += " mode=" + std::to_string(static_cast<int>(mode));
   if (type == MsgType::kGrant || type == MsgType::kFetch) s += " node=" + std::to_string(node);
   if (count != 1) s += " count=" + std::to_string(count);
@@ -857,6 +858,7 @@ void NodeCache::on_message(const Msg& m, int64_t now, std::vector<Msg>& out, std
           local.push_back(LocalAction{LocalAction::kWriteBack, b, false, kNoNode});
           return;
         case FetchMode::kNone:
+        case FetchMode::kPushed:  // a grant's mode, not a fetch's
           break;
       }
       ++bad_;

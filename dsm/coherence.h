@@ -97,6 +97,7 @@ enum class FetchMode : uint8_t {
   kDowngrade = 1,   // read request elsewhere: write-protect, keep a read copy
   kInvalidate = 2,  // write request elsewhere: unmap; the frame stays as is until the requester copied it
   kWriteBack = 3,   // the node leaves: unmap, write the frame into the home's frame, then acknowledge
+  kPushed = 4,      // on a Grant, not a Fetch: the home wrote the granted blocks into the requester's frames with it
 };
 
 // One protocol message. Fixed 24-byte body: type u16, segment u64, block u32, txn u32, access u8, mode u8, node u16,
@@ -116,7 +117,7 @@ struct Msg {
   uint32_t block = 0;
   uint32_t txn = 0;                     // the home's transaction number, echoed in FetchAck/InvAck/Done; 0 otherwise
   Access access = Access::kRead;        // Grant: the granted access
-  FetchMode mode = FetchMode::kNone;    // Fetch
+  FetchMode mode = FetchMode::kNone;    // Fetch; Grant: kPushed (the data landed in the requester's frames with it)
   NodeId node = kNoNode;                // Grant: data source (kNoNode: zero-fill; the receiver itself: in place);
                                         // Fetch: the requester (informational)
   uint16_t count = 1;                   // ReadReq: the read-ahead window; Grant, NoGrant: blocks from `block` on

@@ -226,6 +226,7 @@ void Segment::handle_fault(uint64_t attach, uint64_t addr, bool write) {
     if (!in_view(b)) {
       if (!cache_.writable(b)) write_protect_all(b, true);
       fill_view(b);
+      spare_frames(b, 1);
     }
     parked_[b].insert(attach);
     wake(b);
@@ -251,6 +252,15 @@ void Segment::on_msg(const Msg& m) {
     send_dir(out);
     arm_timer();
     return;
+  }
+  if (m.type == MsgType::kGrant && m.block < nblocks_ && m.count <= nblocks_ - m.block) {
+    // The frames of a read copy the home pushed hold nothing another node needs once it is in V (spare_frames).
+    bool spare = !dir_ && !m_.transport()->caps().pins_memory && m.mode == FetchMode::kPushed &&
+                 m.access == Access::kRead && m.txn == 0;
+    for (uint32_t b = m.block; b < m.block + m.count; ++b) {
+      flags_[b] = static_cast<uint8_t>((flags_[b] & ~kSpareFrame) | (spare ? kSpareFrame : 0));
+      if (m.mode == FetchMode::kPushed) flags_[b] &= static_cast<uint8_t>(~kFrameGone);  // F holds it again
+    }
   }
   uint64_t before = cache_.prefetched();
   cache_.on_message(m, now, out, local);
@@ -294,8 +304,10 @@ void Segment::reset_copies() {
   // keeping them would let local processes read data the cluster has moved past, and a request lost with the link
   // would never be answered. Drop every copy and start over: parked accesses fault again and ask anew (the
   // transport holds a request for a peer that is not connected until its connect timeout).
-  for (uint32_t b = 0; b < nblocks_; ++b)
+  for (uint32_t b = 0; b < nblocks_; ++b) {
+    if (in_view(b) && (flags_[b] & kFrameGone)) save_view(b);  // F holds the node's copy again, as the home knew it
     if (in_view(b)) drop_view(b);
+  }
   std::fill(flags_.begin(), flags_.end(), uint8_t{0});
   cache_ = NodeCache(id_, nblocks_, m_.self(), home_, readahead_blocks(), kReadAheadWindows);
   m_.awaiting_ -= awaiting_.size();
@@ -371,6 +383,7 @@ bool Segment::push(Msg& g) {
   if (!local) return false;
   Msg pushed = g;
   pushed.node = g.to;
+  pushed.mode = FetchMode::kPushed;
   Encoder e;
   pushed.encode(e);
   uint64_t src_off = off - off / chunk_ * chunk_;
@@ -444,7 +457,9 @@ void Segment::apply(const LocalAction& a) {
       // Protection first, then the data: no local process ever sees the block with more access than granted.
       write_protect_all(b, !a.writable);
       if (!in_view(b) && (a.writable || !lazy(b))) fill_view(b);
+      if (a.writable) flags_[b] &= static_cast<uint8_t>(~kSpareFrame);
       if (a.writable) flags_[b] |= kDirty;
+      if (in_view(b)) spare_frames(b, 1);
       return;
     case LocalAction::kWriteProtect:
       ++m_.stats().downgrades;
@@ -519,6 +534,7 @@ void Segment::install_run(uint32_t first, uint32_t n) {
     ssize_t w = pwrite(view_fd_.get(), frames_ + o, l, static_cast<off_t>(o));
     if (w != static_cast<ssize_t>(l)) DIPC_LOG_ERROR("dsm: fill blocks {}..{}: {}", b, e - 1, strerror(errno));
     for (uint32_t x = b; x < e; ++x) flags_[x] |= kInView;
+    spare_frames(b, e - b);
     b = e;
   }
 }
@@ -548,7 +564,7 @@ void Segment::downgrade_run(uint32_t first, uint32_t n) {
     uint64_t o = block_off(b), l = block_off(e - 1) + block_len(e - 1) - o;
     ssize_t r = pread(view_fd_.get(), frames_ + o, l, static_cast<off_t>(o));
     if (r != static_cast<ssize_t>(l)) DIPC_LOG_ERROR("dsm: save blocks {}..{}: {}", b, e - 1, strerror(errno));
-    for (uint32_t x = b; x < e; ++x) flags_[x] &= static_cast<uint8_t>(~kDirty);
+    for (uint32_t x = b; x < e; ++x) flags_[x] &= static_cast<uint8_t>(~(kDirty | kFrameGone));
     b = e;
   }
 }
@@ -584,7 +600,7 @@ void Segment::fetched(uint32_t b, Status st) {
     return;
   }
   ++m_.stats().remote_fetches;
-  flags_[b] &= static_cast<uint8_t>(~kInView);  // the fresh frame must be copied into the view at install
+  flags_[b] &= static_cast<uint8_t>(~(kInView | kFrameGone | kSpareFrame));  // the fresh frame goes into V at install
   std::vector<Msg> out;
   std::vector<LocalAction> local;
   cache_.on_data_ready(b, Manager::now_us(), out, local);
@@ -611,11 +627,12 @@ void Segment::save_view(uint32_t b) {
   uint64_t off = block_off(b), len = block_len(b);
   ssize_t n = pread(view_fd_.get(), frames_ + off, len, static_cast<off_t>(off));
   if (n != static_cast<ssize_t>(len)) DIPC_LOG_ERROR("dsm: save block {}: {}", b, strerror(errno));
-  flags_[b] &= static_cast<uint8_t>(~kDirty);
+  flags_[b] &= static_cast<uint8_t>(~(kDirty | kFrameGone));
 }
 
 void Segment::fill_view(uint32_t b) {
   uint64_t off = block_off(b), len = block_len(b);
+  if (flags_[b] & kFrameGone) DIPC_LOG_ERROR("dsm: segment {} block {}: filled from a punched frame", id_, b);
   ssize_t n = pwrite(view_fd_.get(), frames_ + off, len, static_cast<off_t>(off));
   if (n != static_cast<ssize_t>(len)) DIPC_LOG_ERROR("dsm: fill block {}: {}", b, strerror(errno));
   flags_[b] |= kInView;
@@ -631,6 +648,33 @@ void Segment::drop_view(uint32_t b) {
                 static_cast<off_t>(block_len(b))) != 0)
     DIPC_LOG_ERROR("dsm: punch block {}: {}", b, strerror(errno));
   flags_[b] &= static_cast<uint8_t>(~(kInView | kProtected));
+}
+
+// Memory held once (docs/ARCHITECTURE.md, "Memory on a node"): a read copy the home pushed is punched from F once
+// it is in V. Nobody reads it there again: the home recorded the copy with the home itself as its owner or as a
+// copy holder (the source of a push), so the directory never names this node's frame as the source of the block,
+// not even when another holder leaves or is lost, until this node writes it (then V is copied into F before any
+// other node may read it, as for every writable block). Not on the home (its F is the segment's backing store)
+// and not with a provider that pins F (a punched page would stay pinned under the registration while F maps a new
+// one).
+void Segment::spare_frames(uint32_t first, uint32_t n) {
+  for (uint32_t b = first; b < first + n;) {
+    if (!(flags_[b] & kSpareFrame) || !in_view(b)) {
+      ++b;
+      continue;
+    }
+    uint32_t e = b;
+    while (e < first + n && (flags_[e] & kSpareFrame) && in_view(e)) ++e;
+    uint64_t o = block_off(b), l = block_off(e - 1) + block_len(e - 1) - o;
+    if (madvise(frames_ + o, l, MADV_REMOVE) != 0) {
+      DIPC_LOG_WARN("dsm: release frames of blocks {}..{}: {}", b, e - 1, strerror(errno));
+    } else {
+      m_.stats().frames_released += e - b;
+      for (uint32_t x = b; x < e; ++x)
+        flags_[x] = static_cast<uint8_t>((flags_[x] & ~kSpareFrame) | kFrameGone);
+    }
+    b = e;
+  }
 }
 
 void Segment::wake(uint32_t b) {
@@ -874,6 +918,7 @@ std::string Manager::status_text() const {
   os << "pages fetched " << stats_.remote_fetches << "\n";
   os << "pages pushed " << stats_.pushes << "\n";
   os << "pages prefetched " << stats_.prefetched << "\n";
+  os << "pages frames_released " << stats_.frames_released << "\n";
   os << "dsm faults " << stats_.faults << " zero-fills " << stats_.zero_fills << " invalidations "
      << stats_.invalidations << " downgrades " << stats_.downgrades << " messages out " << stats_.messages_out
      << " in " << stats_.messages_in << "\n";

@@ -54,6 +54,7 @@ struct Stats {
   uint64_t remote_fetches = 0;  // blocks copied from another node's frames (pulled by this node)
   uint64_t pushes = 0;          // blocks this home wrote into a requester's frame with its grant
   uint64_t prefetched = 0;      // blocks this node got through read-ahead (granted before any access asked)
+  uint64_t frames_released = 0;  // read copies punched from F once in V (held once, not twice)
   uint64_t zero_fills = 0;
   uint64_t invalidations = 0;   // local copies dropped
   uint64_t downgrades = 0;
@@ -112,6 +113,7 @@ class Segment {
   void install_run(uint32_t first, uint32_t n);  // kInstall read-only of blocks first..first+n-1, together
   void downgrade_run(uint32_t first, uint32_t n);  // kWriteProtect of blocks first..first+n-1, together
   void drop_view(uint32_t block);  // punch V: unmaps from every local process
+  void spare_frames(uint32_t first, uint32_t n);  // punch F of the blocks first..first+n-1 marked kSpareFrame
   bool lazy(uint32_t block) const;  // a read-only install leaves it out of V (the read-ahead mark)
   void wake(uint32_t block);
   void arm_timer();
@@ -134,8 +136,10 @@ class Segment {
   NodeCache cache_;
   std::unique_ptr<HomeDirectory> dir_;  // on the home node only
   // Per block: kInView: its pages are in V's page cache; kProtected: write-protected in every attach since the
-  // last punch (a punch may drop uffd-wp, drop_view); kDirty: was writable since V was last copied to F.
-  enum : uint8_t { kInView = 1, kProtected = 2, kDirty = 4 };
+  // last punch (a punch may drop uffd-wp, drop_view); kDirty: was writable since V was last copied to F;
+  // kSpareFrame: the read copy being installed came pushed by the home, so F need not keep it once it is in V
+  // (spare_frames); kFrameGone: F was punched for it (V holds the node's copy, F holds nothing).
+  enum : uint8_t { kInView = 1, kProtected = 2, kDirty = 4, kSpareFrame = 8, kFrameGone = 16 };
   std::vector<uint8_t> flags_;
   bool in_view(uint32_t b) const { return flags_[b] & kInView; }
   std::map<uint64_t, Attach> attaches_;

@@ -90,7 +90,8 @@ TEST(DsmMsg, RoundTripAndStrictDecode) {
   EXPECT_FALSE(corrupt(1, 7));      // type 7
   EXPECT_FALSE(corrupt(1, 21));     // type 21
   EXPECT_FALSE(corrupt(18, 2));     // access 2
-  EXPECT_FALSE(corrupt(19, 4));     // mode 4
+  EXPECT_TRUE(corrupt(19, 4));      // mode 4 (kPushed, on a Grant)
+  EXPECT_FALSE(corrupt(19, 5));     // mode 5
   EXPECT_FALSE(corrupt(20, 1));     // node 0x01ff
   EXPECT_TRUE(corrupt(21, 0));      // node 0
   EXPECT_FALSE(corrupt(23, 0));     // count 0

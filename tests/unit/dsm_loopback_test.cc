@@ -216,8 +216,9 @@ TEST_F(DsmOverLoopback, AReadCopyIsWriteProtectedAgainAfterThePunchDroppedItsPro
 
 // A sequential reader on node 2 gets node 1's pages window by window (read-ahead: each window pushed and installed
 // in one piece, the next asked for at the first touch of the window's mark): it reads every page's own value, with
-// a fault per window rather than per page. The pages so installed are read copies like any other: a write into one
-// (inside a window, or its mark) still faults and takes the block, so node 1 reads the new value.
+// a fault per window rather than per page, and holds them once (its frames punched). The pages so installed are read
+// copies like any other: a write into one (inside a window, or its mark) still faults and takes the block, so node 1
+// reads the new value (copied from node 2's view into its frames when node 1 asks for it).
 TEST_F(DsmOverLoopback, ASequentialReaderSeesEveryPageWithTheWindowsInstalledInBulkAndTheirCopiesStayProtected) {
   constexpr uint32_t kPages = 1024;
   build({}, uint64_t{kPages} * 4096);
@@ -234,6 +235,9 @@ TEST_F(DsmOverLoopback, ASequentialReaderSeesEveryPageWithTheWindowsInstalledInB
   const Stats& s2 = n(2).dsm->stats();
   EXPECT_LT(s2.faults, kPages / 16) << "node 2 took about a fault per page: the windows were not installed whole";
   EXPECT_GT(s2.prefetched, kPages / 2);
+  // Held once: the read copies the home pushed are punched from node 2's frames once in its view.
+  EXPECT_GT(s2.frames_released, kPages / 2);
+  EXPECT_EQ(n(1).dsm->stats().frames_released, 0u);  // the home's frames are the segment's backing store
   uint64_t faults = s2.faults;
   uint32_t mark = 0;
   for (uint32_t p = kPages - 1; p > 0 && !mark; --p)  // a window's mark, if one is left unmapped
