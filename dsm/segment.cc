@@ -226,7 +226,7 @@ void Segment::handle_fault(uint64_t attach, uint64_t addr, bool write) {
     if (!in_view(b)) {
       if (!cache_.writable(b)) write_protect_all(b, true);
       fill_view(b);
-      spare_frames(b, 1);
+      spare_q_.emplace_back(b, 1);
     }
     parked_[b].insert(attach);
     wake(b);
@@ -239,6 +239,7 @@ void Segment::handle_fault(uint64_t attach, uint64_t addr, bool write) {
     }
   }
   m_.send(out);
+  spare_queued();
 }
 
 void Segment::on_msg(const Msg& m) {
@@ -442,6 +443,7 @@ void Segment::run(std::vector<Msg>& out, std::vector<LocalAction>& local) {
     cache_.on_data_ready(b, Manager::now_us(), o2, l2);
     run(o2, l2);
   }
+  spare_queued();
 }
 
 void Segment::apply(const LocalAction& a) {
@@ -459,7 +461,7 @@ void Segment::apply(const LocalAction& a) {
       if (!in_view(b) && (a.writable || !lazy(b))) fill_view(b);
       if (a.writable) flags_[b] &= static_cast<uint8_t>(~kSpareFrame);
       if (a.writable) flags_[b] |= kDirty;
-      if (in_view(b)) spare_frames(b, 1);
+      if (in_view(b)) spare_q_.emplace_back(b, 1);
       return;
     case LocalAction::kWriteProtect:
       ++m_.stats().downgrades;
@@ -534,7 +536,7 @@ void Segment::install_run(uint32_t first, uint32_t n) {
     ssize_t w = pwrite(view_fd_.get(), frames_ + o, l, static_cast<off_t>(o));
     if (w != static_cast<ssize_t>(l)) DIPC_LOG_ERROR("dsm: fill blocks {}..{}: {}", b, e - 1, strerror(errno));
     for (uint32_t x = b; x < e; ++x) flags_[x] |= kInView;
-    spare_frames(b, e - b);
+    spare_q_.emplace_back(b, e - b);
     b = e;
   }
 }
@@ -657,6 +659,13 @@ void Segment::drop_view(uint32_t b) {
 // other node may read it, as for every writable block). Not on the home (its F is the segment's backing store)
 // and not with a provider that pins F (a punched page would stay pinned under the registration while F maps a new
 // one).
+// Off the fault's critical path: after the wake-ups and the messages of the installs that queued them.
+void Segment::spare_queued() {
+  std::vector<std::pair<uint32_t, uint32_t>> q;
+  q.swap(spare_q_);
+  for (auto [first, n] : q) spare_frames(first, n);
+}
+
 void Segment::spare_frames(uint32_t first, uint32_t n) {
   for (uint32_t b = first; b < first + n;) {
     if (!(flags_[b] & kSpareFrame) || !in_view(b)) {

@@ -114,6 +114,7 @@ class Segment {
   void downgrade_run(uint32_t first, uint32_t n);  // kWriteProtect of blocks first..first+n-1, together
   void drop_view(uint32_t block);  // punch V: unmaps from every local process
   void spare_frames(uint32_t first, uint32_t n);  // punch F of the blocks first..first+n-1 marked kSpareFrame
+  void spare_queued();                            // spare_frames() of the runs installs queued in spare_q_
   bool lazy(uint32_t block) const;  // a read-only install leaves it out of V (the read-ahead mark)
   void wake(uint32_t block);
   void arm_timer();
@@ -144,6 +145,7 @@ class Segment {
   bool in_view(uint32_t b) const { return flags_[b] & kInView; }
   std::map<uint64_t, Attach> attaches_;
   std::unordered_map<uint32_t, std::set<uint64_t>> parked_;  // block -> attaches with a fault waiting
+  std::vector<std::pair<uint32_t, uint32_t>> spare_q_;  // installed runs whose frames may be punched (first, n)
   std::set<uint32_t> awaiting_;  // blocks asked of a remote home for a parked fault (answer_poll_us)
   EventLoop::TimerId timer_ = 0;
   int64_t timer_at_ = kNever;
