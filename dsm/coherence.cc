@@ -80,7 +80,7 @@ bool Msg::decode(Decoder& d) {
   uint8_t md = d.u8();
   uint16_t nd = d.u16();
   uint16_t cnt = d.u16();
-  if (!d.done() || !valid_type(t) || acc > 1 || md > 3 || nd > kMaxNodeId || cnt == 0 || cnt > kMaxCount) return false;
+  if (!d.done() || !valid_type(t) || acc > 1 || md > 4 || nd > kMaxNodeId || cnt == 0 || cnt > kMaxCount) return false;
   type = static_cast<MsgType>(t);
   segment = seg;
   block = blk;
@@ -96,6 +96,7 @@ std::string Msg::str() const {
   std::string s = std::string(msg_type_name(type)) + "(" + std::to_string(from) + "->" + std::to_string(to) +
                   " seg=" + std::to_string(segment) + " b=" + std::to_string(block) + " txn=" + std::to_string(txn);
   if (type == MsgType::kGrant) s += access == Access::kWrite ? " W" : " R";
+  if (type == MsgType::kGrant && mode == FetchMode::kPushed) s += " pushed";
   if (type == MsgType::kFetch) s += " mode=" + std::to_string(static_cast<int>(mode));
   if (type == MsgType::kGrant || type == MsgType::kFetch) s += " node=" + std::to_string(node);
   if (count != 1) s += " count=" + std::to_string(count);
@@ -585,12 +586,25 @@ std::string HomeDirectory::check() const {
 // ---------------------------------------------------------------------------------------------------------------
 // NodeCache
 
-NodeCache::NodeCache(uint64_t segment, uint32_t nblocks, NodeId self, NodeId home, uint32_t readahead_max)
+NodeCache::NodeCache(uint64_t segment, uint32_t nblocks, NodeId self, NodeId home, uint32_t readahead_max,
+                     uint32_t readahead_depth)
     : segment_(segment),
       self_(self),
       home_(home),
       blocks_(nblocks),
-      ra_max_(std::clamp<uint32_t>(readahead_max, 1, Msg::kMaxCount)) {}
+      ra_max_(std::clamp<uint32_t>(readahead_max, 1, Msg::kMaxCount)),
+      ra_depth_(std::clamp<uint32_t>(readahead_depth, 1, 8)) {}
+
+bool NodeCache::readahead_mark(uint32_t b) const {
+  return std::find(ra_marks_.begin(), ra_marks_.end(), b) != ra_marks_.end();
+}
+
+bool NodeCache::take_mark(uint32_t b) {
+  auto it = std::find(ra_marks_.begin(), ra_marks_.end(), b);
+  if (it == ra_marks_.end()) return false;
+  ra_marks_.erase(it);
+  return true;
+}
 
 const char* NodeCache::state_name(State s) {
   switch (s) {
@@ -641,7 +655,10 @@ NodeCache::Fault NodeCache::on_fault(uint32_t b, Access a, std::vector<Msg>& out
     return Fault::kParked;
   }
   Block& k = blocks_[b];
-  if (a == Access::kRead ? k.have != Have::kInvalid : k.have == Have::kExclusive) return Fault::kProceed;
+  if (a == Access::kRead ? k.have != Have::kInvalid : k.have == Have::kExclusive) {
+    if (a == Access::kRead && take_mark(b)) read_ahead_next(out);
+    return Fault::kProceed;
+  }
   if (leaving_) {
     parked_while_leaving_.insert(b);
     return Fault::kParked;
@@ -649,7 +666,7 @@ NodeCache::Fault NodeCache::on_fault(uint32_t b, Access a, std::vector<Msg>& out
   // One request per block at a time. A write fault behind an outstanding read request is retried when the read
   // grant wakes it, and then asks for the upgrade.
   if (k.pending) {
-    if (k.prefetch) k.wanted = true;
+    if (k.prefetch) k.wanted = true;  // the mark: its grant asks for the next window (grant())
     return Fault::kParked;
   }
   k.pending = true;
@@ -668,9 +685,32 @@ NodeCache::Fault NodeCache::on_fault(uint32_t b, Access a, std::vector<Msg>& out
     }
     req.count = static_cast<uint16_t>(n);
     ra_next_ = b + n;
+    ra_marks_.clear();  // a new run starts here (or the reader outran the windows ahead of it)
+    if (n > 1) ra_marks_.push_back(b + 1);
   }
   out.push_back(req);
   return Fault::kParked;
+}
+
+void NodeCache::read_ahead_next(std::vector<Msg>& out) {
+  while (!leaving_ && ra_marks_.size() < ra_depth_ && ra_next_ < blocks_.size()) {
+    uint32_t w = std::min(ra_window_ * 2, ra_max_), first = ra_next_, n = 0;
+    for (; n < w && first + n < blocks_.size(); ++n) {
+      Block& x = blocks_[first + n];
+      if (x.have != Have::kInvalid || x.pending || x.filling || x.writing_back) break;
+      x.pending = true;
+      x.pending_access = Access::kRead;
+      x.prefetch = true;
+      x.wanted = false;
+    }
+    if (n == 0) return;  // the next block is held or asked for already: a miss past it starts over
+    ra_window_ = w;
+    ra_next_ = first + n;
+    ra_marks_.push_back(first);
+    Msg req = msg(MsgType::kReadReq, first, 0);
+    req.count = static_cast<uint16_t>(n);
+    out.push_back(req);
+  }
 }
 
 void NodeCache::install(uint32_t b, int64_t now, std::vector<Msg>& out, std::vector<LocalAction>& local) {
@@ -700,7 +740,9 @@ void NodeCache::grant(uint32_t b, const Msg& m, int64_t now, std::vector<Msg>& o
     return;
   }
   if (k.prefetch) ++prefetched_;
+  bool mark_reached = k.wanted && take_mark(b);  // the reader waits on the mark already: no fault will tell
   k.prefetch = k.wanted = false;
+  if (mark_reached) read_ahead_next(out);
   k.filling = true;
   k.grant_access = m.access;
   k.grant_txn = m.txn;
@@ -816,6 +858,7 @@ void NodeCache::on_message(const Msg& m, int64_t now, std::vector<Msg>& out, std
           local.push_back(LocalAction{LocalAction::kWriteBack, b, false, kNoNode});
           return;
         case FetchMode::kNone:
+        case FetchMode::kPushed:  // a grant's mode, not a fetch's
           break;
       }
       ++bad_;

@@ -97,6 +97,7 @@ enum class FetchMode : uint8_t {
   kDowngrade = 1,   // read request elsewhere: write-protect, keep a read copy
   kInvalidate = 2,  // write request elsewhere: unmap; the frame stays as is until the requester copied it
   kWriteBack = 3,   // the node leaves: unmap, write the frame into the home's frame, then acknowledge
+  kPushed = 4,      // on a Grant, not a Fetch: the home wrote the granted blocks into the requester's frames with it
 };
 
 // One protocol message. Fixed 24-byte body: type u16, segment u64, block u32, txn u32, access u8, mode u8, node u16,
@@ -116,7 +117,7 @@ struct Msg {
   uint32_t block = 0;
   uint32_t txn = 0;                     // the home's transaction number, echoed in FetchAck/InvAck/Done; 0 otherwise
   Access access = Access::kRead;        // Grant: the granted access
-  FetchMode mode = FetchMode::kNone;    // Fetch
+  FetchMode mode = FetchMode::kNone;    // Fetch; Grant: kPushed (the data landed in the requester's frames with it)
   NodeId node = kNoNode;                // Grant: data source (kNoNode: zero-fill; the receiver itself: in place);
                                         // Fetch: the requester (informational)
   uint16_t count = 1;                   // ReadReq: the read-ahead window; Grant, NoGrant: blocks from `block` on
@@ -274,9 +275,19 @@ class NodeCache {
 
   // readahead_max: the largest read-ahead window in blocks (1: none). The window starts at 1 block, doubles on
   // every read miss at the block right after the previous window, and falls back to 1 on any other read miss.
-  NodeCache(uint64_t segment, uint32_t nblocks, NodeId self, NodeId home, uint32_t readahead_max = 1);
+  //
+  // Read-ahead runs ahead of the reader (as the kernel's page cache does with its PG_readahead mark): every window
+  // of more than one block has a mark, its first block no local access asked for (readahead_mark()). The caller
+  // installs a mark block like the others but leaves it out of the local processes' mappings, so that the reader's
+  // first access to it faults; on_fault() then answers kProceed (the caller maps it) and asks for more windows, each
+  // twice as large as the one before up to readahead_max, until `readahead_depth` windows are ahead of the reader
+  // (asked for or arrived, their marks not reached yet). A sequential reader so reads one window while the next ones
+  // are in flight, instead of waiting a round trip at the end of every window.
+  NodeCache(uint64_t segment, uint32_t nblocks, NodeId self, NodeId home, uint32_t readahead_max = 1,
+            uint32_t readahead_depth = 1);
 
-  // A local access faulted on `block`. Sends a request unless one is already outstanding.
+  // A local access faulted on `block`. Sends a request unless one is already outstanding; a read of the read-ahead
+  // mark (held, not mapped yet) asks for the next window.
   Fault on_fault(uint32_t block, Access a, std::vector<Msg>& out);
   // Grant, Invalidate, Fetch, LeaveDone from the home.
   void on_message(const Msg& m, int64_t now_us, std::vector<Msg>& out, std::vector<LocalAction>& local);
@@ -296,6 +307,8 @@ class NodeCache {
   NodeId self() const { return self_; }
   uint64_t bad_messages() const { return bad_; }
   uint32_t readahead_window() const { return ra_window_; }
+  // Whether `block` is the mark of a window ahead of the reader: its first access asks for the next window.
+  bool readahead_mark(uint32_t block) const;
   uint64_t prefetched() const { return prefetched_; }  // blocks granted through read-ahead
 
  private:
@@ -318,6 +331,9 @@ class NodeCache {
   Msg msg(MsgType type, uint32_t b, uint32_t txn) const;
   void install(uint32_t b, int64_t now, std::vector<Msg>& out, std::vector<LocalAction>& local);
   void grant(uint32_t b, const Msg& m, int64_t now, std::vector<Msg>& out, std::vector<LocalAction>& local);
+  // Asks for the windows after the last one until readahead_depth are ahead of the reader (a mark was reached).
+  void read_ahead_next(std::vector<Msg>& out);
+  bool take_mark(uint32_t b);  // removes `b` from the marks; false if it is none
 
   uint64_t segment_;
   NodeId self_;
@@ -329,6 +345,8 @@ class NodeCache {
   uint32_t ra_max_ = 1;
   uint32_t ra_window_ = 1;
   uint32_t ra_next_ = std::numeric_limits<uint32_t>::max();  // the block after the last window asked for
+  uint32_t ra_depth_ = 1;
+  std::vector<uint32_t> ra_marks_;  // the marks of the windows ahead of the reader, oldest first
   uint64_t prefetched_ = 0;
 };
 

@@ -63,7 +63,7 @@ Segment::Segment(Manager& m, uint64_t id, NodeId home, uint64_t size, const Geom
       mapped_(g.mapped),
       block_(g.block),
       nblocks_(g.nblocks),
-      cache_(id, nblocks_, m.self(), home, readahead_blocks()) {
+      cache_(id, nblocks_, m.self(), home, readahead_blocks(), kReadAheadWindows) {
   chunk_ = m.transport()->caps().pins_memory ? std::max(kPinChunk, block_) : mapped_;
   chunks_.resize((mapped_ + chunk_ - 1) / chunk_);
   if (home == m.self()) dir_ = std::make_unique<HomeDirectory>(id, nblocks_, home, m.quantum_us());
@@ -221,8 +221,13 @@ void Segment::handle_fault(uint64_t attach, uint64_t addr, bool write) {
   std::vector<Msg> out;
   NodeCache::Fault f = cache_.on_fault(b, write ? Access::kWrite : Access::kRead, out);
   if (f == NodeCache::Fault::kProceed) {
-    // The block allows the access already (the fault raced with an install): make sure, then let it retry.
-    if (!in_view(b)) fill_view(b);
+    // The block allows the access already (the fault raced with an install, or it is the read-ahead mark): make
+    // sure, then let it retry. A read copy is protected first (an attach added since its install is not yet).
+    if (!in_view(b)) {
+      if (!cache_.writable(b)) write_protect_all(b, true);
+      fill_view(b);
+      spare_q_.emplace_back(b, 1);
+    }
     parked_[b].insert(attach);
     wake(b);
   } else {
@@ -234,6 +239,7 @@ void Segment::handle_fault(uint64_t attach, uint64_t addr, bool write) {
     }
   }
   m_.send(out);
+  spare_queued();
 }
 
 void Segment::on_msg(const Msg& m) {
@@ -247,6 +253,15 @@ void Segment::on_msg(const Msg& m) {
     send_dir(out);
     arm_timer();
     return;
+  }
+  if (m.type == MsgType::kGrant && m.block < nblocks_ && m.count <= nblocks_ - m.block) {
+    // The frames of a read copy the home pushed hold nothing another node needs once it is in V (spare_frames).
+    bool spare = !dir_ && !m_.transport()->caps().pins_memory && m.mode == FetchMode::kPushed &&
+                 m.access == Access::kRead && m.txn == 0;
+    for (uint32_t b = m.block; b < m.block + m.count; ++b) {
+      flags_[b] = static_cast<uint8_t>((flags_[b] & ~kSpareFrame) | (spare ? kSpareFrame : 0));
+      if (m.mode == FetchMode::kPushed) flags_[b] &= static_cast<uint8_t>(~kFrameGone);  // F holds it again
+    }
   }
   uint64_t before = cache_.prefetched();
   cache_.on_message(m, now, out, local);
@@ -290,10 +305,12 @@ void Segment::reset_copies() {
   // keeping them would let local processes read data the cluster has moved past, and a request lost with the link
   // would never be answered. Drop every copy and start over: parked accesses fault again and ask anew (the
   // transport holds a request for a peer that is not connected until its connect timeout).
-  for (uint32_t b = 0; b < nblocks_; ++b)
+  for (uint32_t b = 0; b < nblocks_; ++b) {
+    if (in_view(b) && (flags_[b] & kFrameGone)) save_view(b);  // F holds the node's copy again, as the home knew it
     if (in_view(b)) drop_view(b);
+  }
   std::fill(flags_.begin(), flags_.end(), uint8_t{0});
-  cache_ = NodeCache(id_, nblocks_, m_.self(), home_, readahead_blocks());
+  cache_ = NodeCache(id_, nblocks_, m_.self(), home_, readahead_blocks(), kReadAheadWindows);
   m_.awaiting_ -= awaiting_.size();
   awaiting_.clear();
   std::vector<uint32_t> blocks;
@@ -367,6 +384,7 @@ bool Segment::push(Msg& g) {
   if (!local) return false;
   Msg pushed = g;
   pushed.node = g.to;
+  pushed.mode = FetchMode::kPushed;
   Encoder e;
   pushed.encode(e);
   uint64_t src_off = off - off / chunk_ * chunk_;
@@ -425,6 +443,7 @@ void Segment::run(std::vector<Msg>& out, std::vector<LocalAction>& local) {
     cache_.on_data_ready(b, Manager::now_us(), o2, l2);
     run(o2, l2);
   }
+  spare_queued();
 }
 
 void Segment::apply(const LocalAction& a) {
@@ -439,8 +458,10 @@ void Segment::apply(const LocalAction& a) {
       if (awaiting_.erase(b) && --m_.awaiting_ == 0) m_.loop().stop_polling();
       // Protection first, then the data: no local process ever sees the block with more access than granted.
       write_protect_all(b, !a.writable);
-      if (!in_view(b)) fill_view(b);
+      if (!in_view(b) && (a.writable || !lazy(b))) fill_view(b);
+      if (a.writable) flags_[b] &= static_cast<uint8_t>(~kSpareFrame);
       if (a.writable) flags_[b] |= kDirty;
+      if (in_view(b)) spare_q_.emplace_back(b, 1);
       return;
     case LocalAction::kWriteProtect:
       ++m_.stats().downgrades;
@@ -454,6 +475,7 @@ void Segment::apply(const LocalAction& a) {
         save_view(b);
       }
       if (in_view(b)) drop_view(b);  // a block never written here: F already holds what V holds
+      else flags_[b] &= static_cast<uint8_t>(~kProtected);  // (a lazy mark) protected anew at its next install
       return;
     case LocalAction::kWake:
       wake(b);
@@ -504,19 +526,24 @@ void Segment::install_run(uint32_t first, uint32_t n) {
     }
   }
   for (uint32_t b = first; b < first + n;) {
-    if (in_view(b)) {
+    if (in_view(b) || lazy(b)) {
       ++b;
       continue;
     }
     uint32_t e = b;
-    while (e < first + n && !in_view(e)) ++e;
+    while (e < first + n && !in_view(e) && !lazy(e)) ++e;
     uint64_t o = block_off(b), l = block_off(e - 1) + block_len(e - 1) - o;
     ssize_t w = pwrite(view_fd_.get(), frames_ + o, l, static_cast<off_t>(o));
     if (w != static_cast<ssize_t>(l)) DIPC_LOG_ERROR("dsm: fill blocks {}..{}: {}", b, e - 1, strerror(errno));
     for (uint32_t x = b; x < e; ++x) flags_[x] |= kInView;
+    spare_q_.emplace_back(b, e - b);
     b = e;
   }
 }
+
+// The read-ahead mark (NodeCache::readahead_mark) is installed but left out of V while no access waits on it: the
+// reader's first touch faults (a minor round trip through this daemon, no message) and asks for the next window.
+bool Segment::lazy(uint32_t b) const { return cache_.readahead_mark(b) && parked_.find(b) == parked_.end(); }
 
 void Segment::downgrade_run(uint32_t first, uint32_t n) {
   m_.stats().downgrades += n;
@@ -539,7 +566,7 @@ void Segment::downgrade_run(uint32_t first, uint32_t n) {
     uint64_t o = block_off(b), l = block_off(e - 1) + block_len(e - 1) - o;
     ssize_t r = pread(view_fd_.get(), frames_ + o, l, static_cast<off_t>(o));
     if (r != static_cast<ssize_t>(l)) DIPC_LOG_ERROR("dsm: save blocks {}..{}: {}", b, e - 1, strerror(errno));
-    for (uint32_t x = b; x < e; ++x) flags_[x] &= static_cast<uint8_t>(~kDirty);
+    for (uint32_t x = b; x < e; ++x) flags_[x] &= static_cast<uint8_t>(~(kDirty | kFrameGone));
     b = e;
   }
 }
@@ -575,7 +602,7 @@ void Segment::fetched(uint32_t b, Status st) {
     return;
   }
   ++m_.stats().remote_fetches;
-  flags_[b] &= static_cast<uint8_t>(~kInView);  // the fresh frame must be copied into the view at install
+  flags_[b] &= static_cast<uint8_t>(~(kInView | kFrameGone | kSpareFrame));  // the fresh frame goes into V at install
   std::vector<Msg> out;
   std::vector<LocalAction> local;
   cache_.on_data_ready(b, Manager::now_us(), out, local);
@@ -602,11 +629,12 @@ void Segment::save_view(uint32_t b) {
   uint64_t off = block_off(b), len = block_len(b);
   ssize_t n = pread(view_fd_.get(), frames_ + off, len, static_cast<off_t>(off));
   if (n != static_cast<ssize_t>(len)) DIPC_LOG_ERROR("dsm: save block {}: {}", b, strerror(errno));
-  flags_[b] &= static_cast<uint8_t>(~kDirty);
+  flags_[b] &= static_cast<uint8_t>(~(kDirty | kFrameGone));
 }
 
 void Segment::fill_view(uint32_t b) {
   uint64_t off = block_off(b), len = block_len(b);
+  if (flags_[b] & kFrameGone) DIPC_LOG_ERROR("dsm: segment {} block {}: filled from a punched frame", id_, b);
   ssize_t n = pwrite(view_fd_.get(), frames_ + off, len, static_cast<off_t>(off));
   if (n != static_cast<ssize_t>(len)) DIPC_LOG_ERROR("dsm: fill block {}: {}", b, strerror(errno));
   flags_[b] |= kInView;
@@ -622,6 +650,40 @@ void Segment::drop_view(uint32_t b) {
                 static_cast<off_t>(block_len(b))) != 0)
     DIPC_LOG_ERROR("dsm: punch block {}: {}", b, strerror(errno));
   flags_[b] &= static_cast<uint8_t>(~(kInView | kProtected));
+}
+
+// Memory held once (docs/ARCHITECTURE.md, "Memory on a node"): a read copy the home pushed is punched from F once
+// it is in V. Nobody reads it there again: the home recorded the copy with the home itself as its owner or as a
+// copy holder (the source of a push), so the directory never names this node's frame as the source of the block,
+// not even when another holder leaves or is lost, until this node writes it (then V is copied into F before any
+// other node may read it, as for every writable block). Not on the home (its F is the segment's backing store)
+// and not with a provider that pins F (a punched page would stay pinned under the registration while F maps a new
+// one).
+// Off the fault's critical path: after the wake-ups and the messages of the installs that queued them.
+void Segment::spare_queued() {
+  std::vector<std::pair<uint32_t, uint32_t>> q;
+  q.swap(spare_q_);
+  for (auto [first, n] : q) spare_frames(first, n);
+}
+
+void Segment::spare_frames(uint32_t first, uint32_t n) {
+  for (uint32_t b = first; b < first + n;) {
+    if (!(flags_[b] & kSpareFrame) || !in_view(b)) {
+      ++b;
+      continue;
+    }
+    uint32_t e = b;
+    while (e < first + n && (flags_[e] & kSpareFrame) && in_view(e)) ++e;
+    uint64_t o = block_off(b), l = block_off(e - 1) + block_len(e - 1) - o;
+    if (madvise(frames_ + o, l, MADV_REMOVE) != 0) {
+      DIPC_LOG_WARN("dsm: release frames of blocks {}..{}: {}", b, e - 1, strerror(errno));
+    } else {
+      m_.stats().frames_released += e - b;
+      for (uint32_t x = b; x < e; ++x)
+        flags_[x] = static_cast<uint8_t>((flags_[x] & ~kSpareFrame) | kFrameGone);
+    }
+    b = e;
+  }
 }
 
 void Segment::wake(uint32_t b) {
@@ -865,6 +927,7 @@ std::string Manager::status_text() const {
   os << "pages fetched " << stats_.remote_fetches << "\n";
   os << "pages pushed " << stats_.pushes << "\n";
   os << "pages prefetched " << stats_.prefetched << "\n";
+  os << "pages frames_released " << stats_.frames_released << "\n";
   os << "dsm faults " << stats_.faults << " zero-fills " << stats_.zero_fills << " invalidations "
      << stats_.invalidations << " downgrades " << stats_.downgrades << " messages out " << stats_.messages_out
      << " in " << stats_.messages_in << "\n";

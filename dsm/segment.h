@@ -44,14 +44,17 @@ inline constexpr uint16_t kOpRegion = 121;  // request {segment u64, offset u64}
 static_assert(transport::ops::kDsm.contains(kOpMsg) && transport::ops::kDsm.contains(kOpRegion));
 // Registration unit of the frames when the provider pins memory (a power of two, so blocks never straddle chunks).
 inline constexpr uint64_t kPinChunk = 2u << 20;
-// The largest read-ahead window of a node (NodeCache): a sequential reader gets up to this many bytes per round trip.
-inline constexpr uint64_t kReadAheadBytes = 256u << 10;
+// The largest read-ahead window of a node (NodeCache): a sequential reader gets up to this many bytes per round trip,
+// with kReadAheadWindows windows ahead of it (NodeCache's readahead_depth).
+inline constexpr uint64_t kReadAheadBytes = 1u << 20;
+inline constexpr uint32_t kReadAheadWindows = 2;
 
 struct Stats {
   uint64_t faults = 0;          // uffd fault events handled
   uint64_t remote_fetches = 0;  // blocks copied from another node's frames (pulled by this node)
   uint64_t pushes = 0;          // blocks this home wrote into a requester's frame with its grant
   uint64_t prefetched = 0;      // blocks this node got through read-ahead (granted before any access asked)
+  uint64_t frames_released = 0;  // read copies punched from F once in V (held once, not twice)
   uint64_t zero_fills = 0;
   uint64_t invalidations = 0;   // local copies dropped
   uint64_t downgrades = 0;
@@ -75,6 +78,7 @@ class Segment {
   uint64_t block_size() const { return block_; }
   int view_fd() const { return view_fd_.get(); }
   size_t attaches() const { return attaches_.size(); }
+  const NodeCache& cache() const { return cache_; }
 
   // A local process mapped the view at [addr, addr+len) and registered `uffd` (ownership passes here) for it.
   Status add_attach(uint64_t attach, int uffd, uint64_t addr, uint64_t len, bool rdonly);
@@ -109,6 +113,9 @@ class Segment {
   void install_run(uint32_t first, uint32_t n);  // kInstall read-only of blocks first..first+n-1, together
   void downgrade_run(uint32_t first, uint32_t n);  // kWriteProtect of blocks first..first+n-1, together
   void drop_view(uint32_t block);  // punch V: unmaps from every local process
+  void spare_frames(uint32_t first, uint32_t n);  // punch F of the blocks first..first+n-1 marked kSpareFrame
+  void spare_queued();                            // spare_frames() of the runs installs queued in spare_q_
+  bool lazy(uint32_t block) const;  // a read-only install leaves it out of V (the read-ahead mark)
   void wake(uint32_t block);
   void arm_timer();
   void reset_copies();
@@ -130,12 +137,15 @@ class Segment {
   NodeCache cache_;
   std::unique_ptr<HomeDirectory> dir_;  // on the home node only
   // Per block: kInView: its pages are in V's page cache; kProtected: write-protected in every attach since the
-  // last punch (a punch may drop uffd-wp, drop_view); kDirty: was writable since V was last copied to F.
-  enum : uint8_t { kInView = 1, kProtected = 2, kDirty = 4 };
+  // last punch (a punch may drop uffd-wp, drop_view); kDirty: was writable since V was last copied to F;
+  // kSpareFrame: the read copy being installed came pushed by the home, so F need not keep it once it is in V
+  // (spare_frames); kFrameGone: F was punched for it (V holds the node's copy, F holds nothing).
+  enum : uint8_t { kInView = 1, kProtected = 2, kDirty = 4, kSpareFrame = 8, kFrameGone = 16 };
   std::vector<uint8_t> flags_;
   bool in_view(uint32_t b) const { return flags_[b] & kInView; }
   std::map<uint64_t, Attach> attaches_;
   std::unordered_map<uint32_t, std::set<uint64_t>> parked_;  // block -> attaches with a fault waiting
+  std::vector<std::pair<uint32_t, uint32_t>> spare_q_;  // installed runs whose frames may be punched (first, n)
   std::set<uint32_t> awaiting_;  // blocks asked of a remote home for a parked fault (answer_poll_us)
   EventLoop::TimerId timer_ = 0;
   int64_t timer_at_ = kNever;

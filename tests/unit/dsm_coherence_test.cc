@@ -90,7 +90,8 @@ TEST(DsmMsg, RoundTripAndStrictDecode) {
   EXPECT_FALSE(corrupt(1, 7));      // type 7
   EXPECT_FALSE(corrupt(1, 21));     // type 21
   EXPECT_FALSE(corrupt(18, 2));     // access 2
-  EXPECT_FALSE(corrupt(19, 4));     // mode 4
+  EXPECT_TRUE(corrupt(19, 4));      // mode 4 (kPushed, on a Grant)
+  EXPECT_FALSE(corrupt(19, 5));     // mode 5
   EXPECT_FALSE(corrupt(20, 1));     // node 0x01ff
   EXPECT_TRUE(corrupt(21, 0));      // node 0
   EXPECT_FALSE(corrupt(23, 0));     // count 0
@@ -422,6 +423,91 @@ TEST(DsmNodeCache, ReadAheadWindowGrowsOnSequentialMissesAndResetsOnARandomOne) 
   ASSERT_EQ(out.size(), 1u);
   EXPECT_EQ(out[0].count, 2);  // blocks 1 and 2; 3 has a write request outstanding
   EXPECT_EQ(c.bad_messages() + d.bad_messages(), 0u);
+}
+
+// The reader's first touch of a window's mark asks for the next windows before the reader reaches them, until
+// `depth` windows are ahead of it; a reader that waits on a mark's grant already asks when the grant arrives.
+TEST(DsmNodeCache, ReadAheadRunsAheadOfTheReaderFromTheMarks) {
+  for (uint32_t depth : {1u, 2u}) {
+    SCOPED_TRACE("depth " + std::to_string(depth));
+    NodeCache c{kSeg, 64, 2, 1, 8, depth};
+    std::vector<Msg> out;
+    std::vector<LA> local;
+    auto grant = [&](uint32_t b, uint16_t n) {
+      Msg g = make(MsgType::kGrant, 1, 2, b, 0);
+      g.node = 2;  // pushed: in place
+      g.count = n;
+      out.clear();
+      local.clear();
+      c.on_message(g, 0, out, local);
+    };
+    c.on_fault(0, Access::kRead, out);
+    grant(0, 1);
+    EXPECT_FALSE(c.readahead_mark(0));  // a window of one block has no mark
+    EXPECT_FALSE(c.readahead_mark(1));
+    out.clear();
+    c.on_fault(1, Access::kRead, out);  // window 1..2: block 2 is its mark
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_EQ(out[0].count, 2);
+    EXPECT_TRUE(c.readahead_mark(2));
+    grant(1, 2);
+    EXPECT_TRUE(out.empty());
+    out.clear();
+    EXPECT_EQ(c.on_fault(2, Access::kRead, out), NodeCache::Fault::kProceed);  // held: the caller maps it
+    EXPECT_FALSE(c.readahead_mark(2));
+    // ... and the next windows leave at once, each twice as large as the one before, up to the cap (8).
+    ASSERT_EQ(out.size(), depth);
+    EXPECT_EQ(out[0].type, MsgType::kReadReq);
+    EXPECT_EQ(out[0].block, 3u);
+    EXPECT_EQ(out[0].count, 4);
+    EXPECT_TRUE(c.readahead_mark(3));
+    EXPECT_EQ(c.state(3), NodeCache::State::kIS);
+    if (depth == 2) {
+      EXPECT_EQ(out[1].block, 7u);
+      EXPECT_EQ(out[1].count, 8);
+      EXPECT_TRUE(c.readahead_mark(7));
+    }
+    out.clear();
+    EXPECT_EQ(c.on_fault(3, Access::kRead, out), NodeCache::Fault::kParked);  // the reader caught up: it waits
+    EXPECT_TRUE(out.empty());
+    grant(3, 4);  // ... and the grant of the mark it waits on asks for the next window
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_EQ(out[0].block, depth == 2 ? 15u : 7u);
+    EXPECT_EQ(out[0].count, 8);
+    if (depth == 1) {
+      grant(7, 8);
+      EXPECT_TRUE(out.empty());
+      EXPECT_EQ(c.on_fault(7, Access::kRead, out), NodeCache::Fault::kProceed);
+      ASSERT_EQ(out.size(), 1u);
+      EXPECT_EQ(out[0].block, 15u);
+    }
+    out.clear();
+    EXPECT_EQ(c.on_fault(3, Access::kRead, out), NodeCache::Fault::kProceed);  // once per mark
+    EXPECT_TRUE(out.empty());
+    EXPECT_EQ(c.bad_messages(), 0u);
+  }
+  // A block held already ends a window there; nothing is asked for past it.
+  NodeCache d{kSeg, 16, 2, 1, 8, 2};
+  std::vector<Msg> out;
+  std::vector<LA> local;
+  d.on_fault(0, Access::kRead, out);
+  d.on_fault(5, Access::kWrite, out);
+  Msg g = make(MsgType::kGrant, 1, 2, 0, 0);
+  g.node = 2;
+  d.on_message(g, 0, out, local);
+  out.clear();
+  d.on_fault(1, Access::kRead, out);  // window 1..2, mark 2
+  ASSERT_EQ(out.size(), 1u);
+  g.block = 1;
+  g.count = 2;
+  out.clear();
+  d.on_message(g, 0, out, local);
+  out.clear();
+  EXPECT_EQ(d.on_fault(2, Access::kRead, out), NodeCache::Fault::kProceed);
+  ASSERT_EQ(out.size(), 1u);  // 3 and 4 (block 5 has a write request outstanding), and no second window
+  EXPECT_EQ(out[0].block, 3u);
+  EXPECT_EQ(out[0].count, 2);
+  EXPECT_EQ(d.bad_messages(), 0u);
 }
 
 TEST(DsmNodeCache, RefusedReadAheadAsksAgainOnlyForBlocksAnAccessWaitsOn) {
@@ -973,7 +1059,7 @@ struct Sim {
     for (NodeId id = 1; id <= static_cast<NodeId>(n_others + 1); ++id) {
       Node& n = nodes[id];
       n.id = id;
-      n.cache = std::make_unique<NodeCache>(kSeg, nb, id, home, readahead);
+      n.cache = std::make_unique<NodeCache>(kSeg, nb, id, home, readahead, 1 + static_cast<uint32_t>(seed % 2));
       n.granted_at.assign(nb, -1);
       n.frame.assign(nb, 0);
       n.map.assign(nb, Map::kNone);
@@ -1110,6 +1196,15 @@ struct Sim {
     Map m = n.map[op.block];
     if (trace) std::printf("%llu node %u op %d b=%u map=%d\n", static_cast<unsigned long long>(step), n.id, op.kind, op.block, static_cast<int>(m));
     bool ok = op.kind == Op::kRead ? m != Map::kNone : m == Map::kRW;
+    if (ok && op.kind == Op::kRead && n.cache->readahead_mark(op.block)) {
+      // The read-ahead mark is held but not mapped (Segment leaves it out of the view): its first read faults,
+      // proceeds, and asks for the next window.
+      std::vector<Msg> out;
+      ++faults;
+      if (n.cache->on_fault(op.block, Access::kRead, out) != NodeCache::Fault::kProceed)
+        fail("a read of the held read-ahead mark did not proceed");
+      send_all(out, n.id);
+    }
     if (ok) {
       uint64_t& v = n.frame[op.block];
       if (op.kind == Op::kRead) {

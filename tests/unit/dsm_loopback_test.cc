@@ -214,5 +214,43 @@ TEST_F(DsmOverLoopback, AReadCopyIsWriteProtectedAgainAfterThePunchDroppedItsPro
   EXPECT_EQ(got, 3) << "node 2 wrote into a read copy without a fault: node 1 reads a stale value";
 }
 
+// A sequential reader on node 2 gets node 1's pages window by window (read-ahead: each window pushed and installed
+// in one piece, the next asked for at the first touch of the window's mark): it reads every page's own value, with
+// a fault per window rather than per page, and holds them once (its frames punched). The pages so installed are read
+// copies like any other: a write into one (inside a window, or its mark) still faults and takes the block, so node 1
+// reads the new value (copied from node 2's view into its frames when node 1 asks for it).
+TEST_F(DsmOverLoopback, ASequentialReaderSeesEveryPageWithTheWindowsInstalledInBulkAndTheirCopiesStayProtected) {
+  constexpr uint32_t kPages = 1024;
+  build({}, uint64_t{kPages} * 4096);
+  if (IsSkipped() || HasFatalFailure()) return;  // no userfaultfd here (qemu-user, old kernels)
+  auto word = [](Node& x, uint32_t p) { return reinterpret_cast<volatile uint32_t*>(x.view + uint64_t{p} * 4096 + 8); };
+  ASSERT_TRUE(access([&] {
+    for (uint32_t p = 0; p < kPages; ++p) *word(n(1), p) = 0x1000 + p;
+  }));
+  std::vector<uint32_t> got(kPages);
+  ASSERT_TRUE(access([&] {
+    for (uint32_t p = 0; p < kPages; ++p) got[p] = *word(n(2), p);
+  }));
+  for (uint32_t p = 0; p < kPages; ++p) ASSERT_EQ(got[p], 0x1000 + p) << "page " << p;
+  const Stats& s2 = n(2).dsm->stats();
+  EXPECT_LT(s2.faults, kPages / 16) << "node 2 took about a fault per page: the windows were not installed whole";
+  EXPECT_GT(s2.prefetched, kPages / 2);
+  // Held once: the read copies the home pushed are punched from node 2's frames once in its view.
+  EXPECT_GT(s2.frames_released, kPages / 2);
+  EXPECT_EQ(n(1).dsm->stats().frames_released, 0u);  // the home's frames are the segment's backing store
+  uint64_t faults = s2.faults;
+  uint32_t mark = 0;
+  for (uint32_t p = kPages - 1; p > 0 && !mark; --p)  // a window's mark, if one is left unmapped
+    if (n(2).dsm->find(kSeg)->cache().readahead_mark(p)) mark = p;
+  for (uint32_t p : {kPages / 2 + 3, kPages - 1, mark}) {
+    if (p == 0) continue;
+    ASSERT_TRUE(access([&] { *word(n(2), p) = 0xbeef0000 + p; }));
+    uint32_t v = 0;
+    ASSERT_TRUE(access([&] { v = *word(n(1), p); }));
+    EXPECT_EQ(v, 0xbeef0000 + p) << "node 2 wrote page " << p << " of its read copy without a fault";
+  }
+  EXPECT_GT(s2.faults, faults);
+}
+
 }  // namespace
 }  // namespace dipc::dsm
