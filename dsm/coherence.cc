@@ -674,15 +674,7 @@ NodeCache::Fault NodeCache::on_fault(uint32_t b, Access a, std::vector<Msg>& out
   Msg req = msg(a == Access::kRead ? MsgType::kReadReq : MsgType::kWriteReq, b, 0);
   if (a == Access::kRead && ra_max_ > 1) {
     ra_window_ = b == ra_next_ ? std::min(ra_window_ * 2, ra_max_) : 1;
-    uint32_t n = 1;
-    for (; n < ra_window_ && b + n < blocks_.size(); ++n) {
-      Block& x = blocks_[b + n];
-      if (x.have != Have::kInvalid || x.pending || x.filling || x.writing_back) break;
-      x.pending = true;
-      x.pending_access = Access::kRead;
-      x.prefetch = true;
-      x.wanted = false;
-    }
+    uint32_t n = 1 + claim_prefetch(b + 1, ra_window_ - 1);
     req.count = static_cast<uint16_t>(n);
     ra_next_ = b + n;
     ra_marks_.clear();  // a new run starts here (or the reader outran the windows ahead of it)
@@ -692,17 +684,22 @@ NodeCache::Fault NodeCache::on_fault(uint32_t b, Access a, std::vector<Msg>& out
   return Fault::kParked;
 }
 
+uint32_t NodeCache::claim_prefetch(uint32_t first, uint32_t max) {
+  uint32_t n = 0;
+  for (; n < max && first + n < blocks_.size(); ++n) {
+    Block& x = blocks_[first + n];
+    if (x.have != Have::kInvalid || x.pending || x.filling || x.writing_back) break;
+    x.pending = true;
+    x.pending_access = Access::kRead;
+    x.prefetch = true;
+    x.wanted = false;
+  }
+  return n;
+}
+
 void NodeCache::read_ahead_next(std::vector<Msg>& out) {
   while (!leaving_ && ra_marks_.size() < ra_depth_ && ra_next_ < blocks_.size()) {
-    uint32_t w = std::min(ra_window_ * 2, ra_max_), first = ra_next_, n = 0;
-    for (; n < w && first + n < blocks_.size(); ++n) {
-      Block& x = blocks_[first + n];
-      if (x.have != Have::kInvalid || x.pending || x.filling || x.writing_back) break;
-      x.pending = true;
-      x.pending_access = Access::kRead;
-      x.prefetch = true;
-      x.wanted = false;
-    }
+    uint32_t w = std::min(ra_window_ * 2, ra_max_), first = ra_next_, n = claim_prefetch(first, w);
     if (n == 0) return;  // the next block is held or asked for already: a miss past it starts over
     ra_window_ = w;
     ra_next_ = first + n;

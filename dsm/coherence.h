@@ -334,6 +334,9 @@ class NodeCache {
   // Asks for the windows after the last one until readahead_depth are ahead of the reader (a mark was reached).
   void read_ahead_next(std::vector<Msg>& out);
   bool take_mark(uint32_t b);  // removes `b` from the marks; false if it is none
+  // Marks up to `max` blocks from `first` on as asked for by read-ahead, up to one held or asked for already;
+  // returns how many.
+  uint32_t claim_prefetch(uint32_t first, uint32_t max);
 
   uint64_t segment_;
   NodeId self_;
