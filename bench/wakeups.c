@@ -2,6 +2,9 @@
  *   wakeups create PAGES        (on the home node) a dipc segment of PAGES pages, every page written here, and a
  *                               dipc semaphore set; prints "SHMID SEMID" and exits (both outlive it)
  *   wakeups semop SEMID N       N x (semop +1, semop -1) on semaphore 0: 2N remote calls
+ *   wakeups ping SEMID N        N ping-pong rounds with "pong" on the home: V on semaphore 1, then P on semaphore 0,
+ *                               which waits at the home (a worker asleep in the kernel set) until pong's V
+ *   wakeups pong SEMID N        (on the home node) N x (P on semaphore 1, V on semaphore 0); not measured
  *   wakeups read SHMID PAGES    reads one word of every page: PAGES read misses (checks the home's pattern)
  *   wakeups rm SHMID SEMID      removes both
  * Each measuring mode prints "ops N ns T vcsw V ivcsw I" (its own context switches from getrusage). */
@@ -33,7 +36,7 @@ int main(int argc, char **argv) {
   if (!strcmp(mode, "create")) {
     long pages = atol(argv[2]);
     int shmid = shmget(IPC_PRIVATE, (size_t)pages * 4096, IPC_CREAT | IPC_DIPC | 0600);
-    int semid = semget(IPC_PRIVATE, 1, IPC_CREAT | IPC_DIPC | 0600);
+    int semid = semget(IPC_PRIVATE, 2, IPC_CREAT | IPC_DIPC | 0600);
     if (shmid < 0 || semid < 0) { perror("get"); return 1; }
     volatile long *p = shmat(shmid, NULL, 0);
     if (p == (void *)-1) { perror("shmat"); return 1; }
@@ -61,6 +64,24 @@ int main(int argc, char **argv) {
     long long t1 = now_ns();
     getrusage(RUSAGE_SELF, &b);
     report(2 * n, t1 - t0, &a, &b);
+    return 0;
+  }
+  if (!strcmp(mode, "pong")) {
+    struct sembuf p1 = {1, -1, 0}, v0 = {0, 1, 0};
+    for (long i = 0; i < n + 1; i++)  /* + 1: ping's warm-up round */
+      if (semop(id, &p1, 1) || semop(id, &v0, 1)) { perror("semop"); return 1; }
+    return 0;
+  }
+  if (!strcmp(mode, "ping")) {
+    struct sembuf v1 = {1, 1, 0}, p0 = {0, -1, 0};
+    if (semop(id, &v1, 1) || semop(id, &p0, 1)) { perror("semop"); return 1; }  /* warm */
+    getrusage(RUSAGE_SELF, &a);
+    long long t0 = now_ns();
+    for (long i = 0; i < n; i++)
+      if (semop(id, &v1, 1) || semop(id, &p0, 1)) { perror("semop"); return 1; }
+    long long t1 = now_ns();
+    getrusage(RUSAGE_SELF, &b);
+    report(n, t1 - t0, &a, &b);
     return 0;
   }
   if (!strcmp(mode, "read")) {

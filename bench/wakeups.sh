@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Counts the context switches of one remote semop and one read miss end to end (docs/PERFORMANCE.md, "Wake-ups"):
+# Counts the context switches of one remote semop, one ping-pong round and one read miss end to end (docs/PERFORMANCE.md, "Wake-ups"):
 # the program on node2, node2's dipcd and the home's dipcd (node1), from /proc/PID/status voluntary_ctxt_switches
 # and nonvoluntary_ctxt_switches before and after N operations (the program's own from getrusage), per operation.
 # A voluntary switch is a sleep (the process blocked and someone must wake it); a nonvoluntary one is preemption,
@@ -40,5 +40,11 @@ measure() {
 }
 measure "semop (nonblocking)" semop "$semid" "$((n / 2))"
 measure "read miss (4 KiB page)" read "$shmid" "$n"
+# The ping-pong round of bench/run.sh, counted per round: node2's V (nonblocking) and P (waits at the home, in a
+# worker asleep in the kernel set, until the home's program "pong" posts it). pong's own switches are not counted.
+"$bin/dipc-sim" exec --dir "$dir" --preload node1 -- "$bin/wakeups" pong "$semid" "$((n / 2))" &
+pong=$!
+measure "ping-pong round (V + P)" ping "$semid" "$((n / 2))"
+wait "$pong"
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 "$bin/dipc-sim" exec --dir "$dir" --preload node1 -- "$bin/wakeups" rm "$shmid" "$semid"

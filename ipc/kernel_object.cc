@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <thread>
 #include <system_error>
 
 #include "common/log.h"
@@ -123,17 +124,117 @@ bool kernel_sleep_visible(long nr, const std::function<void()>& sleep, const std
 
 // ---------------------------------------------------------------------------------------------------------------
 
+KernelWorkerPool::KernelWorkerPool(size_t max_threads)
+    : max_threads_(max_threads), euid_(geteuid()), egid_(getegid()) {
+  int n = getgroups(0, nullptr);
+  if (n > 0) {
+    groups_.resize(static_cast<size_t>(n));
+    n = getgroups(n, groups_.data());
+    groups_.resize(n > 0 ? static_cast<size_t>(n) : 0);
+  }
+}
+
+KernelWorkerPool::~KernelWorkerPool() {
+  std::unique_lock<std::mutex> g(mu_);
+  stopping_ = true;
+  cv_.notify_all();
+  gone_cv_.wait(g, [this] { return threads_ == 0; });
+}
+
+KernelWorkerPool& KernelWorkerPool::instance() {
+  static KernelWorkerPool* pool = new KernelWorkerPool();  // never destroyed: its threads may outlive main()
+  return *pool;
+}
+
+size_t KernelWorkerPool::threads() const {
+  std::lock_guard<std::mutex> g(mu_);
+  return threads_;
+}
+
+size_t KernelWorkerPool::busy() const {
+  std::lock_guard<std::mutex> g(mu_);
+  return busy_;
+}
+
+size_t KernelWorkerPool::parked() const {
+  std::lock_guard<std::mutex> g(mu_);
+  return parked_;
+}
+
+bool KernelWorkerPool::submit(std::shared_ptr<Job> job) {
+  std::unique_lock<std::mutex> g(mu_);
+  if (busy_ >= max_threads_) return false;
+  bool spawn = threads_ <= busy_;  // every thread has a call already: one more
+  if (spawn) {
+    try {
+      std::thread([this] { serve(); }).detach();
+    } catch (const std::system_error&) {
+      return false;
+    }
+    ++threads_;
+  }
+  ++busy_;
+  queue_.push_back(std::move(job));
+  g.unlock();
+  if (!spawn) cv_.notify_one();
+  return true;
+}
+
+void KernelWorkerPool::serve() {
+  pid_t self = static_cast<pid_t>(syscall(SYS_gettid));
+  std::unique_lock<std::mutex> g(mu_);
+  for (;;) {
+    ++parked_;
+    cv_.wait(g, [this] { return !queue_.empty() || stopping_; });  // a late cancel signal only wakes the futex
+    --parked_;
+    if (queue_.empty()) {  // stopping
+      if (--threads_ == 0) gone_cv_.notify_all();
+      return;
+    }
+    std::shared_ptr<Job> job = std::move(queue_.front());
+    queue_.pop_front();
+    g.unlock();
+    job->tid = self;
+    job->run(*job);
+    job->run = nullptr;  // what it held (its KernelWaits' worker, which holds the job) goes now
+    job->tid = 0;
+    restore_credentials();  // before the next call: it must not run with the last caller's ids
+    job.reset();
+    g.lock();
+    --busy_;
+    if (threads_ - busy_ > kMaxIdle) {  // enough parked already
+      if (--threads_ == 0) gone_cv_.notify_all();
+      return;
+    }
+  }
+}
+
+// The raw system calls change this thread's ids alone (glibc's wrappers would change every thread's). uid first:
+// a thread that became another user regains root's capabilities with it (its saved uid is still 0), which the gid
+// and groups need. If that ever failed the thread would serve the next caller with the last one's rights: abort.
+void KernelWorkerPool::restore_credentials() {
+#if defined(SYS_setresuid) && defined(SYS_setresgid) && defined(SYS_setgroups)
+  if (euid_ != 0) return;  // a daemon that is not root never changes a worker's ids
+  if (syscall(SYS_setresuid, -1, euid_, -1) != 0 || syscall(SYS_setresgid, -1, egid_, -1) != 0 ||
+      syscall(SYS_setgroups, groups_.size(), groups_.data()) != 0) {
+    DIPC_LOG_ERROR("a kernel worker cannot take back the daemon's credentials: {}", strerror(errno));
+    abort();
+  }
+#endif
+}
+
 struct KernelWaits::Worker {
   uint64_t token = 0;
   long nr = -1;
   std::function<int()> call;
   std::function<void()> registered;
   std::function<void(int)> done;
-  std::atomic<pid_t> tid{0};
-  std::atomic<bool> cancel{false};
+  std::shared_ptr<KernelWorkerPool::Job> job;
+  std::atomic<bool> cancel{false};  // cancel(): ECANCELED unless the call returned first
+  std::atomic<bool> gone{false};    // the object was removed: EIDRM without a system call, if not started
   std::atomic<bool> finished{false};
+  bool is_registered = false;  // loop thread
   int result = 0;
-  std::thread thread;
 };
 
 KernelWaits::KernelWaits(EventLoop& loop) : loop_(loop) {
@@ -151,13 +252,13 @@ KernelWaits::~KernelWaits() { stop_all(); }
 void KernelWaits::stop_all() {
   *alive_ = nullptr;
   for (auto& [token, w] : workers_) {
-    w->cancel = true;
-    // A worker that had not yet gone to sleep finds the object gone or the flag set.
+    w->gone = true;
+    // The kernel object is removed: a worker asleep in it returned EIDRM; one about to call finds the flag, or the
+    // object gone (EINVAL, taken as EIDRM). The signal only hurries one between the two.
     while (!w->finished) {
-      if (pid_t t = w->tid) syscall(SYS_tgkill, getpid(), t, cancel_signal());
+      if (pid_t t = w->job->tid) syscall(SYS_tgkill, getpid(), t, cancel_signal());
       std::this_thread::sleep_for(std::chrono::microseconds(200));  // bounded by the worker's next check
     }
-    w->thread.join();
   }
   workers_.clear();
   // Completions already posted still run: they answer their caller only.
@@ -172,48 +273,61 @@ bool KernelWaits::start(uint64_t token, long nr, std::function<int()> call, std:
   w->call = std::move(call);
   w->registered = std::move(registered);
   w->done = std::move(done);
+  w->job = std::make_shared<KernelWorkerPool::Job>();
   EventLoop* loop = &loop_;
   auto cell = alive_;
-  try {
-    w->thread = std::thread([w, loop, cell] {
-      w->tid = static_cast<pid_t>(syscall(SYS_gettid));
-      int r = 0;
-      for (;;) {
-        if (w->cancel) {
-          r = ECANCELED;
-          break;
-        }
-        r = w->call();
-        if (r != EINTR) break;  // EINTR: the flag decides
+  // The job holds the worker; the worker holds the job only for its thread id (the job is dropped by the pool once
+  // run, so the cycle ends when the worker leaves workers_).
+  w->job->run = [w, loop, cell](KernelWorkerPool::Job&) {
+    int r = 0;
+    bool first = true;
+    for (;;) {
+      if (w->gone) {
+        r = EIDRM;  // removed before this call reached the kernel: the request came first
+        break;
       }
-      w->result = r;
-      w->finished = true;
-      loop->post([w, cell] {
-        if (*cell) (*cell)->finish(w->token);
-        w->done(w->result);
-      });
+      if (w->cancel) {
+        r = ECANCELED;
+        break;
+      }
+      if (first) {
+        first = false;
+        // The loop looks whether it sleeps yet once it runs this: by then it usually does.
+        loop->post([w, cell] {
+          if (*cell) (*cell)->watch(w->token, 0);
+        });
+      }
+      r = w->call();
+      if (r != EINTR) break;  // EINTR: the flags decide
+    }
+    w->result = r;
+    loop->post([w, cell] {
+      if (*cell) (*cell)->finish(w->token);
+      w->done(w->result);
     });
-  } catch (const std::system_error&) {
-    return false;
-  }
+    w->finished = true;  // last: the owner may go, and its loop with it, once it sees this
+  };
+  if (!KernelWorkerPool::instance().submit(w->job)) return false;
   workers_.emplace(token, w);
-  watch(token);
   return true;
 }
 
 // "Blocked means registered": the caller is told it waits only once the worker sleeps in its system call, so the
-// kernel counts it and an IPC_RMID that follows gives it EIDRM. Polled from the loop while the worker starts.
-void KernelWaits::watch(uint64_t token) {
+// kernel counts it and an IPC_RMID that follows gives it EIDRM. First looked at when the worker is about to make
+// the call (it posts this), then, if it does not sleep yet, after 10, 20, 40, 50, 50 ... us.
+void KernelWaits::watch(uint64_t token, int64_t backoff_us) {
   auto it = workers_.find(token);
-  if (it == workers_.end() || it->second->finished) return;
+  if (it == workers_.end() || it->second->finished || it->second->is_registered) return;
   Worker& w = *it->second;
-  if (pid_t t = w.tid; t && task_sleeps_in(t, w.nr)) {
+  if (pid_t t = w.job->tid; t && task_sleeps_in(t, w.nr)) {
+    w.is_registered = true;
     if (w.registered) w.registered();
     return;
   }
+  int64_t next = std::min<int64_t>(backoff_us ? backoff_us * 2 : 10, 50);
   auto cell = alive_;
-  loop_.add_timer_us(50, [cell, token] {
-    if (*cell) (*cell)->watch(token);
+  loop_.add_timer_us(next, [cell, token, next] {
+    if (*cell) (*cell)->watch(token, next);
   });
 }
 
@@ -222,7 +336,7 @@ bool KernelWaits::cancel(uint64_t token) {
   if (it == workers_.end()) return false;
   Worker& w = *it->second;
   w.cancel = true;
-  if (pid_t t = w.tid) syscall(SYS_tgkill, getpid(), t, cancel_signal());
+  if (pid_t t = w.job->tid) syscall(SYS_tgkill, getpid(), t, cancel_signal());
   // The signal may land before the worker enters the kernel: repeat until it returns.
   auto cell = alive_;
   loop_.add_timer(1, [cell, token] {
@@ -234,7 +348,6 @@ bool KernelWaits::cancel(uint64_t token) {
 void KernelWaits::finish(uint64_t token) {
   auto it = workers_.find(token);
   if (it == workers_.end()) return;
-  it->second->thread.join();  // it posted this as its last step
   workers_.erase(it);
 }
 
