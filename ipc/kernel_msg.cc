@@ -91,7 +91,7 @@ std::unique_ptr<KernelMsgQueue> KernelMsgQueue::create(EventLoop& loop, const Cr
 }
 
 KernelMsgQueue::~KernelMsgQueue() {
-  msgctl(kid_, IPC_RMID, nullptr);  // every waiter, the workers too, returns EIDRM; waits_ joins them
+  msgctl(kid_, IPC_RMID, nullptr);  // every waiter, the workers too, returns EIDRM; waits_ waits for them
 }
 
 int KernelMsgQueue::stat(struct msqid_ds& out) const {
@@ -135,7 +135,7 @@ int KernelMsgQueue::try_recv(size_t maxsize, int64_t msgtyp, int flg, int32_t pi
 bool KernelMsgQueue::start_send(uint64_t token, const Creds& c, int64_t mtype, Bytes text, int flg,
                                 std::function<void()> registered, std::function<void(int)> done) {
   int kid = kid_;
-  std::atomic<int32_t>* pids = remote_pid_.get();  // lives until waits_ joined this worker
+  std::atomic<int32_t>* pids = remote_pid_.get();  // lives until waits_ saw this call return
   size_t size = text.size();
   auto call = [kid, pids, c, flg, size, b = message_buffer(mtype, text), switched = false, bad = 0]() mutable {
     if (!switched) {

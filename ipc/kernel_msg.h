@@ -37,7 +37,7 @@ class KernelMsgQueue {
   static std::unique_ptr<KernelMsgQueue> create(EventLoop& loop, const Creds& c, uint16_t mode);
   // Whether this daemon can tell a worker asleep in msgrcv() (kernel_sleep_visible): tried once with a scratch queue.
   static bool supported();
-  // Removes the kernel queue (every waiter, local or remote, gets EIDRM) and joins the workers.
+  // Removes the kernel queue (every waiter, local or remote, gets EIDRM) and waits for the workers.
   ~KernelMsgQueue();
   KernelMsgQueue(const KernelMsgQueue&) = delete;
   KernelMsgQueue& operator=(const KernelMsgQueue&) = delete;
@@ -71,7 +71,7 @@ class KernelMsgQueue {
   // The pid (on its node) of the last sender / receiver dipcd acted for, and the thread id of the last worker that
   // received; written by workers too.
   std::unique_ptr<std::atomic<int32_t>[]> remote_pid_{new std::atomic<int32_t>[3]()};
-  KernelWaits waits_;  // last: destroyed (its workers joined) before remote_pid_
+  KernelWaits waits_;  // last: destroyed (every call of its workers returned) before remote_pid_
 };
 
 // The kernel ids of the queues a daemon made (kernel_object.h).

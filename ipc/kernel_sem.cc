@@ -68,7 +68,7 @@ std::unique_ptr<KernelSemSet> KernelSemSet::create(EventLoop& loop, const Creds&
 
 KernelSemSet::~KernelSemSet() {
   SemArg a{};
-  semctl(kid_, 0, IPC_RMID, a);  // every waiter, the workers too, returns EIDRM; waits_ joins them
+  semctl(kid_, 0, IPC_RMID, a);  // every waiter, the workers too, returns EIDRM; waits_ waits for them
 }
 
 int KernelSemSet::stat(struct semid_ds& out) const {
@@ -132,7 +132,7 @@ int KernelSemSet::try_op(const std::vector<struct sembuf>& sops) {
 bool KernelSemSet::start_wait(uint64_t token, std::vector<struct sembuf> sops, int32_t pid,
                               std::function<void()> registered, std::function<void(int)> done) {
   int kid = kid_;
-  std::atomic<int32_t>* pids = remote_pid_.get();  // lives until waits_ joined this worker
+  std::atomic<int32_t>* pids = remote_pid_.get();  // lives until waits_ saw this call return
   auto call = [kid, pids, pid, sops = std::move(sops)]() mutable {
     if (syscall(kSemtimedop, kid, sops.data(), sops.size(), nullptr) == 0) {
       for (const auto& b : sops) pids[b.sem_num].store(pid);  // before anyone can read GETPID through dipcd

@@ -42,7 +42,7 @@ class KernelSemSet {
   static bool supported();
   // The daemon's IPC namespace (st_ino of /proc/self/ns/ipc); 0 if unknown.
   static uint64_t ipc_namespace() { return kernel_ipc_namespace(); }
-  // Removes the kernel set (every waiter, local or remote, gets EIDRM) and joins the workers.
+  // Removes the kernel set (every waiter, local or remote, gets EIDRM) and waits for the workers.
   ~KernelSemSet();
   KernelSemSet(const KernelSemSet&) = delete;
   KernelSemSet& operator=(const KernelSemSet&) = delete;
@@ -95,7 +95,7 @@ class KernelSemSet {
   int nsems_;
   std::unique_ptr<std::atomic<int32_t>[]> remote_pid_;  // per semaphore; written by workers too
   std::map<ProcKey, std::vector<int>> undo_;
-  KernelWaits waits_;  // last: destroyed (its workers joined) before remote_pid_
+  KernelWaits waits_;  // last: destroyed (every call of its workers returned) before remote_pid_
 };
 
 // The kernel ids of the sets a daemon made (kernel_object.h).
