@@ -5,6 +5,9 @@
  *   wakeups ping SEMID N        N ping-pong rounds with "pong" on the home: V on semaphore 1, then P on semaphore 0,
  *                               which waits at the home (a worker asleep in the kernel set) until pong's V
  *   wakeups pong SEMID N        (on the home node) N x (P on semaphore 1, V on semaphore 0); not measured
+ *   wakeups wait SEMID N        N x P on semaphore 0, each of which waits at the home until "post" sees it there
+ *   wakeups post SEMID N        (on the home node) N x (V on semaphore 0 once GETNCNT shows a waiter, looked at
+ *                               every 20 us); not measured
  *   wakeups read SHMID PAGES    reads one word of every page: PAGES read misses (checks the home's pattern)
  *   wakeups rm SHMID SEMID      removes both
  * Each measuring mode prints "ops N ns T vcsw V ivcsw I" (its own context switches from getrusage). */
@@ -70,6 +73,27 @@ int main(int argc, char **argv) {
     struct sembuf p1 = {1, -1, 0}, v0 = {0, 1, 0};
     for (long i = 0; i < n + 1; i++)  /* + 1: ping's warm-up round */
       if (semop(id, &p1, 1) || semop(id, &v0, 1)) { perror("semop"); return 1; }
+    return 0;
+  }
+  if (!strcmp(mode, "post")) {
+    struct sembuf v0 = {0, 1, 0};
+    struct timespec gap = {0, 20000};
+    for (long i = 0; i < n + 1; i++) {  /* + 1: wait's warm-up */
+      while (semctl(id, 0, GETNCNT) < 1) nanosleep(&gap, NULL);
+      if (semop(id, &v0, 1)) { perror("semop"); return 1; }
+    }
+    return 0;
+  }
+  if (!strcmp(mode, "wait")) {
+    struct sembuf p0 = {0, -1, 0};
+    if (semop(id, &p0, 1)) { perror("semop"); return 1; }  /* warm */
+    getrusage(RUSAGE_SELF, &a);
+    long long t0 = now_ns();
+    for (long i = 0; i < n; i++)
+      if (semop(id, &p0, 1)) { perror("semop"); return 1; }
+    long long t1 = now_ns();
+    getrusage(RUSAGE_SELF, &b);
+    report(n, t1 - t0, &a, &b);
     return 0;
   }
   if (!strcmp(mode, "ping")) {
