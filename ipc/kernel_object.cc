@@ -209,14 +209,24 @@ void KernelWorkerPool::serve() {
   }
 }
 
-// The raw system calls change this thread's ids alone (glibc's wrappers would change every thread's). uid first:
+// The raw system calls change this thread's ids alone (glibc's wrappers would change every thread's), and only
+// what a call changed is put back (a daemon in a user namespace that denies setgroups never calls it). uid first:
 // a thread that became another user regains root's capabilities with it (its saved uid is still 0), which the gid
 // and groups need. If that ever failed the thread would serve the next caller with the last one's rights: abort.
 void KernelWorkerPool::restore_credentials() {
-#if defined(SYS_setresuid) && defined(SYS_setresgid) && defined(SYS_setgroups)
+#if defined(SYS_setresuid) && defined(SYS_setresgid) && defined(SYS_setgroups) && defined(SYS_geteuid) && \
+    defined(SYS_getegid) && defined(SYS_getgroups)
   if (euid_ != 0) return;  // a daemon that is not root never changes a worker's ids
-  if (syscall(SYS_setresuid, -1, euid_, -1) != 0 || syscall(SYS_setresgid, -1, egid_, -1) != 0 ||
-      syscall(SYS_setgroups, groups_.size(), groups_.data()) != 0) {
+  bool ok = true;
+  if (static_cast<uid_t>(syscall(SYS_geteuid)) != euid_) ok = syscall(SYS_setresuid, -1, euid_, -1) == 0;
+  if (ok && static_cast<gid_t>(syscall(SYS_getegid)) != egid_) ok = syscall(SYS_setresgid, -1, egid_, -1) == 0;
+  if (ok) {
+    gid_t now[64];
+    long n = syscall(SYS_getgroups, 64, now);  // this thread's (credentials are per thread in the kernel)
+    if (n < 0 || static_cast<size_t>(n) != groups_.size() || !std::equal(groups_.begin(), groups_.end(), now))
+      ok = syscall(SYS_setgroups, groups_.size(), groups_.data()) == 0;
+  }
+  if (!ok) {
     DIPC_LOG_ERROR("a kernel worker cannot take back the daemon's credentials: {}", strerror(errno));
     abort();
   }
@@ -307,7 +317,10 @@ bool KernelWaits::start(uint64_t token, long nr, std::function<int()> call, std:
     });
     w->finished = true;  // last: the owner may go, and its loop with it, once it sees this
   };
-  if (!KernelWorkerPool::instance().submit(w->job)) return false;
+  if (!KernelWorkerPool::instance().submit(w->job)) {
+    w->job->run = nullptr;  // it held the worker
+    return false;
+  }
   workers_.emplace(token, w);
   return true;
 }
