@@ -27,12 +27,6 @@
 namespace dipc::ipc {
 namespace {
 
-union SemArg {
-  int val;
-  struct semid_ds* buf;
-  unsigned short* array;
-};
-
 // Runs one job on `pool` and waits until its thread is back in the pool (bounded): the thread id it ran on.
 template <typename F>
 pid_t run_on(KernelWorkerPool& pool, F fn) {
