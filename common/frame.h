@@ -23,7 +23,9 @@
 namespace dipc {
 
 inline constexpr uint32_t kFrameMagic = 0x44495043;
-inline constexpr uint8_t kFrameVersion = 1;
+// 2: dsm's kOpPush (a pushed run as one message over tcp): a node of an older build would drop it and leave the
+// reader waiting, so the link refuses it at its first frame instead ("unsupported frame version").
+inline constexpr uint8_t kFrameVersion = 2;
 inline constexpr size_t kFrameHeaderSize = 24;
 // Large enough for one coherence block of up to 4 MiB plus headers; message queue bodies are far smaller.
 inline constexpr uint32_t kMaxPayload = (4u << 20) + 4096;

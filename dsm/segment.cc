@@ -226,7 +226,7 @@ void Segment::handle_fault(uint64_t attach, uint64_t addr, bool write) {
     if (!in_view(b)) {
       if (!cache_.writable(b)) write_protect_all(b, true);
       fill_view(b);
-      spare_q_.emplace_back(b, 1);
+      if (flags_[b] & kSpareFrame) spare_q_.emplace_back(b, 1);
     }
     parked_[b].insert(attach);
     wake(b);
@@ -267,6 +267,42 @@ void Segment::on_msg(const Msg& m) {
   cache_.on_message(m, now, out, local);
   m_.stats().prefetched += cache_.prefetched() - before;
   run(out, local);
+}
+
+// A pushed run that came as one message (push(), providers without native one-sided operations). A read copy whose
+// frame would be released once in V anyway (spare_frames) is copied from the message straight into V; a block of
+// it that is not installed now (the read-ahead mark, left out of V) goes into F, where its install looks later.
+// Anything else lands in F first, as a one-sided write would have.
+void Segment::on_push(const Msg& m, ByteView data) {
+  if (m.type != MsgType::kGrant || m.mode != FetchMode::kPushed || m.node != m_.self() || m.block >= nblocks_ ||
+      m.count > nblocks_ - m.block ||
+      data.size() != block_off(m.block + m.count - 1) + block_len(m.block + m.count - 1) - block_off(m.block)) {
+    DIPC_LOG_WARN("dsm: segment {}: malformed push {} ({} bytes) from node {} dropped", id_, m.str(), data.size(),
+                  m.from);
+    return;
+  }
+  bool spare = !dir_ && !m_.transport()->caps().pins_memory && m.access == Access::kRead && m.txn == 0;
+  if (!spare || push_src_.data) {
+    std::memcpy(frames_ + block_off(m.block), data.data(), data.size());
+    on_msg(m);
+    return;
+  }
+  push_src_.data = data.data();
+  push_src_.first = m.block;
+  push_src_.n = m.count;
+  push_src_.used.assign(m.count, false);
+  on_msg(m);
+  PushSrc p = std::move(push_src_);
+  push_src_ = PushSrc{};
+  for (uint32_t i = 0; i < p.n; ++i) {
+    uint32_t b = p.first + i;
+    if (p.used[i]) {  // V holds it, F does not (released as spare_frames does)
+      flags_[b] = static_cast<uint8_t>((flags_[b] & ~kSpareFrame) | kFrameGone);
+      continue;
+    }
+    std::memcpy(frames_ + block_off(b), p.data + (block_off(b) - block_off(p.first)), block_len(b));
+    flags_[b] &= static_cast<uint8_t>(~kFrameGone);
+  }
 }
 
 void Segment::on_timer() {
@@ -374,6 +410,21 @@ uint32_t Segment::readahead_blocks() const {
 // WRITE_WITH_IMM). Refused for lack of resources: the grant goes out unpushed, behind what is queued already.
 bool Segment::push(Msg& g) {
   uint64_t off = block_off(g.block), len = block_off(g.block + g.count - 1) + block_len(g.block + g.count - 1) - off;
+  Msg pushed = g;
+  pushed.node = g.to;
+  pushed.mode = FetchMode::kPushed;
+  if (!m_.transport()->caps().native_rma) {
+    // The provider carries one-sided operations through the peer's CPU anyway (tcp): send the run with its grant as
+    // one message. The requester copies it from the message into V (on_push): its frames are not touched.
+    Encoder e;
+    pushed.encode(e);
+    e.raw(ByteView(frames_ + off, len));
+    if (!m_.transport()->send(g.to, kOpPush, e.take())) return false;
+    m_.stats().pushes += g.count;
+    DSM_TRACE("dsm: seg {} pushed {} to {} in a message", id_, pushed.str(), g.to);
+    ++m_.stats().messages_out;
+    return true;
+  }
   uint64_t coff = 0;
   const transport::RemoteKey* k = m_.cached_region(id_, g.to, off, len, coff);
   if (!k) {
@@ -382,9 +433,6 @@ bool Segment::push(Msg& g) {
   }
   auto local = frames_chunk(off);
   if (!local) return false;
-  Msg pushed = g;
-  pushed.node = g.to;
-  pushed.mode = FetchMode::kPushed;
   Encoder e;
   pushed.encode(e);
   uint64_t src_off = off - off / chunk_ * chunk_;
@@ -461,7 +509,7 @@ void Segment::apply(const LocalAction& a) {
       if (!in_view(b) && (a.writable || !lazy(b))) fill_view(b);
       if (a.writable) flags_[b] &= static_cast<uint8_t>(~kSpareFrame);
       if (a.writable) flags_[b] |= kDirty;
-      if (in_view(b)) spare_q_.emplace_back(b, 1);
+      if (in_view(b) && (flags_[b] & kSpareFrame)) spare_q_.emplace_back(b, 1);
       return;
     case LocalAction::kWriteProtect:
       ++m_.stats().downgrades;
@@ -532,11 +580,13 @@ void Segment::install_run(uint32_t first, uint32_t n) {
     }
     uint32_t e = b;
     while (e < first + n && !in_view(e) && !lazy(e)) ++e;
-    uint64_t o = block_off(b), l = block_off(e - 1) + block_len(e - 1) - o;
-    ssize_t w = pwrite(view_fd_.get(), frames_ + o, l, static_cast<off_t>(o));
-    if (w != static_cast<ssize_t>(l)) DIPC_LOG_ERROR("dsm: fill blocks {}..{}: {}", b, e - 1, strerror(errno));
-    for (uint32_t x = b; x < e; ++x) flags_[x] |= kInView;
-    spare_q_.emplace_back(b, e - b);
+    copy_into_view(b, e);
+    bool spare = false;
+    for (uint32_t x = b; x < e; ++x) {
+      flags_[x] |= kInView;
+      spare = spare || (flags_[x] & kSpareFrame);
+    }
+    if (spare) spare_q_.emplace_back(b, e - b);
     b = e;
   }
 }
@@ -633,11 +683,24 @@ void Segment::save_view(uint32_t b) {
 }
 
 void Segment::fill_view(uint32_t b) {
-  uint64_t off = block_off(b), len = block_len(b);
   if (flags_[b] & kFrameGone) DIPC_LOG_ERROR("dsm: segment {} block {}: filled from a punched frame", id_, b);
-  ssize_t n = pwrite(view_fd_.get(), frames_ + off, len, static_cast<off_t>(off));
-  if (n != static_cast<ssize_t>(len)) DIPC_LOG_ERROR("dsm: fill block {}: {}", b, strerror(errno));
+  copy_into_view(b, b + 1);
   flags_[b] |= kInView;
+}
+
+void Segment::copy_into_view(uint32_t first, uint32_t end) {
+  const PushSrc& p = push_src_;
+  for (uint32_t b = first; b < end;) {
+    bool msg = p.data && b >= p.first && b < p.first + p.n;
+    uint32_t stop = msg ? std::min(end, p.first + p.n) : (p.data && b < p.first ? std::min(end, p.first) : end);
+    uint64_t o = block_off(b), l = block_off(stop - 1) + block_len(stop - 1) - o;
+    const uint8_t* src = msg ? p.data + (o - block_off(p.first)) : frames_ + o;
+    ssize_t w = pwrite(view_fd_.get(), src, l, static_cast<off_t>(o));
+    if (w != static_cast<ssize_t>(l)) DIPC_LOG_ERROR("dsm: fill blocks {}..{}: {}", b, stop - 1, strerror(errno));
+    if (msg)
+      for (uint32_t x = b; x < stop; ++x) push_src_.used[x - p.first] = true;
+    b = stop;
+  }
 }
 
 // The punch also forgets the block's write protection (kProtected): uffd-wp is not reliably kept across it. The
@@ -661,6 +724,7 @@ void Segment::drop_view(uint32_t b) {
 // one).
 // Off the fault's critical path: after the wake-ups and the messages of the installs that queued them.
 void Segment::spare_queued() {
+  if (spare_q_.empty()) return;
   std::vector<std::pair<uint32_t, uint32_t>> q;
   q.swap(spare_q_);
   for (auto [first, n] : q) spare_frames(first, n);
@@ -834,20 +898,28 @@ void Manager::drain_local() {
 }
 
 void Manager::on_message(NodeId from, uint16_t op, ByteView body) {
-  if (op != kOpMsg) {
+  if (op != kOpMsg && op != kOpPush) {
     DIPC_LOG_WARN("dsm: node {}: unknown message {}", from, op);
     return;
   }
+  ByteView data;
+  if (op == kOpPush && body.size() > Msg::kEncodedSize) {
+    data = body.subspan(Msg::kEncodedSize);
+    body = body.first(Msg::kEncodedSize);
+  }
   Decoder d(body);
   Msg m;
-  if (!m.decode(d) || !d.done()) {
+  if (!m.decode(d) || !d.done() || (op == kOpPush && data.empty())) {
     DIPC_LOG_WARN("dsm: node {}: malformed coherence message dropped", from);
     return;
   }
   m.from = from;
   m.to = self_;
   ++stats_.messages_in;
-  if (Segment* s = find(m.segment)) s->on_msg(m);
+  if (Segment* s = find(m.segment)) {
+    if (op == kOpPush) s->on_push(m, data);
+    else s->on_msg(m);
+  }
   drain_local();
 }
 

@@ -41,7 +41,11 @@ namespace dipc::dsm {
 inline constexpr uint16_t kOpMsg = 120;     // one-way (or write_notify's message): a coherence Msg
 inline constexpr uint16_t kOpRegion = 121;  // request {segment u64, offset u64} -> {chunk offset u64, RemoteKey}:
                                             // the key of the receiver's frames chunk that holds `offset`
-static_assert(transport::ops::kDsm.contains(kOpMsg) && transport::ops::kDsm.contains(kOpRegion));
+inline constexpr uint16_t kOpPush = 122;    // one-way: a Grant{mode kPushed} of a run (24 bytes, Msg::encode), then
+                                            // the run's bytes: a push over a provider without native one-sided
+                                            // operations (Segment::push)
+static_assert(transport::ops::kDsm.contains(kOpMsg) && transport::ops::kDsm.contains(kOpRegion) &&
+              transport::ops::kDsm.contains(kOpPush));
 // Registration unit of the frames when the provider pins memory (a power of two, so blocks never straddle chunks).
 inline constexpr uint64_t kPinChunk = 2u << 20;
 // The largest read-ahead window of a node (NodeCache): a sequential reader gets up to this many bytes per round trip,
@@ -85,6 +89,7 @@ class Segment {
   void remove_attach(uint64_t attach);
 
   void on_msg(const Msg& m);  // a coherence message for this segment (from the transport or the local FIFO)
+  void on_push(const Msg& m, ByteView data);  // kOpPush: a pushed grant with its run's bytes
   void on_node_lost(NodeId node);
   void on_timer();
   // The frames chunk that holds byte `offset`, registered on first use. EINVAL past the end.
@@ -109,7 +114,8 @@ class Segment {
   void fetched(uint32_t block, Status st);  // the one-sided read of fetch() completed
   void write_protect_all(uint32_t block, bool wp);
   void save_view(uint32_t block);  // V -> F for a block present in V
-  void fill_view(uint32_t block);  // F -> V
+  void fill_view(uint32_t block);  // F (or the push being handled) -> V
+  void copy_into_view(uint32_t first, uint32_t end);  // blocks first..end-1 into V from where their data is
   void install_run(uint32_t first, uint32_t n);  // kInstall read-only of blocks first..first+n-1, together
   void downgrade_run(uint32_t first, uint32_t n);  // kWriteProtect of blocks first..first+n-1, together
   void drop_view(uint32_t block);  // punch V: unmaps from every local process
@@ -145,7 +151,13 @@ class Segment {
   bool in_view(uint32_t b) const { return flags_[b] & kInView; }
   std::map<uint64_t, Attach> attaches_;
   std::unordered_map<uint32_t, std::set<uint64_t>> parked_;  // block -> attaches with a fault waiting
-  std::vector<std::pair<uint32_t, uint32_t>> spare_q_;  // installed runs whose frames may be punched (first, n)
+  std::vector<std::pair<uint32_t, uint32_t>> spare_q_;  // installed runs with kSpareFrame blocks (first, n)
+  // The push on_push() is handling: its blocks' data is in the message, not in F (copy_into_view reads it there).
+  struct PushSrc {
+    const uint8_t* data = nullptr;
+    uint32_t first = 0, n = 0;
+    std::vector<bool> used;  // per block of the run: copied into V from the message
+  } push_src_;
   std::set<uint32_t> awaiting_;  // blocks asked of a remote home for a parked fault (answer_poll_us)
   EventLoop::TimerId timer_ = 0;
   int64_t timer_at_ = kNever;

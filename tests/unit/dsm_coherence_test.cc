@@ -40,6 +40,16 @@ Msg make(MsgType t, NodeId from, NodeId to, uint32_t b, uint32_t txn = 0) {
   return m;
 }
 
+// The home (node 1) grants node 2's cache `c` the read copies of blocks b..b+n-1, pushed (in place, no Done).
+void grant_pushed_run(NodeCache& c, uint32_t b, uint16_t n, std::vector<Msg>& out, std::vector<LocalAction>& local) {
+  Msg g = make(MsgType::kGrant, 1, 2, b, 0);
+  g.node = 2;
+  g.count = n;
+  out.clear();
+  local.clear();
+  c.on_message(g, 0, out, local);
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Encoding and geometry
 
@@ -391,12 +401,7 @@ TEST(DsmNodeCache, ReadAheadWindowGrowsOnSequentialMissesAndResetsOnARandomOne) 
     return out.empty() ? uint16_t{0} : out[0].count;
   };
   auto grant_all = [&](uint32_t b, uint16_t n) {
-    Msg g = make(MsgType::kGrant, 1, 2, b, 0);
-    g.node = 2;  // pushed: in place
-    g.count = n;
-    out.clear();
-    local.clear();
-    c.on_message(g, 0, out, local);
+    grant_pushed_run(c, b, n, out, local);
     EXPECT_TRUE(out.empty());  // no Done for txn 0
   };
   EXPECT_EQ(miss(0), 1);
@@ -433,14 +438,7 @@ TEST(DsmNodeCache, ReadAheadRunsAheadOfTheReaderFromTheMarks) {
     NodeCache c{kSeg, 64, 2, 1, 8, depth};
     std::vector<Msg> out;
     std::vector<LA> local;
-    auto grant = [&](uint32_t b, uint16_t n) {
-      Msg g = make(MsgType::kGrant, 1, 2, b, 0);
-      g.node = 2;  // pushed: in place
-      g.count = n;
-      out.clear();
-      local.clear();
-      c.on_message(g, 0, out, local);
-    };
+    auto grant = [&](uint32_t b, uint16_t n) { grant_pushed_run(c, b, n, out, local); };
     c.on_fault(0, Access::kRead, out);
     grant(0, 1);
     EXPECT_FALSE(c.readahead_mark(0));  // a window of one block has no mark

@@ -106,6 +106,7 @@ class DsmOverLoopback : public ::testing::Test {
     return pump([&] { return finished->load(); });
   }
   Node& n(int i) { return *nodes_[i - 1]; }
+  void sequential_reader(transport::LoopbackOptions opt);
 
   EventLoop loop_;
   std::unique_ptr<transport::LoopbackFabric> fabric_;
@@ -219,9 +220,11 @@ TEST_F(DsmOverLoopback, AReadCopyIsWriteProtectedAgainAfterThePunchDroppedItsPro
 // a fault per window rather than per page, and holds them once (its frames punched). The pages so installed are read
 // copies like any other: a write into one (inside a window, or its mark) still faults and takes the block, so node 1
 // reads the new value (copied from node 2's view into its frames when node 1 asks for it).
-TEST_F(DsmOverLoopback, ASequentialReaderSeesEveryPageWithTheWindowsInstalledInBulkAndTheirCopiesStayProtected) {
+// A sequential reader on node 2 of what node 1 wrote: every page right, windows installed whole, read copies held
+// once and still write-protected (the read-ahead mark too, installed later from the frame).
+void DsmOverLoopback::sequential_reader(transport::LoopbackOptions opt) {
   constexpr uint32_t kPages = 1024;
-  build({}, uint64_t{kPages} * 4096);
+  build(opt, uint64_t{kPages} * 4096);
   if (IsSkipped() || HasFatalFailure()) return;  // no userfaultfd here (qemu-user, old kernels)
   auto word = [](Node& x, uint32_t p) { return reinterpret_cast<volatile uint32_t*>(x.view + uint64_t{p} * 4096 + 8); };
   ASSERT_TRUE(access([&] {
@@ -250,6 +253,20 @@ TEST_F(DsmOverLoopback, ASequentialReaderSeesEveryPageWithTheWindowsInstalledInB
     EXPECT_EQ(v, 0xbeef0000 + p) << "node 2 wrote page " << p << " of its read copy without a fault";
   }
   EXPECT_GT(s2.faults, faults);
+}
+
+TEST_F(DsmOverLoopback, ASequentialReaderSeesEveryPageWithTheWindowsInstalledInBulkAndTheirCopiesStayProtected) {
+  sequential_reader({});
+}
+
+// Without native one-sided operations (as over tcp) the home pushes each window as one message (kOpPush), which
+// node 2 copies straight into its view: the same pages, the same protection.
+TEST_F(DsmOverLoopback, ASequentialReaderOverAProviderWithoutNativeRmaGetsEachWindowAsOneMessage) {
+  transport::LoopbackOptions opt;
+  opt.native_rma = false;
+  sequential_reader(opt);
+  if (IsSkipped() || HasFatalFailure()) return;
+  EXPECT_GT(n(1).dsm->stats().pushes, 512u);
 }
 
 }  // namespace

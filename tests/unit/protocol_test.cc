@@ -513,7 +513,7 @@ TEST(Frame, HeaderDecodeRejectsEachKindOfViolation) {
   const Case cases[] = {
       {"bad magic", 0, {'X'}},
       {"version 0", 4, {0}},
-      {"version 2", 4, {2}},
+      {"version kFrameVersion + 1", 4, {uint8_t(kFrameVersion + 1)}},
       {"kind 0", 5, {0}},
       {"kind 7", 5, {7}},
       {"negative status", 16, {0xff, 0xff, 0xff, 0xff}},

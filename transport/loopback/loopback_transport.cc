@@ -46,7 +46,7 @@ class LoopbackTransport final : public Transport {
   const char* name() const override { return "loopback"; }
   Capabilities caps() const override {
     Capabilities c;
-    c.native_rma = true;
+    c.native_rma = f_.opt_.native_rma;
     c.atomics = f_.opt_.atomics;
     c.pins_memory = f_.opt_.pins_memory;
     c.max_inline = 256;

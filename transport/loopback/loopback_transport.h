@@ -26,6 +26,7 @@ namespace dipc::transport {
 
 struct LoopbackOptions {
   bool pins_memory = false;  // Capabilities::pins_memory, so dsm's chunked registration can be tested
+  bool native_rma = true;    // Capabilities::native_rma (false: dsm pushes a run as one message, as over tcp)
   bool atomics = true;
   size_t max_message = 4u << 20;
   size_t max_outstanding = 1024;       // per peer: operations queued on a link; beyond it, kNoResources

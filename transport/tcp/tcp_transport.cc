@@ -38,6 +38,7 @@ namespace {
 using namespace tcp;
 
 constexpr size_t kReadChunk = 64u << 10;  // recv() size when no large frame is pending
+constexpr size_t kRxKeep = 2 * kRmaChunk + kReadChunk;  // a link's receive buffer is released above this, once empty
 constexpr size_t kIovMax = 64;            // iovecs per sendmsg()
 constexpr size_t kMsgParts = 4;           // iovecs of one OutMsg: head, body, ext, tag
 
@@ -860,7 +861,9 @@ class TcpTransport final : public Transport {
       if (static_cast<size_t>(n) < sp.size() || static_cast<size_t>(n) >= budget) break;  // level-triggered: more later
       budget -= static_cast<size_t>(n);
     }
-    l.rx.trim(kMaxPayload / 4);
+    // Kept warm up to two bulk frames (a read-ahead window or RMA chunk of 1 MiB and its grant): freeing it after
+    // every window made each next one land in freshly faulted, zero-filled pages.
+    l.rx.trim(kRxKeep);
   }
 
   // Handles every complete frame received. False when the link closed.
