@@ -227,6 +227,24 @@ void ClientServer::watch_pid(int32_t pid, int pfd) {
 
 void ClientServer::on_readable(Conn& c, uint32_t events) {
   uint64_t id = c.id;
+  c.busy = true;
+  read_frames(c, events);
+  if (auto it = conns_.find(id); it != conns_.end()) it->second->busy = false;
+}
+
+void ClientServer::drain_notes() {
+  if (draining_ || shm_conns_.empty()) return;
+  draining_ = true;
+  std::vector<uint64_t> ids(shm_conns_.begin(), shm_conns_.end());
+  for (uint64_t id : ids) {
+    auto it = conns_.find(id);
+    if (it != conns_.end() && !it->second->busy) on_readable(*it->second, EPOLLIN);  // one recvmsg when empty
+  }
+  draining_ = false;
+}
+
+void ClientServer::read_frames(Conn& c, uint32_t events) {
+  uint64_t id = c.id;
   if (events & EPOLLOUT) flush(c);
   if (!conns_.count(id)) return;
   if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
@@ -263,7 +281,15 @@ void ClientServer::on_frame(Conn& c, FrameParser::Frame& f) {
     if (it != c.inflight.end()) service_.client_cancel(it->second);
     return;
   }
+  if (h.kind == FrameKind::kOneWay && h.op == ipc::kShmDt) {
+    // shmdt of a segment homed here: the program does not wait (its note is applied before anything that depends
+    // on it is answered: drain_notes()).
+    shm_conns_.insert(conn_id);
+    return service_.client_shmdt(c.creds, conn_id, f.payload, [](int, Bytes) {});
+  }
   if (h.kind != FrameKind::kRequest) return close_conn(conn_id, "unexpected frame kind from client");
+  drain_notes();
+  if (!conns_.count(conn_id)) return;  // an answer to another program's request could not be sent to this one
   FrameHeader resp{FrameKind::kResponse, h.op, h.id, 0, 0};
   switch (h.op) {
     case ipc::kHello: {
@@ -338,6 +364,7 @@ void ClientServer::on_frame(Conn& c, FrameParser::Frame& f) {
 void ClientServer::on_shm_frame(Conn& c, FrameParser::Frame& f) {
   uint64_t conn_id = c.id;
   const FrameHeader h = f.header;
+  shm_conns_.insert(conn_id);
   auto answer = [this, conn_id, h](int st, Bytes body) {
     send_frame(conn_id, FrameHeader{FrameKind::kResponse, h.op, h.id, st, 0}, body);
   };
@@ -417,6 +444,7 @@ void ClientServer::close_conn(uint64_t conn_id, const char* why) {
   }
   loop_.remove(c->fd);
   fd_conn_.erase(c->fd);
+  shm_conns_.erase(conn_id);
   close(c->fd);
   for (int fd : c->fds) close(fd);
   service_.client_conn_closed(conn_id);

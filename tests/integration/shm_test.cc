@@ -403,6 +403,46 @@ TEST_F(Shm, IpcPrivateIdPassedToAnotherNodeNamesTheSameSegment) {
   EXPECT_EQ(field(tool(2, {"stat:" + id}), "stat"), "-1 EINVAL");
 }
 
+// On the home node shmdt is a one-way note to dipcd (docs/ARCHITECTURE.md, "One-way shmdt"): whatever comes after
+// it, the same process's IPC_STAT on another connection, another node's IPC_STAT, IPC_RMID, sees the detach done.
+TEST_F(Shm, ShmdtOnTheHomeNodeIsCountedBeforeAnythingAfterIt) {
+  const std::string k = key(18);
+  std::string id = create(1, k, 2 * kPage);
+  auto holder = c().spawn(1, {SimCluster::prog("shm_tool"), "at:" + id, "print:held=1", "hold"}, {kTimeoutEnv});
+  ASSERT_TRUE(c().wait_output(holder, "held=1")) << holder.out_buf << holder.err_buf;
+  // The same process asks at once, many times: the note and the IPC_STAT race to dipcd on two sockets.
+  std::vector<std::string> cmds;
+  for (int i = 0; i < 30; ++i) cmds.insert(cmds.end(), {"at:" + id, "w:0:" + std::to_string(i), "dt", "stat:" + id});
+  auto sts = fields(tool(1, cmds), "stat");
+  ASSERT_EQ(sts.size(), 30u);
+  for (const std::string& st : sts) {
+    EXPECT_EQ(kv(st, "nattch"), "1") << st;
+    EXPECT_EQ(kv(st, "lpid"), "self") << st;
+    EXPECT_EQ(kv(st, "dtime"), "set") << st;
+  }
+  // Another node, right after a detach returned (no polling): counted already.
+  auto p = c().spawn(1, {SimCluster::prog("shm_tool"), "at:" + id, "r:0", "dt", "print:detached=1", "hold"},
+                     {kTimeoutEnv});
+  ASSERT_TRUE(c().wait_output(p, "detached=1")) << p.out_buf << p.err_buf;
+  std::string st = field(tool(2, {"stat:" + id}), "stat");
+  EXPECT_EQ(kv(st, "nattch"), "1") << st;
+  EXPECT_EQ(kv(st, "lpid"), "other") << st;
+  EXPECT_EQ(field(p.out_buf, "r"), "29");
+  c().kill(p, SIGTERM);
+  EXPECT_EQ(c().wait(p, 10).status, 128 + SIGTERM);
+  c().kill(holder, SIGTERM);
+  EXPECT_EQ(c().wait(holder, 10).status, 128 + SIGTERM);
+  ASSERT_TRUE(wait_tool(1, {"stat:" + id}, [](const std::string& o) { return kv(field(o, "stat"), "nattch") == "0"; }));
+  // IPC_RMID, then the last detach: the segment is gone when shmdt returns, on every node.
+  std::string out = tool(1, {"at:" + id, "rm:" + id, "stat:" + id, "dt", "stat:" + id});
+  sts = fields(out, "stat");
+  ASSERT_EQ(sts.size(), 2u) << out;
+  EXPECT_EQ(kv(sts[0], "dest"), "1") << out;
+  EXPECT_EQ(sts[1], "-1 EINVAL") << out;
+  EXPECT_EQ(field(tool(2, {"stat:" + id}), "stat"), "-1 EINVAL");
+  EXPECT_EQ(field(tool(1, {"at:" + id}), "at"), "-1 EINVAL");
+}
+
 TEST_F(Shm, PermissionsRefuseNobodyOnAnotherNode) {
   const std::string k = key(14);
   std::string out = tool(1, {"get:" + k + ":4096:creat+excl+dipc+0600", "at", "w:0:31337"});
