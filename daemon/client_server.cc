@@ -39,7 +39,9 @@ ClientServer::ClientServer(EventLoop& loop, ipc::Service& service, const Config&
     : loop_(loop), service_(service), cfg_(cfg) {
   reserve_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
   control_fd_ = memfd_create("dipc-control", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-  control_len_ = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  // The control page, then the table of segments homed here (ipc/shm_table.h), whole pages.
+  const auto page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  control_len_ = (ipc::kShmTableOffset + sizeof(ipc::ShmTable) + page - 1) / page * page;
   if (control_fd_ >= 0 && ftruncate(control_fd_, static_cast<off_t>(control_len_)) == 0) {
     void* p = mmap(nullptr, control_len_, PROT_READ | PROT_WRITE, MAP_SHARED, control_fd_, 0);
     if (p != MAP_FAILED) {
@@ -54,6 +56,11 @@ ClientServer::ClientServer(EventLoop& loop, ipc::Service& service, const Config&
         ++n;
       }
       control_->set_nranges(n);
+      shm_table_ = new (static_cast<char*>(p) + ipc::kShmTableOffset) ipc::ShmTable();
+      shm_table_->init();
+      shm_table_->publish(service_.shm_table_rows());
+      control_->set_shm_table_off(ipc::kShmTableOffset);
+      service_.set_shm_table_hook([this] { shm_table_->publish(service_.shm_table_rows()); });
       control_->set_enabled(true);
       // Clients may map it only read-only: nobody but the daemon can switch dipc on or off.
       fcntl(control_fd_, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL);
@@ -69,6 +76,7 @@ ClientServer::ClientServer(EventLoop& loop, ipc::Service& service, const Config&
 }
 
 ClientServer::~ClientServer() {
+  service_.set_shm_table_hook(nullptr);
   for (auto& [id, c] : conns_) close(c->fd);
   for (auto& [pid, fd] : pidfds_) close(fd);
   if (listen_fd_ >= 0) close(listen_fd_);

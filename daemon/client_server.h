@@ -14,6 +14,7 @@
 #include "common/event_loop.h"
 #include "common/frame.h"
 #include "ipc/control.h"
+#include "ipc/shm_table.h"
 #include "ipc/service.h"
 #include "ipc/types.h"
 #include "transport/transport.h"
@@ -82,6 +83,7 @@ class ClientServer {
   std::string name_;
   int control_fd_ = -1;
   ipc::ControlPage* control_ = nullptr;
+  ipc::ShmTable* shm_table_ = nullptr;  // in the same memfd, at ipc::kShmTableOffset
   size_t control_len_ = 0;  // one page of this node
   uint64_t next_conn_ = 1;
   uint64_t next_token_ = 1;

@@ -443,6 +443,53 @@ TEST_F(Shm, ShmdtOnTheHomeNodeIsCountedBeforeAnythingAfterIt) {
   EXPECT_EQ(field(tool(1, {"at:" + id}), "at"), "-1 EINVAL");
 }
 
+// shmget of a key homed on this node is answered in the program from dipcd's segment table (docs/ARCHITECTURE.md,
+// "shmget from the segment table"), with the kernel's checks in the kernel's order; what the table cannot decide
+// (a refusal: CAP_IPC_OWNER is dipcd's to judge; an absent key) goes to dipcd. IPC_SET and IPC_RMID count at once.
+TEST_F(Shm, ShmgetOnTheHomeNodeChecksAsTheKernelAndSeesEveryChangeAtOnce) {
+  const std::string k = key(19);
+  std::string id = create(1, k, kPage, "0640");
+  std::string out = tool(1, {"get:" + k + ":0:dipc", "get:" + k + ":4096:dipc+0600", "get:" + k + ":8192:dipc",
+                             "get:" + k + ":0:creat+excl+dipc+0600", "get:" + k + ":8192:creat+excl+dipc",
+                             "get:" + k + ":0:creat+dipc+0600"});
+  EXPECT_EQ(fields(out, "get"), (std::vector<std::string>{id, id, "-1 EINVAL", "-1 EEXIST", "-1 EEXIST", id}));
+  out = tool_as_nobody(1, {"get:" + k + ":0:dipc+0400", "get:" + k + ":0:dipc"});
+  EXPECT_EQ(fields(out, "get"), (std::vector<std::string>{"-1 EACCES", id}));
+  EXPECT_EQ(field(tool(1, {"set:" + id + ":0604"}), "set"), "0");
+  out = tool_as_nobody(1, {"get:" + k + ":0:dipc+0400", "get:" + k + ":0:dipc+0600"});
+  EXPECT_EQ(fields(out, "get"), (std::vector<std::string>{id, "-1 EACCES"}));
+  out = tool(1, {"rm:" + id, "get:" + k + ":0:dipc", "get:" + k + ":4096:creat+excl+dipc+0600", "get:" + k + ":0:dipc"});
+  auto gets = fields(out, "get");
+  ASSERT_EQ(gets.size(), 3u) << out;
+  EXPECT_EQ(gets[0], "-1 ENOENT");
+  EXPECT_NE(gets[1], id);
+  EXPECT_NE(gets[1].substr(0, 2), "-1") << out;
+  EXPECT_EQ(gets[2], gets[1]);
+  EXPECT_EQ(field(tool(2, {"get:" + k + ":0:dipc"}), "get"), gets[1]);
+  EXPECT_EQ(field(tool(1, {"rm:" + gets[1]}), "rm"), "0");
+}
+
+// A program that read the segment table of a daemon that then restarted never gets an id from the dead daemon's
+// table (still mapped in it): its shmget asks the new daemon.
+TEST_F(Shm, ShmgetAfterADaemonRestartNeverAnswersFromTheOldTable) {
+  const std::string k = key(20);
+  std::string id = create(3, k, kPage);
+  std::string go = c().dir() + "/shm-restarted-20";
+  auto p = c().spawn(3, {SimCluster::prog("shm_tool"), "get:" + k + ":0:dipc", "print:first=1", "waitfile:" + go + ":90",
+                         "get:" + k + ":0:dipc"}, {kTimeoutEnv});
+  ASSERT_TRUE(c().wait_output(p, "first=1")) << p.out_buf << p.err_buf;
+  ASSERT_TRUE(c().kill_daemon(3)) << c().last_error();
+  ASSERT_TRUE(c().start_daemon(3)) << c().last_error();
+  std::ofstream(go) << "go\n";
+  auto r = c().wait(p, 120);
+  EXPECT_EQ(r.status, 0) << r.out << r.err;
+  auto gets = fields(r.out, "get");
+  ASSERT_EQ(gets.size(), 2u) << r.out << r.err;
+  EXPECT_EQ(gets[0], id);
+  EXPECT_NE(gets[1], id) << "an id of the dead daemon";
+  EXPECT_EQ(gets[1], field(tool(3, {"get:" + k + ":0:dipc"}), "get"));  // what a new process gets
+}
+
 TEST_F(Shm, PermissionsRefuseNobodyOnAnotherNode) {
   const std::string k = key(14);
   std::string out = tool(1, {"get:" + k + ":4096:creat+excl+dipc+0600", "at", "w:0:31337"});
