@@ -296,7 +296,7 @@ void ClientServer::on_frame(Conn& c, FrameParser::Frame& f) {
     return service_.client_shmdt(c.creds, conn_id, f.payload, [](int, Bytes) {});
   }
   if (h.kind != FrameKind::kRequest) return close_conn(conn_id, "unexpected frame kind from client");
-  drain_notes();
+  if (ipc::depends_on_shm_notes(h.op)) drain_notes();
   if (!conns_.count(conn_id)) return;  // an answer to another program's request could not be sent to this one
   FrameHeader resp{FrameKind::kResponse, h.op, h.id, 0, 0};
   switch (h.op) {

@@ -100,16 +100,18 @@ class ClientServer {
 };
 
 // A peer's frames are handled only once the local programs' notes are applied (ClientServer::drain_notes): a remote
-// node's IPC_STAT, or its request for a block, sees every shmdt that returned before it was sent.
+// node's IPC_STAT, or its request for a block, sees every shmdt that returned before it was sent. `depends`: which
+// ops need it (nullptr: all of them, the DSM's).
 class NotesFirst : public transport::Handler {
  public:
-  NotesFirst(transport::Handler& inner, std::function<void()>& drain) : inner_(inner), drain_(drain) {}
+  NotesFirst(transport::Handler& inner, std::function<void()>& drain, bool (*depends)(uint16_t op) = nullptr)
+      : inner_(inner), drain_(drain), depends_(depends) {}
   void on_request(transport::NodeId from, uint16_t op, ByteView body, transport::ReplyToken token) override {
-    if (drain_) drain_();
+    if (drain_ && (!depends_ || depends_(op))) drain_();
     inner_.on_request(from, op, body, token);
   }
   void on_message(transport::NodeId from, uint16_t op, ByteView body) override {
-    if (drain_) drain_();
+    if (drain_ && (!depends_ || depends_(op))) drain_();
     inner_.on_message(from, op, body);
   }
   void on_peer(transport::NodeId peer, bool up) override { inner_.on_peer(peer, up); }
@@ -117,6 +119,7 @@ class NotesFirst : public transport::Handler {
  private:
   transport::Handler& inner_;
   std::function<void()>& drain_;  // set once the local socket listens
+  bool (*depends_)(uint16_t op);
 };
 
 }  // namespace dipc

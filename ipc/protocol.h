@@ -70,6 +70,15 @@ enum Op : uint16_t {
   // 120..129: the DSM layer's own messages (dsm/segment.h)
 };
 
+// Whether serving `op`, from a local program or a peer node, may depend on the one-way shmdt notes of this node's
+// programs (shm_nattch, shm_lpid, shm_dtime, a destruction, a listing): the daemon applies the notes first
+// (daemon/client_server.h, drain_notes). Semaphore and queue operations do not: whatever follows a detach and
+// reads shared memory state is one of these.
+inline constexpr bool depends_on_shm_notes(uint16_t op) {
+  return (op >= kShmGet && op <= kIpcStat) || op == kAdminObjects || op == kOpen || op == kObjList ||
+         op == kStatSlot;
+}
+
 // An id (or key) the daemon does not know: the response carries this body with EINVAL so the preload knows to try
 // the kernel instead.
 inline constexpr uint8_t kUnknownIdMarker = 0xff;
