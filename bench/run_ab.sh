@@ -6,7 +6,8 @@
 # then the median of the B / A quotients of consecutive runs with its spread, and the load average.
 #   usage: bench/run_ab.sh BUILD_A BUILD_B [extra Google Benchmark flags]
 #   DIPC_AB_ROUNDS=4  pairs of runs;  DIPC_BENCH_PAIRS=2, DIPC_BENCH_ITERS=1000 per run (see bench/run.sh)
-#   default filter: Raw|DipcSem|DipcMsgRound ('Raw|NativeMsg|HomeMsg|DipcMsg' for the queues); any env of run.sh
+#   default filter: Raw|DipcSem|DipcMsgRound ('Raw|NativeMsg|HomeMsg|DipcMsg' for the queues, 'ShmAttach' for
+#   shmget+shmat+shmdt); any env of run.sh
 #   (spinners, sched, ...) applies to both builds
 #   DIPC_AB_ENV_A / DIPC_AB_ENV_B="VAR=V ..."  extra environment of one side only (e.g. DIPC_SPIN_US=0): A and B
 #   may then be the same build
@@ -41,7 +42,8 @@ out, rounds = sys.argv[1], int(sys.argv[2])
 labels = ["semaphore ping-pong / raw TCP 64 B RTT", "message round trip / raw TCP 64 B RTT",
           "message round trip / native SysV, one node",
           "message round trip, both processes on the home node / native SysV",
-          "message streaming rate / native SysV, one node"]
+          "message streaming rate / native SysV, one node",
+          "shmget + shmat + shmdt, segment homed on this node / native SysV"]
 def load(side, r):
     try:
         d = json.load(open(os.path.join(out, f"{side}{r}", "ipc.json")))

@@ -39,7 +39,9 @@ ClientServer::ClientServer(EventLoop& loop, ipc::Service& service, const Config&
     : loop_(loop), service_(service), cfg_(cfg) {
   reserve_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
   control_fd_ = memfd_create("dipc-control", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-  control_len_ = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  // The control page, then the table of segments homed here (ipc/shm_table.h), whole pages.
+  const auto page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  control_len_ = (ipc::kShmTableOffset + sizeof(ipc::ShmTable) + page - 1) / page * page;
   if (control_fd_ >= 0 && ftruncate(control_fd_, static_cast<off_t>(control_len_)) == 0) {
     void* p = mmap(nullptr, control_len_, PROT_READ | PROT_WRITE, MAP_SHARED, control_fd_, 0);
     if (p != MAP_FAILED) {
@@ -54,6 +56,11 @@ ClientServer::ClientServer(EventLoop& loop, ipc::Service& service, const Config&
         ++n;
       }
       control_->set_nranges(n);
+      shm_table_ = new (static_cast<char*>(p) + ipc::kShmTableOffset) ipc::ShmTable();
+      shm_table_->init();
+      shm_table_->publish(service_.shm_table_rows());
+      control_->set_shm_table_off(ipc::kShmTableOffset);
+      service_.set_shm_table_hook([this] { shm_table_->publish(service_.shm_table_rows()); });
       control_->set_enabled(true);
       // Clients may map it only read-only: nobody but the daemon can switch dipc on or off.
       fcntl(control_fd_, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL);
@@ -69,6 +76,7 @@ ClientServer::ClientServer(EventLoop& loop, ipc::Service& service, const Config&
 }
 
 ClientServer::~ClientServer() {
+  service_.set_shm_table_hook(nullptr);
   for (auto& [id, c] : conns_) close(c->fd);
   for (auto& [pid, fd] : pidfds_) close(fd);
   if (listen_fd_ >= 0) close(listen_fd_);
@@ -227,6 +235,24 @@ void ClientServer::watch_pid(int32_t pid, int pfd) {
 
 void ClientServer::on_readable(Conn& c, uint32_t events) {
   uint64_t id = c.id;
+  c.busy = true;
+  read_frames(c, events);
+  if (auto it = conns_.find(id); it != conns_.end()) it->second->busy = false;
+}
+
+void ClientServer::drain_notes() {
+  if (draining_ || shm_conns_.empty()) return;
+  draining_ = true;
+  std::vector<uint64_t> ids(shm_conns_.begin(), shm_conns_.end());
+  for (uint64_t id : ids) {
+    auto it = conns_.find(id);
+    if (it != conns_.end() && !it->second->busy) on_readable(*it->second, EPOLLIN);  // one recvmsg when empty
+  }
+  draining_ = false;
+}
+
+void ClientServer::read_frames(Conn& c, uint32_t events) {
+  uint64_t id = c.id;
   if (events & EPOLLOUT) flush(c);
   if (!conns_.count(id)) return;
   if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
@@ -263,7 +289,15 @@ void ClientServer::on_frame(Conn& c, FrameParser::Frame& f) {
     if (it != c.inflight.end()) service_.client_cancel(it->second);
     return;
   }
+  if (h.kind == FrameKind::kOneWay && h.op == ipc::kShmDt) {
+    // shmdt of a segment homed here: the program does not wait (its note is applied before anything that depends
+    // on it is answered: drain_notes()).
+    shm_conns_.insert(conn_id);
+    return service_.client_shmdt(c.creds, conn_id, f.payload, [](int, Bytes) {});
+  }
   if (h.kind != FrameKind::kRequest) return close_conn(conn_id, "unexpected frame kind from client");
+  if (ipc::depends_on_shm_notes(h.op)) drain_notes();
+  if (!conns_.count(conn_id)) return;  // an answer to another program's request could not be sent to this one
   FrameHeader resp{FrameKind::kResponse, h.op, h.id, 0, 0};
   switch (h.op) {
     case ipc::kHello: {
@@ -338,6 +372,7 @@ void ClientServer::on_frame(Conn& c, FrameParser::Frame& f) {
 void ClientServer::on_shm_frame(Conn& c, FrameParser::Frame& f) {
   uint64_t conn_id = c.id;
   const FrameHeader h = f.header;
+  shm_conns_.insert(conn_id);
   auto answer = [this, conn_id, h](int st, Bytes body) {
     send_frame(conn_id, FrameHeader{FrameKind::kResponse, h.op, h.id, st, 0}, body);
   };
@@ -417,6 +452,7 @@ void ClientServer::close_conn(uint64_t conn_id, const char* why) {
   }
   loop_.remove(c->fd);
   fd_conn_.erase(c->fd);
+  shm_conns_.erase(conn_id);
   close(c->fd);
   for (int fd : c->fds) close(fd);
   service_.client_conn_closed(conn_id);

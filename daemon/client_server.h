@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -13,8 +14,10 @@
 #include "common/event_loop.h"
 #include "common/frame.h"
 #include "ipc/control.h"
+#include "ipc/shm_table.h"
 #include "ipc/service.h"
 #include "ipc/types.h"
+#include "transport/transport.h"
 
 namespace dipc {
 
@@ -28,8 +31,13 @@ class ClientServer {
   bool enabled() const;
   size_t clients() const { return conns_.size(); }
   std::string status_text() const;
+  // Applies the one-way notes (shmdt of a segment homed here, ipc/protocol.h kShmDt) that local programs have
+  // already written to their sockets, before the daemon answers anything that may depend on them: every local
+  // request, every frame from a peer node (NotesFirst below). A note is in the socket before shmdt returns, so
+  // anything causally after the shmdt reaches dipcd later and finds it applied (docs/ARCHITECTURE.md, "One-way
+  // shmdt"). A connection whose frames are being applied right now is skipped: its later notes come after.
+  void drain_notes();
 
- private:
   struct Conn {
     uint64_t id = 0;
     int fd = -1;
@@ -40,6 +48,7 @@ class ClientServer {
     std::unordered_map<uint64_t, uint64_t> inflight;  // frame id -> service token
     std::vector<int> fds;  // descriptors received (SCM_RIGHTS), taken by the frame that carries them
     size_t held = 0;       // bytes counted in the user's `bytes` (partial frames received, answers unsent)
+    bool busy = false;     // on_readable() is applying its frames (drain_notes() leaves it alone)
   };
   // What one local user makes the daemon hold (root and the daemon's own uid are not bounded).
   struct UserUse {
@@ -52,6 +61,7 @@ class ClientServer {
   static constexpr size_t kMaxInflightPerConn = 1024;
   void on_accept();
   void on_readable(Conn& c, uint32_t events);
+  void read_frames(Conn& c, uint32_t events);
   void on_frame(Conn& c, FrameParser::Frame& f);
   void on_shm_frame(Conn& c, FrameParser::Frame& f);
   void send_frame(uint64_t conn_id, const FrameHeader& h, ByteView body, int pass_fd = -1);
@@ -73,6 +83,7 @@ class ClientServer {
   std::string name_;
   int control_fd_ = -1;
   ipc::ControlPage* control_ = nullptr;
+  ipc::ShmTable* shm_table_ = nullptr;  // in the same memfd, at ipc::kShmTableOffset
   size_t control_len_ = 0;  // one page of this node
   uint64_t next_conn_ = 1;
   uint64_t next_token_ = 1;
@@ -84,6 +95,31 @@ class ClientServer {
   std::unordered_map<uint32_t, UserUse> users_;
   int reserve_fd_ = -1;  // a descriptor kept free for shed_one()
   int64_t last_shed_log_ = 0;
+  std::unordered_set<uint64_t> shm_conns_;  // connections that carried a shm operation: the ones notes come on
+  bool draining_ = false;
+};
+
+// A peer's frames are handled only once the local programs' notes are applied (ClientServer::drain_notes): a remote
+// node's IPC_STAT, or its request for a block, sees every shmdt that returned before it was sent. `depends`: which
+// ops need it (nullptr: all of them, the DSM's).
+class NotesFirst : public transport::Handler {
+ public:
+  NotesFirst(transport::Handler& inner, std::function<void()>& drain, bool (*depends)(uint16_t op) = nullptr)
+      : inner_(inner), drain_(drain), depends_(depends) {}
+  void on_request(transport::NodeId from, uint16_t op, ByteView body, transport::ReplyToken token) override {
+    if (drain_ && (!depends_ || depends_(op))) drain_();
+    inner_.on_request(from, op, body, token);
+  }
+  void on_message(transport::NodeId from, uint16_t op, ByteView body) override {
+    if (drain_ && (!depends_ || depends_(op))) drain_();
+    inner_.on_message(from, op, body);
+  }
+  void on_peer(transport::NodeId peer, bool up) override { inner_.on_peer(peer, up); }
+
+ private:
+  transport::Handler& inner_;
+  std::function<void()>& drain_;  // set once the local socket listens
+  bool (*depends_)(uint16_t op);
 };
 
 }  // namespace dipc

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <ctime>
 #include <string>
 
@@ -133,8 +134,12 @@ int main(int argc, char** argv) {
   // Message queues the same way (DIPC_KERNEL_MSGS=0: every msgsnd/msgrcv through dipcd).
   const char* km = getenv("DIPC_KERNEL_MSGS");
   service.set_kernel_msgs(!(km && std::string(km) == "0"), state_dir() + "/kernel-msgs." + cfg.me().name);
-  if (auto s = (*tr)->set_handler(dipc::transport::ops::kDsm, &dsm); !s) return 1;
-  if (auto s = (*tr)->set_handler(dipc::transport::ops::kIpc, &service); !s) return 1;
+  // Each layer sees a peer's frame only after the local programs' one-way notes are applied (ClientServer::drain_notes).
+  std::function<void()> drain_notes;
+  dipc::NotesFirst dsm_notes_first(dsm, drain_notes);
+  dipc::NotesFirst service_notes_first(service, drain_notes, [](uint16_t op) { return dipc::ipc::depends_on_shm_notes(op); });
+  if (auto s = (*tr)->set_handler(dipc::transport::ops::kDsm, &dsm_notes_first); !s) return 1;
+  if (auto s = (*tr)->set_handler(dipc::transport::ops::kIpc, &service_notes_first); !s) return 1;
   if (auto s = (*tr)->start(); !s) {
     DIPC_LOG_ERROR("transport {} failed to start: {}", (*tr)->name(), s.str());
     return 1;
@@ -145,6 +150,7 @@ int main(int argc, char** argv) {
       (std::string(tr->get()->name()) == "auto" && tr->get()->caps().pins_memory))
     service.set_placement(dipc::daemon::place_near_rdma_device(dipc::daemon::rdma_device(cfg)));
   dipc::ClientServer clients(loop, service, cfg);
+  drain_notes = [&clients] { clients.drain_notes(); };
   if (auto s = clients.listen(cfg.socket); !s) {
     std::string holder = s.code() == EADDRINUSE ? dipc::unix_holder(cfg.socket) : "";
     if (!holder.empty())
@@ -165,6 +171,7 @@ int main(int argc, char** argv) {
   DIPC_LOG_INFO("dipcd ready: node {} of {}, socket {}, transport {}", cfg.me().name, cfg.nodes.size(), cfg.socket,
                 (*tr)->name());
   loop.run();
+  drain_notes = nullptr;
   DIPC_LOG_INFO("dipcd stopping");
   (*tr)->stop();
   close(sfd);

@@ -78,6 +78,11 @@ Segment::~Segment() {
     m_.loop().remove(a.fd);
     close(a.fd);
   }
+  // Programs may keep a descriptor of V for their next attach (preload/shm.cc): the segment's memory is not held
+  // by them once it is gone (their next attach of it is refused: ESTALE).
+  if (view_fd_.get() >= 0 && mapped_ > 0 &&
+      fallocate(view_fd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(mapped_)) != 0)
+    DIPC_LOG_DEBUG("dsm: emptying the view of segment {}: {}", static_cast<int32_t>(id_), strerror(errno));
   // F stays mapped until the transport has finished or cancelled every operation on it.
   std::shared_ptr<void> mapping = std::move(frames_map_);
   for (auto& c : chunks_) {

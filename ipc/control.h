@@ -33,6 +33,8 @@ struct ControlPage {
   uint16_t node_be;
   uint16_t flags_be;  // kControlKeepPrivate: under "all", IPC_PRIVATE stays on the kernel ([policy] private = false)
   int64_t ranges_be[kControlMaxRanges][2];
+  uint32_t shm_table_off_be;  // offset of the segment table (ipc/shm_table.h) in the memfd; 0: none (older daemon)
+  uint32_t pad_be;
 
   // ---- the daemon ----
   void init(uint16_t node) {
@@ -40,7 +42,9 @@ struct ControlPage {
     version_be = htobe32(kControlVersion);
     node_be = htobe16(node);
     flags_be = 0;
+    shm_table_off_be = 0;
   }
+  void set_shm_table_off(uint32_t off) { shm_table_off_be = htobe32(off); }
   void set_enabled(bool on) { enabled_be.store(htobe32(on ? 1 : 0), std::memory_order_release); }
   void set_distribute(uint32_t d) { distribute_be.store(htobe32(d), std::memory_order_relaxed); }
   void set_range(uint32_t i, int64_t lo, int64_t hi) {
@@ -62,6 +66,7 @@ struct ControlPage {
   uint32_t nranges() const { return be32toh(nranges_be.load(std::memory_order_acquire)); }
   uint16_t node() const { return be16toh(node_be); }
   uint16_t flags() const { return be16toh(flags_be); }
+  uint32_t shm_table_off() const { return be32toh(shm_table_off_be); }
   int64_t range_lo(uint32_t i) const { return static_cast<int64_t>(be64toh(static_cast<uint64_t>(ranges_be[i][0]))); }
   int64_t range_hi(uint32_t i) const { return static_cast<int64_t>(be64toh(static_cast<uint64_t>(ranges_be[i][1]))); }
 
@@ -82,6 +87,9 @@ struct ControlPage {
 
 // The layout is part of the interface between a daemon and programs of any architecture on its node.
 static_assert(sizeof(std::atomic<uint32_t>) == 4);
-static_assert(offsetof(ControlPage, ranges_be) == 24 && sizeof(ControlPage) == 24 + kControlMaxRanges * 16);
+static_assert(offsetof(ControlPage, ranges_be) == 24 && sizeof(ControlPage) == 24 + kControlMaxRanges * 16 + 8);
+// The segment table follows the control page at this offset in the same memfd.
+inline constexpr uint32_t kShmTableOffset = 1024;
+static_assert(sizeof(ControlPage) <= kShmTableOffset);
 
 }  // namespace dipc::ipc

@@ -22,9 +22,10 @@
 
 namespace dipc::ipc {
 
-inline constexpr uint32_t kProtocolVersion = 5;  // 2: ShmAtResp carries the block size; 3: kernel-backed sets;
+inline constexpr uint32_t kProtocolVersion = 6;  // 2: ShmAtResp carries the block size; 3: kernel-backed sets;
                                                   // 4: ShmAttachReq.view_ino, kShmDt answers ShmDtResp;
                                                   // 5: kernel-backed queues (kMsgCtlKernel, IpcInfoResp.hidden_b)
+                                                  // 6: kShmDt of a segment homed here is a one-way note
 inline constexpr uint32_t kMaxSops = 32768;   // hard decode bound; the home enforces semopm
 inline constexpr uint32_t kMaxSems = 65536;   // hard decode bound; the home enforces semmsl
 inline constexpr uint32_t kMaxMsgText = 1u << 20;
@@ -44,7 +45,7 @@ enum Op : uint16_t {
   kShmAttached = 11, // ShmAttachReq, with the process's userfaultfd (SCM_RIGHTS) -> empty; counts in shm_nattch.
                      // With view_ino set (a re-attach through a view memfd the process kept): ESTALE when that is
                      // not this node's view of the segment any more
-  kShmDt = 12,       // ShmAttachReq (addr, len unused) -> ShmDtResp
+  kShmDt = 12,       // ShmAttachReq (addr, len unused) -> ShmDtResp; one-way (no answer) for a segment homed here
   kShmCtl = 13,      // ShmCtlReq -> ShmCtlResp (IPC_STAT) or empty
   kIpcInfo = 14,     // IpcInfoReq -> IpcInfoResp: the cluster's distributed objects of a type, for *_INFO
   kIpcStat = 15,     // IpcStatReq (a *_STAT index) -> IdResp + the type's CtlResp (stat filled)
@@ -68,6 +69,15 @@ enum Op : uint16_t {
   kBlockedNote = 110, // one-way, home -> origin: HomeCancelMsg{token}: the request `token` is queued at the home    // to the home: IpcStatReq (index = the home's slot) -> as kIpcStat
   // 120..129: the DSM layer's own messages (dsm/segment.h)
 };
+
+// Whether serving `op`, from a local program or a peer node, may depend on the one-way shmdt notes of this node's
+// programs (shm_nattch, shm_lpid, shm_dtime, a destruction, a listing): the daemon applies the notes first
+// (daemon/client_server.h, drain_notes). Semaphore and queue operations do not: whatever follows a detach and
+// reads shared memory state is one of these.
+inline constexpr bool depends_on_shm_notes(uint16_t op) {
+  return (op >= kShmGet && op <= kIpcStat) || op == kAdminObjects || op == kOpen || op == kObjList ||
+         op == kStatSlot;
+}
 
 // An id (or key) the daemon does not know: the response carries this body with EINVAL so the preload knows to try
 // the kernel instead.
@@ -192,7 +202,9 @@ struct MsgCtlResp {
 //   (the process maps it, creates a userfaultfd, registers the mapping MISSING|WP)
 //   kShmAttached{id, addr, len, flg} + the userfaultfd: from now on dipcd resolves the mapping's faults; the home
 //                           counts the attach (shm_nattch, shm_lpid, shm_atime).
-// kShmDt{id, addr}: the process unmapped it. A connection that closes (exit, kill -9, exec) detaches everything it
+// kShmDt{id, addr}: the process unmapped it. For a segment homed on this node it is a one-way frame (FrameKind::kOneWay,
+// no answer): dipcd applies every such note already in a local socket before it answers any request or peer frame.
+// A connection that closes (exit, kill -9, exec) detaches everything it
 // attached, so a process uses one connection for all its attaches.
 struct ShmAtReq {
   int32_t id = 0;

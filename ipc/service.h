@@ -28,6 +28,7 @@
 #include "ipc/protocol.h"
 #include "ipc/sem_set.h"
 #include "ipc/shm_seg.h"
+#include "ipc/shm_table.h"
 #include "ipc/types.h"
 #include "transport/transport.h"
 
@@ -58,6 +59,10 @@ class Service : public transport::Handler {
   void client_cancel(uint64_t token);
   // Called with a local request's token once the request is queued (blocked) at its home (service_wait.cc).
   void set_blocked_hook(std::function<void(uint64_t token)> hook) { blocked_hook_ = std::move(hook); }
+  // The segments homed here under a key and not removed, for the programs' shmget table (ipc/shm_table.h); `hook`
+  // runs whenever that list changes (create, IPC_SET, IPC_RMID, destruction), before the change is answered.
+  std::vector<ShmTableRow> shm_table_rows() const;
+  void set_shm_table_hook(std::function<void()> hook) { shm_table_hook_ = std::move(hook); }
   // A local process exited: apply its SEM_UNDO adjustments everywhere in the cluster.
   void process_exited(int32_t pid);
 
@@ -225,6 +230,10 @@ class Service : public transport::Handler {
   uint64_t next_attach_ = 1;
   int64_t used_sems_ = 0;
   std::function<void(uint64_t)> blocked_hook_;
+  std::function<void()> shm_table_hook_;
+  void shm_table_changed() {
+    if (shm_table_hook_) shm_table_hook_();
+  }
   std::unordered_map<uint64_t, Pending> pending_;               // home: blocked requests by token
   std::unordered_map<uint64_t, uint16_t> inflight_;             // origin: token -> home node
   std::map<std::pair<uint8_t, int32_t>, Reservation> keys_;     // referee: (type, key) -> state

@@ -82,13 +82,17 @@ int Service::create_local(ObjType type, const Creds& c, int32_t key, int32_t nse
     shm_pages_ += pages;
   }
   if (key != IPC_PRIVATE) home_keys_[{static_cast<uint8_t>(type), key}] = id;
+  if (type == ObjType::kShm && key != IPC_PRIVATE) shm_table_changed();
   return 0;
 }
 
 void Service::home_key_drop(ObjType type, int32_t key, int32_t id) {
   if (key == IPC_PRIVATE) return;
   auto it = home_keys_.find({static_cast<uint8_t>(type), key});
-  if (it != home_keys_.end() && it->second == id) home_keys_.erase(it);
+  if (it != home_keys_.end() && it->second == id) {
+    home_keys_.erase(it);
+    if (type == ObjType::kShm) shm_table_changed();
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------------

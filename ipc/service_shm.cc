@@ -117,6 +117,19 @@ void Service::client_conn_closed(uint64_t conn) {
   }
 }
 
+std::vector<ShmTableRow> Service::shm_table_rows() const {
+  std::vector<ShmTableRow> rows;
+  for (const auto& [tk, id] : home_keys_) {
+    if (tk.first != static_cast<uint8_t>(ObjType::kShm)) continue;
+    auto it = shms_.by_id.find(id);
+    if (it == shms_.by_id.end() || it->second->removed()) continue;
+    const Perm& p = it->second->perm();
+    rows.push_back(ShmTableRow{p.key, id, static_cast<uint32_t>(p.mode & 0777), p.uid, p.gid, p.cuid, p.cgid,
+                               it->second->size()});
+  }
+  return rows;
+}
+
 ShmSeg* Service::find_shm(int32_t id) {
   auto it = shms_.by_id.find(id);
   return it == shms_.by_id.end() ? nullptr : it->second.get();
@@ -163,7 +176,9 @@ void Service::home_shmctl(const HomeHeader& h, ByteView body, ReplyFn& reply) {
       return e ? reply(e, {}) : reply(0, encode_body(resp));
     }
     case IPC_SET:
-      return reply(s->set(r.uid, r.gid, r.mode, h.creds, now_s()), {});
+      e = s->set(r.uid, r.gid, r.mode, h.creds, now_s());
+      if (!e && !s->removed() && s->perm().key != IPC_PRIVATE) shm_table_changed();  // before the answer
+      return reply(e, {});
     case IPC_RMID: {
       int32_t key = s->perm().key;
       bool was_removed = s->removed();

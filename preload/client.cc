@@ -50,6 +50,7 @@ constexpr int64_t kReconnectStepNs = 50'000'000;  // between connection attempts
 std::atomic<int> g_conn_fds[kMaxConns];
 
 std::atomic<const ipc::ControlPage*> g_control{nullptr};
+std::atomic<const ipc::ShmTable*> g_table{nullptr};  // in g_control's mapping, or nullptr
 std::atomic<uint64_t> g_control_ino{0};  // which memfd g_control maps: a restarted daemon has a new one
 std::atomic<int> g_incompatible{0};     // EPROTO: a daemon answered that this library cannot use
 std::atomic<int64_t> g_retry_at{0};      // no connection attempt before this (CLOCK_MONOTONIC ns)
@@ -214,20 +215,29 @@ bool map_control(int memfd) {
   if (fstat(memfd, &st) != 0 || st.st_size < static_cast<off_t>(sizeof(ipc::ControlPage))) return false;
   uint64_t ino = static_cast<uint64_t>(st.st_ino) ^ (static_cast<uint64_t>(st.st_dev) << 48);
   if (g_control.load(std::memory_order_acquire) && g_control_ino.load() == ino) return true;
-  void* p = mmap(nullptr, sizeof(ipc::ControlPage), PROT_READ, MAP_SHARED, memfd, 0);
+  const auto len = static_cast<size_t>(std::min<off_t>(st.st_size, off_t{1} << 20));  // the page and the table
+  void* p = mmap(nullptr, len, PROT_READ, MAP_SHARED, memfd, 0);
   if (p == MAP_FAILED) return false;
   auto* page = static_cast<const ipc::ControlPage*>(p);
   ipc::ControlCheck check = page->check();
   if (check != ipc::ControlCheck::kOk) {
-    munmap(p, sizeof(ipc::ControlPage));
+    munmap(p, len);
     incompatible(check == ipc::ControlCheck::kOtherByteOrder ? "its control page is in the other byte order"
                  : check == ipc::ControlCheck::kOtherVersion ? "its control page is of another version"
                                                               : "its control page has a bad magic number");
     return false;
   }
+  const ipc::ShmTable* table = nullptr;
+  if (uint32_t off = page->shm_table_off();
+      off >= sizeof(ipc::ControlPage) && off % 8 == 0 && off <= len && len - off >= sizeof(ipc::ShmTable)) {
+    auto* t = reinterpret_cast<const ipc::ShmTable*>(static_cast<const char*>(p) + off);
+    if (t->valid()) table = t;
+  }
   g_incompatible.store(0);
-  g_control_ino.store(ino);
+  // The inode last: another thread that finds it mapped already (above) also finds the page and its table.
+  g_table.store(table, std::memory_order_release);
   g_control.store(page, std::memory_order_release);
+  g_control_ino.store(ino);
   return true;
 }
 
@@ -395,6 +405,17 @@ int64_t now_ns() {
 }
 
 int daemon_incompatible() { return g_incompatible.load(std::memory_order_relaxed); }
+
+const ipc::ShmTable* shm_table() {
+  const ipc::ControlPage* cp = g_control.load(std::memory_order_acquire);
+  const ipc::ShmTable* t = g_table.load(std::memory_order_acquire);
+  Conn& c = t_conn;
+  if (!cp || !t || c.fd < 0 || c.busy) return nullptr;
+  // Both from the same daemon's memfd (another thread may be mapping a new one).
+  if (reinterpret_cast<const char*>(t) != reinterpret_cast<const char*>(cp) + cp->shm_table_off()) return nullptr;
+  pollfd p{c.fd, POLLRDHUP, 0};  // the daemon that answers this thread is alive: its table is the live one
+  return poll(&p, 1, 0) == 0 ? t : nullptr;
+}
 
 const ipc::ControlPage* control() {
   const ipc::ControlPage* p = g_control.load(std::memory_order_acquire);

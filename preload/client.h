@@ -10,6 +10,7 @@
 
 #include "common/wire.h"
 #include "ipc/control.h"
+#include "ipc/shm_table.h"
 
 namespace dipc::preload {
 
@@ -20,6 +21,9 @@ const ipc::ControlPage* control();
 // version, or it speaks another protocol version (said once on stderr). *get calls then fail with this errno
 // instead of going to the kernel, since the node's policy cannot be read.
 int daemon_incompatible();
+// The daemon's segment table (ipc/shm_table.h), or nullptr: none, or this thread's connection to the daemon is
+// gone or not made yet (a dead daemon's table must not answer; a restarted daemon's comes with its new connection).
+const ipc::ShmTable* shm_table();
 
 // How a request may end before its answer.
 struct Wait {

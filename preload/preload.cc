@@ -183,6 +183,8 @@ std::optional<int> dipc_get(uint16_t op, key_t key, int nsems, int flg, uint64_t
   } else if (!cp->distributes(key, flg, IPC_DIPC)) {
     return std::nullopt;
   }
+  if (op == ipc::kShmGet && cp)
+    if (auto local = dipc::preload::shm_get_local(key, size, flg)) return *local < 0 ? fail(-*local) : *local;
   ipc::IdResp id;
   auto r = daemon_call(op, ipc::encode_body(ipc::GetReq{key, nsems, flg, size}), {},
                        [&](ByteView b) { return decodes(b, id) && ipc::is_dipc_id(id.id); });

@@ -337,10 +337,11 @@ void watch_conns(const ShmConn* c = nullptr) {
 }
 
 // Sends one request, `pass_fd` (if >= 0) riding on its first byte. Returns its id, or 0 (the stream is then broken).
-uint64_t send_request(ShmConn& c, uint16_t op, const Bytes& body, int pass_fd) {
+// With `one_way`, a note nobody answers (kShmDt of a segment homed on this node).
+uint64_t send_request(ShmConn& c, uint16_t op, const Bytes& body, int pass_fd, bool one_way = false) {
   uint64_t id = c.next_id++;
   Bytes b;
-  append_frame(b, FrameHeader{FrameKind::kRequest, op, id, 0, 0}, body);
+  append_frame(b, FrameHeader{one_way ? FrameKind::kOneWay : FrameKind::kRequest, op, id, 0, 0}, body);
   size_t off = 0;
   while (off < b.size()) {
     ssize_t n = send_with_fd(c.fd, b.data() + off, b.size() - off, off == 0 ? pass_fd : -1);
@@ -534,10 +535,26 @@ pthread_once_t g_atfork_once = PTHREAD_ONCE_INIT;
 // ---- shmat / shmdt ----
 
 // Tells dipcd an attach is gone (unmapped). Cannot fail, as Linux's shmdt cannot once it found the attach: dipcd's
-// answer only keeps shm_nattch exact.
+// answer only keeps shm_nattch exact. For a segment homed on this node it is a one-way note, answered by nobody:
+// dipcd applies it before it answers anything that may depend on it (docs/ARCHITECTURE.md, "One-way shmdt"); the
+// views kept of a segment that the note destroys hold no memory (dipcd empties the view) and are refused at the next
+// attach (ESTALE).
+// DIPC_SHM_NOTES=0 in the program's environment: shmdt waits for dipcd's answer on every node (the path before the
+// notes, for a before/after figure in one build).
+const bool g_shm_notes = [] {
+  const char* e = getenv("DIPC_SHM_NOTES");
+  return !(e && std::string_view(e) == "0");
+}();
+
 void detached(const Attach& at) noexcept {
   --at.conn->attaches;
   try {
+    const ipc::ControlPage* cp = g_shm_notes ? control() : nullptr;
+    if (cp && at.conn->fd >= 0 && ipc::id_node(at.id) == cp->node()) {
+      if (!send_request(*at.conn, ipc::kShmDt, attach_body(at.id, at.addr, 0, 0), -1, true))
+        lost(*at.conn, "cannot send to dipcd");
+      return;
+    }
     Answer ans;
     ipc::ShmDtResp r;
     if (roundtrip(*at.conn, ipc::kShmDt, attach_body(at.id, at.addr, 0, 0), -1, ans) != 0 || ans.status ||
@@ -755,6 +772,43 @@ std::optional<int> detach(const void* addr) {
 }
 
 }  // namespace
+
+std::optional<int> shm_get_local(int key, uint64_t size, int flg) noexcept {
+  // DIPC_SHM_TABLE=0 in the program's environment: every shmget asks dipcd (for a before/after figure).
+  static const bool use = [] {
+    const char* e = getenv("DIPC_SHM_TABLE");
+    return !(e && std::string_view(e) == "0");
+  }();
+  if (!use) return std::nullopt;
+  try {
+    const ipc::ShmTable* t = shm_table();
+    ipc::ShmTableRow r;
+    if (!t || key == IPC_PRIVATE || t->find(key, &r) != 1) return std::nullopt;
+    // ipcget_public(): EEXIST, then shm_more_checks() (EINVAL), then ipcperms() (EACCES).
+    if ((flg & IPC_CREAT) && (flg & IPC_EXCL)) return -EEXIST;
+    if (size > r.size) return -EINVAL;
+    ipc::Perm p;
+    p.key = key;
+    p.uid = r.uid;
+    p.gid = r.gid;
+    p.cuid = r.cuid;
+    p.cgid = r.cgid;
+    p.mode = static_cast<uint16_t>(r.mode);
+    ipc::Creds c;
+    c.uid = geteuid();
+    c.gid = getegid();
+    if (c.uid != p.uid && c.uid != p.cuid && c.gid != p.gid && c.gid != p.cgid) {
+      gid_t groups[256];
+      int n = getgroups(256, groups);
+      if (n < 0) return std::nullopt;
+      c.groups.assign(groups, groups + n);
+    }
+    if (ipc::ipc_check(p, c, flg)) return std::nullopt;
+    return r.id;
+  } catch (...) {
+    return std::nullopt;
+  }
+}
 
 std::optional<void*> shm_attach(int id, const void* addr, int flg) noexcept {
   try {

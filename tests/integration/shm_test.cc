@@ -403,6 +403,93 @@ TEST_F(Shm, IpcPrivateIdPassedToAnotherNodeNamesTheSameSegment) {
   EXPECT_EQ(field(tool(2, {"stat:" + id}), "stat"), "-1 EINVAL");
 }
 
+// On the home node shmdt is a one-way note to dipcd (docs/ARCHITECTURE.md, "One-way shmdt"): whatever comes after
+// it, the same process's IPC_STAT on another connection, another node's IPC_STAT, IPC_RMID, sees the detach done.
+TEST_F(Shm, ShmdtOnTheHomeNodeIsCountedBeforeAnythingAfterIt) {
+  const std::string k = key(18);
+  std::string id = create(1, k, 2 * kPage);
+  auto holder = c().spawn(1, {SimCluster::prog("shm_tool"), "at:" + id, "print:held=1", "hold"}, {kTimeoutEnv});
+  ASSERT_TRUE(c().wait_output(holder, "held=1")) << holder.out_buf << holder.err_buf;
+  // The same process asks at once, many times: the note and the IPC_STAT race to dipcd on two sockets.
+  std::vector<std::string> cmds;
+  for (int i = 0; i < 30; ++i) cmds.insert(cmds.end(), {"at:" + id, "w:0:" + std::to_string(i), "dt", "stat:" + id});
+  auto sts = fields(tool(1, cmds), "stat");
+  ASSERT_EQ(sts.size(), 30u);
+  for (const std::string& st : sts) {
+    EXPECT_EQ(kv(st, "nattch"), "1") << st;
+    EXPECT_EQ(kv(st, "lpid"), "self") << st;
+    EXPECT_EQ(kv(st, "dtime"), "set") << st;
+  }
+  // Another node, right after a detach returned (no polling): counted already.
+  auto p = c().spawn(1, {SimCluster::prog("shm_tool"), "at:" + id, "r:0", "dt", "print:detached=1", "hold"},
+                     {kTimeoutEnv});
+  ASSERT_TRUE(c().wait_output(p, "detached=1")) << p.out_buf << p.err_buf;
+  std::string st = field(tool(2, {"stat:" + id}), "stat");
+  EXPECT_EQ(kv(st, "nattch"), "1") << st;
+  EXPECT_EQ(kv(st, "lpid"), "other") << st;
+  EXPECT_EQ(field(p.out_buf, "r"), "29");
+  c().kill(p, SIGTERM);
+  EXPECT_EQ(c().wait(p, 10).status, 128 + SIGTERM);
+  c().kill(holder, SIGTERM);
+  EXPECT_EQ(c().wait(holder, 10).status, 128 + SIGTERM);
+  ASSERT_TRUE(wait_tool(1, {"stat:" + id}, [](const std::string& o) { return kv(field(o, "stat"), "nattch") == "0"; }));
+  // IPC_RMID, then the last detach: the segment is gone when shmdt returns, on every node.
+  std::string out = tool(1, {"at:" + id, "rm:" + id, "stat:" + id, "dt", "stat:" + id});
+  sts = fields(out, "stat");
+  ASSERT_EQ(sts.size(), 2u) << out;
+  EXPECT_EQ(kv(sts[0], "dest"), "1") << out;
+  EXPECT_EQ(sts[1], "-1 EINVAL") << out;
+  EXPECT_EQ(field(tool(2, {"stat:" + id}), "stat"), "-1 EINVAL");
+  EXPECT_EQ(field(tool(1, {"at:" + id}), "at"), "-1 EINVAL");
+}
+
+// shmget of a key homed on this node is answered in the program from dipcd's segment table (docs/ARCHITECTURE.md,
+// "shmget from the segment table"), with the kernel's checks in the kernel's order; what the table cannot decide
+// (a refusal: CAP_IPC_OWNER is dipcd's to judge; an absent key) goes to dipcd. IPC_SET and IPC_RMID count at once.
+TEST_F(Shm, ShmgetOnTheHomeNodeChecksAsTheKernelAndSeesEveryChangeAtOnce) {
+  const std::string k = key(19);
+  std::string id = create(1, k, kPage, "0640");
+  std::string out = tool(1, {"get:" + k + ":0:dipc", "get:" + k + ":4096:dipc+0600", "get:" + k + ":8192:dipc",
+                             "get:" + k + ":0:creat+excl+dipc+0600", "get:" + k + ":8192:creat+excl+dipc",
+                             "get:" + k + ":0:creat+dipc+0600"});
+  EXPECT_EQ(fields(out, "get"), (std::vector<std::string>{id, id, "-1 EINVAL", "-1 EEXIST", "-1 EEXIST", id}));
+  out = tool_as_nobody(1, {"get:" + k + ":0:dipc+0400", "get:" + k + ":0:dipc"});
+  EXPECT_EQ(fields(out, "get"), (std::vector<std::string>{"-1 EACCES", id}));
+  EXPECT_EQ(field(tool(1, {"set:" + id + ":0604"}), "set"), "0");
+  out = tool_as_nobody(1, {"get:" + k + ":0:dipc+0400", "get:" + k + ":0:dipc+0600"});
+  EXPECT_EQ(fields(out, "get"), (std::vector<std::string>{id, "-1 EACCES"}));
+  out = tool(1, {"rm:" + id, "get:" + k + ":0:dipc", "get:" + k + ":4096:creat+excl+dipc+0600", "get:" + k + ":0:dipc"});
+  auto gets = fields(out, "get");
+  ASSERT_EQ(gets.size(), 3u) << out;
+  EXPECT_EQ(gets[0], "-1 ENOENT");
+  EXPECT_NE(gets[1], id);
+  EXPECT_NE(gets[1].substr(0, 2), "-1") << out;
+  EXPECT_EQ(gets[2], gets[1]);
+  EXPECT_EQ(field(tool(2, {"get:" + k + ":0:dipc"}), "get"), gets[1]);
+  EXPECT_EQ(field(tool(1, {"rm:" + gets[1]}), "rm"), "0");
+}
+
+// A program that read the segment table of a daemon that then restarted never gets an id from the dead daemon's
+// table (still mapped in it): its shmget asks the new daemon.
+TEST_F(Shm, ShmgetAfterADaemonRestartNeverAnswersFromTheOldTable) {
+  const std::string k = key(20);
+  std::string id = create(3, k, kPage);
+  std::string go = c().dir() + "/shm-restarted-20";
+  auto p = c().spawn(3, {SimCluster::prog("shm_tool"), "get:" + k + ":0:dipc", "print:first=1", "waitfile:" + go + ":90",
+                         "get:" + k + ":0:dipc"}, {kTimeoutEnv});
+  ASSERT_TRUE(c().wait_output(p, "first=1")) << p.out_buf << p.err_buf;
+  ASSERT_TRUE(c().kill_daemon(3)) << c().last_error();
+  ASSERT_TRUE(c().start_daemon(3)) << c().last_error();
+  std::ofstream(go) << "go\n";
+  auto r = c().wait(p, 120);
+  EXPECT_EQ(r.status, 0) << r.out << r.err;
+  auto gets = fields(r.out, "get");
+  ASSERT_EQ(gets.size(), 2u) << r.out << r.err;
+  EXPECT_EQ(gets[0], id);
+  EXPECT_NE(gets[1], id) << "an id of the dead daemon";
+  EXPECT_EQ(gets[1], field(tool(3, {"get:" + k + ":0:dipc"}), "get"));  // what a new process gets
+}
+
 TEST_F(Shm, PermissionsRefuseNobodyOnAnotherNode) {
   const std::string k = key(14);
   std::string out = tool(1, {"get:" + k + ":4096:creat+excl+dipc+0600", "at", "w:0:31337"});

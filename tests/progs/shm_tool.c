@@ -23,6 +23,7 @@
  *   forkexec                 a child (which inherits the attaches) prints forkexec_child_nattch= (of the current
  *                            segment), then execs `tail -f /dev/null` (a program that lives until killed); the
  *                            parent waits for that line -> forkexec_pid=N
+ *   waitfile:PATH[:SECS]     polls (bounded, default 30 s) until PATH exists          -> waitfile=0 (exit 1 on timeout)
  *   print:TEXT               prints TEXT
  *
  * Failed calls print "NAME=-1 ERRNO_NAME" and the run goes on (exit 0): callers check the lines. Failed checks
@@ -329,6 +330,19 @@ int main(int argc, char **argv) {
       fflush(stdout);
       alarm(600);
       for (;;) pause();
+    } else if (!strcmp(name, "waitfile")) {
+      long secs = a[2] ? num(a[2]) : 30;
+      struct timespec step = {0, 10 * 1000 * 1000};
+      long waited = 0;
+      while (access(a[1] ? a[1] : "", F_OK) != 0 && waited < secs * 100) {
+        nanosleep(&step, NULL);
+        ++waited;
+      }
+      if (access(a[1] ? a[1] : "", F_OK) != 0) {
+        fprintf(stderr, "shm_tool: waitfile: %s did not appear in %ld s\n", a[1] ? a[1] : "", secs);
+        return 1;
+      }
+      printf("waitfile=0\n");
     } else if (!strcmp(name, "print")) {
       printf("%s\n", a[1] ? a[1] : "");
     } else {

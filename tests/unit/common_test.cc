@@ -15,6 +15,7 @@
 #include "common/wire.h"
 #include "dipc/dipc.h"
 #include "ipc/control.h"
+#include "ipc/shm_table.h"
 #include "ipc/ids.h"
 
 namespace dipc {
@@ -394,6 +395,49 @@ TEST(ControlPage, IsBigEndianOnEveryHostAndAnOtherOrderIsTold) {
   EXPECT_EQ(q.check(), ipc::ControlCheck::kOtherVersion);
   q.magic_be = 0x12345678;
   EXPECT_EQ(q.check(), ipc::ControlCheck::kBadMagic);
+}
+
+TEST(ShmTable, FindsWhatWasPublishedAndGivesUpWhileItChanges) {
+  auto t = std::make_unique<ipc::ShmTable>();
+  t->init();
+  EXPECT_TRUE(t->valid());
+  std::vector<ipc::ShmTableRow> rows;
+  for (int i = 1; i <= 300; ++i)  // more keys than fit in a probe run: collisions on the same home slot
+    rows.push_back(ipc::ShmTableRow{i * static_cast<int32_t>(ipc::kShmTableSlots), 0x40000000 + i, 0640,
+                                    1000, 100, 1001, 101, (uint64_t{1} << 33) + i});
+  t->publish(rows);
+  ipc::ShmTableRow r;
+  ASSERT_EQ(t->find(7 * ipc::kShmTableSlots, &r), 1);
+  EXPECT_EQ(r.id, 0x40000007);
+  EXPECT_EQ(r.mode, 0640u);
+  EXPECT_EQ(r.cuid, 1001u);
+  EXPECT_EQ(r.size, (uint64_t{1} << 33) + 7);
+  EXPECT_EQ(t->find(12345, &r), 0);
+  // The fields are big-endian for programs of either byte order.
+  const auto* b = reinterpret_cast<const uint8_t*>(t.get());
+  EXPECT_EQ(std::vector<uint8_t>(b, b + 4), (std::vector<uint8_t>{'D', 'S', 'T', 'B'}));
+  // A table being rewritten (odd sequence) decides nothing; a republished one without the key says absent.
+  uint32_t seq = be32toh(t->seq_be.load());
+  EXPECT_EQ(seq % 2, 0u);
+  t->seq_be.store(htobe32(seq + 1));
+  EXPECT_EQ(t->find(7 * ipc::kShmTableSlots, &r), -1);
+  t->seq_be.store(htobe32(seq));
+  rows.erase(rows.begin() + 6);
+  t->publish(rows);
+  EXPECT_EQ(t->find(7 * ipc::kShmTableSlots, &r), 0);
+  ASSERT_EQ(t->find(8 * ipc::kShmTableSlots, &r), 1);
+  EXPECT_EQ(r.id, 0x40000008);
+  // More segments than slots: the ones left out are absent (asked of dipcd), never wrong.
+  rows.clear();
+  for (int i = 1; i <= 2000; ++i) rows.push_back(ipc::ShmTableRow{i, i, 0600, 0, 0, 0, 0, 4096});
+  t->publish(rows);
+  int found = 0;
+  for (int i = 1; i <= 2000; ++i)
+    if (int f = t->find(i, &r); f == 1) {
+      ++found;
+      EXPECT_EQ(r.id, i);
+    }
+  EXPECT_EQ(found, static_cast<int>(ipc::kShmTableSlots) - 1);
 }
 
 }  // namespace
