@@ -69,7 +69,7 @@ void EventLoop::remove_poller(PollerId id) {
   arms_.erase(id);
 }
 
-int EventLoop::run_pollers(std::map<PollerId, Poller>& which) {
+int EventLoop::run_hooks(std::map<PollerId, Poller>& which) {
   int n = 0;
   for (PollerId id = 1; id < next_poller_; ++id) {  // by id: a poller may remove itself or another
     auto it = which.find(id);
@@ -222,7 +222,7 @@ void EventLoop::run_once(int timeout_ms) {
     do {
       n = epoll_wait(epfd_.get(), evs, 64, 0);
       if (n != 0) break;
-      if (!pollers_.empty() && run_pollers(pollers_) > 0) {
+      if (!pollers_.empty() && run_hooks(pollers_) > 0) {
         polled = true;
         break;
       }
@@ -231,7 +231,7 @@ void EventLoop::run_once(int timeout_ms) {
   }
   if (poll_until_us_ && now_us() >= poll_until_us_) poll_until_us_ = 0;
   // About to sleep: providers re-enable the wake-ups they let lapse while polled (and may find work doing so).
-  if (n == 0 && !polled && timeout_us != 0 && !arms_.empty() && run_pollers(arms_) > 0) polled = true;
+  if (n == 0 && !polled && timeout_us != 0 && !arms_.empty() && run_hooks(arms_) > 0) polled = true;
   if (n == 0 && !polled) n = wait(evs, 64, timeout_us);
   in_iteration_ = true;
   for (int i = 0; i < n; ++i) {

@@ -81,7 +81,8 @@ class EventLoop {
   static void force_epoll_wait_fallback();
 
  private:
-  int run_pollers(std::map<PollerId, Poller>& which);
+  // Runs every hook of `which` (the pollers, or the arm hooks before a sleep) in id order; returns the work found.
+  int run_hooks(std::map<PollerId, Poller>& which);
   int wait(::epoll_event* evs, int max, int64_t timeout_us);
   int wait_fallback(::epoll_event* evs, int max, int64_t timeout_us);
 
