@@ -311,6 +311,8 @@ int g_trace_err = 0;  // why PROG is not traced (0: it is)
 bool g_exited = false;
 int g_status = 0;  // PROG's wait status once g_exited
 
+void forget_attaches();
+
 // A tracee event outside an injection: everything passes through as if PROG were not traced.
 void on_event(pid_t tid, int st) {
   if (WIFEXITED(st) || WIFSIGNALED(st)) {
@@ -324,7 +326,8 @@ void on_event(pid_t tid, int st) {
     bool group = sig == SIGSTOP || sig == SIGTSTP || sig == SIGTTIN || sig == SIGTTOU;
     (void)ptrace(group ? PTRACE_LISTEN : PTRACE_CONT, tid, nullptr, nullptr);
   } else if (event != 0 || sig == (SIGTRAP | 0x80)) {
-    (void)ptrace(PTRACE_CONT, tid, nullptr, nullptr);  // clone, or a syscall stop left by an injection
+    if (event == PTRACE_EVENT_EXEC) forget_attaches();  // the new image has none of the old one's
+    (void)ptrace(PTRACE_CONT, tid, nullptr, nullptr);  // clone, exec, or a syscall stop left by an injection
   } else {
     (void)ptrace(PTRACE_CONT, tid, nullptr, reinterpret_cast<void*>(static_cast<uintptr_t>(sig)));  // delivered
   }
@@ -431,10 +434,17 @@ void* t_map(void*, void* addr, size_t len, int prot, int flags, int fd) {
                   static_cast<uint64_t>(flags), static_cast<uint64_t>(rfd), 0);
   (void)inject(in, SYS_close, static_cast<uint64_t>(rfd));
   if (p < 0 && p > -4096) return failed_with(p), MAP_FAILED;
+  // PROG's children are not traced: a fork()ed child must not inherit a mapping nobody keeps coherent for it (its
+  // access faults instead; README).
+  if (long m = inject(in, SYS_madvise, static_cast<uint64_t>(p), len, MADV_DONTFORK); m != 0) {
+    (void)inject(in, SYS_munmap, static_cast<uint64_t>(p), len);
+    return failed_with(m < 0 ? m : -EIO), MAP_FAILED;
+  }
   return reinterpret_cast<void*>(p);
 }
 
 int t_unmap(void*, void* addr, size_t len) {
+  if (!g_cur) return 0;  // PROG's memory is gone (exec): nothing to unmap
   long r = inject(*g_cur, SYS_munmap, reinterpret_cast<uint64_t>(addr), len);
   return r < 0 ? static_cast<int>(failed_with(r)) : 0;
 }
@@ -459,7 +469,19 @@ void t_lost(void*, size_t n) {
 }
 
 const dipc_shm_target g_target{nullptr, t_map, t_unmap, t_userfaultfd, t_lost};
+std::vector<uint64_t> g_attached;  // PROG's distributed attaches (some may be gone already: SHM_REMAP)
 #endif
+
+// PROG exec'd: its attaches went with its memory; dipcd hears of it (shm_nattch) and no later shmdt of the same
+// address in the new image is taken for one of them.
+void forget_attaches() {
+#if defined(__x86_64__)
+  auto detach_for = reinterpret_cast<decltype(&dipc_shm_detach_for)>(dlsym(RTLD_DEFAULT, "dipc_shm_detach_for"));
+  for (uint64_t a : g_attached)
+    if (detach_for) (void)detach_for(&g_target, reinterpret_cast<void*>(a));  // g_cur null: nothing is unmapped
+  g_attached.clear();
+#endif
+}
 
 // shmat of a distributed id, and every shmdt: served here, in the tracer thread. Returns false when the call
 // should continue in the kernel (a shmdt of an address this process did not attach, an id dipcd does not know).
@@ -477,10 +499,12 @@ bool serve_shm(int listener, const seccomp_notif& q) {
       void* p = attach_for(&g_target, static_cast<int>(a[0]), reinterpret_cast<void*>(a[1]), static_cast<int>(a[2]));
       if (p == MAP_FAILED && errno == ENOTSUP && !in.stopped) return false;
       ret = p == MAP_FAILED ? -errno : reinterpret_cast<long>(p);
+      if (p != MAP_FAILED) g_attached.push_back(reinterpret_cast<uint64_t>(p));
     } else {
       int r = detach_for(&g_target, reinterpret_cast<void*>(a[0]));
       if (r < 0 && errno == ENOTSUP && !in.stopped) return false;
       ret = r < 0 ? -errno : 0;
+      if (r == 0) std::erase(g_attached, a[0]);
     }
     g_cur = nullptr;
     if (in.stopped)
@@ -554,8 +578,8 @@ int main(int argc, char** argv) {
   });
 #if defined(__x86_64__)
   // Its threads are traced too; its children (fork, vfork) are not.
-  if (ptrace(PTRACE_SEIZE, child, nullptr, reinterpret_cast<void*>(PTRACE_O_TRACECLONE | PTRACE_O_TRACESYSGOOD)) != 0)
-    g_trace_err = errno;
+  constexpr uintptr_t kOptions = PTRACE_O_TRACECLONE | PTRACE_O_TRACEEXEC | PTRACE_O_TRACESYSGOOD;
+  if (ptrace(PTRACE_SEIZE, child, nullptr, reinterpret_cast<void*>(kOptions)) != 0) g_trace_err = errno;
   g_pidfd = static_cast<int>(syscall(SYS_pidfd_open, child, 0));
 #endif
   (void)!write(sv[0], &byte, 1);

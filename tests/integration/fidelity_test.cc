@@ -343,6 +343,15 @@ TEST_F(PolicyAll, StaticBinariesAttachDistributedSegmentsCoherently) {
     EXPECT_EQ(field(d.out, "shmnattch"), "0") << d.out << d.err;
     EXPECT_EQ(fields(d.out, "shmread"), (std::vector<std::string>{"21", "22"})) << d.out << d.err;
   }
+  // A fork()ed child of the static program is not traced, so nobody would keep its view coherent: it does not
+  // inherit the attach (an access faults), where the kernel's child would read it (README).
+  auto f = c().run(1, {SimCluster::bin("dipc-exec"), stat, "shmget:0x5c0003:8192:0666", "shmat:@:0", "shmread:0",
+                       "forkread:0", "shmdt"},
+                   60);
+  EXPECT_EQ(f.status, 0) << f.out << f.err;
+  EXPECT_EQ(field(f.out, "shmread"), "31") << f.out << f.err;
+  EXPECT_EQ(field(f.out, "forkread"), "signal SEGV") << f.out << f.err;
+  EXPECT_EQ(field(f.out, "shmdt"), "0") << f.out << f.err;
   EXPECT_EQ(field(op(2, {"shmget:0x5c0003:8192:0666", "shmrm:@"}), "shmrm"), "0");
 }
 
