@@ -765,8 +765,9 @@ std::optional<void*> attach(const dipc_shm_target* t, int id, const void* addr, 
     }
   } replaced;
   if (flg & SHM_REMAP) {
-    auto gone = std::stable_partition(s.attaches.begin(), s.attaches.end(),
-                                      [&](const Attach& x) { return x.target != t || x.addr < a || x.addr + x.len > a + len; });
+    auto gone = std::stable_partition(s.attaches.begin(), s.attaches.end(), [&](const Attach& x) {
+      return x.target != t || x.addr < a || x.addr + x.len > a + len;
+    });
     replaced.list.assign(gone, s.attaches.end());
     s.attaches.erase(gone, s.attaches.end());
   }

@@ -48,6 +48,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -491,6 +492,16 @@ bool serve_shm(int listener, const seccomp_notif& q) {
 #if defined(__x86_64__)
   static auto attach_for = reinterpret_cast<decltype(&dipc_shm_attach_for)>(dlsym(RTLD_DEFAULT, "dipc_shm_attach_for"));
   static auto detach_for = reinterpret_cast<decltype(&dipc_shm_detach_for)>(dlsym(RTLD_DEFAULT, "dipc_shm_detach_for"));
+  // A process PROG started is not traced (only PROG's threads are): its shmdt is the kernel's, its shmat ENOSYS.
+  std::string task = "/proc/" + std::to_string(g_child) + "/task/" + std::to_string(q.pid);
+  bool prog_thread = access(task.c_str(), F_OK) == 0;
+  if (!prog_thread && q.data.nr == SYS_shmdt) return false;
+  if (!prog_thread) {
+    fprintf(stderr, "dipc-exec: shmat of a distributed segment in a process the program started (%d) is not "
+            "supported: ENOSYS\n", static_cast<int>(q.pid));
+    answer(listener, q.id, 0, ENOSYS);
+    return true;
+  }
   if (g_trace_err == 0 && g_pidfd >= 0 && attach_for && detach_for) {
     Inject in{listener, q, static_cast<pid_t>(q.pid), false, false, {}, {}};
     g_cur = &in;

@@ -396,7 +396,8 @@ TEST_F(PolicyAll, StaticBinariesKeepTheirSignalsAndExitStatusUnderTracing) {
   auto r = c().run(1, {"/bin/sh", "-c",
                        "o=$(mktemp); " + exec + " " + stat + " semget:0x5c0006:1:creat+0666 pause print:after >$o & "
                        "p=$!; " + waiting("paused") + "kill -STOP $c; for i in $(seq 1 200); do "
-                       "grep -q '^State:.[Tt]' /proc/$c/status && break; sleep 0.05; done; grep '^State' /proc/$c/status; "
+                       "grep -q '^State:.[Tt]' /proc/$c/status && break; sleep 0.05; done; "
+                       "grep '^State' /proc/$c/status; "
                        "kill -CONT $c; kill -USR1 $c; wait $p; echo status=$?; cat $o; rm -f $o"},
                    60, true);
   EXPECT_EQ(r.status, 0) << r.out << r.err;
