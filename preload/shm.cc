@@ -834,7 +834,7 @@ bool shm_contains(const void* p, size_t n) noexcept {
 }  // namespace dipc::preload
 
 extern "C" __attribute__((visibility("default"))) void* dipc_shm_attach_for(const dipc_shm_target* t, int id,
-                                                                           const void* addr, int flg) {
+                                                                            const void* addr, int flg) {
   try {
     if (auto r = dipc::preload::attach(t, id, addr, flg)) return *r;
     errno = ENOTSUP;
@@ -846,8 +846,7 @@ extern "C" __attribute__((visibility("default"))) void* dipc_shm_attach_for(cons
   return MAP_FAILED;
 }
 
-extern "C" __attribute__((visibility("default"))) int dipc_shm_detach_for(const dipc_shm_target* t,
-                                                                         const void* addr) {
+extern "C" __attribute__((visibility("default"))) int dipc_shm_detach_for(const dipc_shm_target* t, const void* addr) {
   try {
     if (auto r = dipc::preload::detach(t, addr)) return *r;
     errno = ENOTSUP;

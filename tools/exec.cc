@@ -328,7 +328,7 @@ void on_event(pid_t tid, int st) {
     (void)ptrace(group ? PTRACE_LISTEN : PTRACE_CONT, tid, nullptr, nullptr);
   } else if (event != 0 || sig == (SIGTRAP | 0x80)) {
     if (event == PTRACE_EVENT_EXEC) forget_attaches();  // the new image has none of the old one's
-    (void)ptrace(PTRACE_CONT, tid, nullptr, nullptr);  // clone, exec, or a syscall stop left by an injection
+    (void)ptrace(PTRACE_CONT, tid, nullptr, nullptr);   // clone, exec, or a syscall stop left by an injection
   } else {
     (void)ptrace(PTRACE_CONT, tid, nullptr, reinterpret_cast<void*>(static_cast<uintptr_t>(sig)));  // delivered
   }
@@ -387,8 +387,8 @@ bool stop(Inject& in) {
 }
 
 // Runs syscall nr(args) in the stopped thread; its return value (-errno on failure).
-long inject(Inject& in, long nr, uint64_t a0 = 0, uint64_t a1 = 0, uint64_t a2 = 0, uint64_t a3 = 0,
-            uint64_t a4 = 0, uint64_t a5 = 0) {
+long inject(Inject& in, long nr, uint64_t a0 = 0, uint64_t a1 = 0, uint64_t a2 = 0, uint64_t a3 = 0, uint64_t a4 = 0,
+            uint64_t a5 = 0) {
   if (!stop(in)) return -errno;
   user_regs_struct r = in.saved;
   r.rip = in.saved.rip - 2;
@@ -464,8 +464,10 @@ int t_userfaultfd(void*, int flags) {
 // dipcd closed the connection that carries PROG's attaches: nobody keeps them coherent, and they cannot be
 // replaced from the watcher thread (not the tracer). PROG must not compute on them: it is killed.
 void t_lost(void*, size_t n) {
-  fprintf(stderr, "dipc-exec: dipcd closed the connection: %zu shared memory attaches of the program are no longer "
-          "coherent; killing it\n", n);
+  fprintf(stderr,
+          "dipc-exec: dipcd closed the connection: %zu shared memory attaches of the program are no longer "
+          "coherent; killing it\n",
+          n);
   kill(g_child, SIGKILL);
 }
 
@@ -497,8 +499,10 @@ bool serve_shm(int listener, const seccomp_notif& q) {
   bool prog_thread = access(task.c_str(), F_OK) == 0;
   if (!prog_thread && q.data.nr == SYS_shmdt) return false;
   if (!prog_thread) {
-    fprintf(stderr, "dipc-exec: shmat of a distributed segment in a process the program started (%d) is not "
-            "supported: ENOSYS\n", static_cast<int>(q.pid));
+    fprintf(stderr,
+            "dipc-exec: shmat of a distributed segment in a process the program started (%d) is not "
+            "supported: ENOSYS\n",
+            static_cast<int>(q.pid));
     answer(listener, q.id, 0, ENOSYS);
     return true;
   }
@@ -533,7 +537,8 @@ bool serve_shm(int listener, const seccomp_notif& q) {
     fprintf(stderr, "dipc-exec: shmat of a distributed segment needs ptrace of the program, which %s: ENOSYS\n",
             g_trace_err ? strerror(g_trace_err) : "libdipc.so does not offer (run under LD_PRELOAD=libdipc.so)");
 #else
-    fprintf(stderr, "dipc-exec: shmat of a distributed segment in a static binary is supported on x86-64 only: "
+    fprintf(stderr,
+            "dipc-exec: shmat of a distributed segment in a static binary is supported on x86-64 only: "
             "ENOSYS\n");
 #endif
   }

@@ -318,15 +318,16 @@ TEST_F(PolicyAll, StaticBinariesAttachDistributedSegmentsCoherently) {
   // attaches a segment homed on node2: it reads what a program on node2 wrote, writes, and node2 reads that; both
   // ways. shm_nattch counts its attach and shmdt takes it back, as the kernel's.
   std::string stat = SimCluster::prog("ipcop-static"), dyn = SimCluster::prog("ipcop");
-  auto h = c().run(2, {dyn, "shmget:0x5c0003:8192:creat+0666", "shmat:@:0", "shmwrite:0:11", "shmwrite:4096:12",
-                       "shmdt"});
+  auto h =
+      c().run(2, {dyn, "shmget:0x5c0003:8192:creat+0666", "shmat:@:0", "shmwrite:0:11", "shmwrite:4096:12", "shmdt"});
   ASSERT_EQ(h.status, 0) << h.err;
   std::string id = field(h.out, "shmget");
   ASSERT_TRUE(is_dipc_id(id)) << h.out << h.err;
   for (int round = 0; round < 2; ++round) {
-    auto r = c().run(1, {SimCluster::bin("dipc-exec"), stat, "shmget:0x5c0003:8192:0666", "shmat:@:0",
-                         "shmnattch:@", "shmread:0", "shmread:4096", "shmwrite:0:21", "shmwrite:4096:22",
-                         "shmat:@:rdonly", "shmread:4096", "shmnattch:@", "shmdt", "shmnattch:@"},
+    auto r = c().run(1,
+                     {SimCluster::bin("dipc-exec"), stat, "shmget:0x5c0003:8192:0666", "shmat:@:0", "shmnattch:@",
+                      "shmread:0", "shmread:4096", "shmwrite:0:21", "shmwrite:4096:22", "shmat:@:rdonly",
+                      "shmread:4096", "shmnattch:@", "shmdt", "shmnattch:@"},
                      60);
     EXPECT_EQ(r.status, 0) << r.out << r.err;
     EXPECT_EQ(field(r.out, "shmget"), id) << r.out << r.err;
@@ -345,8 +346,9 @@ TEST_F(PolicyAll, StaticBinariesAttachDistributedSegmentsCoherently) {
   }
   // A fork()ed child of the static program is not traced, so nobody would keep its view coherent: it does not
   // inherit the attach (an access faults), where the kernel's child would read it (README).
-  auto f = c().run(1, {SimCluster::bin("dipc-exec"), stat, "shmget:0x5c0003:8192:0666", "shmat:@:0", "shmread:0",
-                       "forkread:0", "shmdt"},
+  auto f = c().run(1,
+                   {SimCluster::bin("dipc-exec"), stat, "shmget:0x5c0003:8192:0666", "shmat:@:0", "shmread:0",
+                    "forkread:0", "shmdt"},
                    60);
   EXPECT_EQ(f.status, 0) << f.out << f.err;
   EXPECT_EQ(field(f.out, "shmread"), "31") << f.out << f.err;
@@ -358,10 +360,21 @@ TEST_F(PolicyAll, StaticBinariesAttachDistributedSegmentsCoherently) {
 TEST_F(PolicyAll, StaticBinariesShmatAndShmdtErrorsAreTheKernels) {
   // Missing rights, an id nobody knows, a removed segment, shmdt of an address that is no attach any more: the same
   // errno under dipc-exec (as user nobody) as from the kernel; an IPC_PRIVATE segment is attached and written.
-  std::vector<std::string> cmds = {"shmget:0x5c0005:4096:creat+excl+0600", "shmset:@:0400", "shmat:@:0",
-                                   "shmat:@:rdonly", "shmdt", "shmdt", "shmat:1073754169:0", "shmrm:@",
-                                   "shmat:@:0", "shmget:0:4096:creat+0600", "shmat:@:0", "shmwrite:0:5",
-                                   "shmread:0", "shmdt", "shmrm:@"};
+  std::vector<std::string> cmds = {"shmget:0x5c0005:4096:creat+excl+0600",
+                                   "shmset:@:0400",
+                                   "shmat:@:0",
+                                   "shmat:@:rdonly",
+                                   "shmdt",
+                                   "shmdt",
+                                   "shmat:1073754169:0",
+                                   "shmrm:@",
+                                   "shmat:@:0",
+                                   "shmget:0:4096:creat+0600",
+                                   "shmat:@:0",
+                                   "shmwrite:0:5",
+                                   "shmread:0",
+                                   "shmdt",
+                                   "shmrm:@"};
   std::vector<std::string> user = {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"};
   auto k = user;
   k.push_back(SimCluster::prog("ipcop-static"));
@@ -393,12 +406,16 @@ TEST_F(PolicyAll, StaticBinariesKeepTheirSignalsAndExitStatusUnderTracing) {
     std::string w = wait_line;
     return w.replace(w.find("LINE"), 4, line);
   };
-  auto r = c().run(1, {"/bin/sh", "-c",
-                       "o=$(mktemp); " + exec + " " + stat + " semget:0x5c0006:1:creat+0666 pause print:after >$o & "
-                       "p=$!; " + waiting("paused") + "kill -STOP $c; for i in $(seq 1 200); do "
-                       "grep -q '^State:.[Tt]' /proc/$c/status && break; sleep 0.05; done; "
-                       "grep '^State' /proc/$c/status; "
-                       "kill -CONT $c; kill -USR1 $c; wait $p; echo status=$?; cat $o; rm -f $o"},
+  auto r = c().run(1,
+                   {"/bin/sh", "-c",
+                    "o=$(mktemp); " + exec + " " + stat +
+                        " semget:0x5c0006:1:creat+0666 pause print:after >$o & "
+                        "p=$!; " +
+                        waiting("paused") +
+                        "kill -STOP $c; for i in $(seq 1 200); do "
+                        "grep -q '^State:.[Tt]' /proc/$c/status && break; sleep 0.05; done; "
+                        "grep '^State' /proc/$c/status; "
+                        "kill -CONT $c; kill -USR1 $c; wait $p; echo status=$?; cat $o; rm -f $o"},
                    60, true);
   EXPECT_EQ(r.status, 0) << r.out << r.err;
   // Stopped: "t (tracing stop)" in /proc now that it is traced, as stopped for every purpose.
@@ -406,9 +423,10 @@ TEST_F(PolicyAll, StaticBinariesKeepTheirSignalsAndExitStatusUnderTracing) {
       << r.out << r.err;
   EXPECT_NE(r.out.find("\nafter\n"), std::string::npos) << r.out << r.err;
   EXPECT_EQ(field(r.out, "status"), "0") << r.out << r.err;
-  auto s = c().run(1, {"/bin/sh", "-c",
-                       "o=$(mktemp); " + exec + " " + stat + " semget:0x5c0006:1:0666 semrm:@ hold >$o & p=$!; " +
-                           waiting("held") + "kill -TERM $c; wait $p; echo status=$?; rm -f $o"},
+  auto s = c().run(1,
+                   {"/bin/sh", "-c",
+                    "o=$(mktemp); " + exec + " " + stat + " semget:0x5c0006:1:0666 semrm:@ hold >$o & p=$!; " +
+                        waiting("held") + "kill -TERM $c; wait $p; echo status=$?; rm -f $o"},
                    60, true);
   EXPECT_EQ(field(s.out, "status"), "143") << s.out << s.err;
   auto e = c().run(1, {exec, stat, "unknown-command"}, 30, true);

@@ -272,22 +272,22 @@ int main(int argc, char **argv) {
       report(name, p == (void *)-1 ? -1 : 0);
     } else if (!strcmp(name, "shmdt")) {
       report(name, shmdt(last_addr));
-    } else if (!strcmp(name, "shmwrite")) {  /* shmwrite:OFFSET:VALUE, an int into the last attach */
-      *(volatile int *)((char *)last_addr + num(a[1])) = (int)num(a[2]);
+    } else if (!strcmp(name, "shmwrite")) { /* shmwrite:OFFSET:VALUE, an int into the last attach */
+      *(volatile int*)((char*)last_addr + num(a[1])) = (int)num(a[2]);
       printf("shmwrite=0\n");
-    } else if (!strcmp(name, "forkread")) {  /* forkread:OFFSET: a fork()ed child reads it */
+    } else if (!strcmp(name, "forkread")) { /* forkread:OFFSET: a fork()ed child reads it */
       fflush(stdout);
       pid_t child = fork();
       if (child == 0) {
-        printf("forkread=%d\n", *(volatile int *)((char *)last_addr + num(a[1])));
+        printf("forkread=%d\n", *(volatile int*)((char*)last_addr + num(a[1])));
         fflush(stdout);
         _exit(0);
       }
       int st = 0;
       waitpid(child, &st, 0);
       if (WIFSIGNALED(st)) printf("forkread=signal %s\n", sigabbrev_np(WTERMSIG(st)));
-    } else if (!strcmp(name, "shmread")) {  /* shmread:OFFSET */
-      printf("shmread=%d\n", *(volatile int *)((char *)last_addr + num(a[1])));
+    } else if (!strcmp(name, "shmread")) { /* shmread:OFFSET */
+      printf("shmread=%d\n", *(volatile int*)((char*)last_addr + num(a[1])));
     } else if (!strcmp(name, "shmset")) {
       struct shmid_ds ds;
       int r = shmctl((int)num(a[1]), IPC_STAT, &ds);
