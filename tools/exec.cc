@@ -307,8 +307,8 @@ void serve(Call c) {
 // ---- shmat/shmdt: the main thread is PROG's tracer (ptrace requests are a thread's) ----
 
 pid_t g_child = -1;
-int g_pidfd = -1;
-int g_trace_err = 0;  // why PROG is not traced (0: it is)
+[[maybe_unused]] int g_pidfd = -1;       // PROG's (x86-64)
+[[maybe_unused]] int g_trace_err = 0;  // why PROG is not traced (0: it is)
 bool g_exited = false;
 int g_status = 0;  // PROG's wait status once g_exited
 
