@@ -37,6 +37,7 @@
 #include "common/spare_cpu.h"
 #include "ipc/protocol.h"
 #include "preload/client.h"
+#include "preload/shm_target.h"
 
 #ifndef UFFD_USER_MODE_ONLY
 #define UFFD_USER_MODE_ONLY 1
@@ -132,6 +133,7 @@ struct Attach {
   int id = 0;
   int flg = 0;
   ShmConn* conn = nullptr;
+  const dipc_shm_target* target = nullptr;  // mapped in another process (dipc-exec's program); nullptr: this one
 };
 
 struct State {
@@ -151,11 +153,16 @@ State& state() {
 std::atomic<bool> g_user_only{false};    // unprivileged: only user-mode faults can be handled
 std::atomic<bool> g_no_features{false};  // the kernel refused kUffdFeatures
 
-int new_uffd() {
+// userfaultfd(flags) of this process's memory, or of the target's.
+int uffd_of(const dipc_shm_target* t, int flags) {
+  return t ? t->userfaultfd(t->ctx, flags) : static_cast<int>(syscall(SYS_userfaultfd, flags));
+}
+
+int new_uffd(const dipc_shm_target* t) {
   if (!g_user_only.load()) {
-    int fd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+    int fd = uffd_of(t, O_CLOEXEC | O_NONBLOCK);
     if (fd >= 0 || errno != EPERM) return fd;
-    fd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY));
+    fd = uffd_of(t, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
     if (fd < 0) {
       errno = EPERM;
       return -1;
@@ -166,13 +173,13 @@ int new_uffd() {
            "vm.unprivileged_userfaultfd=1\n");
     return fd;
   }
-  return static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY));
+  return uffd_of(t, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
 }
 
 // A userfaultfd past its UFFDIO_API handshake, or -1 with errno.
-int make_uffd() {
+int make_uffd(const dipc_shm_target* t = nullptr) {
   for (;;) {
-    int fd = new_uffd();
+    int fd = new_uffd(t);
     if (fd < 0) return -1;
     bool full = !g_no_features.load();
     uffdio_api api{};
@@ -211,6 +218,17 @@ bool register_range(int uffd, uintptr_t addr, size_t len, int flg) {
   while (ioctl(uffd, UFFDIO_REGISTER, &r) != 0)
     if (errno != EINTR) return false;
   return true;
+}
+
+// mmap/munmap in this process or in the target.
+void* map_in(const dipc_shm_target* t, void* addr, size_t len, int prot, int flags, int fd) {
+  return t ? t->map(t->ctx, addr, len, prot, flags, fd) : mmap(addr, len, prot, flags, fd, 0);
+}
+void unmap_in(const dipc_shm_target* t, void* p, size_t len) {
+  if (t)
+    (void)t->unmap(t->ctx, p, len);
+  else
+    munmap(p, len);
 }
 
 // ---- the connection ----
@@ -270,10 +288,25 @@ void poison(const Attach& at) {
 // on (README, "What differs"). Called with state().mu held.
 void lost(ShmConn& c, const char* why) {
   if (c.attaches > 0) {
-    warn(std::string("dipc: ") + why + ": " + std::to_string(c.attaches) +
-         " shared memory attaches of this process are no longer coherent; accesses to them raise SIGBUS\n");
-    for (const Attach& at : state().attaches)
-      if (at.conn == &c) poison(at);
+    std::vector<const dipc_shm_target*> targets;
+    size_t mine = 0;
+    for (const Attach& at : state().attaches) {
+      if (at.conn != &c) continue;
+      if (!at.target) {
+        poison(at);
+        ++mine;
+      } else if (std::find(targets.begin(), targets.end(), at.target) == targets.end()) {
+        targets.push_back(at.target);
+      }
+    }
+    if (mine)
+      warn(std::string("dipc: ") + why + ": " + std::to_string(mine) +
+           " shared memory attaches of this process are no longer coherent; accesses to them raise SIGBUS\n");
+    for (const dipc_shm_target* t : targets) {  // the target cannot be poisoned from here: its owner acts
+      size_t n = static_cast<size_t>(std::count_if(state().attaches.begin(), state().attaches.end(),
+                                                   [&](const Attach& at) { return at.conn == &c && at.target == t; }));
+      t->lost(t->ctx, n);
+    }
   }
   c.drop();
 }
@@ -446,6 +479,7 @@ Bytes attach_body(int id, uintptr_t addr, size_t len, int flg, uint64_t view_ino
 void reattach_in_child(State& s) {
   for (auto& c : s.conns) c->drop();  // our copies only: the parent's connections and attaches are untouched
   s.conns.clear();
+  std::erase_if(s.attaches, [](const Attach& at) { return at.target != nullptr; });  // another process's memory
   if (s.attaches.empty()) return;
   ShmConn* c = conn_for_caller(s);
   if (!c) {
@@ -566,13 +600,14 @@ void detached(const Attach& at) noexcept {
 
 // Undoes a half-made attach on the way out.
 struct Undo {
+  const dipc_shm_target* t = nullptr;
   int fd = -1;
   void* map = nullptr;
   size_t len = 0;
   ~Undo() {
     int saved = errno;
     if (fd >= 0) close(fd);
-    if (map) munmap(map, len);
+    if (map) unmap_in(t, map, len);
     errno = saved;
   }
 };
@@ -581,20 +616,22 @@ struct Undo {
 // dipcd with kShmAttached, which checks the rights at the home and counts the attach (with `kept`, dipcd also checks
 // that the view is still this node's view of the segment: ESTALE otherwise). Returns p, the attach recorded and the
 // view kept for the next attach; or MAP_FAILED with errno, the mapping gone and the view's descriptor the caller's.
-void* register_attach(ShmConn& c, int id, void* p, int flg, const ShmConn::View& view, bool kept) {
+void* register_attach(const dipc_shm_target* t, ShmConn& c, int id, void* p, int flg, const ShmConn::View& view,
+                      bool kept) {
   struct Unmap {
+    const dipc_shm_target* t;
     void* p;
     size_t len;
     int uffd = -1;
     ~Unmap() {
       int saved = errno;
-      if (p) munmap(p, len);
+      if (p) unmap_in(t, p, len);
       if (uffd >= 0) close(uffd);
       errno = saved;
     }
-  } undo{p, view.mapped};
+  } undo{t, p, view.mapped};
   // From here on dipcd resolves the mapping's faults: nothing touches it before dipcd has the userfaultfd.
-  int uffd = make_uffd();
+  int uffd = make_uffd(t);
   if (uffd < 0) {
     int err = errno;
     tell_no_uffd("userfaultfd", err);
@@ -616,9 +653,13 @@ void* register_attach(ShmConn& c, int id, void* p, int flg, const ShmConn::View&
   undo.p = nullptr;  // the mapping stays
 
   State& s = state();
-  s.attaches.push_back(Attach{pa, view.mapped, id, flg, &c});  // reserved by attach(): cannot fail
+  s.attaches.push_back(Attach{pa, view.mapped, id, flg, &c, t});  // reserved by attach(): cannot fail
   ++c.attaches;
   watch_conns(&c);
+  if (t) {  // another process's attach: its next attach takes the full path (tools/exec.cc maps a view only once)
+    close(view.fd);
+    return p;
+  }
   try {
     std::erase_if(c.views, [&](const ShmConn::View& v) {
       if (v.id != view.id || v.rdonly != view.rdonly) return false;
@@ -648,7 +689,7 @@ void* attach_mapped(ShmConn& c, int id, uintptr_t a, bool fixed, int flg, ShmCon
     c.views.push_back(view);  // the view is fine; the address was not
     return failed(err);
   }
-  void* r = register_attach(c, id, p, flg, view, true);
+  void* r = register_attach(nullptr, c, id, p, flg, view, true);
   if (r == MAP_FAILED) {
     int err = errno;
     close(view.fd);
@@ -657,7 +698,7 @@ void* attach_mapped(ShmConn& c, int id, uintptr_t a, bool fixed, int flg, ShmCon
   return r;
 }
 
-std::optional<void*> attach(int id, const void* addr, int flg) {
+std::optional<void*> attach(const dipc_shm_target* t, int id, const void* addr, int flg) {
   // Linux's checks before it looks the segment up (do_shmat).
   auto a = reinterpret_cast<uintptr_t>(addr);
   const auto lba = static_cast<uintptr_t>(SHMLBA);
@@ -682,7 +723,7 @@ std::optional<void*> attach(int id, const void* addr, int flg) {
   // may replace other attaches on its way, always takes the full path.
   const bool rdonly = (flg & SHM_RDONLY) != 0;
   ShmConn::View kept;
-  if (!(flg & SHM_REMAP))
+  if (!(flg & SHM_REMAP) && !t)
     for (auto it = c->views.begin(); it != c->views.end(); ++it) {
       struct stat st {};
       if (it->id != id || it->rdonly != rdonly) continue;
@@ -701,6 +742,7 @@ std::optional<void*> attach(int id, const void* addr, int flg) {
 
   Answer at;
   Undo undo;
+  undo.t = t;
   int e = roundtrip(*c, ipc::kShmAt, ipc::encode_body(ipc::ShmAtReq{id, flg}), -1, at);
   undo.fd = at.fd;
   if (e) return failed(EIO);
@@ -725,7 +767,7 @@ std::optional<void*> attach(int id, const void* addr, int flg) {
   // (dipcd fills them and punches them out); only a write after mprotect() would make a private copy.
   int mflags = ((flg & SHM_RDONLY) ? MAP_PRIVATE : MAP_SHARED) |
                (fixed ? ((flg & SHM_REMAP) ? MAP_FIXED : MAP_FIXED_NOREPLACE) : 0);
-  void* p = mmap(reinterpret_cast<void*>(a), len, prot, mflags, at.fd, 0);
+  void* p = map_in(t, reinterpret_cast<void*>(a), len, prot, mflags, at.fd);
   if (p == MAP_FAILED) return failed(errno == EEXIST ? EINVAL : errno);  // Linux: EINVAL on an overlap
   undo.map = p;
   undo.len = len;
@@ -740,15 +782,16 @@ std::optional<void*> attach(int id, const void* addr, int flg) {
     }
   } replaced;
   if (flg & SHM_REMAP) {
-    auto gone = std::stable_partition(s.attaches.begin(), s.attaches.end(),
-                                      [&](const Attach& x) { return x.addr < a || x.addr + x.len > a + len; });
+    auto gone = std::stable_partition(s.attaches.begin(), s.attaches.end(), [&](const Attach& x) {
+      return x.target != t || x.addr < a || x.addr + x.len > a + len;
+    });
     replaced.list.assign(gone, s.attaches.end());
     s.attaches.erase(gone, s.attaches.end());
   }
   undo.fd = -1;  // kept below once the attach worked; closed with it otherwise
   ShmConn::View view{id, rdonly, at.fd, static_cast<uint64_t>(vst.st_dev), static_cast<uint64_t>(vst.st_ino), len};
   undo.map = nullptr;  // register_attach() owns the mapping now
-  void* done = register_attach(*c, id, p, flg, view, false);
+  void* done = register_attach(t, *c, id, p, flg, view, false);
   if (done == MAP_FAILED) {
     int err = errno;
     close(view.fd);
@@ -757,15 +800,16 @@ std::optional<void*> attach(int id, const void* addr, int flg) {
   return done;
 }
 
-std::optional<int> detach(const void* addr) {
+std::optional<int> detach(const dipc_shm_target* t, const void* addr) {
   State& s = state();
   std::lock_guard lock(s.mu);
   auto a = reinterpret_cast<uintptr_t>(addr);
-  auto it = std::find_if(s.attaches.begin(), s.attaches.end(), [&](const Attach& at) { return at.addr == a; });
+  auto it = std::find_if(s.attaches.begin(), s.attaches.end(),
+                         [&](const Attach& at) { return at.addr == a && at.target == t; });
   if (it == s.attaches.end()) return std::nullopt;
   Attach at = *it;
   s.attaches.erase(it);
-  munmap(reinterpret_cast<void*>(at.addr), at.len);
+  unmap_in(t, reinterpret_cast<void*>(at.addr), at.len);
   detached(at);
   prune(s);
   return 0;
@@ -812,7 +856,7 @@ std::optional<int> shm_get_local(int key, uint64_t size, int flg) noexcept {
 
 std::optional<void*> shm_attach(int id, const void* addr, int flg) noexcept {
   try {
-    return attach(id, addr, flg);
+    return attach(nullptr, id, addr, flg);
   } catch (const std::bad_alloc&) {
     return failed(ENOMEM);
   } catch (...) {
@@ -822,7 +866,7 @@ std::optional<void*> shm_attach(int id, const void* addr, int flg) noexcept {
 
 std::optional<int> shm_detach(const void* addr) noexcept {
   try {
-    return detach(addr);
+    return detach(nullptr, addr);
   } catch (const std::bad_alloc&) {
     errno = ENOMEM;
     return -1;
@@ -837,8 +881,33 @@ bool shm_contains(const void* p, size_t n) noexcept {
   State& s = state();
   std::lock_guard lock(s.mu);
   for (const Attach& at : s.attaches)
-    if (a >= at.addr && a - at.addr <= at.len && n <= at.len - (a - at.addr)) return true;
+    if (!at.target && a >= at.addr && a - at.addr <= at.len && n <= at.len - (a - at.addr)) return true;
   return false;
 }
 
 }  // namespace dipc::preload
+
+extern "C" __attribute__((visibility("default"))) void* dipc_shm_attach_for(const dipc_shm_target* t, int id,
+                                                                            const void* addr, int flg) {
+  try {
+    if (auto r = dipc::preload::attach(t, id, addr, flg)) return *r;
+    errno = ENOTSUP;
+  } catch (const std::bad_alloc&) {
+    errno = ENOMEM;
+  } catch (...) {
+    errno = EIO;
+  }
+  return MAP_FAILED;
+}
+
+extern "C" __attribute__((visibility("default"))) int dipc_shm_detach_for(const dipc_shm_target* t, const void* addr) {
+  try {
+    if (auto r = dipc::preload::detach(t, addr)) return *r;
+    errno = ENOTSUP;
+  } catch (const std::bad_alloc&) {
+    errno = ENOMEM;
+  } catch (...) {
+    errno = EIO;
+  }
+  return -1;
+}

@@ -313,33 +313,124 @@ TEST_F(PolicyAll, AReattachIsCheckedAsTheFirstAttachWasAsTheKernelChecksIt) {
   EXPECT_EQ(fields(d.out, "shmrm"), std::vector<std::string>{"0"}) << d.out << d.err;
 }
 
-TEST_F(PolicyAll, StaticBinariesReachSegmentsAndTheirShmatFailsLoudly) {
-  // A static binary under dipc-exec (dipc-launch --seccomp) on two nodes: shmget and shmctl reach the one distributed
-  // segment from both; shmat of it cannot be carried (dipc-exec would have to map memory into the program), so it
-  // fails with ENOSYS and a line on stderr, and never attaches a kernel segment in its place (shm_nattch stays 0).
-  std::string prog = SimCluster::prog("ipcop-static");
+TEST_F(PolicyAll, StaticBinariesAttachDistributedSegmentsCoherently) {
+  // A static binary under dipc-exec (which maps the segment into it by ptrace system call injection) on node1
+  // attaches a segment homed on node2: it reads what a program on node2 wrote, writes, and node2 reads that; both
+  // ways. shm_nattch counts its attach and shmdt takes it back, as the kernel's.
+  std::string stat = SimCluster::prog("ipcop-static"), dyn = SimCluster::prog("ipcop");
+  auto h =
+      c().run(2, {dyn, "shmget:0x5c0003:8192:creat+0666", "shmat:@:0", "shmwrite:0:11", "shmwrite:4096:12", "shmdt"});
+  ASSERT_EQ(h.status, 0) << h.err;
+  std::string id = field(h.out, "shmget");
+  ASSERT_TRUE(is_dipc_id(id)) << h.out << h.err;
+  for (int round = 0; round < 2; ++round) {
+    auto r = c().run(1,
+                     {SimCluster::bin("dipc-exec"), stat, "shmget:0x5c0003:8192:0666", "shmat:@:0", "shmnattch:@",
+                      "shmread:0", "shmread:4096", "shmwrite:0:21", "shmwrite:4096:22", "shmat:@:rdonly",
+                      "shmread:4096", "shmnattch:@", "shmdt", "shmnattch:@"},
+                     60);
+    EXPECT_EQ(r.status, 0) << r.out << r.err;
+    EXPECT_EQ(field(r.out, "shmget"), id) << r.out << r.err;
+    EXPECT_EQ(fields(r.out, "shmat"), (std::vector<std::string>{"0", "0"})) << r.out << r.err;
+    // shmdt detaches the last attach (the read-only one); exit takes the other.
+    EXPECT_EQ(fields(r.out, "shmnattch"), (std::vector<std::string>{"1", "2", "1"})) << r.out << r.err;
+    EXPECT_EQ(fields(r.out, "shmread"), (std::vector<std::string>{round ? "31" : "11", round ? "32" : "12", "22"}))
+        << r.out << r.err;
+    EXPECT_EQ(field(r.out, "shmdt"), "0") << r.out << r.err;
+    // PROG exited: its remaining attach is gone with it (dipcd saw dipc-exec's connection close).
+    auto d = c().run(2, {dyn, "shmget:0x5c0003:8192:0666", "shmnattch:@", "shmat:@:0", "shmread:0", "shmread:4096",
+                         "shmwrite:0:31", "shmwrite:4096:32", "shmdt"});
+    EXPECT_EQ(d.status, 0) << d.err;
+    EXPECT_EQ(field(d.out, "shmnattch"), "0") << d.out << d.err;
+    EXPECT_EQ(fields(d.out, "shmread"), (std::vector<std::string>{"21", "22"})) << d.out << d.err;
+  }
+  // A fork()ed child of the static program is not traced, so nobody would keep its view coherent: it does not
+  // inherit the attach (an access faults), where the kernel's child would read it (README).
+  auto f = c().run(1,
+                   {SimCluster::bin("dipc-exec"), stat, "shmget:0x5c0003:8192:0666", "shmat:@:0", "shmread:0",
+                    "forkread:0", "shmdt"},
+                   60);
+  EXPECT_EQ(f.status, 0) << f.out << f.err;
+  EXPECT_EQ(field(f.out, "shmread"), "31") << f.out << f.err;
+  EXPECT_EQ(field(f.out, "forkread"), "signal SEGV") << f.out << f.err;
+  EXPECT_EQ(field(f.out, "shmdt"), "0") << f.out << f.err;
+  EXPECT_EQ(field(op(2, {"shmget:0x5c0003:8192:0666", "shmrm:@"}), "shmrm"), "0");
+}
+
+TEST_F(PolicyAll, StaticBinariesShmatAndShmdtErrorsAreTheKernels) {
+  // Missing rights, an id nobody knows, a removed segment, shmdt of an address that is no attach any more: the same
+  // errno under dipc-exec (as user nobody) as from the kernel; an IPC_PRIVATE segment is attached and written.
+  std::vector<std::string> cmds = {"shmget:0x5c0005:4096:creat+excl+0600",
+                                   "shmset:@:0400",
+                                   "shmat:@:0",
+                                   "shmat:@:rdonly",
+                                   "shmdt",
+                                   "shmdt",
+                                   "shmat:1073754169:0",
+                                   "shmrm:@",
+                                   "shmat:@:0",
+                                   "shmget:0:4096:creat+0600",
+                                   "shmat:@:0",
+                                   "shmwrite:0:5",
+                                   "shmread:0",
+                                   "shmdt",
+                                   "shmrm:@"};
+  std::vector<std::string> user = {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"};
+  auto k = user;
+  k.push_back(SimCluster::prog("ipcop-static"));
+  k.insert(k.end(), cmds.begin(), cmds.end());
+  auto d = user;
+  d.push_back(SimCluster::bin("dipc-exec"));
+  d.push_back(SimCluster::prog("ipcop-static"));
+  d.insert(d.end(), cmds.begin(), cmds.end());
+  auto kr = c().run(1, k, 30, false), dr = c().run(1, d, 30, true);
+  ASSERT_EQ(kr.status, 0) << kr.err;
+  ASSERT_EQ(dr.status, 0) << dr.out << dr.err;
+  EXPECT_EQ(fields(kr.out, "shmat"), (std::vector<std::string>{"-1 EACCES", "0", "-1 EINVAL", "-1 EINVAL", "0"}))
+      << kr.out;
+  EXPECT_EQ(fields(dr.out, "shmat"), fields(kr.out, "shmat")) << dr.out << dr.err;
+  EXPECT_EQ(fields(dr.out, "shmdt"), fields(kr.out, "shmdt")) << dr.out << dr.err;
+  EXPECT_EQ(fields(dr.out, "shmread"), std::vector<std::string>{"5"}) << dr.out << dr.err;
+  auto ids = fields(dr.out, "shmget");
+  ASSERT_EQ(ids.size(), 2u) << dr.out;
+  EXPECT_TRUE(is_dipc_id(ids[0])) << dr.out;
+}
+
+TEST_F(PolicyAll, StaticBinariesKeepTheirSignalsAndExitStatusUnderTracing) {
+  // dipc-exec traces its program (for shmat): a stop and a continue still pass, a signal it waits for still comes,
+  // a fatal signal still gives 128 + its number, an exit status passes. (Each wait below is bounded: 10 s.)
+  std::string stat = SimCluster::prog("ipcop-static");
+  std::string exec = SimCluster::bin("dipc-exec");
+  std::string wait_line = "for i in $(seq 1 200); do grep -q LINE $o && break; sleep 0.05; done; c=$(pgrep -P $p); ";
+  auto waiting = [&](const std::string& line) {
+    std::string w = wait_line;
+    return w.replace(w.find("LINE"), 4, line);
+  };
   auto r = c().run(1,
-                   {SimCluster::bin("dipc-launch"), "--sim", c().dir(), "--seccomp", "--timeout", "60", "-H", "node1",
-                    prog, "shmget:0x5c0003:4096:creat+0666", "shmat:@:0", "shmnattch:@", ":", "-H", "node2", prog,
-                    "shmget:0x5c0003:4096:creat+0666", "shmat:@:rdonly", "shmnattch:@"},
-                   90, false);
+                   {"/bin/sh", "-c",
+                    "o=$(mktemp); " + exec + " " + stat +
+                        " semget:0x5c0006:1:creat+0666 pause print:after >$o & "
+                        "p=$!; " +
+                        waiting("paused") +
+                        "kill -STOP $c; for i in $(seq 1 200); do "
+                        "grep -q '^State:.[Tt]' /proc/$c/status && break; sleep 0.05; done; "
+                        "grep '^State' /proc/$c/status; "
+                        "kill -CONT $c; kill -USR1 $c; wait $p; echo status=$?; cat $o; rm -f $o"},
+                   60, true);
   EXPECT_EQ(r.status, 0) << r.out << r.err;
-  auto ids = fields(r.out, "shmget");
-  ASSERT_EQ(ids.size(), 2u) << r.out;
-  EXPECT_EQ(ids[0], ids[1]);
-  EXPECT_TRUE(is_dipc_id(ids[0])) << ids[0];
-  EXPECT_EQ(fields(r.out, "shmat"), (std::vector<std::string>{"-1 ENOSYS", "-1 ENOSYS"})) << r.out;
-  EXPECT_EQ(fields(r.out, "shmnattch"), (std::vector<std::string>{"0", "0"})) << r.out;
-  EXPECT_NE(r.err.find("shmat of a distributed segment is not supported in a static binary"), std::string::npos)
-      << r.err;
-  // The same segment from a dynamically linked program on node2: attached through the preload.
-  auto d = c().run(2, {SimCluster::prog("ipcop"), "shmget:0x5c0003:4096:0666", "shmat:@:0", "shmnattch:@", "shmdt",
-                       "shmrm:@"},
-                   30);
-  EXPECT_EQ(field(d.out, "shmget"), ids[0]) << d.out << d.err;
-  EXPECT_EQ(field(d.out, "shmat"), "0") << d.out << d.err;
-  EXPECT_EQ(field(d.out, "shmnattch"), "1") << d.out << d.err;
-  EXPECT_EQ(field(d.out, "shmrm"), "0") << d.out << d.err;
+  // Stopped: "t (tracing stop)" in /proc now that it is traced, as stopped for every purpose.
+  EXPECT_TRUE(r.out.find("State:\tT") != std::string::npos || r.out.find("State:\tt") != std::string::npos)
+      << r.out << r.err;
+  EXPECT_NE(r.out.find("\nafter\n"), std::string::npos) << r.out << r.err;
+  EXPECT_EQ(field(r.out, "status"), "0") << r.out << r.err;
+  auto s = c().run(1,
+                   {"/bin/sh", "-c",
+                    "o=$(mktemp); " + exec + " " + stat + " semget:0x5c0006:1:0666 semrm:@ hold >$o & p=$!; " +
+                        waiting("held") + "kill -TERM $c; wait $p; echo status=$?; rm -f $o"},
+                   60, true);
+  EXPECT_EQ(field(s.out, "status"), "143") << s.out << s.err;
+  auto e = c().run(1, {exec, stat, "unknown-command"}, 30, true);
+  EXPECT_EQ(e.status, 2) << e.out << e.err;
 }
 
 }  // namespace

@@ -34,14 +34,19 @@ class ShmDifferential : public ::testing::Test {
 
   // Runs one seed both ways; returns the kernel transcript after asserting the dipc one equals it.
   // raw: every call a raw system call (SHMDIFF_RAW=1), which dipc sees through its seccomp path (DIPC_SECCOMP=1).
-  std::vector<std::string> run_seed(int seed, bool raw = false) {
+  // static_binary: shmdiff linked statically, its dipc runs under dipc-exec (which maps segments into it by ptrace).
+  std::vector<std::string> run_seed(int seed, bool raw = false, bool static_binary = false) {
     SimCluster& c = *cluster_;
     std::vector<std::string> kenv, denv;
     if (raw) {
       kenv = {"SHMDIFF_RAW=1"};
       denv = {"SHMDIFF_RAW=1", "DIPC_SECCOMP=1"};
     }
-    std::string prog = SimCluster::prog("shmdiff"), s = std::to_string(seed), steps = std::to_string(kSteps);
+    if (static_binary) kenv = denv = {"DIPC_TEST_ANY_PID=1"};  // dipc records dipc-exec's pid (README)
+    std::string prog = SimCluster::prog(static_binary ? "shmdiff-static" : "shmdiff"), s = std::to_string(seed),
+                steps = std::to_string(kSteps);
+    std::vector<std::string> exec;
+    if (static_binary) exec = {SimCluster::bin("dipc-exec")};
 
     auto ks = c.run(1, {prog, "setup", "kernel", s}, 30, /*preload=*/false, kenv);
     EXPECT_EQ(ks.status, 0) << ks.err;
@@ -52,11 +57,14 @@ class ShmDifferential : public ::testing::Test {
     auto k = c.run(1, kargv, 120, /*preload=*/false, kenv);
     EXPECT_EQ(k.status, 0) << k.err;
 
-    auto ds = c.run(2, {prog, "setup", "dipc", s}, 30, denv);
+    std::vector<std::string> dsargv = exec;
+    dsargv.insert(dsargv.end(), {prog, "setup", "dipc", s});
+    auto ds = c.run(2, dsargv, 30, denv);
     EXPECT_EQ(ds.status, 0) << ds.err;
     auto dids = parse_ids(ds.out);
     EXPECT_EQ(dids.size(), kSlots) << ds.out;
-    std::vector<std::string> dargv = {prog, "run", "dipc", s, steps};
+    std::vector<std::string> dargv = exec;
+    dargv.insert(dargv.end(), {prog, "run", "dipc", s, steps});
     dargv.insert(dargv.end(), dids.begin(), dids.end());
     auto d = c.run(1, dargv, 120, denv);
     EXPECT_EQ(d.status, 0) << d.err;
@@ -133,6 +141,16 @@ TEST_F(ShmDifferential, RawSystemCallsBehaveExactlyAsTheKernelsOwn) {
   for (int seed : {11, 12}) {
     SCOPED_TRACE("seed " + std::to_string(seed));
     run_seed(seed, /*raw=*/true);
+    if (HasFailure()) return;
+  }
+}
+
+TEST_F(ShmDifferential, StaticBinaryBehavesExactlyAsTheKernelsOwn) {
+  // The same sequences from a statically linked program, which no preload reaches: dipc-exec carries its calls and
+  // maps the segments into it (shmat, SHM_RND, SHM_REMAP, SHM_RDONLY, shmdt) by ptrace system call injection.
+  for (int seed : {21, 22}) {
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    run_seed(seed, /*raw=*/false, /*static_binary=*/true);
     if (HasFailure()) return;
   }
 }

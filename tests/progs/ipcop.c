@@ -12,6 +12,8 @@
  *   (FLAGS also: copy = MSG_COPY, huge = SHM_HUGETLB)
  *   shmget:KEY:SIZE:FLAGS  shmrm:ID  shmat:ID:FLAGS (FLAGS: rdonly = SHM_RDONLY)  shmdt (the last shmat's address)
  *   shmnattch:ID             shm_nattch of IPC_STAT       shmset:ID:MODE   IPC_SET of the mode
+ *   forkread:OFFSET          a fork()ed child reads the int ("forkread=VALUE", or "forkread=signal SIGSEGV")
+ *   shmwrite:OFFSET:VALUE    stores the int VALUE at OFFSET in the last attach     shmread:OFFSET  "shmread=VALUE"
  *   scan:sem|msg|shm[:any]   *_INFO, then *_STAT (or *_STAT_ANY) on every index up to the highest, as ipcs does:
  *                            "scan=FOUND used=COUNT keys=K,K,..." (the keys of the objects found, in index order)
  *   hold                     prints "held" and waits for a signal forever (to be killed)
@@ -32,6 +34,7 @@
 #include <sys/msg.h>
 #include <sys/sem.h>
 #include <sys/shm.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -269,6 +272,22 @@ int main(int argc, char **argv) {
       report(name, p == (void *)-1 ? -1 : 0);
     } else if (!strcmp(name, "shmdt")) {
       report(name, shmdt(last_addr));
+    } else if (!strcmp(name, "shmwrite")) { /* shmwrite:OFFSET:VALUE, an int into the last attach */
+      *(volatile int*)((char*)last_addr + num(a[1])) = (int)num(a[2]);
+      printf("shmwrite=0\n");
+    } else if (!strcmp(name, "forkread")) { /* forkread:OFFSET: a fork()ed child reads it */
+      fflush(stdout);
+      pid_t child = fork();
+      if (child == 0) {
+        printf("forkread=%d\n", *(volatile int*)((char*)last_addr + num(a[1])));
+        fflush(stdout);
+        _exit(0);
+      }
+      int st = 0;
+      waitpid(child, &st, 0);
+      if (WIFSIGNALED(st)) printf("forkread=signal %s\n", sigabbrev_np(WTERMSIG(st)));
+    } else if (!strcmp(name, "shmread")) { /* shmread:OFFSET */
+      printf("shmread=%d\n", *(volatile int*)((char*)last_addr + num(a[1])));
     } else if (!strcmp(name, "shmset")) {
       struct shmid_ds ds;
       int r = shmctl((int)num(a[1]), IPC_STAT, &ds);
