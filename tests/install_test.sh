@@ -15,7 +15,7 @@ done
 lib=$(find "$prefix" -name libdipc.so | head -n 1)
 [ -n "$lib" ] || { echo "missing after install: libdipc.so"; exit 1; }
 exports=$(nm -D --defined-only "$lib" | awk '{print $3}' | sort | tr '\n' ' ')
-[ "$exports" = "msgctl msgget msgrcv msgsnd semctl semget semop semtimedop shmat shmctl shmdt shmget " ] || { echo "unexpected exports: $exports"; exit 1; }
+[ "$exports" = "dipc_shm_attach_for dipc_shm_detach_for msgctl msgget msgrcv msgsnd semctl semget semop semtimedop shmat shmctl shmdt shmget " ] || { echo "unexpected exports: $exports"; exit 1; }
 PKG_CONFIG_PATH=$prefix/lib/pkgconfig pkg-config --cflags --libs dipc | grep -q -- "-I.*/include"
 "$prefix/bin/dipc-sim" up -n 2 --loopback --dir "$dir"
 out=$("$prefix/bin/dipc-launch" --sim "$dir" --timeout 60 \
