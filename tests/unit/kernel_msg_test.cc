@@ -12,6 +12,7 @@
 
 #include "common/event_loop.h"
 #include "ipc/kernel_msg.h"
+#include "tests/unit/loop_until.h"
 
 namespace dipc::ipc {
 namespace {
@@ -30,10 +31,7 @@ class KernelMsgQueueTest : public ::testing::Test {
   // Runs the loop until `done` (bounded).
   template <typename F>
   bool run_until(F done) {
-    for (auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-         !done() && std::chrono::steady_clock::now() < end;)
-      loop_.run_once(10);
-    return done();
+    return test::run_loop_until(loop_, done);
   }
   // A local program's msgsnd on the kernel queue itself.
   int local_send(long type, const char* text) {

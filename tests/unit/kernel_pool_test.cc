@@ -23,6 +23,7 @@
 #include "ipc/kernel_msg.h"
 #include "ipc/kernel_object.h"
 #include "ipc/kernel_sem.h"
+#include "tests/unit/loop_until.h"
 
 namespace dipc::ipc {
 namespace {
@@ -150,10 +151,7 @@ class KernelWaitsTest : public ::testing::Test {
   }
   template <typename F>
   bool run_until(F done) {
-    for (auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-         !done() && std::chrono::steady_clock::now() < end;)
-      loop_.run_once(10);
-    return done();
+    return test::run_loop_until(loop_, done);
   }
   // A remote P on semaphore `num`: waits in a pool worker.
   struct Wait {
