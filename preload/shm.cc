@@ -89,8 +89,9 @@ struct ShmConn {
   size_t attaches = 0;
   // The view memfds of segments attached through this connection, kept after their attach so that the next attach
   // of the segment in the same mode is one round trip (kShmAttached, which checks the rights at the home, with the
-  // inode so that dipcd refuses a view that is no longer the segment's: ESTALE). Dropped when a detach learns that
-  // the segment is removed, and the oldest beyond kKeptViews, so a removed segment's memory is not held for long.
+  // inode so that dipcd refuses a view that is no longer the segment's: ESTALE). Dropped when an answered detach
+  // learns that the segment is removed, or the oldest beyond kKeptViews; a removed segment's view holds no memory
+  // either way (dipcd empties its view when it drops the segment: Segment::~Segment).
   struct View {
     int id = 0;
     bool rdonly = false;
