@@ -36,23 +36,29 @@ ssize_t recv_with_fds(int sock, void* buf, size_t len, int flags, GotFd&& got_fd
   return n;
 }
 
-// sendmsg() of [buf, buf+len) with MSG_NOSIGNAL; `pass_fd` (if >= 0) rides on the first byte sent.
-inline ssize_t send_with_fd(int sock, const void* buf, size_t len, int pass_fd) {
+// sendmsg() of [buf, buf+len) with MSG_NOSIGNAL; the `n` descriptors of `fds` (at most 2) ride on the first byte.
+inline ssize_t send_with_fds(int sock, const void* buf, size_t len, const int* fds, size_t n) {
   iovec iov{const_cast<void*>(buf), len};
   msghdr m{};
   m.msg_iov = &iov;
   m.msg_iovlen = 1;
-  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))];
-  if (pass_fd >= 0) {
+  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * 2)];
+  if (n > 2) n = 2;
+  if (n > 0) {
     m.msg_control = cbuf;
-    m.msg_controllen = sizeof cbuf;
+    m.msg_controllen = CMSG_SPACE(sizeof(int) * n);
     cmsghdr* cm = CMSG_FIRSTHDR(&m);
     cm->cmsg_level = SOL_SOCKET;
     cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(cm), &pass_fd, sizeof(int));
+    cm->cmsg_len = CMSG_LEN(sizeof(int) * n);
+    std::memcpy(CMSG_DATA(cm), fds, sizeof(int) * n);
   }
   return sendmsg(sock, &m, MSG_NOSIGNAL);
+}
+
+// sendmsg() of [buf, buf+len) with MSG_NOSIGNAL; `pass_fd` (if >= 0) rides on the first byte sent.
+inline ssize_t send_with_fd(int sock, const void* buf, size_t len, int pass_fd) {
+  return send_with_fds(sock, buf, len, &pass_fd, pass_fd >= 0 ? 1 : 0);
 }
 
 }  // namespace dipc

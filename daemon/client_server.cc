@@ -7,6 +7,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -61,6 +62,7 @@ ClientServer::ClientServer(EventLoop& loop, ipc::Service& service, const Config&
       shm_table_->publish(service_.shm_table_rows());
       control_->set_shm_table_off(ipc::kShmTableOffset);
       service_.set_shm_table_hook([this] { shm_table_->publish(service_.shm_table_rows()); });
+      service_.set_notes_hook([this] { drain_notes(true); });
       control_->set_enabled(true);
       // Clients may map it only read-only: nobody but the daemon can switch dipc on or off.
       fcntl(control_fd_, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL);
@@ -77,6 +79,7 @@ ClientServer::ClientServer(EventLoop& loop, ipc::Service& service, const Config&
 
 ClientServer::~ClientServer() {
   service_.set_shm_table_hook(nullptr);
+  service_.set_notes_hook(nullptr);
   for (auto& [id, c] : conns_) close(c->fd);
   for (auto& [pid, fd] : pidfds_) close(fd);
   if (listen_fd_ >= 0) close(listen_fd_);
@@ -240,15 +243,19 @@ void ClientServer::on_readable(Conn& c, uint32_t events) {
   if (auto it = conns_.find(id); it != conns_.end()) it->second->busy = false;
 }
 
-void ClientServer::drain_notes() {
-  if (draining_ || shm_conns_.empty()) return;
+void ClientServer::drain_notes(bool nested) {
+  if ((draining_ && !nested) || shm_conns_.empty()) return;
+  bool was = draining_;
+  // The other half of the one-way attach's handshake (docs/ARCHITECTURE.md, "One-way shmat"): whatever this thread
+  // stored before (a table word) is visible before the sockets are read.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
   draining_ = true;
   std::vector<uint64_t> ids(shm_conns_.begin(), shm_conns_.end());
   for (uint64_t id : ids) {
     auto it = conns_.find(id);
     if (it != conns_.end() && !it->second->busy) on_readable(*it->second, EPOLLIN);  // one recvmsg when empty
   }
-  draining_ = false;
+  draining_ = was;
 }
 
 void ClientServer::read_frames(Conn& c, uint32_t events) {
@@ -295,6 +302,20 @@ void ClientServer::on_frame(Conn& c, FrameParser::Frame& f) {
     shm_conns_.insert(conn_id);
     return service_.client_shmdt(c.creds, conn_id, f.payload, [](int, Bytes) {});
   }
+  if (h.kind == FrameKind::kOneWay && h.op == ipc::kShmAttached) {
+    // The one-way attach of a segment homed here: its userfaultfd, then the view it mapped (docs/ARCHITECTURE.md,
+    // "One-way shmat").
+    shm_conns_.insert(conn_id);
+    if (c.fds.size() < 2) return close_conn(conn_id, "a one-way attach without its two descriptors");
+    int uffd = c.fds[0], view = c.fds[1];
+    c.fds.erase(c.fds.begin(), c.fds.begin() + 2);
+    if (!is_userfaultfd(uffd)) {
+      close(uffd);
+      close(view);
+      return close_conn(conn_id, "a one-way attach whose descriptor is not a userfaultfd");
+    }
+    return service_.client_shm_attach_note(c.creds, conn_id, f.payload, uffd, view);
+  }
   if (h.kind != FrameKind::kRequest) return close_conn(conn_id, "unexpected frame kind from client");
   if (ipc::depends_on_shm_notes(h.op)) drain_notes();
   if (!conns_.count(conn_id)) return;  // an answer to another program's request could not be sent to this one
@@ -336,7 +357,8 @@ void ClientServer::on_frame(Conn& c, FrameParser::Frame& f) {
     default:
       break;
   }
-  if (h.op == ipc::kShmAt || h.op == ipc::kShmAttached || h.op == ipc::kShmDt) return on_shm_frame(c, f);
+  if (h.op == ipc::kShmAt || h.op == ipc::kShmAttached || h.op == ipc::kShmDt || h.op == ipc::kShmAttachCheck)
+    return on_shm_frame(c, f);
   for (int fd : c.fds) close(fd);  // descriptors nobody asked for
   c.fds.clear();
   if (h.op < ipc::kSemGet || h.op > ipc::kIpcStat) return close_conn(conn_id, "unknown client operation");
@@ -384,6 +406,7 @@ void ClientServer::on_shm_frame(Conn& c, FrameParser::Frame& f) {
     return;
   }
   if (h.op == ipc::kShmDt) return service_.client_shmdt(c.creds, conn_id, f.payload, answer);
+  if (h.op == ipc::kShmAttachCheck) return service_.client_shm_attach_check(c.creds, conn_id, f.payload, answer);
   if (c.fds.empty()) return answer(EBADF, {});
   int uffd = c.fds.front();
   c.fds.erase(c.fds.begin());

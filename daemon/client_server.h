@@ -36,7 +36,9 @@ class ClientServer {
   // request, every frame from a peer node (NotesFirst below). A note is in the socket before shmdt returns, so
   // anything causally after the shmdt reaches dipcd later and finds it applied (docs/ARCHITECTURE.md, "One-way
   // shmdt"). A connection whose frames are being applied right now is skipped: its later notes come after.
-  void drain_notes();
+  // `nested`: also from inside a drain (the one-way attach's handshakes, which must read every socket after their
+  // fence; the connections being applied are still skipped).
+  void drain_notes(bool nested = false);
 
   struct Conn {
     uint64_t id = 0;

@@ -561,6 +561,7 @@ void Segment::apply(const LocalAction& a) {
 }
 
 void Segment::install_run(uint32_t first, uint32_t n) {
+  shared_first();
   for (uint32_t b = first; b < first + n; ++b)
     if (awaiting_.erase(b) && --m_.awaiting_ == 0) m_.loop().stop_polling();
   // Protection first, then the data, as for one block.
@@ -601,6 +602,7 @@ void Segment::install_run(uint32_t first, uint32_t n) {
 bool Segment::lazy(uint32_t b) const { return cache_.readahead_mark(b) && parked_.find(b) == parked_.end(); }
 
 void Segment::downgrade_run(uint32_t first, uint32_t n) {
+  shared_first();
   m_.stats().downgrades += n;
   uint64_t off = block_off(first), len = block_off(first + n - 1) + block_len(first + n - 1) - off;
   for (auto& [aid, a] : attaches_) {
@@ -667,6 +669,7 @@ void Segment::fetched(uint32_t b, Status st) {
 // Clearing write protection would also wake the faults waiting on the block; kWake does that once the data is in.
 void Segment::write_protect_all(uint32_t b, bool wp) {
   if (wp && (flags_[b] & kProtected)) return;
+  if (wp) shared_first();
   if (wp)
     flags_[b] |= kProtected;
   else
@@ -843,7 +846,27 @@ Segment* Manager::find(uint64_t id) {
   return it == segs_.end() ? nullptr : it->second.get();
 }
 
+void Segment::shared_first() {
+  if (shared_) return;
+  shared_ = true;
+  m_.shared(id_);
+}
+
+void Manager::shared(uint64_t id) {
+  if (!shared_hook_) return;
+  ++in_shared_hook_;
+  shared_hook_(id);
+  if (--in_shared_hook_ > 0) return;
+  std::vector<uint64_t> ids = std::move(deferred_destroy_);
+  deferred_destroy_.clear();
+  for (uint64_t x : ids) destroy(x);
+}
+
 void Manager::destroy(uint64_t id) {
+  if (in_shared_hook_ > 0) {  // a segment may be in the middle of its shared_first(): it goes afterwards
+    deferred_destroy_.push_back(id);
+    return;
+  }
   segs_.erase(id);
   std::erase_if(region_waiters_, [id](const auto& w) { return std::get<0>(w.first) == id; });
   for (auto it = regions_.begin(); it != regions_.end();) it = it->first.first == id ? regions_.erase(it) : ++it;

@@ -106,6 +106,8 @@ class Segment {
     uint32_t garbage = 0;  // events that cannot come from the mapping registered (see on_uffd)
   };
   void send_dir(std::vector<Msg>& out);
+  // Before a block becomes read-only in V: the segment's "shared" word (Manager::set_shared_hook), once.
+  void shared_first();
   void on_uffd(uint64_t attach);
   void handle_fault(uint64_t attach, uint64_t addr, bool write);
   void run(std::vector<Msg>& out, std::vector<LocalAction>& local);
@@ -162,6 +164,7 @@ class Segment {
   EventLoop::TimerId timer_ = 0;
   int64_t timer_at_ = kNever;
   bool dead_ = false;
+  bool shared_ = false;
   // Completions of transport operations may arrive after the segment is destroyed: they check this first.
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);
 };
@@ -214,9 +217,17 @@ class Manager : public transport::Handler {
   const transport::RemoteKey* cached_region(uint64_t id, NodeId node, uint64_t offset, uint64_t len,
                                             uint64_t& chunk_off) const;
   static int64_t now_us();
+  // Runs before this node first makes a block of a segment read-only in its view while local processes may map it
+  // (ipc/ sets it: the one-way attach's "shared" word, docs/ARCHITECTURE.md "One-way shmat"). It may apply the
+  // local programs' notes, which attach and detach; a segment destroyed meanwhile is destroyed once it returns.
+  void set_shared_hook(std::function<void(uint64_t id)> hook) { shared_hook_ = std::move(hook); }
 
  private:
   void drain_local();
+  void shared(uint64_t id);  // shared_hook_, with destruction deferred
+  std::function<void(uint64_t)> shared_hook_;
+  int in_shared_hook_ = 0;
+  std::vector<uint64_t> deferred_destroy_;
   using ChunkKeys = std::map<uint64_t, transport::RemoteKey>;  // chunk offset -> key
 
   EventLoop& loop_;

@@ -49,6 +49,9 @@ enum Op : uint16_t {
   kShmCtl = 13,      // ShmCtlReq -> ShmCtlResp (IPC_STAT) or empty
   kIpcInfo = 14,     // IpcInfoReq -> IpcInfoResp: the cluster's distributed objects of a type, for *_INFO
   kIpcStat = 15,     // IpcStatReq (a *_STAT index) -> IdResp + the type's CtlResp (stat filled)
+  kShmAttachCheck = 16,  // ShmAttachReq (id, addr, flg) -> empty: the program's confirmation of a one-way attach
+                         // (kShmAttached sent kOneWay with its userfaultfd and its view memfd, for a segment homed
+                         // here): 0 once counted and the rights still allow it; ESTALE when the note was refused
   kCancel = 20,  // one-way, client -> daemon; body: none (frame id names the request)
   kBlocked = 21, // one-way, daemon -> client; body: none: request (frame id) now waits at its home, registered
                  // there, so a program sleeps only once its wait is seen by every other caller (IPC_RMID: EIDRM)

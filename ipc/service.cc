@@ -29,6 +29,7 @@ Service::Service(const Config& cfg, EventLoop& loop, transport::Transport* tr, d
   for (uint16_t n : node_ids_)
     if (n != cfg_.self) rebuilding_.insert(n);
   if (cfg_.rebuild_wait_ms == 0) rebuilding_.clear();
+  dsm_.set_shared_hook([this](uint64_t id) { shm_shared(id); });
   if (!rebuilding_.empty())
     rebuild_timer_ = loop_.add_timer(cfg_.rebuild_wait_ms, [this] {
       rebuild_timer_ = 0;
@@ -42,6 +43,7 @@ Service::Service(const Config& cfg, EventLoop& loop, transport::Transport* tr, d
 }
 
 Service::~Service() {
+  dsm_.set_shared_hook(nullptr);
   if (rebuild_timer_) loop_.cancel_timer(rebuild_timer_);
   for (const auto& [id, k] : ksems_) ksem_registry_.remove(k->kid());
   ksems_.clear();  // removes the kernel sets: their waiters get EIDRM

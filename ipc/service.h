@@ -52,6 +52,13 @@ class Service : public transport::Handler {
   // shmat step 2: the program's userfaultfd (ownership passes here) for the attach it mapped.
   void client_shm_attached(const Creds& c, uint64_t conn, ByteView body, int uffd, ReplyFn reply);
   void client_shmdt(const Creds& c, uint64_t conn, ByteView body, ReplyFn reply);
+  // The one-way attach note of a segment homed here (docs/ARCHITECTURE.md, "One-way shmat"): the program mapped a
+  // view dipcd handed it earlier, registered `uffd` over it and does not wait. `view` proves it holds that view (and
+  // in which mode). Both descriptors pass here. Counted at once; a note that cannot be applied is dropped (logged), and
+  // the program's confirmation, if it asks one, answers ESTALE.
+  void client_shm_attach_note(const Creds& c, uint64_t conn, ByteView body, int uffd, int view);
+  // kShmAttachCheck: the program's confirmation of its note, when the table changed or the segment is shared.
+  void client_shm_attach_check(const Creds& c, uint64_t conn, ByteView body, ReplyFn reply);
   // A client connection closed (exit, kill -9, exec): detach everything attached through it.
   void client_conn_closed(uint64_t conn);
 
@@ -63,6 +70,12 @@ class Service : public transport::Handler {
   // runs whenever that list changes (create, IPC_SET, IPC_RMID, destruction), before the change is answered.
   std::vector<ShmTableRow> shm_table_rows() const;
   void set_shm_table_hook(std::function<void()> hook) { shm_table_hook_ = std::move(hook); }
+  // Applies the local programs' one-way notes now (daemon/client_server.h, drain_notes), for the Dekker-style
+  // handshakes of the one-way attach: the daemon publishes, fences, then drains.
+  void set_notes_hook(std::function<void()> hook) { notes_hook_ = std::move(hook); }
+  // The DSM is about to make a block of segment `id` read-only in this node's view (dsm::Manager's shared hook): the
+  // segment's table word is set, fenced, and the notes drained before it does (ipc/shm_table.h kShmRowShared).
+  void shm_shared(uint64_t id);
   // A local process exited: apply its SEM_UNDO adjustments everywhere in the cluster.
   void process_exited(int32_t pid);
 
@@ -231,6 +244,8 @@ class Service : public transport::Handler {
   int64_t used_sems_ = 0;
   std::function<void(uint64_t)> blocked_hook_;
   std::function<void()> shm_table_hook_;
+  std::function<void()> notes_hook_;
+  void fence_and_drain_notes();
   void shm_table_changed() {
     if (shm_table_hook_) shm_table_hook_();
   }

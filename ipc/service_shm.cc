@@ -9,8 +9,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <string>
 
+#include "common/log.h"
 #include "ipc/service_internal.h"
 
 namespace dipc::ipc {
@@ -82,6 +84,74 @@ void Service::client_shm_attached(const Creds& c, uint64_t conn, ByteView body, 
   });
 }
 
+void Service::client_shm_attach_note(const Creds& c, uint64_t conn, ByteView body, int uffd, int view) {
+  ShmAttachReq req;
+  const char* why = nullptr;
+  dsm::Segment* seg = nullptr;
+  ShmSeg* s = nullptr;
+  struct stat vst {}, sst {};
+  if (!decode_body(body, req)) {
+    why = "malformed";
+  } else if (id_node(req.id) != cfg_.self || !(s = find_shm(req.id)) ||
+             !(seg = dsm_.find(static_cast<uint32_t>(req.id)))) {
+    why = "names no segment homed here";
+  } else if (fstat(view, &vst) != 0 || fstat(seg->view_fd(), &sst) != 0 || vst.st_dev != sst.st_dev ||
+             vst.st_ino != sst.st_ino) {
+    why = "comes with a descriptor that is not the segment's view";
+  } else if (!(req.flg & SHM_RDONLY) && (fcntl(view, F_GETFL) & O_ACCMODE) != O_RDWR) {
+    why = "asks for a writable attach through a read-only view";  // the view proves the mode dipcd checked
+  }
+  close(view);
+  if (why) {
+    DIPC_LOG_DEBUG("client pid {}: a one-way attach {}; not counted", c.pid, why);
+    close(uffd);
+    return;
+  }
+  uint64_t aid = next_attach_++;
+  if (Status st = seg->add_attach(aid, uffd, req.addr, req.len, req.flg & SHM_RDONLY); !st) {
+    DIPC_LOG_DEBUG("client pid {}: a one-way attach: {}; not counted", c.pid, st.str());
+    return;
+  }
+  Creds cc = c;
+  cc.node = cfg_.self;
+  attaches_[conn].push_back(LocalAttach{aid, req.id, req.addr, cc});
+  s->attached(c.pid, now_s());
+}
+
+void Service::client_shm_attach_check(const Creds& c, uint64_t conn, ByteView body, ReplyFn reply) {
+  ShmAttachReq req;
+  if (!decode_body(body, req)) return reply(EINVAL, {});
+  auto it = attaches_.find(conn);
+  if (it == attaches_.end()) return reply(ESTALE, {});
+  auto a = std::find_if(it->second.begin(), it->second.end(),
+                        [&](const LocalAttach& x) { return x.id == req.id && x.addr == req.addr; });
+  if (a == it->second.end()) return reply(ESTALE, {});  // the note was refused: the program takes the full path
+  ShmSeg* s = find_shm(req.id);
+  Creds cc = c;
+  cc.node = cfg_.self;
+  int e = s ? s->attach_check(cc, req.flg) : EINVAL;
+  if (!e) return reply(0, {});
+  // The rights changed before the program could see its attach counted (the kernel's order: IPC_SET first).
+  if (dsm::Segment* seg = dsm_.find(static_cast<uint32_t>(req.id))) seg->remove_attach(a->attach);
+  it->second.erase(a);
+  if (it->second.empty()) attaches_.erase(it);
+  if (s) s->unattached();
+  reply(e, {});
+}
+
+void Service::fence_and_drain_notes() {
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (notes_hook_) notes_hook_();
+}
+
+void Service::shm_shared(uint64_t id) {
+  ShmSeg* s = find_shm(static_cast<int32_t>(id));
+  if (!s || s->shared() || id_node(static_cast<int32_t>(id)) != cfg_.self) return;
+  s->set_shared();
+  if (!s->removed() && s->perm().key != IPC_PRIVATE) shm_table_changed();
+  fence_and_drain_notes();
+}
+
 void Service::shm_detach_at_home(const Creds& c, int32_t id, ReplyFn reply) {
   Encoder e;
   HomeHeader{c, 0}.encode(e);
@@ -125,7 +195,7 @@ std::vector<ShmTableRow> Service::shm_table_rows() const {
     if (it == shms_.by_id.end() || it->second->removed()) continue;
     const Perm& p = it->second->perm();
     rows.push_back(ShmTableRow{p.key, id, static_cast<uint32_t>(p.mode & 0777), p.uid, p.gid, p.cuid, p.cgid,
-                               it->second->size()});
+                               it->second->size(), it->second->shared() ? kShmRowShared : 0u});
   }
   return rows;
 }
@@ -187,6 +257,9 @@ void Service::home_shmctl(const HomeHeader& h, ByteView body, ReplyFn& reply) {
       if (!e && !was_removed && key != IPC_PRIVATE)
         notify(referee_for(key), kKeyUnbind, encode_body(KeyReq{ObjType::kShm, key, 0, r.id}));
       reply(e, {});
+      // The key left the table above: a one-way attach whose program still saw it is in its socket now, and is
+      // counted before the segment may be destroyed (docs/ARCHITECTURE.md, "One-way shmat").
+      if (!e && !was_removed && key != IPC_PRIVATE) fence_and_drain_notes();
       if (!e) shm_destroy_if_gone(r.id);
       return;
     }

@@ -29,6 +29,14 @@ class ShmSeg {
   int attach_check(const Creds& c, int shmflg) const;
   void attached(int32_t pid, int64_t now);
   void detached(int32_t pid, int64_t now);
+  // A one-way attach whose confirmation found the rights gone (docs/ARCHITECTURE.md, "One-way shmat"): counted
+  // out again, as if it never happened.
+  void unattached() {
+    if (nattch_) --nattch_;
+  }
+  // ipc/shm_table.h kShmRowShared: sticky.
+  bool shared() const { return shared_; }
+  void set_shared() { shared_ = true; }
   int stat(const Creds& c, ShmStat& out) const;
   int set(uint32_t uid, uint32_t gid, uint16_t mode, const Creds& c, int64_t now);
   // IPC_RMID: owner, creator or CAP_SYS_ADMIN (EPERM). Marks SHM_DEST and makes the key private.
@@ -42,6 +50,7 @@ class ShmSeg {
   int32_t cpid_, lpid_ = 0;
   uint64_t nattch_ = 0;
   int64_t atime_ = 0, dtime_ = 0, ctime_;
+  bool shared_ = false;
 };
 
 }  // namespace dipc::ipc

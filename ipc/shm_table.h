@@ -31,11 +31,21 @@ struct ShmTableRow {
   uint32_t mode = 0;  // permission bits
   uint32_t uid = 0, gid = 0, cuid = 0, cgid = 0;
   uint64_t size = 0;  // shm_segsz
+  uint32_t flags = 0;  // kShmRowShared
+  bool same(const ShmTableRow& o) const {
+    return key == o.key && id == o.id && mode == o.mode && uid == o.uid && gid == o.gid && cuid == o.cuid &&
+           cgid == o.cgid && size == o.size && flags == o.flags;
+  }
 };
+// Some block of the segment has been held in this node's view without being writable here (read-only here, because
+// another node or a local reader holds a copy), so a mapping dipcd does not know of yet could write where it must
+// not: a program's one-way attach is confirmed by a round trip (docs/ARCHITECTURE.md, "One-way shmat"). Set before
+// the first such block, with a full fence and a drain of the notes after it; never cleared while the segment lives.
+inline constexpr uint32_t kShmRowShared = 1;
 
 struct ShmTable {
   struct Slot {
-    std::atomic<uint32_t> key_be, id_be, mode_be, uid_be, gid_be, cuid_be, cgid_be, size_hi_be, size_lo_be, pad_be;
+    std::atomic<uint32_t> key_be, id_be, mode_be, uid_be, gid_be, cuid_be, cgid_be, size_hi_be, size_lo_be, flags_be;
   };
   uint32_t magic_be;
   std::atomic<uint32_t> seq_be;  // sequence lock: odd while dipcd rewrites the table
@@ -72,6 +82,7 @@ struct ShmTable {
       x.cgid_be.store(htobe32(r.cgid), rel);
       x.size_hi_be.store(htobe32(static_cast<uint32_t>(r.size >> 32)), rel);
       x.size_lo_be.store(htobe32(static_cast<uint32_t>(r.size)), rel);
+      x.flags_be.store(htobe32(r.flags), rel);
       x.id_be.store(htobe32(static_cast<uint32_t>(r.id)), rel);
       ++n;
     }
@@ -100,6 +111,7 @@ struct ShmTable {
       out->cuid = be32toh(x.cuid_be.load(rel));
       out->cgid = be32toh(x.cgid_be.load(rel));
       out->size = (uint64_t{be32toh(x.size_hi_be.load(rel))} << 32) | be32toh(x.size_lo_be.load(rel));
+      out->flags = be32toh(x.flags_be.load(rel));
       found = 1;
       break;
     }

@@ -28,6 +28,7 @@
 #include <memory>
 #include <mutex>
 #include <new>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -372,13 +373,17 @@ void watch_conns(const ShmConn* c = nullptr) {
 
 // Sends one request, `pass_fd` (if >= 0) riding on its first byte. Returns its id, or 0 (the stream is then broken).
 // With `one_way`, a note nobody answers (kShmDt of a segment homed on this node).
-uint64_t send_request(ShmConn& c, uint16_t op, const Bytes& body, int pass_fd, bool one_way = false) {
+// `pass_fd2`: a second descriptor after the first (the one-way attach's view).
+uint64_t send_request(ShmConn& c, uint16_t op, const Bytes& body, int pass_fd, bool one_way = false,
+                      int pass_fd2 = -1) {
   uint64_t id = c.next_id++;
   Bytes b;
   append_frame(b, FrameHeader{one_way ? FrameKind::kOneWay : FrameKind::kRequest, op, id, 0, 0}, body);
   size_t off = 0;
+  const int fds[2] = {pass_fd, pass_fd2};
+  const size_t nfds = pass_fd < 0 ? 0 : pass_fd2 < 0 ? 1 : 2;
   while (off < b.size()) {
-    ssize_t n = send_with_fd(c.fd, b.data() + off, b.size() - off, off == 0 ? pass_fd : -1);
+    ssize_t n = send_with_fds(c.fd, b.data() + off, b.size() - off, fds, off == 0 ? nfds : 0);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return 0;  // includes EAGAIN: SO_SNDTIMEO ran out
     off += static_cast<size_t>(n);
@@ -678,6 +683,156 @@ void* register_attach(const dipc_shm_target* t, ShmConn& c, int id, void* p, int
   return p;
 }
 
+// ---- the one-way attach (docs/ARCHITECTURE.md, "One-way shmat") ----
+
+// DIPC_SHM_ATTACH_NOTE=0 in the program's environment: a re-attach through a kept view waits for dipcd's answer
+// (kShmAttached), the path before the one-way attach, for a before/after figure in one build. "check": the note is
+// always confirmed by a round trip (tests the confirmation); "nocheck", test-only: the table is not read again after
+// the note (the handshake broken on purpose: a test shows that it is needed).
+enum class NoteMode { kOff, kOn, kAlwaysCheck, kNoRecheck };
+const NoteMode g_attach_note = [] {
+  const char* e = getenv("DIPC_SHM_ATTACH_NOTE");
+  std::string_view v = e ? e : "";
+  if (v == "0") return NoteMode::kOff;
+  if (v == "check") return NoteMode::kAlwaysCheck;
+  if (v == "nocheck") return NoteMode::kNoRecheck;
+  return NoteMode::kOn;
+}();
+
+// The keys of the ids shmget answered from the table lately: the attach finds the segment's row by key.
+struct KeyCache {
+  std::mutex mu;
+  std::pair<int, int> ent[16] = {};  // (id, key); id 0: empty
+  size_t next = 0;
+  void put(int id, int key) {
+    std::lock_guard lock(mu);
+    for (auto& e : ent)
+      if (e.first == id) {
+        e.second = key;
+        return;
+      }
+    ent[next++ % 16] = {id, key};
+  }
+  bool get(int id, int* key) {
+    std::lock_guard lock(mu);
+    for (auto& e : ent)
+      if (e.first == id && id != 0) {
+        *key = e.second;
+        return true;
+      }
+    return false;
+  }
+};
+KeyCache& key_cache() {
+  static KeyCache* k = new KeyCache;  // never destroyed, like state()
+  return *k;
+}
+
+// The row of segment `id` (homed on this node) if the caller may attach it with `flg` (ipcperms(), as shmat), or
+// nullopt: not known here, not decidable, or refused (dipcd decides those).
+std::optional<ipc::ShmTableRow> attach_row(int id, int flg) {
+  int key = 0;
+  const ipc::ControlPage* cp = control();
+  const ipc::ShmTable* t = shm_table();
+  ipc::ShmTableRow r;
+  if (!cp || !t || ipc::id_node(id) != cp->node() || !key_cache().get(id, &key) || t->find(key, &r) != 1 || r.id != id)
+    return std::nullopt;
+  ipc::Perm p;
+  p.key = key;
+  p.uid = r.uid;
+  p.gid = r.gid;
+  p.cuid = r.cuid;
+  p.cgid = r.cgid;
+  p.mode = static_cast<uint16_t>(r.mode);
+  ipc::Creds c;
+  c.uid = geteuid();
+  c.gid = getegid();
+  if (c.uid != p.uid && c.uid != p.cuid && c.gid != p.gid && c.gid != p.cgid) {
+    gid_t groups[256];
+    int n = getgroups(256, groups);
+    if (n < 0) return std::nullopt;
+    c.groups.assign(groups, groups + n);
+  }
+  int acc = (flg & SHM_RDONLY) ? 0444 : 0666;
+  if (flg & SHM_EXEC) acc |= 0111;
+  if (ipc::ipc_check(p, c, acc)) return std::nullopt;
+  return r;
+}
+
+// A re-attach through a view dipcd handed this process after a full check, of a segment homed here whose table row
+// allows it: mmap, UFFDIO_REGISTER on a userfaultfd of its own, and a one-way note with both descriptors; then, after
+// a full fence, the row read again. Unchanged and not shared: done, without waiting for dipcd (it applies the note
+// before anything that depends on it). Else the note is confirmed by a round trip (kShmAttachCheck). nullopt: not
+// applicable (the caller takes the round-trip path with the view, which is still its).
+std::optional<void*> attach_noted(ShmConn& c, int id, uintptr_t a, bool fixed, int flg, const ShmConn::View& view) {
+  if (g_attach_note == NoteMode::kOff) return std::nullopt;
+  std::optional<ipc::ShmTableRow> before = attach_row(id, flg);
+  if (!before || ((before->flags & ipc::kShmRowShared) && g_attach_note != NoteMode::kNoRecheck)) return std::nullopt;
+  int prot = PROT_READ | ((flg & SHM_RDONLY) ? 0 : PROT_WRITE) | ((flg & SHM_EXEC) ? PROT_EXEC : 0);
+  int mflags = ((flg & SHM_RDONLY) ? MAP_PRIVATE : MAP_SHARED) | (fixed ? MAP_FIXED_NOREPLACE : 0);
+  void* p = mmap(reinterpret_cast<void*>(a), view.mapped, prot, mflags, view.fd, 0);
+  if (p == MAP_FAILED || (fixed && reinterpret_cast<uintptr_t>(p) != a)) {
+    int err = p == MAP_FAILED ? (errno == EEXIST ? EINVAL : errno) : EINVAL;
+    if (p != MAP_FAILED) munmap(p, view.mapped);
+    c.views.push_back(view);  // the view is fine; the address was not
+    return failed(err);
+  }
+  auto pa = reinterpret_cast<uintptr_t>(p);
+  int uffd = make_uffd();
+  if (uffd < 0 || !register_range(uffd, pa, view.mapped, flg)) {
+    int err = errno;
+    tell_no_uffd(uffd < 0 ? "userfaultfd" : "UFFDIO_REGISTER", err);
+    if (uffd >= 0) close(uffd);
+    munmap(p, view.mapped);
+    c.views.push_back(view);
+    return failed(err);
+  }
+  uint64_t sent = send_request(c, ipc::kShmAttached, attach_body(id, pa, view.mapped, flg, view.ino), uffd, true, view.fd);
+  close(uffd);  // dipcd has its own
+  if (!sent) {
+    munmap(p, view.mapped);
+    c.views.push_back(view);
+    lost(c, "cannot send to dipcd");
+    return failed(EIO);
+  }
+  // Dekker-style with dipcd, which sets the row's "shared" word (or takes the key out), fences, then reads every
+  // program's notes before it makes a block read-only here (or destroys the segment): either it saw this note, or
+  // this read sees its word.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  bool sure = false;
+  if (g_attach_note == NoteMode::kNoRecheck) {
+    sure = true;
+  } else if (g_attach_note == NoteMode::kOn) {
+    std::optional<ipc::ShmTableRow> after = attach_row(id, flg);
+    sure = after && after->same(*before);
+  }
+  if (!sure) {
+    Answer ok;
+    int e = roundtrip(c, ipc::kShmAttachCheck, attach_body(id, pa, 0, flg), -1, ok);
+    if (e == ETIMEDOUT && !send_request(c, ipc::kShmDt, attach_body(id, pa, 0, 0), -1))
+      lost(c, "cannot send to dipcd");
+    if (e || ok.status) {
+      munmap(p, view.mapped);
+      if (e) {
+        close(view.fd);
+        return failed(EIO);
+      }
+      if (ok.status == ESTALE) {
+        close(view.fd);  // not the segment's view any more: the caller takes the full path
+        return failed(ESTALE);
+      }
+      c.views.push_back(view);
+      return failed(ok.status);
+    }
+  }
+  State& s = state();
+  s.attaches.push_back(Attach{pa, view.mapped, id, flg, &c, nullptr});  // reserved by attach(): cannot fail
+  ++c.attaches;
+  watch_conns(&c);
+  c.views.push_back(view);
+  return p;
+}
+
 // Maps a view kept from an earlier attach and registers the attach; ESTALE (nothing mapped, the view dropped) when
 // dipcd says that view is not the segment's any more.
 void* attach_mapped(ShmConn& c, int id, uintptr_t a, bool fixed, int flg, ShmConn::View view) {
@@ -736,6 +891,12 @@ std::optional<void*> attach(const dipc_shm_target* t, int id, const void* addr, 
       }
       break;
     }
+  if (kept.fd >= 0) {
+    if (std::optional<void*> r = attach_noted(*c, id, a, fixed, flg, kept)) {
+      if (*r != MAP_FAILED || errno != ESTALE) return *r;
+      kept = ShmConn::View{};  // closed: the full path
+    }
+  }
   if (kept.fd >= 0) {
     void* r = attach_mapped(*c, id, a, fixed, flg, kept);
     if (r != MAP_FAILED || errno != ESTALE) return r;
@@ -849,6 +1010,7 @@ std::optional<int> shm_get_local(int key, uint64_t size, int flg) noexcept {
       c.groups.assign(groups, groups + n);
     }
     if (ipc::ipc_check(p, c, flg)) return std::nullopt;
+    key_cache().put(r.id, key);  // for the one-way attach of this id
     return r.id;
   } catch (...) {
     return std::nullopt;

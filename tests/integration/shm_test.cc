@@ -8,6 +8,7 @@
 // processes up to a deadline; none sleeps for a guessed time.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -467,6 +468,169 @@ TEST_F(Shm, ShmgetOnTheHomeNodeChecksAsTheKernelAndSeesEveryChangeAtOnce) {
   EXPECT_EQ(gets[2], gets[1]);
   EXPECT_EQ(field(tool(2, {"get:" + k + ":0:dipc"}), "get"), gets[1]);
   EXPECT_EQ(field(tool(1, {"rm:" + gets[1]}), "rm"), "0");
+}
+
+// A re-attach on the home node through a view the process kept is a one-way note (docs/ARCHITECTURE.md, "One-way
+// shmat"): shmat returns without waiting for dipcd, and anything that happens after it returned sees the attach
+// counted (shm_nattch, shm_lpid, shm_atime), on this node and on others. The same with every note confirmed by a
+// round trip (DIPC_SHM_ATTACH_NOTE=check, the path a shared segment takes).
+TEST_F(Shm, OneWayShmatOnTheHomeNodeIsCountedBeforeAnythingAfterIt) {
+  const std::string k = key(21);
+  std::string id = create(1, k, 2 * kPage);
+  for (const char* mode : {"", "check"}) {
+    SCOPED_TRACE(std::string("DIPC_SHM_ATTACH_NOTE=") + mode);
+    std::vector<std::string> env = {kTimeoutEnv, std::string("DIPC_SHM_ATTACH_NOTE=") + mode};
+    // The first attach takes the full path and keeps the view; the next ones are notes.
+    std::vector<std::string> cmds = {SimCluster::prog("shm_tool"), "get:" + k + ":0:dipc", "at", "dt"};
+    for (int i = 0; i < 20; ++i)
+      cmds.insert(cmds.end(), {"get:" + k + ":0:dipc", "at", "stat", "w:0:" + std::to_string(i), "dt"});
+    auto r = c().run(1, cmds, 60, env);
+    ASSERT_EQ(r.status, 0) << r.out << r.err;
+    auto sts = fields(r.out, "stat");
+    ASSERT_EQ(sts.size(), 20u) << r.out;
+    for (const std::string& st : sts) {
+      EXPECT_EQ(kv(st, "nattch"), "1") << st;
+      EXPECT_EQ(kv(st, "lpid"), "self") << st;
+      EXPECT_EQ(kv(st, "atime"), "set") << st;
+    }
+    // Another process on another node, right after the attach returned (no polling): counted already.
+    auto p = c().spawn(1, {SimCluster::prog("shm_tool"), "get:" + k + ":0:dipc", "at", "dt", "get:" + k + ":0:dipc",
+                           "at", "r:0", "print:attached=1", "hold"},
+                       env);
+    ASSERT_TRUE(c().wait_output(p, "attached=1")) << p.out_buf << p.err_buf;
+    EXPECT_EQ(field(p.out_buf, "r"), "19");
+    std::string st = field(tool(2, {"stat:" + id}), "stat");
+    EXPECT_EQ(kv(st, "nattch"), "1") << st;
+    EXPECT_EQ(kv(st, "lpid"), "other") << st;
+    st = field(tool(1, {"stat:" + id}), "stat");
+    EXPECT_EQ(kv(st, "nattch"), "1") << st;
+    c().kill(p, SIGTERM);
+    EXPECT_EQ(c().wait(p, 10).status, 128 + SIGTERM);
+    ASSERT_TRUE(wait_tool(1, {"stat:" + id}, [](const std::string& o) { return kv(field(o, "stat"), "nattch") == "0"; }));
+  }
+  // IPC_RMID while a note attach is counted, then its detach: destroyed when shmdt returns, as the kernel.
+  std::string out = tool(1, {"get:" + k + ":0:dipc", "at", "dt", "get:" + k + ":0:dipc", "at", "rm", "stat:" + id,
+                             "dt", "stat:" + id});
+  auto sts = fields(out, "stat");
+  ASSERT_EQ(sts.size(), 2u) << out;
+  EXPECT_EQ(kv(sts[0], "dest"), "1") << out;
+  EXPECT_EQ(kv(sts[0], "nattch"), "1") << out;
+  EXPECT_EQ(sts[1], "-1 EINVAL") << out;
+  EXPECT_EQ(field(tool(2, {"stat:" + id}), "stat"), "-1 EINVAL");
+}
+
+// A view kept from a writable attach never serves a writable attach the segment's mode no longer allows: IPC_SET to
+// 0444, then shmat without SHM_RDONLY is EACCES (the table's check, the kernel's order); SHM_RDONLY still works.
+TEST_F(Shm, OneWayShmatAfterIpcSetToReadOnlyIsRefused) {
+  const std::string k = key(22);
+  std::string id = create(1, k, kPage);
+  // Where user nobody can see it (the cluster's directory is root's own).
+  std::string go = "/tmp/dipc-shm-set-22." + std::to_string(getpid());
+  std::remove(go.c_str());
+  auto p = c().spawn(1, {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", SimCluster::prog("shm_tool"),
+                         "get:" + k + ":0:dipc", "at", "w:0:3", "dt", "get:" + k + ":0:dipc", "at", "dt",
+                         "print:first=1", "waitfile:" + go + ":90", "get:" + k + ":0:dipc", "at", "get:" + k + ":0:dipc",
+                         "at:@:rdonly", "r:0", "dt"},
+                     {kTimeoutEnv});
+  ASSERT_TRUE(c().wait_output(p, "first=1")) << p.out_buf << p.err_buf;
+  EXPECT_EQ(field(tool(1, {"set:" + id + ":0444"}), "set"), "0");
+  std::ofstream(go) << "go\n";
+  auto r = c().wait(p, 120);
+  EXPECT_EQ(r.status, 0) << r.out << r.err;
+  EXPECT_EQ(fields(r.out, "at"), (std::vector<std::string>{"0", "0", "-1 EACCES", "0"})) << r.out;
+  EXPECT_EQ(field(r.out, "r"), "3");
+  EXPECT_EQ(kv(field(tool(1, {"stat:" + id}), "stat"), "nattch"), "0");
+  EXPECT_EQ(field(tool(1, {"rm:" + id}), "rm"), "0");
+  std::remove(go.c_str());
+}
+
+// Strict consistency across one-way attaches: on the home node a process attaches anew before every write of a word
+// that another node reads between two writes (so the block is read-only at the home, shared, whenever the attach
+// happens); the reader must see every value. A write through an attach dipcd did not know yet would land in the
+// home's view without taking the reader's copy away, and the reader would wait for it in vain: the segment's
+// "shared" word sends such attaches through a round trip.
+std::vector<std::string> one_way_writer(const std::string& k, int rounds) {
+  std::vector<std::string> cmds = {SimCluster::prog("shm_tool"), "get:" + k + ":0:dipc", "at", "dt"};
+  for (int i = 1; i <= rounds; ++i) {
+    std::string v = std::to_string(i);
+    cmds.insert(cmds.end(), {"get:" + k + ":0:dipc", "at", "w:0:" + v, "waitw:4096:" + v + ":20", "dt"});
+  }
+  return cmds;
+}
+std::vector<std::string> one_way_reader(const std::string& id, int rounds) {
+  std::vector<std::string> cmds = {SimCluster::prog("shm_tool"), "at:" + id};
+  for (int i = 1; i <= rounds; ++i) {
+    std::string v = std::to_string(i);
+    cmds.insert(cmds.end(), {"waitw:0:" + v + ":20", "w:4096:" + v});
+  }
+  return cmds;
+}
+
+TEST_F(Shm, OneWayShmatKeepsAReaderOnAnotherNodeCoherent) {
+  const std::string k = key(23);
+  std::string id = create(1, k, 2 * kPage);
+  constexpr int kRounds = 40;
+  auto reader = c().spawn(2, one_way_reader(id, kRounds), {kTimeoutEnv});
+  auto writer = c().spawn(1, one_way_writer(k, kRounds), {kTimeoutEnv});
+  auto w = c().wait(writer, 180);
+  auto r = c().wait(reader, 180);
+  EXPECT_EQ(w.status, 0) << w.out << w.err;
+  EXPECT_EQ(r.status, 0) << r.out << r.err;
+  EXPECT_EQ(field(tool(1, {"rm:" + id}), "rm"), "0");
+}
+
+// The same with the home's dipcd stopped while the writer re-attaches and writes: the attach must wait for it
+// (the segment is shared, so the note is confirmed), and the reader sees the write. With the program's re-check
+// switched off (DIPC_SHM_ATTACH_NOTE=nocheck, test-only) the attach returns at once and the write lands in the home's
+// view where the reader's copy is never invalidated: the reader never sees it. That shows the handshake is needed.
+TEST_F(Shm, OneWayShmatWaitsForALateDaemonWhenTheSegmentIsShared) {
+  for (const char* mode : {"", "nocheck"}) {
+    SCOPED_TRACE(std::string("DIPC_SHM_ATTACH_NOTE=") + mode);
+    const bool broken = std::string(mode) == "nocheck";
+    const std::string k = key(broken ? 26 : 25);
+    std::string id = create(1, k, 2 * kPage);
+    std::string go = c().dir() + "/shm-late-" + k;
+    auto writer = c().spawn(1, {SimCluster::prog("shm_tool"), "get:" + k + ":0:dipc", "at", "w:0:1", "dt",
+                                "print:ready=1", "waitfile:" + go + ":60", "get:" + k + ":0:dipc", "at:@:nostat", "w:0:42",
+                                "print:written=1", "dt"},
+                            {kTimeoutEnv, std::string("DIPC_SHM_ATTACH_NOTE=") + mode});
+    auto reader = c().spawn(2, {SimCluster::prog("shm_tool"), "at:" + id, "waitw:0:1:30", "print:read=1",
+                                "waitw:0:42:10"},
+                            {kTimeoutEnv});
+    ASSERT_TRUE(c().wait_output(writer, "ready=1")) << writer.out_buf << writer.err_buf;
+    ASSERT_TRUE(c().wait_output(reader, "read=1")) << reader.out_buf << reader.err_buf;
+    // The block is now read-only at the home (the reader holds a copy).
+    pid_t d = c().daemon_pid(1);
+    ASSERT_GT(d, 0);
+    ASSERT_EQ(kill(d, SIGSTOP), 0);
+    std::ofstream(go) << "go\n";
+    if (broken) {
+      EXPECT_TRUE(c().wait_output(writer, "written=1")) << writer.out_buf << writer.err_buf;
+    }
+    ASSERT_EQ(kill(d, SIGCONT), 0);
+    auto w = c().wait(writer, 120);
+    auto r = c().wait(reader, 120);
+    EXPECT_EQ(w.status, 0) << w.out << w.err;
+    if (broken) {
+      EXPECT_EQ(r.status, 1) << "the write through the unconfirmed attach reached the reader: " << r.out << r.err;
+    } else {
+      EXPECT_EQ(r.status, 0) << r.out << r.err;
+    }
+    EXPECT_EQ(field(tool(1, {"rm:" + id}), "rm"), "0");
+  }
+}
+
+// Forked children of a process whose attaches were one-way notes inherit them counted and coherent.
+TEST_F(Shm, ForkAfterOneWayShmatSharesTheSegmentWithTheChild) {
+  const std::string k = key(24);
+  std::string id = create(1, k, 2 * kPage);
+  std::string out = tool(1, {"get:" + k + ":0:dipc", "at", "dt", "get:" + k + ":0:dipc", "at", "w:0:5", "fork:0:77",
+                             "r:0", "r:8"});
+  EXPECT_EQ(field(out, "fork_child_saw"), "5");
+  EXPECT_EQ(field(out, "fork_child_nattch"), "2");
+  EXPECT_EQ(field(out, "fork_child_status"), "0");
+  EXPECT_EQ(field(out, "fork_parent_sees"), "77");
+  EXPECT_EQ(fields(tool(2, {"at:" + id, "r:0", "r:8", "rm:" + id}), "r"), (std::vector<std::string>{"77", "78"}));
 }
 
 // A program that read the segment table of a daemon that then restarted never gets an id from the dead daemon's

@@ -3,7 +3,8 @@
  * returned. At most one attachment is current ("the segment"); OFF is a byte offset into it (8-aligned for words).
  *
  *   get:KEY:SIZE:FLAGS       shmget; FLAGS: creat+excl+dipc+0644 (octal mode)        -> get=ID
- *   at[:ID[:rdonly]]         shmat (default id @)                                     -> at=0
+ *   at[:ID[:FLAGS]]          shmat (default id @); FLAGS: rdonly, and nostat: no IPC_STAT after the attach (the
+ *                            segment's size stays unknown: offsets are not bounds-checked) -> at=0
  *   dt                       shmdt of the current attachment                          -> dt=0
  *   stat[:ID]                IPC_STAT -> stat=0 key=0x.. segsz=N nattch=N mode=666 dest=0|1 cpid=self|other
  *                            lpid=self|other|none atime=set|none dtime=set|none uid=U cuid=U
@@ -153,7 +154,8 @@ int main(int argc, char **argv) {
         struct shmid_ds ds;
         base = p;
         cur_id = id;
-        base_size = shmctl(id, IPC_STAT, &ds) == 0 ? (long)ds.shm_segsz : -1;
+        int nostat = a[2] && strstr(a[2], "nostat");
+        base_size = !nostat && shmctl(id, IPC_STAT, &ds) == 0 ? (long)ds.shm_segsz : -1;
         report(name, 0);
       }
     } else if (!strcmp(name, "dt")) {
