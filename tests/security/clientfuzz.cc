@@ -59,7 +59,7 @@ Bytes valid_body(uint16_t op) {
       return ipc::encode_body(ipc::MsgRcvReq{static_cast<int32_t>(rng()), rnd(100), static_cast<int64_t>(rnd(3)), 04000});
     case ipc::kShmAt:
       return ipc::encode_body(ipc::ShmAtReq{static_cast<int32_t>(rng()), static_cast<int32_t>(rnd(2) ? 010000 : 0)});
-    case ipc::kShmAttached: case ipc::kShmDt:
+    case ipc::kShmAttached: case ipc::kShmDt: case ipc::kShmAttachCheck:
       return ipc::encode_body(ipc::ShmAttachReq{static_cast<int32_t>(rng()), rng(), rng(), static_cast<int32_t>(rng())});
     case ipc::kHello:
       return ipc::encode_body(ipc::HelloReq{});
@@ -112,7 +112,7 @@ int main(int argc, char** argv) {
   int conns = atoi(argv[2]);
   static const uint16_t kOps[] = {ipc::kHello, ipc::kSemGet, ipc::kSemOp, ipc::kSemCtl, ipc::kMsgGet, ipc::kMsgSnd,
                                   ipc::kMsgRcv, ipc::kMsgCtl, ipc::kShmGet, ipc::kShmAt, ipc::kShmAttached,
-                                  ipc::kShmDt, ipc::kShmCtl, ipc::kCancel, ipc::kAdminStatus, ipc::kAdminObjects,
+                                  ipc::kShmDt, ipc::kShmAttachCheck, ipc::kShmCtl, ipc::kCancel, ipc::kAdminStatus, ipc::kAdminObjects,
                                   ipc::kAdminEnable, 0, 99, 0xffff};
   long sent = 0, answers = 0, closed = 0;
   for (int c = 0; c < conns; ++c) {

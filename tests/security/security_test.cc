@@ -111,7 +111,8 @@ TEST_F(Security, AnEightTebibyteSegmentIsRefusedWithEnomemAndTheDaemonLives) {
 }
 
 // Issue 8 item 3: a user allowed only SHM_RDONLY on root's 0644 segment cannot turn the descriptor dipcd hands out
-// into a writable one, nor register a writable attach, nor feed dipcd a descriptor that is not a userfaultfd.
+// into a writable one, nor register a writable attach (with a round trip or with a one-way note), nor feed dipcd a
+// descriptor that is not a userfaultfd.
 TEST_F(Security, AReadOnlyAttachCannotBeTurnedIntoAWritableOne) {
   SimCluster c(SimCluster::Options{.nodes = 3});
   auto r = c.run(1, {SimCluster::prog("shm_tool"), "get:0:8192:creat+dipc+0644", "at", "wstr:0:root"}, 30);
@@ -127,6 +128,8 @@ TEST_F(Security, AReadOnlyAttachCannotBeTurnedIntoAWritableOne) {
     EXPECT_EQ(field(a.out, "fakeuffd"), "-1 EBADF") << a.out;
     std::string rw = field(a.out, "rwattach");
     EXPECT_TRUE(rw == "-1 EACCES" || rw == "skipped") << a.out;
+    std::string note = field(a.out, "rwnote");  // a one-way attach proves its mode with the view: refused
+    EXPECT_TRUE(note == "-1 ESTALE" || note == "skipped") << a.out;
   }
   r = c.run(3, {SimCluster::prog("shm_tool"), "at:" + id, "rstr:0:4", "rm:" + id}, 30);
   EXPECT_EQ(field(r.out, "rstr"), "root") << r.out << r.err;

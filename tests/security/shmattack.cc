@@ -7,6 +7,8 @@
 //   mmaprw=      mmap(PROT_WRITE, MAP_SHARED) of the descriptor received
 //   fakeuffd=    kShmAttached (read-write) handing over an eventfd instead of a userfaultfd
 //   rwattach=    kShmAttached (read-write) with a real userfaultfd for a writable mapping
+//   rwnote=      the one-way kShmAttached (read-write) with a real userfaultfd and the read-only view, then
+//                kShmAttachCheck: its answer (the note must not have been counted: ESTALE)
 // Each prints 0 (it worked: the attack succeeded) or -1 ERRNO_NAME. "wrote=1" if a write reached the segment.
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
@@ -124,5 +126,19 @@ int main(int argc, char** argv) {
   st = roundtrip(*sock, dipc::ipc::kShmAttached, dipc::ipc::encode_body(dipc::ipc::ShmAttachReq{id, addr, len, 0}),
                  uffd, nullptr, nullptr);
   printf("rwattach=%s\n", result(st));
+  int uffd2 = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY));
+  uffdio_api api2{UFFD_API, 0, 0};
+  if (uffd2 < 0 || ioctl(uffd2, UFFDIO_API, &api2) != 0) {
+    printf("rwnote=skipped\n");
+    return 0;
+  }
+  dipc::Bytes note;
+  dipc::append_frame(note, dipc::FrameHeader{dipc::FrameKind::kOneWay, dipc::ipc::kShmAttached, g_next++, 0, 0},
+                     dipc::ipc::encode_body(dipc::ipc::ShmAttachReq{id, addr, len, 0}));
+  const int fds[2] = {uffd2, view};
+  if (dipc::send_with_fds(*sock, note.data(), note.size(), fds, 2) != static_cast<ssize_t>(note.size())) return 1;
+  st = roundtrip(*sock, dipc::ipc::kShmAttachCheck, dipc::ipc::encode_body(dipc::ipc::ShmAttachReq{id, addr, 0, 0}),
+                 -1, nullptr, nullptr);
+  printf("rwnote=%s\n", result(st));
   return 0;
 }
