@@ -730,13 +730,15 @@ KeyCache& key_cache() {
 
 // The row of segment `id` (homed on this node) if the caller may attach it with `flg` (ipcperms(), as shmat), or
 // nullopt: not known here, not decidable, or refused (dipcd decides those).
-std::optional<ipc::ShmTableRow> attach_row(int id, int flg) {
+// *table gets the table read (for the re-read after the note).
+std::optional<ipc::ShmTableRow> attach_row(int id, int flg, const ipc::ShmTable** table) {
   int key = 0;
   const ipc::ControlPage* cp = control();
   const ipc::ShmTable* t = shm_table();
   ipc::ShmTableRow r;
   if (!cp || !t || ipc::id_node(id) != cp->node() || !key_cache().get(id, &key) || t->find(key, &r) != 1 || r.id != id)
     return std::nullopt;
+  *table = t;
   ipc::Perm p;
   p.key = key;
   p.uid = r.uid;
@@ -766,7 +768,8 @@ std::optional<ipc::ShmTableRow> attach_row(int id, int flg) {
 // applicable (the caller takes the round-trip path with the view, which is still its).
 std::optional<void*> attach_noted(ShmConn& c, int id, uintptr_t a, bool fixed, int flg, const ShmConn::View& view) {
   if (g_attach_note == NoteMode::kOff) return std::nullopt;
-  std::optional<ipc::ShmTableRow> before = attach_row(id, flg);
+  const ipc::ShmTable* table = nullptr;
+  std::optional<ipc::ShmTableRow> before = attach_row(id, flg, &table);
   if (!before || ((before->flags & ipc::kShmRowShared) && g_attach_note != NoteMode::kNoRecheck)) return std::nullopt;
   int prot = PROT_READ | ((flg & SHM_RDONLY) ? 0 : PROT_WRITE) | ((flg & SHM_EXEC) ? PROT_EXEC : 0);
   int mflags = ((flg & SHM_RDONLY) ? MAP_PRIVATE : MAP_SHARED) | (fixed ? MAP_FIXED_NOREPLACE : 0);
@@ -803,8 +806,10 @@ std::optional<void*> attach_noted(ShmConn& c, int id, uintptr_t a, bool fixed, i
   if (g_attach_note == NoteMode::kNoRecheck) {
     sure = true;
   } else if (g_attach_note == NoteMode::kOn) {
-    std::optional<ipc::ShmTableRow> after = attach_row(id, flg);
-    sure = after && after->same(*before);
+    // The same table (the daemon's memfd stays mapped; a dead daemon's table never changes, and its connection's
+    // loss poisons the attach), the same row: the rights read before still hold.
+    ipc::ShmTableRow after;
+    sure = table->find(before->key, &after) == 1 && after.same(*before);
   }
   if (!sure) {
     Answer ok;
