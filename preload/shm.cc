@@ -728,19 +728,11 @@ KeyCache& key_cache() {
   return *k;
 }
 
-// The row of segment `id` (homed on this node) if the caller may attach it with `flg` (ipcperms(), as shmat), or
-// nullopt: not known here, not decidable, or refused (dipcd decides those).
-// *table gets the table read (for the re-read after the note).
-std::optional<ipc::ShmTableRow> attach_row(int id, int flg, const ipc::ShmTable** table) {
-  int key = 0;
-  const ipc::ControlPage* cp = control();
-  const ipc::ShmTable* t = shm_table();
-  ipc::ShmTableRow r;
-  if (!cp || !t || ipc::id_node(id) != cp->node() || !key_cache().get(id, &key) || t->find(key, &r) != 1 || r.id != id)
-    return std::nullopt;
-  *table = t;
+// ipcperms() on a table row with the caller's effective uid, gid and groups: true when the mode bits of `flag` are
+// allowed. A refusal (or groups that cannot be read) is dipcd's to decide: it knows CAP_IPC_OWNER.
+bool row_allows(const ipc::ShmTableRow& r, int flag) {
   ipc::Perm p;
-  p.key = key;
+  p.key = r.key;
   p.uid = r.uid;
   p.gid = r.gid;
   p.cuid = r.cuid;
@@ -752,12 +744,26 @@ std::optional<ipc::ShmTableRow> attach_row(int id, int flg, const ipc::ShmTable*
   if (c.uid != p.uid && c.uid != p.cuid && c.gid != p.gid && c.gid != p.cgid) {
     gid_t groups[256];
     int n = getgroups(256, groups);
-    if (n < 0) return std::nullopt;
+    if (n < 0) return false;
     c.groups.assign(groups, groups + n);
   }
+  return ipc::ipc_check(p, c, flag) == 0;
+}
+
+// The row of segment `id` (homed on this node) if the caller may attach it with `flg` (ipcperms(), as shmat), or
+// nullopt: not known here, not decidable, or refused (dipcd decides those).
+// *table gets the table read (for the re-read after the note).
+std::optional<ipc::ShmTableRow> attach_row(int id, int flg, const ipc::ShmTable** table) {
+  int key = 0;
+  const ipc::ControlPage* cp = control();
+  const ipc::ShmTable* t = shm_table();
+  ipc::ShmTableRow r;
+  if (!cp || !t || ipc::id_node(id) != cp->node() || !key_cache().get(id, &key) || t->find(key, &r) != 1 || r.id != id)
+    return std::nullopt;
+  *table = t;
   int acc = (flg & SHM_RDONLY) ? 0444 : 0666;
   if (flg & SHM_EXEC) acc |= 0111;
-  if (ipc::ipc_check(p, c, acc)) return std::nullopt;
+  if (!row_allows(r, acc)) return std::nullopt;
   return r;
 }
 
@@ -998,23 +1004,7 @@ std::optional<int> shm_get_local(int key, uint64_t size, int flg) noexcept {
     // ipcget_public(): EEXIST, then shm_more_checks() (EINVAL), then ipcperms() (EACCES).
     if ((flg & IPC_CREAT) && (flg & IPC_EXCL)) return -EEXIST;
     if (size > r.size) return -EINVAL;
-    ipc::Perm p;
-    p.key = key;
-    p.uid = r.uid;
-    p.gid = r.gid;
-    p.cuid = r.cuid;
-    p.cgid = r.cgid;
-    p.mode = static_cast<uint16_t>(r.mode);
-    ipc::Creds c;
-    c.uid = geteuid();
-    c.gid = getegid();
-    if (c.uid != p.uid && c.uid != p.cuid && c.gid != p.gid && c.gid != p.cgid) {
-      gid_t groups[256];
-      int n = getgroups(256, groups);
-      if (n < 0) return std::nullopt;
-      c.groups.assign(groups, groups + n);
-    }
-    if (ipc::ipc_check(p, c, flg)) return std::nullopt;
+    if (!row_allows(r, flg)) return std::nullopt;
     key_cache().put(r.id, key);  // for the one-way attach of this id
     return r.id;
   } catch (...) {
