@@ -857,9 +857,20 @@ void Manager::shared(uint64_t id) {
   ++in_shared_hook_;
   shared_hook_(id);
   if (--in_shared_hook_ > 0) return;
+  // The segment whose shared_first() called this is still at work on the stack: its destruction (and any other the
+  // hook caused) waits for the end of the loop's iteration; a segment opened again under the id meanwhile stays.
   std::vector<uint64_t> ids = std::move(deferred_destroy_);
   deferred_destroy_.clear();
-  for (uint64_t x : ids) destroy(x);
+  std::weak_ptr<int> alive = alive_;
+  for (uint64_t x : ids) {
+    auto it = segs_.find(x);
+    if (it == segs_.end()) continue;
+    loop_.defer([this, alive, x, seg = it->second.get()] {
+      if (alive.expired()) return;
+      auto again = segs_.find(x);
+      if (again != segs_.end() && again->second.get() == seg) destroy(x);
+    });
+  }
 }
 
 void Manager::destroy(uint64_t id) {

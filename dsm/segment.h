@@ -219,7 +219,8 @@ class Manager : public transport::Handler {
   static int64_t now_us();
   // Runs before this node first makes a block of a segment read-only in its view while local processes may map it
   // (ipc/ sets it: the one-way attach's "shared" word, docs/ARCHITECTURE.md "One-way shmat"). It may apply the
-  // local programs' notes, which attach and detach; a segment destroyed meanwhile is destroyed once it returns.
+  // local programs' notes, which attach and detach; a segment destroyed meanwhile goes at the end of the loop's
+  // iteration (the segment that called it is still at work).
   void set_shared_hook(std::function<void(uint64_t id)> hook) { shared_hook_ = std::move(hook); }
 
  private:
