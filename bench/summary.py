@@ -224,6 +224,8 @@ def shm(args):
         make_pair("sequential first touch dipc / raw TCP bulk, bandwidth", scalar_ratios(e, "seqread_dipc_mibps",
                                                                                        "tcpbulk_mibps"),
                   0.5, higher_is_better=True),
+        make_pair("sequential first touch SHM_HUGETLB / normal pages, bandwidth",
+                  scalar_ratios(e, "seqread_huge_dipc_mibps", "seqread_dipc_mibps"), higher_is_better=True),
     ]
     ctx = {"load_avg_start": load(args.load_start), "load_avg_end": load(args.load_end),
            "spinners_per_node": args.spinners, "sched": args.sched, "rounds": len([r for r in rounds if r > 0]),
