@@ -932,8 +932,8 @@ int run_seqread(const Args& args) {
     command(r, 'g');
     if (getline(r, l) && sscanf(l.c_str(), "ns %lld", &ns) == 1 && ns > 0) {
       double mibps = static_cast<double>(mib) / (static_cast<double>(ns) / 1e9);
-      printf("dipc sequential first touch of %zu MiB%s on %s (written on this node): %.1f MiB/s, %.1f us/4 KiB\n",
-             mib, huge ? " (SHM_HUGETLB)" : "", g_peer.c_str(), mibps,
+      printf("dipc sequential first touch of %zu MiB%s on %s (written on this node): %.1f MiB/s, %.1f us/4 KiB\n", mib,
+             huge ? " (SHM_HUGETLB)" : "", g_peer.c_str(), mibps,
              static_cast<double>(ns) / 1e3 / static_cast<double>(pages));
       printf("@%s_dipc_mibps %.2f\n", part, mibps);
       rc = 0;

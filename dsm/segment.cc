@@ -31,7 +31,7 @@ namespace dipc::dsm {
 namespace {
 constexpr uint64_t kStateBytesPerBlock = 128;  // home directory, node cache and flags of one block, about
 constexpr uint32_t kMaxGarbage = 64;            // events an attach's userfaultfd may send that are not its faults
-constexpr unsigned kMfdHugeShift = 26;           // MFD_HUGE_SHIFT (<linux/memfd.h>): log2 of the huge page size
+constexpr unsigned kMfdHugeShift = 26;          // MFD_HUGE_SHIFT (<linux/memfd.h>): log2 of the huge page size
 #ifndef UFFD_USER_MODE_ONLY
 #define UFFD_USER_MODE_ONLY 1
 #endif
@@ -50,6 +50,8 @@ struct FramesMapping {
     if (fd >= 0) close(fd);
   }
 };
+
+uint64_t addr_of(const void* p) { return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(p)); }
 
 Status errno_status(const char* what) {
   int e = errno;
@@ -176,25 +178,36 @@ Status Segment::init_huge() {
   if (!install_uffd_) return errno_status("userfaultfd for installs");
   uffdio_api api{UFFD_API, 0, 0};
   if (ioctl(install_uffd_.get(), UFFDIO_API, &api) != 0) return errno_status("UFFDIO_API");
-  uffdio_register r{{reinterpret_cast<uint64_t>(install_), mapped_}, UFFDIO_REGISTER_MODE_MISSING, 0};
+  uffdio_register r{{addr_of(install_), mapped_}, UFFDIO_REGISTER_MODE_MISSING, 0};
   if (ioctl(install_uffd_.get(), UFFDIO_REGISTER, &r) != 0) return errno_status("UFFDIO_REGISTER of the install map");
   if (!(r.ioctls & (uint64_t{1} << _UFFDIO_COPY))) return Status::err(ENOSYS);
   return Status::ok();
 }
 
-bool Segment::write_view(const uint8_t* src, uint64_t len, uint64_t off) {
-  if (!huge_) return pwrite(view_fd_.get(), src, len, static_cast<off_t>(off)) == static_cast<ssize_t>(len);
+// An install that fails leaves the block out of V: F (or, for a push, F once on_push copied it there) still holds
+// its data, and the parked accesses are woken, fault again and retry through handle_fault. With hugetlbfs that is
+// the pool without a free page (ENOMEM): only if something took the page a punch freed before drop_view reserved it
+// again. Logged once, then every 1000th time.
+uint64_t Segment::write_view(const uint8_t* src, uint64_t len, uint64_t off) {
   uint64_t done = 0;
   while (done < len) {
-    uffdio_copy c{reinterpret_cast<uint64_t>(install_ + off + done), reinterpret_cast<uint64_t>(src + done),
-                  len - done, UFFDIO_COPY_MODE_DONTWAKE, 0};
-    int rc = ioctl(install_uffd_.get(), UFFDIO_COPY, &c);
-    if (c.copy > 0) done += static_cast<uint64_t>(c.copy);
-    if (rc == 0) continue;
-    if (errno == EAGAIN) continue;  // interrupted part-way (c.copy counts what was done)
-    return false;
+    if (!huge_) {
+      ssize_t w = pwrite(view_fd_.get(), src + done, len - done, static_cast<off_t>(off + done));
+      if (w > 0) done += static_cast<uint64_t>(w);
+      if (w > 0 || (w < 0 && errno == EINTR)) continue;
+    } else {
+      uffdio_copy c{addr_of(install_ + off + done), addr_of(src + done), len - done, UFFDIO_COPY_MODE_DONTWAKE, 0};
+      int rc = ioctl(install_uffd_.get(), UFFDIO_COPY, &c);
+      if (c.copy > 0) done += static_cast<uint64_t>(c.copy);
+      if (rc == 0 || errno == EAGAIN) continue;  // EAGAIN: interrupted part-way (c.copy counts what was done)
+    }
+    if (install_failures_++ % 1000 == 0)
+      DIPC_LOG_ERROR("dsm: segment {}: installing {} bytes at {:#x} into the view failed ({} time(s)): {}{}",
+                     static_cast<int32_t>(id_), len - done, off + done, install_failures_, strerror(errno),
+                     huge_ && errno == ENOMEM ? " (no free huge page: the access waits for one)" : "");
+    break;
   }
-  return true;
+  return done;
 }
 
 uint64_t Segment::block_len(uint32_t b) const { return std::min(block_, mapped_ - block_off(b)); }
@@ -287,8 +300,8 @@ void Segment::handle_fault(uint64_t attach, uint64_t addr, bool write) {
     // sure, then let it retry. A read copy is protected first (an attach added since its install is not yet).
     if (!in_view(b)) {
       if (!cache_.writable(b)) write_protect_all(b, true);
-      fill_view(b);
-      if (flags_[b] & kSpareFrame) spare_q_.emplace_back(b, 1);
+      if (fill_view(b) && cache_.writable(b)) flags_[b] |= kDirty;
+      if (in_view(b) && (flags_[b] & kSpareFrame)) spare_q_.emplace_back(b, 1);
     }
     parked_[b].insert(attach);
     wake(b);
@@ -568,9 +581,9 @@ void Segment::apply(const LocalAction& a) {
       if (awaiting_.erase(b) && --m_.awaiting_ == 0) m_.loop().stop_polling();
       // Protection first, then the data: no local process ever sees the block with more access than granted.
       write_protect_all(b, !a.writable);
-      if (!in_view(b) && (a.writable || !lazy(b))) fill_view(b);
+      if (!in_view(b) && (a.writable || !lazy(b))) (void)fill_view(b);
       if (a.writable) flags_[b] &= static_cast<uint8_t>(~kSpareFrame);
-      if (a.writable) flags_[b] |= kDirty;
+      if (a.writable && in_view(b)) flags_[b] |= kDirty;  // else F still holds it (write_view failed)
       if (in_view(b) && (flags_[b] & kSpareFrame)) spare_q_.emplace_back(b, 1);
       return;
     case LocalAction::kWriteProtect:
@@ -642,13 +655,13 @@ void Segment::install_run(uint32_t first, uint32_t n) {
     }
     uint32_t e = b;
     while (e < first + n && !in_view(e) && !lazy(e)) ++e;
-    copy_into_view(b, e);
+    uint32_t in = copy_into_view(b, e);  // blocks in..e-1 stay out of V (write_view failed): faulted in later
     bool spare = false;
-    for (uint32_t x = b; x < e; ++x) {
+    for (uint32_t x = b; x < in; ++x) {
       flags_[x] |= kInView;
       spare = spare || (flags_[x] & kSpareFrame);
     }
-    if (spare) spare_q_.emplace_back(b, e - b);
+    if (spare) spare_q_.emplace_back(b, in - b);
     b = e;
   }
 }
@@ -744,24 +757,28 @@ void Segment::save_view(uint32_t b) {
   flags_[b] &= static_cast<uint8_t>(~(kDirty | kFrameGone));
 }
 
-void Segment::fill_view(uint32_t b) {
+bool Segment::fill_view(uint32_t b) {
   if (flags_[b] & kFrameGone) DIPC_LOG_ERROR("dsm: segment {} block {}: filled from a punched frame", id_, b);
-  copy_into_view(b, b + 1);
+  if (copy_into_view(b, b + 1) != b + 1) return false;
   flags_[b] |= kInView;
+  return true;
 }
 
-void Segment::copy_into_view(uint32_t first, uint32_t end) {
+uint32_t Segment::copy_into_view(uint32_t first, uint32_t end) {
   const PushSrc& p = push_src_;
   for (uint32_t b = first; b < end;) {
     bool msg = p.data && b >= p.first && b < p.first + p.n;
     uint32_t stop = msg ? std::min(end, p.first + p.n) : (p.data && b < p.first ? std::min(end, p.first) : end);
     uint64_t o = block_off(b), l = block_off(stop - 1) + block_len(stop - 1) - o;
     const uint8_t* src = msg ? p.data + (o - block_off(p.first)) : frames_ + o;
-    if (!write_view(src, l, o)) DIPC_LOG_ERROR("dsm: fill blocks {}..{}: {}", b, stop - 1, strerror(errno));
+    uint64_t done = write_view(src, l, o);
+    if (done < l) stop = b + static_cast<uint32_t>(done / block_);  // the blocks wholly in V before the failure
     if (msg)
       for (uint32_t x = b; x < stop; ++x) push_src_.used[x - p.first] = true;
+    if (done < l) return stop;
     b = stop;
   }
+  return end;
 }
 
 // The punch also forgets the block's write protection (kProtected): uffd-wp is not reliably kept across it. The

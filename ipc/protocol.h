@@ -23,10 +23,10 @@
 namespace dipc::ipc {
 
 inline constexpr uint32_t kProtocolVersion = 7;  // 2: ShmAtResp carries the block size; 3: kernel-backed sets;
-                                                  // 4: ShmAttachReq.view_ino, kShmDt answers ShmDtResp;
-                                                  // 5: kernel-backed queues (kMsgCtlKernel, IpcInfoResp.hidden_b)
-                                                  // 6: kShmDt of a segment homed here is a one-way note
-                                                  // 7: ShmAtResp.huge_page (SHM_HUGETLB backing)
+                                                 // 4: ShmAttachReq.view_ino, kShmDt answers ShmDtResp;
+                                                 // 5: kernel-backed queues (kMsgCtlKernel, IpcInfoResp.hidden_b)
+                                                 // 6: kShmDt of a segment homed here is a one-way note
+                                                 // 7: ShmAtResp.huge_page (SHM_HUGETLB backing)
 inline constexpr uint32_t kMaxSops = 32768;   // hard decode bound; the home enforces semopm
 inline constexpr uint32_t kMaxSems = 65536;   // hard decode bound; the home enforces semmsl
 inline constexpr uint32_t kMaxMsgText = 1u << 20;

@@ -796,8 +796,8 @@ std::optional<void*> attach(const dipc_shm_target* t, int id, const void* addr, 
     s.attaches.erase(gone, s.attaches.end());
   }
   undo.fd = -1;  // kept below once the attach worked; closed with it otherwise
-  ShmConn::View view{id,  rdonly, at.fd, static_cast<uint64_t>(vst.st_dev), static_cast<uint64_t>(vst.st_ino), len,
-                     r.huge_page != 0};
+  ShmConn::View view{id,  rdonly,          at.fd, static_cast<uint64_t>(vst.st_dev), static_cast<uint64_t>(vst.st_ino),
+                     len, r.huge_page != 0};
   undo.map = nullptr;  // register_attach() owns the mapping now
   void* done = register_attach(t, *c, id, p, flg, view, false);
   if (done == MAP_FAILED) {

@@ -567,8 +567,8 @@ TEST_F(Shm, HugetlbSegmentsAreBackedByHugePagesOnEveryNodeAndStayCoherent) {
   }
   // Written on node 2 after the home's reads: node 1 sees it, and node 2's copy is taken back for the home's write.
   out = tool(2, {"at:" + id, "w:" + std::to_string(3 * hp + 8) + ":77"});
-  out = tool(1, {"at:" + id, "r:" + std::to_string(3 * hp + 8), "w:" + std::to_string(3 * hp + 16) + ":78",
-                 "sparsec:" + hps});
+  out = tool(
+      1, {"at:" + id, "r:" + std::to_string(3 * hp + 8), "w:" + std::to_string(3 * hp + 16) + ":78", "sparsec:" + hps});
   EXPECT_EQ(field(out, "r"), "77");
   EXPECT_EQ(field(out, "sparsec"), "0") << out;
   EXPECT_EQ(field(tool(2, {"at:" + id, "r:" + std::to_string(3 * hp + 16)}), "r"), "78");
@@ -578,8 +578,8 @@ TEST_F(Shm, HugetlbSegmentsAreBackedByHugePagesOnEveryNodeAndStayCoherent) {
   // reserves it whole at its first attach), and nothing is held by the failure.
   const long left = HugePages::available();
   ASSERT_GT(left, 0);
-  std::string big = field(tool(1, {"get:" + key(43) + ":" + std::to_string(left * hp) + ":creat+excl+dipc+huge+0600"}),
-                          "get");
+  std::string big =
+      field(tool(1, {"get:" + key(43) + ":" + std::to_string(left * hp) + ":creat+excl+dipc+huge+0600"}), "get");
   ASSERT_TRUE(!big.empty() && big[0] != '-') << big;
   EXPECT_EQ(HugePages::available(), 0);
   EXPECT_EQ(field(tool(2, {"at:" + big}), "at"), "-1 ENOMEM");
