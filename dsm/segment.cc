@@ -859,8 +859,8 @@ std::string Segment::status_line() const {
   }
   std::ostringstream os;
   os << "  shmid " << static_cast<int32_t>(id_) << " home " << home_ << " size " << size_ << " block " << block_
-     << " held shared " << shared << " exclusive " << excl << " local attaches " << attaches_.size()
-     << (dir_ ? " (home)" : "") << "\n";
+     << (huge_ ? " (huge pages)" : "") << " held shared " << shared << " exclusive " << excl << " local attaches "
+     << attaches_.size() << (dir_ ? " (home)" : "") << "\n";
   return os.str();
 }
 
