@@ -572,6 +572,12 @@ TEST_F(Shm, HugetlbSegmentsAreBackedByHugePagesOnEveryNodeAndStayCoherent) {
   EXPECT_EQ(field(out, "r"), "77");
   EXPECT_EQ(field(out, "sparsec"), "0") << out;
   EXPECT_EQ(field(tool(2, {"at:" + id, "r:" + std::to_string(3 * hp + 16)}), "r"), "78");
+  // A read-only attach (mapped MAP_PRIVATE | MAP_NORESERVE) reads the same data and reserves nothing more.
+  const long avail = HugePages::available();
+  out = tool(2, {"at:" + id + ":rdonly", "sparsec:" + hps, "r:" + std::to_string(3 * hp + 16)});
+  EXPECT_EQ(field(out, "sparsec"), "0") << out;
+  EXPECT_EQ(field(out, "r"), "78");
+  EXPECT_EQ(HugePages::available(), avail);
 
   // A node that cannot reserve the segment's huge pages: the home reserved what was left of the pool, the other
   // node's shmat fails with ENOMEM (the kernel reserves a SHM_HUGETLB segment whole at shmget; a caching node
