@@ -585,9 +585,9 @@ TEST_F(Shm, HugetlbSegmentsAreBackedByHugePagesOnEveryNodeAndStayCoherent) {
   const long left = HugePages::available();
   ASSERT_GT(left, 0);
   // One page more than the pool can reserve: the home refuses it at shmget, as the kernel does.
-  EXPECT_EQ(field(tool(1, {"get:" + key(44) + ":" + std::to_string((left + 1) * hp) + ":creat+excl+dipc+huge+0600"}),
-                  "get"),
-            "-1 ENOMEM");
+  EXPECT_EQ(
+      field(tool(1, {"get:" + key(44) + ":" + std::to_string((left + 1) * hp) + ":creat+excl+dipc+huge+0600"}), "get"),
+      "-1 ENOMEM");
   EXPECT_EQ(HugePages::available(), left);
   std::string big =
       field(tool(1, {"get:" + key(43) + ":" + std::to_string(left * hp) + ":creat+excl+dipc+huge+0600"}), "get");
