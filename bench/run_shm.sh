@@ -11,7 +11,9 @@
 #     once: STREAM triad, 2 processes on node1: native SysV segment vs dipc segment (passes interleaved inside)
 #     every round: userfaultfd fault + UFFDIO_COPY resolve on node1; raw TCP 4 KiB request/response node1 <-> node2;
 #       dipc read miss (node1 writes a page, node2 reads it: the timed load); dipc write upgrade, 1 reader;
-#       raw TCP bulk transfer and dipc sequential first touch of DIPC_SHM_TOUCH_MIB MiB;
+#       raw TCP bulk transfer and dipc sequential first touch of DIPC_SHM_TOUCH_MIB MiB, in normal pages and
+#       (seqread_huge, when this host can give the huge pages: root raises vm.nr_hugepages for the run and restores
+#       it) in a SHM_HUGETLB segment;
 #       Jacobi: 2 processes on node1 with native shm + semaphores, then one process on node1 and one on node2
 #   (R+1)-node cluster (R = DIPC_SHM_UPGRADE_READERS, default 3; 0 skips), every round: raw TCP 4 KiB, dipc write
 #     upgrade with R reader nodes; Jacobi with 3 and 4 processes, native (one node) and dipc (one per node)
@@ -69,8 +71,15 @@ cleanup() {
   stop_spinners
   for d in "${clusters[@]}"; do "$bin/dipc-sim" down --dir "$d" >/dev/null 2>&1 || true; done
   rm -rf "$work"
+  if [ -n "${hp_before:-}" ]; then echo "$hp_before" >/proc/sys/vm/nr_hugepages 2>/dev/null || true; fi
 }
 trap cleanup EXIT
+# seqread_huge: the segment's huge pages on both nodes (the simulated nodes share the host's pool), and a few more.
+hp_kb=$(awk '/^Hugepagesize:/ { print $2 }' /proc/meminfo 2>/dev/null)
+if [ -n "$hp_kb" ] && [ "$hp_kb" -gt 0 ] && [ -w /proc/sys/vm/nr_hugepages ]; then
+  hp_before=$(cat /proc/sys/vm/nr_hugepages)
+  echo $((hp_before + 2 * touch_mib * 1024 / hp_kb + 4)) >/proc/sys/vm/nr_hugepages 2>/dev/null || true
+fi
 
 # up N: starts a cluster and sets cdir to its directory (not in a subshell: cleanup must see it).
 cdir=""
@@ -187,6 +196,7 @@ if up 2; then
     part upgrade1 on "$c2" node1 --preload "$bin/shm_bench" upgrade --readers 1 --iters "$iters"
     part tcpbulk on "$c2" node1 "$bin/shm_bench" tcpbulk --mib "$touch_mib"
     part seqread on "$c2" node1 --preload "$bin/shm_bench" seqread --mib "$touch_mib"
+    part seqread_huge on "$c2" node1 --preload "$bin/shm_bench" seqread --huge --mib "$touch_mib"
     part jacobi_native on "$c2" node1 --preload "$bin/shm_bench" jacobi --mode native --n "$jn" --sweeps "$sweeps"
     page_counters "$c2" >"$work/pages.before"
     part jacobi_dipc on "$c2" node1 --preload "$bin/shm_bench" jacobi --mode dipc --n "$jn" --sweeps "$sweeps" \

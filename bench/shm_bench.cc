@@ -100,9 +100,10 @@ bool kernel_shm_selftest() {
 int dipc_shm_flag() { return kernel_shm_selftest() ? 0 : IPC_DIPC; }
 bool dipc_shm_id_ok(int id) { return kernel_shm_selftest() ? id >= 0 : is_dipc_id(id); }
 
-// A new dipc segment of `bytes`; the part is reported unavailable when shm is not distributed here.
-int dipc_segment(const char* part, size_t bytes) {
-  int shmid = shmget(IPC_PRIVATE, bytes, dipc_shm_flag() | IPC_CREAT | 0600);
+// A new dipc segment of `bytes` (SHM_HUGETLB with `flags`); the part is reported unavailable when shm is not
+// distributed here.
+int dipc_segment(const char* part, size_t bytes, int flags = 0) {
+  int shmid = shmget(IPC_PRIVATE, bytes, dipc_shm_flag() | IPC_CREAT | 0600 | flags);
   if (shmid < 0) unavailable(part, strerror(errno));
   if (!dipc_shm_id_ok(shmid)) {
     shmctl(shmid, IPC_RMID, nullptr);
@@ -909,17 +910,20 @@ struct Filled {
   int shmid;
   volatile long* p;
 };
-Filled filled_dipc_segment(const char* part, size_t pages) {
-  int shmid = dipc_segment(part, pages * kPage);
+Filled filled_dipc_segment(const char* part, size_t pages, int flags = 0) {
+  int shmid = dipc_segment(part, pages * kPage, flags);
   volatile long* p = static_cast<volatile long*>(attach(shmid));
   for (size_t i = 0; i < pages; ++i) p[i * (kPage / sizeof(long))] = static_cast<long>(i + 1);
   return {shmid, p};
 }
 
+// --huge: the segment is SHM_HUGETLB (backed by huge pages on both nodes, 2 MiB blocks): key seqread_huge_*.
 int run_seqread(const Args& args) {
   size_t mib = static_cast<size_t>(args.num("--mib", 64));
   size_t pages = mib * 1048576 / kPage;
-  auto [shmid, p] = filled_dipc_segment("seqread", pages);
+  const bool huge = args.has("--huge");
+  const char* part = huge ? "seqread_huge" : "seqread";
+  auto [shmid, p] = filled_dipc_segment(part, pages, huge ? SHM_HUGETLB : 0);
   Child r = spawn(g_peer, true, {"seqread-reader", std::to_string(shmid), std::to_string(pages)});
   int rc = 1;
   std::string l;
@@ -928,9 +932,10 @@ int run_seqread(const Args& args) {
     command(r, 'g');
     if (getline(r, l) && sscanf(l.c_str(), "ns %lld", &ns) == 1 && ns > 0) {
       double mibps = static_cast<double>(mib) / (static_cast<double>(ns) / 1e9);
-      printf("dipc sequential first touch of %zu MiB on %s (written on this node): %.1f MiB/s, %.1f us/page\n", mib,
-             g_peer.c_str(), mibps, static_cast<double>(ns) / 1e3 / static_cast<double>(pages));
-      printf("@seqread_dipc_mibps %.2f\n", mibps);
+      printf("dipc sequential first touch of %zu MiB%s on %s (written on this node): %.1f MiB/s, %.1f us/4 KiB\n", mib,
+             huge ? " (SHM_HUGETLB)" : "", g_peer.c_str(), mibps,
+             static_cast<double>(ns) / 1e3 / static_cast<double>(pages));
+      printf("@%s_dipc_mibps %.2f\n", part, mibps);
       rc = 0;
     } else {
       printf("seqread: failed: %s\n", l.c_str());

@@ -222,6 +222,8 @@ def shm(args):
         make_pair("sequential first touch dipc / raw TCP bulk, bandwidth", scalar_ratios(e, "seqread_dipc_mibps",
                                                                                        "tcpbulk_mibps"),
                   0.5, higher_is_better=True),
+        make_pair("sequential first touch SHM_HUGETLB / normal pages, bandwidth",
+                  scalar_ratios(e, "seqread_huge_dipc_mibps", "seqread_dipc_mibps"), higher_is_better=True),
     ]
     if readers > 1:
         pairs.insert(3, make_pair(f"write upgrade, {readers} readers, p50 / TCP 4 KiB RTT (same cluster)",

@@ -22,15 +22,17 @@ uint32_t block_count(uint64_t segment_bytes, uint64_t block_size) {
   return n > std::numeric_limits<uint32_t>::max() ? 0 : static_cast<uint32_t>(n);
 }
 
-Geometry segment_geometry(uint64_t size, uint64_t block_size) {
+Geometry segment_geometry(uint64_t size, uint64_t block_size, uint64_t huge_page) {
   Geometry g;
   if (block_size < kSmallestPage || !std::has_single_bit(block_size) || size > (uint64_t{1} << 62)) return g;
-  uint64_t unit = std::min(block_size, kLargestPage);
+  if (huge_page && (huge_page < kSmallestPage || !std::has_single_bit(huge_page) || huge_page > (uint64_t{1} << 40)))
+    return g;
+  uint64_t unit = huge_page ? huge_page : std::min(block_size, kLargestPage);
   uint64_t mapped = (std::max<uint64_t>(size, 1) + unit - 1) / unit * unit;
   uint64_t block = std::clamp(block_size, unit, std::bit_ceil(mapped));
   uint32_t n = block_count(mapped, block);
   if (n == 0) return g;
-  return Geometry{mapped, block, n};
+  return Geometry{mapped, block, n, huge_page};
 }
 
 bool fits_page(const Geometry& g, uint64_t page) {

@@ -60,14 +60,17 @@ uint32_t block_count(uint64_t segment_bytes, uint64_t block_size);
 // attaches it (the home's block travels in the shmat answer, so nodes configured differently still agree). The
 // memory is the size rounded up to min(block_size, kLargestPage), and the block is block_size capped at that memory
 // rounded up to a power of two (a small segment is one block) but never below that rounding: every node whose page
-// size divides block_size (the cluster's [dsm] block_size >= every node's page size) maps it page-aligned. 
+// size divides block_size (the cluster's [dsm] block_size >= every node's page size) maps it page-aligned.
 // Computing it again from the home's block gives the home's layout. Zero `block` if the input is invalid.
+// A segment backed by huge pages (SHM_HUGETLB: `huge_page` is their size, a power of two) is rounded up to whole huge
+// pages and its block is at least one huge page: hugetlbfs maps, installs and punches whole huge pages only.
 struct Geometry {
   uint64_t mapped = 0;  // bytes every attaching process maps
   uint64_t block = 0;   // coherence unit
   uint32_t nblocks = 0;
+  uint64_t huge_page = 0;  // 0: normal pages; else the view is a hugetlbfs memfd of pages of this size
 };
-Geometry segment_geometry(uint64_t size, uint64_t block_size);
+Geometry segment_geometry(uint64_t size, uint64_t block_size, uint64_t huge_page = 0);
 // Whether a node with `page`-byte pages can map a segment of this layout (every block a whole number of pages).
 bool fits_page(const Geometry& g, uint64_t page);
 

@@ -6,9 +6,11 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <bit>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -29,6 +31,10 @@ namespace dipc::dsm {
 namespace {
 constexpr uint64_t kStateBytesPerBlock = 128;  // home directory, node cache and flags of one block, about
 constexpr uint32_t kMaxGarbage = 64;            // events an attach's userfaultfd may send that are not its faults
+constexpr unsigned kMfdHugeShift = 26;          // MFD_HUGE_SHIFT (<linux/memfd.h>): log2 of the huge page size
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
 
 // F's mapping and descriptor, released when the last deregistration of its chunks completed (the transport may
 // still copy into F until then).
@@ -44,6 +50,8 @@ struct FramesMapping {
     if (fd >= 0) close(fd);
   }
 };
+
+uint64_t addr_of(const void* p) { return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(p)); }
 
 Status errno_status(const char* what) {
   int e = errno;
@@ -62,6 +70,7 @@ Segment::Segment(Manager& m, uint64_t id, NodeId home, uint64_t size, const Geom
       size_(size),
       mapped_(g.mapped),
       block_(g.block),
+      huge_(g.huge_page),
       nblocks_(g.nblocks),
       cache_(id, nblocks_, m.self(), home, readahead_blocks(), kReadAheadWindows) {
   chunk_ = m.transport()->caps().pins_memory ? std::max(kPinChunk, block_) : mapped_;
@@ -83,6 +92,7 @@ Segment::~Segment() {
   if (view_fd_.get() >= 0 && mapped_ > 0 &&
       fallocate(view_fd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(mapped_)) != 0)
     DIPC_LOG_DEBUG("dsm: emptying the view of segment {}: {}", static_cast<int32_t>(id_), strerror(errno));
+  if (install_) munmap(install_, mapped_);  // with the view's last mapping in dipcd, its huge page reservation
   // F stays mapped until the transport has finished or cancelled every operation on it.
   std::shared_ptr<void> mapping = std::move(frames_map_);
   for (auto& c : chunks_) {
@@ -113,14 +123,24 @@ Result<const transport::MemRegion*> Segment::frames_chunk(uint64_t offset) {
 
 Status Segment::init() {
   if (nblocks_ == 0) return Status::err(EINVAL);
-  view_fd_.reset(memfd_create("dipc-shm-view", MFD_CLOEXEC | MFD_ALLOW_SEALING));
-  if (!view_fd_) return errno_status("memfd_create");
+  unsigned huge = huge_ ? MFD_HUGETLB | (static_cast<unsigned>(std::countr_zero(huge_)) << kMfdHugeShift) : 0;
+  view_fd_.reset(memfd_create("dipc-shm-view", MFD_CLOEXEC | MFD_ALLOW_SEALING | huge));
+  if (!view_fd_) {
+    if (huge_ && errno == EINVAL) {  // no pool of pages of that size on this node
+      DIPC_LOG_WARN("dsm: segment {}: this node has no huge pages of {} bytes", static_cast<int32_t>(id_), huge_);
+      return Status::err(EINVAL);
+    }
+    return errno_status("memfd_create");
+  }
   if (ftruncate(view_fd_.get(), static_cast<off_t>(mapped_)) != 0) return errno_status("ftruncate view");
   // Only the daemon may open the view by name: a program given a read-only descriptor cannot reopen it writable
   // through /proc/self/fd (the kernel checks the inode's mode there; an open descriptor keeps its access mode).
   if (fchmod(view_fd_.get(), 0600) != 0) return errno_status("chmod view");
   // Programs get this fd: they may map it, never resize it under the other processes.
   if (fcntl(view_fd_.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) return errno_status("seal view");
+  if (huge_) {
+    if (Status st = init_huge(); !st) return st;
+  }
   frames_fd_.reset(memfd_create("dipc-shm-frames", MFD_CLOEXEC));
   if (!frames_fd_) return errno_status("memfd_create");
   if (ftruncate(frames_fd_.get(), static_cast<off_t>(mapped_)) != 0) return errno_status("ftruncate frames");
@@ -140,10 +160,60 @@ Status Segment::init() {
   return Status::ok();
 }
 
+// hugetlbfs refuses write(2), so blocks are installed with UFFDIO_COPY through a mapping of V that only dipcd has and
+// never touches: the kernel copies a whole huge page, then adds it to V's page cache and maps it, so no local process
+// ever sees a page half written (a memcpy through a plain mapping would fault a zeroed page into V first, visible
+// to every process that touches it meanwhile). The mapping is shared, so it reserves the segment's huge pages on
+// this node as the kernel's shmget(SHM_HUGETLB) does: a node that cannot is refused here (ENOMEM), never later.
+Status Segment::init_huge() {
+  void* p = mmap(nullptr, mapped_, PROT_READ | PROT_WRITE, MAP_SHARED, view_fd_.get(), 0);
+  if (p == MAP_FAILED) {
+    int e = errno;
+    DIPC_LOG_WARN("dsm: segment {}: cannot reserve {} huge pages of {} bytes on this node: {}",
+                  static_cast<int32_t>(id_), mapped_ / huge_, huge_, strerror(e));
+    return Status::err(e == EINVAL ? EINVAL : ENOMEM);
+  }
+  install_ = static_cast<uint8_t*>(p);
+  install_uffd_.reset(static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY)));
+  if (!install_uffd_) return errno_status("userfaultfd for installs");
+  uffdio_api api{UFFD_API, 0, 0};
+  if (ioctl(install_uffd_.get(), UFFDIO_API, &api) != 0) return errno_status("UFFDIO_API");
+  uffdio_register r{{addr_of(install_), mapped_}, UFFDIO_REGISTER_MODE_MISSING, 0};
+  if (ioctl(install_uffd_.get(), UFFDIO_REGISTER, &r) != 0) return errno_status("UFFDIO_REGISTER of the install map");
+  if (!(r.ioctls & (uint64_t{1} << _UFFDIO_COPY))) return Status::err(ENOSYS);
+  return Status::ok();
+}
+
+// An install that fails leaves the block out of V: F (or, for a push, F once on_push copied it there) still holds
+// its data, and the parked accesses are woken, fault again and retry through handle_fault. With hugetlbfs that is
+// the pool without a free page (ENOMEM): only if something took the page a punch freed before drop_view reserved it
+// again. Logged once, then every 1000th time.
+uint64_t Segment::write_view(const uint8_t* src, uint64_t len, uint64_t off) {
+  uint64_t done = 0;
+  while (done < len) {
+    if (!huge_) {
+      ssize_t w = pwrite(view_fd_.get(), src + done, len - done, static_cast<off_t>(off + done));
+      if (w > 0) done += static_cast<uint64_t>(w);
+      if (w > 0 || (w < 0 && errno == EINTR)) continue;
+    } else {
+      uffdio_copy c{addr_of(install_ + off + done), addr_of(src + done), len - done, UFFDIO_COPY_MODE_DONTWAKE, 0};
+      int rc = ioctl(install_uffd_.get(), UFFDIO_COPY, &c);
+      if (c.copy > 0) done += static_cast<uint64_t>(c.copy);
+      if (rc == 0 || errno == EAGAIN) continue;  // EAGAIN: interrupted part-way (c.copy counts what was done)
+    }
+    if (install_failures_++ % 1000 == 0)
+      DIPC_LOG_ERROR("dsm: segment {}: installing {} bytes at {:#x} into the view failed ({} time(s)): {}{}",
+                     static_cast<int32_t>(id_), len - done, off + done, install_failures_, strerror(errno),
+                     huge_ && errno == ENOMEM ? " (no free huge page: the access waits for one)" : "");
+    break;
+  }
+  return done;
+}
+
 uint64_t Segment::block_len(uint32_t b) const { return std::min(block_, mapped_ - block_off(b)); }
 
 Status Segment::add_attach(uint64_t attach, int uffd, uint64_t addr, uint64_t len, bool rdonly) {
-  if (len != mapped_ || addr % m_.page_size()) {
+  if (len != mapped_ || addr % std::max(m_.page_size(), huge_)) {
     close(uffd);
     return Status::err(EINVAL);
   }
@@ -230,8 +300,8 @@ void Segment::handle_fault(uint64_t attach, uint64_t addr, bool write) {
     // sure, then let it retry. A read copy is protected first (an attach added since its install is not yet).
     if (!in_view(b)) {
       if (!cache_.writable(b)) write_protect_all(b, true);
-      fill_view(b);
-      if (flags_[b] & kSpareFrame) spare_q_.emplace_back(b, 1);
+      if (fill_view(b) && cache_.writable(b)) flags_[b] |= kDirty;
+      if (in_view(b) && (flags_[b] & kSpareFrame)) spare_q_.emplace_back(b, 1);
     }
     parked_[b].insert(attach);
     wake(b);
@@ -511,9 +581,9 @@ void Segment::apply(const LocalAction& a) {
       if (awaiting_.erase(b) && --m_.awaiting_ == 0) m_.loop().stop_polling();
       // Protection first, then the data: no local process ever sees the block with more access than granted.
       write_protect_all(b, !a.writable);
-      if (!in_view(b) && (a.writable || !lazy(b))) fill_view(b);
+      if (!in_view(b) && (a.writable || !lazy(b))) (void)fill_view(b);
       if (a.writable) flags_[b] &= static_cast<uint8_t>(~kSpareFrame);
-      if (a.writable) flags_[b] |= kDirty;
+      if (a.writable && in_view(b)) flags_[b] |= kDirty;  // else F still holds it (write_view failed)
       if (in_view(b) && (flags_[b] & kSpareFrame)) spare_q_.emplace_back(b, 1);
       return;
     case LocalAction::kWriteProtect:
@@ -586,13 +656,13 @@ void Segment::install_run(uint32_t first, uint32_t n) {
     }
     uint32_t e = b;
     while (e < first + n && !in_view(e) && !lazy(e)) ++e;
-    copy_into_view(b, e);
+    uint32_t in = copy_into_view(b, e);  // blocks in..e-1 stay out of V (write_view failed): faulted in later
     bool spare = false;
-    for (uint32_t x = b; x < e; ++x) {
+    for (uint32_t x = b; x < in; ++x) {
       flags_[x] |= kInView;
       spare = spare || (flags_[x] & kSpareFrame);
     }
-    if (spare) spare_q_.emplace_back(b, e - b);
+    if (spare) spare_q_.emplace_back(b, in - b);
     b = e;
   }
 }
@@ -690,25 +760,28 @@ void Segment::save_view(uint32_t b) {
   flags_[b] &= static_cast<uint8_t>(~(kDirty | kFrameGone));
 }
 
-void Segment::fill_view(uint32_t b) {
+bool Segment::fill_view(uint32_t b) {
   if (flags_[b] & kFrameGone) DIPC_LOG_ERROR("dsm: segment {} block {}: filled from a punched frame", id_, b);
-  copy_into_view(b, b + 1);
+  if (copy_into_view(b, b + 1) != b + 1) return false;
   flags_[b] |= kInView;
+  return true;
 }
 
-void Segment::copy_into_view(uint32_t first, uint32_t end) {
+uint32_t Segment::copy_into_view(uint32_t first, uint32_t end) {
   const PushSrc& p = push_src_;
   for (uint32_t b = first; b < end;) {
     bool msg = p.data && b >= p.first && b < p.first + p.n;
     uint32_t stop = msg ? std::min(end, p.first + p.n) : (p.data && b < p.first ? std::min(end, p.first) : end);
     uint64_t o = block_off(b), l = block_off(stop - 1) + block_len(stop - 1) - o;
     const uint8_t* src = msg ? p.data + (o - block_off(p.first)) : frames_ + o;
-    ssize_t w = pwrite(view_fd_.get(), src, l, static_cast<off_t>(o));
-    if (w != static_cast<ssize_t>(l)) DIPC_LOG_ERROR("dsm: fill blocks {}..{}: {}", b, stop - 1, strerror(errno));
+    uint64_t done = write_view(src, l, o);
+    if (done < l) stop = b + static_cast<uint32_t>(done / block_);  // the blocks wholly in V before the failure
     if (msg)
       for (uint32_t x = b; x < stop; ++x) push_src_.used[x - p.first] = true;
+    if (done < l) return stop;
     b = stop;
   }
+  return end;
 }
 
 // The punch also forgets the block's write protection (kProtected): uffd-wp is not reliably kept across it. The
@@ -721,6 +794,16 @@ void Segment::drop_view(uint32_t b) {
                 static_cast<off_t>(block_len(b))) != 0)
     DIPC_LOG_ERROR("dsm: punch block {}: {}", b, strerror(errno));
   flags_[b] &= static_cast<uint8_t>(~(kInView | kProtected));
+  if (huge_) {
+    // A hugetlbfs punch frees the page's reservation with the page: a shared mapping of the block reserves it
+    // again at once (the pool has the page just freed), so the next install of it never finds the pool empty.
+    void* p = mmap(nullptr, block_len(b), PROT_NONE, MAP_SHARED, view_fd_.get(), static_cast<off_t>(block_off(b)));
+    if (p == MAP_FAILED)
+      DIPC_LOG_ERROR("dsm: segment {} block {}: huge page not reserved again: {}", static_cast<int32_t>(id_), b,
+                     strerror(errno));
+    else
+      munmap(p, block_len(b));
+  }
 }
 
 // Memory held once (docs/ARCHITECTURE.md, "Memory on a node"): a read copy the home pushed is punched from F once
@@ -779,8 +862,8 @@ std::string Segment::status_line() const {
   }
   std::ostringstream os;
   os << "  shmid " << static_cast<int32_t>(id_) << " home " << home_ << " size " << size_ << " block " << block_
-     << " held shared " << shared << " exclusive " << excl << " local attaches " << attaches_.size()
-     << (dir_ ? " (home)" : "") << "\n";
+     << (huge_ ? " (huge pages)" : "") << " held shared " << shared << " exclusive " << excl << " local attaches "
+     << attaches_.size() << (dir_ ? " (home)" : "") << "\n";
   return os.str();
 }
 
@@ -804,7 +887,7 @@ int64_t Manager::now_us() {
       .count();
 }
 
-Result<Segment*> Manager::open(uint64_t id, NodeId home, uint64_t size, uint64_t home_block) {
+Result<Segment*> Manager::open(uint64_t id, NodeId home, uint64_t size, uint64_t home_block, uint64_t huge_page) {
   auto it = segs_.find(id);
   if (it != segs_.end()) return it->second.get();
   // Per-block coherence state (about kStateBytesPerBlock a block) lives in the daemon. A segment whose state would
@@ -820,7 +903,7 @@ Result<Segment*> Manager::open(uint64_t id, NodeId home, uint64_t size, uint64_t
                   static_cast<int32_t>(id), size, budget);
     return Status::err(ENOMEM);
   }
-  Geometry g = segment_geometry(size, want_block);
+  Geometry g = segment_geometry(size, want_block, huge_page);
   if (g.block == 0) return Status::err(EINVAL);
   if (!fits_page(g, page_)) {
     DIPC_LOG_ERROR("dsm: segment {:#x} of node {} has {}-byte blocks, smaller than this node's {}-byte pages: it "

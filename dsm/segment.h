@@ -10,9 +10,15 @@
 //    which resolves every fault of every local process.
 //  - the frames F: a second memfd mapped by dipcd only and registered with the transport: other nodes copy blocks
 //    out of it (one-sided read). With a provider that pins registered memory (Capabilities::pins_memory) F is
-//    registered in chunks of kPinChunk as they are first used, not the whole segment at shmget; else in one piece. F holds a block's latest data whenever the directory names this node the owner
-//    and the node does not map it writable; before a writable block is downgraded or invalidated, dipcd write-protects
-//    it everywhere and copies V into F.
+//    registered in chunks of kPinChunk as they are first used, not the whole segment at shmget; else in one piece. F
+//    holds a block's latest data whenever the directory names this node the owner and the node does not map it
+//    writable; before a writable block is downgraded or invalidated, dipcd write-protects it everywhere and copies V
+//    into F.
+//  - SHM_HUGETLB segments (Geometry::huge_page): V is a hugetlbfs memfd and a block is at least one huge page.
+//    hugetlbfs has no write(2), so dipcd installs blocks with UFFDIO_COPY into its own mapping of V (registered
+//    MISSING with a userfaultfd of its own, never touched otherwise), which puts the whole page into V's page cache at
+//    once; that mapping also holds the kernel's reservation of the segment's huge pages on this node, and a punched
+//    block is reserved again at once (a punch frees the page's reservation with it). F stays in normal pages.
 //
 // Runs on the daemon's loop thread. The coherence decisions are dsm/coherence.h's pure state machines; this file
 // only carries out their messages and local actions.
@@ -80,6 +86,7 @@ class Segment {
   uint64_t size() const { return size_; }
   uint64_t mapped_size() const { return mapped_; }
   uint64_t block_size() const { return block_; }
+  uint64_t huge_page() const { return huge_; }  // 0: normal pages
   int view_fd() const { return view_fd_.get(); }
   size_t attaches() const { return attaches_.size(); }
   const NodeCache& cache() const { return cache_; }
@@ -116,11 +123,17 @@ class Segment {
   void fetched(uint32_t block, Status st);  // the one-sided read of fetch() completed
   void write_protect_all(uint32_t block, bool wp);
   void save_view(uint32_t block);  // V -> F for a block present in V
-  void fill_view(uint32_t block);  // F (or the push being handled) -> V
-  void copy_into_view(uint32_t first, uint32_t end);  // blocks first..end-1 into V from where their data is
+  bool fill_view(uint32_t block);  // F (or the push being handled) -> V; false: not installed (write_view)
+  // Blocks first..end-1 into V from where their data is; returns the end of the prefix installed (end: all).
+  uint32_t copy_into_view(uint32_t first, uint32_t end);
   void install_run(uint32_t first, uint32_t n);  // kInstall read-only of blocks first..first+n-1, together
   void downgrade_run(uint32_t first, uint32_t n);  // kWriteProtect of blocks first..first+n-1, together
   void drop_view(uint32_t block);  // punch V: unmaps from every local process
+  Status init_huge();  // the hugetlbfs view's install mapping, its userfaultfd and the reservation of its pages
+  // Copies [src, src+len) into V at `off`: pwrite, or UFFDIO_COPY into the install mapping for hugetlbfs. Returns
+  // the bytes installed (len: all; less when the huge page pool had no page: logged).
+  uint64_t write_view(const uint8_t* src, uint64_t len, uint64_t off);
+  uint64_t install_failures_ = 0;
   void spare_frames(uint32_t first, uint32_t n);  // punch F of the blocks first..first+n-1 marked kSpareFrame
   void spare_queued();                            // spare_frames() of the runs installs queued in spare_q_
   bool lazy(uint32_t block) const;  // a read-only install leaves it out of V (the read-ahead mark)
@@ -136,9 +149,11 @@ class Segment {
   Manager& m_;
   uint64_t id_;
   NodeId home_;
-  uint64_t size_, mapped_, block_, chunk_;
+  uint64_t size_, mapped_, block_, chunk_, huge_;
   uint32_t nblocks_;
   UniqueFd view_fd_, frames_fd_;  // frames_fd_ passes to the FramesMapping once F is mapped
+  uint8_t* install_ = nullptr;    // hugetlbfs only: dipcd's mapping of V, the target of UFFDIO_COPY
+  UniqueFd install_uffd_;         // its userfaultfd (MISSING); nothing ever faults on it
   uint8_t* frames_ = nullptr;
   std::vector<transport::MemRegion> chunks_;  // by chunk index; id 0: not registered yet
   std::shared_ptr<void> frames_map_;          // unmaps F when the last deregistration completed
@@ -182,7 +197,9 @@ class Manager : public transport::Handler {
   // The segment `id` on this node; created (empty) if needed. The home creates it at shmget with this node's block
   // size; another node with the block size the home chose (ShmAtResp; 0: this node's own). EINVAL if this node's
   // pages are larger than that block (logged: the cluster's block_size is too small for this node).
-  Result<Segment*> open(uint64_t id, NodeId home, uint64_t size, uint64_t home_block = 0);
+  // huge_page: the segment is SHM_HUGETLB, backed by huge pages of that size on every node (ENOMEM when this node
+  // cannot reserve them).
+  Result<Segment*> open(uint64_t id, NodeId home, uint64_t size, uint64_t home_block = 0, uint64_t huge_page = 0);
   Segment* find(uint64_t id);
   void destroy(uint64_t id);  // the segment is gone cluster-wide (nattch 0 after IPC_RMID)
   size_t count() const { return segs_.size(); }

@@ -68,6 +68,20 @@ void read_one(int fd, T& out) {
 }
 }  // namespace
 
+uint64_t hugetlb_page_bytes(int shmflg) {
+  uint64_t kb = 0;  // the default huge page size, or the one asked for (log2 of the size in bits 26..31)
+  int log = (shmflg >> 26) & 0x3f;  // SHM_HUGE_SHIFT, SHM_HUGE_MASK (<linux/shm.h>)
+  if (log) {
+    kb = log >= 12 && log < 41 ? (uint64_t{1} << log) >> 10 : 0;
+  } else {
+    std::ifstream f("/proc/meminfo");  // "Hugepagesize:       2048 kB"
+    std::string line;
+    while (std::getline(f, line))
+      if (line.rfind("Hugepagesize:", 0) == 0) kb = std::stoull(line.substr(13));
+  }
+  return kb << 10;
+}
+
 int hugetlb_shm_check(const Creds& c, uint64_t size, int shmflg) {
   auto number = [](const std::string& path, uint64_t& out) {
     int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -75,16 +89,7 @@ int hugetlb_shm_check(const Creds& c, uint64_t size, int shmflg) {
     if (fd >= 0) close(fd);
     return fd >= 0;
   };
-  uint64_t kb = 0;  // the default huge page size, or the one asked for (log2 of the size in bits 26..31)
-  int log = (shmflg >> 26) & 0x3f;  // SHM_HUGE_SHIFT, SHM_HUGE_MASK (<linux/shm.h>)
-  if (log) {
-    kb = log >= 10 && log < 50 ? (uint64_t{1} << log) >> 10 : 0;
-  } else {
-    std::ifstream f("/proc/meminfo");  // "Hugepagesize:       2048 kB"
-    std::string line;
-    while (std::getline(f, line))
-      if (line.rfind("Hugepagesize:", 0) == 0) kb = std::stoull(line.substr(13));
-  }
+  uint64_t kb = hugetlb_page_bytes(shmflg) >> 10;
   std::string dir = "/sys/kernel/mm/hugepages/hugepages-" + std::to_string(kb) + "kB/";
   uint64_t free_pages = 0, resv = 0;
   if (kb == 0 || !number(dir + "free_hugepages", free_pages)) return EINVAL;

@@ -74,11 +74,13 @@ void ShmAtResp::encode(Encoder& e) const {
   e.u64(size);
   e.u64(mapped);
   e.u64(block);
+  e.u64(huge_page);
 }
 bool ShmAtResp::decode(Decoder& d) {
   size = d.u64();
   mapped = d.u64();
   block = d.u64();
+  huge_page = d.u64();
   return d.ok();
 }
 void ShmAttachReq::encode(Encoder& e) const {

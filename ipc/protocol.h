@@ -22,10 +22,12 @@
 
 namespace dipc::ipc {
 
-inline constexpr uint32_t kProtocolVersion = 6;  // 2: ShmAtResp carries the block size; 3: kernel-backed sets;
-                                                  // 4: ShmAttachReq.view_ino, kShmDt answers ShmDtResp;
-                                                  // 5: kernel-backed queues (kMsgCtlKernel, IpcInfoResp.hidden_b)
-                                                  // 6: kShmDt of a segment homed here is a one-way note
+inline constexpr uint32_t kProtocolVersion = 7;  // 2: ShmAtResp carries the block size; 3: kernel-backed sets;
+                                                 // 4: ShmAttachReq.view_ino, kShmDt answers ShmDtResp;
+                                                 // 5: kernel-backed queues (kMsgCtlKernel, IpcInfoResp.hidden_b)
+                                                 // 6: kShmDt of a segment homed here is a one-way note
+                                                 // 7: ShmAtResp.huge_page (SHM_HUGETLB backing); kShmAttachCheck and
+                                                  //    the one-way kShmAttached (a re-attach homed here)
 inline constexpr uint32_t kMaxSops = 32768;   // hard decode bound; the home enforces semopm
 inline constexpr uint32_t kMaxSems = 65536;   // hard decode bound; the home enforces semmsl
 inline constexpr uint32_t kMaxMsgText = 1u << 20;
@@ -219,6 +221,7 @@ struct ShmAtResp {
   uint64_t size = 0;    // shm_segsz
   uint64_t mapped = 0;  // bytes to map: size rounded up (dsm/coherence.h segment_geometry)
   uint64_t block = 0;   // the segment's coherence unit, chosen by its home (dsm/coherence.h)
+  uint64_t huge_page = 0;  // SHM_HUGETLB: the size of the huge pages backing it on every node; 0: normal pages
   void encode(Encoder& e) const;
   bool decode(Decoder& d);
 };

@@ -71,8 +71,10 @@ int Service::create_local(ObjType type, const Creds& c, int32_t key, int32_t nse
     kmsg_create(c, id, p.mode);
   } else {
     if (int e = alloc(shms_)) return e;
-    // The home's frames are the segment's backing store.
-    auto seg = dsm_.open(static_cast<uint32_t>(id), cfg_.self, size);
+    // The home's frames are the segment's backing store. SHM_HUGETLB: its view is in huge pages on every node
+    // (hugetlb_shm_check above made sure the size exists here).
+    uint64_t huge = (flg & SHM_HUGETLB) ? hugetlb_page_bytes(flg) : 0;
+    auto seg = dsm_.open(static_cast<uint32_t>(id), cfg_.self, size, 0, huge);
     if (!seg) {
       shms_.free.push_back(id_slot(id));
       return ENOMEM;

@@ -37,9 +37,10 @@ void Service::client_shmat(const Creds& c, ByteView body, FdReplyFn reply) {
     ShmAtResp r;
     if (st) return reply(st, Bytes(b.begin(), b.end()), -1);
     if (!decode_body(b, r) || r.mapped == 0 || r.block == 0) return reply(EIO, {}, -1);
-    auto seg = dsm_.open(static_cast<uint32_t>(req.id), home, r.size, r.block);
+    auto seg = dsm_.open(static_cast<uint32_t>(req.id), home, r.size, r.block, r.huge_page);
     if (!seg) return reply(seg.status().code() == EINVAL ? EINVAL : ENOMEM, {}, -1);
-    if ((*seg)->mapped_size() != r.mapped || (*seg)->block_size() != r.block) return reply(EIO, {}, -1);
+    if ((*seg)->mapped_size() != r.mapped || (*seg)->block_size() != r.block || (*seg)->huge_page() != r.huge_page)
+      return reply(EIO, {}, -1);
     // A read-only attach gets a read-only descriptor: the program cannot map it writable.
     std::string path = "/proc/self/fd/" + std::to_string((*seg)->view_fd());
     int fd = (req.flg & SHM_RDONLY) ? open(path.c_str(), O_RDONLY | O_CLOEXEC)
@@ -212,7 +213,8 @@ void Service::home_shmat(const HomeHeader& h, ByteView body, ReplyFn& reply) {
   if (!s) return reply(EINVAL, unknown_id());
   if (int e = s->attach_check(h.creds, r.flg)) return reply(e, {});
   dsm::Segment* seg = dsm_.find(static_cast<uint32_t>(r.id));
-  reply(0, encode_body(ShmAtResp{s->size(), seg ? seg->mapped_size() : 0, seg ? seg->block_size() : 0}));
+  reply(0, encode_body(ShmAtResp{s->size(), seg ? seg->mapped_size() : 0, seg ? seg->block_size() : 0,
+                                 seg ? seg->huge_page() : 0}));
 }
 
 void Service::home_shm_attach(uint16_t op, const HomeHeader& h, ByteView body, ReplyFn& reply) {

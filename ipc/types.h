@@ -77,6 +77,9 @@ struct Limits {
 // the node lacks, EPERM without CAP_IPC_LOCK or membership of vm.hugetlb_shm_group, ENOMEM when the node has too
 // few free huge pages to reserve (unless SHM_NORESERVE, which is also IPC_DIPC's bit). Returns 0 or the errno.
 int hugetlb_shm_check(const Creds& c, uint64_t size, int shmflg);
+// The size in bytes of the huge pages shmget(SHM_HUGETLB) asks for: the SHM_HUGE_SHIFT bits, else the node's
+// default huge page size; 0 when the node has none of that size.
+uint64_t hugetlb_page_bytes(int shmflg);
 
 // The home's limits are read when they are checked, as the kernel reads its namespace's sysctls, so a limit
 // lowered at run time applies to the next create. The files stay open; a refresh is one pread per file asked for

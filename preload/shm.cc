@@ -99,6 +99,7 @@ struct ShmConn {
     int fd = -1;
     uint64_t dev = 0, ino = 0;
     size_t mapped = 0;
+    bool huge = false;  // SHM_HUGETLB: never kept (a kept hugetlbfs memfd would hold its huge pages reserved)
   };
   std::deque<View> views;
   bool watched = false;  // in the watcher's poll set (it watches every open connection)
@@ -662,7 +663,10 @@ void* register_attach(const dipc_shm_target* t, ShmConn& c, int id, void* p, int
   s.attaches.push_back(Attach{pa, view.mapped, id, flg, &c, t});  // reserved by attach(): cannot fail
   ++c.attaches;
   watch_conns(&c);
-  if (t) {  // another process's attach: its next attach takes the full path (tools/exec.cc maps a view only once)
+  // Another process's attach: its next attach takes the full path (tools/exec.cc maps a view only once). An
+  // SHM_HUGETLB view is not kept either: its memfd holds the node's reservation of the segment's huge pages until
+  // the last descriptor closes, so a kept one would keep them from the pool after the segment is destroyed.
+  if (t || view.huge) {
     close(view.fd);
     return p;
   }
@@ -848,7 +852,7 @@ std::optional<void*> attach_noted(ShmConn& c, int id, uintptr_t a, bool fixed, i
 // dipcd says that view is not the segment's any more.
 void* attach_mapped(ShmConn& c, int id, uintptr_t a, bool fixed, int flg, ShmConn::View view) {
   int prot = PROT_READ | ((flg & SHM_RDONLY) ? 0 : PROT_WRITE) | ((flg & SHM_EXEC) ? PROT_EXEC : 0);
-  int mflags = ((flg & SHM_RDONLY) ? MAP_PRIVATE : MAP_SHARED) | (fixed ? MAP_FIXED_NOREPLACE : 0);
+  int mflags = ((flg & SHM_RDONLY) ? MAP_PRIVATE | MAP_NORESERVE : MAP_SHARED) | (fixed ? MAP_FIXED_NOREPLACE : 0);
   void* p = mmap(reinterpret_cast<void*>(a), view.mapped, prot, mflags, view.fd, 0);
   if (p == MAP_FAILED || (fixed && reinterpret_cast<uintptr_t>(p) != a)) {
     int err = p == MAP_FAILED ? (errno == EEXIST ? EINVAL : errno) : EINVAL;
@@ -938,7 +942,9 @@ std::optional<void*> attach(const dipc_shm_target* t, int id, const void* addr, 
   // A read-only attach gets an O_RDONLY memfd, and the kernel registers a MAP_SHARED mapping with a userfaultfd
   // only if it could be made writable (VM_MAYWRITE): it is mapped MAP_PRIVATE. Reads still see the view's pages
   // (dipcd fills them and punches them out); only a write after mprotect() would make a private copy.
-  int mflags = ((flg & SHM_RDONLY) ? MAP_PRIVATE : MAP_SHARED) |
+  // MAP_NORESERVE: a private mapping of a hugetlbfs view would otherwise reserve a second set of huge pages for
+  // copies on write that a read-only attach never makes.
+  int mflags = ((flg & SHM_RDONLY) ? MAP_PRIVATE | MAP_NORESERVE : MAP_SHARED) |
                (fixed ? ((flg & SHM_REMAP) ? MAP_FIXED : MAP_FIXED_NOREPLACE) : 0);
   void* p = map_in(t, reinterpret_cast<void*>(a), len, prot, mflags, at.fd);
   if (p == MAP_FAILED) return failed(errno == EEXIST ? EINVAL : errno);  // Linux: EINVAL on an overlap
@@ -962,7 +968,8 @@ std::optional<void*> attach(const dipc_shm_target* t, int id, const void* addr, 
     s.attaches.erase(gone, s.attaches.end());
   }
   undo.fd = -1;  // kept below once the attach worked; closed with it otherwise
-  ShmConn::View view{id, rdonly, at.fd, static_cast<uint64_t>(vst.st_dev), static_cast<uint64_t>(vst.st_ino), len};
+  ShmConn::View view{id,  rdonly,          at.fd, static_cast<uint64_t>(vst.st_dev), static_cast<uint64_t>(vst.st_ino),
+                     len, r.huge_page != 0};
   undo.map = nullptr;  // register_attach() owns the mapping now
   void* done = register_attach(t, *c, id, p, flg, view, false);
   if (done == MAP_FAILED) {

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "tests/harness/sim_cluster.h"
+#include "tests/integration/hugepages.h"
 #include "tests/integration/output.h"
 
 namespace dipc::test {
@@ -165,27 +166,6 @@ TEST_F(PolicyAll, LimitsLoweredAtRunTimeApplyToTheNextCreate) {
   EXPECT_TRUE(is_dipc_id(s)) << s;
   op(1, {"msgrm:" + q, "shmrm:" + s});
 }
-
-// vm.nr_hugepages raised by `more` for the scope (it is the host's: the simulated nodes share it), restored after.
-struct HugePages {
-  long before = -1;
-  explicit HugePages(long more) {
-    FILE* f = fopen("/proc/sys/vm/nr_hugepages", "r");
-    if (!f) return;
-    if (fscanf(f, "%ld", &before) != 1) before = -1;
-    fclose(f);
-    if (before >= 0 && more) set(before + more);
-  }
-  ~HugePages() {
-    if (before >= 0) set(before);
-  }
-  static bool set(long n) {
-    FILE* f = fopen("/proc/sys/vm/nr_hugepages", "w");
-    if (!f) return false;
-    bool ok = fprintf(f, "%ld\n", n) > 0;
-    return fclose(f) == 0 && ok;
-  }
-};
 
 TEST_F(PolicyAll, ShmHugetlbIsCheckedAsTheKernelChecksIt) {
   // Root: the kernel's answer (ENOMEM on a machine without free huge pages, an id with a free one) is dipc's. An

@@ -19,6 +19,7 @@
 #include <sstream>
 
 #include "tests/harness/sim_cluster.h"
+#include "tests/integration/hugepages.h"
 #include "tests/integration/output.h"
 
 namespace dipc::test {
@@ -685,6 +686,90 @@ TEST_F(Shm, PermissionsRefuseNobodyOnAnotherNode) {
 
 namespace dipc::test {
 namespace {
+
+// SHM_HUGETLB segments are backed by huge pages on every node that caches them (a hugetlbfs view, blocks of one huge
+// page): they count in the host's pool as the kernel's own segment does, once per node that holds a page (the
+// simulated nodes share the host's pool), stay strictly coherent, and a node that cannot reserve them is refused
+// at shmat (ENOMEM) instead of failing later.
+TEST_F(Shm, HugetlbSegmentsAreBackedByHugePagesOnEveryNodeAndStayCoherent) {
+  constexpr long kPages = 8;
+  HugePages pool(2 * kPages + 4);
+  const long hp = HugePages::meminfo("Hugepagesize") * 1024;
+  if (hp <= 0 || HugePages::available() < 2 * kPages + 2)
+    GTEST_SKIP() << "the kernel cannot provide " << 2 * kPages + 2 << " huge pages (vm.nr_hugepages; root needed)";
+  const long free0 = HugePages::meminfo("HugePages_Free"), rsvd0 = HugePages::meminfo("HugePages_Rsvd");
+  const std::string hps = std::to_string(hp);
+
+  // The size is reported as asked, as the kernel reports it (not rounded to huge pages).
+  const long size = kPages * hp - 100;
+  std::string kout = tool(1, {"get:" + key(40) + ":" + std::to_string(size) + ":creat+excl+huge+0600", "stat", "rm"});
+  std::string out = tool(1, {"get:" + key(41) + ":" + std::to_string(size) + ":creat+excl+dipc+huge+0600", "at",
+                             "sparsew:" + hps, "stat"});
+  std::string id = field(out, "get");
+  ASSERT_TRUE(!id.empty() && id[0] != '-') << out;
+  EXPECT_EQ(kv(field(out, "stat"), "segsz"), std::to_string(size));
+  EXPECT_EQ(kv(field(out, "stat"), "segsz"), kv(field(kout, "stat"), "segsz")) << kout;
+  EXPECT_EQ(field(out, "sparsew"), std::to_string(kPages + 1));  // a word on every huge page and the last word
+  // The home holds the kPages pages it wrote, in huge pages.
+  const long free1 = HugePages::meminfo("HugePages_Free");
+  EXPECT_EQ(free0 - free1, kPages);
+  // Another node reads every one of them: its view takes kPages more; the home keeps its (now shared) copies.
+  out = tool(2, {"get:" + key(41) + ":0:dipc+0600", "at", "sparsec:" + hps});
+  EXPECT_EQ(field(out, "sparsec"), "0") << out;
+  EXPECT_EQ(free1 - HugePages::meminfo("HugePages_Free"), kPages);
+
+  // A ping-pong of writes through one huge page between the two nodes: every turn moves the page.
+  const std::string pk = key(42), rounds = "100";
+  std::string pid = field(tool(1, {"get:" + pk + ":4096:creat+excl+dipc+huge+0666"}), "get");
+  ASSERT_TRUE(!pid.empty() && pid[0] != '-') << pid;
+  auto a = work(1, {"pingpong", pk, "0", rounds});
+  auto b = work(2, {"pingpong", pk, "1", rounds});
+  for (auto* p : {&a, &b}) {
+    out = finish(*p, "pingpong");
+    EXPECT_EQ(field(out, "errors"), "0");
+    EXPECT_EQ(field(out, "counter"), "200");
+  }
+  // Written on node 2 after the home's reads: node 1 sees it, and node 2's copy is taken back for the home's write.
+  out = tool(2, {"at:" + id, "w:" + std::to_string(3 * hp + 8) + ":77"});
+  out = tool(
+      1, {"at:" + id, "r:" + std::to_string(3 * hp + 8), "w:" + std::to_string(3 * hp + 16) + ":78", "sparsec:" + hps});
+  EXPECT_EQ(field(out, "r"), "77");
+  EXPECT_EQ(field(out, "sparsec"), "0") << out;
+  EXPECT_EQ(field(tool(2, {"at:" + id, "r:" + std::to_string(3 * hp + 16)}), "r"), "78");
+  // A read-only attach (mapped MAP_PRIVATE | MAP_NORESERVE) reads the same data and reserves nothing more.
+  const long avail = HugePages::available();
+  out = tool(2, {"at:" + id + ":rdonly", "sparsec:" + hps, "r:" + std::to_string(3 * hp + 16)});
+  EXPECT_EQ(field(out, "sparsec"), "0") << out;
+  EXPECT_EQ(field(out, "r"), "78");
+  EXPECT_EQ(HugePages::available(), avail);
+
+  // A node that cannot reserve the segment's huge pages: the home reserved what was left of the pool, the other
+  // node's shmat fails with ENOMEM (the kernel reserves a SHM_HUGETLB segment whole at shmget; a caching node
+  // reserves it whole at its first attach), and nothing is held by the failure.
+  const long left = HugePages::available();
+  ASSERT_GT(left, 0);
+  // One page more than the pool can reserve: the home refuses it at shmget, as the kernel does.
+  EXPECT_EQ(
+      field(tool(1, {"get:" + key(44) + ":" + std::to_string((left + 1) * hp) + ":creat+excl+dipc+huge+0600"}), "get"),
+      "-1 ENOMEM");
+  EXPECT_EQ(HugePages::available(), left);
+  std::string big =
+      field(tool(1, {"get:" + key(43) + ":" + std::to_string(left * hp) + ":creat+excl+dipc+huge+0600"}), "get");
+  ASSERT_TRUE(!big.empty() && big[0] != '-') << big;
+  EXPECT_EQ(HugePages::available(), 0);
+  EXPECT_EQ(field(tool(2, {"at:" + big}), "at"), "-1 ENOMEM");
+  EXPECT_EQ(field(tool(1, {"at:" + big, "w:0:5", "r:0"}), "r"), "5");  // the home's own attach works
+
+  // Removed, every node drops the segments' huge pages and their reservations (the other node hears of it a
+  // message later: bounded polling).
+  tool(1, {"rm:" + id, "rm:" + pid, "rm:" + big});
+  auto deadline = Clock::now() + std::chrono::seconds(30);
+  while ((HugePages::meminfo("HugePages_Free") != free0 || HugePages::meminfo("HugePages_Rsvd") != rsvd0) &&
+         Clock::now() < deadline)
+    tool(1, {"print:poll"});
+  EXPECT_EQ(HugePages::meminfo("HugePages_Free"), free0);
+  EXPECT_EQ(HugePages::meminfo("HugePages_Rsvd"), rsvd0);
+}
 
 // The coherence unit and the quantum are configurable: the same workloads with 64 KiB blocks (16 pages move and are
 // invalidated together, so false sharing between the words of different processes is heavy) and no quantum at all

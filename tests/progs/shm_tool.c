@@ -2,7 +2,7 @@
  * Plain SysV code (+ IPC_DIPC). Keys and numbers are hex (0x...) or decimal; '@' as an id means the id the last get
  * returned. At most one attachment is current ("the segment"); OFF is a byte offset into it (8-aligned for words).
  *
- *   get:KEY:SIZE:FLAGS       shmget; FLAGS: creat+excl+dipc+0644 (octal mode)        -> get=ID
+ *   get:KEY:SIZE:FLAGS       shmget; FLAGS: creat+excl+dipc+huge+0644 (octal mode; huge: SHM_HUGETLB) -> get=ID
  *   at[:ID[:FLAGS]]          shmat (default id @); FLAGS: rdonly, and nostat: no IPC_STAT after the attach (the
  *                            segment's size stays unknown: offsets are not bounds-checked) -> at=0
  *   dt                       shmdt of the current attachment                          -> dt=0
@@ -70,6 +70,7 @@ static int flags(const char *s) {
     else if (!strcmp(tok, "excl")) f |= IPC_EXCL;
     else if (!strcmp(tok, "dipc")) f |= IPC_DIPC;
     else if (!strcmp(tok, "rdonly")) f |= SHM_RDONLY;
+    else if (!strcmp(tok, "huge")) f |= SHM_HUGETLB;
     else f |= (int)strtol(tok, NULL, 8);
   }
   return f;

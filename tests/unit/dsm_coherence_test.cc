@@ -170,6 +170,32 @@ TEST(DsmGeometry, SegmentLayoutIsPageAlignedOnEveryNodeAndTheHomesBlockGivesTheH
   EXPECT_EQ(segment_geometry(100, 12288).block, 0u);  // not a power of two
 }
 
+TEST(DsmGeometry, HugetlbSegmentsAreWholeHugePagesAndTheirBlocksAtLeastOne) {
+  constexpr uint64_t kHuge = uint64_t{2} << 20;
+  auto g = segment_geometry(100, 4096, kHuge);  // one huge page, one block, whatever [dsm] block_size says
+  EXPECT_EQ(g.mapped, kHuge);
+  EXPECT_EQ(g.block, kHuge);
+  EXPECT_EQ(g.nblocks, 1u);
+  EXPECT_EQ(g.huge_page, kHuge);
+  g = segment_geometry(5 * kHuge + 1, 4096, kHuge);
+  EXPECT_EQ(g.mapped, 6 * kHuge);
+  EXPECT_EQ(g.block, kHuge);
+  EXPECT_EQ(g.nblocks, 6u);
+  g = segment_geometry(5 * kHuge, 4 * kHuge, kHuge);  // larger blocks stay whole huge pages
+  EXPECT_EQ(g.mapped, 5 * kHuge);
+  EXPECT_EQ(g.block, 4 * kHuge);
+  EXPECT_EQ(g.nblocks, 2u);
+  // Another node given the home's block and huge page size gets the home's layout.
+  for (uint64_t size : {uint64_t{1}, kHuge - 1, kHuge + 1, uint64_t{12345678}}) {
+    Geometry home = segment_geometry(size, 4096, kHuge), other = segment_geometry(size, home.block, kHuge);
+    EXPECT_EQ(other.mapped, home.mapped) << size;
+    EXPECT_EQ(other.block, home.block) << size;
+    EXPECT_EQ(home.mapped % kHuge, 0u) << size;
+  }
+  EXPECT_EQ(segment_geometry(100, 4096, 3u << 20).block, 0u);  // not a power of two
+  EXPECT_EQ(segment_geometry(100, 4096).huge_page, 0u);
+}
+
 TEST(DsmNodeSet, Basics) {
   NodeSet s;
   EXPECT_TRUE(s.empty());
