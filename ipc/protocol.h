@@ -27,7 +27,7 @@ inline constexpr uint32_t kProtocolVersion = 7;  // 2: ShmAtResp carries the blo
                                                  // 5: kernel-backed queues (kMsgCtlKernel, IpcInfoResp.hidden_b)
                                                  // 6: kShmDt of a segment homed here is a one-way note
                                                  // 7: ShmAtResp.huge_page (SHM_HUGETLB backing); kShmAttachCheck and
-                                                  //    the one-way kShmAttached (a re-attach homed here)
+                                                 //    the one-way kShmAttached (a re-attach homed here)
 inline constexpr uint32_t kMaxSops = 32768;   // hard decode bound; the home enforces semopm
 inline constexpr uint32_t kMaxSems = 65536;   // hard decode bound; the home enforces semmsl
 inline constexpr uint32_t kMaxMsgText = 1u << 20;
