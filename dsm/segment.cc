@@ -486,7 +486,9 @@ void Segment::run(std::vector<Msg>& out, std::vector<LocalAction>& local) {
   for (size_t i = 0; i < local.size(); ++i) {
     const LocalAction& a = local[i];
     if (a.kind == LocalAction::kFetchData && a.node == kNoNode) {
-      std::memset(frames_ + block_off(a.block), 0, block_len(a.block));
+      // On the home, F of a block never written reads as zeros: only V is filled, with zeros (copy_into_view).
+      if (home_spares()) flags_[a.block] |= kZeroFill;
+      else std::memset(frames_ + block_off(a.block), 0, block_len(a.block));
       ++m_.stats().zero_fills;
       ready.push_back(a.block);
       continue;
@@ -554,6 +556,7 @@ void Segment::apply(const LocalAction& a) {
       return;
     case LocalAction::kInvalidate:
       ++m_.stats().invalidations;
+      flags_[b] &= static_cast<uint8_t>(~kZeroFill);  // held no more: what the home gets next comes through F
       // The block leaves V: F must hold it if it was written here, or if the home released F (V held it alone).
       if ((flags_[b] & kDirty) || (dir_ && in_view(b) && (flags_[b] & kFrameGone))) {
         write_protect_all(b, true);  // stop writers before the last copy into the frame
@@ -694,7 +697,7 @@ void Segment::fetched(uint32_t b, Status st) {
     return;
   }
   ++m_.stats().remote_fetches;
-  flags_[b] &= static_cast<uint8_t>(~(kInView | kFrameGone | kSpareFrame));  // the fresh frame goes into V at install
+  flags_[b] &= static_cast<uint8_t>(~(kInView | kFrameGone | kSpareFrame | kZeroFill));  // into V at install
   std::vector<Msg> out;
   std::vector<LocalAction> local;
   cache_.on_data_ready(b, Manager::now_us(), out, local);
@@ -742,10 +745,28 @@ void Segment::fill_view(uint32_t b) {
 }
 
 void Segment::copy_into_view(uint32_t first, uint32_t end) {
+  static const uint8_t kZeros[64u << 10] = {};
   const PushSrc& p = push_src_;
   for (uint32_t b = first; b < end;) {
+    if (flags_[b] & kZeroFill) {  // zeros into V; F holds nothing for it (kFrameGone: V holds the block)
+      uint64_t o = block_off(b), l = block_len(b), done = 0;
+      while (done < l) {
+        size_t k = static_cast<size_t>(std::min<uint64_t>(sizeof kZeros, l - done));
+        ssize_t w = pwrite(view_fd_.get(), kZeros, k, static_cast<off_t>(o + done));
+        if (w <= 0) {
+          DIPC_LOG_ERROR("dsm: zero fill of block {}: {}", b, w < 0 ? strerror(errno) : "short write");
+          break;
+        }
+        done += static_cast<uint64_t>(w);
+      }
+      if (done == l) flags_[b] = static_cast<uint8_t>((flags_[b] & ~kZeroFill) | kFrameGone);
+      ++b;
+      continue;
+    }
     bool msg = p.data && b >= p.first && b < p.first + p.n;
     uint32_t stop = msg ? std::min(end, p.first + p.n) : (p.data && b < p.first ? std::min(end, p.first) : end);
+    for (uint32_t z = b + 1; z < stop; ++z)
+      if (flags_[z] & kZeroFill) stop = z;
     uint64_t o = block_off(b), l = block_off(stop - 1) + block_len(stop - 1) - o;
     const uint8_t* src = msg ? p.data + (o - block_off(p.first)) : frames_ + o;
     ssize_t w = pwrite(view_fd_.get(), src, l, static_cast<off_t>(o));

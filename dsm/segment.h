@@ -12,7 +12,9 @@
 //    out of it (one-sided read). With a provider that pins registered memory (Capabilities::pins_memory) F is
 //    registered in chunks of kPinChunk as they are first used, not the whole segment at shmget; else in one piece. F holds a block's latest data whenever the directory names this node the owner
 //    and the node does not map it writable; before a writable block is downgraded or invalidated, dipcd write-protects
-//    it everywhere and copies V into F.
+//    it everywhere and copies V into F. On the home (provider not pinning memory) F is released for every block V
+//    holds, and the coherence model's "home frame" of such a block is V: a push reads it there, a grant naming the
+//    home's frame copies it into F first (lend_frames), an invalidation copies it into F before V is punched.
 //
 // Runs on the daemon's loop thread. The coherence decisions are dsm/coherence.h's pure state machines; this file
 // only carries out their messages and local actions.
@@ -158,8 +160,12 @@ class Segment {
   // kSpareFrame: F need not keep the copy being installed once it is in V (spare_frames): a read copy the home
   // pushed, or on the home any block in V; kFrameGone: F was punched for it (V holds the node's copy, F holds
   // nothing); kFrameLent (home): a transfer the home does not see the end of may read F (a grant that names the
-  // home's frame, a one-sided push): F is kept until the home next holds the block writable.
-  enum : uint8_t { kInView = 1, kProtected = 2, kDirty = 4, kSpareFrame = 8, kFrameGone = 16, kFrameLent = 32 };
+  // home's frame, a one-sided push): F is kept until the home next holds the block writable; kZeroFill (home): a
+  // block never written, granted as a zero fill: V gets zeros, F is not touched (the home's F of a never-written
+  // block reads as zeros already).
+  enum : uint8_t {
+    kInView = 1, kProtected = 2, kDirty = 4, kSpareFrame = 8, kFrameGone = 16, kFrameLent = 32, kZeroFill = 64
+  };
   std::vector<uint8_t> flags_;
   bool in_view(uint32_t b) const { return flags_[b] & kInView; }
   std::map<uint64_t, Attach> attaches_;
