@@ -15,6 +15,8 @@
 #       Jacobi: 2 processes on node1 with native shm + semaphores, then one process on node1 and one on node2
 #   (R+1)-node cluster (R = DIPC_SHM_UPGRADE_READERS, default 3; 0 skips), every round: raw TCP 4 KiB, dipc write
 #     upgrade with R reader nodes; Jacobi with 3 and 4 processes, native (one node) and dipc (one per node)
+#     every round, with DIPC_SHM_ARGO: the same read miss, write miss, first touch and Jacobi written against Argo DSM
+#       (bench/argo_bench.cc, built by bench/argo.sh), run with MPICH over the same nodes' network namespaces
 #   If the 2-node cluster cannot start, the native parts (STREAM native, uffd, Jacobi native) run on this host.
 #
 # Knobs: DIPC_SHM_PARTS (a regex of part names to run, e.g. 'tcp4k|readmiss|upgrade1|tcpbulk|seqread'; default all),
@@ -22,6 +24,7 @@
 # (32), DIPC_SHM_STREAM_N (8388608 doubles per array), DIPC_SHM_PASSES (30), DIPC_SHM_JACOBI_N (1024),
 # DIPC_SHM_PART_TIMEOUT (600 s per part), DIPC_BENCH_SPINNERS (busy loops per node), DIPC_BENCH_SCHED (the daemons'
 # [cluster] sched), DIPC_BENCH_OUT (output directory), DIPC_BENCH_CPUS=0 pins every process (as bench/run.sh).
+# DIPC_SHM_ARGO=PATH: the argo_bench binary bench/argo.sh built (needs MPICH's mpiexec; UCX over tcp on eth0).
 # DIPC_SHM_BENCH_KERNEL_SHM=1 is a self-test of the orchestration: loopback clusters (one shared IPC namespace),
 # "dipc" segments are kernel segments.
 #
@@ -130,6 +133,19 @@ on() {
     timeout -k 10 "$tmo" "$bin/dipc-sim" exec --dir "$d" "${pre[@]}" "$n" -- "$@"
 }
 
+# argo DIR P ARGS...: runs DIPC_SHM_ARGO ARGS as P MPI ranks, rank k on node k+1 of the cluster in DIR: mpiexec on
+# node1, each other node's proxy started in that node's namespaces by bench/argo_launcher.sh, UCX over tcp on eth0.
+# ARGO_ALLOCATION_POLICY (Argo's page placement) passes through when set.
+argo() {
+  local d=$1 np=$2 hosts="" k
+  shift 2
+  for ((k = 1; k <= np; k++)); do hosts+="${hosts:+,}$(cat "$d/node$k.addr")"; done
+  on "$d" node1 env DIPC_SIM="$bin/dipc-sim" DIPC_SIM_DIR="$d" UCX_TLS=tcp,self UCX_NET_DEVICES=eth0 \
+    ${ARGO_ALLOCATION_POLICY:+ARGO_ALLOCATION_POLICY=$ARGO_ALLOCATION_POLICY} \
+    mpiexec -launcher ssh -launcher-exec "$top/bench/argo_launcher.sh" -iface eth0 -hosts "$hosts" -n "$np" -ppn 1 \
+    -genvlist "UCX_TLS,UCX_NET_DEVICES${ARGO_ALLOCATION_POLICY:+,ARGO_ALLOCATION_POLICY}${ARGO_MEMORY_SIZE:+,ARGO_MEMORY_SIZE}${ARGO_CACHE_SIZE:+,ARGO_CACHE_SIZE}" "$DIPC_SHM_ARGO" "$@"
+}
+
 # Sums the page-traffic counters of `dipc status` over node1 and node2, one "name N" line per counter: every
 # "pages <what> N" line and every "<word...> N" pair of a line starting "dsm " (e.g. "dsm faults 3 zero-fills 1").
 page_counters() {
@@ -167,6 +183,7 @@ if up 2; then
     part uffd on "$c2" node1 "$bin/shm_bench" uffd --iters "$iters"
     part tcp4k on "$c2" node1 "$bin/shm_bench" tcp --iters "$iters"
     part readmiss on "$c2" node1 --preload "$bin/shm_bench" readmiss --iters "$iters"
+    part writemiss on "$c2" node1 --preload "$bin/shm_bench" readmiss --write --iters "$iters"
     part upgrade1 on "$c2" node1 --preload "$bin/shm_bench" upgrade --readers 1 --iters "$iters"
     part tcpbulk on "$c2" node1 "$bin/shm_bench" tcpbulk --mib "$touch_mib"
     part seqread on "$c2" node1 --preload "$bin/shm_bench" seqread --mib "$touch_mib"
@@ -175,6 +192,12 @@ if up 2; then
     part jacobi_dipc on "$c2" node1 --preload "$bin/shm_bench" jacobi --mode dipc --n "$jn" --sweeps "$sweeps" \
       --nodes node1,node2
     page_counters "$c2" >"$work/pages.after"
+    if [ -n "${DIPC_SHM_ARGO:-}" ]; then
+      part argo_readmiss argo "$c2" 2 readmiss "$iters"
+      part argo_writemiss argo "$c2" 2 writemiss "$iters"
+      part argo_seqread argo "$c2" 2 seqread "$touch_mib"
+      part argo_jacobi argo "$c2" 2 jacobi "$jn" "$sweeps"
+    fi
     if grep -q "^@$round jacobi_dipc2_us_per_sweep" "$log"; then
       # Counters also include the warm-up sweeps (3) and the first touch; reported per timed sweep all the same.
       awk -v s="$sweeps" -v r="$round" 'NR == FNR { b[$1] = $2; next }

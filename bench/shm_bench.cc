@@ -11,6 +11,7 @@
 //       raw TCP 4 KiB request / 4 KiB response round trip between this node and node2.
 //   shm_bench readmiss [--iters N]           (dipc; needs DIPC_SIM, DIPC_SIM_DIR)
 //       node1 (this process) writes a word of a page, then a process on node2 reads it: the time of that read.
+//       With --write, node2 stores into it instead: the time of that store (a write miss; key "writemiss").
 //   shm_bench upgrade --readers R [--iters N]  (dipc; R+1 nodes)
 //       a process on node2 stores into a page read-shared by R reader processes (node1, node3, ...) and itself:
 //       the time of that store.
@@ -714,7 +715,9 @@ int run_tcp(const Args& args) {
 // Segment: 2 pages, the word is at the start of page 1. Semaphores (a separate dipc set): 0 = reader may read,
 // 1 = writer may write. Only the reader's load is timed.
 
-int readmiss_reader(int shmid, int semid, size_t iters, size_t warm) {
+// With `write`, node2's access is a store instead of a load (a write miss: node1 holds the only, writable, copy), and
+// node1 checks before its next store that it reads node2's value.
+int readmiss_reader(int shmid, int semid, size_t iters, size_t warm, bool write) {
   auto* page = static_cast<char*>(attach(shmid)) + kPage;
   volatile long* w = reinterpret_cast<volatile long*>(page);
   say("ready");
@@ -722,7 +725,11 @@ int readmiss_reader(int shmid, int semid, size_t iters, size_t warm) {
   for (size_t i = 0; i < iters + warm; ++i) {
     if (!sem(semid, {{0, -1, 0}})) die("readmiss: semaphores removed");
     int64_t t0 = now_ns();
-    long x = *w;
+    long x = static_cast<long>(i + 1);
+    if (write)
+      *w = -x;
+    else
+      x = *w;
     int64_t t1 = now_ns();
     if (x != static_cast<long>(i + 1)) {
       fprintf(stderr, "shm_bench readmiss: read %ld, expected %zu (not coherent)\n", x, i + 1);
@@ -740,29 +747,36 @@ int run_readmiss(const Args& args) {
   size_t iters = static_cast<size_t>(args.num("--iters", 2000));
   size_t warm = 50;
   std::string reader_node = args.get("--reader", g_peer);
-  int shmid = dipc_segment("readmiss", 2 * kPage);
+  bool write = args.has("--write");
+  const char* key = write ? "writemiss" : "readmiss";
+  int shmid = dipc_segment(key, 2 * kPage);
   int semid = semget(IPC_PRIVATE, 2, IPC_DIPC | IPC_CREAT | 0600);
   if (semid < 0 || !is_dipc_id(semid)) die("dipc semget");
   volatile long* w = reinterpret_cast<volatile long*>(static_cast<char*>(attach(shmid)) + kPage);
   *w = 0;
   Child r = spawn(reader_node, true,
                   {"readmiss-reader", std::to_string(shmid), std::to_string(semid), std::to_string(iters),
-                   std::to_string(warm)});
+                   std::to_string(warm), write ? "1" : "0"});
   int rc = 1;
+  bool coherent = true;
   if (wait_ready(r)) {
     for (size_t i = 0; i < iters + warm; ++i) {
+      if (write && i > 0 && *w != -static_cast<long>(i)) {  // node2's store of the previous round
+        printf("writemiss: read %ld on this node, expected %ld (not coherent)\n", *w, -static_cast<long>(i));
+        coherent = false;
+      }
       *w = static_cast<long>(i + 1);  // node1 holds the latest copy; the reader's copy is invalidated
       if (!sem(semid, {{0, 1, 0}}) || !sem(semid, {{1, -1, 0}})) break;
     }
     std::string l;
     Stats s;
-    if (getline(r, l) && parse_stats(l, s)) {
-      printf("dipc remote read miss (page written on this node, read on %s): %s\n", reader_node.c_str(),
-             stats_line(s).c_str());
-      printf("%s", stats_keys("readmiss", s).c_str());
+    if (getline(r, l) && parse_stats(l, s) && coherent) {
+      printf("dipc remote %s miss (page written on this node, %s on %s): %s\n", write ? "write" : "read",
+             write ? "written" : "read", reader_node.c_str(), stats_line(s).c_str());
+      printf("%s", stats_keys(key, s).c_str());
       rc = 0;
     } else {
-      printf("readmiss: failed: %s\n", l.c_str());
+      printf("%s: failed: %s\n", key, l.c_str());
     }
   }
   semctl(semid, 0, IPC_RMID);
@@ -1224,7 +1238,7 @@ int main(int argc, char** argv) {
   if (cmd == "memory-reader") return memory_reader(static_cast<int>(arg(2)), static_cast<size_t>(arg(3)));
   if (cmd == "readmiss-reader")
     return readmiss_reader(static_cast<int>(arg(2)), static_cast<int>(arg(3)), static_cast<size_t>(arg(4)),
-                           static_cast<size_t>(arg(5)));
+                           static_cast<size_t>(arg(5)), arg(6) != 0);
   if (cmd == "upgrade-writer")
     return upgrade_writer(static_cast<int>(arg(2)), static_cast<int>(arg(3)), static_cast<int>(arg(4)),
                           static_cast<size_t>(arg(5)), static_cast<size_t>(arg(6)));

@@ -217,14 +217,29 @@ def shm(args):
                   3.0 if loaded else 1.3),
         make_pair("write upgrade, 1 reader, p50 / TCP 4 KiB RTT", per_round(e, "upgrade1", "tcp4k"),
                   3.0 if loaded else 1.5),
-        make_pair(f"write upgrade, {readers} readers, p50 / TCP 4 KiB RTT (same cluster)",
-                  per_round(e, f"upgrade{readers}", f"tcp4k_n{readers + 1}")),
         make_pair("Jacobi 2 nodes dipc / 2 processes native, per sweep", scalar_ratios(e, "jacobi_dipc2_us_per_sweep",
                                                                                       "jacobi_native2_us_per_sweep")),
         make_pair("sequential first touch dipc / raw TCP bulk, bandwidth", scalar_ratios(e, "seqread_dipc_mibps",
                                                                                        "tcpbulk_mibps"),
                   0.5, higher_is_better=True),
     ]
+    if readers > 1:
+        pairs.insert(3, make_pair(f"write upgrade, {readers} readers, p50 / TCP 4 KiB RTT (same cluster)",
+                                  per_round(e, f"upgrade{readers}", f"tcp4k_n{readers + 1}")))
+    if "writemiss" in e:
+        pairs.append(make_pair("write miss p50 / (TCP 4 KiB RTT + uffd resolve)",
+                               per_round(e, "writemiss", ["tcp4k", "uffd_proc"])))
+    if any(k.startswith(("argo_", "seqread_argo", "jacobi_argo")) for k in e):
+        # bench/argo.sh: Argo DSM's time over dipc's for the same kernel in the same round (> 1: dipc is faster).
+        pairs += [
+            make_pair("Argo / dipc: read miss p50", per_round(e, "argo_readmiss", "readmiss")),
+            make_pair("Argo / dipc: write miss p50", per_round(e, "argo_writemiss", "writemiss")),
+            make_pair("Argo / dipc: Jacobi 2 nodes, time per sweep",
+                      scalar_ratios(e, "jacobi_argo2_us_per_sweep", "jacobi_dipc2_us_per_sweep"),
+                      1.0, higher_is_better=True),
+            make_pair("dipc / Argo: sequential first touch, bandwidth",
+                      scalar_ratios(e, "seqread_dipc_mibps", "seqread_argo_mibps"), 1.0, higher_is_better=True),
+        ]
     ctx = {"load_avg_start": load(args.load_start), "load_avg_end": load(args.load_end),
            "spinners_per_node": args.spinners, "sched": args.sched, "rounds": len([r for r in rounds if r > 0]),
            "executable": "bench/run_shm.sh"}

@@ -59,6 +59,26 @@ class Summary(unittest.TestCase):
         self.assertEqual(p["target"], 3.0)
         self.assertTrue(p["met"])  # 2.5 <= 3
 
+    def test_argo_pairs_only_when_argo_ran(self):
+        # round r: dipc read miss 100, Argo's 150 and 250 -> 1.5, 2.5; Jacobi dipc 10, Argo 8 -> 0.8 (Argo faster)
+        lines = []
+        for r, argo in ((1, 150), (2, 250)):
+            lines += [f"@{r} readmiss_p50_us 100", f"@{r} argo_readmiss_p50_us {argo}",
+                      f"@{r} jacobi_dipc2_us_per_sweep 10", f"@{r} jacobi_argo2_us_per_sweep 8"]
+        open(self.path("log"), "w").write("\n".join(lines) + "\n")
+        run(["shm", "--log", self.path("log"), "--load-start", "1 1 1", "--load-end", "1 1 1", "--readers", "0",
+             "--out", self.path("shm.json")])
+        pairs = {p["label"]: p for p in json.load(open(self.path("shm.json")))["pairs"]}
+        self.assertEqual(pairs["Argo / dipc: read miss p50"]["ratios"], [1.5, 2.5])
+        jac = pairs["Argo / dipc: Jacobi 2 nodes, time per sweep"]
+        self.assertEqual(jac["median"], 0.8)
+        self.assertFalse(jac["met"])  # dipc must be faster: Argo's time / dipc's >= 1
+        self.assertFalse(any("0 readers" in k for k in pairs))
+        open(self.path("log"), "w").write("@1 readmiss_p50_us 100\n")
+        run(["shm", "--log", self.path("log"), "--load-start", "1 1 1", "--load-end", "1 1 1",
+             "--out", self.path("shm.json")])
+        self.assertFalse(any(p["label"].startswith("Argo") for p in json.load(open(self.path("shm.json")))["pairs"]))
+
     def test_ipc_pairs_repetitions_and_attaches_cdfs(self):
         bench = []
         for rep, (tcp, sem) in enumerate(((20, 30), (40, 50), (10, 30))):
