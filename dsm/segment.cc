@@ -557,8 +557,11 @@ void Segment::apply(const LocalAction& a) {
     case LocalAction::kInvalidate:
       ++m_.stats().invalidations;
       flags_[b] &= static_cast<uint8_t>(~kZeroFill);  // held no more: what the home gets next comes through F
-      // The block leaves V: F must hold it if it was written here, or if the home released F (V held it alone).
-      if ((flags_[b] & kDirty) || (dir_ && in_view(b) && (flags_[b] & kFrameGone))) {
+      // The block leaves V: F must hold it if it was written here, or if the home released F while its frame is
+      // the block's source (the directory names it the owner; once its copy is gone the home's frame is named for
+      // no other reason).
+      if ((flags_[b] & kDirty) ||
+          (dir_ && in_view(b) && (flags_[b] & kFrameGone) && dir_->block(b).owner == m_.self())) {
         write_protect_all(b, true);  // stop writers before the last copy into the frame
         save_view(b);
       }
