@@ -790,6 +790,9 @@ void Segment::drop_view(uint32_t b) {
                 static_cast<off_t>(block_len(b))) != 0)
     DIPC_LOG_ERROR("dsm: punch block {}: {}", b, strerror(errno));
   flags_[b] &= static_cast<uint8_t>(~(kInView | kProtected));
+  // On the home F is the block's memory from now on (kFrameGone only ever marks a block V holds there): what it
+  // holds is the block when the home owns it (kInvalidate copied it), else what lands there next is.
+  if (dir_) flags_[b] &= static_cast<uint8_t>(~kFrameGone);
 }
 
 // Memory held once (docs/ARCHITECTURE.md, "Memory on a node"): a read copy the home pushed is punched from F once
