@@ -1005,14 +1005,40 @@ DaemonMemory daemon_memory(int node) {
   return m;
 }
 
+// Shmem of the whole machine (/proc/meminfo, MiB): every node's memfds, since the nodes share one kernel.
+double machine_shmem_mib() {
+  double mib = -1;
+  if (FILE* f = fopen("/proc/meminfo", "r")) {
+    char line[256];
+    long kb = 0;
+    while (fgets(line, sizeof line, f))
+      if (sscanf(line, "Shmem: %ld kB", &kb) == 1) mib = static_cast<double>(kb) / 1024;
+    fclose(f);
+  }
+  return mib;
+}
+
 int run_memory(const Args& args) {
   size_t mib = static_cast<size_t>(args.num("--mib", 1024));
   size_t pages = mib * 1048576 / kPage;
   if (g_dir.empty()) unavailable("memory", "needs DIPC_SIM_DIR (run bench/run_shm.sh or bench/memory.sh)");
+  double shmem0 = machine_shmem_mib();
+  int64_t t0 = now_ns();
   auto [shmid, p] = filled_dipc_segment("memory", pages);
+  int64_t t1 = now_ns();
   Child r = spawn(g_peer, true, {"memory-reader", std::to_string(shmid), std::to_string(pages)});
   int rc = 1;
   if (wait_ready(r)) {
+    int64_t t2 = now_ns();
+    double wrote = static_cast<double>(mib) / (static_cast<double>(t1 - t0) / 1e9);
+    double read = static_cast<double>(mib) / (static_cast<double>(t2 - t1) / 1e9);
+    printf("first touch: written on node1 (the home) at %.1f MiB/s, read on %s at %.1f MiB/s (with its start)\n",
+           wrote, g_peer.c_str(), read);
+    printf("@memory_home_write_mibps %.2f\n@memory_remote_read_mibps %.2f\n", wrote, read);
+    double shmem = machine_shmem_mib();
+    printf("Shmem of the machine (/proc/meminfo, both nodes): +%.1f MiB (%.2fx the segment)\n", shmem - shmem0,
+           (shmem - shmem0) / static_cast<double>(mib));
+    printf("@memory_machine_shmem_mib %.1f\n", shmem - shmem0);
     printf("memory of a %zu MiB segment written on node1 and read on %s (MiB):\n", mib, g_peer.c_str());
     for (int node = 1; node <= 2; ++node) {
       DaemonMemory m = daemon_memory(node);

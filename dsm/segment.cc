@@ -151,6 +151,7 @@ Status Segment::init() {
   fm->p = frames_;
   fm->len = mapped_;
   fm->fd = frames_fd_.release();
+  frames_fd_num_ = fm->fd;
   frames_map_ = std::move(fm);
   // Memory a provider does not pin is registered whole at once; pinned memory chunk by chunk as it is used.
   if (!m_.transport()->caps().pins_memory) {
@@ -301,6 +302,7 @@ void Segment::handle_fault(uint64_t attach, uint64_t addr, bool write) {
     if (!in_view(b)) {
       if (!cache_.writable(b)) write_protect_all(b, true);
       if (fill_view(b) && cache_.writable(b)) flags_[b] |= kDirty;
+      if (in_view(b) && home_spares()) spare_installed(b, 1);
       if (in_view(b) && (flags_[b] & kSpareFrame)) spare_q_.emplace_back(b, 1);
     }
     parked_[b].insert(attach);
@@ -469,7 +471,11 @@ void Segment::send_dir(std::vector<Msg>& out) {
       Msg part = g;
       part.block = b;
       part.count = static_cast<uint16_t>(stop - b);
-      if (!push(part)) rest.push_back(part);
+      if (!push(part)) {
+        // The requester copies the run from this node's frames, when it will: F must hold it until then.
+        lend_frames(part.block, part.count);
+        rest.push_back(part);
+      }
       b = stop;
     }
   }
@@ -491,9 +497,30 @@ bool Segment::push(Msg& g) {
   if (!m_.transport()->caps().native_rma) {
     // The provider carries one-sided operations through the peer's CPU anyway (tcp): send the run with its grant as
     // one message. The requester copies it from the message into V (on_push): its frames are not touched.
+    // A block whose frame the home released is read from V (pread: what V holds; the home holds the block read-only
+    // now, write-protected, so V holds the value the grant orders), the rest from F.
     Encoder e;
     pushed.encode(e);
-    e.raw(ByteView(frames_ + off, len));
+    for (uint32_t b = g.block; b < g.block + g.count;) {
+      bool gone = flags_[b] & kFrameGone;
+      uint32_t x = b + 1;
+      while (x < g.block + g.count && static_cast<bool>(flags_[x] & kFrameGone) == gone) ++x;
+      uint64_t o = block_off(b), l = block_off(x - 1) + block_len(x - 1) - o;
+      if (!gone) {
+        e.raw(ByteView(frames_ + o, l));
+      } else {
+        Bytes& buf = e.buf();
+        size_t at = buf.size();
+        buf.resize(at + l);
+        ssize_t r = pread(view_fd_.get(), buf.data() + at, l, static_cast<off_t>(o));
+        if (r != static_cast<ssize_t>(l)) {
+          DIPC_LOG_ERROR("dsm: segment {}: push of blocks {}..{} from the view: {}", id_, b, x - 1,
+                         r < 0 ? strerror(errno) : "short read");
+          return false;  // sent unpushed (send_dir lends F)
+        }
+      }
+      b = x;
+    }
     if (!m_.transport()->send(g.to, kOpPush, e.take())) return false;
     m_.stats().pushes += g.count;
     DSM_TRACE("dsm: seg {} pushed {} to {} in a message", id_, pushed.str(), g.to);
@@ -508,6 +535,7 @@ bool Segment::push(Msg& g) {
   }
   auto local = frames_chunk(off);
   if (!local) return false;
+  lend_frames(g.block, g.count);  // the provider copies F when it will
   Encoder e;
   pushed.encode(e);
   uint64_t src_off = off - off / chunk_ * chunk_;
@@ -528,7 +556,9 @@ void Segment::run(std::vector<Msg>& out, std::vector<LocalAction>& local) {
   for (size_t i = 0; i < local.size(); ++i) {
     const LocalAction& a = local[i];
     if (a.kind == LocalAction::kFetchData && a.node == kNoNode) {
-      std::memset(frames_ + block_off(a.block), 0, block_len(a.block));
+      // On the home, F of a block never written reads as zeros: only V is filled, with zeros (copy_into_view).
+      if (home_spares()) flags_[a.block] |= kZeroFill;
+      else std::memset(frames_ + block_off(a.block), 0, block_len(a.block));
       ++m_.stats().zero_fills;
       ready.push_back(a.block);
       continue;
@@ -584,16 +614,24 @@ void Segment::apply(const LocalAction& a) {
       if (!in_view(b) && (a.writable || !lazy(b))) (void)fill_view(b);
       if (a.writable) flags_[b] &= static_cast<uint8_t>(~kSpareFrame);
       if (a.writable && in_view(b)) flags_[b] |= kDirty;  // else F still holds it (write_view failed)
+      // Every other copy is gone (acknowledged once its copy landed): nothing reads the home's frame any more.
+      if (a.writable && dir_) flags_[b] &= static_cast<uint8_t>(~kFrameLent);
+      if (in_view(b) && home_spares()) spare_installed(b, 1);
       if (in_view(b) && (flags_[b] & kSpareFrame)) spare_q_.emplace_back(b, 1);
       return;
     case LocalAction::kWriteProtect:
       ++m_.stats().downgrades;
       write_protect_all(b, true);
-      if (flags_[b] & kDirty) save_view(b);
+      if (flags_[b] & kDirty) keep_view(b);
       return;
     case LocalAction::kInvalidate:
       ++m_.stats().invalidations;
-      if (flags_[b] & kDirty) {
+      flags_[b] &= static_cast<uint8_t>(~kZeroFill);  // held no more: what the home gets next comes through F
+      // The block leaves V: F must hold it if it was written here, or if the home released F while its frame is
+      // the block's source (the directory names it the owner; once its copy is gone the home's frame is named for
+      // no other reason).
+      if ((flags_[b] & kDirty) ||
+          (dir_ && in_view(b) && (flags_[b] & kFrameGone) && dir_->block(b).owner == m_.self())) {
         write_protect_all(b, true);  // stop writers before the last copy into the frame
         save_view(b);
       }
@@ -658,10 +696,9 @@ void Segment::install_run(uint32_t first, uint32_t n) {
     while (e < first + n && !in_view(e) && !lazy(e)) ++e;
     uint32_t in = copy_into_view(b, e);  // blocks in..e-1 stay out of V (write_view failed): faulted in later
     bool spare = false;
-    for (uint32_t x = b; x < in; ++x) {
-      flags_[x] |= kInView;
-      spare = spare || (flags_[x] & kSpareFrame);
-    }
+    for (uint32_t x = b; x < in; ++x) flags_[x] |= kInView;
+    if (home_spares()) spare_installed(b, in - b);
+    for (uint32_t x = b; x < in; ++x) spare = spare || (flags_[x] & kSpareFrame);
     if (spare) spare_q_.emplace_back(b, in - b);
     b = e;
   }
@@ -682,14 +719,20 @@ void Segment::downgrade_run(uint32_t first, uint32_t n) {
       DIPC_LOG_WARN("dsm: write-protect blocks {}..{}: {}", first, first + n - 1, strerror(errno));
   }
   for (uint32_t b = first; b < first + n; ++b) flags_[b] |= kProtected;
-  // Then V -> F for the dirty blocks, one copy per run of them.
+  // Then V -> F for the dirty blocks, one copy per run of them (none on the home for a block V holds alone:
+  // keep_view).
   for (uint32_t b = first; b < first + n;) {
     if (!(flags_[b] & kDirty)) {
       ++b;
       continue;
     }
+    if (home_spares() && (flags_[b] & kFrameGone)) {
+      keep_view(b);
+      ++b;
+      continue;
+    }
     uint32_t e = b;
-    while (e < first + n && (flags_[e] & kDirty)) ++e;
+    while (e < first + n && (flags_[e] & kDirty) && !(home_spares() && (flags_[e] & kFrameGone))) ++e;
     uint64_t o = block_off(b), l = block_off(e - 1) + block_len(e - 1) - o;
     ssize_t r = pread(view_fd_.get(), frames_ + o, l, static_cast<off_t>(o));
     if (r != static_cast<ssize_t>(l)) DIPC_LOG_ERROR("dsm: save blocks {}..{}: {}", b, e - 1, strerror(errno));
@@ -729,7 +772,7 @@ void Segment::fetched(uint32_t b, Status st) {
     return;
   }
   ++m_.stats().remote_fetches;
-  flags_[b] &= static_cast<uint8_t>(~(kInView | kFrameGone | kSpareFrame));  // the fresh frame goes into V at install
+  flags_[b] &= static_cast<uint8_t>(~(kInView | kFrameGone | kSpareFrame | kZeroFill));  // into V at install
   std::vector<Msg> out;
   std::vector<LocalAction> local;
   cache_.on_data_ready(b, Manager::now_us(), out, local);
@@ -753,6 +796,17 @@ void Segment::write_protect_all(uint32_t b, bool wp) {
   }
 }
 
+// A dirty block now write-protected: on the home, a block whose frame was released stays in V alone (a transfer
+// that needs it reads V, or copies it into F first: push, lend_frames); elsewhere, and on the home while F is
+// allocated, V -> F.
+void Segment::keep_view(uint32_t b) {
+  if (home_spares() && (flags_[b] & kFrameGone) && in_view(b)) {
+    flags_[b] &= static_cast<uint8_t>(~kDirty);
+    return;
+  }
+  save_view(b);
+}
+
 void Segment::save_view(uint32_t b) {
   uint64_t off = block_off(b), len = block_len(b);
   ssize_t n = pread(view_fd_.get(), frames_ + off, len, static_cast<off_t>(off));
@@ -768,10 +822,29 @@ bool Segment::fill_view(uint32_t b) {
 }
 
 uint32_t Segment::copy_into_view(uint32_t first, uint32_t end) {
+  static const uint8_t kZeros[64u << 10] = {};
   const PushSrc& p = push_src_;
   for (uint32_t b = first; b < end;) {
+    if (flags_[b] & kZeroFill) {  // zeros into V; F holds nothing for it (kFrameGone: V holds the block)
+      uint64_t o = block_off(b), l = block_len(b), done = 0;
+      while (done < l) {
+        size_t k = static_cast<size_t>(std::min<uint64_t>(sizeof kZeros, l - done));
+        ssize_t w = pwrite(view_fd_.get(), kZeros, k, static_cast<off_t>(o + done));
+        if (w <= 0) {
+          DIPC_LOG_ERROR("dsm: zero fill of block {}: {}", b, w < 0 ? strerror(errno) : "short write");
+          break;
+        }
+        done += static_cast<uint64_t>(w);
+      }
+      if (done < l) return b;  // not installed: F keeps nothing for it, kZeroFill stays, the next access retries
+      flags_[b] = static_cast<uint8_t>((flags_[b] & ~kZeroFill) | kFrameGone);
+      ++b;
+      continue;
+    }
     bool msg = p.data && b >= p.first && b < p.first + p.n;
     uint32_t stop = msg ? std::min(end, p.first + p.n) : (p.data && b < p.first ? std::min(end, p.first) : end);
+    for (uint32_t z = b + 1; z < stop; ++z)
+      if (flags_[z] & kZeroFill) stop = z;
     uint64_t o = block_off(b), l = block_off(stop - 1) + block_len(stop - 1) - o;
     const uint8_t* src = msg ? p.data + (o - block_off(p.first)) : frames_ + o;
     uint64_t done = write_view(src, l, o);
@@ -804,6 +877,9 @@ void Segment::drop_view(uint32_t b) {
     else
       munmap(p, block_len(b));
   }
+  // On the home F is the block's memory from now on (kFrameGone only ever marks a block V holds there): what it
+  // holds is the block when the home owns it (kInvalidate copied it), else what lands there next is.
+  if (dir_) flags_[b] &= static_cast<uint8_t>(~kFrameGone);
 }
 
 // Memory held once (docs/ARCHITECTURE.md, "Memory on a node"): a read copy the home pushed is punched from F once
@@ -822,13 +898,16 @@ void Segment::spare_queued() {
 }
 
 void Segment::spare_frames(uint32_t first, uint32_t n) {
+  auto spare = [this](uint32_t b) {
+    return (flags_[b] & kSpareFrame) && in_view(b) && !(flags_[b] & (kFrameLent | kFrameGone));
+  };
   for (uint32_t b = first; b < first + n;) {
-    if (!(flags_[b] & kSpareFrame) || !in_view(b)) {
+    if (!spare(b)) {
       ++b;
       continue;
     }
     uint32_t e = b;
-    while (e < first + n && (flags_[e] & kSpareFrame) && in_view(e)) ++e;
+    while (e < first + n && spare(e)) ++e;
     uint64_t o = block_off(b), l = block_off(e - 1) + block_len(e - 1) - o;
     if (madvise(frames_ + o, l, MADV_REMOVE) != 0) {
       DIPC_LOG_WARN("dsm: release frames of blocks {}..{}: {}", b, e - 1, strerror(errno));
@@ -839,6 +918,43 @@ void Segment::spare_frames(uint32_t first, uint32_t n) {
     }
     b = e;
   }
+}
+
+// The home holds a block once too: V, when V holds it, else F (the segment's backing store). Its frame is released
+// once the block is in V, unless a transfer may still read it (kFrameLent); whatever needs the block in F later
+// copies it there from V first (kInvalidate, lend_frames) or reads V (push). A block written on the home is never
+// copied into F while it stays in V (keep_view). Not with a provider that pins F (verbs): F stays as it is.
+// Not for hugetlbfs views: a zero fill or a V -> F round trip there would need whole huge pages (no pwrite), and
+// their F stays in normal pages as on every other node (docs/ARCHITECTURE.md, "Huge pages").
+bool Segment::home_spares() const { return dir_ && !huge_ && !m_.transport()->caps().pins_memory; }
+
+void Segment::spare_installed(uint32_t first, uint32_t n) {
+  for (uint32_t b = first; b < first + n; ++b)
+    if (in_view(b) && !(flags_[b] & (kFrameLent | kFrameGone))) flags_[b] |= kSpareFrame;
+}
+
+// On the home, before a transfer that reads F without the home seeing its end (a grant naming the home's frame, a
+// one-sided push): copy the blocks whose frame was released from V (which holds them, write-protected: the home holds
+// them read-only or not at all while another node is granted them) and keep F until the home next writes them.
+void Segment::lend_frames(uint32_t first, uint32_t n) {
+  if (!home_spares()) return;
+  for (uint32_t b = first; b < first + n; ++b) {
+    if ((flags_[b] & kFrameGone) && in_view(b)) {
+      uint64_t off = block_off(b), len = block_len(b);
+      ssize_t r = pread(view_fd_.get(), frames_ + off, len, static_cast<off_t>(off));
+      if (r != static_cast<ssize_t>(len)) DIPC_LOG_ERROR("dsm: lend block {}: {}", b, strerror(errno));
+      flags_[b] &= static_cast<uint8_t>(~kFrameGone);
+    }
+    flags_[b] = static_cast<uint8_t>((flags_[b] & ~kSpareFrame) | kFrameLent);
+  }
+}
+
+Segment::Footprint Segment::footprint() const {
+  Footprint f;
+  struct stat st{};
+  if (fstat(view_fd_.get(), &st) == 0) f.view = static_cast<uint64_t>(st.st_blocks) * 512;
+  if (frames_fd_num_ >= 0 && fstat(frames_fd_num_, &st) == 0) f.frames = static_cast<uint64_t>(st.st_blocks) * 512;
+  return f;
 }
 
 void Segment::wake(uint32_t b) {
@@ -863,7 +979,9 @@ std::string Segment::status_line() const {
   std::ostringstream os;
   os << "  shmid " << static_cast<int32_t>(id_) << " home " << home_ << " size " << size_ << " block " << block_
      << (huge_ ? " (huge pages)" : "") << " held shared " << shared << " exclusive " << excl << " local attaches "
-     << attaches_.size() << (dir_ ? " (home)" : "") << "\n";
+     << attaches_.size() << (dir_ ? " (home)" : "");
+  Footprint f = footprint();
+  os << " memory view " << f.view << " frames " << f.frames << "\n";
   return os.str();
 }
 

@@ -19,6 +19,10 @@
 //    MISSING with a userfaultfd of its own, never touched otherwise), which puts the whole page into V's page cache at
 //    once; that mapping also holds the kernel's reservation of the segment's huge pages on this node, and a punched
 //    block is reserved again at once (a punch frees the page's reservation with it). F stays in normal pages.
+//    On the home (provider not pinning memory, normal pages) F is released for every block V holds, and the coherence
+//    model's "home frame" of such a block is V: a push reads it there, a grant naming the home's frame copies it into
+//    F first (lend_frames), an invalidation copies it into F before V is punched. A SHM_HUGETLB segment's home keeps
+//    F (home_spares()).
 //
 // Runs on the daemon's loop thread. The coherence decisions are dsm/coherence.h's pure state machines; this file
 // only carries out their messages and local actions.
@@ -103,6 +107,11 @@ class Segment {
   Result<const transport::MemRegion*> frames_chunk(uint64_t offset);
   uint64_t chunk_size() const { return chunk_; }
   std::string status_line() const;
+  // Bytes of memory the node's view and frames memfds hold now (st_blocks): what the segment costs this node.
+  struct Footprint {
+    uint64_t view = 0, frames = 0;
+  };
+  Footprint footprint() const;
 
  private:
   friend class Manager;
@@ -126,6 +135,7 @@ class Segment {
   bool fill_view(uint32_t block);  // F (or the push being handled) -> V; false: not installed (write_view)
   // Blocks first..end-1 into V from where their data is; returns the end of the prefix installed (end: all).
   uint32_t copy_into_view(uint32_t first, uint32_t end);
+  void keep_view(uint32_t block);  // a dirty block write-protected: save_view, unless the home holds it in V alone
   void install_run(uint32_t first, uint32_t n);  // kInstall read-only of blocks first..first+n-1, together
   void downgrade_run(uint32_t first, uint32_t n);  // kWriteProtect of blocks first..first+n-1, together
   void drop_view(uint32_t block);  // punch V: unmaps from every local process
@@ -136,6 +146,10 @@ class Segment {
   uint64_t install_failures_ = 0;
   void spare_frames(uint32_t first, uint32_t n);  // punch F of the blocks first..first+n-1 marked kSpareFrame
   void spare_queued();                            // spare_frames() of the runs installs queued in spare_q_
+  // The home holds a block once (V, or F when V does not hold it), not with a provider that pins F.
+  bool home_spares() const;
+  void spare_installed(uint32_t first, uint32_t n);  // on the home: mark blocks now in V kSpareFrame
+  void lend_frames(uint32_t first, uint32_t n);  // on the home: F holds blocks first..first+n-1 (V -> F) and keeps them
   bool lazy(uint32_t block) const;  // a read-only install leaves it out of V (the read-ahead mark)
   void wake(uint32_t block);
   void arm_timer();
@@ -154,6 +168,7 @@ class Segment {
   UniqueFd view_fd_, frames_fd_;  // frames_fd_ passes to the FramesMapping once F is mapped
   uint8_t* install_ = nullptr;    // hugetlbfs only: dipcd's mapping of V, the target of UFFDIO_COPY
   UniqueFd install_uffd_;         // its userfaultfd (MISSING); nothing ever faults on it
+  int frames_fd_num_ = -1;        // the FramesMapping's descriptor (footprint), open while the segment lives
   uint8_t* frames_ = nullptr;
   std::vector<transport::MemRegion> chunks_;  // by chunk index; id 0: not registered yet
   std::shared_ptr<void> frames_map_;          // unmaps F when the last deregistration completed
@@ -161,9 +176,15 @@ class Segment {
   std::unique_ptr<HomeDirectory> dir_;  // on the home node only
   // Per block: kInView: its pages are in V's page cache; kProtected: write-protected in every attach since the
   // last punch (a punch may drop uffd-wp, drop_view); kDirty: was writable since V was last copied to F;
-  // kSpareFrame: the read copy being installed came pushed by the home, so F need not keep it once it is in V
-  // (spare_frames); kFrameGone: F was punched for it (V holds the node's copy, F holds nothing).
-  enum : uint8_t { kInView = 1, kProtected = 2, kDirty = 4, kSpareFrame = 8, kFrameGone = 16 };
+  // kSpareFrame: F need not keep the copy being installed once it is in V (spare_frames): a read copy the home
+  // pushed, or on the home any block in V; kFrameGone: F was punched for it (V holds the node's copy, F holds
+  // nothing); kFrameLent (home): a transfer the home does not see the end of may read F (a grant that names the
+  // home's frame, a one-sided push): F is kept until the home next holds the block writable; kZeroFill (home): a
+  // block never written, granted as a zero fill: V gets zeros, F is not touched (the home's F of a never-written
+  // block reads as zeros already).
+  enum : uint8_t {
+    kInView = 1, kProtected = 2, kDirty = 4, kSpareFrame = 8, kFrameGone = 16, kFrameLent = 32, kZeroFill = 64
+  };
   std::vector<uint8_t> flags_;
   bool in_view(uint32_t b) const { return flags_[b] & kInView; }
   std::map<uint64_t, Attach> attaches_;

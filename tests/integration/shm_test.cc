@@ -386,6 +386,49 @@ TEST_F(Shm, SegmentLargerThanOneGiBIsSparselyTouchedFromTwoNodes) {
   EXPECT_EQ(field(out, "sparsec"), "0");
 }
 
+// Memory on a node (docs/ARCHITECTURE.md): over tcp the home holds what its processes wrote once, in its view (its
+// frames memfd released), after another node read all of it, and so does the reader; `dipc status` prints each
+// segment's bytes of view and frames (st_blocks). The data still moves both ways afterwards.
+TEST_F(Shm, ATouchedSegmentIsHeldOncePerNodeAfterARemoteReadOfAllOfIt) {
+  const std::string k = key(21);
+  constexpr long kSize = 16L << 20;
+  std::string out = tool(1, {"get:" + k + ":" + std::to_string(kSize) + ":creat+excl+dipc+0600", "at",
+                             "sparsew:4096"}, 120);
+  std::string id = field(out, "get");
+  ASSERT_FALSE(id.empty() || id[0] == '-') << out;
+  EXPECT_EQ(field(out, "sparsew"), std::to_string(kSize / 4096 + 1));
+  out = tool(2, {"get:" + k + ":0:dipc+0600", "at", "sparsec:4096"}, 120);
+  EXPECT_EQ(field(out, "sparsec"), "0");
+  // "  shmid ID home ... memory view N frames N" in `dipc status` of each node (the segment stays: nobody removed it).
+  auto held = [&](int node, long& view, long& frames) {
+    std::string st = c().run(node, {SimCluster::bin("dipc"), "status"}, 10, false).out;
+    std::istringstream is(st);
+    std::string line;
+    while (std::getline(is, line)) {
+      auto at = line.find(" memory view ");
+      if (line.find("shmid " + id + " ") == std::string::npos || at == std::string::npos) continue;
+      return std::sscanf(line.c_str() + at, " memory view %ld frames %ld", &view, &frames) == 2;
+    }
+    ADD_FAILURE() << "no memory of segment " << id << " in node" << node << "'s status:\n" << st;
+    return false;
+  };
+  long view = 0, frames = 0;
+  ASSERT_TRUE(held(1, view, frames));
+  EXPECT_GE(view, kSize) << "the home's view lost pages its processes wrote";
+  EXPECT_LE(view + frames, kSize + kSize / 8) << "the home holds the segment twice: view " << view << " frames "
+                                              << frames;
+  ASSERT_TRUE(held(2, view, frames));
+  EXPECT_LE(view + frames, kSize + kSize / 8) << "the reader holds the segment twice: view " << view << " frames "
+                                              << frames;
+  // Both ways after the frames were released: a home write is read on node2, node2's write on the home, and every
+  // other word the home wrote is still there (pages node2 wrote into included).
+  tool(1, {"at:" + id, "w:8:4242"});
+  EXPECT_EQ(field(tool(2, {"at:" + id, "r:8", "w:" + std::to_string(kSize / 2 + 16) + ":77"}), "r"), "4242");
+  out = tool(1, {"at:" + id, "r:" + std::to_string(kSize / 2 + 16), "sparsec:4096", "rm:" + id}, 120);
+  EXPECT_EQ(field(out, "r"), "77");
+  EXPECT_EQ(field(out, "sparsec"), "0");
+}
+
 TEST_F(Shm, IpcPrivateIdPassedToAnotherNodeNamesTheSameSegment) {
   std::string out = tool(1, {"get:0:8192:creat+dipc+0600", "get:0:8192:creat+dipc+0600"});
   auto ids = fields(out, "get");
