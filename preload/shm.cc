@@ -771,6 +771,22 @@ std::optional<ipc::ShmTableRow> attach_row(int id, int flg, const ipc::ShmTable*
   return r;
 }
 
+// Maps a view the process holds at `a` (exactly there with `fixed`) with the protection shmflg asks; a read-only
+// attach maps privately and MAP_NORESERVE (a hugetlbfs view then reserves no second set of huge pages). On failure
+// the view goes back to the kept ones (it is fine; the address was not) and errno is set: MAP_FAILED.
+void* map_view(ShmConn& c, uintptr_t a, bool fixed, int flg, const ShmConn::View& view) {
+  int prot = PROT_READ | ((flg & SHM_RDONLY) ? 0 : PROT_WRITE) | ((flg & SHM_EXEC) ? PROT_EXEC : 0);
+  int mflags = ((flg & SHM_RDONLY) ? MAP_PRIVATE | MAP_NORESERVE : MAP_SHARED) | (fixed ? MAP_FIXED_NOREPLACE : 0);
+  void* p = mmap(reinterpret_cast<void*>(a), view.mapped, prot, mflags, view.fd, 0);
+  if (p == MAP_FAILED || (fixed && reinterpret_cast<uintptr_t>(p) != a)) {
+    int err = p == MAP_FAILED ? (errno == EEXIST ? EINVAL : errno) : EINVAL;
+    if (p != MAP_FAILED) munmap(p, view.mapped);
+    c.views.push_back(view);
+    return failed(err);
+  }
+  return p;
+}
+
 // A re-attach through a view dipcd handed this process after a full check, of a segment homed here whose table row
 // allows it: mmap, UFFDIO_REGISTER on a userfaultfd of its own, and a one-way note with both descriptors; then, after
 // a full fence, the row read again. Unchanged and not shared: done, without waiting for dipcd (it applies the note
@@ -781,15 +797,8 @@ std::optional<void*> attach_noted(ShmConn& c, int id, uintptr_t a, bool fixed, i
   const ipc::ShmTable* table = nullptr;
   std::optional<ipc::ShmTableRow> before = attach_row(id, flg, &table);
   if (!before || ((before->flags & ipc::kShmRowShared) && g_attach_note != NoteMode::kNoRecheck)) return std::nullopt;
-  int prot = PROT_READ | ((flg & SHM_RDONLY) ? 0 : PROT_WRITE) | ((flg & SHM_EXEC) ? PROT_EXEC : 0);
-  int mflags = ((flg & SHM_RDONLY) ? MAP_PRIVATE : MAP_SHARED) | (fixed ? MAP_FIXED_NOREPLACE : 0);
-  void* p = mmap(reinterpret_cast<void*>(a), view.mapped, prot, mflags, view.fd, 0);
-  if (p == MAP_FAILED || (fixed && reinterpret_cast<uintptr_t>(p) != a)) {
-    int err = p == MAP_FAILED ? (errno == EEXIST ? EINVAL : errno) : EINVAL;
-    if (p != MAP_FAILED) munmap(p, view.mapped);
-    c.views.push_back(view);  // the view is fine; the address was not
-    return failed(err);
-  }
+  void* p = map_view(c, a, fixed, flg, view);
+  if (p == MAP_FAILED) return p;
   auto pa = reinterpret_cast<uintptr_t>(p);
   int uffd = make_uffd();
   if (uffd < 0 || !register_range(uffd, pa, view.mapped, flg)) {
@@ -851,15 +860,8 @@ std::optional<void*> attach_noted(ShmConn& c, int id, uintptr_t a, bool fixed, i
 // Maps a view kept from an earlier attach and registers the attach; ESTALE (nothing mapped, the view dropped) when
 // dipcd says that view is not the segment's any more.
 void* attach_mapped(ShmConn& c, int id, uintptr_t a, bool fixed, int flg, ShmConn::View view) {
-  int prot = PROT_READ | ((flg & SHM_RDONLY) ? 0 : PROT_WRITE) | ((flg & SHM_EXEC) ? PROT_EXEC : 0);
-  int mflags = ((flg & SHM_RDONLY) ? MAP_PRIVATE | MAP_NORESERVE : MAP_SHARED) | (fixed ? MAP_FIXED_NOREPLACE : 0);
-  void* p = mmap(reinterpret_cast<void*>(a), view.mapped, prot, mflags, view.fd, 0);
-  if (p == MAP_FAILED || (fixed && reinterpret_cast<uintptr_t>(p) != a)) {
-    int err = p == MAP_FAILED ? (errno == EEXIST ? EINVAL : errno) : EINVAL;
-    if (p != MAP_FAILED) munmap(p, view.mapped);
-    c.views.push_back(view);  // the view is fine; the address was not
-    return failed(err);
-  }
+  void* p = map_view(c, a, fixed, flg, view);
+  if (p == MAP_FAILED) return p;
   void* r = register_attach(nullptr, c, id, p, flg, view, true);
   if (r == MAP_FAILED) {
     int err = errno;
