@@ -390,6 +390,20 @@ void HomeDirectory::after_acks(uint32_t b, Txn& t, int64_t now, std::vector<Msg>
     // In place when the requester's frame is current (it maps a copy, or it is the owner); else the owner's frame;
     // kNoNode (zero-fill) for a block never written.
     t.source = (k.copyset.has(r) || k.owner == r) ? r : k.owner;
+    if (t.source == r && r != home_) {
+      // In place (the upgrade of a read copy, or the owner's own frame): nothing is copied, so nothing can go
+      // wrong between the grant and the install that the home must wait for. Recorded now, no Done (the
+      // requester installs on receipt, so every later Fetch or Invalidate of the block reaches it after the
+      // install: messages per sender arrive in order). This saves the requester's send and the home's wake-up.
+      // Not for the home itself: its txn-0 downgrade for a read-ahead grant is carried out at once, ahead of a
+      // grant still in its local FIFO, so the home's own write stays open until its Done.
+      g.txn = 0;
+      g.node = r;
+      out.push_back(g);
+      t.phase = Phase::kIdle;
+      finish_write(k, r, now);
+      return;
+    }
   } else if (k.exclusive && k.owner == r) {
     g.access = Access::kWrite;  // defensive: it already has it
     t.source = r;
@@ -465,14 +479,19 @@ void HomeDirectory::read_ahead(uint32_t first, uint32_t n, NodeId r, int64_t now
   }
 }
 
+void HomeDirectory::finish_write(Block& k, NodeId r, int64_t now) {
+  k.owner = r;
+  k.exclusive = true;
+  k.copyset.clear();
+  k.copyset.add(r);
+  k.hold_until = std::max(k.hold_until, now + quantum_);
+}
+
 void HomeDirectory::finish(uint32_t b, Txn& t, int64_t now, std::vector<Msg>& out) {
   Block& k = blocks_[b];
   const NodeId r = t.req.node;
   if (t.req.kind == Kind::kWrite) {
-    k.owner = r;
-    k.exclusive = true;
-    k.copyset.clear();
-    k.copyset.add(r);
+    finish_write(k, r, now);
   } else if (!(k.exclusive && k.owner == r)) {
     if (!k.copyset.has(k.owner)) k.owner = r;  // never written, or the owner's frame was only parked there
     k.copyset.add(r);

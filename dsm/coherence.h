@@ -112,6 +112,8 @@ enum class FetchMode : uint8_t {
 // count >= 1 (one message, and with a push one write, per run of consecutive blocks), and answers the first block it
 // cannot grant and every one after it with one NoGrant. A read Grant with txn 0 needs no Done: the home recorded the
 // copy in the copyset when it granted it (the source is the home's frame, the requester's own, or a zero fill).
+// A write Grant in place (node = the requester: the upgrade of its read copy, or its own frame) has txn 0 too: the
+// home made the requester the exclusive owner when it granted it; the requester installs it on receipt.
 struct Msg {
   NodeId to = 0;    // not encoded: transport addressing
   NodeId from = 0;  // not encoded: the receiver sets it from the authenticated peer
@@ -236,6 +238,8 @@ class HomeDirectory {
   bool start(uint32_t b, Txn& t, int64_t now, std::vector<Msg>& out);
   void after_acks(uint32_t b, Txn& t, int64_t now, std::vector<Msg>& out);
   void finish(uint32_t b, Txn& t, int64_t now, std::vector<Msg>& out);
+  // The requester `r` holds the block exclusively from now on (a write grant's end: Done, or at once in place).
+  void finish_write(Block& k, NodeId r, int64_t now);
   void leave_step_done(NodeId node, std::vector<Msg>& out);
   Msg msg(MsgType type, NodeId to, uint32_t b, uint32_t txn) const;
   // The frame a read copy for `r` is taken from: r's own if current, the home's if current, else the owner's.

@@ -782,6 +782,14 @@ TEST_F(DirFixture, UpgradeGrantsInPlace) {
   ASSERT_EQ(out.size(), 1u);
   expect_msg(out[0], MsgType::kGrant, 3, 0);
   EXPECT_EQ(out[0].node, 3);
+  // Nothing is copied: the home records the new owner at once, no Done closes the transaction.
+  EXPECT_EQ(out[0].txn, 0u);
+  EXPECT_EQ(out[0].access, Access::kWrite);
+  auto v = d.block(0);
+  EXPECT_EQ(v.owner, 3);
+  EXPECT_TRUE(v.exclusive);
+  EXPECT_EQ(v.copyset, set({3}));
+  EXPECT_FALSE(v.busy);
   // The sole reader upgrades with no invalidation at all.
   txn(2, 1, Access::kRead);
   send(MsgType::kWriteReq, 2, 1);
@@ -1075,6 +1083,7 @@ struct Sim {
   std::string failure;
   // statistics
   uint64_t reads = 0, writes = 0, adds = 0, faults = 0, msgs = 0, max_wait = 0, quantum_waits = 0, leaves = 0;
+  uint64_t write_grants_in_place = 0;  // write grants without Done (the upgrade of a read copy)
   uint64_t max_fault_wait_bound = 20000;
   bool trace = false;
 
@@ -1130,6 +1139,7 @@ struct Sim {
         continue;
       }
       if (m.from != from) fail("message with wrong sender " + m.str());
+      if (m.type == MsgType::kGrant && m.access == Access::kWrite && m.txn == 0) ++write_grants_in_place;
       if (m.type == MsgType::kGrant && m.to <= nodes.size())
         for (uint32_t b = m.block; b < m.block + m.count && b < nblocks; ++b)
           nodes.at(m.to).granted_at[b] = m.txn == 0 ? now : -1;
@@ -1407,7 +1417,7 @@ TEST(DsmSim, ConcurrentFaultsOnOneBlock) {
 
 struct SimTotals {
   uint64_t seeds = 0, steps = 0, max_steps = 0, reads = 0, writes = 0, adds = 0, faults = 0, msgs = 0, max_wait = 0,
-           quantum_waits = 0, leaves = 0, prefetched = 0;
+           quantum_waits = 0, leaves = 0, prefetched = 0, write_grants_in_place = 0;
 };
 
 void run_seeds(uint64_t first, uint64_t count, SimTotals& tot) {
@@ -1441,6 +1451,7 @@ void run_seeds(uint64_t first, uint64_t count, SimTotals& tot) {
     tot.max_wait = std::max(tot.max_wait, s.max_wait);
     tot.quantum_waits += s.quantum_waits;
     tot.leaves += s.leaves;
+    tot.write_grants_in_place += s.write_grants_in_place;
     for (auto& [id, n] : s.nodes) tot.prefetched += n.cache->prefetched();
   }
 }
@@ -1455,15 +1466,17 @@ TEST(DsmSim, RandomizedModelCheck) {
   EXPECT_GT(tot.leaves, 0u);
   EXPECT_GT(tot.quantum_waits, 0u);
   EXPECT_GT(tot.prefetched, 0u);  // read-ahead windows were granted
+  EXPECT_GT(tot.write_grants_in_place, 0u);  // upgrades in place were granted without Done
   std::printf(
       "seeds %llu, steps %llu (max %llu per seed), reads %llu, writes %llu, fetch-adds %llu, faults %llu, "
-      "messages %llu, longest fault wait %llu steps, quantum timer firings %llu, leaves %llu, prefetched %llu\n",
+      "messages %llu, longest fault wait %llu steps, quantum timer firings %llu, leaves %llu, prefetched %llu, write grants in place %llu\n",
       static_cast<unsigned long long>(tot.seeds), static_cast<unsigned long long>(tot.steps),
       static_cast<unsigned long long>(tot.max_steps), static_cast<unsigned long long>(tot.reads),
       static_cast<unsigned long long>(tot.writes), static_cast<unsigned long long>(tot.adds),
       static_cast<unsigned long long>(tot.faults), static_cast<unsigned long long>(tot.msgs),
       static_cast<unsigned long long>(tot.max_wait), static_cast<unsigned long long>(tot.quantum_waits),
-      static_cast<unsigned long long>(tot.leaves), static_cast<unsigned long long>(tot.prefetched));
+      static_cast<unsigned long long>(tot.leaves), static_cast<unsigned long long>(tot.prefetched),
+      static_cast<unsigned long long>(tot.write_grants_in_place));
 }
 
 }  // namespace
