@@ -337,7 +337,9 @@ void Segment::on_msg(const Msg& m) {
                  m.access == Access::kRead && m.txn == 0;
     for (uint32_t b = m.block; b < m.block + m.count; ++b) {
       flags_[b] = static_cast<uint8_t>((flags_[b] & ~kSpareFrame) | (spare ? kSpareFrame : 0));
-      if (m.mode == FetchMode::kPushed) flags_[b] &= static_cast<uint8_t>(~kFrameGone);  // F holds it again
+      // F holds it again, unless the data is in the message being handled (on_push: F is not written, so a frame
+      // released before stays released, and spare_frames has nothing to punch).
+      if (m.mode == FetchMode::kPushed && !from_push(b)) flags_[b] &= static_cast<uint8_t>(~kFrameGone);
     }
   }
   uint64_t before = cache_.prefetched();
@@ -609,9 +611,16 @@ void Segment::apply(const LocalAction& a) {
       return;
     case LocalAction::kInstall:
       if (awaiting_.erase(b) && --m_.awaiting_ == 0) m_.loop().stop_polling();
-      // Protection first, then the data: no local process ever sees the block with more access than granted.
-      write_protect_all(b, !a.writable);
-      if (!in_view(b) && (a.writable || !lazy(b))) (void)fill_view(b);
+      if (!a.writable && !in_view(b) && !lazy(b) && copy_install(b)) {
+        // Protection, data and wake-up in one call (a read miss's install).
+      } else if (a.writable && in_view(b)) {
+        // An upgrade in place: the data is in V already, so clearing the protection may wake the writers at once.
+        write_protect_all(b, false, true);
+      } else {
+        // Protection first, then the data: no local process ever sees the block with more access than granted.
+        write_protect_all(b, !a.writable);
+        if (!in_view(b) && (a.writable || !lazy(b))) (void)fill_view(b);
+      }
       if (a.writable) flags_[b] &= static_cast<uint8_t>(~kSpareFrame);
       if (a.writable && in_view(b)) flags_[b] |= kDirty;  // else F still holds it (write_view failed)
       // Every other copy is gone (acknowledged once its copy landed): nothing reads the home's frame any more.
@@ -779,21 +788,56 @@ void Segment::fetched(uint32_t b, Status st) {
   run(out, local);
 }
 
-// Clearing write protection would also wake the faults waiting on the block; kWake does that once the data is in.
-void Segment::write_protect_all(uint32_t b, bool wp) {
+// Clearing write protection also wakes the faults waiting on the block in that attach unless told not to: only
+// with `wake` (the data is in V already; the attaches woken so are no longer parked), else kWake does it once the
+// data is in.
+void Segment::write_protect_all(uint32_t b, bool wp, bool wake) {
   if (wp && (flags_[b] & kProtected)) return;
   if (wp) shared_first();
   if (wp)
     flags_[b] |= kProtected;
   else
     flags_[b] &= static_cast<uint8_t>(~kProtected);
+  auto parked = wake && !wp ? parked_.find(b) : parked_.end();
   for (auto& [aid, a] : attaches_) {
     if (a.rdonly) continue;  // PROT_READ already
     uffdio_writeprotect w{{a.addr + block_off(b), block_len(b)},
-                          wp ? UFFDIO_WRITEPROTECT_MODE_WP : UFFDIO_WRITEPROTECT_MODE_DONTWAKE};
-    if (ioctl(a.fd, UFFDIO_WRITEPROTECT, &w) != 0 && errno != ENOENT)
-      DIPC_LOG_WARN("dsm: write-protect block {}: {}", b, strerror(errno));
+                          wp ? UFFDIO_WRITEPROTECT_MODE_WP : wake ? 0 : UFFDIO_WRITEPROTECT_MODE_DONTWAKE};
+    if (ioctl(a.fd, UFFDIO_WRITEPROTECT, &w) != 0) {
+      if (errno != ENOENT) DIPC_LOG_WARN("dsm: write-protect block {}: {}", b, strerror(errno));
+    } else if (parked != parked_.end()) {
+      parked->second.erase(aid);
+    }
   }
+  if (parked != parked_.end() && parked->second.empty()) parked_.erase(parked);
+}
+
+// A read copy into V with one UFFDIO_COPY into the only attach that may write (mode WP: installed write-protected),
+// which also wakes its faults on the block: one system call where write_protect_all + write_view + wake make three.
+// The page lands in V's page cache, so every other attach (read-only ones) finds it there. False: nothing was
+// installed, or only part of the block (the caller installs it the usual way, which overwrites the same data).
+bool Segment::copy_install(uint32_t b) {
+  if (huge_ || (flags_[b] & kZeroFill) || ((flags_[b] & kFrameGone) && !from_push(b))) return false;
+  uint64_t only = 0;
+  Attach* w = nullptr;
+  for (auto& [aid, a] : attaches_) {
+    if (a.rdonly) continue;
+    if (w) return false;
+    w = &a;
+    only = aid;
+  }
+  if (!w) return false;
+  shared_first();
+  const uint8_t* src = from_push(b) ? push_src_.data + (block_off(b) - block_off(push_src_.first)) : frames_ + block_off(b);
+  uffdio_copy c{w->addr + block_off(b), addr_of(src), block_len(b), UFFDIO_COPY_MODE_WP, 0};
+  if (ioctl(w->fd, UFFDIO_COPY, &c) != 0 || c.copy != static_cast<int64_t>(block_len(b))) return false;
+  flags_[b] |= kProtected | kInView;
+  if (from_push(b)) push_src_.used[b - push_src_.first] = true;
+  if (auto it = parked_.find(b); it != parked_.end()) {
+    it->second.erase(only);
+    if (it->second.empty()) parked_.erase(it);
+  }
+  return true;
 }
 
 // A dirty block now write-protected: on the home, a block whose frame was released stays in V alone (a transfer
@@ -815,7 +859,7 @@ void Segment::save_view(uint32_t b) {
 }
 
 bool Segment::fill_view(uint32_t b) {
-  if (flags_[b] & kFrameGone) DIPC_LOG_ERROR("dsm: segment {} block {}: filled from a punched frame", id_, b);
+  if ((flags_[b] & kFrameGone) && !from_push(b)) DIPC_LOG_ERROR("dsm: segment {} block {}: filled from a punched frame", id_, b);
   if (copy_into_view(b, b + 1) != b + 1) return false;
   flags_[b] |= kInView;
   return true;

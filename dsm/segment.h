@@ -130,7 +130,8 @@ class Segment {
   void apply(const LocalAction& a);
   void fetch(uint32_t block, NodeId from);
   void fetched(uint32_t block, Status st);  // the one-sided read of fetch() completed
-  void write_protect_all(uint32_t block, bool wp);
+  void write_protect_all(uint32_t block, bool wp, bool wake = false);
+  bool copy_install(uint32_t block);  // a read copy into V: protection, data and wake-up in one UFFDIO_COPY
   void save_view(uint32_t block);  // V -> F for a block present in V
   bool fill_view(uint32_t block);  // F (or the push being handled) -> V; false: not installed (write_view)
   // Blocks first..end-1 into V from where their data is; returns the end of the prefix installed (end: all).
@@ -196,6 +197,7 @@ class Segment {
     uint32_t first = 0, n = 0;
     std::vector<bool> used;  // per block of the run: copied into V from the message
   } push_src_;
+  bool from_push(uint32_t b) const { return push_src_.data && b >= push_src_.first && b < push_src_.first + push_src_.n; }
   std::set<uint32_t> awaiting_;  // blocks asked of a remote home for a parked fault (answer_poll_us)
   EventLoop::TimerId timer_ = 0;
   int64_t timer_at_ = kNever;
