@@ -136,7 +136,9 @@ int main(int argc, char** argv) {
   service.set_kernel_msgs(!(km && std::string(km) == "0"), state_dir() + "/kernel-msgs." + cfg.me().name);
   // Each layer sees a peer's frame only after the local programs' one-way notes are applied (ClientServer::drain_notes).
   std::function<void()> drain_notes;
-  dipc::NotesFirst dsm_notes_first(dsm, drain_notes);
+  // A pushed grant (kOpPush) comes from the home of a segment homed elsewhere: no note of this node concerns it (notes
+  // are for segments homed here), and it is on a read miss's critical path.
+  dipc::NotesFirst dsm_notes_first(dsm, drain_notes, [](uint16_t op) { return op != dipc::dsm::kOpPush; });
   dipc::NotesFirst service_notes_first(service, drain_notes, [](uint16_t op) { return dipc::ipc::depends_on_shm_notes(op); });
   if (auto s = (*tr)->set_handler(dipc::transport::ops::kDsm, &dsm_notes_first); !s) return 1;
   if (auto s = (*tr)->set_handler(dipc::transport::ops::kIpc, &service_notes_first); !s) return 1;
