@@ -611,8 +611,8 @@ void Segment::apply(const LocalAction& a) {
       return;
     case LocalAction::kInstall:
       if (awaiting_.erase(b) && --m_.awaiting_ == 0) m_.loop().stop_polling();
-      if (!a.writable && !in_view(b) && !lazy(b) && copy_install(b)) {
-        // Protection, data and wake-up in one call (a read miss's install).
+      if (!in_view(b) && (a.writable || !lazy(b)) && copy_install(b, a.writable)) {
+        // Protection, data and wake-up in one call (a miss's install).
       } else if (a.writable && in_view(b)) {
         // An upgrade in place: the data is in V already, so clearing the protection may wake the writers at once.
         write_protect_all(b, false, true);
@@ -812,11 +812,12 @@ void Segment::write_protect_all(uint32_t b, bool wp, bool wake) {
   if (parked != parked_.end() && parked->second.empty()) parked_.erase(parked);
 }
 
-// A read copy into V with one UFFDIO_COPY into the only attach that may write (mode WP: installed write-protected),
-// which also wakes its faults on the block: one system call where write_protect_all + write_view + wake make three.
-// The page lands in V's page cache, so every other attach (read-only ones) finds it there. False: nothing was
-// installed, or only part of the block (the caller installs it the usual way, which overwrites the same data).
-bool Segment::copy_install(uint32_t b) {
+// A block into V with one UFFDIO_COPY into the only attach that may write (a read copy in mode WP: installed
+// write-protected; a writable one in mode 0), which also wakes its faults on the block: one system call where
+// write_protect_all + write_view + wake make three. The page lands in V's page cache, so every other attach
+// (read-only ones) finds it there. False: nothing was installed, or only part of the block (the caller installs it
+// the usual way, which overwrites the same data).
+bool Segment::copy_install(uint32_t b, bool writable) {
   if (huge_ || (flags_[b] & kZeroFill) || ((flags_[b] & kFrameGone) && !from_push(b))) return false;
   uint64_t only = 0;
   Attach* w = nullptr;
@@ -827,11 +828,15 @@ bool Segment::copy_install(uint32_t b) {
     only = aid;
   }
   if (!w) return false;
-  shared_first();
+  if (!writable) shared_first();
   const uint8_t* src = from_push(b) ? push_src_.data + (block_off(b) - block_off(push_src_.first)) : frames_ + block_off(b);
-  uffdio_copy c{w->addr + block_off(b), addr_of(src), block_len(b), UFFDIO_COPY_MODE_WP, 0};
+  uffdio_copy c{w->addr + block_off(b), addr_of(src), block_len(b), writable ? 0 : UFFDIO_COPY_MODE_WP, 0};
   if (ioctl(w->fd, UFFDIO_COPY, &c) != 0 || c.copy != static_cast<int64_t>(block_len(b))) return false;
-  flags_[b] |= kProtected | kInView;
+  flags_[b] |= kInView;
+  if (writable)
+    flags_[b] &= static_cast<uint8_t>(~kProtected);
+  else
+    flags_[b] |= kProtected;
   if (from_push(b)) push_src_.used[b - push_src_.first] = true;
   if (auto it = parked_.find(b); it != parked_.end()) {
     it->second.erase(only);

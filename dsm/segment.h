@@ -131,7 +131,7 @@ class Segment {
   void fetch(uint32_t block, NodeId from);
   void fetched(uint32_t block, Status st);  // the one-sided read of fetch() completed
   void write_protect_all(uint32_t block, bool wp, bool wake = false);
-  bool copy_install(uint32_t block);  // a read copy into V: protection, data and wake-up in one UFFDIO_COPY
+  bool copy_install(uint32_t block, bool writable);  // into V: protection, data and wake-up in one UFFDIO_COPY
   void save_view(uint32_t block);  // V -> F for a block present in V
   bool fill_view(uint32_t block);  // F (or the push being handled) -> V; false: not installed (write_view)
   // Blocks first..end-1 into V from where their data is; returns the end of the prefix installed (end: all).
