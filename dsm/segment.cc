@@ -215,17 +215,20 @@ uint64_t Segment::write_view(const uint8_t* src, uint64_t len, uint64_t off) {
 // process then maps it at its next fault, as after pwrite) and maps it in the attach's process; a read copy is mapped
 // write-protected (UFFDIO_COPY_MODE_WP; install_run protected the range in every attach before). DONTWAKE: the
 // parked accesses are woken after the install, as for pwrite. The program owns its userfaultfd and may have moved
-// or re-registered the range: the pages are then not V's. So V is checked to hold the whole run afterwards (SEEK_HOLE
-// on the view finds no hole in it); if not, 0 is returned and write_view pwrites the run (the same bytes over any
-// page that did land in V).
+// or re-registered the range, or mapped it privately: the pages are then not V's (a copy only that process sees,
+// stale for it alone: the kernel lets a userfaultfd cover a shared mapping only of a file its process may write).
+// So V is checked to hold the whole run afterwards (SEEK_HOLE on the view finds no hole in it); if not, 0 is
+// returned and write_view pwrites the run (the same bytes over any page that did land in V).
 uint64_t Segment::copy_via_attach(const uint8_t* src, uint64_t len, uint64_t off) {
   auto it = attaches_.find(last_fault_attach_);
-  if (it == attaches_.end()) return 0;
+  // A read-only attach is a private mapping (preload/shm.cc, map_view): UFFDIO_COPY would give that process an
+  // anonymous copy of its own, which no punch of V (an invalidation) would ever take back.
+  if (it == attaches_.end() || it->second.rdonly) return 0;
   const Attach& a = it->second;
   uint64_t done = 0;
   while (done < len) {
     uffdio_copy c{a.addr + off + done, addr_of(src + done), len - done,
-                  UFFDIO_COPY_MODE_DONTWAKE | (a.rdonly ? 0 : UFFDIO_COPY_MODE_WP), 0};
+                  UFFDIO_COPY_MODE_DONTWAKE | UFFDIO_COPY_MODE_WP, 0};
     int rc = ioctl(a.fd, UFFDIO_COPY, &c);
     if (c.copy > 0) done += static_cast<uint64_t>(c.copy);
     if (rc == 0 || (errno == EAGAIN && c.copy > 0)) continue;
