@@ -1,5 +1,6 @@
 #include "transport/link_seal.h"
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <sodium.h>
 
@@ -16,8 +17,13 @@ const uint8_t* or_empty(const uint8_t* p) { return p ? p : g_empty; }
 // OpenSSL's Poly1305 (EVP_MAC "POLY1305"), fetched once per process; null when the library's providers lack it
 // (e.g. a FIPS-only configuration), and then every seal uses libsodium's. Both compute RFC 8439 Poly1305, so the
 // tags are the same bytes: the choice is local, never negotiated (tests/unit/conn_test.cc checks the equality).
+// OPENSSL_INIT_NO_ATEXIT: libcrypto must not tear itself down at exit before the seals of objects with static storage
+// (destroyed after the atexit handlers registered later than their construction) free their contexts.
 EVP_MAC* poly1305() {
-  static EVP_MAC* const mac = EVP_MAC_fetch(nullptr, "POLY1305", nullptr);
+  static EVP_MAC* const mac = [] {
+    OPENSSL_init_crypto(OPENSSL_INIT_NO_ATEXIT, nullptr);
+    return EVP_MAC_fetch(nullptr, "POLY1305", nullptr);
+  }();
   return mac;
 }
 }  // namespace
