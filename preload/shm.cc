@@ -535,6 +535,11 @@ void open_note_channel(ShmConn& c) {
   if (!g_note_channel || !g_shm_notes) return;
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) != 0) return;
+  // Test-only: a small send buffer fills the channel after a few notes (the synchronous fallback, tested).
+  if (const char* b = getenv("DIPC_SHM_NOTE_SNDBUF")) {
+    int v = atoi(b);
+    (void)setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &v, sizeof v);
+  }
   Answer ans;
   int e = roundtrip(c, ipc::kShmNotes, {}, sv[1], ans);
   close(sv[1]);
