@@ -723,15 +723,18 @@ TEST_F(Shm, ProcessKilledWithUnreadNotesLeavesNattchRight) {
 // the fault drains the notes, so dipcd knows the new range before it resolves it, and the data is the segment's.
 TEST_F(Shm, ReattachAtANewAddressFaultedAtOnceSeesTheSegment) {
   const std::string k = key(29);
-  std::string id = create(1, k, 2 * kPage);
+  std::string id = create(1, k, 8 * kPage);
   std::string g = "get:" + k + ":0:dipc";
-  std::string out = tool(1, {g, "at:@:nostat", "w:0:1", "dt", g, "at:@:nostat", "r:0", "w:8:2", "dt", "blockva", g,
-                             "at:@:nostat", "r:8", "w:0:3", "dt", "blockva", g, "at:@:nostat", "r:0", "dt"});
-  EXPECT_EQ(fields(out, "r"), (std::vector<std::string>{"1", "2", "3"})) << out;
+  // Each attach touches a page never touched before (a fault dipcd resolves), the last two at a new address.
+  std::string out = tool(1, {g, "at:@:nostat", "w:0:1", "dt", g, "at:@:nostat", "w:4096:2", "dt", "blockva", g,
+                             "at:@:nostat", "w:8192:3", "r:0", "r:4096", "dt", "blockva", g, "at:@:nostat",
+                             "r:12288", "r:8192", "dt"});
+  EXPECT_EQ(fields(out, "r"), (std::vector<std::string>{"1", "2", "0", "3"})) << out;
   EXPECT_EQ(fields(out, "blockva"), (std::vector<std::string>{"0", "0"})) << out;
   std::string st = field(tool(2, {"stat:" + id}), "stat");
   EXPECT_EQ(kv(st, "nattch"), "0") << st;
-  EXPECT_EQ(fields(tool(2, {"at:" + id, "r:0", "r:8", "dt", "rm:" + id}), "r"), (std::vector<std::string>{"3", "2"}));
+  EXPECT_EQ(fields(tool(2, {"at:" + id, "r:0", "r:4096", "r:8192", "dt", "rm:" + id}), "r"),
+            (std::vector<std::string>{"1", "2", "3"}));
 }
 
 // A full note channel (a send buffer of a few notes, test-only DIPC_SHM_NOTE_SNDBUF) makes the attach and the
