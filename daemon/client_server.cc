@@ -311,6 +311,7 @@ void ClientServer::read_notes(Conn& c) {
       c.closing = true;  // no more of its notes
       return close_conn(id, "a malformed note");
     }
+    ++notes_read_;
     on_note(c, f);
     if (!conns_.count(id)) return;
   }
@@ -368,12 +369,18 @@ int ClientServer::take_note_channel(Conn& c, int fd) {
 }
 
 // What no request observes (a segment destroyed by the last detach after IPC_RMID: memory the node holds) waits
-// for the next drain at most this long.
+// for the next drain at most kNotesTimerMs while notes come, and up to kNotesIdleMs once none came for a while (the
+// period doubles with every timer drain that found none: an idle daemon wakes about once a second for it, as for
+// its links' heartbeats).
 void ClientServer::arm_notes_timer() {
   if (notes_timer_ || note_channels_ == 0) return;
-  notes_timer_ = loop_.add_timer(kNotesTimerMs, [this] {
+  notes_timer_ = loop_.add_timer(notes_period_ms_, [this] {
     notes_timer_ = 0;
+    uint64_t before = notes_read_;
     drain_notes();
+    bool quiet = notes_read_ == before && notes_read_ == notes_read_at_timer_;
+    notes_read_at_timer_ = notes_read_;
+    notes_period_ms_ = quiet ? std::min(notes_period_ms_ * 2, kNotesIdleMs) : kNotesTimerMs;
     arm_notes_timer();
   });
 }

@@ -63,6 +63,7 @@ class ClientServer {
   void arm_notes_timer();
   static constexpr int kMaxNotesPerDrain = 1024;
   static constexpr int64_t kNotesTimerMs = 100;
+  static constexpr int64_t kNotesIdleMs = 1000;
   // What one local user makes the daemon hold (root and the daemon's own uid are not bounded).
   struct UserUse {
     size_t conns = 0;
@@ -117,6 +118,9 @@ class ClientServer {
   int notes_epfd_ = -1;
   size_t note_channels_ = 0;
   EventLoop::TimerId notes_timer_ = 0;
+  int64_t notes_period_ms_ = kNotesTimerMs;
+  uint64_t notes_read_ = 0;           // notes applied, ever
+  uint64_t notes_read_at_timer_ = 0;  // ... at the last timer drain
 };
 
 // A peer's frames are handled only once the local programs' notes are applied (ClientServer::drain_notes): a remote
