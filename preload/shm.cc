@@ -288,10 +288,17 @@ int connect_daemon() {
 
 void open_note_channel(ShmConn& c);
 
+// The caller's effective uid and gid, read once per call (each is a system call, ~0.5 us here: docs/PERFORMANCE.md,
+// "Local-home speed, fifth pass").
+struct Caller {
+  uid_t uid = geteuid();
+  gid_t gid = getegid();
+};
+
 // The live connection for the caller's credentials, made if needed; nullptr when no daemon answers.
-ShmConn* conn_for_caller(State& s) {
-  uid_t u = geteuid();
-  gid_t g = getegid();
+ShmConn* conn_for_caller(State& s, const Caller& me = Caller{}) {
+  const uid_t u = me.uid;
+  const gid_t g = me.gid;
   for (auto& c : s.conns)
     if (c->fd >= 0 && c->euid == u && c->egid == g) return c.get();
   s.conns.reserve(s.conns.size() + 1);
@@ -310,9 +317,9 @@ ShmConn* conn_for_caller(State& s) {
 }
 
 // Forgets connections nothing needs any more: closed ones and other credentials' ones, once without attaches.
-void prune(State& s) {
-  uid_t u = geteuid();
-  gid_t g = getegid();
+void prune(State& s, const Caller& me = Caller{}) {
+  const uid_t u = me.uid;
+  const gid_t g = me.gid;
   std::erase_if(s.conns, [&](const std::unique_ptr<ShmConn>& c) {
     return c->attaches == 0 && (c->fd < 0 || c->euid != u || c->egid != g);
   });
@@ -837,7 +844,7 @@ KeyCache& key_cache() {
 
 // ipcperms() on a table row with the caller's effective uid, gid and groups: true when the mode bits of `flag` are
 // allowed. A refusal (or groups that cannot be read) is dipcd's to decide: it knows CAP_IPC_OWNER.
-bool row_allows(const ipc::ShmTableRow& r, int flag) {
+bool row_allows(const ipc::ShmTableRow& r, int flag, const Caller& me = Caller{}) {
   ipc::Perm p;
   p.key = r.key;
   p.uid = r.uid;
@@ -846,8 +853,8 @@ bool row_allows(const ipc::ShmTableRow& r, int flag) {
   p.cgid = r.cgid;
   p.mode = static_cast<uint16_t>(r.mode);
   ipc::Creds c;
-  c.uid = geteuid();
-  c.gid = getegid();
+  c.uid = me.uid;
+  c.gid = me.gid;
   if (c.uid != p.uid && c.uid != p.cuid && c.gid != p.gid && c.gid != p.cgid) {
     gid_t groups[256];
     int n = getgroups(256, groups);
@@ -860,17 +867,19 @@ bool row_allows(const ipc::ShmTableRow& r, int flag) {
 // The row of segment `id` (homed on this node) if the caller may attach it with `flg` (ipcperms(), as shmat), or
 // nullopt: not known here, not decidable, or refused (dipcd decides those).
 // *table gets the table read (for the re-read after the note).
-std::optional<ipc::ShmTableRow> attach_row(int id, int flg, const ipc::ShmTable** table) {
+std::optional<ipc::ShmTableRow> attach_row(int id, int flg, const ipc::ShmTable** table, const Caller& me) {
   int key = 0;
   const ipc::ControlPage* cp = control();
-  const ipc::ShmTable* t = shm_table();
+  // No liveness check: the attach's note (or its round trip) goes to the daemon next, on the attach connection, and
+  // fails (EPIPE: the full path, EIO) if that daemon is gone; a restarted daemon never has the old connection.
+  const ipc::ShmTable* t = shm_table(false);
   ipc::ShmTableRow r;
   if (!cp || !t || ipc::id_node(id) != cp->node() || !key_cache().get(id, &key) || t->find(key, &r) != 1 || r.id != id)
     return std::nullopt;
   *table = t;
   int acc = (flg & SHM_RDONLY) ? 0444 : 0666;
   if (flg & SHM_EXEC) acc |= 0111;
-  if (!row_allows(r, acc)) return std::nullopt;
+  if (!row_allows(r, acc, me)) return std::nullopt;
   return r;
 }
 
@@ -895,10 +904,11 @@ void* map_view(ShmConn& c, uintptr_t a, bool fixed, int flg, const ShmConn::View
 // a full fence, the row read again. Unchanged and not shared: done, without waiting for dipcd (it applies the note
 // before anything that depends on it). Else the note is confirmed by a round trip (kShmAttachCheck). nullopt: not
 // applicable (the caller takes the round-trip path with the view, which is still its).
-std::optional<void*> attach_noted(ShmConn& c, int id, uintptr_t a, bool fixed, int flg, const ShmConn::View& view) {
+std::optional<void*> attach_noted(ShmConn& c, int id, uintptr_t a, bool fixed, int flg, const ShmConn::View& view,
+                                  const Caller& me) {
   if (g_attach_note == NoteMode::kOff) return std::nullopt;
   const ipc::ShmTable* table = nullptr;
-  std::optional<ipc::ShmTableRow> before = attach_row(id, flg, &table);
+  std::optional<ipc::ShmTableRow> before = attach_row(id, flg, &table, me);
   if (!before || ((before->flags & ipc::kShmRowShared) && g_attach_note != NoteMode::kNoRecheck)) return std::nullopt;
   void* p = map_view(c, a, fixed, flg, view);
   if (p == MAP_FAILED) return p;
@@ -968,12 +978,13 @@ std::optional<void*> attach_noted(ShmConn& c, int id, uintptr_t a, bool fixed, i
 // note, or a full channel, makes it the synchronous call (kShmAttached without a descriptor: the rights checked at
 // the home, the range write-protected as needed). nullopt: the userfaultfd could not be used (closed; `view` goes on
 // to the other paths).
-std::optional<void*> attach_reused(ShmConn& c, int id, uintptr_t a, bool fixed, int flg, ShmConn::View& view) {
+std::optional<void*> attach_reused(ShmConn& c, int id, uintptr_t a, bool fixed, int flg, ShmConn::View& view,
+                                   const Caller& me) {
   const ipc::ShmTable* table = nullptr;
   ipc::ShmTableRow before{};
   bool may_note = false;
   if (g_attach_note != NoteMode::kOff)
-    if (std::optional<ipc::ShmTableRow> r = attach_row(id, flg, &table)) {
+    if (std::optional<ipc::ShmTableRow> r = attach_row(id, flg, &table, me)) {
       before = *r;
       may_note = !(before.flags & ipc::kShmRowShared) || g_attach_note == NoteMode::kNoRecheck;
     }
@@ -1062,9 +1073,10 @@ std::optional<void*> attach(const dipc_shm_target* t, int id, const void* addr, 
   pthread_once(&g_atfork_once, [] { pthread_atfork(atfork_prepare, atfork_parent, atfork_child); });
   State& s = state();
   std::lock_guard lock(s.mu);
-  prune(s);
+  const Caller me;
+  prune(s, me);
   s.attaches.reserve(s.attaches.size() + 1);  // recording the attach must not fail once dipcd counts it
-  ShmConn* c = conn_for_caller(s);
+  ShmConn* c = conn_for_caller(s, me);
   if (!c) return failed(EIO);  // a distributed id with no daemon: never the kernel (README, "What differs")
 
   // A view kept from an earlier attach of the segment in this mode saves the kShmAt round trip; SHM_REMAP, which
@@ -1087,13 +1099,13 @@ std::optional<void*> attach(const dipc_shm_target* t, int id, const void* addr, 
       break;
     }
   if (kept.fd >= 0 && kept.uffd >= 0 && !kept.uffd_live && c->notes >= 0) {
-    if (std::optional<void*> r = attach_reused(*c, id, a, fixed, flg, kept)) {
+    if (std::optional<void*> r = attach_reused(*c, id, a, fixed, flg, kept, me)) {
       if (*r != MAP_FAILED || errno != ESTALE) return *r;
       kept = ShmConn::View{};  // closed: the full path
     }
   }
   if (kept.fd >= 0 && c->notes < 0) {  // with a channel, a note must go on it (the drains read only that)
-    if (std::optional<void*> r = attach_noted(*c, id, a, fixed, flg, kept)) {
+    if (std::optional<void*> r = attach_noted(*c, id, a, fixed, flg, kept, me)) {
       if (*r != MAP_FAILED || errno != ESTALE) return *r;
       kept = ShmConn::View{};  // closed: the full path
     }
@@ -1177,7 +1189,9 @@ std::optional<int> detach(const dipc_shm_target* t, const void* addr) {
   s.attaches.erase(it);
   unmap_in(t, reinterpret_cast<void*>(at.addr), at.len);
   detached(at);
-  prune(s);
+  // A lone open connection is kept (without the credentials' system calls): if the caller's changed, the next
+  // attach prunes it.
+  if (s.conns.size() > 1 || (!s.conns.empty() && s.conns.front()->fd < 0)) prune(s);
   return 0;
 }
 
