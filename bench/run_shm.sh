@@ -11,7 +11,8 @@
 #     once: STREAM triad, 2 processes on node1: native SysV segment vs dipc segment (passes interleaved inside)
 #     every round: userfaultfd fault + UFFDIO_COPY resolve on node1; raw TCP 4 KiB request/response node1 <-> node2;
 #       dipc read miss (node1 writes a page, node2 reads it: the timed load); dipc write upgrade, 1 reader;
-#       raw TCP bulk transfer and dipc sequential first touch of DIPC_SHM_TOUCH_MIB MiB, in normal pages and
+#       raw TCP bulk transfer (into one reused buffer; tcpbulk_fresh: into a new shared mapping of the transfer's
+#       size, the memory a first touch must fill) and dipc sequential first touch of DIPC_SHM_TOUCH_MIB MiB, in normal pages and
 #       (seqread_huge, when this host can give the huge pages: root raises vm.nr_hugepages for the run and restores
 #       it) in a SHM_HUGETLB segment;
 #       Jacobi: 2 processes on node1 with native shm + semaphores, then one process on node1 and one on node2
@@ -195,6 +196,7 @@ if up 2; then
     part writemiss on "$c2" node1 --preload "$bin/shm_bench" readmiss --write --iters "$iters"
     part upgrade1 on "$c2" node1 --preload "$bin/shm_bench" upgrade --readers 1 --iters "$iters"
     part tcpbulk on "$c2" node1 "$bin/shm_bench" tcpbulk --mib "$touch_mib"
+    part tcpbulk_fresh on "$c2" node1 "$bin/shm_bench" tcpbulk --fresh --mib "$touch_mib"
     part seqread on "$c2" node1 --preload "$bin/shm_bench" seqread --mib "$touch_mib"
     part seqread_huge on "$c2" node1 --preload "$bin/shm_bench" seqread --huge --mib "$touch_mib"
     part jacobi_native on "$c2" node1 --preload "$bin/shm_bench" jacobi --mode native --n "$jn" --sweeps "$sweeps"

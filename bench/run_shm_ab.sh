@@ -4,7 +4,7 @@
 # of every pair run_shm.sh reports (dipc / its baseline of the same round) and of the first-touch bandwidth, then the
 # median of the B / A quotients of consecutive runs with its spread, and the load average.
 #   usage: bench/run_shm_ab.sh BUILD_A BUILD_B
-#   DIPC_AB_ROUNDS=4 pairs of runs; DIPC_SHM_ROUNDS=2 rounds per run; DIPC_SHM_PARTS='tcpbulk|seqread' by default;
+#   DIPC_AB_ROUNDS=4 pairs of runs; DIPC_SHM_ROUNDS=2 rounds per run; DIPC_SHM_PARTS='tcpbulk|tcpbulk_fresh|seqread' by default;
 #   any other env of run_shm.sh (DIPC_SHM_TOUCH_MIB, spinners, ...) applies to both builds
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,7 +20,7 @@ for ((r = 0; r < rounds; r++)); do
   for side in A B; do
     build=$a
     [ "$side" = B ] && build=$b
-    DIPC_BENCH_OUT="$out/$side$r" DIPC_SHM_ROUNDS=${DIPC_SHM_ROUNDS:-2} DIPC_SHM_PARTS=${DIPC_SHM_PARTS:-tcpbulk|seqread} \
+    DIPC_BENCH_OUT="$out/$side$r" DIPC_SHM_ROUNDS=${DIPC_SHM_ROUNDS:-2} DIPC_SHM_PARTS=${DIPC_SHM_PARTS:-tcpbulk|tcpbulk_fresh|seqread} \
       "$top/bench/run_shm.sh" "$build" >/dev/null 2>&1 || echo "run $side$r failed"
   done
 done

@@ -222,6 +222,8 @@ def shm(args):
         make_pair("sequential first touch dipc / raw TCP bulk, bandwidth", scalar_ratios(e, "seqread_dipc_mibps",
                                                                                        "tcpbulk_mibps"),
                   0.5, higher_is_better=True),
+        make_pair("sequential first touch dipc / raw TCP bulk into fresh memory, bandwidth",
+                  scalar_ratios(e, "seqread_dipc_mibps", "tcpbulk_fresh_mibps"), higher_is_better=True),
         make_pair("sequential first touch SHM_HUGETLB / normal pages, bandwidth",
                   scalar_ratios(e, "seqread_huge_dipc_mibps", "seqread_dipc_mibps"), higher_is_better=True),
     ]

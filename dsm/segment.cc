@@ -190,7 +190,7 @@ Status Segment::init_huge() {
 // the pool without a free page (ENOMEM): only if something took the page a punch freed before drop_view reserved it
 // again. Logged once, then every 1000th time.
 uint64_t Segment::write_view(const uint8_t* src, uint64_t len, uint64_t off) {
-  uint64_t done = 0;
+  uint64_t done = install_via_attach_ && !huge_ ? copy_via_attach(src, len, off) : 0;
   while (done < len) {
     if (!huge_) {
       ssize_t w = pwrite(view_fd_.get(), src + done, len - done, static_cast<off_t>(off + done));
@@ -208,6 +208,36 @@ uint64_t Segment::write_view(const uint8_t* src, uint64_t len, uint64_t off) {
                      huge_ && errno == ENOMEM ? " (no free huge page: the access waits for one)" : "");
     break;
   }
+  return done;
+}
+
+// UFFDIO_COPY on a shmem mapping allocates the page, copies into it, adds it to V's page cache (every other local
+// process then maps it at its next fault, as after pwrite) and maps it in the attach's process; a read copy is mapped
+// write-protected (UFFDIO_COPY_MODE_WP; install_run protected the range in every attach before). DONTWAKE: the
+// parked accesses are woken after the install, as for pwrite. The program owns its userfaultfd and may have moved
+// or re-registered the range, or mapped it privately: the pages are then not V's (a copy only that process sees,
+// stale for it alone: the kernel lets a userfaultfd cover a shared mapping only of a file its process may write).
+// So V is checked to hold the whole run afterwards (SEEK_HOLE on the view finds no hole in it); if not, 0 is
+// returned and write_view pwrites the run (the same bytes over any page that did land in V).
+uint64_t Segment::copy_via_attach(const uint8_t* src, uint64_t len, uint64_t off) {
+  auto it = attaches_.find(last_fault_attach_);
+  // A read-only attach is a private mapping (preload/shm.cc, map_view): UFFDIO_COPY would give that process an
+  // anonymous copy of its own, which no punch of V (an invalidation) would ever take back.
+  // A dormant attach (park_attach) has no range to copy into.
+  if (it == attaches_.end() || it->second.rdonly || it->second.len == 0) return 0;
+  const Attach& a = it->second;
+  uint64_t done = 0;
+  while (done < len) {
+    uffdio_copy c{a.addr + off + done, addr_of(src + done), len - done,
+                  UFFDIO_COPY_MODE_DONTWAKE | UFFDIO_COPY_MODE_WP, 0};
+    int rc = ioctl(a.fd, UFFDIO_COPY, &c);
+    if (c.copy > 0) done += static_cast<uint64_t>(c.copy);
+    if (rc == 0 || (errno == EAGAIN && c.copy > 0)) continue;
+    break;  // EEXIST (a page of the run mapped there or in V already), ENOENT/EINVAL (the range moved), ...
+  }
+  if (done == 0) return 0;
+  off_t hole = lseek(view_fd_.get(), static_cast<off_t>(off), SEEK_HOLE);
+  if (hole < 0 || static_cast<uint64_t>(hole) < off + done) return 0;
   return done;
 }
 
@@ -328,6 +358,7 @@ void Segment::handle_fault(uint64_t attach, uint64_t addr, bool write) {
   DSM_TRACE("dsm: seg {} fault attach {} off {:#x} {}", id_, attach, addr - a.addr, write ? "W" : "R");
   if (addr < a.addr || addr >= a.addr + a.len) return;
   uint32_t b = static_cast<uint32_t>((addr - a.addr) / block_);
+  last_fault_attach_ = attach;
   std::vector<Msg> out;
   NodeCache::Fault f = cache_.on_fault(b, write ? Access::kWrite : Access::kRead, out);
   if (f == NodeCache::Fault::kProceed) {
@@ -728,7 +759,9 @@ void Segment::install_run(uint32_t first, uint32_t n) {
     }
     uint32_t e = b;
     while (e < first + n && !in_view(e) && !lazy(e)) ++e;
+    install_via_attach_ = true;
     uint32_t in = copy_into_view(b, e);  // blocks in..e-1 stay out of V (write_view failed): faulted in later
+    install_via_attach_ = false;
     bool spare = false;
     for (uint32_t x = b; x < in; ++x) flags_[x] |= kInView;
     if (home_spares()) spare_installed(b, in - b);

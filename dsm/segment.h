@@ -153,7 +153,13 @@ class Segment {
   // Copies [src, src+len) into V at `off`: pwrite, or UFFDIO_COPY into the install mapping for hugetlbfs. Returns
   // the bytes installed (len: all; less when the huge page pool had no page: logged).
   uint64_t write_view(const uint8_t* src, uint64_t len, uint64_t off);
+  // A read-only run into V through the attach that last faulted (install_run): UFFDIO_COPY fills V's pages and maps
+  // them write-protected in that process at once, so its reads of the run take no minor fault. Returns the bytes
+  // V is known to hold from `off` on (0..len); write_view does the rest.
+  uint64_t copy_via_attach(const uint8_t* src, uint64_t len, uint64_t off);
   uint64_t install_failures_ = 0;
+  uint64_t last_fault_attach_ = 0;  // the attach whose fault came last (handle_fault)
+  bool install_via_attach_ = false;  // install_run is copying a read-only run: write_view may use copy_via_attach
   void spare_frames(uint32_t first, uint32_t n);  // punch F of the blocks first..first+n-1 marked kSpareFrame
   void spare_queued();                            // spare_frames() of the runs installs queued in spare_q_
   // The home holds a block once (V, or F when V does not hold it), not with a provider that pins F.

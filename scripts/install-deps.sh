@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what dipc needs to build and test on Debian 12 (apt-get). Safe to run again.
 set -euo pipefail
-pkgs=(cmake ninja-build g++ clang pkgconf libtomlplusplus-dev libsodium-dev libcli11-dev libspdlog-dev libfmt-dev
+pkgs=(cmake ninja-build g++ clang pkgconf libtomlplusplus-dev libsodium-dev libssl-dev libcli11-dev libspdlog-dev libfmt-dev
       libgtest-dev libgmock-dev libbenchmark-dev libibverbs-dev librdmacm-dev libhwloc-dev libclang-rt-14-dev iproute2 util-linux
       procps python3 openssh-client openssh-server
       # the Soft-RoCE VM the verbs tests run in (../shared/softroce/vm-run) and RDMA tools for the benches

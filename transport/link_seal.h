@@ -6,7 +6,8 @@
 // (4 zero bytes + u64 big-endian), so a replayed, dropped, reordered or injected frame fails to open.
 //   "mac":     the frame travels in the clear, followed by a 16-byte Poly1305 tag over header ‖ payload under a
 //              one-time key drawn from ChaCha20(session key, nonce) (RFC 8439 §2.6: the AEAD with the whole frame
-//              as associated data and no plaintext), computed over the payload's pieces without copying them.
+//              as associated data and no plaintext), computed over the payload's pieces without copying them
+//              (OpenSSL's Poly1305 where available, libsodium's otherwise: the same tag either way).
 //   "encrypt": ChaCha20-Poly1305-IETF (libsodium) of the payload, with the 24-byte header as associated data; the
 //              header (kind, op, id, status, length) stays readable, the payload does not.
 //   "none":    nothing added.
@@ -21,6 +22,8 @@
 #include "common/config.h"
 #include "common/frame.h"
 #include "common/wire.h"
+
+struct evp_mac_ctx_st;  // OpenSSL's EVP_MAC_CTX
 
 namespace dipc::transport {
 
@@ -51,12 +54,13 @@ class FrameSeal {
 
  private:
   void nonce(uint8_t out[12]) const;
-  void mac(const uint8_t* header, std::span<const ByteView> parts, uint8_t* tag) const;
+  void mac(const uint8_t* header, std::span<const ByteView> parts, uint8_t* tag);
 
   LinkSecurity mode_;
   SessionKey key_;
   uint64_t seq_ = 0;
   bool failed_ = false;
+  evp_mac_ctx_st* poly_ = nullptr;  // mac: OpenSSL's Poly1305, re-keyed per frame; null: libsodium's
 };
 
 }  // namespace dipc::transport

@@ -9,7 +9,7 @@ arch=$1
 dir=$2
 mirror=${DIPC_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # Runtime libraries and their -dev packages: what dipcd, libdipc.so, the examples and the unit tests need.
-pkgs=(libsodium23 libsodium-dev libtomlplusplus3 libtomlplusplus-dev libspdlog1.10 libspdlog-dev libfmt9 libfmt-dev
+pkgs=(libsodium23 libsodium-dev libssl3 libssl-dev libtomlplusplus3 libtomlplusplus-dev libspdlog1.10 libspdlog-dev libfmt9 libfmt-dev
       libcli11-dev libgtest-dev libgmock-dev googletest libc6 libc6-dev libstdc++6 libgcc-s1 libstdc++-12-dev
       libgcc-12-dev linux-libc-dev
       libibverbs1 libibverbs-dev librdmacm1 librdmacm-dev libnl-3-200 libnl-route-3-200 libnl-3-dev libnl-route-3-dev

@@ -155,6 +155,22 @@ TEST_F(Shm, ReadAheadCopiesAreCoherentAndInvalidatedLikeAnyOther) {
   tool(1, {"rm:" + id});
 }
 
+TEST_F(Shm, ASequentialReaderOnAnotherNodeTakesNoFaultPerPage) {
+  // node2 reads 1 MiB written on node1 page by page. The read-ahead windows are installed straight into the
+  // reader's page tables (UFFDIO_COPY into the attach that faulted): a fault per window, not one per page (its
+  // attach is registered for write-protect faults, so the kernel maps no neighbouring pages at a fault).
+  const std::string k = key(45);
+  constexpr int kPages = 256;
+  std::string id = create(1, k, kPages * kPage);
+  EXPECT_EQ(field(tool(1, {"at:" + id, "sparsew:4096"}), "sparsew"), std::to_string(kPages + 1));  // + the last word
+  std::string out = tool(2, {"at:" + id, "minflt", "sparsec:4096", "minflt", "rm:" + id});
+  EXPECT_EQ(field(out, "sparsec"), "0") << out;
+  std::vector<std::string> f = fields(out, "minflt");
+  ASSERT_EQ(f.size(), 2u) << out;
+  long faults = std::stol(f[1]) - std::stol(f[0]);
+  EXPECT_LT(faults, kPages / 4) << "minor faults reading " << kPages << " pages: " << faults;
+}
+
 TEST_F(Shm, AtomicFetchAddFromTwoProcessesOnEachOfThreeNodesSumsExactly) {
   const std::string k = key(2);
   constexpr int kIters = 20000, kProcs = 6;

@@ -28,6 +28,7 @@
  *                            parent waits for that line -> forkexec_pid=N
  *   waitfile:PATH[:SECS]     polls (bounded, default 30 s) until PATH exists          -> waitfile=0 (exit 1 on timeout)
  *   print:TEXT               prints TEXT
+ *   minflt                   this process's minor page faults so far (getrusage)     -> minflt=N
  *
  * Failed calls print "NAME=-1 ERRNO_NAME" and the run goes on (exit 0): callers check the lines. Failed checks
  * (waitw timeout, sparsec mismatch, fork child trouble) print to stderr and make the exit status 1; bad usage is 2.
@@ -359,6 +360,10 @@ int main(int argc, char **argv) {
       printf("waitfile=0\n");
     } else if (!strcmp(name, "print")) {
       printf("%s\n", a[1] ? a[1] : "");
+    } else if (!strcmp(name, "minflt")) {
+      struct rusage ru;
+      getrusage(RUSAGE_SELF, &ru);
+      printf("minflt=%ld\n", ru.ru_minflt);
     } else {
       fprintf(stderr, "shm_tool: unknown command %s\n", name);
       return 2;

@@ -1,7 +1,9 @@
 // The I/O-free connection pieces every provider shares (transport/conn.h): who dials, back-off, the connect-timeout
 // queue, fail-all, and the mutual challenge-response, driven message by message with no socket.
 #include <gtest/gtest.h>
+#include <sodium.h>
 
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -245,6 +247,29 @@ TEST(Seal, NoneAddsNothing) {
   EXPECT_EQ(s.overhead(), 0u);
   FrameSeal m(LinkSecurity::kMac, SessionKey{});
   EXPECT_EQ(m.overhead(), kSealTagSize);
+}
+
+// "mac" is RFC 8439's AEAD with the frame as associated data and no plaintext; whichever library computes the
+// Poly1305 (OpenSSL's where available), the tag must be those bytes, or two builds could not talk.
+TEST(Seal, MacIsRfc8439Poly1305OverTheFrame) {
+  SessionKey k;
+  for (size_t i = 0; i < k.size(); ++i) k[i] = static_cast<uint8_t>(i * 7 + 1);
+  FrameSeal tx(LinkSecurity::kMac, k);
+  for (size_t n : {size_t{0}, size_t{1}, size_t{15}, size_t{4096}, size_t{1} << 20}) {
+    std::string body(n, '\0');
+    for (size_t i = 0; i < n; ++i) body[i] = static_cast<char>(i * 31 + n);
+    const uint64_t seq = tx.seq();
+    Sealed f = seal_frame(tx, 3, "fields", body);
+    uint8_t nonce[12] = {};
+    for (int i = 0; i < 8; ++i) nonce[4 + i] = static_cast<uint8_t>(seq >> (56 - 8 * i));
+    uint8_t otk[crypto_onetimeauth_KEYBYTES];
+    crypto_stream_chacha20_ietf(otk, sizeof otk, nonce, k.data());
+    Bytes frame = f.header;
+    frame.insert(frame.end(), f.wire.begin(), f.wire.end());
+    uint8_t want[kSealTagSize];
+    crypto_onetimeauth(want, frame.data(), frame.size(), otk);
+    EXPECT_EQ(0, std::memcmp(want, f.tag.data(), kSealTagSize)) << n << " bytes";
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, Seal,
