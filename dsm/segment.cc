@@ -889,7 +889,7 @@ bool Segment::copy_install(uint32_t b, bool writable) {
   uint64_t only = 0;
   Attach* w = nullptr;
   for (auto& [aid, a] : attaches_) {
-    if (a.rdonly) continue;
+    if (a.rdonly || a.len == 0) continue;  // a dormant attach (park_attach) maps nothing
     if (w) return false;
     w = &a;
     only = aid;
