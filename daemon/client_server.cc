@@ -7,6 +7,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -39,6 +40,7 @@ bool is_userfaultfd(int fd) {
 ClientServer::ClientServer(EventLoop& loop, ipc::Service& service, const Config& cfg)
     : loop_(loop), service_(service), cfg_(cfg) {
   reserve_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  notes_epfd_ = epoll_create1(EPOLL_CLOEXEC);
   control_fd_ = memfd_create("dipc-control", MFD_CLOEXEC | MFD_ALLOW_SEALING);
   // The control page, then the table of segments homed here (ipc/shm_table.h), whole pages.
   const auto page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
@@ -80,7 +82,12 @@ ClientServer::ClientServer(EventLoop& loop, ipc::Service& service, const Config&
 ClientServer::~ClientServer() {
   service_.set_shm_table_hook(nullptr);
   service_.set_notes_hook(nullptr);
-  for (auto& [id, c] : conns_) close(c->fd);
+  for (auto& [id, c] : conns_) {
+    close(c->fd);
+    if (c->notes_fd >= 0) close(c->notes_fd);
+  }
+  if (notes_timer_) loop_.cancel_timer(notes_timer_);
+  if (notes_epfd_ >= 0) close(notes_epfd_);
   for (auto& [pid, fd] : pidfds_) close(fd);
   if (listen_fd_ >= 0) close(listen_fd_);
   if (reserve_fd_ >= 0) close(reserve_fd_);
@@ -244,18 +251,138 @@ void ClientServer::on_readable(Conn& c, uint32_t events) {
 }
 
 void ClientServer::drain_notes(bool nested) {
-  if ((draining_ && !nested) || shm_conns_.empty()) return;
+  if ((draining_ && !nested) || (shm_conns_.empty() && note_channels_ == 0)) return;
   bool was = draining_;
   // The other half of the one-way attach's handshake (docs/ARCHITECTURE.md, "One-way shmat"): whatever this thread
   // stored before (a table word) is visible before the sockets are read.
   std::atomic_thread_fence(std::memory_order_seq_cst);
   draining_ = true;
-  std::vector<uint64_t> ids(shm_conns_.begin(), shm_conns_.end());
-  for (uint64_t id : ids) {
-    auto it = conns_.find(id);
-    if (it != conns_.end() && !it->second->busy) on_readable(*it->second, EPOLLIN);  // one recvmsg when empty
+  if (note_channels_ > 0) {
+    // One system call when no note waits. Level-triggered: a channel left with notes (past kMaxNotesPerDrain)
+    // would be reported again; each is read once per drain, so a flooding program cannot hold the drain.
+    epoll_event ev[64];
+    std::vector<uint64_t> seen;
+    for (int round = 0; round < 64; ++round) {
+      int n = epoll_wait(notes_epfd_, ev, 64, 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      bool fresh = false;
+      for (int i = 0; i < n; ++i) {
+        uint64_t id = ev[i].data.u64;
+        if (std::find(seen.begin(), seen.end(), id) != seen.end()) continue;
+        seen.push_back(id);
+        fresh = true;
+        auto it = conns_.find(id);
+        if (it != conns_.end()) read_notes(*it->second);
+      }
+      if (n < 64 || !fresh) break;
+    }
+  }
+  if (!shm_conns_.empty()) {
+    std::vector<uint64_t> ids(shm_conns_.begin(), shm_conns_.end());
+    for (uint64_t id : ids) {
+      auto it = conns_.find(id);
+      if (it != conns_.end() && !it->second->busy) on_readable(*it->second, EPOLLIN);  // one recvmsg when empty
+    }
   }
   draining_ = was;
+}
+
+void ClientServer::read_notes(Conn& c) {
+  if (c.notes_fd < 0 || c.notes_busy) return;
+  uint64_t id = c.id;
+  c.notes_busy = true;
+  uint8_t buf[512];  // a note is one packet of a few dozen bytes
+  for (int i = 0; i < kMaxNotesPerDrain; ++i) {
+    // recv, not recvmsg with a control buffer: descriptors sent on the channel are closed by the kernel.
+    ssize_t n = recv(c.notes_fd, buf, sizeof buf, MSG_DONTWAIT | MSG_TRUNC);
+    if (n < 0 && errno == EINTR) continue;
+    if (n == 0 || (n < 0 && errno != EAGAIN)) {  // the program closed its end: the connection's close does the rest
+      epoll_ctl(notes_epfd_, EPOLL_CTL_DEL, c.notes_fd, nullptr);
+      close(c.notes_fd);
+      c.notes_fd = -1;
+      --note_channels_;
+      break;
+    }
+    if (n < 0) break;
+    FrameParser p;
+    FrameParser::Frame f;
+    if (static_cast<size_t>(n) > sizeof buf || (p.feed(buf, static_cast<size_t>(n)), !p.next(f)) || p.buffered()) {
+      c.closing = true;  // no more of its notes
+      return close_conn(id, "a malformed note");
+    }
+    ++notes_read_;
+    on_note(c, f);
+    if (!conns_.count(id)) return;
+  }
+  c.notes_busy = false;
+}
+
+void ClientServer::on_note(Conn& c, FrameParser::Frame& f) {
+  const FrameHeader& h = f.header;
+  if (h.kind != FrameKind::kOneWay) return close_conn(c.id, "a note that is not one-way");
+  switch (h.op) {
+    case ipc::kShmDt:
+      return service_.client_shmdt(c.creds, c.id, f.payload, [](int, Bytes) {});
+    case ipc::kShmAttached:
+      if (int e = service_.client_shm_revive(c.creds, c.id, f.payload, false))
+        DIPC_LOG_DEBUG("client pid {}: a one-way attach on a kept userfaultfd: {}; not counted", c.creds.pid,
+                       strerror(e));
+      return;
+    case ipc::kShmForget:
+      return service_.client_shm_forget(c.id, f.payload);
+    default:
+      return close_conn(c.id, "an unknown note");
+  }
+}
+
+int ClientServer::take_note_channel(Conn& c, int fd) {
+  int domain = 0, type = 0;
+  socklen_t len = sizeof domain;
+  ucred uc{};
+  socklen_t ulen = sizeof uc;
+  if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0 || domain != AF_UNIX ||
+      (len = sizeof type, getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len)) != 0 || type != SOCK_SEQPACKET ||
+      getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &ulen) != 0 || uc.pid != c.creds.pid ||
+      uc.uid != c.creds.uid) {
+    close(fd);
+    return EINVAL;  // the channel's other end must be the process this connection is (SO_PEERCRED of both)
+  }
+  if (c.notes_fd >= 0) {
+    close(fd);
+    return EBUSY;
+  }
+  epoll_event ev{};
+  ev.events = EPOLLIN | EPOLLRDHUP;
+  ev.data.u64 = c.id;
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0 || epoll_ctl(notes_epfd_, EPOLL_CTL_ADD, fd, &ev) != 0) {
+    close(fd);
+    return ENOMEM;
+  }
+  shutdown(fd, SHUT_WR);  // dipcd never writes on it
+  c.notes_fd = fd;
+  ++note_channels_;
+  shm_conns_.erase(c.id);  // its notes come on the channel
+  arm_notes_timer();
+  return 0;
+}
+
+// What no request observes (a segment destroyed by the last detach after IPC_RMID: memory the node holds) waits
+// for the next drain at most kNotesTimerMs while notes come, and up to kNotesIdleMs once none came for a while (the
+// period doubles with every timer drain that found none: an idle daemon wakes about once a second for it, as for
+// its links' heartbeats).
+void ClientServer::arm_notes_timer() {
+  if (notes_timer_ || note_channels_ == 0) return;
+  notes_timer_ = loop_.add_timer(notes_period_ms_, [this] {
+    notes_timer_ = 0;
+    uint64_t before = notes_read_;
+    drain_notes();
+    bool quiet = notes_read_ == before && notes_read_ == notes_read_at_timer_;
+    notes_read_at_timer_ = notes_read_;
+    notes_period_ms_ = quiet ? std::min(notes_period_ms_ * 2, kNotesIdleMs) : kNotesTimerMs;
+    arm_notes_timer();
+  });
 }
 
 void ClientServer::read_frames(Conn& c, uint32_t events) {
@@ -309,6 +436,8 @@ void ClientServer::on_frame(Conn& c, FrameParser::Frame& f) {
     if (c.fds.size() < 2) return close_conn(conn_id, "a one-way attach without its two descriptors");
     int uffd = c.fds[0], view = c.fds[1];
     c.fds.erase(c.fds.begin(), c.fds.begin() + 2);
+    for (int fd : c.fds) close(fd);  // nobody's: a note uses two
+    c.fds.clear();
     if (!is_userfaultfd(uffd)) {
       close(uffd);
       close(view);
@@ -357,7 +486,8 @@ void ClientServer::on_frame(Conn& c, FrameParser::Frame& f) {
     default:
       break;
   }
-  if (h.op == ipc::kShmAt || h.op == ipc::kShmAttached || h.op == ipc::kShmDt || h.op == ipc::kShmAttachCheck)
+  if (h.op == ipc::kShmAt || h.op == ipc::kShmAttached || h.op == ipc::kShmDt || h.op == ipc::kShmAttachCheck ||
+      h.op == ipc::kShmNotes)
     return on_shm_frame(c, f);
   for (int fd : c.fds) close(fd);  // descriptors nobody asked for
   c.fds.clear();
@@ -394,7 +524,7 @@ void ClientServer::on_frame(Conn& c, FrameParser::Frame& f) {
 void ClientServer::on_shm_frame(Conn& c, FrameParser::Frame& f) {
   uint64_t conn_id = c.id;
   const FrameHeader h = f.header;
-  shm_conns_.insert(conn_id);
+  if (c.notes_fd < 0) shm_conns_.insert(conn_id);  // else its notes come on the channel
   auto answer = [this, conn_id, h](int st, Bytes body) {
     send_frame(conn_id, FrameHeader{FrameKind::kResponse, h.op, h.id, st, 0}, body);
   };
@@ -407,7 +537,14 @@ void ClientServer::on_shm_frame(Conn& c, FrameParser::Frame& f) {
   }
   if (h.op == ipc::kShmDt) return service_.client_shmdt(c.creds, conn_id, f.payload, answer);
   if (h.op == ipc::kShmAttachCheck) return service_.client_shm_attach_check(c.creds, conn_id, f.payload, answer);
-  if (c.fds.empty()) return answer(EBADF, {});
+  if (h.op == ipc::kShmNotes) {
+    if (c.fds.empty()) return answer(EBADF, {});
+    int fd = c.fds.front();
+    c.fds.erase(c.fds.begin());
+    return answer(take_note_channel(c, fd), {});
+  }
+  // Without a descriptor: a re-attach on a kept userfaultfd, the fallback of its note when the channel was full.
+  if (c.fds.empty()) return answer(service_.client_shm_revive(c.creds, conn_id, f.payload, true), {});
   int uffd = c.fds.front();
   c.fds.erase(c.fds.begin());
   if (!is_userfaultfd(uffd)) {  // any other descriptor would be read as fault events
@@ -466,6 +603,14 @@ void ClientServer::flush(Conn& c) {
 void ClientServer::close_conn(uint64_t conn_id, const char* why) {
   auto it = conns_.find(conn_id);
   if (it == conns_.end()) return;
+  if (it->second->notes_fd >= 0 && !it->second->closing) {
+    // Its notes are applied first, in order (a process killed right after its shmdt leaves shm_lpid as Linux does).
+    it->second->closing = true;
+    it->second->notes_busy = false;
+    read_notes(*it->second);
+    it = conns_.find(conn_id);
+    if (it == conns_.end()) return;
+  }
   std::unique_ptr<Conn> c = std::move(it->second);
   conns_.erase(it);
   if (why) DIPC_LOG_WARN("client pid {}: {}; connection closed", c->creds.pid, why);
@@ -477,6 +622,11 @@ void ClientServer::close_conn(uint64_t conn_id, const char* why) {
   fd_conn_.erase(c->fd);
   shm_conns_.erase(conn_id);
   close(c->fd);
+  if (c->notes_fd >= 0) {
+    epoll_ctl(notes_epfd_, EPOLL_CTL_DEL, c->notes_fd, nullptr);
+    close(c->notes_fd);
+    --note_channels_;
+  }
   for (int fd : c->fds) close(fd);
   service_.client_conn_closed(conn_id);
   // Calls still blocked on its behalf are withdrawn; nothing is half-applied.

@@ -51,7 +51,19 @@ class ClientServer {
     std::vector<int> fds;  // descriptors received (SCM_RIGHTS), taken by the frame that carries them
     size_t held = 0;       // bytes counted in the user's `bytes` (partial frames received, answers unsent)
     bool busy = false;     // on_readable() is applying its frames (drain_notes() leaves it alone)
+    int notes_fd = -1;     // the note channel (kShmNotes): in notes_epfd_, never in the loop
+    bool notes_busy = false;
+    bool closing = false;  // close_conn() is reading its last notes
   };
+  // Reads and applies the notes waiting on c's note channel (bounded: kMaxNotesPerDrain).
+  void read_notes(Conn& c);
+  void on_note(Conn& c, FrameParser::Frame& f);
+  // kShmNotes: the descriptor is an AF_UNIX SOCK_SEQPACKET socket whose peer is c's process; it becomes c's channel.
+  int take_note_channel(Conn& c, int fd);
+  void arm_notes_timer();
+  static constexpr int kMaxNotesPerDrain = 1024;
+  static constexpr int64_t kNotesTimerMs = 100;
+  static constexpr int64_t kNotesIdleMs = 1000;
   // What one local user makes the daemon hold (root and the daemon's own uid are not bounded).
   struct UserUse {
     size_t conns = 0;
@@ -97,8 +109,18 @@ class ClientServer {
   std::unordered_map<uint32_t, UserUse> users_;
   int reserve_fd_ = -1;  // a descriptor kept free for shed_one()
   int64_t last_shed_log_ = 0;
-  std::unordered_set<uint64_t> shm_conns_;  // connections that carried a shm operation: the ones notes come on
+  // Connections without a note channel that carried a shm operation: their notes come on the connection itself
+  // (DIPC_SHM_NOTE_CHANNEL=0 in the program, or a program of an older protocol), one recvmsg each per drain.
+  std::unordered_set<uint64_t> shm_conns_;
   bool draining_ = false;
+  // Every connection's note channel, in one epoll set dipcd's loop does not wait on: a drain is one
+  // epoll_wait(notes_epfd_, 0) when no note waits (docs/ARCHITECTURE.md, "The note channel").
+  int notes_epfd_ = -1;
+  size_t note_channels_ = 0;
+  EventLoop::TimerId notes_timer_ = 0;
+  int64_t notes_period_ms_ = kNotesTimerMs;
+  uint64_t notes_read_ = 0;           // notes applied, ever
+  uint64_t notes_read_at_timer_ = 0;  // ... at the last timer drain
 };
 
 // A peer's frames are handled only once the local programs' notes are applied (ClientServer::drain_notes): a remote

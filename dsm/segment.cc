@@ -224,7 +224,8 @@ uint64_t Segment::copy_via_attach(const uint8_t* src, uint64_t len, uint64_t off
   auto it = attaches_.find(last_fault_attach_);
   // A read-only attach is a private mapping (preload/shm.cc, map_view): UFFDIO_COPY would give that process an
   // anonymous copy of its own, which no punch of V (an invalidation) would ever take back.
-  if (it == attaches_.end() || it->second.rdonly) return 0;
+  // A dormant attach (park_attach) has no range to copy into.
+  if (it == attaches_.end() || it->second.rdonly || it->second.len == 0) return 0;
   const Attach& a = it->second;
   uint64_t done = 0;
   while (done < len) {
@@ -249,24 +250,46 @@ Status Segment::add_attach(uint64_t attach, int uffd, uint64_t addr, uint64_t le
     return Status::err(EINVAL);
   }
   attaches_[attach] = Attach{uffd, addr, len, rdonly};
-  // The new process sees the node's current state: blocks held read-only are write-protected in it too.
-  if (!rdonly) {
-    for (uint32_t b = 0; b < nblocks_; ++b) {
-      if (in_view(b) && !cache_.writable(b)) {
-        uffdio_writeprotect wp{{addr + block_off(b), block_len(b)}, UFFDIO_WRITEPROTECT_MODE_WP};
-        if (ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) != 0)
-          DIPC_LOG_WARN("dsm: write-protect at attach: {}", strerror(errno));
-      } else {
-        flags_[b] &= static_cast<uint8_t>(~kProtected);  // not in the new attach
-      }
-    }
-  }
+  protect_new(attaches_[attach]);
   Status s = m_.loop().add(uffd, EPOLLIN, [this, attach](uint32_t) { on_uffd(attach); });
   if (!s) {
     DIPC_LOG_WARN("dsm: cannot watch an attach's userfaultfd: {}", s.str());
     remove_attach(attach);
   }
   return s;
+}
+
+void Segment::protect_new(const Attach& a) {
+  // The new process sees the node's current state: blocks held read-only are write-protected in it too.
+  if (a.rdonly) return;
+  for (uint32_t b = 0; b < nblocks_; ++b) {
+    if (in_view(b) && !cache_.writable(b)) {
+      uffdio_writeprotect wp{{a.addr + block_off(b), block_len(b)}, UFFDIO_WRITEPROTECT_MODE_WP};
+      if (ioctl(a.fd, UFFDIO_WRITEPROTECT, &wp) != 0)
+        DIPC_LOG_WARN("dsm: write-protect at attach: {}", strerror(errno));
+    } else {
+      flags_[b] &= static_cast<uint8_t>(~kProtected);  // not in the new attach
+    }
+  }
+}
+
+void Segment::park_attach(uint64_t attach) {
+  auto it = attaches_.find(attach);
+  if (it == attaches_.end()) return;
+  it->second.addr = it->second.len = 0;  // no range: any fault on it drains the notes first
+  for (auto& [b, set] : parked_) set.erase(attach);
+}
+
+Status Segment::revive_attach(uint64_t attach, uint64_t addr, uint64_t len, bool rdonly) {
+  auto it = attaches_.find(attach);
+  if (it == attaches_.end() || it->second.len != 0 || it->second.rdonly != rdonly || len != mapped_ ||
+      addr % std::max(m_.page_size(), huge_) || addr == 0)
+    return Status::err(EINVAL);
+  it->second.addr = addr;
+  it->second.len = len;
+  it->second.garbage = 0;
+  protect_new(it->second);
+  return Status::ok();
 }
 
 void Segment::remove_attach(uint64_t attach) {
@@ -279,6 +302,7 @@ void Segment::remove_attach(uint64_t attach) {
 }
 
 void Segment::on_uffd(uint64_t attach) {
+  bool drained = false;
   for (int i = 0; i < 64; ++i) {  // a bounded batch; the fd stays readable for the rest
     auto it = attaches_.find(attach);
     if (it == attaches_.end() || dead_) return;
@@ -297,6 +321,17 @@ void Segment::on_uffd(uint64_t attach) {
     for (size_t k = 0; k < static_cast<size_t>(n) / sizeof(uffd_msg); ++k) {
       const uffd_msg& um = msgs[k];
       bool write = (um.arg.pagefault.flags & (UFFD_PAGEFAULT_FLAG_WRITE | UFFD_PAGEFAULT_FLAG_WP)) != 0;
+      auto outside = [&](const Attach& x) {
+        return um.arg.pagefault.address < x.addr || um.arg.pagefault.address >= x.addr + x.len;
+      };
+      if (um.event == UFFD_EVENT_PAGEFAULT && outside(it->second) && !drained) {
+        // A re-attach registered on this kept userfaultfd whose note is not read yet: the notes first (they may
+        // also detach, or destroy the segment: destruction waits for the end of the iteration).
+        drained = true;
+        m_.notes_first();
+        it = attaches_.find(attach);
+        if (it == attaches_.end() || dead_) return;
+      }
       Attach& a = it->second;
       // The program owns this userfaultfd and may register anything with it: a fault outside the attach, another
       // event, or a write through a read-only attach (which would take the block away from every other node) is
@@ -1112,9 +1147,16 @@ void Segment::shared_first() {
 }
 
 void Manager::shared(uint64_t id) {
-  if (!shared_hook_) return;
+  if (shared_hook_) hooked([&] { shared_hook_(id); });
+}
+
+void Manager::notes_first() {
+  if (notes_hook_) hooked(notes_hook_);
+}
+
+void Manager::hooked(const std::function<void()>& fn) {
   ++in_shared_hook_;
-  shared_hook_(id);
+  fn();
   if (--in_shared_hook_ > 0) return;
   // The segment whose shared_first() called this is still at work on the stack: its destruction (and any other the
   // hook caused) waits for the end of the loop's iteration; a segment opened again under the id meanwhile stays.

@@ -98,6 +98,14 @@ class Segment {
   // A local process mapped the view at [addr, addr+len) and registered `uffd` (ownership passes here) for it.
   Status add_attach(uint64_t attach, int uffd, uint64_t addr, uint64_t len, bool rdonly);
   void remove_attach(uint64_t attach);
+  // The attach was unmapped, and the program keeps its copy of the userfaultfd for its next attach of the segment
+  // (docs/ARCHITECTURE.md, "One userfaultfd from one attach to the next"): the record stays, dormant (no range), its
+  // userfaultfd still watched; a fault on it drains the notes first (Manager::set_notes_hook), which may revive it.
+  void park_attach(uint64_t attach);
+  // A dormant attach maps [addr, addr+len) again, registered on the same userfaultfd, in the mode it was checked
+  // for (a read-only record never serves a writable attach). EINVAL: no such dormant record, or another mode/size.
+  Status revive_attach(uint64_t attach, uint64_t addr, uint64_t len, bool rdonly);
+  bool has_attach(uint64_t attach) const { return attaches_.count(attach) != 0; }
 
   void on_msg(const Msg& m);  // a coherence message for this segment (from the transport or the local FIFO)
   void on_push(const Msg& m, ByteView data);  // kOpPush: a pushed grant with its run's bytes
@@ -124,6 +132,8 @@ class Segment {
   void send_dir(std::vector<Msg>& out);
   // Before a block becomes read-only in V: the segment's "shared" word (Manager::set_shared_hook), once.
   void shared_first();
+  // Write-protects, in a new attach, the blocks held read-only here (the new process sees the node's state).
+  void protect_new(const Attach& a);
   void on_uffd(uint64_t attach);
   void handle_fault(uint64_t attach, uint64_t addr, bool write);
   void run(std::vector<Msg>& out, std::vector<LocalAction>& local);
@@ -269,11 +279,18 @@ class Manager : public transport::Handler {
   // local programs' notes, which attach and detach; a segment destroyed meanwhile goes at the end of the loop's
   // iteration (the segment that called it is still at work).
   void set_shared_hook(std::function<void(uint64_t id)> hook) { shared_hook_ = std::move(hook); }
+  // Applies the local programs' notes now (ipc/ sets it): a fault at an address no attach of its userfaultfd covers
+  // may come from an attach whose note is not read yet (a re-attach registered on a kept userfaultfd). Destruction
+  // deferred as for the shared hook.
+  void set_notes_hook(std::function<void()> hook) { notes_hook_ = std::move(hook); }
+  void notes_first();
 
  private:
   void drain_local();
   void shared(uint64_t id);  // shared_hook_, with destruction deferred
   std::function<void(uint64_t)> shared_hook_;
+  std::function<void()> notes_hook_;
+  void hooked(const std::function<void()>& fn);  // runs fn with destruction deferred to the end of the iteration
   int in_shared_hook_ = 0;
   std::vector<uint64_t> deferred_destroy_;
   using ChunkKeys = std::map<uint64_t, transport::RemoteKey>;  // chunk offset -> key

@@ -89,6 +89,7 @@ void ShmAttachReq::encode(Encoder& e) const {
   e.u64(len);
   e.i32(flg);
   e.u64(view_ino);
+  e.u64(utok);
 }
 bool ShmAttachReq::decode(Decoder& d) {
   id = d.i32();
@@ -96,6 +97,7 @@ bool ShmAttachReq::decode(Decoder& d) {
   len = d.u64();
   flg = d.i32();
   view_ino = d.u64();
+  utok = d.u64();
   return d.ok();
 }
 void ShmDtResp::encode(Encoder& e) const { e.u8(removed); }

@@ -22,12 +22,14 @@
 
 namespace dipc::ipc {
 
-inline constexpr uint32_t kProtocolVersion = 7;  // 2: ShmAtResp carries the block size; 3: kernel-backed sets;
+inline constexpr uint32_t kProtocolVersion = 8;  // 2: ShmAtResp carries the block size; 3: kernel-backed sets;
                                                  // 4: ShmAttachReq.view_ino, kShmDt answers ShmDtResp;
                                                  // 5: kernel-backed queues (kMsgCtlKernel, IpcInfoResp.hidden_b)
                                                  // 6: kShmDt of a segment homed here is a one-way note
                                                  // 7: ShmAtResp.huge_page (SHM_HUGETLB backing); kShmAttachCheck and
                                                  //    the one-way kShmAttached (a re-attach homed here)
+                                                 // 8: ShmAttachReq.utok (an attach's userfaultfd kept from one
+                                                 //    attach to the next), kShmNotes (the note channel), kShmForget
 inline constexpr uint32_t kMaxSops = 32768;   // hard decode bound; the home enforces semopm
 inline constexpr uint32_t kMaxSems = 65536;   // hard decode bound; the home enforces semmsl
 inline constexpr uint32_t kMaxMsgText = 1u << 20;
@@ -54,6 +56,11 @@ enum Op : uint16_t {
   kShmAttachCheck = 16,  // ShmAttachReq (id, addr, flg) -> empty: the program's confirmation of a one-way attach
                          // (kShmAttached sent kOneWay with its userfaultfd and its view memfd, for a segment homed
                          // here): 0 once counted and the rights still allow it; ESTALE when the note was refused
+  kShmNotes = 17,        // empty, with one end of an AF_UNIX SOCK_SEQPACKET socketpair the program made (SCM_RIGHTS)
+                         // -> empty: the connection's note channel, which dipcd does not poll (docs/ARCHITECTURE.md,
+                         // "The note channel"); the pair's SO_PEERCRED must be the connection's process
+  kShmForget = 18,       // ShmAttachReq (utok): one-way on the note channel: the program closed its copy of the
+                         // userfaultfd `utok` names; dipcd drops the dormant attach it kept for it
   kCancel = 20,  // one-way, client -> daemon; body: none (frame id names the request)
   kBlocked = 21, // one-way, daemon -> client; body: none: request (frame id) now waits at its home, registered
                  // there, so a program sleeps only once its wait is seen by every other caller (IPC_RMID: EIDRM)
@@ -80,7 +87,7 @@ enum Op : uint16_t {
 // (daemon/client_server.h, drain_notes). Semaphore and queue operations do not: whatever follows a detach and
 // reads shared memory state is one of these.
 inline constexpr bool depends_on_shm_notes(uint16_t op) {
-  return (op >= kShmGet && op <= kIpcStat) || op == kAdminObjects || op == kOpen || op == kObjList ||
+  return (op >= kShmGet && op <= kIpcStat) || op == kShmAttachCheck || op == kAdminObjects || op == kOpen || op == kObjList ||
          op == kStatSlot;
 }
 
@@ -231,6 +238,11 @@ struct ShmAttachReq {  // kShmAttached / kShmDt
   uint64_t len = 0;
   int32_t flg = 0;
   uint64_t view_ino = 0;  // kShmAttached: the inode of the view memfd mapped, when it was kept from an earlier attach
+  // kShmAttached with a userfaultfd: a token (unique per connection, the program's choice) naming it, so that the
+  // program may register its next attach of the segment on it (0: closed at the detach). kShmAttached without a
+  // descriptor (a note on the channel, or its synchronous fallback): the kept userfaultfd the new range is registered
+  // on. kShmDt: the program keeps its copy: dipcd keeps the attach dormant, its userfaultfd still watched.
+  uint64_t utok = 0;
   void encode(Encoder& e) const;
   bool decode(Decoder& d);
 };

@@ -30,6 +30,7 @@ Service::Service(const Config& cfg, EventLoop& loop, transport::Transport* tr, d
     if (n != cfg_.self) rebuilding_.insert(n);
   if (cfg_.rebuild_wait_ms == 0) rebuilding_.clear();
   dsm_.set_shared_hook([this](uint64_t id) { shm_shared(id); });
+  dsm_.set_notes_hook([this] { fence_and_drain_notes(); });
   if (!rebuilding_.empty())
     rebuild_timer_ = loop_.add_timer(cfg_.rebuild_wait_ms, [this] {
       rebuild_timer_ = 0;
@@ -44,6 +45,7 @@ Service::Service(const Config& cfg, EventLoop& loop, transport::Transport* tr, d
 
 Service::~Service() {
   dsm_.set_shared_hook(nullptr);
+  dsm_.set_notes_hook(nullptr);
   if (rebuild_timer_) loop_.cancel_timer(rebuild_timer_);
   for (const auto& [id, k] : ksems_) ksem_registry_.remove(k->kid());
   ksems_.clear();  // removes the kernel sets: their waiters get EIDRM

@@ -59,6 +59,13 @@ class Service : public transport::Handler {
   void client_shm_attach_note(const Creds& c, uint64_t conn, ByteView body, int uffd, int view);
   // kShmAttachCheck: the program's confirmation of its note, when the table changed or the segment is shared.
   void client_shm_attach_check(const Creds& c, uint64_t conn, ByteView body, ReplyFn reply);
+  // kShmAttached without a descriptor (a note on the channel; `sync`: its fallback when the channel was full, which
+  // checks the rights at the home as kShmAttached does): the program registered its new attach on the userfaultfd
+  // `utok` names, kept dormant since its last detach (docs/ARCHITECTURE.md, "One userfaultfd from one attach to the
+  // next"). Returns 0 or the errno (a note's is only logged).
+  int client_shm_revive(const Creds& c, uint64_t conn, ByteView body, bool sync);
+  // kShmForget: the program closed its copy of the userfaultfd `utok` names; its dormant attach goes.
+  void client_shm_forget(uint64_t conn, ByteView body);
   // A client connection closed (exit, kill -9, exec): detach everything attached through it.
   void client_conn_closed(uint64_t conn);
 
@@ -238,8 +245,24 @@ class Service : public transport::Handler {
     int32_t id = 0;
     uint64_t addr = 0;
     Creds creds;
+    uint64_t utok = 0;    // the program keeps its userfaultfd under this token (0: not kept)
+    bool rdonly = false;
   };
   std::unordered_map<uint64_t, std::vector<LocalAttach>> attaches_;  // client connection -> its attaches
+  // The attach of connection `conn` with the id and address given, or nullptr.
+  LocalAttach* find_local_attach(uint64_t conn, int32_t id, uint64_t addr);
+  // Takes `a` out of its connection's list (it must be in it).
+  void erase_local_attach(uint64_t conn, const LocalAttach* a);
+  // Detached attaches whose userfaultfd the program keeps: (connection, utok) -> (segment id, dsm attach, mode).
+  struct Dormant {
+    int32_t id = 0;
+    uint64_t attach = 0;
+    bool rdonly = false;
+  };
+  std::map<std::pair<uint64_t, uint64_t>, Dormant> dormant_;
+  static constexpr size_t kMaxDormantPerConn = 64;  // a program keeps 8 (preload/shm.cc kKeptViews)
+  void park_local_attach(uint64_t conn, const LocalAttach& a);  // dormant, or removed past the bound
+  void drop_dormant(uint64_t conn, uint64_t utok);
   uint64_t next_attach_ = 1;
   int64_t used_sems_ = 0;
   std::function<void(uint64_t)> blocked_hook_;

@@ -67,11 +67,21 @@ void Service::client_shm_attached(const Creds& c, uint64_t conn, ByteView body, 
     close(uffd);
     return reply(EINVAL, {});
   }
+  if (req.utok) {  // a token names one userfaultfd of the connection
+    bool used = dormant_.count({conn, req.utok}) != 0;
+    if (auto it = attaches_.find(conn); it != attaches_.end())
+      for (const LocalAttach& x : it->second) used = used || x.utok == req.utok;
+    if (used) {
+      close(uffd);
+      return reply(EINVAL, {});
+    }
+  }
   uint64_t aid = next_attach_++;
-  if (Status st = seg->add_attach(aid, uffd, req.addr, req.len, req.flg & SHM_RDONLY); !st) return reply(st.code(), {});
+  bool rdonly = req.flg & SHM_RDONLY;
+  if (Status st = seg->add_attach(aid, uffd, req.addr, req.len, rdonly); !st) return reply(st.code(), {});
   Creds cc = c;
   cc.node = cfg_.self;
-  attaches_[conn].push_back(LocalAttach{aid, req.id, req.addr, cc});
+  attaches_[conn].push_back(LocalAttach{aid, req.id, req.addr, cc, req.utok, rdonly});
   Encoder e;
   HomeHeader{cc, 0}.encode(e);
   req.encode(e);
@@ -119,23 +129,85 @@ void Service::client_shm_attach_note(const Creds& c, uint64_t conn, ByteView bod
   s->attached(c.pid, now_s());
 }
 
+Service::LocalAttach* Service::find_local_attach(uint64_t conn, int32_t id, uint64_t addr) {
+  auto it = attaches_.find(conn);
+  if (it == attaches_.end()) return nullptr;
+  auto a = std::find_if(it->second.begin(), it->second.end(),
+                        [&](const LocalAttach& x) { return x.id == id && x.addr == addr; });
+  return a == it->second.end() ? nullptr : &*a;
+}
+
+void Service::erase_local_attach(uint64_t conn, const LocalAttach* a) {
+  auto it = attaches_.find(conn);
+  it->second.erase(it->second.begin() + (a - it->second.data()));
+  if (it->second.empty()) attaches_.erase(it);
+}
+
+void Service::park_local_attach(uint64_t conn, const LocalAttach& a) {
+  dsm::Segment* seg = dsm_.find(static_cast<uint32_t>(a.id));
+  if (!seg) return;
+  size_t n = 0;
+  for (auto it = dormant_.lower_bound({conn, 0}); it != dormant_.end() && it->first.first == conn; ++it) ++n;
+  if (n >= kMaxDormantPerConn) drop_dormant(conn, dormant_.lower_bound({conn, 0})->first.second);  // the oldest
+  seg->park_attach(a.attach);
+  dormant_[{conn, a.utok}] = Dormant{a.id, a.attach, a.rdonly};
+}
+
+void Service::drop_dormant(uint64_t conn, uint64_t utok) {
+  auto it = dormant_.find({conn, utok});
+  if (it == dormant_.end()) return;
+  if (dsm::Segment* seg = dsm_.find(static_cast<uint32_t>(it->second.id))) seg->remove_attach(it->second.attach);
+  dormant_.erase(it);
+}
+
+int Service::client_shm_revive(const Creds& c, uint64_t conn, ByteView body, bool sync) {
+  ShmAttachReq req;
+  if (!decode_body(body, req)) return EINVAL;
+  if (req.utok == 0) return EBADF;  // kShmAttached without its userfaultfd and without a kept one
+  auto d = dormant_.find({conn, req.utok});
+  if (d == dormant_.end()) return ESTALE;  // no such kept userfaultfd (or still attached): the full path
+  ShmSeg* s = id_node(req.id) == cfg_.self ? find_shm(req.id) : nullptr;
+  dsm::Segment* seg = dsm_.find(static_cast<uint32_t>(req.id));
+  if (d->second.id != req.id || !s || !seg || !seg->has_attach(d->second.attach)) {
+    if (!seg || !seg->has_attach(d->second.attach)) dormant_.erase(d);  // its segment is gone
+    return ESTALE;
+  }
+  bool rdonly = req.flg & SHM_RDONLY;
+  if (rdonly != d->second.rdonly) return EINVAL;  // a record checked read-only never serves a writable attach
+  Creds cc = c;
+  cc.node = cfg_.self;
+  if (sync)
+    if (int e = s->attach_check(cc, req.flg)) return e;
+  if (Status st = seg->revive_attach(d->second.attach, req.addr, req.len, rdonly); !st) return st.code();
+  attaches_[conn].push_back(LocalAttach{d->second.attach, req.id, req.addr, cc, req.utok, rdonly});
+  dormant_.erase(d);
+  s->attached(c.pid, now_s());
+  return 0;
+}
+
+void Service::client_shm_forget(uint64_t conn, ByteView body) {
+  ShmAttachReq req;
+  if (decode_body(body, req)) drop_dormant(conn, req.utok);
+}
+
 void Service::client_shm_attach_check(const Creds& c, uint64_t conn, ByteView body, ReplyFn reply) {
   ShmAttachReq req;
   if (!decode_body(body, req)) return reply(EINVAL, {});
-  auto it = attaches_.find(conn);
-  if (it == attaches_.end()) return reply(ESTALE, {});
-  auto a = std::find_if(it->second.begin(), it->second.end(),
-                        [&](const LocalAttach& x) { return x.id == req.id && x.addr == req.addr; });
-  if (a == it->second.end()) return reply(ESTALE, {});  // the note was refused: the program takes the full path
+  LocalAttach* a = find_local_attach(conn, req.id, req.addr);
+  if (!a) return reply(ESTALE, {});  // the note was refused: the program takes the full path
   ShmSeg* s = find_shm(req.id);
   Creds cc = c;
   cc.node = cfg_.self;
   int e = s ? s->attach_check(cc, req.flg) : EINVAL;
   if (!e) return reply(0, {});
-  // The rights changed before the program could see its attach counted (the kernel's order: IPC_SET first).
-  if (dsm::Segment* seg = dsm_.find(static_cast<uint32_t>(req.id))) seg->remove_attach(a->attach);
-  it->second.erase(a);
-  if (it->second.empty()) attaches_.erase(it);
+  // The rights changed before the program could see its attach counted (the kernel's order: IPC_SET first). A kept
+  // userfaultfd stays the program's (it unmaps the range).
+  LocalAttach gone = *a;
+  erase_local_attach(conn, a);
+  if (gone.utok)
+    park_local_attach(conn, gone);
+  else if (dsm::Segment* seg = dsm_.find(static_cast<uint32_t>(req.id)))
+    seg->remove_attach(gone.attach);
   if (s) s->unattached();
   reply(e, {});
 }
@@ -163,21 +235,25 @@ void Service::shm_detach_at_home(const Creds& c, int32_t id, ReplyFn reply) {
 void Service::client_shmdt(const Creds& c, uint64_t conn, ByteView body, ReplyFn reply) {
   ShmAttachReq req;
   if (!decode_body(body, req)) return reply(EINVAL, {});
-  auto it = attaches_.find(conn);
-  if (it == attaches_.end()) return reply(EINVAL, {});
-  auto a = std::find_if(it->second.begin(), it->second.end(),
-                        [&](const LocalAttach& x) { return x.id == req.id && x.addr == req.addr; });
-  if (a == it->second.end()) return reply(EINVAL, {});
-  if (dsm::Segment* s = dsm_.find(static_cast<uint32_t>(a->id))) s->remove_attach(a->attach);
+  LocalAttach* a = find_local_attach(conn, req.id, req.addr);
+  if (!a) return reply(EINVAL, {});
+  LocalAttach gone = *a;
+  erase_local_attach(conn, a);
+  if (gone.utok && req.utok == gone.utok)
+    park_local_attach(conn, gone);  // the program keeps the userfaultfd for its next attach
+  else if (dsm::Segment* s = dsm_.find(static_cast<uint32_t>(gone.id)))
+    s->remove_attach(gone.attach);
   Creds cc = c;
   cc.node = cfg_.self;
-  int32_t id = a->id;
-  it->second.erase(a);
-  if (it->second.empty()) attaches_.erase(it);
-  shm_detach_at_home(cc, id, std::move(reply));
+  shm_detach_at_home(cc, gone.id, std::move(reply));
 }
 
 void Service::client_conn_closed(uint64_t conn) {
+  while (true) {
+    auto d = dormant_.lower_bound({conn, 0});
+    if (d == dormant_.end() || d->first.first != conn) break;
+    drop_dormant(conn, d->first.second);
+  }
   auto it = attaches_.find(conn);
   if (it == attaches_.end()) return;
   std::vector<LocalAttach> list = std::move(it->second);

@@ -23,7 +23,9 @@ const ipc::ControlPage* control();
 int daemon_incompatible();
 // The daemon's segment table (ipc/shm_table.h), or nullptr: none, or this thread's connection to the daemon is
 // gone or not made yet (a dead daemon's table must not answer; a restarted daemon's comes with its new connection).
-const ipc::ShmTable* shm_table();
+// `check_alive` false: without the liveness check (one poll), for a caller whose next step speaks to the daemon and
+// fails if it is gone (the one-way attach's note).
+const ipc::ShmTable* shm_table(bool check_alive = true);
 
 // How a request may end before its answer.
 struct Wait {

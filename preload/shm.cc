@@ -82,6 +82,10 @@ void warn(std::string_view msg) {
 // open while attaches made through it remain.
 struct ShmConn {
   int fd = -1;
+  // The note channel (kShmNotes): one end of a SOCK_SEQPACKET pair whose other end dipcd holds outside its loop and
+  // reads when something depends on the notes (docs/ARCHITECTURE.md, "The note channel"). -1: notes go on fd.
+  int notes = -1;
+  uint64_t next_utok = 1;  // names the userfaultfds this connection handed dipcd for keeps
   uid_t euid = 0;
   gid_t egid = 0;
   uint64_t next_id = 1;
@@ -100,6 +104,12 @@ struct ShmConn {
     uint64_t dev = 0, ino = 0;
     size_t mapped = 0;
     bool huge = false;  // SHM_HUGETLB: never kept (a kept hugetlbfs memfd would hold its huge pages reserved)
+    // The userfaultfd of the last attach through this view, kept with it (dipcd holds the other copy under `utok`,
+    // dormant while no attach uses it): the next attach registers its range on it and only sends a note
+    // (docs/ARCHITECTURE.md, "One userfaultfd from one attach to the next"). -1: none.
+    int uffd = -1;
+    uint64_t utok = 0;
+    bool uffd_live = false;  // an attach uses it now
   };
   std::deque<View> views;
   bool watched = false;  // in the watcher's poll set (it watches every open connection)
@@ -109,10 +119,36 @@ struct ShmConn {
   ShmConn& operator=(const ShmConn&) = delete;
   ~ShmConn() { drop(); }
 
+  // Sends a one-way note on the channel; false when there is none or it is full (EAGAIN): the caller makes the
+  // synchronous call instead.
+  bool note(uint16_t op, const Bytes& body) {
+    if (notes < 0) return false;
+    Bytes b;
+    append_frame(b, FrameHeader{FrameKind::kOneWay, op, next_id++, 0, 0}, body);
+    for (;;) {
+      ssize_t n = send(notes, b.data(), b.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (n < 0 && errno == EINTR) continue;
+      return n == static_cast<ssize_t>(b.size());
+    }
+  }
+
+  // Closes the view's kept userfaultfd; with `tell`, dipcd forgets its dormant copy (a note, best effort: past its
+  // bound dipcd drops the oldest dormant one all the same).
+  void release_uffd(View& v, bool tell = true) {
+    if (v.uffd < 0) return;
+    close(v.uffd);
+    if (tell && !v.uffd_live) (void)note(ipc::kShmForget, ipc::encode_body(ipc::ShmAttachReq{v.id, 0, 0, 0, 0, v.utok}));
+    v.uffd = -1;
+    v.utok = 0;
+    v.uffd_live = false;
+  }
+
   // Closes it without a word: dipcd then detaches everything attached through it.
   void drop() {
     if (fd >= 0) close(fd);
     fd = -1;
+    if (notes >= 0) close(notes);
+    notes = -1;
     for (int f : fds) close(f);
     fds.clear();
     drop_views(0, true);
@@ -121,9 +157,10 @@ struct ShmConn {
 
   // Forgets the kept views of segment `id` (all with `all`).
   void drop_views(int id, bool all = false) {
-    std::erase_if(views, [&](const View& v) {
+    std::erase_if(views, [&](View& v) {
       if (!all && v.id != id) return false;
       close(v.fd);
+      release_uffd(v, !all);
       return true;
     });
   }
@@ -137,6 +174,7 @@ struct Attach {
   int flg = 0;
   ShmConn* conn = nullptr;
   const dipc_shm_target* target = nullptr;  // mapped in another process (dipc-exec's program); nullptr: this one
+  uint64_t utok = 0;  // registered on the kept userfaultfd of this token (ShmConn::View::utok)
 };
 
 struct State {
@@ -248,10 +286,19 @@ int connect_daemon() {
   return fd;
 }
 
+void open_note_channel(ShmConn& c);
+
+// The caller's effective uid and gid, read once per call (each is a system call, ~0.5 us here: docs/PERFORMANCE.md,
+// "Local-home speed, fifth pass").
+struct Caller {
+  uid_t uid = geteuid();
+  gid_t gid = getegid();
+};
+
 // The live connection for the caller's credentials, made if needed; nullptr when no daemon answers.
-ShmConn* conn_for_caller(State& s) {
-  uid_t u = geteuid();
-  gid_t g = getegid();
+ShmConn* conn_for_caller(State& s, const Caller& me = Caller{}) {
+  const uid_t u = me.uid;
+  const gid_t g = me.gid;
   for (auto& c : s.conns)
     if (c->fd >= 0 && c->euid == u && c->egid == g) return c.get();
   s.conns.reserve(s.conns.size() + 1);
@@ -264,13 +311,15 @@ ShmConn* conn_for_caller(State& s) {
   c->euid = u;
   c->egid = g;
   s.conns.push_back(std::move(c));
-  return s.conns.back().get();
+  ShmConn* n = s.conns.back().get();
+  open_note_channel(*n);
+  return n->fd >= 0 ? n : nullptr;
 }
 
 // Forgets connections nothing needs any more: closed ones and other credentials' ones, once without attaches.
-void prune(State& s) {
-  uid_t u = geteuid();
-  gid_t g = getegid();
+void prune(State& s, const Caller& me = Caller{}) {
+  const uid_t u = me.uid;
+  const gid_t g = me.gid;
   std::erase_if(s.conns, [&](const std::unique_ptr<ShmConn>& c) {
     return c->attaches == 0 && (c->fd < 0 || c->euid != u || c->egid != g);
   });
@@ -470,8 +519,43 @@ int roundtrip(ShmConn& c, uint16_t op, const Bytes& body, int pass_fd, Answer& o
   return 0;
 }
 
-Bytes attach_body(int id, uintptr_t addr, size_t len, int flg, uint64_t view_ino = 0) {
-  return ipc::encode_body(ipc::ShmAttachReq{id, addr, len, flg, view_ino});
+Bytes attach_body(int id, uintptr_t addr, size_t len, int flg, uint64_t view_ino = 0, uint64_t utok = 0) {
+  return ipc::encode_body(ipc::ShmAttachReq{id, addr, len, flg, view_ino, utok});
+}
+
+// DIPC_SHM_NOTES=0: see detached().
+const bool g_shm_notes = [] {
+  const char* e = getenv("DIPC_SHM_NOTES");
+  return !(e && std::string_view(e) == "0");
+}();
+
+// DIPC_SHM_NOTE_CHANNEL=0 in the program's environment: the notes go on the connection dipcd polls, each waking it,
+// and every attach gets a userfaultfd of its own (the fourth pass's path, for a before/after figure in one build).
+const bool g_note_channel = [] {
+  const char* e = getenv("DIPC_SHM_NOTE_CHANNEL");
+  return !(e && std::string_view(e) == "0");
+}();
+
+// Hands dipcd the connection's note channel (one round trip, once per connection). Without one (switched off, or
+// refused) the notes go on the connection itself.
+void open_note_channel(ShmConn& c) {
+  if (!g_note_channel || !g_shm_notes) return;
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) != 0) return;
+  // Test-only: a small send buffer fills the channel after a few notes (the synchronous fallback, tested).
+  if (const char* b = getenv("DIPC_SHM_NOTE_SNDBUF")) {
+    int v = atoi(b);
+    (void)setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &v, sizeof v);
+  }
+  Answer ans;
+  int e = roundtrip(c, ipc::kShmNotes, {}, sv[1], ans);
+  close(sv[1]);
+  if (e == 0 && ans.status == 0 && c.fd >= 0) {
+    shutdown(sv[0], SHUT_RD);  // dipcd never writes on it
+    c.notes = sv[0];
+  } else {
+    close(sv[0]);
+  }
 }
 
 // ---- fork ----
@@ -499,6 +583,7 @@ void reattach_in_child(State& s) {
   for (size_t i = 0; i < s.attaches.size(); ++i) {
     Attach& at = s.attaches[i];
     at.conn = c;
+    at.utok = 0;  // the parent's kept userfaultfd is the parent's (the child closed its copy with the views)
     int uffd = make_uffd();
     if (uffd < 0 || !register_range(uffd, at.addr, at.len, at.flg)) {
       if (uffd >= 0) close(uffd);
@@ -582,23 +667,33 @@ pthread_once_t g_atfork_once = PTHREAD_ONCE_INIT;
 // attach (ESTALE).
 // DIPC_SHM_NOTES=0 in the program's environment: shmdt waits for dipcd's answer on every node (the path before the
 // notes, for a before/after figure in one build).
-const bool g_shm_notes = [] {
-  const char* e = getenv("DIPC_SHM_NOTES");
-  return !(e && std::string_view(e) == "0");
-}();
+// (g_shm_notes: above, with the note channel.)
 
 void detached(const Attach& at) noexcept {
   --at.conn->attaches;
   try {
+    // The attach's userfaultfd stays for the next attach if its view is still kept (dipcd keeps its copy dormant).
+    uint64_t keep = 0;
+    if (at.utok)
+      for (ShmConn::View& v : at.conn->views)
+        if (v.utok == at.utok && v.uffd >= 0) {
+          v.uffd_live = false;
+          keep = at.utok;
+        }
+    Bytes body = attach_body(at.id, at.addr, 0, 0, 0, keep);
     const ipc::ControlPage* cp = g_shm_notes ? control() : nullptr;
     if (cp && at.conn->fd >= 0 && ipc::id_node(at.id) == cp->node()) {
-      if (!send_request(*at.conn, ipc::kShmDt, attach_body(at.id, at.addr, 0, 0), -1, true))
-        lost(*at.conn, "cannot send to dipcd");
-      return;
+      if (at.conn->notes >= 0) {
+        if (at.conn->note(ipc::kShmDt, body)) return;
+        // The channel is full: the synchronous call below (dipcd reads the channel before it answers).
+      } else {
+        if (!send_request(*at.conn, ipc::kShmDt, body, -1, true)) lost(*at.conn, "cannot send to dipcd");
+        return;
+      }
     }
     Answer ans;
     ipc::ShmDtResp r;
-    if (roundtrip(*at.conn, ipc::kShmDt, attach_body(at.id, at.addr, 0, 0), -1, ans) != 0 || ans.status ||
+    if (roundtrip(*at.conn, ipc::kShmDt, body, -1, ans) != 0 || ans.status ||
         !ipc::decode_body(ans.body, r) || r.removed)
       at.conn->drop_views(at.id);
   } catch (...) {
@@ -623,7 +718,7 @@ struct Undo {
 // dipcd with kShmAttached, which checks the rights at the home and counts the attach (with `kept`, dipcd also checks
 // that the view is still this node's view of the segment: ESTALE otherwise). Returns p, the attach recorded and the
 // view kept for the next attach; or MAP_FAILED with errno, the mapping gone and the view's descriptor the caller's.
-void* register_attach(const dipc_shm_target* t, ShmConn& c, int id, void* p, int flg, const ShmConn::View& view,
+void* register_attach(const dipc_shm_target* t, ShmConn& c, int id, void* p, int flg, ShmConn::View view,
                       bool kept) {
   struct Unmap {
     const dipc_shm_target* t;
@@ -651,16 +746,28 @@ void* register_attach(const dipc_shm_target* t, ShmConn& c, int id, void* p, int
     tell_no_uffd("UFFDIO_REGISTER", err);
     return failed(err);
   }
+  // With a note channel, a view that will be kept keeps this userfaultfd too, under a token dipcd knows it by.
+  const ipc::ControlPage* cp = control();
+  uint64_t utok = 0;
+  if (!t && !view.huge && view.uffd < 0 && c.notes >= 0 && cp && ipc::id_node(id) == cp->node())
+    utok = c.next_utok++;
   Answer done;
-  int e = roundtrip(c, ipc::kShmAttached, attach_body(id, pa, view.mapped, flg, kept ? view.ino : 0), uffd, done);
+  int e = roundtrip(c, ipc::kShmAttached, attach_body(id, pa, view.mapped, flg, kept ? view.ino : 0, utok), uffd,
+                    done);
   if (e == ETIMEDOUT && !send_request(c, ipc::kShmDt, attach_body(id, pa, 0, 0), -1))
     lost(c, "cannot send to dipcd");  // dipcd may still count the attach when it answers: take it back
   if (e) return failed(EIO);
   if (done.status) return failed(done.status);
   undo.p = nullptr;  // the mapping stays
+  if (utok) {
+    view.uffd = uffd;
+    view.utok = utok;
+    view.uffd_live = true;
+    undo.uffd = -1;
+  }
 
   State& s = state();
-  s.attaches.push_back(Attach{pa, view.mapped, id, flg, &c, t});  // reserved by attach(): cannot fail
+  s.attaches.push_back(Attach{pa, view.mapped, id, flg, &c, t, utok});  // reserved by attach(): cannot fail
   ++c.attaches;
   watch_conns(&c);
   // Another process's attach: its next attach takes the full path (tools/exec.cc maps a view only once). An
@@ -671,18 +778,21 @@ void* register_attach(const dipc_shm_target* t, ShmConn& c, int id, void* p, int
     return p;
   }
   try {
-    std::erase_if(c.views, [&](const ShmConn::View& v) {
+    std::erase_if(c.views, [&](ShmConn::View& v) {
       if (v.id != view.id || v.rdonly != view.rdonly) return false;
       close(v.fd);
+      c.release_uffd(v);
       return true;
     });
     c.views.push_back(view);
     if (c.views.size() > kKeptViews) {
       close(c.views.front().fd);
+      c.release_uffd(c.views.front());
       c.views.pop_front();
     }
   } catch (...) {
     close(view.fd);  // not kept: the next attach takes the full path
+    c.release_uffd(view);
   }
   return p;
 }
@@ -734,7 +844,7 @@ KeyCache& key_cache() {
 
 // ipcperms() on a table row with the caller's effective uid, gid and groups: true when the mode bits of `flag` are
 // allowed. A refusal (or groups that cannot be read) is dipcd's to decide: it knows CAP_IPC_OWNER.
-bool row_allows(const ipc::ShmTableRow& r, int flag) {
+bool row_allows(const ipc::ShmTableRow& r, int flag, const Caller& me = Caller{}) {
   ipc::Perm p;
   p.key = r.key;
   p.uid = r.uid;
@@ -743,8 +853,8 @@ bool row_allows(const ipc::ShmTableRow& r, int flag) {
   p.cgid = r.cgid;
   p.mode = static_cast<uint16_t>(r.mode);
   ipc::Creds c;
-  c.uid = geteuid();
-  c.gid = getegid();
+  c.uid = me.uid;
+  c.gid = me.gid;
   if (c.uid != p.uid && c.uid != p.cuid && c.gid != p.gid && c.gid != p.cgid) {
     gid_t groups[256];
     int n = getgroups(256, groups);
@@ -757,17 +867,19 @@ bool row_allows(const ipc::ShmTableRow& r, int flag) {
 // The row of segment `id` (homed on this node) if the caller may attach it with `flg` (ipcperms(), as shmat), or
 // nullopt: not known here, not decidable, or refused (dipcd decides those).
 // *table gets the table read (for the re-read after the note).
-std::optional<ipc::ShmTableRow> attach_row(int id, int flg, const ipc::ShmTable** table) {
+std::optional<ipc::ShmTableRow> attach_row(int id, int flg, const ipc::ShmTable** table, const Caller& me) {
   int key = 0;
   const ipc::ControlPage* cp = control();
-  const ipc::ShmTable* t = shm_table();
+  // No liveness check: the attach's note (or its round trip) goes to the daemon next, on the attach connection, and
+  // fails (EPIPE: the full path, EIO) if that daemon is gone; a restarted daemon never has the old connection.
+  const ipc::ShmTable* t = shm_table(false);
   ipc::ShmTableRow r;
   if (!cp || !t || ipc::id_node(id) != cp->node() || !key_cache().get(id, &key) || t->find(key, &r) != 1 || r.id != id)
     return std::nullopt;
   *table = t;
   int acc = (flg & SHM_RDONLY) ? 0444 : 0666;
   if (flg & SHM_EXEC) acc |= 0111;
-  if (!row_allows(r, acc)) return std::nullopt;
+  if (!row_allows(r, acc, me)) return std::nullopt;
   return r;
 }
 
@@ -792,10 +904,11 @@ void* map_view(ShmConn& c, uintptr_t a, bool fixed, int flg, const ShmConn::View
 // a full fence, the row read again. Unchanged and not shared: done, without waiting for dipcd (it applies the note
 // before anything that depends on it). Else the note is confirmed by a round trip (kShmAttachCheck). nullopt: not
 // applicable (the caller takes the round-trip path with the view, which is still its).
-std::optional<void*> attach_noted(ShmConn& c, int id, uintptr_t a, bool fixed, int flg, const ShmConn::View& view) {
+std::optional<void*> attach_noted(ShmConn& c, int id, uintptr_t a, bool fixed, int flg, const ShmConn::View& view,
+                                  const Caller& me) {
   if (g_attach_note == NoteMode::kOff) return std::nullopt;
   const ipc::ShmTable* table = nullptr;
-  std::optional<ipc::ShmTableRow> before = attach_row(id, flg, &table);
+  std::optional<ipc::ShmTableRow> before = attach_row(id, flg, &table, me);
   if (!before || ((before->flags & ipc::kShmRowShared) && g_attach_note != NoteMode::kNoRecheck)) return std::nullopt;
   void* p = map_view(c, a, fixed, flg, view);
   if (p == MAP_FAILED) return p;
@@ -857,6 +970,78 @@ std::optional<void*> attach_noted(ShmConn& c, int id, uintptr_t a, bool fixed, i
   return p;
 }
 
+// A re-attach through a kept view whose userfaultfd dipcd keeps, dormant, since the view's last detach
+// (docs/ARCHITECTURE.md, "One userfaultfd from one attach to the next"): mmap, UFFDIO_REGISTER on that userfaultfd,
+// and a note on the channel, which does not wake dipcd: a fault on the new range reaches dipcd through the
+// userfaultfd it already watches, and dipcd reads the notes before it resolves a fault at an address it does not
+// know. The row is read again after the note as in attach_noted() (the same handshake); a row that does not allow the
+// note, or a full channel, makes it the synchronous call (kShmAttached without a descriptor: the rights checked at
+// the home, the range write-protected as needed). nullopt: the userfaultfd could not be used (closed; `view` goes on
+// to the other paths).
+std::optional<void*> attach_reused(ShmConn& c, int id, uintptr_t a, bool fixed, int flg, ShmConn::View& view,
+                                   const Caller& me) {
+  const ipc::ShmTable* table = nullptr;
+  ipc::ShmTableRow before{};
+  bool may_note = false;
+  if (g_attach_note != NoteMode::kOff)
+    if (std::optional<ipc::ShmTableRow> r = attach_row(id, flg, &table, me)) {
+      before = *r;
+      may_note = !(before.flags & ipc::kShmRowShared) || g_attach_note == NoteMode::kNoRecheck;
+    }
+  void* p = map_view(c, a, fixed, flg, view);
+  if (p == MAP_FAILED) return p;
+  auto pa = reinterpret_cast<uintptr_t>(p);
+  if (!register_range(view.uffd, pa, view.mapped, flg)) {
+    munmap(p, view.mapped);
+    c.release_uffd(view);
+    return std::nullopt;
+  }
+  Bytes body = attach_body(id, pa, view.mapped, flg, view.ino, view.utok);
+  bool noted = may_note && c.note(ipc::kShmAttached, body);
+  bool sure = false;
+  if (noted) {
+    std::atomic_thread_fence(std::memory_order_seq_cst);  // the handshake of attach_noted()
+    if (g_attach_note == NoteMode::kNoRecheck) {
+      sure = true;
+    } else if (g_attach_note == NoteMode::kOn) {
+      ipc::ShmTableRow after;
+      sure = table->find(before.key, &after) == 1 && after.same(before);
+    }
+  }
+  int st = 0;
+  if (!sure) {
+    Answer ok;
+    int e = noted ? roundtrip(c, ipc::kShmAttachCheck, attach_body(id, pa, 0, flg), -1, ok)
+                  : roundtrip(c, ipc::kShmAttached, body, -1, ok);
+    if (e) {
+      if (e == ETIMEDOUT && !send_request(c, ipc::kShmDt, attach_body(id, pa, 0, 0), -1))
+        lost(c, "cannot send to dipcd");
+      munmap(p, view.mapped);
+      close(view.fd);
+      c.release_uffd(view);
+      return failed(EIO);
+    }
+    st = ok.status;
+  }
+  if (st) {
+    munmap(p, view.mapped);
+    if (st == ESTALE) {  // not the segment's view, or dipcd has no such userfaultfd: the full path
+      close(view.fd);
+      c.release_uffd(view);
+      return failed(ESTALE);
+    }
+    c.views.push_back(view);  // dipcd keeps the userfaultfd dormant again
+    return failed(st);
+  }
+  view.uffd_live = true;
+  State& s = state();
+  s.attaches.push_back(Attach{pa, view.mapped, id, flg, &c, nullptr, view.utok});  // reserved by attach()
+  ++c.attaches;
+  watch_conns(&c);
+  c.views.push_back(view);
+  return p;
+}
+
 // Maps a view kept from an earlier attach and registers the attach; ESTALE (nothing mapped, the view dropped) when
 // dipcd says that view is not the segment's any more.
 void* attach_mapped(ShmConn& c, int id, uintptr_t a, bool fixed, int flg, ShmConn::View view) {
@@ -866,6 +1051,7 @@ void* attach_mapped(ShmConn& c, int id, uintptr_t a, bool fixed, int flg, ShmCon
   if (r == MAP_FAILED) {
     int err = errno;
     close(view.fd);
+    c.release_uffd(view);
     errno = err;
   }
   return r;
@@ -887,9 +1073,10 @@ std::optional<void*> attach(const dipc_shm_target* t, int id, const void* addr, 
   pthread_once(&g_atfork_once, [] { pthread_atfork(atfork_prepare, atfork_parent, atfork_child); });
   State& s = state();
   std::lock_guard lock(s.mu);
-  prune(s);
+  const Caller me;
+  prune(s, me);
   s.attaches.reserve(s.attaches.size() + 1);  // recording the attach must not fail once dipcd counts it
-  ShmConn* c = conn_for_caller(s);
+  ShmConn* c = conn_for_caller(s, me);
   if (!c) return failed(EIO);  // a distributed id with no daemon: never the kernel (README, "What differs")
 
   // A view kept from an earlier attach of the segment in this mode saves the kShmAt round trip; SHM_REMAP, which
@@ -904,12 +1091,21 @@ std::optional<void*> attach(const dipc_shm_target* t, int id, const void* addr, 
         kept = *it;
         c->views.erase(it);  // back at the end (most recent) once the attach worked
       } else {
-        c->views.erase(it);  // the program closed or reused the descriptor: not ours any more
+        // The program closed or reused the descriptor: not ours any more, nor (likely) the userfaultfd kept with
+        // it, which is left alone; dipcd forgets its copy.
+        if (it->uffd >= 0 && !it->uffd_live) (void)c->note(ipc::kShmForget, attach_body(id, 0, 0, 0, 0, it->utok));
+        c->views.erase(it);
       }
       break;
     }
-  if (kept.fd >= 0) {
-    if (std::optional<void*> r = attach_noted(*c, id, a, fixed, flg, kept)) {
+  if (kept.fd >= 0 && kept.uffd >= 0 && !kept.uffd_live && c->notes >= 0) {
+    if (std::optional<void*> r = attach_reused(*c, id, a, fixed, flg, kept, me)) {
+      if (*r != MAP_FAILED || errno != ESTALE) return *r;
+      kept = ShmConn::View{};  // closed: the full path
+    }
+  }
+  if (kept.fd >= 0 && c->notes < 0) {  // with a channel, a note must go on it (the drains read only that)
+    if (std::optional<void*> r = attach_noted(*c, id, a, fixed, flg, kept, me)) {
       if (*r != MAP_FAILED || errno != ESTALE) return *r;
       kept = ShmConn::View{};  // closed: the full path
     }
@@ -993,7 +1189,9 @@ std::optional<int> detach(const dipc_shm_target* t, const void* addr) {
   s.attaches.erase(it);
   unmap_in(t, reinterpret_cast<void*>(at.addr), at.len);
   detached(at);
-  prune(s);
+  // A lone open connection is kept (without the credentials' system calls): if the caller's changed, the next
+  // attach prunes it.
+  if (s.conns.size() > 1 || (!s.conns.empty() && s.conns.front()->fd < 0)) prune(s);
   return 0;
 }
 

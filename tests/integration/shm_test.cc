@@ -693,6 +693,86 @@ TEST_F(Shm, ForkAfterOneWayShmatSharesTheSegmentWithTheChild) {
   EXPECT_EQ(fields(tool(2, {"at:" + id, "r:0", "r:8", "rm:" + id}), "r"), (std::vector<std::string>{"77", "78"}));
 }
 
+// The note channel (docs/ARCHITECTURE.md, "The note channel"): a detach note dipcd has not read yet (nothing on the
+// home node depended on it) is applied before an IPC_RMID from another node, which then destroys the segment at once
+// as the kernel would (nobody attached): EINVAL after, on every node, and the key is free.
+TEST_F(Shm, DetachNoteThenIpcRmidFromAnotherNodeDestroysAtOnce) {
+  const std::string k = key(27);
+  std::string id = create(1, k, 2 * kPage);
+  auto p = c().spawn(1, {SimCluster::prog("shm_tool"), "get:" + k + ":0:dipc", "at", "dt", "get:" + k + ":0:dipc",
+                         "at:@:nostat", "w:0:9", "dt", "print:detached=1", "hold"},
+                     {kTimeoutEnv});
+  ASSERT_TRUE(c().wait_output(p, "detached=1")) << p.out_buf << p.err_buf;
+  EXPECT_EQ(field(tool(2, {"rm:" + id}), "rm"), "0");
+  EXPECT_EQ(field(tool(2, {"stat:" + id}), "stat"), "-1 EINVAL");
+  EXPECT_EQ(field(tool(1, {"stat:" + id}), "stat"), "-1 EINVAL");
+  EXPECT_EQ(field(tool(1, {"get:" + k + ":0:dipc"}), "get"), "-1 ENOENT");
+  c().kill(p, SIGTERM);
+  EXPECT_EQ(c().wait(p, 10).status, 128 + SIGTERM);
+}
+
+// A process killed (SIGKILL) with notes dipcd has not read (its last attach, or its last detach) leaves shm_nattch
+// right: dipcd reads a closing connection's notes before it detaches what is left.
+TEST_F(Shm, ProcessKilledWithUnreadNotesLeavesNattchRight) {
+  const std::string k = key(28);
+  std::string id = create(1, k, 2 * kPage);
+  for (const char* last : {"attached", "detached"}) {
+    SCOPED_TRACE(last);
+    std::vector<std::string> cmds = {SimCluster::prog("shm_tool"), "get:" + k + ":0:dipc", "at", "dt"};
+    for (int i = 0; i < 5; ++i) cmds.insert(cmds.end(), {"get:" + k + ":0:dipc", "at:@:nostat", "dt"});
+    cmds.insert(cmds.end(), {"get:" + k + ":0:dipc", "at:@:nostat"});
+    if (std::string(last) == "detached") cmds.push_back("dt");
+    cmds.insert(cmds.end(), {std::string("print:") + last + "=1", "hold"});
+    auto p = c().spawn(1, cmds, {kTimeoutEnv});
+    ASSERT_TRUE(c().wait_output(p, std::string(last) + "=1")) << p.out_buf << p.err_buf;
+    c().kill(p, SIGKILL);
+    EXPECT_EQ(c().wait(p, 10).status, 128 + SIGKILL);
+    for (int node : {1, 2})
+      EXPECT_TRUE(wait_tool(node, {"stat:" + id}, [](const std::string& o) {
+        return kv(field(o, "stat"), "nattch") == "0";
+      })) << "node" << node;
+  }
+  EXPECT_EQ(field(tool(1, {"rm:" + id}), "rm"), "0");
+}
+
+// A re-attach registered on the kept userfaultfd at a new address, faulted at once (no IPC_STAT after the attach):
+// the fault drains the notes, so dipcd knows the new range before it resolves it, and the data is the segment's.
+TEST_F(Shm, ReattachAtANewAddressFaultedAtOnceSeesTheSegment) {
+  const std::string k = key(29);
+  std::string id = create(1, k, 8 * kPage);
+  std::string g = "get:" + k + ":0:dipc";
+  // Each attach touches a page never touched before (a fault dipcd resolves), the last two at a new address.
+  std::string out = tool(1, {g, "at:@:nostat", "w:0:1", "dt", g, "at:@:nostat", "w:4096:2", "dt", "blockva", g,
+                             "at:@:nostat", "w:8192:3", "r:0", "r:4096", "dt", "blockva", g, "at:@:nostat",
+                             "r:12288", "r:8192", "dt"});
+  EXPECT_EQ(fields(out, "r"), (std::vector<std::string>{"1", "2", "0", "3"})) << out;
+  EXPECT_EQ(fields(out, "blockva"), (std::vector<std::string>{"0", "0"})) << out;
+  std::string st = field(tool(2, {"stat:" + id}), "stat");
+  EXPECT_EQ(kv(st, "nattch"), "0") << st;
+  EXPECT_EQ(fields(tool(2, {"at:" + id, "r:0", "r:4096", "r:8192", "dt", "rm:" + id}), "r"),
+            (std::vector<std::string>{"1", "2", "3"}));
+}
+
+// A full note channel (a send buffer of a few notes, test-only DIPC_SHM_NOTE_SNDBUF) makes the attach and the
+// detach synchronous calls: every attach still counted, every detach too.
+TEST_F(Shm, FullNoteChannelFallsBackToTheSynchronousCall) {
+  const std::string k = key(30);
+  std::string id = create(1, k, 2 * kPage);
+  std::vector<std::string> cmds = {SimCluster::prog("shm_tool"), "get:" + k + ":0:dipc", "at", "dt"};
+  for (int i = 1; i <= 60; ++i)
+    cmds.insert(cmds.end(), {"get:" + k + ":0:dipc", "at:@:nostat", "w:0:" + std::to_string(i), "dt"});
+  cmds.insert(cmds.end(), {"get:" + k + ":0:dipc", "at", "stat", "dt", "stat"});
+  auto r = c().run(1, cmds, 60, {kTimeoutEnv, "DIPC_SHM_NOTE_SNDBUF=1"});
+  ASSERT_EQ(r.status, 0) << r.out << r.err;
+  auto sts = fields(r.out, "stat");
+  ASSERT_EQ(sts.size(), 2u) << r.out;
+  EXPECT_EQ(kv(sts[0], "nattch"), "1") << r.out;
+  EXPECT_EQ(kv(sts[1], "nattch"), "0") << r.out;
+  std::string st = field(tool(2, {"stat:" + id}), "stat");
+  EXPECT_EQ(kv(st, "nattch"), "0") << st;
+  EXPECT_EQ(field(tool(2, {"at:" + id, "r:0", "dt", "rm:" + id}), "r"), "60");
+}
+
 // A program that read the segment table of a daemon that then restarted never gets an id from the dead daemon's
 // table (still mapped in it): its shmget asks the new daemon.
 TEST_F(Shm, ShmgetAfterADaemonRestartNeverAnswersFromTheOldTable) {

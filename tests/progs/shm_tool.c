@@ -20,6 +20,8 @@
  *                            waits for it and prints fork_child_status=N and fork_parent_sees=(word OFF)
  *   sparsew:STEP  sparsec:STEP   writes / checks a word every STEP bytes and the last word of the whole segment
  *                            (size from IPC_STAT)                     -> sparsew=WORDS, sparsec=MISMATCHES (exit 1 if >0)
+ *   blockva                  maps a page of nothing where the last attachment was (after dt), so that the next
+ *                            attach lands at another address                         -> blockva=0
  *   hold                     prints held=1 and waits to be killed (bounded by a 600 s alarm)
  *   forkexec                 a child (which inherits the attaches) prints forkexec_child_nattch= (of the current
  *                            segment), then execs `tail -f /dev/null` (a program that lives until killed); the
@@ -41,6 +43,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ipc.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/shm.h>
 #include <sys/wait.h>
@@ -52,6 +55,7 @@
 static int last_id = -1;
 static int cur_id = -1;
 static char *base = NULL;
+static char *last_base = NULL; /* where the last attachment was, after dt */
 static long base_size = -1; /* of the current attachment, -1 if IPC_STAT refused it */
 static int failed = 0;
 
@@ -163,7 +167,10 @@ int main(int argc, char **argv) {
     } else if (!strcmp(name, "dt")) {
       need_base(name);
       int r = shmdt(base);
-      if (r == 0) base = NULL;
+      if (r == 0) {
+        last_base = base;
+        base = NULL;
+      }
       report(name, r);
     } else if (!strcmp(name, "stat")) {
       struct shmid_ds ds;
@@ -329,6 +336,10 @@ int main(int argc, char **argv) {
       }
       close(pfd[0]);
       printf("forkexec_pid=%d\n", (int)c);
+    } else if (!strcmp(name, "blockva")) {
+      void *q = last_base ? mmap(last_base, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
+                          : MAP_FAILED;
+      report(name, q == MAP_FAILED ? -1 : 0);
     } else if (!strcmp(name, "hold")) {
       printf("held=1\n");
       fflush(stdout);

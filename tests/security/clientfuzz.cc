@@ -59,8 +59,9 @@ Bytes valid_body(uint16_t op) {
       return ipc::encode_body(ipc::MsgRcvReq{static_cast<int32_t>(rng()), rnd(100), static_cast<int64_t>(rnd(3)), 04000});
     case ipc::kShmAt:
       return ipc::encode_body(ipc::ShmAtReq{static_cast<int32_t>(rng()), static_cast<int32_t>(rnd(2) ? 010000 : 0)});
-    case ipc::kShmAttached: case ipc::kShmDt: case ipc::kShmAttachCheck:
-      return ipc::encode_body(ipc::ShmAttachReq{static_cast<int32_t>(rng()), rng(), rng(), static_cast<int32_t>(rng())});
+    case ipc::kShmAttached: case ipc::kShmDt: case ipc::kShmAttachCheck: case ipc::kShmForget:
+      return ipc::encode_body(ipc::ShmAttachReq{static_cast<int32_t>(rng()), rng(), rng(), static_cast<int32_t>(rng()),
+                                                rnd(2) ? rng() : 0, rnd(4)});
     case ipc::kHello:
       return ipc::encode_body(ipc::HelloReq{});
     default: {
@@ -112,7 +113,8 @@ int main(int argc, char** argv) {
   int conns = atoi(argv[2]);
   static const uint16_t kOps[] = {ipc::kHello, ipc::kSemGet, ipc::kSemOp, ipc::kSemCtl, ipc::kMsgGet, ipc::kMsgSnd,
                                   ipc::kMsgRcv, ipc::kMsgCtl, ipc::kShmGet, ipc::kShmAt, ipc::kShmAttached,
-                                  ipc::kShmDt, ipc::kShmAttachCheck, ipc::kShmCtl, ipc::kCancel, ipc::kAdminStatus, ipc::kAdminObjects,
+                                  ipc::kShmDt, ipc::kShmAttachCheck, ipc::kShmNotes, ipc::kShmForget, ipc::kShmCtl,
+                                  ipc::kCancel, ipc::kAdminStatus, ipc::kAdminObjects,
                                   ipc::kAdminEnable, 0, 99, 0xffff};
   long sent = 0, answers = 0, closed = 0;
   for (int c = 0; c < conns; ++c) {
@@ -123,6 +125,26 @@ int main(int argc, char** argv) {
     }
     Bytes out;
     int pass = -1;
+    // A note channel of its own (kShmNotes) now and then, with mutated notes on it: dipcd reads them at its next
+    // drain (the requests below cause some).
+    int chan[2] = {-1, -1};
+    if (rnd(3) == 0 && socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, chan) == 0) {
+      Bytes hello;
+      dipc::append_frame(hello, dipc::FrameHeader{dipc::FrameKind::kRequest, ipc::kShmNotes, 7, 0, 0}, {});
+      (void)dipc::send_with_fd(*fd, hello.data(), hello.size(), chan[1]);
+      close(chan[1]);
+      for (uint64_t n = rnd(8); n > 0; --n) {
+        static const uint16_t kNotes[] = {ipc::kShmDt, ipc::kShmAttached, ipc::kShmForget, ipc::kShmAt, 0xffff};
+        uint16_t op = kNotes[rnd(sizeof kNotes / sizeof kNotes[0])];
+        Bytes note;
+        dipc::append_frame(note, dipc::FrameHeader{rnd(6) ? dipc::FrameKind::kOneWay : static_cast<dipc::FrameKind>(rnd(8)),
+                                                   op, rnd(4), 0, 0},
+                           mutate(valid_body(op)));
+        if (rnd(8) == 0) note.resize(rnd(note.size() + 1));  // a cut one
+        (void)!send(chan[0], note.data(), note.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+        ++sent;
+      }
+    }
     for (uint64_t n = rnd(6) + 1; n > 0; --n) {
       uint16_t op = kOps[rnd(sizeof kOps / sizeof kOps[0])];
       Bytes body = mutate(valid_body(op));
@@ -156,6 +178,7 @@ int main(int argc, char** argv) {
       ++answers;
     }
     close(*fd);
+    if (chan[0] >= 0) close(chan[0]);
   }
   // Still there, still answering.
   auto fd = dipc::unix_connect(dipc::default_socket_name());

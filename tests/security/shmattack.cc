@@ -9,6 +9,14 @@
 //   rwattach=    kShmAttached (read-write) with a real userfaultfd for a writable mapping
 //   rwnote=      the one-way kShmAttached (read-write) with a real userfaultfd and the read-only view, then
 //                kShmAttachCheck: its answer (the note must not have been counted: ESTALE)
+// and on the note channel (docs/ARCHITECTURE.md, "The note channel"):
+//   foreignchannel=  kShmNotes handing over a socket whose peer is not this process (a second connection to dipcd)
+//   channel=         kShmNotes with a SOCK_SEQPACKET pair of its own (allowed)
+//   roattach=        kShmAttached SHM_RDONLY with a real userfaultfd kept under a token (allowed)
+//   rwrevive=        its detach note keeping the token, then a note re-attaching it read-write on that userfaultfd,
+//                    then kShmAttachCheck: its answer (the note must not have been counted: ESTALE)
+//   flood_full=1     notes written until the channel is full (EAGAIN), flood_notes= how many
+//   flood_served=    a request's answer while the channel is full (dipcd reads a bounded number and answers)
 // Each prints 0 (it worked: the attack succeeded) or -1 ERRNO_NAME. "wrote=1" if a write reached the segment.
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
@@ -140,5 +148,43 @@ int main(int argc, char** argv) {
   st = roundtrip(*sock, dipc::ipc::kShmAttachCheck, dipc::ipc::encode_body(dipc::ipc::ShmAttachReq{id, addr, 0, 0}),
                  -1, nullptr, nullptr);
   printf("rwnote=%s\n", result(st));
+
+  auto other = dipc::unix_connect(dipc::default_socket_name());
+  st = other ? roundtrip(*sock, dipc::ipc::kShmNotes, {}, *other, nullptr, nullptr) : EPROTO;
+  printf("foreignchannel=%s\n", result(st));
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) != 0) return 1;
+  st = roundtrip(*sock, dipc::ipc::kShmNotes, {}, sv[1], nullptr, nullptr);
+  close(sv[1]);
+  printf("channel=%s\n", result(st));
+  auto note_on = [&](uint16_t op, const dipc::ipc::ShmAttachReq& r) {
+    dipc::Bytes b;
+    dipc::append_frame(b, dipc::FrameHeader{dipc::FrameKind::kOneWay, op, g_next++, 0, 0}, dipc::ipc::encode_body(r));
+    return send(sv[0], b.data(), b.size(), MSG_DONTWAIT | MSG_NOSIGNAL) == static_cast<ssize_t>(b.size());
+  };
+  void* m2 = mmap(nullptr, len, PROT_READ, MAP_SHARED, view, 0);
+  int uffd3 = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY));
+  uffdio_api api3{UFFD_API, 0, 0};
+  if (m2 == MAP_FAILED || uffd3 < 0 || ioctl(uffd3, UFFDIO_API, &api3) != 0) return 1;
+  auto addr2 = reinterpret_cast<uint64_t>(m2);
+  reg.range.start = addr2;
+  (void)ioctl(uffd3, UFFDIO_REGISTER, &reg);
+  constexpr uint64_t kTok = 7;
+  st = roundtrip(*sock, dipc::ipc::kShmAttached,
+                 dipc::ipc::encode_body(dipc::ipc::ShmAttachReq{id, addr2, len, SHM_RDONLY, 0, kTok}), uffd3, nullptr,
+                 nullptr);
+  printf("roattach=%s\n", result(st));
+  if (!note_on(dipc::ipc::kShmDt, {id, addr2, 0, 0, 0, kTok}) || !note_on(dipc::ipc::kShmAttached, {id, addr2, len, 0, 0, kTok}))
+    return 1;
+  st = roundtrip(*sock, dipc::ipc::kShmAttachCheck, dipc::ipc::encode_body(dipc::ipc::ShmAttachReq{id, addr2, 0, 0}),
+                 -1, nullptr, nullptr);
+  printf("rwrevive=%s\n", result(st));
+
+  long notes = 0;
+  while (notes < 1000000 && note_on(dipc::ipc::kShmForget, {id, 0, 0, 0, 0, 1000 + static_cast<uint64_t>(notes)})) ++notes;
+  printf("flood_full=%d\nflood_notes=%ld\n", errno == EAGAIN ? 1 : 0, notes);
+  st = roundtrip(*sock, dipc::ipc::kShmAttachCheck, dipc::ipc::encode_body(dipc::ipc::ShmAttachReq{id, addr2, 0, 0}),
+                 -1, nullptr, nullptr);
+  printf("flood_served=%s\n", result(st));
   return 0;
 }

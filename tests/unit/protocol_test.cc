@@ -432,6 +432,16 @@ TEST(Protocol, OneWayBodiesRoundTrip) {
   HomeCancelMsg c{~0ull};
   EXPECT_EQ(round_trip(c).token, ~0ull);
   expect_strict(c, "HomeCancelMsg");
+  // The notes' body (kShmDt, kShmAttached on a kept userfaultfd, kShmForget): the token survives the trip.
+  ShmAttachReq a{0x01000007, 0x7f0000001000ull, 65536, 010000, 42, ~0ull - 1};
+  ShmAttachReq b = round_trip(a);
+  EXPECT_EQ(b.id, a.id);
+  EXPECT_EQ(b.addr, a.addr);
+  EXPECT_EQ(b.len, a.len);
+  EXPECT_EQ(b.flg, a.flg);
+  EXPECT_EQ(b.view_ino, a.view_ino);
+  EXPECT_EQ(b.utok, a.utok);
+  expect_strict(a, "ShmAttachReq");
 }
 
 TEST(Protocol, FieldsAreBigEndianOnTheWire) {
