@@ -93,6 +93,7 @@ Segment::~Segment() {
       fallocate(view_fd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(mapped_)) != 0)
     DIPC_LOG_DEBUG("dsm: emptying the view of segment {}: {}", static_cast<int32_t>(id_), strerror(errno));
   if (install_) munmap(install_, mapped_);  // with the view's last mapping in dipcd, its huge page reservation
+  if (view_ro_) munmap(const_cast<uint8_t*>(view_ro_), mapped_);
   // F stays mapped until the transport has finished or cancelled every operation on it.
   std::shared_ptr<void> mapping = std::move(frames_map_);
   for (auto& c : chunks_) {
@@ -550,6 +551,37 @@ void Segment::send_dir(std::vector<Msg>& out) {
   m_.send(rest);
 }
 
+// A pushed run the home's own processes wrote is read from V. Through dipcd's read-only mapping of V (made at the
+// first such push) it is one copy into the message; pread needs the message buffer grown first, which zero-fills it
+// (a memset of the whole run, and of fresh pages). A read fault of that mapping on a hole of V would put a zeroed page
+// into V behind the processes' userfaultfd (they would read zeros instead of faulting to dipcd): so the mapping is
+// read only where mincore finds every page of the run in V (the loop is single-threaded: nothing of dipcd punches V
+// in between; a page swapped out counts as absent), pread otherwise. Not SEEK_HOLE: on a V that holds everything it
+// scans to the end of the file at every push (a quarter of the home's time at 128 MiB). hugetlbfs: pread (V's pages
+// are whole huge pages; no mapping of it is made here).
+bool Segment::push_src_view(Bytes& buf, uint64_t off, uint64_t len) {
+  size_t at = buf.size();
+  if (!huge_ && !view_ro_) {
+    void* p = mmap(nullptr, mapped_, PROT_READ, MAP_SHARED, view_fd_.get(), 0);
+    if (p != MAP_FAILED) view_ro_ = static_cast<const uint8_t*>(p);
+  }
+  if (view_ro_) {
+    uint64_t ps = m_.page_size();
+    incore_.resize((len + ps - 1) / ps);
+    if (mincore(const_cast<uint8_t*>(view_ro_ + off), len, incore_.data()) == 0 &&
+        std::all_of(incore_.begin(), incore_.end(), [](unsigned char c) { return c & 1; })) {
+      buf.insert(buf.end(), view_ro_ + off, view_ro_ + off + len);
+      return true;
+    }
+  }
+  buf.resize(at + len);
+  ssize_t r = pread(view_fd_.get(), buf.data() + at, len, static_cast<off_t>(off));
+  if (r == static_cast<ssize_t>(len)) return true;
+  if (r >= 0) errno = EIO;  // short read
+  buf.resize(at);
+  return false;
+}
+
 uint32_t Segment::readahead_blocks() const {
   return static_cast<uint32_t>(std::clamp<uint64_t>(kReadAheadBytes / block_, 1, Msg::kMaxCount));
 }
@@ -564,9 +596,10 @@ bool Segment::push(Msg& g) {
   if (!m_.transport()->caps().native_rma) {
     // The provider carries one-sided operations through the peer's CPU anyway (tcp): send the run with its grant as
     // one message. The requester copies it from the message into V (on_push): its frames are not touched.
-    // A block whose frame the home released is read from V (pread: what V holds; the home holds the block read-only
-    // now, write-protected, so V holds the value the grant orders), the rest from F.
+    // A block whose frame the home released is read from V (push_src_view: what V holds; the home holds the block
+    // read-only now, write-protected, so V holds the value the grant orders), the rest from F.
     Encoder e;
+    e.buf().reserve(Msg::kEncodedSize + len);  // one allocation, no copy as it grows
     pushed.encode(e);
     for (uint32_t b = g.block; b < g.block + g.count;) {
       bool gone = flags_[b] & kFrameGone;
@@ -575,16 +608,9 @@ bool Segment::push(Msg& g) {
       uint64_t o = block_off(b), l = block_off(x - 1) + block_len(x - 1) - o;
       if (!gone) {
         e.raw(ByteView(frames_ + o, l));
-      } else {
-        Bytes& buf = e.buf();
-        size_t at = buf.size();
-        buf.resize(at + l);
-        ssize_t r = pread(view_fd_.get(), buf.data() + at, l, static_cast<off_t>(o));
-        if (r != static_cast<ssize_t>(l)) {
-          DIPC_LOG_ERROR("dsm: segment {}: push of blocks {}..{} from the view: {}", id_, b, x - 1,
-                         r < 0 ? strerror(errno) : "short read");
-          return false;  // sent unpushed (send_dir lends F)
-        }
+      } else if (!push_src_view(e.buf(), o, l)) {
+        DIPC_LOG_ERROR("dsm: segment {}: push of blocks {}..{} from the view: {}", id_, b, x - 1, strerror(errno));
+        return false;  // sent unpushed (send_dir lends F)
       }
       b = x;
     }
