@@ -218,7 +218,7 @@ uint64_t Segment::write_view(const uint8_t* src, uint64_t len, uint64_t off) {
 // parked accesses are woken after the install, as for pwrite. The program owns its userfaultfd and may have moved
 // or re-registered the range, or mapped it privately: the pages are then not V's (a copy only that process sees,
 // stale for it alone: the kernel lets a userfaultfd cover a shared mapping only of a file its process may write).
-// So V is checked to hold the whole run afterwards (SEEK_HOLE on the view finds no hole in it); if not, 0 is
+// So V is checked to hold the whole run afterwards (view_holds); if not, 0 is
 // returned and write_view pwrites the run (the same bytes over any page that did land in V).
 uint64_t Segment::copy_via_attach(const uint8_t* src, uint64_t len, uint64_t off) {
   auto it = attaches_.find(last_fault_attach_);
@@ -236,9 +236,7 @@ uint64_t Segment::copy_via_attach(const uint8_t* src, uint64_t len, uint64_t off
     if (rc == 0 || (errno == EAGAIN && c.copy > 0)) continue;
     break;  // EEXIST (a page of the run mapped there or in V already), ENOENT/EINVAL (the range moved), ...
   }
-  if (done == 0) return 0;
-  off_t hole = lseek(view_fd_.get(), static_cast<off_t>(off), SEEK_HOLE);
-  if (hole < 0 || static_cast<uint64_t>(hole) < off + done) return 0;
+  if (done == 0 || !view_holds(off, done)) return 0;
   return done;
 }
 
@@ -559,20 +557,24 @@ void Segment::send_dir(std::vector<Msg>& out) {
 // in between; a page swapped out counts as absent), pread otherwise. Not SEEK_HOLE: on a V that holds everything it
 // scans to the end of the file at every push (a quarter of the home's time at 128 MiB). hugetlbfs: pread (V's pages
 // are whole huge pages; no mapping of it is made here).
+bool Segment::view_holds(uint64_t off, uint64_t len) {
+  if (huge_) return false;
+  if (!view_ro_) {
+    void* p = mmap(nullptr, mapped_, PROT_READ, MAP_SHARED, view_fd_.get(), 0);
+    if (p == MAP_FAILED) return false;
+    view_ro_ = static_cast<const uint8_t*>(p);
+  }
+  uint64_t ps = m_.page_size();
+  incore_.resize((len + ps - 1) / ps);
+  return mincore(const_cast<uint8_t*>(view_ro_ + off), len, incore_.data()) == 0 &&
+         std::all_of(incore_.begin(), incore_.end(), [](unsigned char c) { return c & 1; });
+}
+
 bool Segment::push_src_view(Bytes& buf, uint64_t off, uint64_t len) {
   size_t at = buf.size();
-  if (!huge_ && !view_ro_) {
-    void* p = mmap(nullptr, mapped_, PROT_READ, MAP_SHARED, view_fd_.get(), 0);
-    if (p != MAP_FAILED) view_ro_ = static_cast<const uint8_t*>(p);
-  }
-  if (view_ro_) {
-    uint64_t ps = m_.page_size();
-    incore_.resize((len + ps - 1) / ps);
-    if (mincore(const_cast<uint8_t*>(view_ro_ + off), len, incore_.data()) == 0 &&
-        std::all_of(incore_.begin(), incore_.end(), [](unsigned char c) { return c & 1; })) {
-      buf.insert(buf.end(), view_ro_ + off, view_ro_ + off + len);
-      return true;
-    }
+  if (view_holds(off, len)) {
+    buf.insert(buf.end(), view_ro_ + off, view_ro_ + off + len);
+    return true;
   }
   buf.resize(at + len);
   ssize_t r = pread(view_fd_.get(), buf.data() + at, len, static_cast<off_t>(off));
@@ -906,7 +908,7 @@ void Segment::write_protect_all(uint32_t b, bool wp, bool wake) {
 }
 
 // A block into V with one UFFDIO_COPY into the only attach that may write (a read copy in mode WP: installed
-// write-protected; a writable one in mode 0), which also wakes its faults on the block, and a SEEK_HOLE check that V
+// write-protected; a writable one in mode 0), which also wakes its faults on the block, and a mincore check that V
 // holds it: two system calls where write_protect_all + write_view + wake make three. The page lands in V's page cache, so every other attach
 // (read-only ones) finds it there. False: nothing was installed, or only part of the block (the caller installs it
 // the usual way, which overwrites the same data).
@@ -927,8 +929,7 @@ bool Segment::copy_install(uint32_t b, bool writable) {
   if (ioctl(w->fd, UFFDIO_COPY, &c) != 0 || c.copy != static_cast<int64_t>(block_len(b))) return false;
   // The program owns its userfaultfd and may have re-registered the range over a private mapping: then the page is
   // not V's (copy_via_attach). V must hold the whole block, else it is installed the usual way.
-  off_t hole = lseek(view_fd_.get(), static_cast<off_t>(block_off(b)), SEEK_HOLE);
-  if (hole < 0 || static_cast<uint64_t>(hole) < block_off(b) + block_len(b)) return false;
+  if (!view_holds(block_off(b), block_len(b))) return false;
   flags_[b] |= kInView;
   if (writable)
     flags_[b] &= static_cast<uint8_t>(~kProtected);

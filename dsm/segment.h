@@ -159,6 +159,9 @@ class Segment {
   // V is known to hold from `off` on (0..len); write_view does the rest.
   uint64_t copy_via_attach(const uint8_t* src, uint64_t len, uint64_t off);
   bool push_src_view(Bytes& buf, uint64_t off, uint64_t len);  // appends V's bytes [off, off+len) to buf
+  // V's page cache holds every page of [off, off+len) (mincore through view_ro_, made on first use; normal pages
+  // only). Bounded by the range, unlike lseek(SEEK_HOLE), which walks V to its first hole after off.
+  bool view_holds(uint64_t off, uint64_t len);
   uint64_t install_failures_ = 0;
   uint64_t last_fault_attach_ = 0;  // the attach whose fault came last (handle_fault)
   bool install_via_attach_ = false;  // install_run is copying a read-only run: write_view may use copy_via_attach
@@ -186,7 +189,7 @@ class Segment {
   UniqueFd view_fd_, frames_fd_;  // frames_fd_ passes to the FramesMapping once F is mapped
   uint8_t* install_ = nullptr;    // hugetlbfs only: dipcd's mapping of V, the target of UFFDIO_COPY
   const uint8_t* view_ro_ = nullptr;  // normal pages: dipcd's read-only mapping of V, source of a push (push_src_view)
-  std::vector<unsigned char> incore_;  // push_src_view's mincore result
+  std::vector<unsigned char> incore_;  // view_holds's mincore result
   UniqueFd install_uffd_;         // its userfaultfd (MISSING); nothing ever faults on it
   int frames_fd_num_ = -1;        // the FramesMapping's descriptor (footprint), open while the segment lives
   uint8_t* frames_ = nullptr;
