@@ -221,6 +221,7 @@ void HomeDirectory::on_message(const Msg& m, int64_t now, std::vector<Msg>& out)
         return;
       }
       Txn& t = it->second;
+      if (m.type == MsgType::kFetchAck && m.mode == FetchMode::kPushed && wants_data_ack(m)) t.home_current = true;
       t.waiting.remove(m.from);
       if (t.waiting.empty()) {
         after_acks(b, t, now, out);
@@ -242,6 +243,15 @@ void HomeDirectory::on_message(const Msg& m, int64_t now, std::vector<Msg>& out)
       ++bad_;
       return;
   }
+}
+
+bool HomeDirectory::wants_data_ack(const Msg& m) const {
+  if (m.segment != segment_ || m.type != MsgType::kFetchAck || m.block >= blocks_.size()) return false;
+  auto it = active_.find(m.block);
+  if (it == active_.end()) return false;
+  const Txn& t = it->second;
+  return t.phase == Phase::kAcks && t.id == m.txn && t.req.kind == Kind::kRead && t.req.node == home_ &&
+         t.fetched == m.from && t.waiting.has(m.from) && m.from != home_;
 }
 
 void HomeDirectory::enqueue(uint32_t b, Request r, int64_t now, std::vector<Msg>& out) {
@@ -267,6 +277,7 @@ void HomeDirectory::pump(uint32_t b, int64_t now, std::vector<Msg>& out) {
     t.targets.clear();
     t.fetched = kNoNode;
     t.source = kNoNode;
+    t.home_current = false;
     t.aborted = false;
     if (!start(b, t, now, out)) t.phase = Phase::kIdle;
   }
@@ -364,6 +375,8 @@ void HomeDirectory::after_acks(uint32_t b, Txn& t, int64_t now, std::vector<Msg>
   switch (t.req.kind) {
     case Kind::kRead:
       if (t.fetched != kNoNode) k.exclusive = false;  // the owner downgraded to a read copy (or was lost)
+      // Its data came with the acknowledgement: the home's frame is current, the home reads it in place.
+      if (t.home_current && k.owner == t.fetched && k.copyset.has(t.fetched)) k.owner = home_;
       break;
     case Kind::kWrite:
       for (NodeId n : t.targets.members()) k.copyset.remove(n);
@@ -852,7 +865,12 @@ void NodeCache::on_message(const Msg& m, int64_t now, std::vector<Msg>& out, std
             ++bad_;
           }
           // txn 0: the home downgrades its own copy for a read-ahead grant; nobody waits for an acknowledgement.
-          if (m.txn != 0 || self_ != home_) out.push_back(msg(MsgType::kFetchAck, b, m.txn));
+          if (m.txn != 0 || self_ != home_) {
+            Msg ack = msg(MsgType::kFetchAck, b, m.txn);
+            // For the home's own read: offer the data with the ack (the caller sends it, or clears the mode).
+            if (m.node == home_ && self_ != home_ && k.have == Have::kShared) ack.mode = FetchMode::kPushed;
+            out.push_back(ack);
+          }
           return;
         case FetchMode::kInvalidate:
           if (k.have == Have::kInvalid) ++bad_;

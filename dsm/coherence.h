@@ -100,7 +100,9 @@ enum class FetchMode : uint8_t {
   kDowngrade = 1,   // read request elsewhere: write-protect, keep a read copy
   kInvalidate = 2,  // write request elsewhere: unmap; the frame stays as is until the requester copied it
   kWriteBack = 3,   // the node leaves: unmap, write the frame into the home's frame, then acknowledge
-  kPushed = 4,      // on a Grant, not a Fetch: the home wrote the granted blocks into the requester's frames with it
+  kPushed = 4,      // on a Grant, not a Fetch: the home wrote the granted blocks into the requester's frames with it;
+                    // on a FetchAck of a downgrade for the home's own read: the block's data came with it into the
+                    // home's frame (the home reads it there, not from the owner's frame: one round trip less)
 };
 
 // One protocol message. Fixed 24-byte body: type u16, segment u64, block u32, txn u32, access u8, mode u8, node u16,
@@ -114,6 +116,11 @@ enum class FetchMode : uint8_t {
 // copy in the copyset when it granted it (the source is the home's frame, the requester's own, or a zero fill).
 // A write Grant in place (node = the requester: the upgrade of its read copy, or its own frame) has txn 0 too: the
 // home made the requester the exclusive owner when it granted it; the requester installs it on receipt.
+// A Fetch (downgrade) for a read by the home itself (node = the home) is acknowledged with mode kPushed: the caller
+// sends the block's data with the FetchAck and delivers it into the home's frame before the home's directory handles
+// the ack (Segment: kOpAckData); a caller that cannot clears the mode. The home's frame is then current: the
+// directory makes the home the owner and grants the home's read in place (txn 0), where it would have copied the
+// block from the owner's frame (a second round trip on the home's read miss).
 struct Msg {
   NodeId to = 0;    // not encoded: transport addressing
   NodeId from = 0;  // not encoded: the receiver sets it from the authenticated peer
@@ -203,6 +210,9 @@ class HomeDirectory {
   uint64_t bad_messages() const { return bad_; }
   uint64_t lost_blocks() const { return lost_; }
   bool idle() const { return active_.empty(); }
+  // Whether a FetchAck with data (mode kPushed) from m.from is the acknowledgement the block's transaction waits for
+  // (a downgrade for the home's own read): only then may its data overwrite the home's frame.
+  bool wants_data_ack(const Msg& m) const;
   // Checks the directory's own invariants; returns "" or a description of the first violation.
   std::string check() const;
 
@@ -221,6 +231,7 @@ class HomeDirectory {
     NodeSet targets;           // every node a Fetch or Invalidate went to
     NodeId fetched = kNoNode;  // the exclusive owner a Fetch went to (or the leaving node written back)
     NodeId source = kNoNode;   // the frame the grant named
+    bool home_current = false;  // the downgraded owner's data came into the home's frame with its FetchAck
     bool aborted = false;      // the requester was lost
     int64_t wake_at = 0;
     std::deque<Request> queue;

@@ -603,19 +603,7 @@ bool Segment::push(Msg& g) {
     Encoder e;
     e.buf().reserve(Msg::kEncodedSize + len);  // one allocation, no copy as it grows
     pushed.encode(e);
-    for (uint32_t b = g.block; b < g.block + g.count;) {
-      bool gone = flags_[b] & kFrameGone;
-      uint32_t x = b + 1;
-      while (x < g.block + g.count && static_cast<bool>(flags_[x] & kFrameGone) == gone) ++x;
-      uint64_t o = block_off(b), l = block_off(x - 1) + block_len(x - 1) - o;
-      if (!gone) {
-        e.raw(ByteView(frames_ + o, l));
-      } else if (!push_src_view(e.buf(), o, l)) {
-        DIPC_LOG_ERROR("dsm: segment {}: push of blocks {}..{} from the view: {}", id_, b, x - 1, strerror(errno));
-        return false;  // sent unpushed (send_dir lends F)
-      }
-      b = x;
-    }
+    if (!append_blocks(e, g.block, g.block + g.count)) return false;  // sent unpushed (send_dir lends F)
     if (!m_.transport()->send(g.to, kOpPush, e.take())) return false;
     m_.stats().pushes += g.count;
     DSM_TRACE("dsm: seg {} pushed {} to {} in a message", id_, pushed.str(), g.to);
@@ -640,6 +628,60 @@ bool Segment::push(Msg& g) {
   DSM_TRACE("dsm: seg {} pushed {} to {}", id_, pushed.str(), g.to);
   ++m_.stats().messages_out;
   return true;
+}
+
+bool Segment::append_blocks(Encoder& e, uint32_t first, uint32_t end) {
+  for (uint32_t b = first; b < end;) {
+    bool gone = flags_[b] & kFrameGone;
+    uint32_t x = b + 1;
+    while (x < end && static_cast<bool>(flags_[x] & kFrameGone) == gone) ++x;
+    uint64_t o = block_off(b), l = block_off(x - 1) + block_len(x - 1) - o;
+    if (!gone) {
+      e.raw(ByteView(frames_ + o, l));
+    } else if (!push_src_view(e.buf(), o, l)) {
+      DIPC_LOG_ERROR("dsm: segment {}: blocks {}..{} from the view: {}", id_, b, x - 1, strerror(errno));
+      return false;
+    }
+    b = x;
+  }
+  return true;
+}
+
+// The offer is taken only over a provider without native one-sided operations (tcp), where the home's read of this
+// node's frame is a round trip through this daemon anyway; with RDMA the home reads the frame without it. The block
+// is write-protected here and F holds it (the downgrade was carried out before the ack leaves, run()).
+void Segment::send_data_acks(std::vector<Msg>& out) {
+  for (Msg& m : out) {
+    if (m.type != MsgType::kFetchAck || m.mode != FetchMode::kPushed) continue;
+    m.mode = FetchMode::kNone;
+    if (m_.transport()->caps().native_rma || dir_ || m.to != home_ || m.block >= nblocks_) continue;
+    Msg a = m;
+    a.mode = FetchMode::kPushed;
+    Encoder e;
+    e.buf().reserve(Msg::kEncodedSize + block_len(m.block));
+    a.encode(e);
+    if (!append_blocks(e, m.block, m.block + 1) || !m_.transport()->send(m.to, kOpAckData, e.take())) continue;
+    DSM_TRACE("dsm: seg {} acknowledged {} with its data", id_, a.str());
+    ++m_.stats().messages_out;
+    m.type = MsgType::kLeaveDone;  // sent: marked for removal (a node never sends LeaveDone)
+  }
+  out.erase(std::remove_if(out.begin(), out.end(), [](const Msg& m) { return m.type == MsgType::kLeaveDone; }),
+            out.end());
+}
+
+// The home: the data of a downgrade for its own read, into its frame before the directory handles the ack. Only the
+// acknowledgement the block's transaction waits for may write the frame; any other is handled as a plain FetchAck.
+void Segment::on_data_ack(const Msg& m, ByteView data) {
+  Msg a = m;
+  if (dir_ && m.block < nblocks_ && m.count == 1 && data.size() == block_len(m.block) && dir_->wants_data_ack(m)) {
+    std::memcpy(frames_ + block_off(m.block), data.data(), data.size());
+    ++m_.stats().remote_fetches;
+    flags_[m.block] &= static_cast<uint8_t>(~(kInView | kFrameGone | kSpareFrame | kZeroFill));  // as fetched()
+  } else {
+    DIPC_LOG_WARN("dsm: segment {}: data with {} from node {} not expected: handled without it", id_, m.str(), m.from);
+    a.mode = FetchMode::kNone;
+  }
+  on_msg(a);
 }
 
 // Local actions first, then the messages (an invalidation has taken effect in every local process before its
@@ -684,6 +726,7 @@ void Segment::run(std::vector<Msg>& out, std::vector<LocalAction>& local) {
     }
     apply(a);
   }
+  send_data_acks(out);
   m_.send(out);
   for (uint32_t b : ready) {
     std::vector<Msg> o2;
@@ -1292,18 +1335,20 @@ void Manager::drain_local() {
 }
 
 void Manager::on_message(NodeId from, uint16_t op, ByteView body) {
-  if (op != kOpMsg && op != kOpPush) {
+  if (op != kOpMsg && op != kOpPush && op != kOpAckData) {
     DIPC_LOG_WARN("dsm: node {}: unknown message {}", from, op);
     return;
   }
   ByteView data;
-  if (op == kOpPush && body.size() > Msg::kEncodedSize) {
+  bool with_data = op == kOpPush || op == kOpAckData;
+  if (with_data && body.size() > Msg::kEncodedSize) {
     data = body.subspan(Msg::kEncodedSize);
     body = body.first(Msg::kEncodedSize);
   }
   Decoder d(body);
   Msg m;
-  if (!m.decode(d) || !d.done() || (op == kOpPush && data.empty())) {
+  if (!m.decode(d) || !d.done() || (with_data && data.empty()) ||
+      (op == kOpAckData && (m.type != MsgType::kFetchAck || m.mode != FetchMode::kPushed))) {
     DIPC_LOG_WARN("dsm: node {}: malformed coherence message dropped", from);
     return;
   }
@@ -1311,8 +1356,14 @@ void Manager::on_message(NodeId from, uint16_t op, ByteView body) {
   m.to = self_;
   ++stats_.messages_in;
   if (Segment* s = find(m.segment)) {
-    if (op == kOpPush) s->on_push(m, data);
-    else s->on_msg(m);
+    if (op == kOpPush) {
+      s->on_push(m, data);
+    } else if (op == kOpAckData) {
+      s->on_data_ack(m, data);
+    } else {
+      if (m.type == MsgType::kFetchAck) m.mode = FetchMode::kNone;  // data comes only with kOpAckData
+      s->on_msg(m);
+    }
   }
   drain_local();
 }

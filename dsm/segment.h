@@ -54,8 +54,11 @@ inline constexpr uint16_t kOpRegion = 121;  // request {segment u64, offset u64}
 inline constexpr uint16_t kOpPush = 122;    // one-way: a Grant{mode kPushed} of a run (24 bytes, Msg::encode), then
                                             // the run's bytes: a push over a provider without native one-sided
                                             // operations (Segment::push)
+inline constexpr uint16_t kOpAckData = 123;  // one-way: a FetchAck{mode kPushed} (24 bytes, Msg::encode), then the
+                                             // block's bytes, for the home's frame: the owner's data for the home's
+                                             // own read miss, with the downgrade's acknowledgement (send_data_acks)
 static_assert(transport::ops::kDsm.contains(kOpMsg) && transport::ops::kDsm.contains(kOpRegion) &&
-              transport::ops::kDsm.contains(kOpPush));
+              transport::ops::kDsm.contains(kOpPush) && transport::ops::kDsm.contains(kOpAckData));
 // Registration unit of the frames when the provider pins memory (a power of two, so blocks never straddle chunks).
 inline constexpr uint64_t kPinChunk = 2u << 20;
 // The largest read-ahead window of a node (NodeCache): a sequential reader gets up to this many bytes per round trip,
@@ -109,6 +112,7 @@ class Segment {
 
   void on_msg(const Msg& m);  // a coherence message for this segment (from the transport or the local FIFO)
   void on_push(const Msg& m, ByteView data);  // kOpPush: a pushed grant with its run's bytes
+  void on_data_ack(const Msg& m, ByteView data);  // kOpAckData (home): a downgrade's FetchAck with the block's bytes
   void on_node_lost(NodeId node);
   void on_timer();
   // The frames chunk that holds byte `offset`, registered on first use. EINVAL past the end.
@@ -179,6 +183,11 @@ class Segment {
   uint64_t block_len(uint32_t b) const;
   // Pushes a block the home holds into `g.to`'s frame with the grant as write_notify's message. False: not pushed.
   bool push(Msg& g);
+  // Appends the bytes of blocks [first, end) as this node holds them (F, or V where F was released) to the encoder.
+  bool append_blocks(Encoder& e, uint32_t first, uint32_t end);
+  // The FetchAcks of `out` that offer data (mode kPushed) leave with the block's bytes (kOpAckData), or without the
+  // offer when that cannot be sent (the home then copies from this node's frame).
+  void send_data_acks(std::vector<Msg>& out);
   uint32_t readahead_blocks() const;  // the read-ahead window cap in blocks (kReadAheadBytes)
 
   Manager& m_;

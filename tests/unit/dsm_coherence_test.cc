@@ -18,6 +18,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "common/wire.h"
@@ -749,6 +750,59 @@ TEST_F(DirFixture, ReadOfExclusiveBlockDowngradesOwner) {
   EXPECT_EQ(v.copyset, set({2, 3}));
 }
 
+// The home's own read of a block another node holds writable: the owner's acknowledgement with the data (kPushed)
+// makes the home's frame current, so the home is granted in place (txn 0, no Done, no copy from the owner's frame);
+// without the data, or with data for another transaction, the grant names the owner's frame as before.
+TEST_F(DirFixture, HomeReadDowngradeAcknowledgedWithData) {
+  for (bool with_data : {true, false}) {
+    HomeDirectory h{kSeg, 4, 1, 0};
+    txn(2, 0, Access::kWrite, &h);
+    send(MsgType::kReadReq, 1, 0, 0, &h);
+    ASSERT_EQ(out.size(), 1u);
+    expect_msg(out[0], MsgType::kFetch, 2, 0);
+    EXPECT_EQ(out[0].node, 1);
+    uint32_t t = out[0].txn;
+    Msg ack = make(MsgType::kFetchAck, 2, 1, 0, t);
+    ack.mode = FetchMode::kPushed;
+    Msg stale = ack;
+    stale.txn = t + 1;
+    EXPECT_FALSE(h.wants_data_ack(stale));  // a wrong txn never writes the home's frame
+    Msg other = ack;
+    other.from = 3;
+    EXPECT_FALSE(h.wants_data_ack(other));  // nor a node the home did not fetch from
+    EXPECT_TRUE(h.wants_data_ack(ack));
+    if (!with_data) ack.mode = FetchMode::kNone;
+    out.clear();
+    h.on_message(ack, now, out);
+    ASSERT_EQ(out.size(), 1u);
+    expect_msg(out[0], MsgType::kGrant, 1, 0);
+    EXPECT_EQ(out[0].access, Access::kRead);
+    EXPECT_EQ(out[0].node, with_data ? 1 : 2) << with_data;
+    EXPECT_EQ(out[0].txn, with_data ? 0u : t) << with_data;
+    if (!with_data) send(MsgType::kDone, 1, 0, t, &h);
+    EXPECT_TRUE(h.idle());
+    EXPECT_EQ(h.block(0).owner, with_data ? 1 : 2);
+    EXPECT_EQ(h.block(0).copyset, set({1, 2}));
+    EXPECT_EQ(h.check(), "");
+  }
+}
+
+TEST_F(CacheFixture, DowngradeForTheHomeOffersTheData) {
+  get(0, Access::kWrite);
+  Msg f = fetch(0, FetchMode::kDowngrade, 5);
+  f.node = 1;  // the requester is the home
+  recv(f);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].type, MsgType::kFetchAck);
+  EXPECT_EQ(out[0].mode, FetchMode::kPushed);
+  get(1, Access::kWrite);
+  f = fetch(1, FetchMode::kDowngrade, 6);
+  f.node = 3;  // for another node: it copies this node's frame
+  recv(f);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].mode, FetchMode::kNone);
+}
+
 TEST_F(DirFixture, WriteInvalidatesEveryCopy) {
   txn(2, 0, Access::kWrite);
   txn(3, 0, Access::kRead);  // 2 downgraded, the owner
@@ -1084,6 +1138,8 @@ struct Sim {
   // statistics
   uint64_t reads = 0, writes = 0, adds = 0, faults = 0, msgs = 0, max_wait = 0, quantum_waits = 0, leaves = 0;
   uint64_t write_grants_in_place = 0;  // write grants without Done (the upgrade of a read copy)
+  uint64_t data_acks = 0;              // downgrades acknowledged with the data, for the home's own read
+  std::map<std::tuple<NodeId, uint32_t, uint32_t>, uint64_t> ack_data;  // (from, block, txn) -> value sent
   uint64_t max_fault_wait_bound = 20000;
   bool trace = false;
 
@@ -1139,6 +1195,13 @@ struct Sim {
         continue;
       }
       if (m.from != from) fail("message with wrong sender " + m.str());
+      if (m.type == MsgType::kFetchAck && m.mode == FetchMode::kPushed) {
+        // The data offered with a downgrade's ack for the home's read: sent with it (its value now), or, as a
+        // Segment that cannot send it does, the offer withdrawn.
+        if (from == home || m.txn % 4 == 0) m.mode = FetchMode::kNone;  // (not rng: same schedules)
+        else ack_data[{from, m.block, m.txn}] = nodes.at(from).frame[m.block];
+        data_acks += m.mode == FetchMode::kPushed;
+      }
       if (m.type == MsgType::kGrant && m.access == Access::kWrite && m.txn == 0) ++write_grants_in_place;
       if (m.type == MsgType::kGrant && m.to <= nodes.size())
         for (uint32_t b = m.block; b < m.block + m.count && b < nblocks; ++b)
@@ -1190,6 +1253,14 @@ struct Sim {
     std::vector<Msg> out;
     if (for_directory(m.type)) {
       if (m.to != home) fail("directory message to a non-home node");
+      if (m.type == MsgType::kFetchAck && m.mode == FetchMode::kPushed) {
+        // Segment::on_data_ack: into the home's frame only when the directory waits for this ack.
+        auto it = ack_data.find({m.from, m.block, m.txn});
+        if (it == ack_data.end()) fail("a data ack without data");
+        else if (dir.wants_data_ack(m)) nodes.at(home).frame[m.block] = it->second;
+        else m.mode = FetchMode::kNone;
+        if (it != ack_data.end()) ack_data.erase(it);
+      }
       dir.on_message(m, now, out);
       send_all(out, home);
       return;
@@ -1417,7 +1488,7 @@ TEST(DsmSim, ConcurrentFaultsOnOneBlock) {
 
 struct SimTotals {
   uint64_t seeds = 0, steps = 0, max_steps = 0, reads = 0, writes = 0, adds = 0, faults = 0, msgs = 0, max_wait = 0,
-           quantum_waits = 0, leaves = 0, prefetched = 0, write_grants_in_place = 0;
+           quantum_waits = 0, leaves = 0, prefetched = 0, write_grants_in_place = 0, data_acks = 0;
 };
 
 void run_seeds(uint64_t first, uint64_t count, SimTotals& tot) {
@@ -1452,6 +1523,7 @@ void run_seeds(uint64_t first, uint64_t count, SimTotals& tot) {
     tot.quantum_waits += s.quantum_waits;
     tot.leaves += s.leaves;
     tot.write_grants_in_place += s.write_grants_in_place;
+    tot.data_acks += s.data_acks;
     for (auto& [id, n] : s.nodes) tot.prefetched += n.cache->prefetched();
   }
 }
@@ -1467,16 +1539,17 @@ TEST(DsmSim, RandomizedModelCheck) {
   EXPECT_GT(tot.quantum_waits, 0u);
   EXPECT_GT(tot.prefetched, 0u);  // read-ahead windows were granted
   EXPECT_GT(tot.write_grants_in_place, 0u);  // upgrades in place were granted without Done
+  EXPECT_GT(tot.data_acks, 0u);  // downgrades for the home's reads were acknowledged with the data
   std::printf(
       "seeds %llu, steps %llu (max %llu per seed), reads %llu, writes %llu, fetch-adds %llu, faults %llu, "
-      "messages %llu, longest fault wait %llu steps, quantum timer firings %llu, leaves %llu, prefetched %llu, write grants in place %llu\n",
+      "messages %llu, longest fault wait %llu steps, quantum timer firings %llu, leaves %llu, prefetched %llu, write grants in place %llu, data acks %llu\n",
       static_cast<unsigned long long>(tot.seeds), static_cast<unsigned long long>(tot.steps),
       static_cast<unsigned long long>(tot.max_steps), static_cast<unsigned long long>(tot.reads),
       static_cast<unsigned long long>(tot.writes), static_cast<unsigned long long>(tot.adds),
       static_cast<unsigned long long>(tot.faults), static_cast<unsigned long long>(tot.msgs),
       static_cast<unsigned long long>(tot.max_wait), static_cast<unsigned long long>(tot.quantum_waits),
       static_cast<unsigned long long>(tot.leaves), static_cast<unsigned long long>(tot.prefetched),
-      static_cast<unsigned long long>(tot.write_grants_in_place));
+      static_cast<unsigned long long>(tot.write_grants_in_place), static_cast<unsigned long long>(tot.data_acks));
 }
 
 }  // namespace
