@@ -690,7 +690,10 @@ NodeCache::Fault NodeCache::on_fault(uint32_t b, Access a, std::vector<Msg>& out
   }
   Block& k = blocks_[b];
   if (a == Access::kRead ? k.have != Have::kInvalid : k.have == Have::kExclusive) {
-    if (a == Access::kRead && take_mark(b)) read_ahead_next(out);
+    if (a == Access::kRead && take_mark(b)) {
+      ra_went_on_ = true;
+      read_ahead_next(out);
+    }
     return Fault::kProceed;
   }
   if (leaving_) {
@@ -707,7 +710,15 @@ NodeCache::Fault NodeCache::on_fault(uint32_t b, Access a, std::vector<Msg>& out
   k.pending_access = a;
   Msg req = msg(a == Access::kRead ? MsgType::kReadReq : MsgType::kWriteReq, b, 0);
   if (a == Access::kRead && ra_max_ > 1) {
-    ra_window_ = b == ra_next_ ? std::min(ra_window_ * 2, ra_max_) : 1;
+    // A new run starts with 2 blocks when the reader went past the first block of the run before (a row of two
+    // blocks read at every sweep of a stencil: one round trip, not two); else with 1 (a random reader).
+    if (b == ra_next_) {
+      ra_window_ = std::min(ra_window_ * 2, ra_max_);
+      ra_went_on_ = true;
+    } else {
+      ra_window_ = ra_went_on_ ? std::min<uint32_t>(2, ra_max_) : 1;
+      ra_went_on_ = false;
+    }
     uint32_t n = 1 + claim_prefetch(b + 1, ra_window_ - 1);
     req.count = static_cast<uint16_t>(n);
     ra_next_ = b + n;
@@ -772,6 +783,7 @@ void NodeCache::grant(uint32_t b, const Msg& m, int64_t now, std::vector<Msg>& o
   }
   if (k.prefetch) ++prefetched_;
   bool mark_reached = k.wanted && take_mark(b);  // the reader waits on the mark already: no fault will tell
+  if (mark_reached) ra_went_on_ = true;
   k.prefetch = k.wanted = false;
   if (mark_reached) read_ahead_next(out);
   k.filling = true;

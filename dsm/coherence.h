@@ -292,7 +292,9 @@ class NodeCache {
   };
 
   // readahead_max: the largest read-ahead window in blocks (1: none). The window starts at 1 block, doubles on
-  // every read miss at the block right after the previous window, and falls back to 1 on any other read miss.
+  // every read miss at the block right after the previous window, and falls back on any other read miss: to 2 blocks
+  // when the run that ends went past its first block (a sequential miss in it, or its read-ahead mark reached), else
+  // to 1.
   //
   // Read-ahead runs ahead of the reader (as the kernel's page cache does with its PG_readahead mark): every window
   // of more than one block has a mark, its first block no local access asked for (readahead_mark()). The caller
@@ -367,6 +369,7 @@ class NodeCache {
   uint32_t ra_window_ = 1;
   uint32_t ra_next_ = std::numeric_limits<uint32_t>::max();  // the block after the last window asked for
   uint32_t ra_depth_ = 1;
+  bool ra_went_on_ = false;  // the current run went past its first block (a sequential miss, or its mark reached)
   std::vector<uint32_t> ra_marks_;  // the marks of the windows ahead of the reader, oldest first
   uint64_t prefetched_ = 0;
 };

@@ -443,8 +443,22 @@ TEST(DsmNodeCache, ReadAheadWindowGrowsOnSequentialMissesAndResetsOnARandomOne) 
   grant_all(7, 8);
   EXPECT_EQ(miss(15), 8);  // capped
   grant_all(15, 8);
-  EXPECT_EQ(miss(40), 1);  // random: back to 1
-  EXPECT_EQ(c.prefetched(), 1u + 3 + 7 + 7);
+  EXPECT_EQ(miss(40), 2);  // random, after a run that went on: 2 (a stencil's row of two blocks in one round trip)
+  grant_all(40, 2);
+  EXPECT_EQ(miss(50), 1);  // random, after a run that did not go past its first block (41, its mark, untouched): 1
+  grant_all(50, 1);
+  EXPECT_EQ(miss(52), 1);
+  grant_all(52, 1);
+  EXPECT_EQ(miss(30), 1);
+  grant_all(30, 1);
+  EXPECT_EQ(miss(31), 2);  // sequential
+  grant_all(31, 2);
+  EXPECT_EQ(miss(44), 2);  // that run went on
+  grant_all(44, 2);
+  out.clear();
+  EXPECT_EQ(c.on_fault(45, Access::kRead, out), NodeCache::Fault::kProceed);  // the reader reached the mark
+  EXPECT_EQ(miss(60), 2);  // so this run went on too (the mark asked for 46..49 already)
+  EXPECT_EQ(c.prefetched(), 1u + 3 + 7 + 7 + 1 + 1 + 1);
   // The window stops at a block held or asked for already.
   NodeCache d{kSeg, 8, 2, 1, 8};
   out.clear();
