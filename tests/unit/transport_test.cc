@@ -4,6 +4,7 @@
 // usable; tests skip what a provider's capabilities exclude.
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -360,6 +361,53 @@ TEST_P(TransportConformance, OneSidedReadWriteOnARegisteredRegion) {
   ASSERT_TRUE(RemoteKey::decode(d, k));
   EXPECT_TRUE(d.done());
   EXPECT_EQ(k, r->remote);
+}
+
+// A provider that does not pin (Capabilities::pins_memory false: tcp, verbs with On-Demand Paging) accesses a
+// region through its mapping, whatever page backs it now: the DSM punches frames out of its memfd (MADV_REMOVE) and
+// relies on the next one-sided write landing in the page the daemon then reads, not in a page the registration
+// kept. (A pinning provider would write into the old, pinned page: the daemon would read zeros.)
+TEST_P(TransportConformance, AnUnpinnedRegionFollowsItsMappingAfterAPageIsReleased) {
+  if (a().tr->caps().pins_memory) GTEST_SKIP() << "registration pins memory";
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  int fd = memfd_create("dipc-conformance", MFD_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(ftruncate(fd, static_cast<off_t>(2 * page)), 0);
+  void* m = mmap(nullptr, 2 * page, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  close(fd);
+  ASSERT_NE(m, MAP_FAILED);
+  auto* remote = static_cast<uint8_t*>(m);
+  std::memset(remote, 0x11, 2 * page);
+  auto r = b().tr->register_region(remote, 2 * page);
+  ASSERT_TRUE(r);
+  std::vector<uint8_t> local(page, 0);
+  auto l = a().tr->register_region(local.data(), local.size());
+  ASSERT_TRUE(l);
+  auto rma = [&](bool write) {
+    int err = -1;
+    auto cb = [&](Status st) { err = st.code(); };
+    Status s = write ? a().tr->write(*l, 0, r->remote, page, page, cb) : a().tr->read(r->remote, page, *l, 0, page, cb);
+    if (!s) return s.code();
+    return pump([&] { return err >= 0; }) ? err : ETIMEDOUT;
+  };
+  ASSERT_EQ(rma(false), 0);
+  EXPECT_EQ(local[0], 0x11);
+  // The second page is released (a hole in the memfd: its page is freed) and faulted back as zeros.
+  ASSERT_EQ(madvise(remote + page, page, MADV_REMOVE), 0);
+  EXPECT_EQ(remote[page], 0);
+  std::memset(local.data(), 0x22, page);
+  ASSERT_EQ(rma(true), 0);
+  EXPECT_EQ(remote[page], 0x22) << "the write landed in a page the mapping no longer has";
+  EXPECT_EQ(remote[2 * page - 1], 0x22);
+  ASSERT_EQ(madvise(remote + page, page, MADV_REMOVE), 0);
+  std::memset(remote + page, 0x33, page);
+  ASSERT_EQ(rma(false), 0);
+  EXPECT_EQ(local[0], 0x33) << "the read came from a page the mapping no longer has";
+  EXPECT_EQ(local[page - 1], 0x33);
+  bool done = false;
+  b().tr->deregister_region(r->id, [&] { done = true; });
+  ASSERT_TRUE(pump([&] { return done; }));
+  munmap(m, 2 * page);
 }
 
 TEST_P(TransportConformance, AtomicsActOnTheTargetsWord) {

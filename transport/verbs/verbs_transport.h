@@ -37,6 +37,11 @@ struct VerbsOptions {
   int64_t dead_peer_ms = 5000;          // ... so a link that brings no message for this long is lost (closed): a
                                         // cut link, a dead or hung peer. 0: rely on the RC retry timeout only
   int max_unauthenticated = 16;         // connection requests still in the handshake; more are rejected
+  // On-Demand Paging for the DSM's regions (`odp = "auto"|"on"|"off"`; the environment variable DIPC_VERBS_ODP
+  // overrides the file): with ODP the MR follows the mapping, so nothing is pinned and the DSM may release frames
+  // (Capabilities::pins_memory false). auto: when the device supports it for RC SEND, READ, WRITE (and ATOMIC where
+  // used) and a probe registration works; on: the same check, ENOTSUP at start when it fails; off: pinned chunks.
+  enum class Odp : uint8_t { kAuto, kOn, kOff } odp = Odp::kAuto;
 };
 
 // Reads [transport.verbs] (keys: the fields above, e.g. `credits = 64`); EINVAL with `error` naming a bad setting.
@@ -49,6 +54,7 @@ struct VerbsDeviceInfo {
   int gid_index = -1;
   int mtu = 0;         // active path MTU in bytes
   int numa_node = -1;  // of the device (-1: unknown)
+  bool odp = false;    // the DSM's regions are registered with On-Demand Paging (nothing pinned)
 };
 
 // Is there an RDMA device with an active port behind `address` (a local address)? Fills `info` when there is.
