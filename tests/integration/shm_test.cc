@@ -402,16 +402,10 @@ TEST_F(Shm, SegmentLargerThanOneGiBIsSparselyTouchedFromTwoNodes) {
   EXPECT_EQ(field(out, "sparsec"), "0");
 }
 
-// Memory on a node (docs/ARCHITECTURE.md): the home holds what its processes wrote once, in its view (its frames
-// memfd released), after another node read all of it, and so does the reader; `dipc status` prints each segment's
-// bytes of view and frames (st_blocks). The data still moves both ways afterwards. Over tcp, and over verbs with
-// On-Demand Paging (the verbs group runs it in the softroce VM, whose rxe has ODP: `dipc status` must say "odp").
+// Memory on a node (docs/ARCHITECTURE.md): over tcp the home holds what its processes wrote once, in its view (its
+// frames memfd released), after another node read all of it, and so does the reader; `dipc status` prints each
+// segment's bytes of view and frames (st_blocks). The data still moves both ways afterwards.
 TEST_F(Shm, ATouchedSegmentIsHeldOncePerNodeAfterARemoteReadOfAllOfIt) {
-  if (const char* t = getenv("DIPC_SIM_TRANSPORT"); t && std::string(t) == "verbs") {
-    std::string st = c().run(1, {SimCluster::bin("dipc"), "status"}, 10, false).out;
-    ASSERT_NE(st.find(" odp"), std::string::npos) << "verbs without On-Demand Paging pins its registered memory, "
-                                                     "so frames are held beside the view:\n" << st;
-  }
   const std::string k = key(21);
   constexpr long kSize = 16L << 20;
   std::string out = tool(1, {"get:" + k + ":" + std::to_string(kSize) + ":creat+excl+dipc+0600", "at",

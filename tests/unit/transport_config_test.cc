@@ -60,7 +60,7 @@ TEST(ConfigRanges, BadOrUnknownTcpSettingsAreErrorsNamingTheSetting) {
   EXPECT_FALSE(parse_config("transport = 3\n[[node]]\nid = 1\n", &err));  // a top-level key: not a table
 }
 
-// [transport.verbs] odp (README "On-Demand Paging"): auto by default, on/off from the file, DIPC_VERBS_ODP over the
+// [transport.verbs] odp (README "On-Demand Paging"): off by default, on/off from the file, DIPC_VERBS_ODP over the
 // file (bench/memory.sh compares pinned and ODP that way), anything else an error naming the setting.
 TEST(ConfigRanges, VerbsOdpComesFromTheFileOrTheEnvironmentAndABadValueIsAnError) {
   unsetenv("DIPC_VERBS_ODP");
@@ -69,19 +69,19 @@ TEST(ConfigRanges, VerbsOdpComesFromTheFileOrTheEnvironmentAndABadValueIsAnError
   auto c = parse_config("[transport.verbs]\ncredits = 64\n", &err);
   ASSERT_TRUE(c) << err;
   ASSERT_TRUE(transport::parse_verbs_options(*c, o, &err)) << err;
-  EXPECT_EQ(o.odp, transport::VerbsOptions::Odp::kAuto);
-  c = parse_config("[transport.verbs]\nodp = \"off\"\n", &err);
+  EXPECT_EQ(o.odp, transport::VerbsOptions::Odp::kOff);
+  c = parse_config("[transport.verbs]\nodp = \"on\"\n", &err);
   ASSERT_TRUE(c) << err;
   ASSERT_TRUE(transport::parse_verbs_options(*c, o, &err)) << err;
-  EXPECT_EQ(o.odp, transport::VerbsOptions::Odp::kOff);
-  setenv("DIPC_VERBS_ODP", "on", 1);
-  ASSERT_TRUE(transport::parse_verbs_options(*c, o, &err)) << err;
   EXPECT_EQ(o.odp, transport::VerbsOptions::Odp::kOn);
+  setenv("DIPC_VERBS_ODP", "off", 1);
+  ASSERT_TRUE(transport::parse_verbs_options(*c, o, &err)) << err;
+  EXPECT_EQ(o.odp, transport::VerbsOptions::Odp::kOff);
   setenv("DIPC_VERBS_ODP", "yes", 1);
   EXPECT_FALSE(transport::parse_verbs_options(*c, o, &err));
   EXPECT_NE(err.find("DIPC_VERBS_ODP"), std::string::npos) << err;
   unsetenv("DIPC_VERBS_ODP");
-  c = parse_config("[transport.verbs]\nodp = \"maybe\"\n", &err);
+  c = parse_config("[transport.verbs]\nodp = \"auto\"\n", &err);
   ASSERT_TRUE(c) << err;
   EXPECT_FALSE(transport::parse_verbs_options(*c, o, &err));
   EXPECT_NE(err.find("transport.verbs.odp"), std::string::npos) << err;

@@ -37,11 +37,12 @@ struct VerbsOptions {
   int64_t dead_peer_ms = 5000;          // ... so a link that brings no message for this long is lost (closed): a
                                         // cut link, a dead or hung peer. 0: rely on the RC retry timeout only
   int max_unauthenticated = 16;         // connection requests still in the handshake; more are rejected
-  // On-Demand Paging for the DSM's regions (`odp = "auto"|"on"|"off"`; the environment variable DIPC_VERBS_ODP
-  // overrides the file): with ODP the MR follows the mapping, so nothing is pinned and the DSM may release frames
-  // (Capabilities::pins_memory false). auto: when the device supports it for RC SEND, READ, WRITE (and ATOMIC where
-  // used) and a probe registration works; on: the same check, ENOTSUP at start when it fails; off: pinned chunks.
-  enum class Odp : uint8_t { kAuto, kOn, kOff } odp = Odp::kAuto;
+  // On-Demand Paging for the DSM's regions (`odp = "off"|"on"`; the environment variable DIPC_VERBS_ODP overrides
+  // the file): with ODP the MR follows the mapping, so nothing is pinned and the DSM may release frames
+  // (Capabilities::pins_memory false). on: when the device supports it for RC SEND, READ, WRITE (and ATOMIC where
+  // used) and a probe registration works, else ENOTSUP at start; off (the default): pinned chunks. Not "auto": the
+  // one ODP device tested (Soft-RoCE, Linux 7.3.4) advertises it and loses data (docs/ARCHITECTURE.md).
+  enum class Odp : uint8_t { kOff, kOn } odp = Odp::kOff;
 };
 
 // Reads [transport.verbs] (keys: the fields above, e.g. `credits = 64`); EINVAL with `error` naming a bad setting.
