@@ -92,6 +92,7 @@ class Env {
   // Flips a payload byte of the next message node `a` sends, after it was sealed (a man in the middle); false where
   // the provider has no such hook (tcp's frames are tampered with by a relay: tests/security/link_test.cc).
   virtual bool corrupt_next_send(Node&) { return false; }
+  virtual bool hold_completions(Node&, bool) { return false; }
   virtual bool sealed() const { return true; }
 };
 
@@ -211,6 +212,7 @@ class VerbsEnv : public Env {
     }
   }
   bool corrupt_next_send(Node& a) override { return verbs_test_corrupt_next_send(*a.tr); }
+  bool hold_completions(Node& a, bool on) override { return verbs_test_hold_completions(*a.tr, on); }
   bool sealed() const override { return sec_ != LinkSecurity::kNone; }
   bool usable() const { return !addr_.empty(); }
   std::unique_ptr<Transport> make(NodeId self) override {
@@ -594,6 +596,28 @@ TEST_P(TransportConformance, DeregisterWaitsForOrCancelsOperationsInFlight) {
   ASSERT_TRUE(a().tr->read(r->remote, 0, *l2, 0, 8, [&](Status st) { err = st.code(); }));
   ASSERT_TRUE(pump([&] { return err != 0; }));
   EXPECT_EQ(err, EINVAL);
+}
+
+// The race behind a flaky DeregisterWaits... over verbs: a READ with a key the peer deregistered puts the peer's
+// queue pair in error, the peer disconnects, and rdma_cm's DISCONNECTED event may be handled here before the READ's
+// remote-access-error completion is. The hook holds completions back until then (a lagging completer): the READ
+// must still fail as what it is (EINVAL), not as a lost link (ECONNRESET). Verbs only (the hook).
+TEST_P(TransportConformance, ARemoteAccessErrorIsReportedAsSuchWhenThePeersDisconnectComesFirst) {
+  std::vector<uint8_t> remote(8192, 0x11);
+  auto r = b().tr->register_region(remote.data(), remote.size());
+  ASSERT_TRUE(r);
+  std::vector<uint8_t> local(8192, 0);
+  auto l = a().tr->register_region(local.data(), local.size());
+  ASSERT_TRUE(l);
+  bool rdone = false;
+  b().tr->deregister_region(r->id, [&] { rdone = true; });
+  ASSERT_TRUE(pump([&] { return rdone; }));
+  if (!env_->hold_completions(a(), true)) GTEST_SKIP() << "no completion hook";
+  int err = 0;
+  ASSERT_TRUE(a().tr->read(r->remote, 0, *l, 0, 8, [&](Status st) { err = st.code(); }));
+  ASSERT_TRUE(pump([&] { return err != 0; }));
+  env_->hold_completions(a(), false);
+  EXPECT_EQ(err, EINVAL) << "the remote access error was reported as " << strerror(err);
 }
 
 TEST_P(TransportConformance, BusyPollingLoopsConnectAndServeRequests) {

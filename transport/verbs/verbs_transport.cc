@@ -847,6 +847,7 @@ class VerbsTransport final : public Transport {
 
  public:
   void corrupt_next_send() { corrupt_next_send_ = true; }
+  void hold_completions(bool on) { hold_completions_ = on; }
 
  private:
 
@@ -1370,6 +1371,7 @@ class VerbsTransport final : public Transport {
   }
 
   int drain_cq(uint64_t lid) {
+    if (hold_completions_) return 0;  // verbs_test_hold_completions(): a completer slower than rdma_cm's events
     ibv_wc wc[32];
     int total = 0;
     for (;;) {
@@ -1595,6 +1597,7 @@ class VerbsTransport final : public Transport {
   bool upcalls_ = false;
   bool running_ = false;
   bool corrupt_next_send_ = false;
+  bool hold_completions_ = false;  // verbs_test_hold_completions()
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);
   uint32_t max_inline_ = 0;
   uint64_t incarnation_ = 0;  // random: remote keys name it (verbs_wire.h)
@@ -1690,6 +1693,12 @@ std::string verbs_local_address() {
   }
   freeifaddrs(ifs);
   return r;
+}
+
+bool verbs_test_hold_completions(Transport& t, bool on) {
+  auto* v = dynamic_cast<VerbsTransport*>(&t);
+  if (v) v->hold_completions(on);
+  return v != nullptr;
 }
 
 bool verbs_test_corrupt_next_send(Transport& t) {

@@ -71,5 +71,9 @@ Result<std::unique_ptr<Transport>> make_verbs_transport(const Config& cfg, Event
 // authenticated link gets one payload byte flipped after it was sealed, as a man in the middle on the fabric would
 // alter it. False when `t` is not a verbs transport.
 bool verbs_test_corrupt_next_send(Transport& t);
+// Test hook (the conformance suite's disconnect race): while `on`, completions stay in `t`'s CQs (the event loop
+// does not poll them), as when the device's completer lags behind rdma_cm's events; a DISCONNECTED event's own wait
+// for posted one-sided work still polls. False when `t` is not a verbs transport.
+bool verbs_test_hold_completions(Transport& t, bool on);
 
 }  // namespace dipc::transport
