@@ -199,7 +199,16 @@ void HomeDirectory::on_message(const Msg& m, int64_t now, std::vector<Msg>& out)
         return;
       }
       if (m.type == MsgType::kWriteReq) {
-        enqueue(b, Request{Kind::kWrite, m.from}, now, out);
+        // A window of one block (a random writer, or the home's own) takes the transaction path as always; a larger
+        // one is granted at once where nobody else is involved (write_ahead), the faulting block included.
+        uint32_t n = m.from == home_ ? 1 : std::min<uint32_t>(m.count, static_cast<uint32_t>(blocks_.size()) - b);
+        NodeId src = kNoNode;
+        if (n > 1 && active_.count(b) == 0 && write_grantable(b, m.from, src)) {
+          write_ahead(b, n, m.from, now, out);
+        } else {
+          enqueue(b, Request{Kind::kWrite, m.from}, now, out);
+          if (n > 1) write_ahead(b + 1, n - 1, m.from, now, out);
+        }
         return;
       } else {
         // The window never reaches past the segment; a read the home can grant at once needs no transaction.
@@ -479,6 +488,41 @@ void HomeDirectory::read_ahead(uint32_t first, uint32_t n, NodeId r, int64_t now
   }
 }
 
+bool HomeDirectory::write_grantable(uint32_t b, NodeId r, NodeId& source) const {
+  const Block& k = blocks_[b];
+  NodeSet others = k.copyset;
+  others.remove(r);
+  if (!others.empty()) return false;  // an invalidation (and its quantum) first: the transaction path
+  source = (k.copyset.has(r) || k.owner == r) ? r : k.owner;
+  // The home's frame is stable while the requester copies it: the home maps no copy, and every later transaction
+  // on the block starts with a Fetch the requester carries out once its copy landed.
+  return source == r || source == home_ || source == kNoNode;
+}
+
+// One grant per run of consecutive blocks with the same source, then the refusal of the rest.
+void HomeDirectory::write_ahead(uint32_t first, uint32_t n, NodeId r, int64_t now, std::vector<Msg>& out) {
+  uint32_t b = first, end = first + n;
+  for (; b < end; ++b) {
+    NodeId src = kNoNode;
+    if (active_.count(b) || !write_grantable(b, r, src)) break;
+    finish_write(blocks_[b], r, now);
+    if (b > first && out.back().type == MsgType::kGrant && out.back().node == src &&
+        out.back().count < Msg::kMaxCount) {
+      ++out.back().count;
+    } else {
+      Msg g = msg(MsgType::kGrant, r, b, 0);
+      g.access = Access::kWrite;
+      g.node = src;
+      out.push_back(g);
+    }
+  }
+  if (b < end) {
+    Msg no = msg(MsgType::kNoGrant, r, b, 0);
+    no.count = static_cast<uint16_t>(end - b);
+    out.push_back(no);
+  }
+}
+
 void HomeDirectory::finish_write(Block& k, NodeId r, int64_t now) {
   k.owner = r;
   k.exclusive = true;
@@ -608,13 +652,14 @@ std::string HomeDirectory::check() const {
 // NodeCache
 
 NodeCache::NodeCache(uint64_t segment, uint32_t nblocks, NodeId self, NodeId home, uint32_t readahead_max,
-                     uint32_t readahead_depth)
+                     uint32_t readahead_depth, uint32_t writeahead_max)
     : segment_(segment),
       self_(self),
       home_(home),
       blocks_(nblocks),
       ra_max_(std::clamp<uint32_t>(readahead_max, 1, Msg::kMaxCount)),
-      ra_depth_(std::clamp<uint32_t>(readahead_depth, 1, 8)) {}
+      ra_depth_(std::clamp<uint32_t>(readahead_depth, 1, 8)),
+      wa_max_(self == home ? 1 : std::clamp<uint32_t>(writeahead_max, 1, Msg::kMaxCount)) {}
 
 bool NodeCache::readahead_mark(uint32_t b) const {
   return std::find(ra_marks_.begin(), ra_marks_.end(), b) != ra_marks_.end();
@@ -701,17 +746,25 @@ NodeCache::Fault NodeCache::on_fault(uint32_t b, Access a, std::vector<Msg>& out
     ra_marks_.clear();  // a new run starts here (or the reader outran the windows ahead of it)
     if (n > 1) ra_marks_.push_back(b + 1);
   }
+  if (a == Access::kWrite && wa_max_ > 1) {
+    wa_window_ = b == wa_next_ ? std::min(wa_window_ * 2, wa_max_) : 1;
+    uint32_t n = 1 + claim_prefetch(b + 1, wa_window_ - 1, Access::kWrite);
+    req.count = static_cast<uint16_t>(n);
+    wa_next_ = b + n;
+  }
   out.push_back(req);
   return Fault::kParked;
 }
 
-uint32_t NodeCache::claim_prefetch(uint32_t first, uint32_t max) {
+uint32_t NodeCache::claim_prefetch(uint32_t first, uint32_t max, Access a) {
   uint32_t n = 0;
   for (; n < max && first + n < blocks_.size(); ++n) {
     Block& x = blocks_[first + n];
-    if (x.have != Have::kInvalid || x.pending || x.filling || x.writing_back) break;
+    bool claimable = a == Access::kRead ? x.have == Have::kInvalid
+                                        : x.have != Have::kExclusive && !readahead_mark(first + n);
+    if (!claimable || x.pending || x.filling || x.writing_back) break;
     x.pending = true;
-    x.pending_access = Access::kRead;
+    x.pending_access = a;
     x.prefetch = true;
     x.wanted = false;
   }
@@ -757,7 +810,7 @@ void NodeCache::grant(uint32_t b, const Msg& m, int64_t now, std::vector<Msg>& o
     ++bad_;
     return;
   }
-  if (k.prefetch) ++prefetched_;
+  if (k.prefetch) ++(k.pending_access == Access::kWrite ? written_ahead_ : prefetched_);
   bool mark_reached = k.wanted && take_mark(b);  // the reader waits on the mark already: no fault will tell
   k.prefetch = k.wanted = false;
   if (mark_reached) read_ahead_next(out);
@@ -801,7 +854,7 @@ void NodeCache::on_message(const Msg& m, int64_t now, std::vector<Msg>& out, std
   Block& k = blocks_[b];
   switch (m.type) {
     case MsgType::kGrant:
-      if (m.count > 1 && (m.txn != 0 || m.access != Access::kRead)) {  // a run is read copies without Done only
+      if (m.count > 1 && m.txn != 0) {  // a run is read-ahead or write-ahead grants without Done only
         ++bad_;
         return;
       }
@@ -822,7 +875,7 @@ void NodeCache::on_message(const Msg& m, int64_t now, std::vector<Msg>& out, std
           parked_while_leaving_.insert(x);
         } else {  // a local access waits for it: ask for it alone now
           p.wanted = false;
-          out.push_back(msg(MsgType::kReadReq, x, 0));
+          out.push_back(msg(p.pending_access == Access::kWrite ? MsgType::kWriteReq : MsgType::kReadReq, x, 0));
         }
       }
       return;
@@ -843,6 +896,15 @@ void NodeCache::on_message(const Msg& m, int64_t now, std::vector<Msg>& out, std
       out.push_back(msg(MsgType::kInvAck, b, m.txn));
       return;
     case MsgType::kFetch:
+      if (k.filling && k.grant_txn == 0 && k.grant_access == Access::kWrite && k.fetch_deferred == FetchMode::kNone &&
+          m.mode >= FetchMode::kDowngrade && m.mode <= FetchMode::kWriteBack) {
+        // A write-ahead grant is still being copied (the home recorded this node the owner when it granted): the
+        // Fetch is carried out once the copy landed and was installed (on_data_ready), so that the requester it is
+        // for copies the data from this node's frame, never the frame before the copy.
+        k.fetch_deferred = m.mode;
+        k.inv_txn = m.txn;
+        return;
+      }
       switch (m.mode) {
         case FetchMode::kDowngrade:
           if (k.have == Have::kExclusive) {
@@ -900,6 +962,18 @@ void NodeCache::on_data_ready(uint32_t b, int64_t now, std::vector<Msg>& out, st
     return;
   }
   install(b, now, out, local);
+  if (k.fetch_deferred != FetchMode::kNone) {
+    Msg f;
+    f.to = self_;
+    f.from = home_;
+    f.type = MsgType::kFetch;
+    f.segment = segment_;
+    f.block = b;
+    f.txn = k.inv_txn;
+    f.mode = k.fetch_deferred;
+    k.fetch_deferred = FetchMode::kNone;
+    on_message(f, now, out, local);
+  }
 }
 
 void NodeCache::on_writeback_done(uint32_t b, std::vector<Msg>& out) {

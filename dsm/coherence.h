@@ -89,7 +89,7 @@ enum class MsgType : uint16_t {
   kInvalidate = 17,  // to a copy holder
   kGrant = 18,     // to the requester: access, and the node whose frame holds the data
   kLeaveDone = 19,   // the node may drop its frames
-  kNoGrant = 20,     // read-ahead: the blocks [block, block+count) of a ReadReq's window are not granted now
+  kNoGrant = 20,     // read-/write-ahead: the blocks [block, block+count) of a request's window are not granted now
 };
 // Which side handles a message type: true for HomeDirectory, false for NodeCache.
 bool for_directory(MsgType t);
@@ -114,6 +114,15 @@ enum class FetchMode : uint8_t {
 // copy in the copyset when it granted it (the source is the home's frame, the requester's own, or a zero fill).
 // A write Grant in place (node = the requester: the upgrade of its read copy, or its own frame) has txn 0 too: the
 // home made the requester the exclusive owner when it granted it; the requester installs it on receipt.
+//
+// Write-ahead: a WriteReq with count n > 1 asks for the faulting block and, exclusive, the next n-1 blocks (the
+// node's write-ahead window). The home grants at once, as write Grants of count >= 1 with txn 0 (no Done), the
+// blocks of the window that need nobody else's acknowledgement and no copy from a third node: no transaction on the
+// block, no copy held by any node but the requester (so no invalidation and no quantum to wait for), the data in
+// the requester's frame (in place), the home's frame (the home maps no copy of it) or never written (zero fill).
+// The home records the requester the exclusive owner when it grants. It answers the first block it cannot grant
+// and every one after it with one NoGrant. A Fetch reaching the requester while such a grant is still being copied
+// is carried out once the copy landed (the home's frame it copies from is stable: the home maps no copy).
 struct Msg {
   NodeId to = 0;    // not encoded: transport addressing
   NodeId from = 0;  // not encoded: the receiver sets it from the authenticated peer
@@ -125,7 +134,8 @@ struct Msg {
   FetchMode mode = FetchMode::kNone;    // Fetch; Grant: kPushed (the data landed in the requester's frames with it)
   NodeId node = kNoNode;                // Grant: data source (kNoNode: zero-fill; the receiver itself: in place);
                                         // Fetch: the requester (informational)
-  uint16_t count = 1;                   // ReadReq: the read-ahead window; Grant, NoGrant: blocks from `block` on
+  uint16_t count = 1;                   // ReadReq, WriteReq: the read-/write-ahead window; Grant, NoGrant: blocks
+                                        // from `block` on
 
   static constexpr size_t kEncodedSize = 24;
   static constexpr uint16_t kMaxCount = 1024;
@@ -253,6 +263,11 @@ class HomeDirectory {
   bool read_grantable(uint32_t b, NodeId r, int64_t now) const;
   // Grants what it can of the read-ahead window [first, first+n) to `r` at once (see Msg).
   void read_ahead(uint32_t first, uint32_t n, NodeId r, int64_t now, std::vector<Msg>& out);
+  // Whether block b (no transaction on it) can be granted exclusive to r at once, without Done (see Msg): no other
+  // copy, the data in r's or the home's frame or never written. The frame the grant names in `source`.
+  bool write_grantable(uint32_t b, NodeId r, NodeId& source) const;
+  // Grants what it can of the write-ahead window [first, first+n) to `r` at once (see Msg).
+  void write_ahead(uint32_t first, uint32_t n, NodeId r, int64_t now, std::vector<Msg>& out);
 
   uint64_t segment_;
   NodeId home_;
@@ -290,8 +305,15 @@ class NodeCache {
   // twice as large as the one before up to readahead_max, until `readahead_depth` windows are ahead of the reader
   // (asked for or arrived, their marks not reached yet). A sequential reader so reads one window while the next ones
   // are in flight, instead of waiting a round trip at the end of every window.
+  //
+  // writeahead_max: the largest write-ahead window in blocks (1: none; the home's own cache never uses one, its
+  // requests cost no round trip). The window starts at 1 block, doubles on every write miss at the block right after
+  // the previous window, up to writeahead_max, and falls back to 1 on any other write miss. The blocks of the window
+  // after the faulting one (those Invalid or Shared here with no request outstanding, up to the first other one) are
+  // asked for exclusive in the same WriteReq; granted, they are installed writable at once (the node owns them: a
+  // sequential writer goes on without faulting until the end of the window, where its miss asks for the next one).
   NodeCache(uint64_t segment, uint32_t nblocks, NodeId self, NodeId home, uint32_t readahead_max = 1,
-            uint32_t readahead_depth = 1);
+            uint32_t readahead_depth = 1, uint32_t writeahead_max = 1);
 
   // A local access faulted on `block`. Sends a request unless one is already outstanding; a read of the read-ahead
   // mark (held, not mapped yet) asks for the next window.
@@ -317,6 +339,8 @@ class NodeCache {
   // Whether `block` is the mark of a window ahead of the reader: its first access asks for the next window.
   bool readahead_mark(uint32_t block) const;
   uint64_t prefetched() const { return prefetched_; }  // blocks granted through read-ahead
+  uint32_t writeahead_window() const { return wa_window_; }
+  uint64_t written_ahead() const { return written_ahead_; }  // blocks granted exclusive through write-ahead
 
  private:
   enum class Have : uint8_t { kInvalid, kShared, kExclusive };
@@ -332,7 +356,9 @@ class NodeCache {
     bool prefetch = false;         // the request is a read-ahead (no local access asked for it)
     bool wanted = false;           // a local access faulted on it while the read-ahead was outstanding
     bool inv_deferred = false;     // invalidated while filling a grant without Done: acknowledged once filled
-    uint32_t inv_txn = 0;
+    FetchMode fetch_deferred = FetchMode::kNone;  // a Fetch while filling a write grant without Done: carried out
+                                                  // once filled and installed
+    uint32_t inv_txn = 0;          // the txn of the deferred Invalidate or Fetch
     int64_t installed_at = 0;
   };
   Msg msg(MsgType type, uint32_t b, uint32_t txn) const;
@@ -341,9 +367,9 @@ class NodeCache {
   // Asks for the windows after the last one until readahead_depth are ahead of the reader (a mark was reached).
   void read_ahead_next(std::vector<Msg>& out);
   bool take_mark(uint32_t b);  // removes `b` from the marks; false if it is none
-  // Marks up to `max` blocks from `first` on as asked for by read-ahead, up to one held or asked for already;
-  // returns how many.
-  uint32_t claim_prefetch(uint32_t first, uint32_t max);
+  // Marks up to `max` blocks from `first` on as asked for by read-ahead (Invalid here) or write-ahead (Invalid or
+  // Shared, not a read-ahead mark), up to the first other one (held, asked for already); returns how many.
+  uint32_t claim_prefetch(uint32_t first, uint32_t max, Access a = Access::kRead);
 
   uint64_t segment_;
   NodeId self_;
@@ -358,6 +384,10 @@ class NodeCache {
   uint32_t ra_depth_ = 1;
   std::vector<uint32_t> ra_marks_;  // the marks of the windows ahead of the reader, oldest first
   uint64_t prefetched_ = 0;
+  uint32_t wa_max_ = 1;
+  uint32_t wa_window_ = 1;
+  uint32_t wa_next_ = std::numeric_limits<uint32_t>::max();  // the block after the last write-ahead window
+  uint64_t written_ahead_ = 0;
 };
 
 }  // namespace dipc::dsm

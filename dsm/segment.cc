@@ -72,7 +72,7 @@ Segment::Segment(Manager& m, uint64_t id, NodeId home, uint64_t size, const Geom
       block_(g.block),
       huge_(g.huge_page),
       nblocks_(g.nblocks),
-      cache_(id, nblocks_, m.self(), home, readahead_blocks(), kReadAheadWindows) {
+      cache_(id, nblocks_, m.self(), home, readahead_blocks(), kReadAheadWindows, writeahead_blocks()) {
   chunk_ = m.transport()->caps().pins_memory ? std::max(kPinChunk, block_) : mapped_;
   chunks_.resize((mapped_ + chunk_ - 1) / chunk_);
   if (home == m.self()) dir_ = std::make_unique<HomeDirectory>(id, nblocks_, home, m.quantum_us());
@@ -406,9 +406,10 @@ void Segment::on_msg(const Msg& m) {
       if (m.mode == FetchMode::kPushed && !from_push(b)) flags_[b] &= static_cast<uint8_t>(~kFrameGone);
     }
   }
-  uint64_t before = cache_.prefetched();
+  uint64_t before = cache_.prefetched(), wbefore = cache_.written_ahead();
   cache_.on_message(m, now, out, local);
   m_.stats().prefetched += cache_.prefetched() - before;
+  m_.stats().written_ahead += cache_.written_ahead() - wbefore;
   run(out, local);
 }
 
@@ -489,7 +490,7 @@ void Segment::reset_copies() {
     if (in_view(b)) drop_view(b);
   }
   std::fill(flags_.begin(), flags_.end(), uint8_t{0});
-  cache_ = NodeCache(id_, nblocks_, m_.self(), home_, readahead_blocks(), kReadAheadWindows);
+  cache_ = NodeCache(id_, nblocks_, m_.self(), home_, readahead_blocks(), kReadAheadWindows, writeahead_blocks());
   m_.awaiting_ -= awaiting_.size();
   awaiting_.clear();
   std::vector<uint32_t> blocks;
@@ -586,6 +587,10 @@ bool Segment::push_src_view(Bytes& buf, uint64_t off, uint64_t len) {
 
 uint32_t Segment::readahead_blocks() const {
   return static_cast<uint32_t>(std::clamp<uint64_t>(kReadAheadBytes / block_, 1, Msg::kMaxCount));
+}
+
+uint32_t Segment::writeahead_blocks() const {
+  return static_cast<uint32_t>(std::clamp<uint64_t>(kWriteAheadBytes / block_, 1, Msg::kMaxCount));
 }
 
 // The grant travels as write_notify's message: the transport delivers it after the block landed (RDMA
@@ -1393,6 +1398,7 @@ std::string Manager::status_text() const {
   os << "pages fetched " << stats_.remote_fetches << "\n";
   os << "pages pushed " << stats_.pushes << "\n";
   os << "pages prefetched " << stats_.prefetched << "\n";
+  os << "pages written ahead " << stats_.written_ahead << "\n";
   os << "pages frames_released " << stats_.frames_released << "\n";
   os << "dsm faults " << stats_.faults << " zero-fills " << stats_.zero_fills << " invalidations "
      << stats_.invalidations << " downgrades " << stats_.downgrades << " messages out " << stats_.messages_out
