@@ -203,7 +203,7 @@ void HomeDirectory::on_message(const Msg& m, int64_t now, std::vector<Msg>& out)
         // one is granted at once where nobody else is involved (write_ahead), the faulting block included.
         uint32_t n = m.from == home_ ? 1 : std::min<uint32_t>(m.count, static_cast<uint32_t>(blocks_.size()) - b);
         NodeId src = kNoNode;
-        if (n > 1 && active_.count(b) == 0 && write_grantable(b, m.from, src)) {
+        if (n > 1 && active_.count(b) == 0 && write_grantable(b, m.from, now, src)) {
           write_ahead(b, n, m.from, now, out);
         } else {
           enqueue(b, Request{Kind::kWrite, m.from}, now, out);
@@ -488,34 +488,51 @@ void HomeDirectory::read_ahead(uint32_t first, uint32_t n, NodeId r, int64_t now
   }
 }
 
-bool HomeDirectory::write_grantable(uint32_t b, NodeId r, NodeId& source) const {
+bool HomeDirectory::write_grantable(uint32_t b, NodeId r, int64_t now, NodeId& source) const {
   const Block& k = blocks_[b];
   NodeSet others = k.copyset;
   others.remove(r);
-  if (!others.empty()) return false;  // an invalidation (and its quantum) first: the transaction path
+  // The home's own writable copy past its quantum is taken back at once (write_ahead), as read_ahead downgrades it:
+  // the home installed it before its Done, so no grant of it is still on its way to the home's cache. A read copy of
+  // the home's may be (a read-ahead grant without Done): like any other copy, it needs the transaction path.
+  bool home_only = k.exclusive && k.owner == home_ && r != home_ && now >= k.hold_until;
+  if (!others.empty() && !home_only) return false;  // an invalidation (and its quantum) first: the transaction path
+  if (home_only) {
+    source = home_;
+    return true;
+  }
   source = (k.copyset.has(r) || k.owner == r) ? r : k.owner;
   // The home's frame is stable while the requester copies it: the home maps no copy, and every later transaction
   // on the block starts with a Fetch the requester carries out once its copy landed.
   return source == r || source == home_ || source == kNoNode;
 }
 
-// One grant per run of consecutive blocks with the same source, then the refusal of the rest.
+// The home's own invalidations first, then one grant per run of consecutive blocks with the same source, then the
+// refusal of the rest.
 void HomeDirectory::write_ahead(uint32_t first, uint32_t n, NodeId r, int64_t now, std::vector<Msg>& out) {
   uint32_t b = first, end = first + n;
+  std::vector<Msg> runs;
   for (; b < end; ++b) {
     NodeId src = kNoNode;
-    if (active_.count(b) || !write_grantable(b, r, src)) break;
-    finish_write(blocks_[b], r, now);
-    if (b > first && out.back().type == MsgType::kGrant && out.back().node == src &&
-        out.back().count < Msg::kMaxCount) {
-      ++out.back().count;
+    if (active_.count(b) || !write_grantable(b, r, now, src)) break;
+    Block& k = blocks_[b];
+    if (k.exclusive && k.owner == home_) {  // the home's writable copy: unmapped there, its frame gets the data
+      Msg f = msg(MsgType::kFetch, home_, b, 0);
+      f.mode = FetchMode::kInvalidate;
+      f.node = r;
+      out.push_back(f);
+    }
+    finish_write(k, r, now);
+    if (!runs.empty() && runs.back().node == src && runs.back().count < Msg::kMaxCount) {
+      ++runs.back().count;
     } else {
       Msg g = msg(MsgType::kGrant, r, b, 0);
       g.access = Access::kWrite;
       g.node = src;
-      out.push_back(g);
+      runs.push_back(g);
     }
   }
+  out.insert(out.end(), runs.begin(), runs.end());
   if (b < end) {
     Msg no = msg(MsgType::kNoGrant, r, b, 0);
     no.count = static_cast<uint16_t>(end - b);
@@ -922,7 +939,8 @@ void NodeCache::on_message(const Msg& m, int64_t now, std::vector<Msg>& out, std
             local.push_back(LocalAction{LocalAction::kInvalidate, b, false, kNoNode});
             k.have = Have::kInvalid;
           }
-          out.push_back(msg(MsgType::kFetchAck, b, m.txn));
+          // txn 0: the home gives its own copy up for a write-ahead grant; nobody waits for an acknowledgement.
+          if (m.txn != 0 || self_ != home_) out.push_back(msg(MsgType::kFetchAck, b, m.txn));
           return;
         case FetchMode::kWriteBack:
           if (k.have != Have::kInvalid) {

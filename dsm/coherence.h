@@ -21,8 +21,9 @@
 //  - carry out `local` actions in order, synchronously, BEFORE sending `out`: an invalidation has taken effect in
 //    every local process before the acknowledgement leaves (so before the remote writer is granted);
 //  - a Fetch the HomeDirectory sends the home node itself with txn 0 (the home's writable copy downgraded for a
-//    read-ahead grant; nobody acknowledges it) is given to the home's NodeCache and its local actions carried out at
-//    once, before any message that follows it in `out` leaves (the grant after it copies the home's frame);
+//    read-ahead grant, or invalidated for a write-ahead grant; nobody acknowledges it) is given to the home's
+//    NodeCache and its local actions carried out at once, before any message that follows it in `out` leaves (the
+//    grant after it copies the home's frame);
 //  - the asynchronous actions (kFetchData, kWriteBack) report completion by calling on_data_ready() /
 //    on_writeback_done(); the state machine sends nothing that depends on them before that.
 #pragma once
@@ -120,6 +121,8 @@ enum class FetchMode : uint8_t {
 // blocks of the window that need nobody else's acknowledgement and no copy from a third node: no transaction on the
 // block, no copy held by any node but the requester (so no invalidation and no quantum to wait for), the data in
 // the requester's frame (in place), the home's frame (the home maps no copy of it) or never written (zero fill).
+// The home's own writable copy past its quantum does not stand in the way: the home gives it up at once (a Fetch
+// kInvalidate to itself with txn 0, carried out like the read-ahead's downgrade), and the grant names its frame.
 // The home records the requester the exclusive owner when it grants. It answers the first block it cannot grant
 // and every one after it with one NoGrant. A Fetch reaching the requester while such a grant is still being copied
 // is carried out once the copy landed (the home's frame it copies from is stable: the home maps no copy).
@@ -265,7 +268,7 @@ class HomeDirectory {
   void read_ahead(uint32_t first, uint32_t n, NodeId r, int64_t now, std::vector<Msg>& out);
   // Whether block b (no transaction on it) can be granted exclusive to r at once, without Done (see Msg): no other
   // copy, the data in r's or the home's frame or never written. The frame the grant names in `source`.
-  bool write_grantable(uint32_t b, NodeId r, NodeId& source) const;
+  bool write_grantable(uint32_t b, NodeId r, int64_t now, NodeId& source) const;
   // Grants what it can of the write-ahead window [first, first+n) to `r` at once (see Msg).
   void write_ahead(uint32_t first, uint32_t n, NodeId r, int64_t now, std::vector<Msg>& out);
 

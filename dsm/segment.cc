@@ -504,8 +504,8 @@ void Segment::reset_copies() {
 // delivers the write before the grant (same peer, issue order), so the requester saves a round trip. Until the
 // requester's frames descriptor is known (asked once, in the background), the grant goes out as is.
 //
-// A Fetch the directory sends the home itself with txn 0 downgrades the home's writable copy for a read-ahead grant
-// that follows it in `out`: it is carried out here, at once (its block has no transaction, so nothing queued for the
+// A Fetch the directory sends the home itself with txn 0 downgrades (invalidates) the home's writable copy for a
+// read-ahead (write-ahead) grant that follows it in `out`: it is carried out here, at once (its block has no transaction, so nothing queued for the
 // local cache concerns it), so the frame holds the data before the push copies it. A grant of a run of blocks is
 // pushed with one write per frames chunk it spans.
 void Segment::send_dir(std::vector<Msg>& out) {
@@ -520,7 +520,10 @@ void Segment::send_dir(std::vector<Msg>& out) {
       bool more = i + 1 < out.size() && out[i + 1].type == MsgType::kFetch && out[i + 1].to == m_.self() &&
                   out[i + 1].txn == 0;
       if (!more) {  // the run of downgrades together (one write-protect and one copy per run)
+        // The directory names the write-ahead requester the owner already: the frame the grant names is the home's.
+        home_gives_up_ = true;
         run(o, l);
+        home_gives_up_ = false;
         o.clear();
         l.clear();
       }
@@ -738,7 +741,7 @@ void Segment::apply(const LocalAction& a) {
       // the block's source (the directory names it the owner; once its copy is gone the home's frame is named for
       // no other reason).
       if ((flags_[b] & kDirty) ||
-          (dir_ && in_view(b) && (flags_[b] & kFrameGone) && dir_->block(b).owner == m_.self())) {
+          (dir_ && in_view(b) && (flags_[b] & kFrameGone) && (dir_->block(b).owner == m_.self() || home_gives_up_))) {
         write_protect_all(b, true);  // stop writers before the last copy into the frame
         save_view(b);
       }

@@ -168,6 +168,7 @@ class Segment {
   bool view_holds(uint64_t off, uint64_t len);
   uint64_t install_failures_ = 0;
   uint64_t last_fault_attach_ = 0;  // the attach whose fault came last (handle_fault)
+  bool home_gives_up_ = false;  // send_dir carries out the home's txn-0 invalidation for a write-ahead grant
   bool install_via_attach_ = false;  // install_run is copying a read-only run: write_view may use copy_via_attach
   void spare_frames(uint32_t first, uint32_t n);  // punch F of the blocks first..first+n-1 marked kSpareFrame
   void spare_queued();                            // spare_frames() of the runs installs queued in spare_q_

@@ -1086,6 +1086,7 @@ struct Sim {
   uint64_t write_grants_in_place = 0;  // write grants without Done (the upgrade of a read copy, write-ahead)
   uint64_t write_ahead_runs = 0;       // write grants of a run of more than one block
   uint64_t deferred_fetches = 0;       // Fetches that reached a write-ahead grant still being copied
+  uint64_t home_gave_up = 0;           // the home's writable copies taken back at once for a write-ahead grant
   uint64_t max_fault_wait_bound = 20000;
   bool trace = false;
 
@@ -1142,7 +1143,8 @@ struct Sim {
         Node& h = nodes.at(home);
         h.cache->on_message(m, now, o, l);
         apply(h, l);
-        if (!o.empty()) fail("the home acknowledged its own txn-0 downgrade");
+        if (!o.empty()) fail("the home acknowledged its own txn-0 downgrade or invalidation");
+        if (m.mode == FetchMode::kInvalidate) ++home_gave_up;
         ++msgs;
         continue;
       }
@@ -1429,7 +1431,7 @@ TEST(DsmSim, ConcurrentFaultsOnOneBlock) {
 struct SimTotals {
   uint64_t seeds = 0, steps = 0, max_steps = 0, reads = 0, writes = 0, adds = 0, faults = 0, msgs = 0, max_wait = 0,
            quantum_waits = 0, leaves = 0, prefetched = 0, write_grants_in_place = 0, written_ahead = 0,
-           write_ahead_runs = 0, deferred_fetches = 0;
+           write_ahead_runs = 0, deferred_fetches = 0, home_gave_up = 0;
 };
 
 void run_seeds(uint64_t first, uint64_t count, SimTotals& tot) {
@@ -1471,6 +1473,7 @@ void run_seeds(uint64_t first, uint64_t count, SimTotals& tot) {
     for (auto& [id, n] : s.nodes) tot.written_ahead += n.cache->written_ahead();
     tot.write_ahead_runs += s.write_ahead_runs;
     tot.deferred_fetches += s.deferred_fetches;
+    tot.home_gave_up += s.home_gave_up;
   }
 }
 
@@ -1488,10 +1491,11 @@ TEST(DsmSim, RandomizedModelCheck) {
   EXPECT_GT(tot.written_ahead, 0u);  // write-ahead windows were granted
   EXPECT_GT(tot.write_ahead_runs, 0u);  // as runs of more than one block
   EXPECT_GT(tot.deferred_fetches, 0u);  // a Fetch met a write-ahead grant still being copied
+  EXPECT_GT(tot.home_gave_up, 0u);  // the home's own writable copy was taken back for a write-ahead grant
   std::printf(
       "seeds %llu, steps %llu (max %llu per seed), reads %llu, writes %llu, fetch-adds %llu, faults %llu, "
       "messages %llu, longest fault wait %llu steps, quantum timer firings %llu, leaves %llu, prefetched %llu, write grants in place %llu, "
-      "written ahead %llu (runs of 2+ blocks %llu, Fetches deferred while copying one %llu)\n",
+      "written ahead %llu (runs of 2+ blocks %llu, Fetches deferred while copying one %llu, home copies taken back %llu)\n",
       static_cast<unsigned long long>(tot.seeds), static_cast<unsigned long long>(tot.steps),
       static_cast<unsigned long long>(tot.max_steps), static_cast<unsigned long long>(tot.reads),
       static_cast<unsigned long long>(tot.writes), static_cast<unsigned long long>(tot.adds),
@@ -1499,7 +1503,8 @@ TEST(DsmSim, RandomizedModelCheck) {
       static_cast<unsigned long long>(tot.max_wait), static_cast<unsigned long long>(tot.quantum_waits),
       static_cast<unsigned long long>(tot.leaves), static_cast<unsigned long long>(tot.prefetched),
       static_cast<unsigned long long>(tot.write_grants_in_place), static_cast<unsigned long long>(tot.written_ahead),
-      static_cast<unsigned long long>(tot.write_ahead_runs), static_cast<unsigned long long>(tot.deferred_fetches));
+      static_cast<unsigned long long>(tot.write_ahead_runs), static_cast<unsigned long long>(tot.deferred_fetches),
+      static_cast<unsigned long long>(tot.home_gave_up));
 }
 
 }  // namespace
