@@ -215,26 +215,32 @@ uint64_t Segment::write_view(const uint8_t* src, uint64_t len, uint64_t off) {
 // UFFDIO_COPY on a shmem mapping allocates the page, copies into it, adds it to V's page cache (every other local
 // process then maps it at its next fault, as after pwrite) and maps it in the attach's process; a read copy is mapped
 // write-protected (UFFDIO_COPY_MODE_WP; install_run protected the range in every attach before). DONTWAKE: the
-// parked accesses are woken after the install, as for pwrite. The program owns its userfaultfd and may have moved
-// or re-registered the range, or mapped it privately: the pages are then not V's (a copy only that process sees,
-// stale for it alone: the kernel lets a userfaultfd cover a shared mapping only of a file its process may write).
-// So V is checked to hold the whole run afterwards (view_holds); if not, 0 is
-// returned and write_view pwrites the run (the same bytes over any page that did land in V).
+// parked accesses are woken after the install, as for pwrite. What V is not confirmed to hold (uffd_copy_into_view)
+// write_view pwrites.
 uint64_t Segment::copy_via_attach(const uint8_t* src, uint64_t len, uint64_t off) {
   auto it = attaches_.find(last_fault_attach_);
   // A read-only attach is a private mapping (preload/shm.cc, map_view): UFFDIO_COPY would give that process an
   // anonymous copy of its own, which no punch of V (an invalidation) would ever take back.
   // A dormant attach (park_attach) has no range to copy into.
   if (it == attaches_.end() || it->second.rdonly || it->second.len == 0) return 0;
-  const Attach& a = it->second;
+  return uffd_copy_into_view(it->second, src, off, len, UFFDIO_COPY_MODE_DONTWAKE | UFFDIO_COPY_MODE_WP);
+}
+
+// The one way data reaches V through a program's userfaultfd (copy_install, copy_via_attach): UFFDIO_COPY into the
+// attach's range, resumed while the kernel stops part-way, then the check that the pages landed in V. The program
+// owns its userfaultfd and may have moved or re-registered the range, or mapped it privately: the pages are then not
+// V's (a copy only that process sees, stale for it alone: the kernel lets a userfaultfd cover a shared mapping only
+// of a file its process may write), so whatever view_holds does not confirm counts as not installed (0), and the
+// caller writes V itself (the same bytes over any page that did land). EEXIST (a page mapped there or in V already), ENOENT/EINVAL (the range
+// moved) end the copy early.
+uint64_t Segment::uffd_copy_into_view(const Attach& a, const uint8_t* src, uint64_t off, uint64_t len, uint64_t mode) {
   uint64_t done = 0;
   while (done < len) {
-    uffdio_copy c{a.addr + off + done, addr_of(src + done), len - done,
-                  UFFDIO_COPY_MODE_DONTWAKE | UFFDIO_COPY_MODE_WP, 0};
+    uffdio_copy c{a.addr + off + done, addr_of(src + done), len - done, mode, 0};
     int rc = ioctl(a.fd, UFFDIO_COPY, &c);
     if (c.copy > 0) done += static_cast<uint64_t>(c.copy);
     if (rc == 0 || (errno == EAGAIN && c.copy > 0)) continue;
-    break;  // EEXIST (a page of the run mapped there or in V already), ENOENT/EINVAL (the range moved), ...
+    break;
   }
   if (done == 0 || !view_holds(off, done)) return 0;
   return done;
@@ -933,11 +939,9 @@ bool Segment::copy_install(uint32_t b, bool writable) {
   if (!w) return false;
   if (!writable) shared_first();
   const uint8_t* src = from_push(b) ? push_src_.data + (block_off(b) - block_off(push_src_.first)) : frames_ + block_off(b);
-  uffdio_copy c{w->addr + block_off(b), addr_of(src), block_len(b), writable ? 0 : UFFDIO_COPY_MODE_WP, 0};
-  if (ioctl(w->fd, UFFDIO_COPY, &c) != 0 || c.copy != static_cast<int64_t>(block_len(b))) return false;
-  // The program owns its userfaultfd and may have re-registered the range over a private mapping: then the page is
-  // not V's (copy_via_attach). V must hold the whole block, else it is installed the usual way.
-  if (!view_holds(block_off(b), block_len(b))) return false;
+  // V must hold the whole block, else it is installed the usual way.
+  if (uffd_copy_into_view(*w, src, block_off(b), block_len(b), writable ? 0 : UFFDIO_COPY_MODE_WP) != block_len(b))
+    return false;
   flags_[b] |= kInView;
   if (writable)
     flags_[b] &= static_cast<uint8_t>(~kProtected);

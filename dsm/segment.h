@@ -162,6 +162,9 @@ class Segment {
   // them write-protected in that process at once, so its reads of the run take no minor fault. Returns the bytes
   // V is known to hold from `off` on (0..len); write_view does the rest.
   uint64_t copy_via_attach(const uint8_t* src, uint64_t len, uint64_t off);
+  // [src, src+len) into V at `off` by UFFDIO_COPY into attach `a` (mode: UFFDIO_COPY_MODE_*); returns the bytes V is
+  // known to hold from `off` on afterwards (0: none, or not confirmed in V).
+  uint64_t uffd_copy_into_view(const Attach& a, const uint8_t* src, uint64_t off, uint64_t len, uint64_t mode);
   bool push_src_view(Bytes& buf, uint64_t off, uint64_t len);  // appends V's bytes [off, off+len) to buf
   // V's page cache holds every page of [off, off+len) (mincore through view_ro_, made on first use; normal pages
   // only). Bounded by the range, unlike lseek(SEEK_HOLE), which walks V to its first hole after off.
