@@ -105,6 +105,29 @@ std::string Msg::str() const {
   return s + ")";
 }
 
+// Merges each Invalidate / InvAck of out[from..] into the message of the same type to the same node right before it in
+// that node's order (nothing else to that node in between) when it covers the next block with the next txn number:
+// one message per peer for a run of consecutive blocks whose transactions started together.
+static void coalesce_runs(std::vector<Msg>& out, size_t from) {
+  std::map<NodeId, size_t> last;  // node -> index in the result of its last message
+  size_t w = from;
+  for (size_t i = from; i < out.size(); ++i) {
+    const Msg& m = out[i];
+    auto it = last.find(m.to);
+    if (it != last.end() && (m.type == MsgType::kInvalidate || m.type == MsgType::kInvAck)) {
+      Msg& p = out[it->second];
+      if (p.type == m.type && p.segment == m.segment && m.count == 1 && m.block == p.block + p.count &&
+          m.txn == p.txn + p.count && p.txn != 0 && p.count < Msg::kMaxCount) {
+        ++p.count;
+        continue;
+      }
+    }
+    out[w] = m;
+    last[m.to] = w++;
+  }
+  out.resize(w);
+}
+
 size_t NodeSet::size() const {
   size_t n = 0;
   for (uint64_t w : w_) n += static_cast<size_t>(std::popcount(w));
@@ -203,12 +226,14 @@ void HomeDirectory::on_message(const Msg& m, int64_t now, std::vector<Msg>& out)
         // one is granted at once where nobody else is involved (write_ahead), the faulting block included.
         uint32_t n = m.from == home_ ? 1 : std::min<uint32_t>(m.count, static_cast<uint32_t>(blocks_.size()) - b);
         NodeId src = kNoNode;
+        size_t first_out = out.size();
         if (n > 1 && active_.count(b) == 0 && write_grantable(b, m.from, now, src)) {
           write_ahead(b, n, m.from, now, out);
         } else {
           enqueue(b, Request{Kind::kWrite, m.from}, now, out);
           if (n > 1) write_ahead(b + 1, n - 1, m.from, now, out);
         }
+        coalesce_runs(out, first_out);  // the invalidations of the window's transactions: one per holder and run
         return;
       } else {
         // The window never reaches past the segment; a read the home can grant at once needs no transaction.
@@ -223,17 +248,25 @@ void HomeDirectory::on_message(const Msg& m, int64_t now, std::vector<Msg>& out)
       return;
     case MsgType::kFetchAck:
     case MsgType::kInvAck: {
-      auto it = active_.find(b);
-      if (it == active_.end() || it->second.phase != Phase::kAcks || it->second.id != m.txn ||
-          !it->second.waiting.has(m.from)) {
+      // An InvAck of a run acknowledges the Invalidate of a run: block b+i, transaction txn+i.
+      uint32_t n = m.type == MsgType::kInvAck ? m.count : 1;
+      if (n > blocks_.size() - b) {
         ++bad_;
         return;
       }
-      Txn& t = it->second;
-      t.waiting.remove(m.from);
-      if (t.waiting.empty()) {
-        after_acks(b, t, now, out);
-        if (t.phase == Phase::kIdle) pump(b, now, out);
+      for (uint32_t i = 0; i < n; ++i) {
+        auto it = active_.find(b + i);
+        if (it == active_.end() || it->second.phase != Phase::kAcks || it->second.id != m.txn + i ||
+            !it->second.waiting.has(m.from)) {
+          ++bad_;
+          continue;
+        }
+        Txn& t = it->second;
+        t.waiting.remove(m.from);
+        if (t.waiting.empty()) {
+          after_acks(b + i, t, now, out);
+          if (t.phase == Phase::kIdle) pump(b + i, now, out);
+        }
       }
       return;
     }
@@ -514,7 +547,16 @@ void HomeDirectory::write_ahead(uint32_t first, uint32_t n, NodeId r, int64_t no
   std::vector<Msg> runs;
   for (; b < end; ++b) {
     NodeId src = kNoNode;
-    if (active_.count(b) || !write_grantable(b, r, now, src)) break;
+    if (active_.count(b)) break;
+    if (!write_grantable(b, r, now, src)) {
+      // Read copies elsewhere, past their quantum: a write transaction for r starts now and invalidates them (its
+      // Invalidates, sent together with those of the next such blocks, are merged per holder: coalesce_runs); r
+      // gets its grant after the acknowledgements, as for a write miss.
+      const Block& k = blocks_[b];
+      if ((k.exclusive && k.owner != r) || now < k.hold_until) break;
+      enqueue(b, Request{Kind::kWrite, r}, now, out);
+      continue;
+    }
     Block& k = blocks_[b];
     if (k.exclusive && k.owner == home_) {  // the home's writable copy: unmapped there, its frame gets the data
       Msg f = msg(MsgType::kFetch, home_, b, 0);
@@ -523,7 +565,8 @@ void HomeDirectory::write_ahead(uint32_t first, uint32_t n, NodeId r, int64_t no
       out.push_back(f);
     }
     finish_write(k, r, now);
-    if (!runs.empty() && runs.back().node == src && runs.back().count < Msg::kMaxCount) {
+    if (!runs.empty() && runs.back().node == src && runs.back().block + runs.back().count == b &&
+        runs.back().count < Msg::kMaxCount) {
       ++runs.back().count;
     } else {
       Msg g = msg(MsgType::kGrant, r, b, 0);
@@ -897,6 +940,18 @@ void NodeCache::on_message(const Msg& m, int64_t now, std::vector<Msg>& out, std
       }
       return;
     case MsgType::kInvalidate:
+      if (m.count > 1) {  // a run: block b+i of transaction txn+i each, acknowledged together where possible
+        if (m.txn == 0) {
+          ++bad_;
+          return;
+        }
+        size_t first_out = out.size();
+        Msg one = m;
+        one.count = 1;
+        for (uint32_t i = 0; i < m.count; ++i, ++one.block, ++one.txn) on_message(one, now, out, local);
+        coalesce_runs(out, first_out);
+        return;
+      }
       if (k.filling && k.grant_txn == 0 && !k.inv_deferred) {
         // A read copy granted without Done is still being copied: acknowledged once the copy landed (so the source
         // frame is not reused before), and then not installed (on_data_ready).

@@ -1087,6 +1087,8 @@ struct Sim {
   uint64_t write_ahead_runs = 0;       // write grants of a run of more than one block
   uint64_t deferred_fetches = 0;       // Fetches that reached a write-ahead grant still being copied
   uint64_t home_gave_up = 0;           // the home's writable copies taken back at once for a write-ahead grant
+  uint64_t batched_invalidations = 0;  // Invalidates of a run of blocks (one per holder for a write-ahead window)
+  uint64_t batched_acks = 0;           // InvAcks of a run
   uint64_t max_fault_wait_bound = 20000;
   bool trace = false;
 
@@ -1201,6 +1203,7 @@ struct Sim {
     std::vector<Msg> out;
     if (for_directory(m.type)) {
       if (m.to != home) fail("directory message to a non-home node");
+      if (m.type == MsgType::kInvAck && m.count > 1) ++batched_acks;
       dir.on_message(m, now, out);
       send_all(out, home);
       return;
@@ -1210,9 +1213,13 @@ struct Sim {
     bool takes_away = m.type == MsgType::kInvalidate ||
                       (m.type == MsgType::kFetch && m.mode != FetchMode::kWriteBack);
     // (A read copy granted without Done holds from the grant: the home never learns when it was installed.)
-    int64_t held_from = n.granted_at[m.block] >= 0 ? n.granted_at[m.block] : n.cache->installed_at(m.block);
-    if (takes_away && n.cache->readable(m.block) && !n.cache->leaving() && now - held_from < quantum)
-      fail("quantum violated at node " + std::to_string(n.id) + " by " + m.str());
+    // An Invalidate of a run takes every block of it.
+    for (uint32_t x = m.block; x < m.block + m.count && x < nblocks; ++x) {
+      int64_t held_from = n.granted_at[x] >= 0 ? n.granted_at[x] : n.cache->installed_at(x);
+      if (takes_away && n.cache->readable(x) && !n.cache->leaving() && now - held_from < quantum)
+        fail("quantum violated at node " + std::to_string(n.id) + " by " + m.str());
+    }
+    if (m.type == MsgType::kInvalidate && m.count > 1) ++batched_invalidations;
     std::vector<LA> local;
     // Only a write grant without Done can be filling when a Fetch comes (the home waits for the Done of the others).
     if (m.type == MsgType::kFetch && n.cache->state(m.block) == NodeCache::State::kIMD) ++deferred_fetches;
@@ -1431,7 +1438,7 @@ TEST(DsmSim, ConcurrentFaultsOnOneBlock) {
 struct SimTotals {
   uint64_t seeds = 0, steps = 0, max_steps = 0, reads = 0, writes = 0, adds = 0, faults = 0, msgs = 0, max_wait = 0,
            quantum_waits = 0, leaves = 0, prefetched = 0, write_grants_in_place = 0, written_ahead = 0,
-           write_ahead_runs = 0, deferred_fetches = 0, home_gave_up = 0;
+           write_ahead_runs = 0, deferred_fetches = 0, home_gave_up = 0, batched_invalidations = 0, batched_acks = 0;
 };
 
 void run_seeds(uint64_t first, uint64_t count, SimTotals& tot) {
@@ -1474,6 +1481,8 @@ void run_seeds(uint64_t first, uint64_t count, SimTotals& tot) {
     tot.write_ahead_runs += s.write_ahead_runs;
     tot.deferred_fetches += s.deferred_fetches;
     tot.home_gave_up += s.home_gave_up;
+    tot.batched_invalidations += s.batched_invalidations;
+    tot.batched_acks += s.batched_acks;
   }
 }
 
@@ -1492,10 +1501,12 @@ TEST(DsmSim, RandomizedModelCheck) {
   EXPECT_GT(tot.write_ahead_runs, 0u);  // as runs of more than one block
   EXPECT_GT(tot.deferred_fetches, 0u);  // a Fetch met a write-ahead grant still being copied
   EXPECT_GT(tot.home_gave_up, 0u);  // the home's own writable copy was taken back for a write-ahead grant
+  EXPECT_GT(tot.batched_invalidations, 0u);  // one Invalidate per holder for the run of a write-ahead window
+  EXPECT_GT(tot.batched_acks, 0u);           // and one InvAck back
   std::printf(
       "seeds %llu, steps %llu (max %llu per seed), reads %llu, writes %llu, fetch-adds %llu, faults %llu, "
       "messages %llu, longest fault wait %llu steps, quantum timer firings %llu, leaves %llu, prefetched %llu, write grants in place %llu, "
-      "written ahead %llu (runs of 2+ blocks %llu, Fetches deferred while copying one %llu, home copies taken back %llu)\n",
+      "written ahead %llu (runs of 2+ blocks %llu, Fetches deferred while copying one %llu, home copies taken back %llu, Invalidates of a run %llu, InvAcks of a run %llu)\n",
       static_cast<unsigned long long>(tot.seeds), static_cast<unsigned long long>(tot.steps),
       static_cast<unsigned long long>(tot.max_steps), static_cast<unsigned long long>(tot.reads),
       static_cast<unsigned long long>(tot.writes), static_cast<unsigned long long>(tot.adds),
@@ -1504,7 +1515,8 @@ TEST(DsmSim, RandomizedModelCheck) {
       static_cast<unsigned long long>(tot.leaves), static_cast<unsigned long long>(tot.prefetched),
       static_cast<unsigned long long>(tot.write_grants_in_place), static_cast<unsigned long long>(tot.written_ahead),
       static_cast<unsigned long long>(tot.write_ahead_runs), static_cast<unsigned long long>(tot.deferred_fetches),
-      static_cast<unsigned long long>(tot.home_gave_up));
+      static_cast<unsigned long long>(tot.home_gave_up), static_cast<unsigned long long>(tot.batched_invalidations),
+      static_cast<unsigned long long>(tot.batched_acks));
 }
 
 }  // namespace
