@@ -504,15 +504,25 @@ void HomeDirectory::read_ahead(uint32_t first, uint32_t n, NodeId r, int64_t now
     }
     NodeId src = read_source(k, r);
     record_read_copy(k, r, now);
-    if (!runs.empty() && runs.back().node == src && runs.back().count < Msg::kMaxCount) {
-      ++runs.back().count;
-    } else {
-      Msg g = msg(MsgType::kGrant, r, b, 0);
-      g.access = Access::kRead;
-      g.node = src;
-      runs.push_back(g);
-    }
+    add_grant(runs, r, b, src, Access::kRead);
   }
+  end_window(runs, r, b, end, out);
+}
+
+void HomeDirectory::add_grant(std::vector<Msg>& runs, NodeId r, uint32_t b, NodeId src, Access a) const {
+  if (!runs.empty() && runs.back().node == src && runs.back().block + runs.back().count == b &&
+      runs.back().count < Msg::kMaxCount) {
+    ++runs.back().count;
+    return;
+  }
+  Msg g = msg(MsgType::kGrant, r, b, 0);
+  g.access = a;
+  g.node = src;
+  runs.push_back(g);
+}
+
+void HomeDirectory::end_window(const std::vector<Msg>& runs, NodeId r, uint32_t b, uint32_t end,
+                               std::vector<Msg>& out) const {
   out.insert(out.end(), runs.begin(), runs.end());
   if (b < end) {
     Msg no = msg(MsgType::kNoGrant, r, b, 0);
@@ -565,22 +575,9 @@ void HomeDirectory::write_ahead(uint32_t first, uint32_t n, NodeId r, int64_t no
       out.push_back(f);
     }
     finish_write(k, r, now);
-    if (!runs.empty() && runs.back().node == src && runs.back().block + runs.back().count == b &&
-        runs.back().count < Msg::kMaxCount) {
-      ++runs.back().count;
-    } else {
-      Msg g = msg(MsgType::kGrant, r, b, 0);
-      g.access = Access::kWrite;
-      g.node = src;
-      runs.push_back(g);
-    }
+    add_grant(runs, r, b, src, Access::kWrite);
   }
-  out.insert(out.end(), runs.begin(), runs.end());
-  if (b < end) {
-    Msg no = msg(MsgType::kNoGrant, r, b, 0);
-    no.count = static_cast<uint16_t>(end - b);
-    out.push_back(no);
-  }
+  end_window(runs, r, b, end, out);
 }
 
 void HomeDirectory::finish_write(Block& k, NodeId r, int64_t now) {

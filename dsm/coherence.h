@@ -126,6 +126,10 @@ enum class FetchMode : uint8_t {
 // The home records the requester the exclusive owner when it grants. It answers the first block it cannot grant
 // and every one after it with one NoGrant. A Fetch reaching the requester while such a grant is still being copied
 // is carried out once the copy landed (the home's frame it copies from is stable: the home maps no copy).
+// A block of the window held by other nodes as read copies only, past its quantum, gets its write transaction
+// started at once instead (granted after the acknowledgements, as a write miss); the transactions of one window take
+// consecutive txn numbers, and their Invalidates to one holder leave as one Invalidate with count n (block+i belongs
+// to txn+i), which the holder acknowledges with one InvAck of count n where it can.
 struct Msg {
   NodeId to = 0;    // not encoded: transport addressing
   NodeId from = 0;  // not encoded: the receiver sets it from the authenticated peer
@@ -137,8 +141,8 @@ struct Msg {
   FetchMode mode = FetchMode::kNone;    // Fetch; Grant: kPushed (the data landed in the requester's frames with it)
   NodeId node = kNoNode;                // Grant: data source (kNoNode: zero-fill; the receiver itself: in place);
                                         // Fetch: the requester (informational)
-  uint16_t count = 1;                   // ReadReq, WriteReq: the read-/write-ahead window; Grant, NoGrant: blocks
-                                        // from `block` on
+  uint16_t count = 1;                   // ReadReq, WriteReq: the read-/write-ahead window; Grant, NoGrant,
+                                        // Invalidate, InvAck: blocks from `block` on
 
   static constexpr size_t kEncodedSize = 24;
   static constexpr uint16_t kMaxCount = 1024;
@@ -269,6 +273,10 @@ class HomeDirectory {
   // Whether block b (no transaction on it) can be granted exclusive to r at once, without Done (see Msg): no other
   // copy, the data in r's or the home's frame or never written. The frame the grant names in `source`.
   bool write_grantable(uint32_t b, NodeId r, int64_t now, NodeId& source) const;
+  // Adds block b, granted to r from `src`, to a window's grants: one Grant per run of consecutive blocks, same source.
+  void add_grant(std::vector<Msg>& runs, NodeId r, uint32_t b, NodeId src, Access a) const;
+  // Appends a window's grants to `out`, then one NoGrant for [b, end) if the window stopped before its end.
+  void end_window(const std::vector<Msg>& runs, NodeId r, uint32_t b, uint32_t end, std::vector<Msg>& out) const;
   // Grants what it can of the write-ahead window [first, first+n) to `r` at once (see Msg).
   void write_ahead(uint32_t first, uint32_t n, NodeId r, int64_t now, std::vector<Msg>& out);
 
