@@ -147,10 +147,11 @@ int main(int argc, char** argv) {
     return 1;
   }
   // The loop thread (this one) and the frames memory go to the NUMA node of the RDMA device (no-op on one node).
-  // ("auto" runs verbs beside tcp exactly when its capabilities say it pins memory.)
-  if (std::string(tr->get()->name()) == "verbs" ||
-      (std::string(tr->get()->name()) == "auto" && tr->get()->caps().pins_memory))
-    service.set_placement(dipc::daemon::place_near_rdma_device(dipc::daemon::rdma_device(cfg)));
+  // ("auto" runs verbs beside tcp exactly when this node's address has a usable RDMA device.)
+  if (std::string tname = tr->get()->name(); tname == "verbs" || tname == "auto") {
+    if (std::string dev = dipc::daemon::rdma_device(cfg); !dev.empty())
+      service.set_placement(dipc::daemon::place_near_rdma_device(dev));
+  }
   dipc::ClientServer clients(loop, service, cfg);
   drain_notes = [&clients] { clients.drain_notes(); };
   if (auto s = clients.listen(cfg.socket); !s) {

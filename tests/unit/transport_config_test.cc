@@ -3,11 +3,13 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 
 #include "common/config.h"
 #include "daemon/transports.h"
 #include "transport/tcp/tcp_transport.h"
+#include "transport/verbs/verbs_transport.h"
 
 namespace dipc {
 namespace {
@@ -56,6 +58,36 @@ TEST(ConfigRanges, BadOrUnknownTcpSettingsAreErrorsNamingTheSetting) {
   ASSERT_TRUE(c) << err;
   EXPECT_FALSE(transport::parse_tcp_options(*c, o, &err));
   EXPECT_FALSE(parse_config("transport = 3\n[[node]]\nid = 1\n", &err));  // a top-level key: not a table
+}
+
+// [transport.verbs] odp (README "On-Demand Paging"): off by default, on/off from the file, DIPC_VERBS_ODP over the
+// file (bench/memory.sh compares pinned and ODP that way), anything else an error naming the setting.
+TEST(ConfigRanges, VerbsOdpComesFromTheFileOrTheEnvironmentAndABadValueIsAnError) {
+  unsetenv("DIPC_VERBS_ODP");
+  std::string err;
+  transport::VerbsOptions o;
+  auto c = parse_config("[transport.verbs]\ncredits = 64\n", &err);
+  ASSERT_TRUE(c) << err;
+  ASSERT_TRUE(transport::parse_verbs_options(*c, o, &err)) << err;
+  EXPECT_EQ(o.odp, transport::VerbsOptions::Odp::kOff);
+  c = parse_config("[transport.verbs]\nodp = \"on\"\n", &err);
+  ASSERT_TRUE(c) << err;
+  ASSERT_TRUE(transport::parse_verbs_options(*c, o, &err)) << err;
+  EXPECT_EQ(o.odp, transport::VerbsOptions::Odp::kOn);
+  setenv("DIPC_VERBS_ODP", "off", 1);
+  ASSERT_TRUE(transport::parse_verbs_options(*c, o, &err)) << err;
+  EXPECT_EQ(o.odp, transport::VerbsOptions::Odp::kOff);
+  setenv("DIPC_VERBS_ODP", "yes", 1);
+  EXPECT_FALSE(transport::parse_verbs_options(*c, o, &err));
+  EXPECT_NE(err.find("DIPC_VERBS_ODP"), std::string::npos) << err;
+  unsetenv("DIPC_VERBS_ODP");
+  c = parse_config("[transport.verbs]\nodp = \"auto\"\n", &err);
+  ASSERT_TRUE(c) << err;
+  EXPECT_FALSE(transport::parse_verbs_options(*c, o, &err));
+  EXPECT_NE(err.find("transport.verbs.odp"), std::string::npos) << err;
+  c = parse_config("[transport.verbs]\nodp = true\n", &err);
+  ASSERT_TRUE(c) << err;
+  EXPECT_FALSE(transport::parse_verbs_options(*c, o, &err));
 }
 
 TEST(Memlock, APinningProviderWithATooLowLimitGetsAnErrorNamingTheSetting) {

@@ -4,6 +4,7 @@
 // usable; tests skip what a provider's capabilities exclude.
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -91,6 +92,7 @@ class Env {
   // Flips a payload byte of the next message node `a` sends, after it was sealed (a man in the middle); false where
   // the provider has no such hook (tcp's frames are tampered with by a relay: tests/security/link_test.cc).
   virtual bool corrupt_next_send(Node&) { return false; }
+  virtual bool hold_completions(Node&, bool) { return false; }
   virtual bool sealed() const { return true; }
 };
 
@@ -210,6 +212,7 @@ class VerbsEnv : public Env {
     }
   }
   bool corrupt_next_send(Node& a) override { return verbs_test_corrupt_next_send(*a.tr); }
+  bool hold_completions(Node& a, bool on) override { return verbs_test_hold_completions(*a.tr, on); }
   bool sealed() const override { return sec_ != LinkSecurity::kNone; }
   bool usable() const { return !addr_.empty(); }
   std::unique_ptr<Transport> make(NodeId self) override {
@@ -217,6 +220,8 @@ class VerbsEnv : public Env {
     o.connect_timeout_ms = 300;
     o.reconnect_min_ms = 20;
     o.max_queued_bytes = queued_;
+    // DIPC_VERBS_ODP as dipcd reads it ([transport.verbs] odp): the suite runs pinned or with On-Demand Paging.
+    if (Status s = parse_verbs_options(Config{}, o, nullptr); !s) ADD_FAILURE() << "bad DIPC_VERBS_ODP";
     auto t = make_verbs_transport(cfg_[self - 1], loop_[self - 1], key_, o);
     EXPECT_TRUE(t) << t.status().str();
     return t ? std::move(*t) : nullptr;
@@ -360,6 +365,55 @@ TEST_P(TransportConformance, OneSidedReadWriteOnARegisteredRegion) {
   ASSERT_TRUE(RemoteKey::decode(d, k));
   EXPECT_TRUE(d.done());
   EXPECT_EQ(k, r->remote);
+}
+
+// A provider that does not pin (Capabilities::pins_memory false: tcp, verbs with On-Demand Paging) accesses a
+// region through its mapping, whatever page backs it now: the DSM punches frames out of its memfd (MADV_REMOVE) and
+// relies on the next one-sided write landing in the page the daemon then reads, not in a page the registration
+// kept. (A pinning provider would write into the old, pinned page: the daemon would read zeros.) Over verbs it runs
+// with DIPC_VERBS_ODP=on: Soft-RoCE of Linux 7.3.4 fails it (a WRITE of a page into an ODP region places only its
+// first MTU-sized packet; docs/ARCHITECTURE.md "The verbs provider", Memory).
+TEST_P(TransportConformance, AnUnpinnedRegionFollowsItsMappingAfterAPageIsReleased) {
+  if (a().tr->caps().pins_memory) GTEST_SKIP() << "registration pins memory";
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  int fd = memfd_create("dipc-conformance", MFD_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(ftruncate(fd, static_cast<off_t>(2 * page)), 0);
+  void* m = mmap(nullptr, 2 * page, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  close(fd);
+  ASSERT_NE(m, MAP_FAILED);
+  auto* remote = static_cast<uint8_t*>(m);
+  std::memset(remote, 0x11, 2 * page);
+  auto r = b().tr->register_region(remote, 2 * page);
+  ASSERT_TRUE(r);
+  std::vector<uint8_t> local(page, 0);
+  auto l = a().tr->register_region(local.data(), local.size());
+  ASSERT_TRUE(l);
+  auto rma = [&](bool write) {
+    int err = -1;
+    auto cb = [&](Status st) { err = st.code(); };
+    Status s = write ? a().tr->write(*l, 0, r->remote, page, page, cb) : a().tr->read(r->remote, page, *l, 0, page, cb);
+    if (!s) return s.code();
+    return pump([&] { return err >= 0; }) ? err : ETIMEDOUT;
+  };
+  ASSERT_EQ(rma(false), 0);
+  EXPECT_EQ(local[0], 0x11);
+  // The second page is released (a hole in the memfd: its page is freed) and faulted back as zeros.
+  ASSERT_EQ(madvise(remote + page, page, MADV_REMOVE), 0);
+  EXPECT_EQ(remote[page], 0);
+  std::memset(local.data(), 0x22, page);
+  ASSERT_EQ(rma(true), 0);
+  EXPECT_EQ(remote[page], 0x22) << "the write landed in a page the mapping no longer has";
+  EXPECT_EQ(remote[2 * page - 1], 0x22);
+  ASSERT_EQ(madvise(remote + page, page, MADV_REMOVE), 0);
+  std::memset(remote + page, 0x33, page);
+  ASSERT_EQ(rma(false), 0);
+  EXPECT_EQ(local[0], 0x33) << "the read came from a page the mapping no longer has";
+  EXPECT_EQ(local[page - 1], 0x33);
+  bool done = false;
+  b().tr->deregister_region(r->id, [&] { done = true; });
+  ASSERT_TRUE(pump([&] { return done; }));
+  munmap(m, 2 * page);
 }
 
 TEST_P(TransportConformance, AtomicsActOnTheTargetsWord) {
@@ -542,6 +596,28 @@ TEST_P(TransportConformance, DeregisterWaitsForOrCancelsOperationsInFlight) {
   ASSERT_TRUE(a().tr->read(r->remote, 0, *l2, 0, 8, [&](Status st) { err = st.code(); }));
   ASSERT_TRUE(pump([&] { return err != 0; }));
   EXPECT_EQ(err, EINVAL);
+}
+
+// The race behind a flaky DeregisterWaits... over verbs: a READ with a key the peer deregistered puts the peer's
+// queue pair in error, the peer disconnects, and rdma_cm's DISCONNECTED event may be handled here before the READ's
+// remote-access-error completion is. The hook holds completions back until then (a lagging completer): the READ
+// must still fail as what it is (EINVAL), not as a lost link (ECONNRESET). Verbs only (the hook).
+TEST_P(TransportConformance, ARemoteAccessErrorIsReportedAsSuchWhenThePeersDisconnectComesFirst) {
+  std::vector<uint8_t> remote(8192, 0x11);
+  auto r = b().tr->register_region(remote.data(), remote.size());
+  ASSERT_TRUE(r);
+  std::vector<uint8_t> local(8192, 0);
+  auto l = a().tr->register_region(local.data(), local.size());
+  ASSERT_TRUE(l);
+  bool rdone = false;
+  b().tr->deregister_region(r->id, [&] { rdone = true; });
+  ASSERT_TRUE(pump([&] { return rdone; }));
+  if (!env_->hold_completions(a(), true)) GTEST_SKIP() << "no completion hook";
+  int err = 0;
+  ASSERT_TRUE(a().tr->read(r->remote, 0, *l, 0, 8, [&](Status st) { err = st.code(); }));
+  ASSERT_TRUE(pump([&] { return err != 0; }));
+  env_->hold_completions(a(), false);
+  EXPECT_EQ(err, EINVAL) << "the remote access error was reported as " << strerror(err);
 }
 
 TEST_P(TransportConformance, BusyPollingLoopsConnectAndServeRequests) {

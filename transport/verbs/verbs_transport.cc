@@ -7,10 +7,12 @@
 #include <netdb.h>
 #include <rdma/rdma_cma.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <deque>
 #include <fstream>
@@ -18,6 +20,7 @@
 #include <optional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -74,6 +77,9 @@ constexpr uint32_t kSpareRecvs = 8;
 constexpr int kAccessAll = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_WRITE |
                            IBV_ACCESS_REMOTE_ATOMIC;
 constexpr uint64_t kMaxRmaLen = 1u << 30;
+// A peer that disconnects while one-sided operations are posted: how long their completions are awaited (the remote
+// access error that made it leave, or their flush), see await_one_sided().
+constexpr int64_t kDisconnectDrainMs = 300;
 
 // wr_id: link id (bits 63..40), type (39..38), value (37..0).
 enum WrType : uint64_t { kWrRma = 0, kWrSend = 1, kWrRecv = 2 };
@@ -306,16 +312,48 @@ class VerbsTransport final : public Transport {
     if (ibv_query_device(ctx_, &da) != 0) return Status::err(errno);
     rd_atom_ = static_cast<uint8_t>(std::min(16, std::max(1, std::min(da.max_qp_rd_atom, da.max_qp_init_rd_atom))));
     atomics_ = da.atomic_cap != IBV_ATOMIC_NONE;
+    pd_.reset(ibv_alloc_pd(ctx_));
+    if (!pd_) return Status::err(errno);
+    if (opt_.odp == VerbsOptions::Odp::kOn) {
+      std::string why;
+      odp_ = odp_usable(&why);
+      if (!odp_) {
+        DIPC_LOG_ERROR("verbs: transport.verbs.odp = \"on\" but {} has no usable On-Demand Paging: {}",
+                       ibv_get_device_name(ctx_->device), why);
+        return Status::err(ENOTSUP);
+      }
+    }
+    dev_info_.odp = odp_;
     dev_info_.device = ibv_get_device_name(ctx_->device);
     dev_info_.port = id->port_num;
     dev_info_.mtu = mtu_bytes(pa.active_mtu);
     dev_info_.numa_node = device_numa_node(ctx_);
-    pd_.reset(ibv_alloc_pd(ctx_));
-    if (!pd_) return Status::err(errno);
     comp_ch_.reset(ibv_create_comp_channel(ctx_));
     if (!comp_ch_) return Status::err(errno);
     set_nonblock(comp_ch_->fd);
     return Status::ok();
+  }
+
+  // On-Demand Paging as dipc uses it: RC READ/WRITE/ATOMIC target a region, and READ/WRITE use one as their local
+  // buffer (the requester side counts as SEND). Messages use the links' own small pinned buffers. A probe
+  // registration of one page checks that the kernel and provider take the flag, not only advertise it.
+  bool odp_usable(std::string* why) {
+    ibv_device_attr_ex dx{};
+    if (ibv_query_device_ex(ctx_, nullptr, &dx) != 0) return *why = "ibv_query_device_ex failed", false;
+    if (!(dx.odp_caps.general_caps & IBV_ODP_SUPPORT)) return *why = "the device does not support it", false;
+    uint32_t need = IBV_ODP_SUPPORT_SEND | IBV_ODP_SUPPORT_READ | IBV_ODP_SUPPORT_WRITE;
+    if (atomics_) need |= IBV_ODP_SUPPORT_ATOMIC;
+    uint32_t rc = dx.odp_caps.per_transport_caps.rc_odp_caps;
+    if ((rc & need) != need) return *why = fmt::format("RC caps {:#x}, dipc needs {:#x}", rc, need), false;
+    long page = sysconf(_SC_PAGESIZE);
+    void* probe = mmap(nullptr, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (probe == MAP_FAILED) return *why = "mmap failed", false;
+    ibv_mr* mr = ibv_reg_mr(pd_.get(), probe, page, kAccessAll | IBV_ACCESS_ON_DEMAND);
+    int e = errno;
+    if (mr) ibv_dereg_mr(mr);
+    munmap(probe, page);
+    if (!mr) return *why = fmt::format("a registration with IBV_ACCESS_ON_DEMAND fails: {}", strerror(e)), false;
+    return true;
   }
 
   const char* name() const override { return "verbs"; }
@@ -323,7 +361,7 @@ class VerbsTransport final : public Transport {
     Capabilities c;
     c.native_rma = true;
     c.atomics = atomics_;
-    c.pins_memory = true;  // no on-demand paging used: registration pins
+    c.pins_memory = !odp_;  // with On-Demand Paging the MR follows the mapping: a released frame is not pinned
     c.max_inline = max_inline_ > kMsgHeaderSize + seal_size() ? max_inline_ - kMsgHeaderSize - seal_size() : 0;
     c.max_message = kMaxPayload;
     return c;
@@ -407,6 +445,7 @@ class VerbsTransport final : public Transport {
     std::string s = fmt::format("verbs {} port {}", i.device, i.port);
     if (i.gid_index >= 0) s += fmt::format(" gid {} mtu {}", i.gid_index, i.mtu);
     if (i.numa_node >= 0) s += fmt::format(" numa {}", i.numa_node);
+    if (i.odp) s += " odp";
     // What is in flight, when anything is (a stalled link shows here).
     if (it != peers_.end() && it->second.link) {
       const Peer& p = it->second;
@@ -463,7 +502,11 @@ class VerbsTransport final : public Transport {
 
   Result<MemRegion> register_region(void* addr, size_t len) override {
     if (!addr || !len) return Status::err(EINVAL);
-    ibv_mr* mr = ibv_reg_mr(pd_.get(), addr, len, kAccessAll);
+    // On-Demand Paging for whole pages only (the DSM's frames are): rxe's ODP (Linux 7.3) corrupts memory beside a
+    // region that starts inside a page. Anything else is an ordinary, pinned registration.
+    const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+    const bool odp = odp_ && reinterpret_cast<uint64_t>(addr) % page == 0 && len % page == 0;
+    ibv_mr* mr = ibv_reg_mr(pd_.get(), addr, len, kAccessAll | (odp ? IBV_ACCESS_ON_DEMAND : 0));
     if (!mr) {
       int e = errno;
       DIPC_LOG_ERROR("verbs: cannot register {} bytes of memory: {}", len, memlock_hint(e));
@@ -804,6 +847,7 @@ class VerbsTransport final : public Transport {
 
  public:
   void corrupt_next_send() { corrupt_next_send_ = true; }
+  void hold_completions(bool on) { hold_completions_ = on; }
 
  private:
 
@@ -1144,6 +1188,7 @@ class VerbsTransport final : public Transport {
         // not ECONNRESET): handle them first; one of them may close the link already.
         uint64_t lid = l.id;
         if (l.cq) drain_cq(lid);
+        await_one_sided(lid);
         auto it = links_.find(lid);
         if (it == links_.end()) return;
         return close_link(*it->second, "disconnected by the peer", true);
@@ -1326,6 +1371,7 @@ class VerbsTransport final : public Transport {
   }
 
   int drain_cq(uint64_t lid) {
+    if (hold_completions_) return 0;  // verbs_test_hold_completions(): a completer slower than rdma_cm's events
     ibv_wc wc[32];
     int total = 0;
     for (;;) {
@@ -1343,6 +1389,54 @@ class VerbsTransport final : public Transport {
       }
       auto again = links_.find(lid);
       if (again != links_.end()) pump(*again->second);
+    }
+  }
+
+  // Is a one-sided operation of this link's peer posted (outstanding, and no longer in the queue)?
+  bool one_sided_posted(const Link& l) const {
+    const Peer& p = peers_.at(l.peer);
+    size_t queued = 0;
+    for (const Op& o : p.out)
+      if (!o.is_msg && o.seq) ++queued;
+    size_t rma = 0;
+    for (const auto& [seq, o] : p.outstanding)
+      if (!o.reply) ++rma;
+    return rma > queued;
+  }
+
+  // The peer disconnected while one-sided operations were posted on the link. It may have left because one of them
+  // failed there (a key it no longer knows puts its queue pair in error), and the NAK that reports the remote access
+  // error here can come after rdma_cm's DISCONNECTED event (seen on Soft-RoCE, whose completer runs in a kernel
+  // work queue). Our queue pair is still connected, so its CQ is polled a bounded time (kDisconnectDrainMs) until
+  // the signalled work posted has completed: an error completion closes the link itself, that operation failing as
+  // what it is (EINVAL) and the rest ECONNRESET. A failed receive (flushed) is skipped: the link goes anyway. What
+  // has not completed when the time is up was lost with the link: ECONNRESET (close_link).
+  void await_one_sided(uint64_t lid) {
+    const int64_t start = EventLoop::now_ms(), deadline = start + kDisconnectDrainMs;
+    std::string who;
+    int got = 0;
+    auto done = [&] {
+      if (got) DIPC_LOG_INFO("verbs: {} disconnected with one-sided operations posted: {} completions awaited ({} ms)",
+                             who, got, EventLoop::now_ms() - start);
+    };
+    for (;;) {
+      auto it = links_.find(lid);
+      if (it == links_.end()) return done();
+      Link& l = *it->second;
+      who = l.who;
+      if (!l.cq || l.state != LinkState::kUp || l.sig_batches.empty() || !one_sided_posted(l)) return done();
+      ibv_wc wc[32];
+      int n = ibv_poll_cq(l.cq.get(), 32, wc);
+      if (n < 0) return done();
+      got += n;
+      for (int i = 0; i < n; ++i) {
+        if (links_.find(lid) == links_.end()) return done();
+        if (wr_type(wc[i].wr_id) == kWrRecv && wc[i].status != IBV_WC_SUCCESS) continue;
+        on_completion(l, wc[i]);
+      }
+      if (n > 0) continue;
+      if (EventLoop::now_ms() >= deadline) return done();
+      std::this_thread::sleep_for(std::chrono::microseconds(50));  // the device's completer needs the CPU
     }
   }
 
@@ -1503,6 +1597,7 @@ class VerbsTransport final : public Transport {
   bool upcalls_ = false;
   bool running_ = false;
   bool corrupt_next_send_ = false;
+  bool hold_completions_ = false;  // verbs_test_hold_completions()
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);
   uint32_t max_inline_ = 0;
   uint64_t incarnation_ = 0;  // random: remote keys name it (verbs_wire.h)
@@ -1514,6 +1609,7 @@ class VerbsTransport final : public Transport {
   CompChannelPtr comp_ch_;
   uint8_t rd_atom_ = 1;
   bool atomics_ = false;
+  bool odp_ = false;  // the DSM's regions are registered with IBV_ACCESS_ON_DEMAND (VerbsOptions::odp)
   VerbsDeviceInfo dev_info_;
   EventLoop::TimerId beat_timer_ = 0;
   EventLoop::PollerId poller_ = 0;
@@ -1560,8 +1656,19 @@ Status parse_verbs_options(const Config& cfg, VerbsOptions& o, std::string* erro
             r.get("max_queued_bytes", o.max_queued_bytes, int64_t{2} * kMaxPayload, int64_t{1} << 40) &&
             r.get("heartbeat_ms", o.heartbeat_ms, 0, int64_t{3600} * 1000) &&
             r.get("dead_peer_ms", o.dead_peer_ms, 0, int64_t{3600} * 1000) &&
-            r.get("max_unauthenticated", o.max_unauthenticated, 1, 65535) && r.finish();
+            r.get("max_unauthenticated", o.max_unauthenticated, 1, 65535);
+  std::string odp;
+  ok = ok && r.get_string("odp", odp) && r.finish();
   std::string err = r.error();
+  if (const char* env = getenv("DIPC_VERBS_ODP"); ok && env && *env) odp = env;
+  if (ok && !odp.empty()) {
+    if (odp == "on") o.odp = VerbsOptions::Odp::kOn;
+    else if (odp == "off") o.odp = VerbsOptions::Odp::kOff;
+    else {
+      ok = false;
+      err = "transport.verbs.odp (or DIPC_VERBS_ODP) must be \"on\" or \"off\", not \"" + odp + "\"";
+    }
+  }
   if (ok && o.reconnect_max_ms < o.reconnect_min_ms) {
     ok = false;
     err = "transport.verbs.reconnect_max_ms must not be below reconnect_min_ms";
@@ -1586,6 +1693,12 @@ std::string verbs_local_address() {
   }
   freeifaddrs(ifs);
   return r;
+}
+
+bool verbs_test_hold_completions(Transport& t, bool on) {
+  auto* v = dynamic_cast<VerbsTransport*>(&t);
+  if (v) v->hold_completions(on);
+  return v != nullptr;
 }
 
 bool verbs_test_corrupt_next_send(Transport& t) {

@@ -37,6 +37,12 @@ struct VerbsOptions {
   int64_t dead_peer_ms = 5000;          // ... so a link that brings no message for this long is lost (closed): a
                                         // cut link, a dead or hung peer. 0: rely on the RC retry timeout only
   int max_unauthenticated = 16;         // connection requests still in the handshake; more are rejected
+  // On-Demand Paging for the DSM's regions (`odp = "off"|"on"`; the environment variable DIPC_VERBS_ODP overrides
+  // the file): with ODP the MR follows the mapping, so nothing is pinned and the DSM may release frames
+  // (Capabilities::pins_memory false). on: when the device supports it for RC SEND, READ, WRITE (and ATOMIC where
+  // used) and a probe registration works, else ENOTSUP at start; off (the default): pinned chunks. Not "auto": the
+  // one ODP device tested (Soft-RoCE, Linux 7.3.4) advertises it and loses data (docs/ARCHITECTURE.md).
+  enum class Odp : uint8_t { kOff, kOn } odp = Odp::kOff;
 };
 
 // Reads [transport.verbs] (keys: the fields above, e.g. `credits = 64`); EINVAL with `error` naming a bad setting.
@@ -49,6 +55,7 @@ struct VerbsDeviceInfo {
   int gid_index = -1;
   int mtu = 0;         // active path MTU in bytes
   int numa_node = -1;  // of the device (-1: unknown)
+  bool odp = false;    // the DSM's regions are registered with On-Demand Paging (nothing pinned)
 };
 
 // Is there an RDMA device with an active port behind `address` (a local address)? Fills `info` when there is.
@@ -64,5 +71,9 @@ Result<std::unique_ptr<Transport>> make_verbs_transport(const Config& cfg, Event
 // authenticated link gets one payload byte flipped after it was sealed, as a man in the middle on the fabric would
 // alter it. False when `t` is not a verbs transport.
 bool verbs_test_corrupt_next_send(Transport& t);
+// Test hook (the conformance suite's disconnect race): while `on`, completions stay in `t`'s CQs (the event loop
+// does not poll them), as when the device's completer lags behind rdma_cm's events; a DISCONNECTED event's own wait
+// for posted one-sided work still polls. False when `t` is not a verbs transport.
+bool verbs_test_hold_completions(Transport& t, bool on);
 
 }  // namespace dipc::transport
