@@ -14,7 +14,8 @@
 #       raw TCP bulk transfer (into one reused buffer; tcpbulk_fresh: into a new shared mapping of the transfer's
 #       size, the memory a first touch must fill) and dipc sequential first touch of DIPC_SHM_TOUCH_MIB MiB, in normal pages and
 #       (seqread_huge, when this host can give the huge pages: root raises vm.nr_hugepages for the run and restores
-#       it) in a SHM_HUGETLB segment;
+#       it) in a SHM_HUGETLB segment; seqwrite: node2 writes a word of every page of a fresh DIPC_SHM_TOUCH_MIB MiB
+#       segment homed on node1 in order (a sequential writer on a node that is not the home; against tcpbulk_fresh);
 #       Jacobi: 2 processes on node1 with native shm + semaphores, then one process on node1 and one on node2
 #   (R+1)-node cluster (R = DIPC_SHM_UPGRADE_READERS, default 3; 0 skips), every round: raw TCP 4 KiB, dipc write
 #     upgrade with R reader nodes; Jacobi with 3 and 4 processes, native (one node) and dipc (one per node)
@@ -199,6 +200,7 @@ if up 2; then
     part tcpbulk_fresh on "$c2" node1 "$bin/shm_bench" tcpbulk --fresh --mib "$touch_mib"
     part seqread on "$c2" node1 --preload "$bin/shm_bench" seqread --mib "$touch_mib"
     part seqread_huge on "$c2" node1 --preload "$bin/shm_bench" seqread --huge --mib "$touch_mib"
+    part seqwrite on "$c2" node1 --preload "$bin/shm_bench" seqwrite --mib "$touch_mib"
     part jacobi_native on "$c2" node1 --preload "$bin/shm_bench" jacobi --mode native --n "$jn" --sweeps "$sweeps"
     page_counters "$c2" >"$work/pages.before"
     part jacobi_dipc on "$c2" node1 --preload "$bin/shm_bench" jacobi --mode dipc --n "$jn" --sweeps "$sweeps" \

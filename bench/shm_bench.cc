@@ -16,6 +16,7 @@
 //       a process on node2 stores into a page read-shared by R reader processes (node1, node3, ...) and itself:
 //       the time of that store.
 //   shm_bench seqread [--mib M] / tcpbulk [--mib M] [--fresh]   (dipc / raw TCP, --fresh: received into new memory)
+//   shm_bench seqwrite [--mib M]   (dipc; 2 nodes): node2 writes every page of a fresh M MiB segment homed on node1
 //   shm_bench memory [--mib M]   (dipc; 2 nodes): each dipcd's memory with an M MiB segment touched on both nodes
 //       sequential first touch on node2 of M MiB written on node1, and the same bytes by one TCP stream.
 //   shm_bench jacobi  --mode native|dipc [--n N] [--sweeps S] [--nodes node1,node2]
@@ -947,6 +948,52 @@ int run_seqread(const Args& args) {
   return rc;
 }
 
+// seqwrite: node1 (the home) creates a fresh MIB-MiB segment and touches none of it; a process on node2 writes one
+// word of every page in order, timed (each page a write miss, or less with write-ahead), then node1 checks every
+// word (untimed): the bandwidth of a sequential writer on a node that is not the home.
+int seqwrite_writer(int shmid, size_t pages) {
+  volatile long* p = static_cast<volatile long*>(attach(shmid));
+  say("ready");
+  if (next_command() != 'g') return 1;
+  int64_t t0 = now_ns();
+  for (size_t i = 0; i < pages; ++i) p[i * (kPage / sizeof(long))] = static_cast<long>(i + 1);
+  say("ns " + std::to_string(now_ns() - t0));
+  return 0;
+}
+
+int run_seqwrite(const Args& args) {
+  size_t mib = static_cast<size_t>(args.num("--mib", 64));
+  size_t pages = mib * 1048576 / kPage;
+  int shmid = dipc_segment("seqwrite", pages * kPage);
+  Child w = spawn(g_peer, true, {"seqwrite-writer", std::to_string(shmid), std::to_string(pages)});
+  int rc = 1;
+  std::string l;
+  long long ns = 0;
+  if (wait_ready(w)) {
+    command(w, 'g');
+    if (getline(w, l) && sscanf(l.c_str(), "ns %lld", &ns) == 1 && ns > 0) {
+      volatile long* p = static_cast<volatile long*>(attach(shmid));
+      size_t bad = 0;
+      for (size_t i = 0; i < pages; ++i) bad += p[i * (kPage / sizeof(long))] != static_cast<long>(i + 1);
+      shmdt(const_cast<long*>(p));
+      double mibps = static_cast<double>(mib) / (static_cast<double>(ns) / 1e9);
+      if (bad) {
+        printf("seqwrite: failed: %zu of %zu pages read back wrong on this node\n", bad, pages);
+      } else {
+        printf("dipc sequential write of %zu MiB on %s (a fresh segment homed on this node): %.1f MiB/s, %.1f us/4 KiB\n",
+               mib, g_peer.c_str(), mibps, static_cast<double>(ns) / 1e3 / static_cast<double>(pages));
+        printf("@seqwrite_dipc_mibps %.2f\n", mibps);
+        rc = 0;
+      }
+    } else {
+      printf("seqwrite: failed: %s\n", l.c_str());
+    }
+  }
+  shmctl(shmid, IPC_RMID, nullptr);
+  reap(w);
+  return rc;
+}
+
 // ---- 2f. memory of a touched segment -----------------------------------------------------------------------------
 // memory: node1 (the home) writes every page of a MIB-MiB segment, a process on node2 reads every page; while both
 // still have it attached, each node's dipcd is measured: VmRSS and RssShmem from /proc/PID/status, and the bytes
@@ -1257,6 +1304,7 @@ int main(int argc, char** argv) {
   if (cmd == "tcp-bulk-sink")
     return tcp_bulk_sink(static_cast<int>(arg(2)), static_cast<size_t>(arg(3)), argc > 4 && arg(4) != 0);
   if (cmd == "seqread-reader") return seqread_reader(static_cast<int>(arg(2)), static_cast<size_t>(arg(3)));
+  if (cmd == "seqwrite-writer") return seqwrite_writer(static_cast<int>(arg(2)), static_cast<size_t>(arg(3)));
   if (cmd == "memory-reader") return memory_reader(static_cast<int>(arg(2)), static_cast<size_t>(arg(3)));
   if (cmd == "readmiss-reader")
     return readmiss_reader(static_cast<int>(arg(2)), static_cast<int>(arg(3)), static_cast<size_t>(arg(4)),
@@ -1279,6 +1327,7 @@ int main(int argc, char** argv) {
   if (cmd == "tcp") return run_tcp(args);
   if (cmd == "tcpbulk") return run_tcpbulk(args);
   if (cmd == "seqread") return run_seqread(args);
+  if (cmd == "seqwrite") return run_seqwrite(args);
   if (cmd == "memory") return run_memory(args);
   if (cmd == "readmiss") return run_readmiss(args);
   if (cmd == "upgrade") return run_upgrade(args);

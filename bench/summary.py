@@ -224,6 +224,8 @@ def shm(args):
                   0.5, higher_is_better=True),
         make_pair("sequential first touch dipc / raw TCP bulk into fresh memory, bandwidth",
                   scalar_ratios(e, "seqread_dipc_mibps", "tcpbulk_fresh_mibps"), higher_is_better=True),
+        make_pair("sequential write on node2 of a fresh segment homed on node1 / raw TCP bulk into fresh memory, "
+                  "bandwidth", scalar_ratios(e, "seqwrite_dipc_mibps", "tcpbulk_fresh_mibps"), higher_is_better=True),
         make_pair("sequential first touch SHM_HUGETLB / normal pages, bandwidth",
                   scalar_ratios(e, "seqread_huge_dipc_mibps", "seqread_dipc_mibps"), higher_is_better=True),
     ]

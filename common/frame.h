@@ -25,7 +25,10 @@ namespace dipc {
 inline constexpr uint32_t kFrameMagic = 0x44495043;
 // 2: dsm's kOpPush (a pushed run as one message over tcp): a node of an older build would drop it and leave the
 // reader waiting, so the link refuses it at its first frame instead ("unsupported frame version").
-inline constexpr uint8_t kFrameVersion = 2;
+// 3: dsm's write-ahead and batched invalidations (a WriteReq, Invalidate or InvAck of count > 1): an older home
+// would leave a write-ahead window unanswered, an older node would unmap one block of an Invalidate's run, and the
+// writer would wait for good either way.
+inline constexpr uint8_t kFrameVersion = 3;
 inline constexpr size_t kFrameHeaderSize = 24;
 // Large enough for one coherence block of up to 4 MiB plus headers; message queue bodies are far smaller.
 inline constexpr uint32_t kMaxPayload = (4u << 20) + 4096;

@@ -105,6 +105,29 @@ std::string Msg::str() const {
   return s + ")";
 }
 
+// Merges each Invalidate / InvAck of out[from..] into the message of the same type to the same node right before it in
+// that node's order (nothing else to that node in between) when it covers the next block with the next txn number:
+// one message per peer for a run of consecutive blocks whose transactions started together.
+static void coalesce_runs(std::vector<Msg>& out, size_t from) {
+  std::map<NodeId, size_t> last;  // node -> index in the result of its last message
+  size_t w = from;
+  for (size_t i = from; i < out.size(); ++i) {
+    const Msg& m = out[i];
+    auto it = last.find(m.to);
+    if (it != last.end() && (m.type == MsgType::kInvalidate || m.type == MsgType::kInvAck)) {
+      Msg& p = out[it->second];
+      if (p.type == m.type && p.segment == m.segment && m.count == 1 && m.block == p.block + p.count &&
+          m.txn == p.txn + p.count && p.txn != 0 && p.count < Msg::kMaxCount) {
+        ++p.count;
+        continue;
+      }
+    }
+    out[w] = m;
+    last[m.to] = w++;
+  }
+  out.resize(w);
+}
+
 size_t NodeSet::size() const {
   size_t n = 0;
   for (uint64_t w : w_) n += static_cast<size_t>(std::popcount(w));
@@ -199,7 +222,18 @@ void HomeDirectory::on_message(const Msg& m, int64_t now, std::vector<Msg>& out)
         return;
       }
       if (m.type == MsgType::kWriteReq) {
-        enqueue(b, Request{Kind::kWrite, m.from}, now, out);
+        // A window of one block (a random writer, or the home's own) takes the transaction path as always; a larger
+        // one is granted at once where nobody else is involved (write_ahead), the faulting block included.
+        uint32_t n = m.from == home_ ? 1 : std::min<uint32_t>(m.count, static_cast<uint32_t>(blocks_.size()) - b);
+        NodeId src = kNoNode;
+        size_t first_out = out.size();
+        if (n > 1 && active_.count(b) == 0 && write_grantable(b, m.from, now, src)) {
+          write_ahead(b, n, m.from, now, out);
+        } else {
+          enqueue(b, Request{Kind::kWrite, m.from}, now, out);
+          if (n > 1) write_ahead(b + 1, n - 1, m.from, now, out);
+        }
+        coalesce_runs(out, first_out);  // the invalidations of the window's transactions: one per holder and run
         return;
       } else {
         // The window never reaches past the segment; a read the home can grant at once needs no transaction.
@@ -214,18 +248,26 @@ void HomeDirectory::on_message(const Msg& m, int64_t now, std::vector<Msg>& out)
       return;
     case MsgType::kFetchAck:
     case MsgType::kInvAck: {
-      auto it = active_.find(b);
-      if (it == active_.end() || it->second.phase != Phase::kAcks || it->second.id != m.txn ||
-          !it->second.waiting.has(m.from)) {
+      // An InvAck of a run acknowledges the Invalidate of a run: block b+i, transaction txn+i.
+      uint32_t n = m.type == MsgType::kInvAck ? m.count : 1;
+      if (n > blocks_.size() - b) {
         ++bad_;
         return;
       }
-      Txn& t = it->second;
-      if (m.type == MsgType::kFetchAck && m.mode == FetchMode::kPushed && wants_data_ack(m)) t.home_current = true;
-      t.waiting.remove(m.from);
-      if (t.waiting.empty()) {
-        after_acks(b, t, now, out);
-        if (t.phase == Phase::kIdle) pump(b, now, out);
+      for (uint32_t i = 0; i < n; ++i) {
+        auto it = active_.find(b + i);
+        if (it == active_.end() || it->second.phase != Phase::kAcks || it->second.id != m.txn + i ||
+            !it->second.waiting.has(m.from)) {
+          ++bad_;
+          continue;
+        }
+        Txn& t = it->second;
+        if (m.type == MsgType::kFetchAck && m.mode == FetchMode::kPushed && wants_data_ack(m)) t.home_current = true;
+        t.waiting.remove(m.from);
+        if (t.waiting.empty()) {
+          after_acks(b + i, t, now, out);
+          if (t.phase == Phase::kIdle) pump(b + i, now, out);
+        }
       }
       return;
     }
@@ -475,21 +517,80 @@ void HomeDirectory::read_ahead(uint32_t first, uint32_t n, NodeId r, int64_t now
     }
     NodeId src = read_source(k, r);
     record_read_copy(k, r, now);
-    if (!runs.empty() && runs.back().node == src && runs.back().count < Msg::kMaxCount) {
-      ++runs.back().count;
-    } else {
-      Msg g = msg(MsgType::kGrant, r, b, 0);
-      g.access = Access::kRead;
-      g.node = src;
-      runs.push_back(g);
-    }
+    add_grant(runs, r, b, src, Access::kRead);
   }
+  end_window(runs, r, b, end, out);
+}
+
+void HomeDirectory::add_grant(std::vector<Msg>& runs, NodeId r, uint32_t b, NodeId src, Access a) const {
+  if (!runs.empty() && runs.back().node == src && runs.back().block + runs.back().count == b &&
+      runs.back().count < Msg::kMaxCount) {
+    ++runs.back().count;
+    return;
+  }
+  Msg g = msg(MsgType::kGrant, r, b, 0);
+  g.access = a;
+  g.node = src;
+  runs.push_back(g);
+}
+
+void HomeDirectory::end_window(const std::vector<Msg>& runs, NodeId r, uint32_t b, uint32_t end,
+                               std::vector<Msg>& out) const {
   out.insert(out.end(), runs.begin(), runs.end());
   if (b < end) {
     Msg no = msg(MsgType::kNoGrant, r, b, 0);
     no.count = static_cast<uint16_t>(end - b);
     out.push_back(no);
   }
+}
+
+bool HomeDirectory::write_grantable(uint32_t b, NodeId r, int64_t now, NodeId& source) const {
+  const Block& k = blocks_[b];
+  NodeSet others = k.copyset;
+  others.remove(r);
+  // The home's own writable copy past its quantum is taken back at once (write_ahead), as read_ahead downgrades it:
+  // the home installed it before its Done, so no grant of it is still on its way to the home's cache. A read copy of
+  // the home's may be (a read-ahead grant without Done): like any other copy, it needs the transaction path.
+  bool home_only = k.exclusive && k.owner == home_ && r != home_ && now >= k.hold_until;
+  if (!others.empty() && !home_only) return false;  // an invalidation (and its quantum) first: the transaction path
+  if (home_only) {
+    source = home_;
+    return true;
+  }
+  source = (k.copyset.has(r) || k.owner == r) ? r : k.owner;
+  // The home's frame is stable while the requester copies it: the home maps no copy, and every later transaction
+  // on the block starts with a Fetch the requester carries out once its copy landed.
+  return source == r || source == home_ || source == kNoNode;
+}
+
+// The home's own invalidations first, then one grant per run of consecutive blocks with the same source, then the
+// refusal of the rest.
+void HomeDirectory::write_ahead(uint32_t first, uint32_t n, NodeId r, int64_t now, std::vector<Msg>& out) {
+  uint32_t b = first, end = first + n;
+  std::vector<Msg> runs;
+  for (; b < end; ++b) {
+    NodeId src = kNoNode;
+    if (active_.count(b)) break;
+    if (!write_grantable(b, r, now, src)) {
+      // Read copies elsewhere, past their quantum: a write transaction for r starts now and invalidates them (its
+      // Invalidates, sent together with those of the next such blocks, are merged per holder: coalesce_runs); r
+      // gets its grant after the acknowledgements, as for a write miss.
+      const Block& k = blocks_[b];
+      if ((k.exclusive && k.owner != r) || now < k.hold_until) break;
+      enqueue(b, Request{Kind::kWrite, r}, now, out);
+      continue;
+    }
+    Block& k = blocks_[b];
+    if (k.exclusive && k.owner == home_) {  // the home's writable copy: unmapped there, its frame gets the data
+      Msg f = msg(MsgType::kFetch, home_, b, 0);
+      f.mode = FetchMode::kInvalidate;
+      f.node = r;
+      out.push_back(f);
+    }
+    finish_write(k, r, now);
+    add_grant(runs, r, b, src, Access::kWrite);
+  }
+  end_window(runs, r, b, end, out);
 }
 
 void HomeDirectory::finish_write(Block& k, NodeId r, int64_t now) {
@@ -621,13 +722,14 @@ std::string HomeDirectory::check() const {
 // NodeCache
 
 NodeCache::NodeCache(uint64_t segment, uint32_t nblocks, NodeId self, NodeId home, uint32_t readahead_max,
-                     uint32_t readahead_depth)
+                     uint32_t readahead_depth, uint32_t writeahead_max)
     : segment_(segment),
       self_(self),
       home_(home),
       blocks_(nblocks),
       ra_max_(std::clamp<uint32_t>(readahead_max, 1, Msg::kMaxCount)),
-      ra_depth_(std::clamp<uint32_t>(readahead_depth, 1, 8)) {}
+      ra_depth_(std::clamp<uint32_t>(readahead_depth, 1, 8)),
+      wa_max_(self == home ? 1 : std::clamp<uint32_t>(writeahead_max, 1, Msg::kMaxCount)) {}
 
 bool NodeCache::readahead_mark(uint32_t b) const {
   return std::find(ra_marks_.begin(), ra_marks_.end(), b) != ra_marks_.end();
@@ -725,17 +827,25 @@ NodeCache::Fault NodeCache::on_fault(uint32_t b, Access a, std::vector<Msg>& out
     ra_marks_.clear();  // a new run starts here (or the reader outran the windows ahead of it)
     if (n > 1) ra_marks_.push_back(b + 1);
   }
+  if (a == Access::kWrite && wa_max_ > 1) {
+    wa_window_ = b == wa_next_ ? std::min(wa_window_ * 2, wa_max_) : 1;
+    uint32_t n = 1 + claim_prefetch(b + 1, wa_window_ - 1, Access::kWrite);
+    req.count = static_cast<uint16_t>(n);
+    wa_next_ = b + n;
+  }
   out.push_back(req);
   return Fault::kParked;
 }
 
-uint32_t NodeCache::claim_prefetch(uint32_t first, uint32_t max) {
+uint32_t NodeCache::claim_prefetch(uint32_t first, uint32_t max, Access a) {
   uint32_t n = 0;
   for (; n < max && first + n < blocks_.size(); ++n) {
     Block& x = blocks_[first + n];
-    if (x.have != Have::kInvalid || x.pending || x.filling || x.writing_back) break;
+    bool claimable = a == Access::kRead ? x.have == Have::kInvalid
+                                        : x.have != Have::kExclusive && !readahead_mark(first + n);
+    if (!claimable || x.pending || x.filling || x.writing_back) break;
     x.pending = true;
-    x.pending_access = Access::kRead;
+    x.pending_access = a;
     x.prefetch = true;
     x.wanted = false;
   }
@@ -781,7 +891,7 @@ void NodeCache::grant(uint32_t b, const Msg& m, int64_t now, std::vector<Msg>& o
     ++bad_;
     return;
   }
-  if (k.prefetch) ++prefetched_;
+  if (k.prefetch) ++(k.pending_access == Access::kWrite ? written_ahead_ : prefetched_);
   bool mark_reached = k.wanted && take_mark(b);  // the reader waits on the mark already: no fault will tell
   if (mark_reached) ra_went_on_ = true;
   k.prefetch = k.wanted = false;
@@ -826,7 +936,7 @@ void NodeCache::on_message(const Msg& m, int64_t now, std::vector<Msg>& out, std
   Block& k = blocks_[b];
   switch (m.type) {
     case MsgType::kGrant:
-      if (m.count > 1 && (m.txn != 0 || m.access != Access::kRead)) {  // a run is read copies without Done only
+      if (m.count > 1 && m.txn != 0) {  // a run is read-ahead or write-ahead grants without Done only
         ++bad_;
         return;
       }
@@ -847,11 +957,23 @@ void NodeCache::on_message(const Msg& m, int64_t now, std::vector<Msg>& out, std
           parked_while_leaving_.insert(x);
         } else {  // a local access waits for it: ask for it alone now
           p.wanted = false;
-          out.push_back(msg(MsgType::kReadReq, x, 0));
+          out.push_back(msg(p.pending_access == Access::kWrite ? MsgType::kWriteReq : MsgType::kReadReq, x, 0));
         }
       }
       return;
     case MsgType::kInvalidate:
+      if (m.count > 1) {  // a run: block b+i of transaction txn+i each, acknowledged together where possible
+        if (m.txn == 0) {
+          ++bad_;
+          return;
+        }
+        size_t first_out = out.size();
+        Msg one = m;
+        one.count = 1;
+        for (uint32_t i = 0; i < m.count; ++i, ++one.block, ++one.txn) on_message(one, now, out, local);
+        coalesce_runs(out, first_out);
+        return;
+      }
       if (k.filling && k.grant_txn == 0 && !k.inv_deferred) {
         // A read copy granted without Done is still being copied: acknowledged once the copy landed (so the source
         // frame is not reused before), and then not installed (on_data_ready).
@@ -868,6 +990,15 @@ void NodeCache::on_message(const Msg& m, int64_t now, std::vector<Msg>& out, std
       out.push_back(msg(MsgType::kInvAck, b, m.txn));
       return;
     case MsgType::kFetch:
+      if (k.filling && k.grant_txn == 0 && k.grant_access == Access::kWrite && k.fetch_deferred == FetchMode::kNone &&
+          m.mode >= FetchMode::kDowngrade && m.mode <= FetchMode::kWriteBack) {
+        // A write-ahead grant is still being copied (the home recorded this node the owner when it granted): the
+        // Fetch is carried out once the copy landed and was installed (on_data_ready), so that the requester it is
+        // for copies the data from this node's frame, never the frame before the copy.
+        k.fetch_deferred = m.mode;
+        k.inv_txn = m.txn;
+        return;
+      }
       switch (m.mode) {
         case FetchMode::kDowngrade:
           if (k.have == Have::kExclusive) {
@@ -890,7 +1021,8 @@ void NodeCache::on_message(const Msg& m, int64_t now, std::vector<Msg>& out, std
             local.push_back(LocalAction{LocalAction::kInvalidate, b, false, kNoNode});
             k.have = Have::kInvalid;
           }
-          out.push_back(msg(MsgType::kFetchAck, b, m.txn));
+          // txn 0: the home gives its own copy up for a write-ahead grant; nobody waits for an acknowledgement.
+          if (m.txn != 0 || self_ != home_) out.push_back(msg(MsgType::kFetchAck, b, m.txn));
           return;
         case FetchMode::kWriteBack:
           if (k.have != Have::kInvalid) {
@@ -930,6 +1062,18 @@ void NodeCache::on_data_ready(uint32_t b, int64_t now, std::vector<Msg>& out, st
     return;
   }
   install(b, now, out, local);
+  if (k.fetch_deferred != FetchMode::kNone) {
+    Msg f;
+    f.to = self_;
+    f.from = home_;
+    f.type = MsgType::kFetch;
+    f.segment = segment_;
+    f.block = b;
+    f.txn = k.inv_txn;
+    f.mode = k.fetch_deferred;
+    k.fetch_deferred = FetchMode::kNone;
+    on_message(f, now, out, local);
+  }
 }
 
 void NodeCache::on_writeback_done(uint32_t b, std::vector<Msg>& out) {

@@ -21,8 +21,9 @@
 //  - carry out `local` actions in order, synchronously, BEFORE sending `out`: an invalidation has taken effect in
 //    every local process before the acknowledgement leaves (so before the remote writer is granted);
 //  - a Fetch the HomeDirectory sends the home node itself with txn 0 (the home's writable copy downgraded for a
-//    read-ahead grant; nobody acknowledges it) is given to the home's NodeCache and its local actions carried out at
-//    once, before any message that follows it in `out` leaves (the grant after it copies the home's frame);
+//    read-ahead grant, or invalidated for a write-ahead grant; nobody acknowledges it) is given to the home's
+//    NodeCache and its local actions carried out at once, before any message that follows it in `out` leaves (the
+//    grant after it copies the home's frame);
 //  - the asynchronous actions (kFetchData, kWriteBack) report completion by calling on_data_ready() /
 //    on_writeback_done(); the state machine sends nothing that depends on them before that.
 #pragma once
@@ -89,7 +90,7 @@ enum class MsgType : uint16_t {
   kInvalidate = 17,  // to a copy holder
   kGrant = 18,     // to the requester: access, and the node whose frame holds the data
   kLeaveDone = 19,   // the node may drop its frames
-  kNoGrant = 20,     // read-ahead: the blocks [block, block+count) of a ReadReq's window are not granted now
+  kNoGrant = 20,     // read-/write-ahead: the blocks [block, block+count) of a request's window are not granted now
 };
 // Which side handles a message type: true for HomeDirectory, false for NodeCache.
 bool for_directory(MsgType t);
@@ -121,6 +122,21 @@ enum class FetchMode : uint8_t {
 // the ack (Segment: kOpAckData); a caller that cannot clears the mode. The home's frame is then current: the
 // directory makes the home the owner and grants the home's read in place (txn 0), where it would have copied the
 // block from the owner's frame (a second round trip on the home's read miss).
+//
+// Write-ahead: a WriteReq with count n > 1 asks for the faulting block and, exclusive, the next n-1 blocks (the
+// node's write-ahead window). The home grants at once, as write Grants of count >= 1 with txn 0 (no Done), the
+// blocks of the window that need nobody else's acknowledgement and no copy from a third node: no transaction on the
+// block, no copy held by any node but the requester (so no invalidation and no quantum to wait for), the data in
+// the requester's frame (in place), the home's frame (the home maps no copy of it) or never written (zero fill).
+// The home's own writable copy past its quantum does not stand in the way: the home gives it up at once (a Fetch
+// kInvalidate to itself with txn 0, carried out like the read-ahead's downgrade), and the grant names its frame.
+// The home records the requester the exclusive owner when it grants. It answers the first block it cannot grant
+// and every one after it with one NoGrant. A Fetch reaching the requester while such a grant is still being copied
+// is carried out once the copy landed (the home's frame it copies from is stable: the home maps no copy).
+// A block of the window held by other nodes as read copies only, past its quantum, gets its write transaction
+// started at once instead (granted after the acknowledgements, as a write miss); the transactions of one window take
+// consecutive txn numbers, and their Invalidates to one holder leave as one Invalidate with count n (block+i belongs
+// to txn+i), which the holder acknowledges with one InvAck of count n where it can.
 struct Msg {
   NodeId to = 0;    // not encoded: transport addressing
   NodeId from = 0;  // not encoded: the receiver sets it from the authenticated peer
@@ -132,7 +148,8 @@ struct Msg {
   FetchMode mode = FetchMode::kNone;    // Fetch; Grant: kPushed (the data landed in the requester's frames with it)
   NodeId node = kNoNode;                // Grant: data source (kNoNode: zero-fill; the receiver itself: in place);
                                         // Fetch: the requester (informational)
-  uint16_t count = 1;                   // ReadReq: the read-ahead window; Grant, NoGrant: blocks from `block` on
+  uint16_t count = 1;                   // ReadReq, WriteReq: the read-/write-ahead window; Grant, NoGrant,
+                                        // Invalidate, InvAck: blocks from `block` on
 
   static constexpr size_t kEncodedSize = 24;
   static constexpr uint16_t kMaxCount = 1024;
@@ -264,6 +281,15 @@ class HomeDirectory {
   bool read_grantable(uint32_t b, NodeId r, int64_t now) const;
   // Grants what it can of the read-ahead window [first, first+n) to `r` at once (see Msg).
   void read_ahead(uint32_t first, uint32_t n, NodeId r, int64_t now, std::vector<Msg>& out);
+  // Whether block b (no transaction on it) can be granted exclusive to r at once, without Done (see Msg): no other
+  // copy, the data in r's or the home's frame or never written. The frame the grant names in `source`.
+  bool write_grantable(uint32_t b, NodeId r, int64_t now, NodeId& source) const;
+  // Adds block b, granted to r from `src`, to a window's grants: one Grant per run of consecutive blocks, same source.
+  void add_grant(std::vector<Msg>& runs, NodeId r, uint32_t b, NodeId src, Access a) const;
+  // Appends a window's grants to `out`, then one NoGrant for [b, end) if the window stopped before its end.
+  void end_window(const std::vector<Msg>& runs, NodeId r, uint32_t b, uint32_t end, std::vector<Msg>& out) const;
+  // Grants what it can of the write-ahead window [first, first+n) to `r` at once (see Msg).
+  void write_ahead(uint32_t first, uint32_t n, NodeId r, int64_t now, std::vector<Msg>& out);
 
   uint64_t segment_;
   NodeId home_;
@@ -303,8 +329,15 @@ class NodeCache {
   // twice as large as the one before up to readahead_max, until `readahead_depth` windows are ahead of the reader
   // (asked for or arrived, their marks not reached yet). A sequential reader so reads one window while the next ones
   // are in flight, instead of waiting a round trip at the end of every window.
+  //
+  // writeahead_max: the largest write-ahead window in blocks (1: none; the home's own cache never uses one, its
+  // requests cost no round trip). The window starts at 1 block, doubles on every write miss at the block right after
+  // the previous window, up to writeahead_max, and falls back to 1 on any other write miss. The blocks of the window
+  // after the faulting one (those Invalid or Shared here with no request outstanding, up to the first other one) are
+  // asked for exclusive in the same WriteReq; granted, they are installed writable at once (the node owns them: a
+  // sequential writer goes on without faulting until the end of the window, where its miss asks for the next one).
   NodeCache(uint64_t segment, uint32_t nblocks, NodeId self, NodeId home, uint32_t readahead_max = 1,
-            uint32_t readahead_depth = 1);
+            uint32_t readahead_depth = 1, uint32_t writeahead_max = 1);
 
   // A local access faulted on `block`. Sends a request unless one is already outstanding; a read of the read-ahead
   // mark (held, not mapped yet) asks for the next window.
@@ -330,6 +363,8 @@ class NodeCache {
   // Whether `block` is the mark of a window ahead of the reader: its first access asks for the next window.
   bool readahead_mark(uint32_t block) const;
   uint64_t prefetched() const { return prefetched_; }  // blocks granted through read-ahead
+  uint32_t writeahead_window() const { return wa_window_; }
+  uint64_t written_ahead() const { return written_ahead_; }  // blocks granted exclusive through write-ahead
 
  private:
   enum class Have : uint8_t { kInvalid, kShared, kExclusive };
@@ -345,7 +380,9 @@ class NodeCache {
     bool prefetch = false;         // the request is a read-ahead (no local access asked for it)
     bool wanted = false;           // a local access faulted on it while the read-ahead was outstanding
     bool inv_deferred = false;     // invalidated while filling a grant without Done: acknowledged once filled
-    uint32_t inv_txn = 0;
+    FetchMode fetch_deferred = FetchMode::kNone;  // a Fetch while filling a write grant without Done: carried out
+                                                  // once filled and installed
+    uint32_t inv_txn = 0;          // the txn of the deferred Invalidate or Fetch
     int64_t installed_at = 0;
   };
   Msg msg(MsgType type, uint32_t b, uint32_t txn) const;
@@ -354,9 +391,9 @@ class NodeCache {
   // Asks for the windows after the last one until readahead_depth are ahead of the reader (a mark was reached).
   void read_ahead_next(std::vector<Msg>& out);
   bool take_mark(uint32_t b);  // removes `b` from the marks; false if it is none
-  // Marks up to `max` blocks from `first` on as asked for by read-ahead, up to one held or asked for already;
-  // returns how many.
-  uint32_t claim_prefetch(uint32_t first, uint32_t max);
+  // Marks up to `max` blocks from `first` on as asked for by read-ahead (Invalid here) or write-ahead (Invalid or
+  // Shared, not a read-ahead mark), up to the first other one (held, asked for already); returns how many.
+  uint32_t claim_prefetch(uint32_t first, uint32_t max, Access a = Access::kRead);
 
   uint64_t segment_;
   NodeId self_;
@@ -372,6 +409,10 @@ class NodeCache {
   bool ra_went_on_ = false;  // the current run went past its first block (a sequential miss, or its mark reached)
   std::vector<uint32_t> ra_marks_;  // the marks of the windows ahead of the reader, oldest first
   uint64_t prefetched_ = 0;
+  uint32_t wa_max_ = 1;
+  uint32_t wa_window_ = 1;
+  uint32_t wa_next_ = std::numeric_limits<uint32_t>::max();  // the block after the last write-ahead window
+  uint64_t written_ahead_ = 0;
 };
 
 }  // namespace dipc::dsm

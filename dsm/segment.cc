@@ -72,7 +72,7 @@ Segment::Segment(Manager& m, uint64_t id, NodeId home, uint64_t size, const Geom
       block_(g.block),
       huge_(g.huge_page),
       nblocks_(g.nblocks),
-      cache_(id, nblocks_, m.self(), home, readahead_blocks(), kReadAheadWindows) {
+      cache_(id, nblocks_, m.self(), home, readahead_blocks(), kReadAheadWindows, writeahead_blocks()) {
   chunk_ = m.transport()->caps().pins_memory ? std::max(kPinChunk, block_) : mapped_;
   chunks_.resize((mapped_ + chunk_ - 1) / chunk_);
   if (home == m.self()) dir_ = std::make_unique<HomeDirectory>(id, nblocks_, home, m.quantum_us());
@@ -412,9 +412,10 @@ void Segment::on_msg(const Msg& m) {
       if (m.mode == FetchMode::kPushed && !from_push(b)) flags_[b] &= static_cast<uint8_t>(~kFrameGone);
     }
   }
-  uint64_t before = cache_.prefetched();
+  uint64_t before = cache_.prefetched(), wbefore = cache_.written_ahead();
   cache_.on_message(m, now, out, local);
   m_.stats().prefetched += cache_.prefetched() - before;
+  m_.stats().written_ahead += cache_.written_ahead() - wbefore;
   run(out, local);
 }
 
@@ -495,7 +496,7 @@ void Segment::reset_copies() {
     if (in_view(b)) drop_view(b);
   }
   std::fill(flags_.begin(), flags_.end(), uint8_t{0});
-  cache_ = NodeCache(id_, nblocks_, m_.self(), home_, readahead_blocks(), kReadAheadWindows);
+  cache_ = NodeCache(id_, nblocks_, m_.self(), home_, readahead_blocks(), kReadAheadWindows, writeahead_blocks());
   m_.awaiting_ -= awaiting_.size();
   awaiting_.clear();
   std::vector<uint32_t> blocks;
@@ -509,8 +510,8 @@ void Segment::reset_copies() {
 // delivers the write before the grant (same peer, issue order), so the requester saves a round trip. Until the
 // requester's frames descriptor is known (asked once, in the background), the grant goes out as is.
 //
-// A Fetch the directory sends the home itself with txn 0 downgrades the home's writable copy for a read-ahead grant
-// that follows it in `out`: it is carried out here, at once (its block has no transaction, so nothing queued for the
+// A Fetch the directory sends the home itself with txn 0 downgrades (invalidates) the home's writable copy for a
+// read-ahead (write-ahead) grant that follows it in `out`: it is carried out here, at once (its block has no transaction, so nothing queued for the
 // local cache concerns it), so the frame holds the data before the push copies it. A grant of a run of blocks is
 // pushed with one write per frames chunk it spans.
 void Segment::send_dir(std::vector<Msg>& out) {
@@ -525,7 +526,10 @@ void Segment::send_dir(std::vector<Msg>& out) {
       bool more = i + 1 < out.size() && out[i + 1].type == MsgType::kFetch && out[i + 1].to == m_.self() &&
                   out[i + 1].txn == 0;
       if (!more) {  // the run of downgrades together (one write-protect and one copy per run)
+        // The directory names the write-ahead requester the owner already: the frame the grant names is the home's.
+        home_gives_up_ = true;
         run(o, l);
+        home_gives_up_ = false;
         o.clear();
         l.clear();
       }
@@ -592,6 +596,10 @@ bool Segment::push_src_view(Bytes& buf, uint64_t off, uint64_t len) {
 
 uint32_t Segment::readahead_blocks() const {
   return static_cast<uint32_t>(std::clamp<uint64_t>(kReadAheadBytes / block_, 1, Msg::kMaxCount));
+}
+
+uint32_t Segment::writeahead_blocks() const {
+  return static_cast<uint32_t>(std::clamp<uint64_t>(kWriteAheadBytes / block_, 1, Msg::kMaxCount));
 }
 
 // The grant travels as write_notify's message: the transport delivers it after the block landed (RDMA
@@ -782,7 +790,7 @@ void Segment::apply(const LocalAction& a) {
       // the block's source (the directory names it the owner; once its copy is gone the home's frame is named for
       // no other reason).
       if ((flags_[b] & kDirty) ||
-          (dir_ && in_view(b) && (flags_[b] & kFrameGone) && dir_->block(b).owner == m_.self())) {
+          (dir_ && in_view(b) && (flags_[b] & kFrameGone) && (dir_->block(b).owner == m_.self() || home_gives_up_))) {
         write_protect_all(b, true);  // stop writers before the last copy into the frame
         save_view(b);
       }
@@ -1448,6 +1456,7 @@ std::string Manager::status_text() const {
   os << "pages fetched " << stats_.remote_fetches << "\n";
   os << "pages pushed " << stats_.pushes << "\n";
   os << "pages prefetched " << stats_.prefetched << "\n";
+  os << "pages written ahead " << stats_.written_ahead << "\n";
   os << "pages frames_released " << stats_.frames_released << "\n";
   os << "dsm faults " << stats_.faults << " zero-fills " << stats_.zero_fills << " invalidations "
      << stats_.invalidations << " downgrades " << stats_.downgrades << " messages out " << stats_.messages_out

@@ -65,12 +65,16 @@ inline constexpr uint64_t kPinChunk = 2u << 20;
 // with kReadAheadWindows windows ahead of it (NodeCache's readahead_depth).
 inline constexpr uint64_t kReadAheadBytes = 1u << 20;
 inline constexpr uint32_t kReadAheadWindows = 2;
+// The largest write-ahead window of a node that is not the segment's home (NodeCache's writeahead_max): a sequential
+// writer gets up to this many bytes exclusive per round trip.
+inline constexpr uint64_t kWriteAheadBytes = 1u << 20;
 
 struct Stats {
   uint64_t faults = 0;          // uffd fault events handled
   uint64_t remote_fetches = 0;  // blocks copied from another node's frames (pulled by this node)
   uint64_t pushes = 0;          // blocks this home wrote into a requester's frame with its grant
   uint64_t prefetched = 0;      // blocks this node got through read-ahead (granted before any access asked)
+  uint64_t written_ahead = 0;   // blocks this node got exclusive through write-ahead (before any access asked)
   uint64_t frames_released = 0;  // read copies punched from F once in V (held once, not twice)
   uint64_t zero_fills = 0;
   uint64_t invalidations = 0;   // local copies dropped
@@ -171,6 +175,7 @@ class Segment {
   bool view_holds(uint64_t off, uint64_t len);
   uint64_t install_failures_ = 0;
   uint64_t last_fault_attach_ = 0;  // the attach whose fault came last (handle_fault)
+  bool home_gives_up_ = false;  // send_dir carries out the home's txn-0 invalidation for a write-ahead grant
   bool install_via_attach_ = false;  // install_run is copying a read-only run: write_view may use copy_via_attach
   void spare_frames(uint32_t first, uint32_t n);  // punch F of the blocks first..first+n-1 marked kSpareFrame
   void spare_queued();                            // spare_frames() of the runs installs queued in spare_q_
@@ -192,6 +197,7 @@ class Segment {
   // offer when that cannot be sent (the home then copies from this node's frame).
   void send_data_acks(std::vector<Msg>& out);
   uint32_t readahead_blocks() const;  // the read-ahead window cap in blocks (kReadAheadBytes)
+  uint32_t writeahead_blocks() const;  // the write-ahead window cap in blocks (kWriteAheadBytes)
 
   Manager& m_;
   uint64_t id_;

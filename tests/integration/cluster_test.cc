@@ -498,7 +498,7 @@ TEST_F(Cluster, GarbageFramesDropOneConnectionAndTheDaemonKeepsServing) {
       "s=socket.create_connection(('" + addr + "'," + port + "),timeout=10); s.sendall(b'GARBAGE'*100)\n"
       "assert s.recv(100)==b'', 'tcp garbage: connection left open'\n"
       "s=socket.create_connection(('" + addr + "'," + port + "),timeout=10)\n"
-      "s.sendall(struct.pack('>IBBHQiI',0x44495043,2,2,3,1,0,0x7fffffff))\n"
+      "s.sendall(struct.pack('>IBBHQiI',0x44495043,3,2,3,1,0,0x7fffffff))\n"
       "assert s.recv(100)==b'', 'oversized frame: connection left open'\n"
       "u=socket.socket(socket.AF_UNIX); u.settimeout(10); u.connect(os.environ['DIPC_SOCKET'].replace('@','\\0',1))\n"
       "u.sendall(b'\\xff'*64); assert u.recv(100)==b'', 'unix garbage: connection left open'\n"

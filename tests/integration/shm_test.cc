@@ -171,6 +171,55 @@ TEST_F(Shm, ASequentialReaderOnAnotherNodeTakesNoFaultPerPage) {
   EXPECT_LT(faults, kPages / 4) << "minor faults reading " << kPages << " pages: " << faults;
 }
 
+// A counter of `dipc status` on a node: the number after `label` on the line that has it (-1 if none).
+long status_counter(SimCluster& cl, int node, const std::string& label) {
+  std::string st = cl.run(node, {SimCluster::bin("dipc"), "status"}, 10, false).out;
+  auto at = st.find(label + " ");
+  return at == std::string::npos ? -1 : std::atol(st.c_str() + at + label.size() + 1);
+}
+
+TEST_F(Shm, ASequentialWriterOnAnotherNodeTakesAFaultPerWindowAndEveryNodeReadsWhatItWroteAndRewrote) {
+  // node2 writes a word into every page of a fresh 4 MiB segment homed on node1, in order. Its write-ahead windows
+  // (1, 2, 4, ... blocks, up to 1 MiB) are granted exclusive in one round trip each and installed writable at once:
+  // node2's daemon handles a fault per window, not one per page. The pages so granted are node2's like any other
+  // it wrote: node3 and the home read every word, and a write of the home afterwards is read on node2. A rewrite
+  // by node2 of pages the two others hold read copies of invalidates them in runs (batched per holder).
+  const std::string k = key(46);
+  constexpr int kPages = 1024;
+  std::string id = create(1, k, kPages * kPage);
+  long faults0 = status_counter(c(), 2, "dsm faults"), ahead0 = status_counter(c(), 2, "pages written ahead");
+  ASSERT_GE(faults0, 0);
+  ASSERT_GE(ahead0, 0);
+  EXPECT_EQ(field(tool(2, {"at:" + id, "sparsew:" + std::to_string(kPage)}), "sparsew"),
+            std::to_string(kPages * kPage / 4096 + 1));
+  long faults = status_counter(c(), 2, "dsm faults") - faults0;
+  long ahead = status_counter(c(), 2, "pages written ahead") - ahead0;
+  EXPECT_LT(faults, kPages / 16) << "node2 took about a fault per page writing " << kPages << " pages";
+  EXPECT_GT(ahead, kPages / 2) << "node2's pages were not granted through write-ahead";
+  EXPECT_EQ(field(tool(3, {"at:" + id, "sparsec:" + std::to_string(kPage)}), "sparsec"), "0");
+  EXPECT_EQ(field(tool(1, {"at:" + id, "sparsec:" + std::to_string(kPage), "w:8:4242"}), "sparsec"), "0");
+  EXPECT_EQ(field(tool(2, {"at:" + id, "r:8"}), "r"), "4242");
+  // node1 and node3 hold read copies of every page now: node2 writing the first kRewrite pages again takes them
+  // away window by window, one Invalidate per holder and run (and one acknowledgement), not one per page.
+  constexpr int kRewrite = 256;
+  std::vector<std::string> w2{"at:" + id}, r3{"at:" + id};
+  for (int i = 0; i < kRewrite; ++i) {
+    w2.push_back("w:" + std::to_string(i * kPage + 16) + ":" + std::to_string(7000 + i));
+    r3.push_back("r:" + std::to_string(i * kPage + 16));
+  }
+  const long first_faults = faults;
+  faults0 = status_counter(c(), 2, "dsm faults");
+  tool(2, w2);
+  faults = status_counter(c(), 2, "dsm faults") - faults0;
+  EXPECT_LT(faults, kRewrite / 4) << "node2 took about a fault per page writing " << kRewrite << " read-shared pages";
+  std::printf("node2: %ld faults writing %d fresh pages (%ld written ahead), %ld rewriting %d read-shared ones\n",
+              first_faults, kPages, ahead, faults, kRewrite);
+  std::vector<std::string> got = fields(tool(3, r3), "r");
+  ASSERT_EQ(got.size(), static_cast<size_t>(kRewrite));
+  for (int i = 0; i < kRewrite; ++i) EXPECT_EQ(got[static_cast<size_t>(i)], std::to_string(7000 + i)) << "page " << i;
+  EXPECT_EQ(field(tool(1, {"at:" + id, "r:" + std::to_string(100 * kPage + 16), "rm:" + id}), "r"), "7100");
+}
+
 TEST_F(Shm, AtomicFetchAddFromTwoProcessesOnEachOfThreeNodesSumsExactly) {
   const std::string k = key(2);
   constexpr int kIters = 20000, kProcs = 6;

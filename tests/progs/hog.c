@@ -52,7 +52,7 @@ int main(int argc, char **argv) {
     if (fds[i] < 0) { dropped++; continue; }
     uint8_t h[24] = {0};
     be32(h, 0x44495043);       /* magic */
-    h[4] = 2;                  /* version: kFrameVersion of common/frame.h */
+    h[4] = 3;                  /* version: kFrameVersion of common/frame.h */
     h[5] = 2;                  /* request */
     h[7] = 3;                  /* op: semop */
     h[15] = (uint8_t)(i + 1);  /* id */

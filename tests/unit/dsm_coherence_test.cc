@@ -1151,18 +1151,24 @@ struct Sim {
   std::string failure;
   // statistics
   uint64_t reads = 0, writes = 0, adds = 0, faults = 0, msgs = 0, max_wait = 0, quantum_waits = 0, leaves = 0;
-  uint64_t write_grants_in_place = 0;  // write grants without Done (the upgrade of a read copy)
+  uint64_t write_grants_in_place = 0;  // write grants without Done (the upgrade of a read copy, write-ahead)
+  uint64_t write_ahead_runs = 0;       // write grants of a run of more than one block
+  uint64_t deferred_fetches = 0;       // Fetches that reached a write-ahead grant still being copied
+  uint64_t home_gave_up = 0;           // the home's writable copies taken back at once for a write-ahead grant
+  uint64_t batched_invalidations = 0;  // Invalidates of a run of blocks (one per holder for a write-ahead window)
+  uint64_t batched_acks = 0;           // InvAcks of a run
   uint64_t data_acks = 0;              // downgrades acknowledged with the data, for the home's own read
   std::map<std::tuple<NodeId, uint32_t, uint32_t>, uint64_t> ack_data;  // (from, block, txn) -> value sent
   uint64_t max_fault_wait_bound = 20000;
   bool trace = false;
 
-  Sim(uint64_t seed, int n_others, uint32_t nb, int64_t q, uint32_t readahead = 1)
+  Sim(uint64_t seed, int n_others, uint32_t nb, int64_t q, uint32_t readahead = 1, uint32_t writeahead = 1)
       : rng(seed), nblocks(nb), quantum(q), dir(kSeg, nb, 1, q), ref(nb, 0) {
     for (NodeId id = 1; id <= static_cast<NodeId>(n_others + 1); ++id) {
       Node& n = nodes[id];
       n.id = id;
-      n.cache = std::make_unique<NodeCache>(kSeg, nb, id, home, readahead, 1 + static_cast<uint32_t>(seed % 2));
+      n.cache = std::make_unique<NodeCache>(kSeg, nb, id, home, readahead, 1 + static_cast<uint32_t>(seed % 2),
+                                            writeahead);
       n.granted_at.assign(nb, -1);
       n.frame.assign(nb, 0);
       n.map.assign(nb, Map::kNone);
@@ -1179,6 +1185,11 @@ struct Sim {
       for (int i = 0; i < ops_per_proc; ++i) {
         if (rnd(8) == 0) {  // a sequential read sweep (read-ahead windows grow)
           for (uint32_t b = 0; b + 1 < nblocks; ++b) p.ops.push_back(Op{Op::kRead, b});
+          continue;
+        }
+        if (rnd(8) == 0) {  // a sequential write sweep, from a random block on (write-ahead windows grow)
+          for (uint32_t b = static_cast<uint32_t>(rnd(nblocks / 2)); b + 1 < nblocks; ++b)
+            p.ops.push_back(Op{Op::kWrite, b});
           continue;
         }
         Op op;
@@ -1204,7 +1215,8 @@ struct Sim {
         Node& h = nodes.at(home);
         h.cache->on_message(m, now, o, l);
         apply(h, l);
-        if (!o.empty()) fail("the home acknowledged its own txn-0 downgrade");
+        if (!o.empty()) fail("the home acknowledged its own txn-0 downgrade or invalidation");
+        if (m.mode == FetchMode::kInvalidate) ++home_gave_up;
         ++msgs;
         continue;
       }
@@ -1217,6 +1229,7 @@ struct Sim {
         data_acks += m.mode == FetchMode::kPushed;
       }
       if (m.type == MsgType::kGrant && m.access == Access::kWrite && m.txn == 0) ++write_grants_in_place;
+      if (m.type == MsgType::kGrant && m.access == Access::kWrite && m.count > 1) ++write_ahead_runs;
       if (m.type == MsgType::kGrant && m.to <= nodes.size())
         for (uint32_t b = m.block; b < m.block + m.count && b < nblocks; ++b)
           nodes.at(m.to).granted_at[b] = m.txn == 0 ? now : -1;
@@ -1267,6 +1280,7 @@ struct Sim {
     std::vector<Msg> out;
     if (for_directory(m.type)) {
       if (m.to != home) fail("directory message to a non-home node");
+      if (m.type == MsgType::kInvAck && m.count > 1) ++batched_acks;
       if (m.type == MsgType::kFetchAck && m.mode == FetchMode::kPushed) {
         // Segment::on_data_ack: into the home's frame only when the directory waits for this ack.
         auto it = ack_data.find({m.from, m.block, m.txn});
@@ -1284,10 +1298,16 @@ struct Sim {
     bool takes_away = m.type == MsgType::kInvalidate ||
                       (m.type == MsgType::kFetch && m.mode != FetchMode::kWriteBack);
     // (A read copy granted without Done holds from the grant: the home never learns when it was installed.)
-    int64_t held_from = n.granted_at[m.block] >= 0 ? n.granted_at[m.block] : n.cache->installed_at(m.block);
-    if (takes_away && n.cache->readable(m.block) && !n.cache->leaving() && now - held_from < quantum)
-      fail("quantum violated at node " + std::to_string(n.id) + " by " + m.str());
+    // An Invalidate of a run takes every block of it.
+    for (uint32_t x = m.block; x < m.block + m.count && x < nblocks; ++x) {
+      int64_t held_from = n.granted_at[x] >= 0 ? n.granted_at[x] : n.cache->installed_at(x);
+      if (takes_away && n.cache->readable(x) && !n.cache->leaving() && now - held_from < quantum)
+        fail("quantum violated at node " + std::to_string(n.id) + " by " + m.str());
+    }
+    if (m.type == MsgType::kInvalidate && m.count > 1) ++batched_invalidations;
     std::vector<LA> local;
+    // Only a write grant without Done can be filling when a Fetch comes (the home waits for the Done of the others).
+    if (m.type == MsgType::kFetch && n.cache->state(m.block) == NodeCache::State::kIMD) ++deferred_fetches;
     n.cache->on_message(m, now, out, local);
     apply(n, local);  // local pages first, then the acknowledgements leave
     send_all(out, n.id);
@@ -1502,7 +1522,8 @@ TEST(DsmSim, ConcurrentFaultsOnOneBlock) {
 
 struct SimTotals {
   uint64_t seeds = 0, steps = 0, max_steps = 0, reads = 0, writes = 0, adds = 0, faults = 0, msgs = 0, max_wait = 0,
-           quantum_waits = 0, leaves = 0, prefetched = 0, write_grants_in_place = 0, data_acks = 0;
+           quantum_waits = 0, leaves = 0, prefetched = 0, write_grants_in_place = 0, data_acks = 0, written_ahead = 0,
+           write_ahead_runs = 0, deferred_fetches = 0, home_gave_up = 0, batched_invalidations = 0, batched_acks = 0;
 };
 
 void run_seeds(uint64_t first, uint64_t count, SimTotals& tot) {
@@ -1514,7 +1535,10 @@ void run_seeds(uint64_t first, uint64_t count, SimTotals& tot) {
     // Read-ahead windows up to 1 (none), 2, 4 or 8 blocks; with read-ahead, sometimes up to 9 blocks.
     uint32_t ra = std::array<uint32_t, 4>{1, 2, 4, 8}[pick() % 4];
     if (ra > 1 && pick() % 2) nb += static_cast<uint32_t>(pick() % 6);
-    Sim s(seed, others, nb, q, ra);
+    // Write-ahead windows up to 1 (none), 2, 4 or 8 blocks, drawn independently of the read-ahead's.
+    uint32_t wa = std::array<uint32_t, 4>{1, 2, 4, 8}[pick() % 4];
+    if (wa > 1 && nb < 5 && pick() % 2) nb += static_cast<uint32_t>(pick() % 6);
+    Sim s(seed, others, nb, q, ra, wa);
     if (const char* tr = std::getenv("DSM_TRACE"); tr && std::strtoull(tr, nullptr, 10) == seed) s.trace = true;
     uint64_t expected_adds = 0;
     for (auto& [id, n] : s.nodes) s.script(n, 2, 25, true);
@@ -1539,6 +1563,12 @@ void run_seeds(uint64_t first, uint64_t count, SimTotals& tot) {
     tot.write_grants_in_place += s.write_grants_in_place;
     tot.data_acks += s.data_acks;
     for (auto& [id, n] : s.nodes) tot.prefetched += n.cache->prefetched();
+    for (auto& [id, n] : s.nodes) tot.written_ahead += n.cache->written_ahead();
+    tot.write_ahead_runs += s.write_ahead_runs;
+    tot.deferred_fetches += s.deferred_fetches;
+    tot.home_gave_up += s.home_gave_up;
+    tot.batched_invalidations += s.batched_invalidations;
+    tot.batched_acks += s.batched_acks;
   }
 }
 
@@ -1554,16 +1584,27 @@ TEST(DsmSim, RandomizedModelCheck) {
   EXPECT_GT(tot.prefetched, 0u);  // read-ahead windows were granted
   EXPECT_GT(tot.write_grants_in_place, 0u);  // upgrades in place were granted without Done
   EXPECT_GT(tot.data_acks, 0u);  // downgrades for the home's reads were acknowledged with the data
+  EXPECT_GT(tot.written_ahead, 0u);  // write-ahead windows were granted
+  EXPECT_GT(tot.write_ahead_runs, 0u);  // as runs of more than one block
+  EXPECT_GT(tot.deferred_fetches, 0u);  // a Fetch met a write-ahead grant still being copied
+  EXPECT_GT(tot.home_gave_up, 0u);  // the home's own writable copy was taken back for a write-ahead grant
+  EXPECT_GT(tot.batched_invalidations, 0u);  // one Invalidate per holder for the run of a write-ahead window
+  EXPECT_GT(tot.batched_acks, 0u);           // and one InvAck back
   std::printf(
       "seeds %llu, steps %llu (max %llu per seed), reads %llu, writes %llu, fetch-adds %llu, faults %llu, "
-      "messages %llu, longest fault wait %llu steps, quantum timer firings %llu, leaves %llu, prefetched %llu, write grants in place %llu, data acks %llu\n",
+      "messages %llu, longest fault wait %llu steps, quantum timer firings %llu, leaves %llu, prefetched %llu, write grants in place %llu, data acks %llu, "
+      "written ahead %llu (runs of 2+ blocks %llu, Fetches deferred while copying one %llu, home copies taken back %llu, Invalidates of a run %llu, InvAcks of a run %llu)\n",
       static_cast<unsigned long long>(tot.seeds), static_cast<unsigned long long>(tot.steps),
       static_cast<unsigned long long>(tot.max_steps), static_cast<unsigned long long>(tot.reads),
       static_cast<unsigned long long>(tot.writes), static_cast<unsigned long long>(tot.adds),
       static_cast<unsigned long long>(tot.faults), static_cast<unsigned long long>(tot.msgs),
       static_cast<unsigned long long>(tot.max_wait), static_cast<unsigned long long>(tot.quantum_waits),
       static_cast<unsigned long long>(tot.leaves), static_cast<unsigned long long>(tot.prefetched),
-      static_cast<unsigned long long>(tot.write_grants_in_place), static_cast<unsigned long long>(tot.data_acks));
+      static_cast<unsigned long long>(tot.write_grants_in_place), static_cast<unsigned long long>(tot.data_acks),
+      static_cast<unsigned long long>(tot.written_ahead),
+      static_cast<unsigned long long>(tot.write_ahead_runs), static_cast<unsigned long long>(tot.deferred_fetches),
+      static_cast<unsigned long long>(tot.home_gave_up), static_cast<unsigned long long>(tot.batched_invalidations),
+      static_cast<unsigned long long>(tot.batched_acks));
 }
 
 }  // namespace
